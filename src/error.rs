@@ -1,0 +1,238 @@
+//! The two error boundaries a client sees: the whole batch refused (`BatchError`, the outer status) and one
+//! part failed (`PartError`, that part's status inside a 200). Each variant maps to one status and a message
+//! a user can act on; both render as `{"error":{"code":..,"message":..}}` so that every client can read them.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+
+use crate::route::RouteError;
+use crate::wire::{ContentTypeError, FramingError, RequestError};
+
+/// Whose fault a failure was: decides how it is logged and counted, and whether a retry can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The batch or part as sent is wrong; sending it again will fail again.
+    Client,
+    /// The upstream failed or was too slow.
+    Upstream,
+    /// The gateway itself is out of capacity or broken.
+    Gateway,
+}
+
+impl Fault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Client => "client",
+            Fault::Upstream => "upstream",
+            Fault::Gateway => "gateway",
+        }
+    }
+}
+
+/// The whole batch is refused: the client gets this status instead of a multipart reply.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("no endpoint at {0:?}; the batch endpoint is {1:?}")]
+    NotFound(String, String),
+    #[error("method {0} is not allowed on the batch endpoint; use POST")]
+    MethodNotAllowed(http::Method),
+    #[error("the batch has no Content-Type; send multipart/mixed; boundary=...")]
+    NoContentType,
+    #[error(transparent)]
+    ContentType(#[from] ContentTypeError),
+    #[error(transparent)]
+    Framing(#[from] FramingError),
+    #[error("too many parts in the batch (limits.max_parts). Received: {received}, Limit: {limit}")]
+    TooManyParts { received: usize, limit: usize },
+    #[error(
+        "the batch body is larger than limits.max_batch_bytes. Received: {received} bytes or more, Limit: {limit}"
+    )]
+    TooLarge { received: u64, limit: u64 },
+    #[error("duplicate Content-ID {0:?} in the batch; each part needs its own id")]
+    DuplicateContentId(String),
+    #[error("reading the batch body failed: {0}")]
+    BodyRead(String),
+    #[error(
+        "the client sent nothing for {0:?} in the middle of the body (limits.body_read_timeout)"
+    )]
+    SlowClient(Duration),
+    #[error("the gateway is serving its limit of {0} batches (limits.max_batches); retry shortly")]
+    Overloaded(usize),
+}
+
+impl BatchError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            BatchError::NotFound(..) => StatusCode::NOT_FOUND,
+            BatchError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            BatchError::NoContentType
+            | BatchError::ContentType(ContentTypeError::NotMultipart(_)) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            BatchError::ContentType(_) => StatusCode::BAD_REQUEST,
+            BatchError::Framing(FramingError::PartTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            BatchError::Framing(_) => StatusCode::BAD_REQUEST,
+            BatchError::TooManyParts { .. } | BatchError::TooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            BatchError::DuplicateContentId(_) | BatchError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            BatchError::SlowClient(_) => StatusCode::REQUEST_TIMEOUT,
+            BatchError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            BatchError::Overloaded(_) => Fault::Gateway,
+            _ => Fault::Client,
+        }
+    }
+
+    /// The JSON error body.
+    pub fn body(&self) -> Bytes {
+        error_json(self.status(), &self.to_string(), None)
+    }
+}
+
+/// One part failed; the others are unaffected. The reply part carries this status and message.
+#[derive(Debug, thiserror::Error)]
+pub enum PartError {
+    #[error("part {index}: {source}")]
+    Request { index: usize, source: RequestError },
+    #[error("part {index}: {source}")]
+    Route { index: usize, source: RouteError },
+    #[error("part {index}: its body is itself a multipart batch; batches do not nest")]
+    NestedBody { index: usize },
+    #[error("part {index}: upstream {upstream} is unreachable: {reason}")]
+    Connect {
+        index: usize,
+        upstream: String,
+        reason: String,
+    },
+    #[error("part {index}: upstream {upstream} failed: {reason}")]
+    Upstream {
+        index: usize,
+        upstream: String,
+        reason: String,
+    },
+    #[error("part {index}: upstream {upstream} did not answer within {after:?} (part_timeout)")]
+    Timeout {
+        index: usize,
+        upstream: String,
+        after: Duration,
+    },
+    #[error(
+        "part {index}: upstream {upstream} response is larger than limits.max_response_bytes = {limit}"
+    )]
+    ResponseTooLarge {
+        index: usize,
+        upstream: String,
+        limit: u64,
+    },
+    #[error("part {index}: the batch's responses passed limits.max_batch_response_bytes = {limit}")]
+    BatchResponseBudget { index: usize, limit: u64 },
+    #[error("part {index}: the batch ran out of time (limits.batch_timeout = {after:?})")]
+    BatchDeadline { index: usize, after: Duration },
+    #[error("part {index}: internal error: {reason}")]
+    Internal { index: usize, reason: String },
+}
+
+impl PartError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            PartError::Request { .. } | PartError::NestedBody { .. } => StatusCode::BAD_REQUEST,
+            PartError::Route {
+                source: RouteError::NoRoute(_),
+                ..
+            } => StatusCode::NOT_FOUND,
+            PartError::Route { .. } => StatusCode::BAD_REQUEST,
+            PartError::Connect { .. }
+            | PartError::Upstream { .. }
+            | PartError::ResponseTooLarge { .. }
+            | PartError::BatchResponseBudget { .. } => StatusCode::BAD_GATEWAY,
+            PartError::Timeout { .. } | PartError::BatchDeadline { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            PartError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            PartError::Request { .. } | PartError::Route { .. } | PartError::NestedBody { .. } => {
+                Fault::Client
+            }
+            PartError::Connect { .. }
+            | PartError::Upstream { .. }
+            | PartError::Timeout { .. }
+            | PartError::ResponseTooLarge { .. } => Fault::Upstream,
+            PartError::BatchResponseBudget { .. }
+            | PartError::BatchDeadline { .. }
+            | PartError::Internal { .. } => Fault::Gateway,
+        }
+    }
+
+    /// Whether sending the same part again might succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            PartError::Connect { .. } | PartError::Timeout { .. } | PartError::BatchDeadline { .. }
+        )
+    }
+
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PartError::Request { .. } => "bad_request",
+            PartError::Route {
+                source: RouteError::NoRoute(_),
+                ..
+            } => "no_route",
+            PartError::Route { .. } => "refused_target",
+            PartError::NestedBody { .. } => "nested_batch",
+            PartError::Connect { .. } => "connect",
+            PartError::Upstream { .. } => "upstream",
+            PartError::Timeout { .. } => "timeout",
+            PartError::ResponseTooLarge { .. } => "response_too_large",
+            PartError::BatchResponseBudget { .. } => "batch_response_budget",
+            PartError::BatchDeadline { .. } => "batch_deadline",
+            PartError::Internal { .. } => "internal",
+        }
+    }
+
+    fn index(&self) -> usize {
+        match self {
+            PartError::Request { index, .. }
+            | PartError::Route { index, .. }
+            | PartError::NestedBody { index }
+            | PartError::Connect { index, .. }
+            | PartError::Upstream { index, .. }
+            | PartError::Timeout { index, .. }
+            | PartError::ResponseTooLarge { index, .. }
+            | PartError::BatchResponseBudget { index, .. }
+            | PartError::BatchDeadline { index, .. }
+            | PartError::Internal { index, .. } => *index,
+        }
+    }
+
+    /// The JSON body of the error part.
+    pub fn body(&self) -> Bytes {
+        error_json(
+            self.status(),
+            &self.to_string(),
+            Some((self.index(), self.fault())),
+        )
+    }
+}
+
+/// `{"error":{"code":N,"message":"...","part":i,"fault":"..."}}`
+fn error_json(status: StatusCode, message: &str, part: Option<(usize, Fault)>) -> Bytes {
+    let mut error = serde_json::json!({ "code": status.as_u16(), "message": message });
+    if let Some((index, fault)) = part {
+        error["part"] = index.into();
+        error["fault"] = fault.as_str().into();
+    }
+    Bytes::from(serde_json::json!({ "error": error }).to_string())
+}

@@ -1,0 +1,359 @@
+//! Fan-out: each part runs as its own task as soon as it is parsed; the reply takes them back in request
+//! order.
+//!
+//! A batch holds at most `window` parts that have started but are not yet written to the client. Within
+//! that, at most `concurrency` talk to upstreams at once (and at most `max_inflight` across all batches, and
+//! `max_inflight_per_upstream` per route). A slow first part therefore stalls new starts instead of letting
+//! finished parts pile up: a batch's memory is bounded by the window, not by its size.
+//!
+//! Dropping the reply (the client went away) drops the tasks' handles, which aborts them; aborting drops the
+//! upstream request, which closes its connection.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use http::HeaderMap;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::error::PartError;
+use crate::gateway::Gateway;
+use crate::headers::upstream_headers;
+use crate::route::Destination;
+use crate::upstream::ExchangeError;
+use crate::wire::{ContentId, EmbeddedRequest, write_close, write_reply_part};
+
+/// What every part of one batch shares.
+#[derive(Debug)]
+pub struct BatchCtx {
+    pub gateway: Arc<Gateway>,
+    /// Boundary of the reply.
+    pub boundary: String,
+    /// Outer headers every part starts from.
+    pub inherited: HeaderMap,
+    pub peer: IpAddr,
+    /// Sub-requests of this batch in flight.
+    concurrency: Arc<Semaphore>,
+    /// Response bytes this batch may still receive from upstreams.
+    response_budget: AtomicU64,
+    pub deadline: tokio::time::Instant,
+    /// Holds one of `max_batches` until the last byte of the reply is out.
+    _batch_permit: OwnedSemaphorePermit,
+}
+
+impl BatchCtx {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        inherited: HeaderMap,
+        peer: IpAddr,
+        batch_permit: OwnedSemaphorePermit,
+    ) -> BatchCtx {
+        let limits = &gateway.config.limits;
+        BatchCtx {
+            boundary: reply_boundary(),
+            inherited,
+            peer,
+            concurrency: Arc::new(Semaphore::new(limits.concurrency)),
+            response_budget: AtomicU64::new(limits.max_batch_response_bytes),
+            deadline: tokio::time::Instant::now() + limits.batch_timeout,
+            _batch_permit: batch_permit,
+            gateway,
+        }
+    }
+
+    /// Renders a failed part as a reply part with a JSON body.
+    pub fn error_part(&self, content_id: Option<&ContentId>, error: &PartError) -> Bytes {
+        match error.fault() {
+            crate::error::Fault::Client => tracing::debug!(kind = error.kind(), "{error}"),
+            _ => tracing::warn!(
+                kind = error.kind(),
+                retryable = error.retryable(),
+                "{error}"
+            ),
+        }
+        let mut headers = HeaderMap::with_capacity(1);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let mut out = BytesMut::new();
+        write_reply_part(
+            &mut out,
+            &self.boundary,
+            content_id,
+            error.status(),
+            &headers,
+            &error.body(),
+        );
+        out.freeze()
+    }
+}
+
+/// A random token; a reply boundary cannot collide with the upstream bodies in any useful way.
+fn reply_boundary() -> String {
+    use rand::Rng;
+    let token: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect();
+    format!("batch_{token}")
+}
+
+/// One part, ready to run or already answered.
+#[derive(Debug)]
+pub enum Job {
+    /// Answered without going upstream (a parse or routing error).
+    Answered(Bytes),
+    Forward(Forward),
+}
+
+/// A part that goes upstream.
+#[derive(Debug)]
+pub struct Forward {
+    pub index: usize,
+    pub content_id: Option<ContentId>,
+    pub request: EmbeddedRequest,
+    pub destination: Destination,
+}
+
+/// A started part in the window.
+enum Slot {
+    Answered(Bytes),
+    Running {
+        task: AbortOnDrop,
+        index: usize,
+        content_id: Option<ContentId>,
+    },
+}
+
+/// Aborts the task when dropped: a part whose reply nobody will read must not keep running.
+struct AbortOnDrop(JoinHandle<Bytes>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The parts of one batch, in request order: started ones (at most `window`) and those waiting for room.
+pub struct Fanout {
+    ctx: Arc<BatchCtx>,
+    started: VecDeque<Slot>,
+    waiting: VecDeque<Job>,
+    window: usize,
+}
+
+impl std::fmt::Debug for Fanout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fanout")
+            .field("started", &self.started.len())
+            .field("waiting", &self.waiting.len())
+            .finish()
+    }
+}
+
+impl Fanout {
+    pub fn new(ctx: Arc<BatchCtx>) -> Fanout {
+        let window = ctx.gateway.config.limits.window;
+        Fanout {
+            ctx,
+            started: VecDeque::with_capacity(window),
+            waiting: VecDeque::new(),
+            window,
+        }
+    }
+
+    /// Adds the next part; it starts at once if the window has room.
+    pub fn push(&mut self, job: Job) {
+        if self.started.len() < self.window && self.waiting.is_empty() {
+            let slot = self.start(job);
+            self.started.push_back(slot);
+        } else {
+            self.waiting.push_back(job);
+        }
+    }
+
+    fn start(&self, job: Job) -> Slot {
+        match job {
+            Job::Answered(bytes) => Slot::Answered(bytes),
+            Job::Forward(forward) => {
+                let index = forward.index;
+                let content_id = forward.content_id.clone();
+                let task = tokio::spawn(run_part(self.ctx.clone(), forward));
+                Slot::Running {
+                    task: AbortOnDrop(task),
+                    index,
+                    content_id,
+                }
+            }
+        }
+    }
+
+    /// The reply body: each part's bytes in request order, then the close delimiter.
+    pub fn into_stream(self) -> impl Stream<Item = Bytes> + Send {
+        futures_util::stream::unfold(Some(self), |state| async move {
+            let mut fanout = state?;
+            let Some(slot) = fanout.started.pop_front() else {
+                let mut close = BytesMut::new();
+                write_close(&mut close, &fanout.ctx.boundary);
+                return Some((close.freeze(), None));
+            };
+            let bytes = match slot {
+                Slot::Answered(bytes) => bytes,
+                Slot::Running {
+                    mut task,
+                    index,
+                    content_id,
+                } => match (&mut task.0).await {
+                    Ok(bytes) => bytes,
+                    Err(e) => fanout.ctx.error_part(
+                        content_id.as_ref(),
+                        &PartError::Internal {
+                            index,
+                            reason: format!("part task failed: {e}"),
+                        },
+                    ),
+                },
+            };
+            while fanout.started.len() < fanout.window {
+                let Some(job) = fanout.waiting.pop_front() else {
+                    break;
+                };
+                let slot = fanout.start(job);
+                fanout.started.push_back(slot);
+            }
+            Some((bytes, Some(fanout)))
+        })
+    }
+}
+
+/// Runs one part to its rendered reply bytes. Never fails: every failure is an error part.
+async fn run_part(ctx: Arc<BatchCtx>, part: Forward) -> Bytes {
+    let index = part.index;
+    let content_id = part.content_id.clone();
+    let deadline = ctx.deadline;
+    let result = match tokio::time::timeout_at(deadline, forward(&ctx, part)).await {
+        Ok(result) => result,
+        Err(_) => Err(PartError::BatchDeadline {
+            index,
+            after: ctx.gateway.config.limits.batch_timeout,
+        }),
+    };
+    match result {
+        Ok(bytes) => bytes,
+        Err(error) => ctx.error_part(content_id.as_ref(), &error),
+    }
+}
+
+async fn forward(ctx: &BatchCtx, part: Forward) -> Result<Bytes, PartError> {
+    let gateway = &ctx.gateway;
+    let route = part.destination.route.clone();
+    let upstream = route.authority.to_string();
+    // Permits in a fixed order (batch, route, global) so batches cannot deadlock each other.
+    let _batch = ctx
+        .concurrency
+        .acquire()
+        .await
+        .map_err(|e| internal(part.index, e))?;
+    let _route = route
+        .inflight
+        .acquire()
+        .await
+        .map_err(|e| internal(part.index, e))?;
+    let _global = gateway
+        .inflight
+        .acquire()
+        .await
+        .map_err(|e| internal(part.index, e))?;
+
+    let limits = &gateway.config.limits;
+    let budget = ctx.response_budget.load(Ordering::Relaxed);
+    let limit = limits.max_response_bytes.min(budget);
+    let headers = upstream_headers(
+        &ctx.inherited,
+        part.request.headers,
+        ctx.peer,
+        route.strip_cookies,
+    );
+    let started = Instant::now();
+    let exchange = gateway.upstreams.exchange(
+        route.http2,
+        part.request.method,
+        part.destination.uri,
+        headers,
+        part.request.body,
+        limit,
+    );
+    let reply = match tokio::time::timeout(route.timeout, exchange).await {
+        Err(_) => {
+            return Err(PartError::Timeout {
+                index: part.index,
+                upstream,
+                after: route.timeout,
+            });
+        }
+        Ok(Err(ExchangeError::Connect(reason))) => {
+            return Err(PartError::Connect {
+                index: part.index,
+                upstream,
+                reason,
+            });
+        }
+        Ok(Err(ExchangeError::Broken(reason))) => {
+            return Err(PartError::Upstream {
+                index: part.index,
+                upstream,
+                reason,
+            });
+        }
+        Ok(Err(ExchangeError::TooLarge)) if limit < limits.max_response_bytes => {
+            return Err(PartError::BatchResponseBudget {
+                index: part.index,
+                limit: limits.max_batch_response_bytes,
+            });
+        }
+        Ok(Err(ExchangeError::TooLarge)) => {
+            return Err(PartError::ResponseTooLarge {
+                index: part.index,
+                upstream,
+                limit: limits.max_response_bytes,
+            });
+        }
+        Ok(Ok(reply)) => reply,
+    };
+    let len = reply.body.len() as u64;
+    let within_budget = ctx
+        .response_budget
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+            left.checked_sub(len)
+        })
+        .is_ok();
+    if !within_budget {
+        return Err(PartError::BatchResponseBudget {
+            index: part.index,
+            limit: limits.max_batch_response_bytes,
+        });
+    }
+    tracing::trace!(part = part.index, status = reply.status.as_u16(), elapsed = ?started.elapsed(), "part done");
+    let mut out = BytesMut::new();
+    write_reply_part(
+        &mut out,
+        &ctx.boundary,
+        part.content_id.as_ref(),
+        reply.status,
+        &reply.headers,
+        &reply.body,
+    );
+    Ok(out.freeze())
+}
+
+fn internal(index: usize, e: impl std::fmt::Display) -> PartError {
+    PartError::Internal {
+        index,
+        reason: e.to_string(),
+    }
+}

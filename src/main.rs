@@ -1,0 +1,130 @@
+//! The `batchgate` binary: a thin shell over the library (config, logging, signals).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchgate::config::{Config, RouteConfig, parse_duration};
+use batchgate::{Gateway, demo, server};
+use clap::Parser;
+use tokio::net::TcpListener;
+
+/// HTTP batch gateway: POST /batch with a multipart/mixed body of embedded requests; get one ordered
+/// multipart reply.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Configuration file (TOML); see config.toml for every key and its default.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on, overriding the config's `listen` (e.g. 127.0.0.1:0 for any free port).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Also run the built-in demo mail service and route /mail/ to it.
+    #[arg(long)]
+    demo: bool,
+    /// Time the demo service takes per request, to show what batching saves (e.g. 50ms).
+    #[arg(long, value_parser = parse_duration, default_value = "0ms")]
+    demo_latency: Duration,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BATCHGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("batchgate=info")),
+        )
+        .init();
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("batchgate: {message}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let mut config =
+        match &args.config {
+            Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+            None if args.demo => Config::default(),
+            None => return Err(
+                "give --config PATH (see config.toml), or --demo to try it with a built-in service"
+                    .into(),
+            ),
+        };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if args.demo {
+        let upstream = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("demo service: {e}"))?;
+        let addr = upstream.local_addr().map_err(|e| e.to_string())?;
+        tokio::spawn(demo::serve(upstream, args.demo_latency));
+        config.routes.retain(|r| r.prefix != "/mail/");
+        config.routes.push(RouteConfig {
+            prefix: "/mail/".into(),
+            upstream: format!("http://{addr}"),
+            http2: false,
+            timeout: None,
+            hosts: Vec::new(),
+            strip_cookies: false,
+        });
+        config.validate().map_err(|e| e.to_string())?;
+        tracing::info!(%addr, latency = ?args.demo_latency, "demo mail service running; /mail/ routes to it");
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    for route in &config.routes {
+        tracing::info!(prefix = %route.prefix, upstream = %route.upstream, http2 = route.http2, "route");
+    }
+    tracing::info!(
+        "batchgate listening on http://{local}{} (health: /healthz)",
+        config.batch_path
+    );
+    if args.demo {
+        println!("{}", demo_curl(local, &config.batch_path));
+    }
+    let gateway = Arc::new(Gateway::new(config));
+    server::run(listener, gateway, shutdown_signal()).await;
+    Ok(())
+}
+
+/// A command that sends a real three-part batch to the demo.
+fn demo_curl(addr: SocketAddr, path: &str) -> String {
+    let body = "--b\\r\\nContent-Type: application/http\\r\\nContent-ID: <unread>\\r\\n\\r\\n\
+GET /mail/v1/messages/unread?max=3\\r\\n\\r\\n\
+--b\\r\\nContent-Type: application/http\\r\\nContent-ID: <m1>\\r\\n\\r\\nGET /mail/v1/messages/1\\r\\n\\r\\n\
+--b\\r\\nContent-Type: application/http\\r\\nContent-ID: <new>\\r\\n\\r\\nPOST /mail/v1/messages HTTP/1.1\\r\\n\
+Content-Type: application/json\\r\\nContent-Length: 17\\r\\n\\r\\n{\"title\":\"hello\"}\\r\\n--b--\\r\\n";
+    format!(
+        "Try it (bash):\n  curl -s http://{addr}{path} -H 'Content-Type: multipart/mixed; boundary=b' --data-binary $'{body}'"
+    )
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("signal received");
+}

@@ -1,0 +1,240 @@
+//! Reply parts: the gateway writes them, the client library reads them.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, StatusCode};
+
+use super::ContentId;
+use super::request::{RequestError, split_mime_headers};
+
+/// Writes one reply part: delimiter, part headers, status line with reason phrase, headers with an exact
+/// `Content-Length`, body, and the line break that precedes the next delimiter.
+pub fn write_reply_part(
+    out: &mut BytesMut,
+    boundary: &str,
+    content_id: Option<&ContentId>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) {
+    out.reserve(128 + boundary.len() + headers.len() * 48 + body.len());
+    out.put_slice(b"--");
+    out.put_slice(boundary.as_bytes());
+    out.put_slice(b"\r\nContent-Type: application/http\r\n");
+    if let Some(id) = content_id {
+        out.put_slice(b"Content-ID: ");
+        out.put_slice(id.response_id().as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\nHTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("Status").as_bytes());
+    out.put_slice(b"\r\n");
+    for (name, value) in headers {
+        if name != CONTENT_LENGTH {
+            out.put_slice(name.as_str().as_bytes());
+            out.put_slice(b": ");
+            out.put_slice(value.as_bytes());
+            out.put_slice(b"\r\n");
+        }
+    }
+    out.put_slice(b"content-length: ");
+    out.put_slice(itoa_usize(body.len()).as_bytes());
+    out.put_slice(b"\r\n\r\n");
+    out.put_slice(body);
+    out.put_slice(b"\r\n");
+}
+
+/// Writes the close delimiter that ends the reply.
+pub fn write_close(out: &mut BytesMut, boundary: &str) {
+    out.put_slice(b"--");
+    out.put_slice(boundary.as_bytes());
+    out.put_slice(b"--\r\n");
+}
+
+fn itoa_usize(n: usize) -> String {
+    n.to_string()
+}
+
+/// One embedded response, as the client library reads it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyPart {
+    /// The request's id this reply answers (the `response-` prefix removed), if the reply carried one.
+    pub content_id: Option<ContentId>,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Why a reply part could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    #[error("reply part {index}: {reason}")]
+    Malformed { index: usize, reason: String },
+}
+
+impl ReplyPart {
+    /// Parses one part as cut by the splitter. `index` is only used in error messages.
+    pub fn parse(part: &[u8], index: usize) -> Result<ReplyPart, ReplyError> {
+        let malformed = |reason: String| ReplyError::Malformed { index, reason };
+        let (mime, content) = split_mime_headers(part, part.len())
+            .map_err(|e: RequestError| malformed(e.to_string()))?;
+        let content_id = mime
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-id"))
+            .map(|(_, v)| ContentId::from_response(v).unwrap_or_else(|| ContentId::parse(v)));
+        let mut slots = [httparse::EMPTY_HEADER; 128];
+        let mut response = httparse::Response::new(&mut slots);
+        let head_len = match response.parse(content) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => {
+                return Err(malformed("incomplete response head".into()));
+            }
+            Err(e) => return Err(malformed(format!("response head: {e}"))),
+        };
+        let status = StatusCode::from_u16(response.code.unwrap_or(0))
+            .map_err(|_| malformed("status code out of range".into()))?;
+        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        for h in response.headers.iter() {
+            let name = http::HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|e| malformed(e.to_string()))?;
+            let value =
+                http::HeaderValue::from_bytes(h.value).map_err(|e| malformed(e.to_string()))?;
+            headers.append(name, value);
+        }
+        let rest = &content[head_len..];
+        let body = match headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        {
+            Some(n) if n <= rest.len() => &rest[..n],
+            Some(n) => {
+                return Err(malformed(format!(
+                    "Content-Length {n} but only {} bytes",
+                    rest.len()
+                )));
+            }
+            None => rest,
+        };
+        Ok(ReplyPart {
+            content_id,
+            status,
+            headers,
+            body: Bytes::copy_from_slice(body),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{EmbeddedRequest, PartLimits, PartSplitter, parse_part, write_request_part};
+    use http::{HeaderValue, Method};
+
+    fn split(body: &[u8], boundary: &str) -> Vec<Bytes> {
+        let mut s = PartSplitter::new(boundary, 1 << 20);
+        s.push(body);
+        let mut parts = Vec::new();
+        while let Some(p) = s.next_part().unwrap() {
+            parts.push(p);
+        }
+        s.finish().unwrap();
+        parts
+    }
+
+    #[test]
+    fn reply_bytes_are_exact() {
+        let mut out = BytesMut::new();
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        let id = ContentId::parse("<item1>");
+        write_reply_part(&mut out, "x", Some(&id), StatusCode::OK, &headers, b"{}");
+        write_reply_part(
+            &mut out,
+            "x",
+            None,
+            StatusCode::NOT_FOUND,
+            &HeaderMap::new(),
+            b"",
+        );
+        write_close(&mut out, "x");
+        assert_eq!(
+            &out[..],
+            &b"--x\r\nContent-Type: application/http\r\nContent-ID: <response-item1>\r\n\r\n\
+HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}\r\n\
+--x\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n\r\n--x--\r\n"[..]
+        );
+    }
+
+    #[test]
+    fn reply_round_trip() {
+        let mut out = BytesMut::new();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        let ids = [
+            Some(ContentId::parse("<a + 1>")),
+            None,
+            Some(ContentId::parse("plain")),
+        ];
+        for (i, id) in ids.iter().enumerate() {
+            let body = format!("body {i}\r\n--not-a-delimiter");
+            write_reply_part(
+                &mut out,
+                "bnd",
+                id.as_ref(),
+                StatusCode::from_u16(200 + i as u16).unwrap(),
+                &headers,
+                body.as_bytes(),
+            );
+        }
+        write_close(&mut out, "bnd");
+        let parts = split(&out, "bnd");
+        assert_eq!(parts.len(), 3);
+        for (i, raw) in parts.iter().enumerate() {
+            let p = ReplyPart::parse(raw, i).unwrap();
+            assert_eq!(p.content_id, ids[i]);
+            assert_eq!(p.status.as_u16(), 200 + i as u16);
+            assert_eq!(p.headers["x-a"], "1");
+            assert_eq!(p.body, format!("body {i}\r\n--not-a-delimiter"));
+        }
+    }
+
+    #[test]
+    fn request_round_trip() {
+        let limits = PartLimits {
+            max_headers: 16,
+            max_header_bytes: 4096,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("Bearer t"));
+        let requests = [
+            EmbeddedRequest {
+                method: Method::GET,
+                target: "/a?b=c".into(),
+                headers: headers.clone(),
+                body: Bytes::new(),
+            },
+            EmbeddedRequest {
+                method: Method::POST,
+                target: "/m".into(),
+                headers,
+                body: Bytes::from_static(b"{\"x\":\"\r\n\"}"),
+            },
+        ];
+        let ids = [Some(ContentId::parse("<1>")), None];
+        let mut out = BytesMut::new();
+        for (r, id) in requests.iter().zip(&ids) {
+            write_request_part(&mut out, "q", id.as_ref(), r);
+        }
+        write_close(&mut out, "q");
+        let parts = split(&out, "q");
+        for (i, raw) in parts.iter().enumerate() {
+            let parsed = parse_part(raw, limits);
+            assert_eq!(parsed.content_id, ids[i]);
+            let mut got = parsed.request.unwrap();
+            got.headers.remove(CONTENT_LENGTH);
+            assert_eq!(got, requests[i]);
+        }
+    }
+}
