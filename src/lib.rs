@@ -11,11 +11,13 @@
 //! - [`gateway`]: the batch endpoint: streaming parse, limits, the reply.
 //! - [`server`]: connections, endpoints, graceful shutdown.
 //! - [`error`]: the batch-level and part-level errors and how they render.
+//! - [`client`]: building batches and reading replies, for client authors.
 //! - [`config`]: the configuration and its defaults.
 //! - [`demo`]: the example mail service used by `--demo`, the examples and the tests.
 
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -1,0 +1,289 @@
+//! In-process test servers: upstreams and the gateway, each started on `127.0.0.1:0` in one line.
+//! Every test file uses a different subset.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use batchgate::client::parse_reply;
+use batchgate::wire::ReplyPart;
+use batchgate::{Config, Gateway, server};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// A request as an upstream received it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A running upstream and what it has seen.
+#[derive(Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    in_flight: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+    pub connections: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    /// Requests received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+    /// Most requests ever being handled at once.
+    pub fn peak_concurrency(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+    /// TCP connections accepted so far.
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts an upstream whose answers come from `handler`.
+pub async fn upstream<F, Fut>(handler: F) -> Upstream
+where
+    F: Fn(Seen) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = Upstream {
+        addr: listener.local_addr().unwrap(),
+        seen: Arc::default(),
+        in_flight: Arc::default(),
+        peak: Arc::default(),
+        connections: Arc::default(),
+    };
+    let handler = Arc::new(handler);
+    let state = up.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            state.connections.fetch_add(1, Ordering::SeqCst);
+            let handler = handler.clone();
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let handler = handler.clone();
+                    let state = state.clone();
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let seen = Seen {
+                            method: parts.method,
+                            uri: parts.uri,
+                            headers: parts.headers,
+                            body,
+                        };
+                        state.seen.lock().unwrap().push(seen.clone());
+                        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        state.peak.fetch_max(now, Ordering::SeqCst);
+                        let _guard = Decrement(state.in_flight.clone());
+                        Ok::<_, Infallible>(handler(seen).await)
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    up
+}
+
+struct Decrement(Arc<AtomicUsize>);
+impl Drop for Decrement {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An upstream that answers 200 with `path` echoed as the body after `delay`.
+pub async fn echo_upstream(delay: Duration) -> Upstream {
+    upstream(move |seen| async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        text(StatusCode::OK, seen.uri.path().to_owned())
+    })
+    .await
+}
+
+/// The demo mail service on a free port.
+pub async fn demo_upstream(latency: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(batchgate::demo::serve(listener, latency));
+    addr
+}
+
+/// A plain-text response.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert("content-type", "text/plain".parse().unwrap());
+    r
+}
+
+/// A running gateway.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// `[[routes]]` entries for `(prefix, upstream)` pairs.
+pub fn routes(pairs: &[(&str, SocketAddr)]) -> String {
+    pairs
+        .iter()
+        .map(|(prefix, addr)| {
+            format!("[[routes]]\nprefix = \"{prefix}\"\nupstream = \"http://{addr}\"\n")
+        })
+        .collect()
+}
+
+/// Starts the gateway with this TOML config (listen is ignored: it binds a free port).
+pub async fn gateway(toml: &str) -> TestGateway {
+    let config = Config::from_toml(toml).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let gateway = Arc::new(Gateway::new(config));
+    let task = tokio::spawn(server::run(listener, gateway, async move {
+        let _ = stopped.await;
+    }));
+    TestGateway {
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// A reply as the client got it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The parts of a 200 multipart reply.
+    pub fn parts(&self) -> Vec<ReplyPart> {
+        assert_eq!(
+            self.status,
+            StatusCode::OK,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let ct = self.headers["content-type"].to_str().unwrap();
+        parse_reply(ct, &self.body).unwrap()
+    }
+    /// The JSON error message of a refused batch.
+    pub fn error_message(&self) -> String {
+        let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap();
+        assert_eq!(v["error"]["code"], self.status.as_u16());
+        v["error"]["message"].as_str().unwrap().to_owned()
+    }
+}
+
+/// The JSON error message of an error part (checks the code matches the status).
+pub fn part_error(part: &ReplyPart) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&part.body).unwrap();
+    assert_eq!(v["error"]["code"], part.status.as_u16());
+    v["error"]["message"].as_str().unwrap().to_owned()
+}
+
+impl TestGateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs a batch body with this content type (and extra headers) to /batch.
+    pub async fn post(&self, content_type: &str, body: impl Into<Bytes>) -> Reply {
+        self.request(
+            Method::POST,
+            "/batch",
+            &[("content-type", content_type)],
+            body.into(),
+        )
+        .await
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let mut request = Request::builder().method(method).uri(self.url(path));
+        for (n, v) in headers {
+            request = request.header(*n, *v);
+        }
+        let response = client
+            .request(request.body(Full::new(body)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Sends raw bytes and reads until the gateway closes the connection.
+    pub async fn raw(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    /// Signals shutdown and waits for the server to finish.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        (&mut self.task).await.unwrap();
+    }
+}
+
+/// A request body of GET parts for these targets, CRLF, ids `<i0>`, `<i1>`, ...
+pub fn get_batch(boundary: &str, targets: &[String]) -> String {
+    let mut out = String::new();
+    for (i, t) in targets.iter().enumerate() {
+        out.push_str(&format!(
+            "--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <i{i}>\r\n\r\nGET {t} HTTP/1.1\r\n\r\n"
+        ));
+    }
+    out.push_str(&format!("--{boundary}--\r\n"));
+    out
+}
