@@ -405,6 +405,15 @@ upstream = "http://127.0.0.1:9001"
     }
 
     #[test]
+    fn the_shipped_config_parses_and_states_the_defaults() {
+        let shipped = Config::from_toml(include_str!("../config.toml")).unwrap();
+        let defaults = Limits::default();
+        assert_eq!(format!("{:?}", shipped.limits), format!("{defaults:?}"));
+        assert_eq!(format!("{:?}", shipped.upstream), format!("{:?}", UpstreamSettings::default()));
+        assert_eq!(shipped.routes.len(), 1);
+    }
+
+    #[test]
     fn units() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
