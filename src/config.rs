@@ -10,6 +10,8 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use serde::{Deserialize, Deserializer};
 
+use crate::compress::CompressionConfig;
+
 /// Why a configuration could not be used. Each message names the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,6 +40,7 @@ pub struct Config {
     pub limits: Limits,
     pub upstream: UpstreamSettings,
     pub headers: HeaderPolicy,
+    pub compression: CompressionConfig,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -49,6 +52,7 @@ impl Default for Config {
             limits: Limits::default(),
             upstream: UpstreamSettings::default(),
             headers: HeaderPolicy::default(),
+            compression: CompressionConfig::default(),
             routes: Vec::new(),
         }
     }
@@ -246,6 +250,13 @@ impl Config {
                 l.window, l.concurrency
             )));
         }
+        let c = &self.compression;
+        if c.gzip_level > 9 || !(1..=19).contains(&c.zstd_level) || c.brotli_quality > 11 {
+            return Err(ConfigError::Invalid(
+                "compression levels: gzip_level 0-9, zstd_level 1-19, brotli_quality 0-11"
+                    .to_owned(),
+            ));
+        }
         if !self.batch_path.starts_with('/') {
             return Err(ConfigError::Invalid(format!(
                 "batch_path {:?} must start with '/'",
@@ -409,8 +420,15 @@ upstream = "http://127.0.0.1:9001"
         let shipped = Config::from_toml(include_str!("../config.toml")).unwrap();
         let defaults = Limits::default();
         assert_eq!(format!("{:?}", shipped.limits), format!("{defaults:?}"));
-        assert_eq!(format!("{:?}", shipped.upstream), format!("{:?}", UpstreamSettings::default()));
+        assert_eq!(
+            format!("{:?}", shipped.upstream),
+            format!("{:?}", UpstreamSettings::default())
+        );
         assert_eq!(shipped.routes.len(), 1);
+        assert_eq!(
+            format!("{:?}", shipped.compression),
+            format!("{:?}", CompressionConfig::default())
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::compress::Encoder;
 use crate::error::PartError;
 use crate::gateway::Gateway;
 use crate::headers::upstream_headers;
@@ -193,41 +194,126 @@ impl Fanout {
         }
     }
 
-    /// The reply body: each part's bytes in request order, then the close delimiter.
-    pub fn into_stream(self) -> impl Stream<Item = Bytes> + Send {
-        futures_util::stream::unfold(Some(self), |state| async move {
-            let mut fanout = state?;
-            let Some(slot) = fanout.started.pop_front() else {
-                let mut close = BytesMut::new();
-                write_close(&mut close, &fanout.ctx.boundary);
-                return Some((close.freeze(), None));
-            };
-            let bytes = match slot {
-                Slot::Answered(bytes) => bytes,
-                Slot::Running {
-                    mut task,
-                    index,
-                    content_id,
-                } => match (&mut task.0).await {
-                    Ok(bytes) => bytes,
-                    Err(e) => fanout.ctx.error_part(
-                        content_id.as_ref(),
-                        &PartError::Internal {
-                            index,
-                            reason: format!("part task failed: {e}"),
-                        },
-                    ),
-                },
-            };
-            while fanout.started.len() < fanout.window {
-                let Some(job) = fanout.waiting.pop_front() else {
-                    break;
+    /// The reply body: each part's bytes in request order, then the close delimiter, compressed as one
+    /// stream if `encoder` is given. Parts that are already done are sent together in one frame; a frame goes
+    /// out (and the compressor is flushed) only when the next part is not ready yet.
+    pub fn into_stream(self, encoder: Option<Encoder>) -> impl Stream<Item = Bytes> + Send {
+        let output = Output::new(encoder);
+        futures_util::stream::unfold(Some((self, output)), |state| async move {
+            let (mut fanout, mut output) = state?;
+            loop {
+                let Some(slot) = fanout.started.pop_front() else {
+                    let mut close = BytesMut::new();
+                    write_close(&mut close, &fanout.ctx.boundary);
+                    output.write(&close);
+                    return Some((output.finish(), None));
                 };
-                let slot = fanout.start(job);
-                fanout.started.push_back(slot);
+                let bytes = fanout.resolve(slot).await;
+                fanout.refill();
+                output.write(&bytes);
+                if !fanout.next_is_ready() || output.pending() >= MAX_FRAME {
+                    let frame = output.flush();
+                    if !frame.is_empty() {
+                        return Some((frame, Some((fanout, output))));
+                    }
+                }
             }
-            Some((bytes, Some(fanout)))
         })
+    }
+
+    async fn resolve(&self, slot: Slot) -> Bytes {
+        match slot {
+            Slot::Answered(bytes) => bytes,
+            Slot::Running {
+                mut task,
+                index,
+                content_id,
+            } => match (&mut task.0).await {
+                Ok(bytes) => bytes,
+                Err(e) => self.ctx.error_part(
+                    content_id.as_ref(),
+                    &PartError::Internal {
+                        index,
+                        reason: format!("part task failed: {e}"),
+                    },
+                ),
+            },
+        }
+    }
+
+    fn refill(&mut self) {
+        while self.started.len() < self.window {
+            let Some(job) = self.waiting.pop_front() else {
+                break;
+            };
+            let slot = self.start(job);
+            self.started.push_back(slot);
+        }
+    }
+
+    /// Whether the next part (or the end of the reply) can be written without waiting.
+    fn next_is_ready(&self) -> bool {
+        match self.started.front() {
+            None => true,
+            Some(Slot::Answered(_)) => true,
+            Some(Slot::Running { task, .. }) => task.0.is_finished(),
+        }
+    }
+}
+
+/// Largest frame gathered from parts that are ready together, before it is sent regardless.
+const MAX_FRAME: usize = 256 * 1024;
+
+/// Where reply bytes gather until the next frame: plain, or through the compressor.
+enum Output {
+    Identity(BytesMut),
+    Encoded { encoder: Encoder, written: usize },
+}
+
+impl Output {
+    fn new(encoder: Option<Encoder>) -> Output {
+        match encoder {
+            Some(encoder) => Output::Encoded {
+                encoder,
+                written: 0,
+            },
+            None => Output::Identity(BytesMut::new()),
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        match self {
+            Output::Identity(buf) => buf.extend_from_slice(bytes),
+            Output::Encoded { encoder, written } => {
+                encoder.write(bytes);
+                *written += bytes.len();
+            }
+        }
+    }
+
+    /// Input bytes gathered since the last frame.
+    fn pending(&self) -> usize {
+        match self {
+            Output::Identity(buf) => buf.len(),
+            Output::Encoded { written, .. } => *written,
+        }
+    }
+
+    fn flush(&mut self) -> Bytes {
+        match self {
+            Output::Identity(buf) => buf.split().freeze(),
+            Output::Encoded { encoder, written } => {
+                *written = 0;
+                encoder.flush()
+            }
+        }
+    }
+
+    fn finish(self) -> Bytes {
+        match self {
+            Output::Identity(buf) => buf.freeze(),
+            Output::Encoded { encoder, .. } => encoder.finish(),
+        }
     }
 }
 

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue};
+use http::header::{
+    ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, VARY,
+};
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -63,6 +65,16 @@ impl Gateway {
         }
     }
 
+    /// Sub-requests in flight right now, across all batches.
+    pub fn sub_requests_in_flight(&self) -> usize {
+        self.config.limits.max_inflight - self.inflight.available_permits()
+    }
+
+    /// Batches being served right now (from arrival until the last reply byte is out or the client is gone).
+    pub fn batches_in_flight(&self) -> usize {
+        self.config.limits.max_batches - self.batches.available_permits()
+    }
+
     /// Serves one `POST` to the batch endpoint.
     pub async fn batch<B>(
         self: &Arc<Self>,
@@ -97,6 +109,12 @@ impl Gateway {
                 limit: limits.max_batch_bytes,
             });
         }
+        let coding = self.config.compression.negotiate(
+            request
+                .headers()
+                .get(ACCEPT_ENCODING)
+                .and_then(|v| v.to_str().ok()),
+        );
         let gateway_host = request
             .headers()
             .get(HOST)
@@ -153,8 +171,9 @@ impl Gateway {
             });
         };
         tracing::debug!(parts, bytes = received, %peer, "batch accepted");
+        let encoder = coding.map(|c| self.config.compression.encoder(c));
         let stream = fanout
-            .into_stream()
+            .into_stream(encoder)
             .map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
         let content_type = format!("multipart/mixed; boundary={}", ctx.boundary);
         let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream)));
@@ -162,6 +181,16 @@ impl Gateway {
             CONTENT_TYPE,
             HeaderValue::from_str(&content_type).expect("token boundary"),
         );
+        if self.config.compression.enabled {
+            response
+                .headers_mut()
+                .insert(VARY, HeaderValue::from_static("accept-encoding"));
+        }
+        if let Some(coding) = coding {
+            response
+                .headers_mut()
+                .insert(CONTENT_ENCODING, HeaderValue::from_static(coding.as_str()));
+        }
         Ok(response)
     }
 

@@ -8,8 +8,9 @@
 //! - [`headers`]: hop-by-hop rules, what parts inherit from the batch, forwarding headers.
 //! - [`upstream`]: the shared connection pools.
 //! - [`fanout`]: running a batch's parts concurrently within its window, answering in order.
+//! - [`compress`]: reply compression across parts, negotiated by Accept-Encoding.
 //! - [`gateway`]: the batch endpoint: streaming parse, limits, the reply.
-//! - [`server`]: connections, endpoints, graceful shutdown.
+//! - [`server`]: connections, endpoints, graceful shutdown; [`io`]: the write deadline on connections.
 //! - [`error`]: the batch-level and part-level errors and how they render.
 //! - [`client`]: building batches and reading replies, for client authors.
 //! - [`config`]: the configuration and its defaults.
@@ -18,12 +19,14 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod compress;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod fanout;
 pub mod gateway;
 pub mod headers;
+pub mod io;
 pub mod route;
 pub mod server;
 pub mod upstream;

@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 
 use crate::error::BatchError;
 use crate::gateway::{Gateway, ReplyBody, error_response, full};
+use crate::io::WriteDeadline;
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then lets in-flight batches finish for up to
 /// `limits.shutdown_grace`.
@@ -62,9 +63,8 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
             let draining = draining.clone();
             async move { Ok::<_, Infallible>(dispatch(&gateway, request, peer, &draining).await) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
+        let connection = builder.serve_connection(io, service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
