@@ -109,7 +109,7 @@ fn reply_boundary() -> String {
 pub enum Job {
     /// Answered without going upstream (a parse or routing error).
     Answered(Bytes),
-    Forward(Forward),
+    Forward(Box<Forward>),
 }
 
 /// A part that goes upstream.
@@ -184,7 +184,7 @@ impl Fanout {
             Job::Forward(forward) => {
                 let index = forward.index;
                 let content_id = forward.content_id.clone();
-                let task = tokio::spawn(run_part(self.ctx.clone(), forward));
+                let task = tokio::spawn(run_part(self.ctx.clone(), *forward));
                 Slot::Running {
                     task: AbortOnDrop(task),
                     index,

@@ -231,12 +231,12 @@ impl Gateway {
         if nested {
             return Ok(answered(PartError::NestedBody { index }));
         }
-        Ok(Job::Forward(Forward {
+        Ok(Job::Forward(Box::new(Forward {
             index,
             content_id: parsed.content_id,
             request,
             destination,
-        }))
+        })))
     }
 }
 

@@ -75,6 +75,7 @@ impl Inheritance {
                 n.as_str().starts_with("content-")
                     || *n == header::HOST
                     || *n == header::EXPECT
+                    || *n == header::ACCEPT_ENCODING
                     || self.deny.contains(n)
                     || (!self.only.is_empty() && !self.only.contains(n))
             })
@@ -99,6 +100,9 @@ pub fn upstream_headers(
     part.remove(header::HOST);
     part.remove(header::EXPECT);
     part.remove(header::CONTENT_LENGTH);
+    // Part bodies go back uncompressed: clients such as google-api-python-client cannot decode a part the
+    // upstream compressed, and the reply as a whole is compressed for the client's connection instead.
+    part.remove(header::ACCEPT_ENCODING);
     let mut out = HeaderMap::with_capacity(inherited.len() + part.len() + 2);
     for (name, value) in inherited {
         if !part.contains_key(name) {

@@ -31,6 +31,7 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BATCHGATE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("batchgate=info")),

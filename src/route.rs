@@ -44,7 +44,10 @@ pub enum RouteError {
     EscapesPrefix { target: String, prefix: String },
     #[error("target {target:?} climbs above the root with '..'")]
     EscapesRoot { target: String },
-    #[error("target {0:?} has an encoded '/' or '\\' (%2F, %5C), which is refused")]
+    #[error(
+        "target {0:?} has an encoded '/' or '\\' (%2F, %5C) that, decoded, would make a '.' or '..' segment or \
+         lead to another route; it is refused"
+    )]
     EncodedSlash(String),
     #[error("target {0:?} is not an origin-form path or an absolute http(s) URL")]
     BadTarget(String),
@@ -67,7 +70,7 @@ impl Router {
             .iter()
             .map(|r| Arc::new(Route::new(r, config)))
             .collect();
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Router {
             routes,
             batch_path: config.batch_path.clone(),
@@ -128,9 +131,19 @@ impl Router {
             });
         }
         let route = candidates
-            .into_iter()
+            .iter()
+            .copied()
             .find(|r| path.starts_with(&r.prefix))
             .ok_or_else(|| RouteError::NoRoute(path.clone()))?;
+        // Encoded slashes are forwarded as sent (storage APIs put them in object names), but an upstream that
+        // decodes them must still be inside the route the gateway chose.
+        if has_encoded_slash(raw_path) {
+            let decoded = collapse_slashes(&decode(&path, &[("%2f", '/'), ("%5c", '/')]));
+            let decoded_route = candidates.iter().find(|r| decoded.starts_with(&r.prefix));
+            if !decoded_route.is_some_and(|r| Arc::ptr_eq(r, route)) {
+                return Err(RouteError::EncodedSlash(target.to_owned()));
+            }
+        }
 
         let mut pq = path;
         if let Some(q) = query {
@@ -207,13 +220,16 @@ enum Normalise {
 }
 
 /// Resolves a path the way a file server would read it: backslashes are slashes, `%2e` is a dot, repeated
-/// slashes are one, `.` and `..` segments are applied. Encoded slashes are refused rather than guessed at.
+/// slashes are one, `.` and `..` segments are applied. Encoded slashes stay encoded, but are refused where
+/// decoding them would make a `.` or `..` segment.
 fn normalise_path(raw: &str) -> Result<String, Normalise> {
-    let lower = raw.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") {
-        return Err(Normalise::EncodedSlash);
+    if has_encoded_slash(raw) {
+        let decoded = decode(raw, &[("%2e", '.'), ("%2f", '/'), ("%5c", '/')]).replace('\\', "/");
+        if decoded.split('/').any(|s| s == "." || s == "..") {
+            return Err(Normalise::EncodedSlash);
+        }
     }
-    let decoded = decode_dots(raw).replace('\\', "/");
+    let decoded = decode(raw, &[("%2e", '.')]).replace('\\', "/");
     let trailing_slash =
         decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
     let mut segments: Vec<&str> = Vec::new();
@@ -239,8 +255,13 @@ fn normalise_path(raw: &str) -> Result<String, Normalise> {
     Ok(out)
 }
 
-/// `%2e`/`%2E` to `.`; every other escape is left for the upstream.
-fn decode_dots(raw: &str) -> String {
+fn has_encoded_slash(raw: &str) -> bool {
+    let lower = raw.to_ascii_lowercase();
+    lower.contains("%2f") || lower.contains("%5c")
+}
+
+/// Decodes the given escapes (lower-case, matched in any case); every other escape is left for the upstream.
+fn decode(raw: &str, escapes: &[(&str, char)]) -> String {
     if !raw.contains('%') {
         return raw.to_owned();
     }
@@ -249,8 +270,8 @@ fn decode_dots(raw: &str) -> String {
     while let Some(i) = rest.find('%') {
         out.push_str(&rest[..i]);
         let esc = rest.get(i..i + 3).unwrap_or(&rest[i..]);
-        if esc.eq_ignore_ascii_case("%2e") {
-            out.push('.');
+        if let Some(&(_, c)) = escapes.iter().find(|(e, _)| esc.eq_ignore_ascii_case(e)) {
+            out.push(c);
             rest = &rest[i + 3..];
         } else {
             out.push('%');
@@ -344,6 +365,23 @@ upstream = "http://127.0.0.1:9003"
             to("/mail/a%2F..%2Fb"),
             Err(RouteError::EncodedSlash(_))
         ));
+        // Object names in storage APIs: kept encoded, served.
+        assert_eq!(
+            to("/mail/o/2024%2Fa.jpg").unwrap(),
+            "http://127.0.0.1:9001/mail/o/2024%2Fa.jpg"
+        );
+        for refused in [
+            "/mail/a%5C..%5Cb",
+            "/mail/x%2F%2e%2E%2Fy",
+            "/mail/%2E%2e%2Ffiles/x",
+            // Decoded, this is /mail/admin/, another route than the /mail/ it was checked against.
+            "/mail/admin%2Fusers",
+        ] {
+            assert!(
+                matches!(to(refused), Err(RouteError::EncodedSlash(_))),
+                "{refused}"
+            );
+        }
         assert_eq!(
             to("/mail/a%20b").unwrap(),
             "http://127.0.0.1:9001/mail/a%20b"

@@ -160,32 +160,31 @@ impl PartSplitter {
                     }
                 }
                 State::InPart => {
+                    // The limit must not depend on how the body was chunked: refuse a part only once the
+                    // bytes certain to be its content exceed it.
                     let Some(at) = self.find_delimiter() else {
-                        if self.buf.len() as u64 > self.max_part_bytes.saturating_add(2) {
-                            return Err(FramingError::PartTooLarge {
-                                part: self.parts,
-                                limit: self.max_part_bytes,
-                            });
+                        // A delimiter may still begin in the last `needle - 1` bytes, after a CR.
+                        let content =
+                            (self.buf.len() - 1).saturating_sub(self.finder.needle().len());
+                        if content as u64 > self.max_part_bytes {
+                            return Err(self.too_large());
                         }
                         return Ok(None);
                     };
+                    // Content runs from after buf[0] (the `\n` ending the last delimiter line) to the line
+                    // break before this delimiter, CR included; if this is no delimiter, the part is longer.
+                    let mut end = at;
+                    if end > 1 && self.buf[end - 1] == b'\r' {
+                        end -= 1;
+                    }
+                    let end = end.max(1);
+                    if (end - 1) as u64 > self.max_part_bytes {
+                        return Err(self.too_large());
+                    }
                     match self.delimiter_line(at) {
                         Line::Incomplete => return Ok(None),
                         Line::NotADelimiter => self.scan_from = at + 1,
                         line => {
-                            // Content runs from after buf[0] (the `\n` ending the last delimiter line) to the
-                            // line break before this delimiter, CR included.
-                            let mut end = at;
-                            if end > 1 && self.buf[end - 1] == b'\r' {
-                                end -= 1;
-                            }
-                            let end = end.max(1);
-                            if (end - 1) as u64 > self.max_part_bytes {
-                                return Err(FramingError::PartTooLarge {
-                                    part: self.parts,
-                                    limit: self.max_part_bytes,
-                                });
-                            }
                             let (part, consumed) = if end > 1 {
                                 let mut taken = self.buf.split_to(end);
                                 taken.advance(1);
@@ -261,6 +260,13 @@ impl PartSplitter {
         self.buf.advance(line_end);
         self.scan_from = 0;
         self.state = State::InPart;
+    }
+
+    fn too_large(&self) -> FramingError {
+        FramingError::PartTooLarge {
+            part: self.parts,
+            limit: self.max_part_bytes,
+        }
     }
 
     fn close(&mut self) {

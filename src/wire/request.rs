@@ -112,10 +112,13 @@ fn is_application_http(content_type: &str) -> bool {
 
 /// Splits the part's MIME header block (unfolded, RFC 5322) from its content. A part whose first line is not
 /// a header line has no header block at all.
+/// A part's MIME headers, unfolded, in order.
+pub(crate) type MimeHeaders = Vec<(String, String)>;
+
 pub(crate) fn split_mime_headers(
     part: &[u8],
     max: usize,
-) -> Result<(Vec<(String, String)>, &[u8]), RequestError> {
+) -> Result<(MimeHeaders, &[u8]), RequestError> {
     let mut headers: Vec<(String, String)> = Vec::new();
     let mut pos = 0;
     loop {
@@ -144,9 +147,8 @@ pub(crate) fn split_mime_headers(
             None if headers.is_empty() => return Ok((headers, part)),
             None => return Ok((headers, &part[pos..])),
         }
-        if line_end.is_none() {
-            return Ok((headers, &part[part.len()..]));
-        }
+        // After a last line without a line break, `next` is the end of the part: the next round checks the
+        // size of the block and finds an empty line.
         pos = next;
     }
 }

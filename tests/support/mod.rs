@@ -152,6 +152,8 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>>
 /// A running gateway.
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// The running gateway, to check that nothing is left in flight.
+    pub gateway: Arc<Gateway>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -173,11 +175,12 @@ pub async fn gateway(toml: &str) -> TestGateway {
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let gateway = Arc::new(Gateway::new(config));
-    let task = tokio::spawn(server::run(listener, gateway, async move {
+    let task = tokio::spawn(server::run(listener, gateway.clone(), async move {
         let _ = stopped.await;
     }));
     TestGateway {
         addr,
+        gateway,
         stop: Some(stop),
         task,
     }
@@ -276,6 +279,18 @@ impl TestGateway {
     }
 }
 
+/// Waits until `condition` holds, checking every 10 ms, failing the test after 10 s.
+pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A request body of GET parts for these targets, CRLF, ids `<i0>`, `<i1>`, ...
 pub fn get_batch(boundary: &str, targets: &[String]) -> String {
     let mut out = String::new();
@@ -286,4 +301,136 @@ pub fn get_batch(boundary: &str, targets: &[String]) -> String {
     }
     out.push_str(&format!("--{boundary}--\r\n"));
     out
+}
+
+/// A response read off a raw connection.
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: StatusCode,
+    /// The status line and header lines exactly as sent, blank line included.
+    pub head: String,
+    pub headers: HeaderMap,
+    /// The body without its chunked framing, and gunzipped if it came `Content-Encoding: gzip`.
+    pub body: Bytes,
+}
+
+impl RawReply {
+    /// The same reply as a `Reply`, for `parts()` and `error_message()`.
+    pub fn reply(&self) -> Reply {
+        Reply {
+            status: self.status,
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+        }
+    }
+}
+
+/// Fails the test instead of hanging when `future` takes longer than `secs`.
+pub async fn within<T>(secs: u64, what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {secs}s waiting for {what}"))
+}
+
+/// Connects to `addr`, sends `bytes` as they are and reads one response. The connection is not half-closed:
+/// a client that shuts its side down mid-batch is a client that went away.
+pub async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> RawReply {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    within(10, "the response", read_response(&mut stream)).await
+}
+
+/// Reads one HTTP/1.1 response: its body framed by Content-Length, chunked, or by the connection closing.
+pub async fn read_response(stream: &mut TcpStream) -> RawReply {
+    async fn more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> usize {
+        let mut chunk = [0u8; 8192];
+        let n = stream.read(&mut chunk).await.unwrap();
+        buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+    let mut buf = Vec::new();
+    let head_len = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = more(stream, &mut buf).await;
+        assert!(
+            n > 0,
+            "closed before a response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+    };
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut slots);
+    assert!(response.parse(&buf[..head_len]).unwrap().is_complete());
+    let status = StatusCode::from_u16(response.code.unwrap()).unwrap();
+    let mut headers = HeaderMap::new();
+    for h in response.headers.iter() {
+        headers.append(
+            http::HeaderName::from_bytes(h.name.as_bytes()).unwrap(),
+            http::HeaderValue::from_bytes(h.value).unwrap(),
+        );
+    }
+    let head = String::from_utf8(buf[..head_len].to_vec()).unwrap();
+    let mut rest = buf.split_off(head_len);
+    let chunked = headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+    let length = headers
+        .get("content-length")
+        .map(|v| v.to_str().unwrap().parse::<usize>().unwrap());
+    let body = if chunked {
+        let mut body = Vec::new();
+        let mut pos = 0;
+        loop {
+            let line_end = loop {
+                if let Some(i) = rest[pos..].windows(2).position(|w| w == b"\r\n") {
+                    break pos + i;
+                }
+                assert!(
+                    more(stream, &mut rest).await > 0,
+                    "closed inside a chunk size line"
+                );
+            };
+            let line = std::str::from_utf8(&rest[pos..line_end]).unwrap();
+            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
+            // The data and its CRLF; after the last (empty) chunk, the CRLF that ends the (empty) trailers.
+            let end = line_end + 2 + size + 2;
+            while rest.len() < end {
+                assert!(more(stream, &mut rest).await > 0, "closed inside a chunk");
+            }
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+            pos = end;
+        }
+        body
+    } else if let Some(n) = length {
+        while rest.len() < n {
+            assert!(more(stream, &mut rest).await > 0, "closed inside the body");
+        }
+        rest.truncate(n);
+        rest
+    } else {
+        while more(stream, &mut rest).await > 0 {}
+        rest
+    };
+    let gzipped = headers
+        .get("content-encoding")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let body = if gzipped {
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain)
+            .unwrap();
+        plain
+    } else {
+        body
+    };
+    RawReply {
+        status,
+        head,
+        headers,
+        body: Bytes::from(body),
+    }
 }
