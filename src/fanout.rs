@@ -28,14 +28,12 @@ use crate::gateway::Gateway;
 use crate::headers::upstream_headers;
 use crate::route::Destination;
 use crate::upstream::ExchangeError;
-use crate::wire::{ContentId, EmbeddedRequest, write_close, write_reply_part};
+use crate::wire::{ContentId, EmbeddedRequest, PendingPart, write_close};
 
 /// What every part of one batch shares.
 #[derive(Debug)]
 pub struct BatchCtx {
     pub gateway: Arc<Gateway>,
-    /// Boundary of the reply.
-    pub boundary: String,
     /// Outer headers every part starts from.
     pub inherited: HeaderMap,
     pub peer: IpAddr,
@@ -57,7 +55,6 @@ impl BatchCtx {
     ) -> BatchCtx {
         let limits = &gateway.config.limits;
         BatchCtx {
-            boundary: reply_boundary(),
             inherited,
             peer,
             concurrency: Arc::new(Semaphore::new(limits.concurrency)),
@@ -69,7 +66,7 @@ impl BatchCtx {
     }
 
     /// Renders a failed part as a reply part with a JSON body.
-    pub fn error_part(&self, content_id: Option<&ContentId>, error: &PartError) -> Bytes {
+    pub fn error_part(&self, content_id: Option<&ContentId>, error: &PartError) -> PendingPart {
         match error.fault() {
             crate::error::Fault::Client => tracing::debug!(kind = error.kind(), "{error}"),
             _ => tracing::warn!(
@@ -80,35 +77,15 @@ impl BatchCtx {
         }
         let mut headers = HeaderMap::with_capacity(1);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let mut out = BytesMut::new();
-        write_reply_part(
-            &mut out,
-            &self.boundary,
-            content_id,
-            error.status(),
-            &headers,
-            &error.body(),
-        );
-        out.freeze()
+        PendingPart::new(content_id, error.status(), &headers, [&error.body()[..]])
     }
-}
-
-/// A random token; a reply boundary cannot collide with the upstream bodies in any useful way.
-fn reply_boundary() -> String {
-    use rand::Rng;
-    let token: String = rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(24)
-        .map(char::from)
-        .collect();
-    format!("batch_{token}")
 }
 
 /// One part, ready to run or already answered.
 #[derive(Debug)]
 pub enum Job {
     /// Answered without going upstream (a parse or routing error).
-    Answered(Bytes),
+    Answered(PendingPart),
     Forward(Box<Forward>),
 }
 
@@ -123,7 +100,7 @@ pub struct Forward {
 
 /// A started part in the window.
 enum Slot {
-    Answered(Bytes),
+    Answered(PendingPart),
     Running {
         task: AbortOnDrop,
         index: usize,
@@ -132,7 +109,7 @@ enum Slot {
 }
 
 /// Aborts the task when dropped: a part whose reply nobody will read must not keep running.
-struct AbortOnDrop(JoinHandle<Bytes>);
+struct AbortOnDrop(JoinHandle<PendingPart>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -194,34 +171,49 @@ impl Fanout {
         }
     }
 
-    /// The reply body: each part's bytes in request order, then the close delimiter, compressed as one
-    /// stream if `encoder` is given. Parts that are already done are sent together in one frame; a frame goes
-    /// out (and the compressor is flushed) only when the next part is not ready yet.
-    pub fn into_stream(self, encoder: Option<Encoder>) -> impl Stream<Item = Bytes> + Send {
-        let output = Output::new(encoder);
-        futures_util::stream::unfold(Some((self, output)), |state| async move {
-            let (mut fanout, mut output) = state?;
-            loop {
-                let Some(slot) = fanout.started.pop_front() else {
-                    let mut close = BytesMut::new();
-                    write_close(&mut close, &fanout.ctx.boundary);
-                    output.write(&close);
-                    return Some((output.finish(), None));
-                };
-                let bytes = fanout.resolve(slot).await;
-                fanout.refill();
-                output.write(&bytes);
-                if !fanout.next_is_ready() || output.pending() >= MAX_FRAME {
-                    let frame = output.flush();
-                    if !frame.is_empty() {
-                        return Some((frame, Some((fanout, output))));
+    /// The reply body, delimited by `boundary`: each part's bytes in request order, then the close
+    /// delimiter. Compressed as one stream if `encoder` is given, flushed only when the next part is not ready
+    /// yet; uncompressed parts go out one frame each, which hyper gathers into one vectored write.
+    pub fn into_stream(
+        self,
+        boundary: String,
+        encoder: Option<Encoder>,
+    ) -> impl Stream<Item = Bytes> + Send {
+        futures_util::stream::unfold(Some((self, encoder)), move |state| {
+            let boundary = boundary.clone();
+            async move {
+                let (mut fanout, mut encoder) = state?;
+                loop {
+                    let Some(slot) = fanout.started.pop_front() else {
+                        let mut close = BytesMut::new();
+                        write_close(&mut close, &boundary);
+                        let last = match encoder {
+                            Some(mut encoder) => {
+                                encoder.write(&close);
+                                encoder.finish()
+                            }
+                            None => close.freeze(),
+                        };
+                        return Some((last, None));
+                    };
+                    let part = fanout.resolve(slot).await.into_bytes(&boundary);
+                    fanout.refill();
+                    let Some(enc) = encoder.as_mut() else {
+                        return Some((part, Some((fanout, encoder))));
+                    };
+                    enc.write(&part);
+                    if !fanout.next_is_ready() {
+                        let frame = enc.flush();
+                        if !frame.is_empty() {
+                            return Some((frame, Some((fanout, encoder))));
+                        }
                     }
                 }
             }
         })
     }
 
-    async fn resolve(&self, slot: Slot) -> Bytes {
+    async fn resolve(&self, slot: Slot) -> PendingPart {
         match slot {
             Slot::Answered(bytes) => bytes,
             Slot::Running {
@@ -261,64 +253,8 @@ impl Fanout {
     }
 }
 
-/// Largest frame gathered from parts that are ready together, before it is sent regardless.
-const MAX_FRAME: usize = 256 * 1024;
-
-/// Where reply bytes gather until the next frame: plain, or through the compressor.
-enum Output {
-    Identity(BytesMut),
-    Encoded { encoder: Encoder, written: usize },
-}
-
-impl Output {
-    fn new(encoder: Option<Encoder>) -> Output {
-        match encoder {
-            Some(encoder) => Output::Encoded {
-                encoder,
-                written: 0,
-            },
-            None => Output::Identity(BytesMut::new()),
-        }
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        match self {
-            Output::Identity(buf) => buf.extend_from_slice(bytes),
-            Output::Encoded { encoder, written } => {
-                encoder.write(bytes);
-                *written += bytes.len();
-            }
-        }
-    }
-
-    /// Input bytes gathered since the last frame.
-    fn pending(&self) -> usize {
-        match self {
-            Output::Identity(buf) => buf.len(),
-            Output::Encoded { written, .. } => *written,
-        }
-    }
-
-    fn flush(&mut self) -> Bytes {
-        match self {
-            Output::Identity(buf) => buf.split().freeze(),
-            Output::Encoded { encoder, written } => {
-                *written = 0;
-                encoder.flush()
-            }
-        }
-    }
-
-    fn finish(self) -> Bytes {
-        match self {
-            Output::Identity(buf) => buf.freeze(),
-            Output::Encoded { encoder, .. } => encoder.finish(),
-        }
-    }
-}
-
 /// Runs one part to its rendered reply bytes. Never fails: every failure is an error part.
-async fn run_part(ctx: Arc<BatchCtx>, part: Forward) -> Bytes {
+async fn run_part(ctx: Arc<BatchCtx>, part: Forward) -> PendingPart {
     let index = part.index;
     let content_id = part.content_id.clone();
     let deadline = ctx.deadline;
@@ -335,7 +271,7 @@ async fn run_part(ctx: Arc<BatchCtx>, part: Forward) -> Bytes {
     }
 }
 
-async fn forward(ctx: &BatchCtx, part: Forward) -> Result<Bytes, PartError> {
+async fn forward(ctx: &BatchCtx, part: Forward) -> Result<PendingPart, PartError> {
     let gateway = &ctx.gateway;
     let route = part.destination.route.clone();
     let upstream = route.authority.to_string();
@@ -411,11 +347,10 @@ async fn forward(ctx: &BatchCtx, part: Forward) -> Result<Bytes, PartError> {
         }
         Ok(Ok(reply)) => reply,
     };
-    let len = reply.body.len() as u64;
     let within_budget = ctx
         .response_budget
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
-            left.checked_sub(len)
+            left.checked_sub(reply.body_len)
         })
         .is_ok();
     if !within_budget {
@@ -425,16 +360,13 @@ async fn forward(ctx: &BatchCtx, part: Forward) -> Result<Bytes, PartError> {
         });
     }
     tracing::trace!(part = part.index, status = reply.status.as_u16(), elapsed = ?started.elapsed(), "part done");
-    let mut out = BytesMut::new();
-    write_reply_part(
-        &mut out,
-        &ctx.boundary,
+    let body = reply.body.iter().map(|piece| &piece[..]);
+    Ok(PendingPart::new(
         part.content_id.as_ref(),
         reply.status,
         &reply.headers,
-        &reply.body,
-    );
-    Ok(out.freeze())
+        body,
+    ))
 }
 
 fn internal(index: usize, e: impl std::fmt::Display) -> PartError {

@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -44,6 +45,9 @@ pub struct Gateway {
     pub inflight: Arc<Semaphore>,
     /// Batches being served; a batch over the limit is refused at once with 503.
     batches: Arc<Semaphore>,
+    /// Secret keys for reply boundaries: a boundary is a keyed hash of the batch, so the same batch gets the
+    /// same reply bytes, yet an upstream cannot predict it to forge parts inside its body.
+    boundary_keys: [RandomState; 2],
 }
 
 impl Gateway {
@@ -61,6 +65,7 @@ impl Gateway {
             },
             inflight: Arc::new(Semaphore::new(limits.max_inflight)),
             batches: Arc::new(Semaphore::new(limits.max_batches)),
+            boundary_keys: [RandomState::new(), RandomState::new()],
             config,
         }
     }
@@ -126,6 +131,7 @@ impl Gateway {
         let mut fanout = Some(Fanout::new(ctx.clone()));
         let mut splitter = PartSplitter::new(&boundary, limits.max_part_bytes);
         let mut ids = HashSet::new();
+        let mut hashers = self.boundary_keys.each_ref().map(BuildHasher::build_hasher);
         let mut received = 0u64;
         let mut parts = 0usize;
         let mut body = request.into_body();
@@ -147,6 +153,9 @@ impl Gateway {
                 });
             }
             splitter.push(&data);
+            for h in &mut hashers {
+                h.write(&data);
+            }
             while let Some(raw) = splitter.next_part()? {
                 parts += 1;
                 if parts > limits.max_parts {
@@ -171,11 +180,13 @@ impl Gateway {
             });
         };
         tracing::debug!(parts, bytes = received, %peer, "batch accepted");
+        let [a, b] = hashers.map(|h| h.finish());
+        let reply_boundary = format!("{a:016x}{b:016x}");
         let encoder = coding.map(|c| self.config.compression.encoder(c));
         let stream = fanout
-            .into_stream(encoder)
+            .into_stream(reply_boundary.clone(), encoder)
             .map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
-        let content_type = format!("multipart/mixed; boundary={}", ctx.boundary);
+        let content_type = format!("multipart/mixed; boundary={reply_boundary}");
         let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream)));
         response.headers_mut().insert(
             CONTENT_TYPE,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -19,7 +19,9 @@ pub struct UpstreamReply {
     pub status: StatusCode,
     /// Without hop-by-hop headers and without `Content-Length` (the reply part sets its own).
     pub headers: HeaderMap,
-    pub body: Bytes,
+    /// The body as it arrived, piece by piece: it is copied once, into the reply part.
+    pub body: Vec<Bytes>,
+    pub body_len: u64,
 }
 
 /// Why an exchange failed, before it is attributed to a part.
@@ -84,22 +86,29 @@ impl Upstreams {
                 ExchangeError::Broken(reason)
             }
         })?;
-        let (parts, body) = response.into_parts();
-        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        let body = Limited::new(body, limit).collect().await.map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ExchangeError::TooLarge
-            } else {
-                ExchangeError::Broken(format!("reading the response body: {}", reason(e.as_ref())))
+        let (parts, mut body) = response.into_parts();
+        let mut pieces = Vec::new();
+        let mut body_len = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ExchangeError::Broken(format!("reading the response body: {}", reason(&e)))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                body_len += data.len() as u64;
+                if body_len > limit {
+                    return Err(ExchangeError::TooLarge);
+                }
+                pieces.push(data);
             }
-        })?;
+        }
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
         headers.remove(http::header::CONTENT_LENGTH);
         Ok(UpstreamReply {
             status: parts.status,
             headers,
-            body: body.to_bytes(),
+            body: pieces,
+            body_len,
         })
     }
 }

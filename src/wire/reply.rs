@@ -17,10 +17,44 @@ pub fn write_reply_part(
     headers: &HeaderMap,
     body: &[u8],
 ) {
-    out.reserve(128 + boundary.len() + headers.len() * 48 + body.len());
+    out.reserve(8 + boundary.len() + entity_head_len(content_id, headers) + body.len());
+    write_delimiter(out, boundary);
+    write_entity_head(out, content_id, status, headers, body.len());
+    out.put_slice(body);
+    out.put_slice(b"\r\n");
+}
+
+/// Writes the close delimiter that ends the reply.
+pub fn write_close(out: &mut BytesMut, boundary: &str) {
     out.put_slice(b"--");
     out.put_slice(boundary.as_bytes());
-    out.put_slice(b"\r\nContent-Type: application/http\r\n");
+    out.put_slice(b"--\r\n");
+}
+
+fn write_delimiter(out: &mut BytesMut, boundary: &str) {
+    out.put_slice(b"--");
+    out.put_slice(boundary.as_bytes());
+    out.put_slice(b"\r\n");
+}
+
+/// A generous estimate of what `write_entity_head` writes, to size buffers once.
+fn entity_head_len(content_id: Option<&ContentId>, headers: &HeaderMap) -> usize {
+    let headers: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    96 + content_id.map_or(0, |id| id.id().len() + 32) + headers
+}
+
+/// Part headers, then the embedded status line, headers and `Content-Length`, up to the body.
+fn write_entity_head(
+    out: &mut BytesMut,
+    content_id: Option<&ContentId>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body_len: usize,
+) {
+    out.put_slice(b"Content-Type: application/http\r\n");
     if let Some(id) = content_id {
         out.put_slice(b"Content-ID: ");
         out.put_slice(id.response_id().as_bytes());
@@ -40,21 +74,52 @@ pub fn write_reply_part(
         }
     }
     out.put_slice(b"content-length: ");
-    out.put_slice(itoa_usize(body.len()).as_bytes());
+    out.put_slice(body_len.to_string().as_bytes());
     out.put_slice(b"\r\n\r\n");
-    out.put_slice(body);
-    out.put_slice(b"\r\n");
 }
 
-/// Writes the close delimiter that ends the reply.
-pub fn write_close(out: &mut BytesMut, boundary: &str) {
-    out.put_slice(b"--");
-    out.put_slice(boundary.as_bytes());
-    out.put_slice(b"--\r\n");
-}
+/// Length of the boundaries the gateway generates for its replies (see [`PendingPart`]).
+pub const REPLY_BOUNDARY_LEN: usize = 32;
 
-fn itoa_usize(n: usize) -> String {
-    n.to_string()
+/// A reply part rendered before the reply's boundary is known: the gateway answers parts while the batch
+/// is still arriving, but fixes the boundary only once it has all of it. Room for the delimiter line is kept
+/// at the front and filled in by [`PendingPart::into_bytes`], so the part is copied once, when rendered.
+#[derive(Debug)]
+pub struct PendingPart(BytesMut);
+
+impl PendingPart {
+    /// Renders a part whose body arrives in pieces (as read from an upstream), copying each piece once.
+    pub fn new<'a>(
+        content_id: Option<&ContentId>,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: impl IntoIterator<Item = &'a [u8]> + Clone,
+    ) -> PendingPart {
+        let body_len: usize = body.clone().into_iter().map(<[u8]>::len).sum();
+        let mut out = BytesMut::with_capacity(
+            6 + REPLY_BOUNDARY_LEN + entity_head_len(content_id, headers) + body_len,
+        );
+        out.put_slice(b"--");
+        out.put_bytes(b'-', REPLY_BOUNDARY_LEN);
+        out.put_slice(b"\r\n");
+        write_entity_head(&mut out, content_id, status, headers, body_len);
+        for piece in body {
+            out.put_slice(piece);
+        }
+        out.put_slice(b"\r\n");
+        PendingPart(out)
+    }
+
+    /// The part's bytes, delimited by `boundary`, which must be `REPLY_BOUNDARY_LEN` bytes long.
+    pub fn into_bytes(mut self, boundary: &str) -> Bytes {
+        assert_eq!(
+            boundary.len(),
+            REPLY_BOUNDARY_LEN,
+            "reply boundaries have a fixed length"
+        );
+        self.0[2..2 + REPLY_BOUNDARY_LEN].copy_from_slice(boundary.as_bytes());
+        self.0.freeze()
+    }
 }
 
 /// One embedded response, as the client library reads it back.
@@ -165,6 +230,26 @@ mod tests {
 HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}\r\n\
 --x\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n\r\n--x--\r\n"[..]
         );
+    }
+
+    #[test]
+    fn a_pending_part_is_a_reply_part_once_its_boundary_is_known() {
+        let boundary = "b".repeat(REPLY_BOUNDARY_LEN);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        let id = ContentId::parse("<q>");
+        let mut direct = BytesMut::new();
+        write_reply_part(
+            &mut direct,
+            &boundary,
+            Some(&id),
+            StatusCode::CREATED,
+            &headers,
+            b"hello world",
+        );
+        let pieces: [&[u8]; 2] = [b"hello ", b"world"];
+        let pending = PendingPart::new(Some(&id), StatusCode::CREATED, &headers, pieces);
+        assert_eq!(pending.into_bytes(&boundary), direct.freeze());
     }
 
     #[test]
