@@ -3,6 +3,7 @@
 //! The stream is flushed whenever the next part is not ready yet, so the reply still streams part by part.
 
 use std::io::Write;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -36,6 +37,9 @@ pub struct CompressionConfig {
     pub gzip_level: u32,
     pub zstd_level: i32,
     pub brotli_quality: u32,
+    /// How long the compressed stream waits for the next part before flushing what it has.
+    #[serde(deserialize_with = "crate::config::de_duration")]
+    pub flush_delay: Duration,
 }
 
 impl Default for CompressionConfig {
@@ -46,6 +50,7 @@ impl Default for CompressionConfig {
             gzip_level: 6,
             zstd_level: 6,
             brotli_quality: 6,
+            flush_delay: Duration::from_millis(2),
         }
     }
 }

@@ -371,7 +371,7 @@ enum TextOrNumber {
     Number(u64),
 }
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     match TextOrNumber::deserialize(d)? {
         TextOrNumber::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
         TextOrNumber::Number(n) => Ok(Duration::from_secs(n)),

@@ -125,13 +125,15 @@ pub fn embedded_request(data: &[u8]) {
     }
 
     // Written back out (as the gateway's client library would) and parsed again, it is the same request.
+    // The writer trusts its caller to pick a boundary that occurs nowhere else (a method or a body may
+    // hold it); skip the inputs where this one does.
     const BOUNDARY: &str = "fuzz_rt_Zq9x";
-    if contains(&request.body, format!("--{BOUNDARY}").as_bytes()) {
-        return;
-    }
     let mut out = BytesMut::new();
     write_request_part(&mut out, BOUNDARY, parsed.content_id.as_ref(), &request);
     write_close(&mut out, BOUNDARY);
+    if count(&out, format!("--{BOUNDARY}").as_bytes()) != 2 {
+        return;
+    }
     let mut splitter = PartSplitter::new(BOUNDARY, u64::MAX);
     splitter.push(&out);
     let again = splitter.next_part().unwrap().expect("one part");
@@ -442,8 +444,11 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    find(haystack, needle).is_some()
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
 }
 
 /// The body is the end of the part, or (with a Content-Length) followed only by white space.
