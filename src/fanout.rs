@@ -172,41 +172,40 @@ impl Fanout {
     }
 
     /// The reply body, delimited by `boundary`: each part's bytes in request order, then the close
-    /// delimiter. Compressed as one stream if `encoder` is given, flushed only when the next part is not ready
-    /// yet; uncompressed parts go out one frame each, which hyper gathers into one vectored write.
+    /// delimiter, compressed as one stream if `encoder` is given.
+    ///
+    /// Parts that finish together go out together: when the next part is not ready, the stream waits up to
+    /// `flush_delay` for it before handing what it has to the connection. Each hand-over is a write (and, on
+    /// a slow link, packets counted against the congestion window), so one per part would cost a syscall
+    /// per sub-request. Large uncompressed parts are passed on as they are, without a copy.
     pub fn into_stream(
         self,
         boundary: String,
         encoder: Option<Encoder>,
     ) -> impl Stream<Item = Bytes> + Send {
         let flush_delay = self.ctx.gateway.config.compression.flush_delay;
-        futures_util::stream::unfold(Some((self, encoder)), move |state| {
+        let output = Output::new(encoder);
+        futures_util::stream::unfold(Some((self, output)), move |state| {
             let boundary = boundary.clone();
             async move {
-                let (mut fanout, mut encoder) = state?;
+                let (mut fanout, mut output) = state?;
                 loop {
                     let Some(slot) = fanout.started.pop_front() else {
                         let mut close = BytesMut::new();
                         write_close(&mut close, &boundary);
-                        let last = match encoder {
-                            Some(mut encoder) => {
-                                encoder.write(&close);
-                                encoder.finish()
-                            }
-                            None => close.freeze(),
-                        };
-                        return Some((last, None));
+                        return Some((output.finish(&close), None));
                     };
                     let part = fanout.resolve(slot).await.into_bytes(&boundary);
                     fanout.refill();
-                    let Some(enc) = encoder.as_mut() else {
-                        return Some((part, Some((fanout, encoder))));
-                    };
-                    enc.write(&part);
-                    if !fanout.next_is_ready() && !fanout.wait_next(flush_delay).await {
-                        let frame = enc.flush();
+                    if let Some(large) = output.write(part) {
+                        return Some((large, Some((fanout, output))));
+                    }
+                    let more = output.pending() < MAX_FRAME
+                        && (fanout.next_is_ready() || fanout.wait_next(flush_delay).await);
+                    if !more {
+                        let frame = output.flush();
                         if !frame.is_empty() {
-                            return Some((frame, Some((fanout, encoder))));
+                            return Some((frame, Some((fanout, output))));
                         }
                     }
                 }
@@ -250,7 +249,12 @@ impl Fanout {
         let Some(slot) = self.started.front_mut() else {
             return true;
         };
-        let Slot::Running { task, index, content_id } = slot else {
+        let Slot::Running {
+            task,
+            index,
+            content_id,
+        } = slot
+        else {
             return true;
         };
         let Ok(result) = tokio::time::timeout(delay, &mut task.0).await else {
@@ -275,6 +279,77 @@ impl Fanout {
             None => true,
             Some(Slot::Answered(_)) => true,
             Some(Slot::Running { task, .. }) => task.0.is_finished(),
+        }
+    }
+}
+
+/// Input bytes gathered before a frame is sent regardless of what is ready.
+const MAX_FRAME: usize = 64 * 1024;
+
+/// An uncompressed part at least this large is sent as its own frame rather than copied into one.
+const ZERO_COPY_PART: usize = 16 * 1024;
+
+/// Where reply bytes gather until the next frame: plain, or through the compressor.
+enum Output {
+    Identity(BytesMut),
+    Encoded { encoder: Encoder, written: usize },
+}
+
+impl Output {
+    fn new(encoder: Option<Encoder>) -> Output {
+        match encoder {
+            Some(encoder) => Output::Encoded {
+                encoder,
+                written: 0,
+            },
+            None => Output::Identity(BytesMut::new()),
+        }
+    }
+
+    /// Takes a part; returns it back as a frame of its own when it is large and nothing is gathered.
+    fn write(&mut self, part: Bytes) -> Option<Bytes> {
+        match self {
+            Output::Identity(buf) if buf.is_empty() && part.len() >= ZERO_COPY_PART => Some(part),
+            Output::Identity(buf) => {
+                buf.extend_from_slice(&part);
+                None
+            }
+            Output::Encoded { encoder, written } => {
+                encoder.write(&part);
+                *written += part.len();
+                None
+            }
+        }
+    }
+
+    /// Input bytes gathered since the last frame.
+    fn pending(&self) -> usize {
+        match self {
+            Output::Identity(buf) => buf.len(),
+            Output::Encoded { written, .. } => *written,
+        }
+    }
+
+    fn flush(&mut self) -> Bytes {
+        match self {
+            Output::Identity(buf) => buf.split().freeze(),
+            Output::Encoded { encoder, written } => {
+                *written = 0;
+                encoder.flush()
+            }
+        }
+    }
+
+    fn finish(self, close: &[u8]) -> Bytes {
+        match self {
+            Output::Identity(mut buf) => {
+                buf.extend_from_slice(close);
+                buf.freeze()
+            }
+            Output::Encoded { mut encoder, .. } => {
+                encoder.write(close);
+                encoder.finish()
+            }
         }
     }
 }

@@ -24,6 +24,9 @@ struct Args {
     /// Also run the built-in demo mail service and route /mail/ to it.
     #[arg(long)]
     demo: bool,
+    /// Worker threads of the async runtime (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Time the demo service takes per request, to show what batching saves (e.g. 50ms).
     #[arg(long, value_parser = parse_duration, default_value = "0ms")]
     demo_latency: Duration,
@@ -38,10 +41,11 @@ fn main() -> std::process::ExitCode {
         )
         .init();
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    let runtime = runtime.enable_all().build().expect("tokio runtime");
     match runtime.block_on(run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(message) => {

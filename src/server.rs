@@ -96,7 +96,7 @@ async fn dispatch(
         let started = std::time::Instant::now();
         return match gateway.batch(request, peer.ip()).await {
             Ok(response) => {
-                tracing::info!(%peer, elapsed = ?started.elapsed(), "batch streaming");
+                tracing::debug!(%peer, elapsed = ?started.elapsed(), "batch streaming");
                 response
             }
             Err(e) => refuse(e, peer),

@@ -13,6 +13,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::UpstreamSettings;
 use crate::headers::strip_hop_by_hop;
 
+/// Read buffer of each upstream connection. A fixed size keeps pooled connections from each growing theirs
+/// to the largest body they ever read; body pieces are copied out once, into the reply part.
+const READ_BUF: usize = 16 * 1024;
+
 /// An upstream's complete answer.
 #[derive(Debug)]
 pub struct UpstreamReply {
@@ -55,6 +59,7 @@ impl Upstreams {
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
                 .http2_only(http2)
+                .http1_read_buf_exact_size(READ_BUF)
                 .build(connector.clone())
         };
         Upstreams {

@@ -553,7 +553,7 @@ async fn sigterm_drains_in_flight_batches_then_exits_zero() {
             "--listen",
             "127.0.0.1:0",
         ])
-        .env("BATCHGATE_LOG", "batchgate=info")
+        .env("BATCHGATE_LOG", "batchgate=debug")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -624,4 +624,29 @@ async fn sigterm_drains_in_flight_batches_then_exits_zero() {
         TcpStream::connect(addr).await.is_err(),
         "no longer accepting"
     );
+}
+
+#[tokio::test]
+async fn the_reply_boundary_is_fixed_by_the_batch_and_unknown_to_upstreams() {
+    let up = echo_upstream(Duration::ZERO).await;
+    let gw = gateway(&routes(&[("/up/", up.addr)])).await;
+    let one = batch(&[part("a", "GET /up/1")]);
+    let other = batch(&[part("a", "GET /up/2")]);
+    let boundary = |r: &Reply| r.headers["content-type"].to_str().unwrap().to_owned();
+    let (first, again, different) = (
+        gw.post(MP, one.clone()).await,
+        gw.post(MP, one).await,
+        gw.post(MP, other).await,
+    );
+    assert_eq!(
+        boundary(&first),
+        boundary(&again),
+        "the same batch gets the same reply bytes"
+    );
+    assert_eq!(first.body, again.body);
+    assert_ne!(boundary(&first), boundary(&different));
+    // A second gateway process (new secret key) picks another boundary for the same batch.
+    let gw2 = gateway(&routes(&[("/up/", up.addr)])).await;
+    let elsewhere = gw2.post(MP, batch(&[part("a", "GET /up/1")])).await;
+    assert_ne!(boundary(&first), boundary(&elsewhere));
 }
