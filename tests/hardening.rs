@@ -320,6 +320,26 @@ async fn over_max_batches_is_503_at_once() {
     assert_eq!(first.await.unwrap().parts()[0].body, "late");
 }
 
+/// Opens a connection and sends a whole batch on it; the reply is left for the caller to read (or not).
+async fn send_batch(addr: SocketAddr, body: &str) -> TcpStream {
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /batch HTTP/1.1\r\nHost: gw\r\nContent-Type: {MP}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(body.as_bytes()).await.unwrap();
+    client
+}
+
+/// No batch, no sub-request and no permit is left behind.
+async fn nothing_left_in_flight(gw: &TestGateway) {
+    eventually("nothing is in flight", || {
+        gw.gateway.sub_requests_in_flight() == 0 && gw.gateway.batches_in_flight() == 0
+    })
+    .await;
+}
+
 /// The upstream handler that never answers, and reports when the gateway gives up on it.
 async fn hanging_upstream() -> (
     Upstream,
@@ -371,10 +391,7 @@ async fn client_gone_mid_request_cancels_everything_and_leaks_nothing() {
             .await
             .expect("upstream request cancelled");
     }
-    eventually("nothing is in flight", || {
-        gw.gateway.sub_requests_in_flight() == 0 && gw.gateway.batches_in_flight() == 0
-    })
-    .await;
+    nothing_left_in_flight(&gw).await;
 }
 
 #[tokio::test]
@@ -383,13 +400,7 @@ async fn client_gone_mid_response_cancels_the_rest() {
     let fast = echo_upstream(Duration::ZERO).await;
     let gw = gateway(&routes(&[("/slow/", slow.addr), ("/fast/", fast.addr)])).await;
     let body = batch(&[part("a", "GET /fast/1"), part("b", "GET /slow/2")]);
-    let mut client = TcpStream::connect(gw.addr).await.unwrap();
-    let head = format!(
-        "POST /batch HTTP/1.1\r\nHost: gw\r\nContent-Type: {MP}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    client.write_all(head.as_bytes()).await.unwrap();
-    client.write_all(body.as_bytes()).await.unwrap();
+    let client = send_batch(gw.addr, &body).await;
     // The first part streams out before the second is done.
     let mut reader = BufReader::new(client);
     let mut seen = String::new();
@@ -406,10 +417,7 @@ async fn client_gone_mid_response_cancels_the_rest() {
     tokio::time::timeout(Duration::from_secs(5), dropped.recv())
         .await
         .expect("upstream request cancelled");
-    eventually("nothing is in flight", || {
-        gw.gateway.sub_requests_in_flight() == 0 && gw.gateway.batches_in_flight() == 0
-    })
-    .await;
+    nothing_left_in_flight(&gw).await;
 }
 
 #[tokio::test]
@@ -424,13 +432,7 @@ async fn a_reader_that_stops_reading_is_cut_off() {
         .map(|i| part(&format!("p{i}"), "GET /big/x"))
         .collect();
     let body = batch(&parts);
-    let mut client = TcpStream::connect(gw.addr).await.unwrap();
-    let head = format!(
-        "POST /batch HTTP/1.1\r\nHost: gw\r\nContent-Type: {MP}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    client.write_all(head.as_bytes()).await.unwrap();
-    client.write_all(body.as_bytes()).await.unwrap();
+    let client = send_batch(gw.addr, &body).await;
     // Read nothing: 50 MiB of reply cannot fit in socket buffers, so the gateway's writes stall.
     eventually("the stalled batch is dropped", || {
         gw.gateway.batches_in_flight() == 0
