@@ -1,13 +1,13 @@
-//! Fan-out: each part runs as its own task as soon as it is parsed; the reply takes them back in request
-//! order.
+//! Fan-out: each part starts as soon as it is parsed; the reply takes them back in request order.
 //!
 //! A batch holds at most `window` parts that have started but are not yet written to the client. Within
 //! that, at most `concurrency` talk to upstreams at once (and at most `max_inflight` across all batches, and
 //! `max_inflight_per_upstream` per route). A slow first part therefore stalls new starts instead of letting
 //! finished parts pile up: a batch's memory is bounded by the window, not by its size.
 //!
-//! Dropping the reply (the client went away) drops the tasks' handles, which aborts them; aborting drops the
-//! upstream request, which closes its connection.
+//! A batch's parts are futures driven by the batch itself (first while its body is read, then by its reply
+//! stream), all on the client connection's task: no task spawn, join or cross-thread wake-up per part.
+//! Dropping the reply (the client went away) drops the futures, which drops their upstream requests.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -16,11 +16,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
+use std::future::Future;
+use std::pin::Pin;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, Stream, StreamExt};
 use http::HeaderMap;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
 
 use crate::compress::Encoder;
 use crate::error::PartError;
@@ -98,30 +101,18 @@ pub struct Forward {
     pub destination: Destination,
 }
 
-/// A started part in the window.
-enum Slot {
-    Answered(PendingPart),
-    Running {
-        task: AbortOnDrop,
-        index: usize,
-        content_id: Option<ContentId>,
-    },
-}
-
-/// Aborts the task when dropped: a part whose reply nobody will read must not keep running.
-struct AbortOnDrop(JoinHandle<PendingPart>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+/// A running part: resolves to its index and its rendered reply.
+type PartFuture = Pin<Box<dyn Future<Output = (usize, PendingPart)> + Send>>;
 
 /// The parts of one batch, in request order: started ones (at most `window`) and those waiting for room.
 pub struct Fanout {
     ctx: Arc<BatchCtx>,
-    started: VecDeque<Slot>,
+    /// Started parts from `next_out` on, in request order: `Some` once answered.
+    started: VecDeque<Option<PendingPart>>,
+    running: FuturesUnordered<PartFuture>,
     waiting: VecDeque<Job>,
+    /// Index of the next part to write.
+    next_out: usize,
     window: usize,
 }
 
@@ -129,6 +120,7 @@ impl std::fmt::Debug for Fanout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fanout")
             .field("started", &self.started.len())
+            .field("running", &self.running.len())
             .field("waiting", &self.waiting.len())
             .finish()
     }
@@ -140,7 +132,9 @@ impl Fanout {
         Fanout {
             ctx,
             started: VecDeque::with_capacity(window),
+            running: FuturesUnordered::new(),
             waiting: VecDeque::new(),
+            next_out: 0,
             window,
         }
     }
@@ -148,26 +142,36 @@ impl Fanout {
     /// Adds the next part; it starts at once if the window has room.
     pub fn push(&mut self, job: Job) {
         if self.started.len() < self.window && self.waiting.is_empty() {
-            let slot = self.start(job);
-            self.started.push_back(slot);
+            self.start(job);
         } else {
             self.waiting.push_back(job);
         }
     }
 
-    fn start(&self, job: Job) -> Slot {
+    fn start(&mut self, job: Job) {
         match job {
-            Job::Answered(bytes) => Slot::Answered(bytes),
+            Job::Answered(part) => self.started.push_back(Some(part)),
             Job::Forward(forward) => {
-                let index = forward.index;
-                let content_id = forward.content_id.clone();
-                let task = tokio::spawn(run_part(self.ctx.clone(), *forward));
-                Slot::Running {
-                    task: AbortOnDrop(task),
-                    index,
-                    content_id,
-                }
+                let index = self.next_out + self.started.len();
+                self.started.push_back(None);
+                let ctx = self.ctx.clone();
+                self.running.push(Box::pin(
+                    async move { (index, run_part(ctx, *forward).await) },
+                ));
             }
+        }
+    }
+
+    /// Whether any part is still talking to its upstream.
+    pub fn is_running(&self) -> bool {
+        !self.running.is_empty()
+    }
+
+    /// Waits until some running part is answered, and files its reply. Cancel-safe: a reply is filed as
+    /// soon as its future completes.
+    pub async fn progress(&mut self) {
+        if let Some((index, part)) = self.running.next().await {
+            self.started[index - self.next_out] = Some(part);
         }
     }
 
@@ -190,14 +194,12 @@ impl Fanout {
             async move {
                 let (mut fanout, mut output) = state?;
                 loop {
-                    let Some(slot) = fanout.started.pop_front() else {
+                    let Some(part) = fanout.next_part().await else {
                         let mut close = BytesMut::new();
                         write_close(&mut close, &boundary);
                         return Some((output.finish(&close), None));
                     };
-                    let part = fanout.resolve(slot).await.into_bytes(&boundary);
-                    fanout.refill();
-                    if let Some(large) = output.write(part) {
+                    if let Some(large) = output.write(part.into_bytes(&boundary)) {
                         return Some((large, Some((fanout, output))));
                     }
                     let more = output.pending() < MAX_FRAME
@@ -213,23 +215,20 @@ impl Fanout {
         })
     }
 
-    async fn resolve(&self, slot: Slot) -> PendingPart {
-        match slot {
-            Slot::Answered(bytes) => bytes,
-            Slot::Running {
-                mut task,
-                index,
-                content_id,
-            } => match (&mut task.0).await {
-                Ok(bytes) => bytes,
-                Err(e) => self.ctx.error_part(
-                    content_id.as_ref(),
-                    &PartError::Internal {
-                        index,
-                        reason: format!("part task failed: {e}"),
-                    },
-                ),
-            },
+    /// The next part in request order, once answered; `None` after the last.
+    async fn next_part(&mut self) -> Option<PendingPart> {
+        loop {
+            match self.started.front_mut() {
+                None => return None,
+                Some(slot) if slot.is_some() => {
+                    let part = slot.take();
+                    self.started.pop_front();
+                    self.next_out += 1;
+                    self.refill();
+                    return part;
+                }
+                Some(_) => self.progress().await,
+            }
         }
     }
 
@@ -238,48 +237,28 @@ impl Fanout {
             let Some(job) = self.waiting.pop_front() else {
                 break;
             };
-            let slot = self.start(job);
-            self.started.push_back(slot);
+            self.start(job);
         }
     }
 
     /// Waits up to `delay` for the next part, so that parts finishing together are compressed and sent in one
     /// write: fewer, fuller TCP segments, which matters when the congestion window counts packets.
     async fn wait_next(&mut self, delay: Duration) -> bool {
-        let Some(slot) = self.started.front_mut() else {
-            return true;
+        let wait = async {
+            while !self.next_is_ready() {
+                self.progress().await;
+            }
         };
-        let Slot::Running {
-            task,
-            index,
-            content_id,
-        } = slot
-        else {
-            return true;
-        };
-        let Ok(result) = tokio::time::timeout(delay, &mut task.0).await else {
-            return false;
-        };
-        let part = result.unwrap_or_else(|e| {
-            self.ctx.error_part(
-                content_id.as_ref(),
-                &PartError::Internal {
-                    index: *index,
-                    reason: format!("part task failed: {e}"),
-                },
-            )
-        });
-        *slot = Slot::Answered(part);
-        true
+        tokio::time::timeout(delay, wait).await.is_ok()
     }
 
-    /// Whether the next part (or the end of the reply) can be written without waiting.
-    fn next_is_ready(&self) -> bool {
-        match self.started.front() {
-            None => true,
-            Some(Slot::Answered(_)) => true,
-            Some(Slot::Running { task, .. }) => task.0.is_finished(),
+    /// Whether the next part (or the end of the reply) can be written without waiting. Files the replies of
+    /// parts that are done but not yet collected.
+    fn next_is_ready(&mut self) -> bool {
+        while let Some(Some((index, part))) = self.running.next().now_or_never() {
+            self.started[index - self.next_out] = Some(part);
         }
+        self.started.front().is_none_or(Option::is_some)
     }
 }
 

@@ -135,13 +135,23 @@ impl Gateway {
         let mut received = 0u64;
         let mut parts = 0usize;
         let mut body = request.into_body();
+        let idle = tokio::time::sleep(limits.body_read_timeout);
+        tokio::pin!(idle);
         loop {
-            let frame = match tokio::time::timeout(limits.body_read_timeout, body.frame()).await {
-                Err(_) => return Err(BatchError::SlowClient(limits.body_read_timeout)),
-                Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(BatchError::BodyRead(e.to_string())),
-                Ok(Some(Ok(frame))) => frame,
+            // Parts already started make progress while the rest of the body arrives.
+            let running = fanout.as_ref().is_some_and(Fanout::is_running);
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                () = &mut idle => return Err(BatchError::SlowClient(limits.body_read_timeout)),
+                () = async { fanout.as_mut().expect("running").progress().await }, if running => continue,
             };
+            let frame = match frame {
+                None => break,
+                Some(Err(e)) => return Err(BatchError::BodyRead(e.to_string())),
+                Some(Ok(frame)) => frame,
+            };
+            idle.as_mut()
+                .reset(tokio::time::Instant::now() + limits.body_read_timeout);
             let Ok(data) = frame.into_data() else {
                 continue;
             };

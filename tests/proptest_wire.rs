@@ -3,8 +3,8 @@
 
 use batchgate::client::parse_reply;
 use batchgate::wire::{
-    ContentId, EmbeddedRequest, FramingError, PartLimits, PartSplitter, parse_part, write_close,
-    write_reply_part, write_request_part,
+    ContentId, EmbeddedRequest, FramingError, PartLimits, PartSplitter, PendingPart,
+    REPLY_BOUNDARY_LEN, parse_part, write_close, write_reply_part, write_request_part,
 };
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
@@ -231,6 +231,22 @@ proptest! {
             prop_assert_eq!(got.headers, headers);
             prop_assert_eq!(got.body, body);
         }
+    }
+
+    #[test]
+    fn pending_parts_are_written_parts(
+        (id, status, headers, body) in reply_batch().prop_map(|(_, mut replies)| replies.remove(0)),
+        boundary in proptest::string::string_regex(&format!("[A-Za-z0-9]{{{REPLY_BOUNDARY_LEN}}}")).unwrap(),
+        cuts in proptest::collection::vec(any::<usize>(), 0..6),
+    ) {
+        let mut written = BytesMut::new();
+        write_reply_part(&mut written, &boundary, id.as_ref(), status, &headers, &body);
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+        cuts.extend([0, body.len()]);
+        cuts.sort_unstable();
+        let pieces: Vec<&[u8]> = cuts.windows(2).map(|w| &body[w[0]..w[1]]).collect();
+        let pending = PendingPart::new(id.as_ref(), status, &headers, pieces.iter().copied());
+        prop_assert_eq!(pending.into_bytes(&boundary), written.freeze());
     }
 
     #[test]

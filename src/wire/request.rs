@@ -508,6 +508,17 @@ mod tests {
     }
 
     #[test]
+    fn mime_header_limit_holds_without_a_final_line_break() {
+        let long = format!("Content-ID: <{}>", "a".repeat(2000));
+        let p = req(&long);
+        assert!(p.content_id.is_none());
+        assert_eq!(
+            p.request.unwrap_err(),
+            RequestError::MimeHeadersTooLarge { limit: 1024 }
+        );
+    }
+
+    #[test]
     fn header_count_limit_names_the_limit() {
         let many: String = (0..9).map(|i| format!("H{i}: v\n")).collect();
         let e = req(&format!("\nGET /m\n{many}\n")).request.unwrap_err();
