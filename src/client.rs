@@ -40,8 +40,15 @@ pub struct BatchBuilder {
 }
 
 impl Default for BatchBuilder {
+    /// A builder with a random boundary: no body can contain it by accident.
     fn default() -> Self {
-        BatchBuilder::with_boundary("batch_boundary_7f3a")
+        use rand::Rng;
+        let token: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(32)
+            .map(char::from)
+            .collect();
+        BatchBuilder::with_boundary(&format!("batch_{token}"))
     }
 }
 

@@ -40,9 +40,18 @@ pub fn boundary_from_content_type(content_type: &str) -> Result<String, ContentT
     }
     let mut rest = params;
     while !rest.is_empty() {
+        rest = rest.trim_start_matches(|c: char| c == ';' || c.is_ascii_whitespace());
+        // A parameter without a value (`charset;`) is skipped, as are empty ones (`;;`).
+        match (rest.find('='), rest.find(';')) {
+            (None, _) => break,
+            (Some(eq), Some(semi)) if semi < eq => {
+                rest = &rest[semi..];
+                continue;
+            }
+            _ => {}
+        }
         let (name, after) = rest.split_once('=').unwrap_or((rest, ""));
-        // A name may carry the remains of empty parameters: `;; boundary`.
-        let name = name.trim_matches(|c: char| c == ';' || c.is_ascii_whitespace());
+        let name = name.trim();
         let after = after.trim_start();
         let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
             let end = quoted
@@ -63,10 +72,7 @@ pub fn boundary_from_content_type(content_type: &str) -> Result<String, ContentT
                 Err(ContentTypeError::BadBoundary(value.to_owned()))
             };
         }
-        rest = next.trim_start_matches(|c: char| c == ';' || c.is_ascii_whitespace());
-        if name.is_empty() && value.is_empty() {
-            break;
-        }
+        rest = next;
     }
     Err(ContentTypeError::NoBoundary(content_type.to_owned()))
 }
@@ -310,6 +316,11 @@ mod tests {
             "===============123=="
         );
         assert_eq!(b("multipart/mixed;; boundary=abc").unwrap(), "abc");
+        assert_eq!(b("multipart/mixed; charset; boundary=x").unwrap(), "x");
+        assert_eq!(
+            b("multipart/mixed; a=\"q;boundary=no\"; boundary=yes").unwrap(),
+            "yes"
+        );
         assert_eq!(
             b("Multipart/Mixed; charset=utf-8; BOUNDARY=x;").unwrap(),
             "x"

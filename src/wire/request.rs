@@ -35,6 +35,8 @@ pub struct EmbeddedRequest {
 pub enum RequestError {
     #[error("the part is empty: it carries no embedded request")]
     Empty,
+    #[error("the part's Content-ID has control characters (CR, LF, NUL...)")]
+    BadContentId,
     #[error("the part's MIME headers are larger than max_part_header_bytes = {limit}")]
     MimeHeadersTooLarge { limit: usize },
     #[error("part Content-Type is {0:?}; parts must be application/http")]
@@ -90,6 +92,13 @@ pub fn parse_part(part: &[u8], limits: PartLimits) -> ParsedPart {
     let mut content_type = None;
     for (name, value) in &mime {
         if name.eq_ignore_ascii_case("content-id") {
+            if value.chars().any(|c| c.is_control() && c != '\t') {
+                // It would be echoed into the reply's part headers: refuse it rather than guess.
+                return ParsedPart {
+                    content_id: None,
+                    request: Err(RequestError::BadContentId),
+                };
+            }
             content_id = Some(ContentId::parse(value));
         } else if name.eq_ignore_ascii_case("content-type") {
             content_type = Some(value.clone());
@@ -193,7 +202,17 @@ pub fn parse_request(content: &[u8], limits: PartLimits) -> Result<EmbeddedReque
     }
     let (method, target) = parse_request_line(line)?;
 
-    let (headers, body_start) = parse_headers(rest, limits)?;
+    // The request line and the header block share one budget.
+    let head_limits = PartLimits {
+        max_header_bytes: limits.max_header_bytes - line.len(),
+        ..limits
+    };
+    let (headers, body_start) = parse_headers(rest, head_limits).map_err(|e| match e {
+        RequestError::HeadTooLarge { .. } => RequestError::HeadTooLarge {
+            limit: limits.max_header_bytes,
+        },
+        other => other,
+    })?;
     let body = body(&rest[body_start..], &headers, &method)?;
     Ok(EmbeddedRequest {
         method,
@@ -516,6 +535,23 @@ mod tests {
             p.request.unwrap_err(),
             RequestError::MimeHeadersTooLarge { limit: 1024 }
         );
+    }
+
+    #[test]
+    fn a_content_id_with_a_bare_cr_is_refused_not_echoed() {
+        let p = req("Content-Type: application/http\nContent-ID: <a\rb>\n\nGET /m\n");
+        assert!(p.content_id.is_none());
+        assert_eq!(p.request.unwrap_err(), RequestError::BadContentId);
+    }
+
+    #[test]
+    fn request_line_and_headers_share_the_head_budget() {
+        let long_target = format!("/{}", "a".repeat(600));
+        let headers = format!("X-A: {}\n", "b".repeat(500));
+        let e = req(&format!("\nGET {long_target}\n{headers}\n"))
+            .request
+            .unwrap_err();
+        assert_eq!(e, RequestError::HeadTooLarge { limit: 1024 });
     }
 
     #[test]
