@@ -70,6 +70,7 @@ impl BatchCtx {
 
     /// Renders a failed part as a reply part with a JSON body.
     pub fn error_part(&self, content_id: Option<&ContentId>, error: &PartError) -> PendingPart {
+        self.gateway.metrics.part(error.kind());
         match error.fault() {
             crate::error::Fault::Client => tracing::debug!(kind = error.kind(), "{error}"),
             _ => tracing::warn!(
@@ -382,6 +383,7 @@ async fn forward(ctx: &BatchCtx, part: Forward) -> Result<PendingPart, PartError
         route.strip_cookies,
     );
     let started = Instant::now();
+    gateway.metrics.upstream_request();
     let exchange = gateway.upstreams.exchange(
         route.http2,
         part.request.method,
@@ -440,6 +442,7 @@ async fn forward(ctx: &BatchCtx, part: Forward) -> Result<PendingPart, PartError
         });
     }
     tracing::trace!(part = part.index, status = reply.status.as_u16(), elapsed = ?started.elapsed(), "part done");
+    gateway.metrics.part("ok");
     let body = reply.body.iter().map(|piece| &piece[..]);
     Ok(PendingPart::new(
         part.content_id.as_ref(),

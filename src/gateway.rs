@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::error::{BatchError, PartError};
 use crate::fanout::{BatchCtx, Fanout, Forward, Job};
 use crate::headers::Inheritance;
+use crate::metrics::Metrics;
 use crate::route::Router;
 use crate::upstream::Upstreams;
 use crate::wire::{ContentId, PartLimits, PartSplitter, boundary_from_content_type, parse_part};
@@ -39,6 +40,7 @@ pub struct Gateway {
     pub config: Config,
     pub router: Router,
     pub upstreams: Upstreams,
+    pub metrics: Arc<Metrics>,
     inheritance: Inheritance,
     part_limits: PartLimits,
     /// Sub-requests in flight across all batches.
@@ -54,9 +56,11 @@ impl Gateway {
     /// Builds the gateway from a validated config.
     pub fn new(config: Config) -> Gateway {
         let limits = &config.limits;
+        let metrics = Arc::new(Metrics::default());
         Gateway {
             router: Router::new(&config),
-            upstreams: Upstreams::new(&config.upstream),
+            upstreams: Upstreams::new(&config.upstream, metrics.clone()),
+            metrics,
             inheritance: Inheritance::new(&config.headers),
             part_limits: PartLimits {
                 max_headers: limits.max_part_headers,

@@ -11,6 +11,7 @@
 //! - [`compress`]: reply compression across parts, negotiated by Accept-Encoding.
 //! - [`gateway`]: the batch endpoint: streaming parse, limits, the reply.
 //! - [`server`]: connections, endpoints, graceful shutdown; [`io`]: the write deadline on connections.
+//! - [`metrics`]: counters served at `GET /metrics`.
 //! - [`error`]: the batch-level and part-level errors and how they render.
 //! - [`client`]: building batches and reading replies, for client authors.
 //! - [`config`]: the configuration and its defaults.
@@ -27,6 +28,7 @@ pub mod fanout;
 pub mod gateway;
 pub mod headers;
 pub mod io;
+pub mod metrics;
 pub mod route;
 pub mod server;
 pub mod upstream;

@@ -91,16 +91,43 @@ async fn dispatch(
     let path = request.uri().path();
     if path == gateway.config.batch_path {
         if request.method() != Method::POST {
+            gateway
+                .metrics
+                .batch_refused(StatusCode::METHOD_NOT_ALLOWED);
             return refuse(BatchError::MethodNotAllowed(request.method().clone()), peer);
         }
         let started = std::time::Instant::now();
         return match gateway.batch(request, peer.ip()).await {
             Ok(response) => {
+                gateway.metrics.batch_served();
                 tracing::debug!(%peer, elapsed = ?started.elapsed(), "batch streaming");
                 response
             }
-            Err(e) => refuse(e, peer),
+            Err(e) => {
+                gateway.metrics.batch_refused(e.status());
+                refuse(e, peer)
+            }
         };
+    }
+    if path == "/metrics" && request.method() == Method::GET {
+        let gauges = [
+            (
+                "batchgate_batches_in_flight",
+                "Batches being served.",
+                gateway.batches_in_flight(),
+            ),
+            (
+                "batchgate_sub_requests_in_flight",
+                "Sub-requests talking to upstreams.",
+                gateway.sub_requests_in_flight(),
+            ),
+        ];
+        let mut response = Response::new(full(gateway.metrics.render(&gauges)));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return response;
     }
     if path == "/healthz" && matches!(*request.method(), Method::GET | Method::HEAD) {
         let (status, text) = if draining.load(Ordering::Relaxed) {

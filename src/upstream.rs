@@ -1,6 +1,8 @@
 //! The shared, pooled connections to upstreams: one HTTP/1.1 keep-alive pool and one HTTP/2 pool for routes
 //! that ask for it. Every part of every batch goes through these, so connections are reused across batches.
 
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +14,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::UpstreamSettings;
 use crate::headers::strip_hop_by_hop;
+use crate::metrics::Metrics;
+use tower_service::Service;
 
 /// Read buffer of each upstream connection. A fixed size keeps pooled connections from each growing theirs
 /// to the largest body they ever read; body pieces are copied out once, into the reply part.
@@ -42,12 +46,34 @@ pub enum ExchangeError {
 /// The pools.
 #[derive(Debug, Clone)]
 pub struct Upstreams {
-    http1: Client<HttpConnector, Full<Bytes>>,
-    http2: Client<HttpConnector, Full<Bytes>>,
+    http1: Client<CountingConnector, Full<Bytes>>,
+    http2: Client<CountingConnector, Full<Bytes>>,
+}
+
+/// The TCP connector, counting the connections it opens.
+#[derive(Debug, Clone)]
+pub struct CountingConnector {
+    inner: HttpConnector,
+    metrics: Arc<Metrics>,
+}
+
+impl Service<Uri> for CountingConnector {
+    type Response = <HttpConnector as Service<Uri>>::Response;
+    type Error = <HttpConnector as Service<Uri>>::Error;
+    type Future = <HttpConnector as Service<Uri>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        self.metrics.upstream_connect();
+        self.inner.call(uri)
+    }
 }
 
 impl Upstreams {
-    pub fn new(settings: &UpstreamSettings) -> Upstreams {
+    pub fn new(settings: &UpstreamSettings, metrics: Arc<Metrics>) -> Upstreams {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.connect_timeout));
@@ -60,7 +86,10 @@ impl Upstreams {
                 .timer(TokioTimer::new())
                 .http2_only(http2)
                 .http1_read_buf_exact_size(READ_BUF)
-                .build(connector.clone())
+                .build(CountingConnector {
+                    inner: connector.clone(),
+                    metrics: metrics.clone(),
+                })
         };
         Upstreams {
             http1: build(false),
