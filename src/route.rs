@@ -77,10 +77,6 @@ impl Router {
         }
     }
 
-    pub fn routes(&self) -> &[Arc<Route>] {
-        &self.routes
-    }
-
     /// Routes a target. `gateway_host` is the batch request's own `Host`: an absolute-form target naming
     /// the gateway is treated as origin-form.
     pub fn route(
