@@ -651,3 +651,44 @@ async fn the_reply_boundary_is_fixed_by_the_batch_and_unknown_to_upstreams() {
     let elsewhere = gw2.post(MP, batch(&[part("a", "GET /up/1")])).await;
     assert_ne!(boundary(&first), boundary(&elsewhere));
 }
+
+#[tokio::test]
+async fn a_broken_upstream_connection_is_not_reused() {
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = connections.clone();
+    let flaky = raw_upstream(move |mut s| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                // First connection: promise 100 bytes, send 4, hang up.
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
+                    .await;
+            } else {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwhole")
+                    .await;
+                // Keep the connection open, as a keep-alive server would.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        }
+    })
+    .await;
+    let gw = gateway(&routes(&[("/flaky/", flaky)])).await;
+    let first = gw
+        .post(MP, batch(&[part("a", "GET /flaky/1")]))
+        .await
+        .parts();
+    assert_eq!(first[0].status, StatusCode::BAD_GATEWAY);
+    let second = gw
+        .post(MP, batch(&[part("a", "GET /flaky/2")]))
+        .await
+        .parts();
+    assert_eq!(second[0].status, StatusCode::OK);
+    assert_eq!(second[0].body, "whole");
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "a new connection for the second request"
+    );
+}
