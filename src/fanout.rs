@@ -171,9 +171,13 @@ impl Fanout {
     /// Waits until some running part is answered, and files its reply. Cancel-safe: a reply is filed as
     /// soon as its future completes.
     pub async fn progress(&mut self) {
-        if let Some((index, part)) = self.running.next().await {
-            self.started[index - self.next_out] = Some(part);
+        if let Some(done) = self.running.next().await {
+            self.file(done);
         }
+    }
+
+    fn file(&mut self, (index, part): (usize, PendingPart)) {
+        self.started[index - self.next_out] = Some(part);
     }
 
     /// The reply body, delimited by `boundary`: each part's bytes in request order, then the close
@@ -256,8 +260,8 @@ impl Fanout {
     /// Whether the next part (or the end of the reply) can be written without waiting. Files the replies of
     /// parts that are done but not yet collected.
     fn next_is_ready(&mut self) -> bool {
-        while let Some(Some((index, part))) = self.running.next().now_or_never() {
-            self.started[index - self.next_out] = Some(part);
+        while let Some(Some(done)) = self.running.next().now_or_never() {
+            self.file(done);
         }
         self.started.front().is_none_or(Option::is_some)
     }
@@ -336,10 +340,14 @@ impl Output {
 
 /// Runs one part to its rendered reply bytes. Never fails: every failure is an error part.
 async fn run_part(ctx: Arc<BatchCtx>, part: Forward) -> PendingPart {
-    let index = part.index;
-    let content_id = part.content_id.clone();
-    let deadline = ctx.deadline;
-    let result = match tokio::time::timeout_at(deadline, forward(&ctx, part)).await {
+    let Forward {
+        index,
+        content_id,
+        request,
+        destination,
+    } = part;
+    let exchange = forward(&ctx, index, content_id.as_ref(), request, destination);
+    let result = match tokio::time::timeout_at(ctx.deadline, exchange).await {
         Ok(result) => result,
         Err(_) => Err(PartError::BatchDeadline {
             index,
@@ -352,33 +360,40 @@ async fn run_part(ctx: Arc<BatchCtx>, part: Forward) -> PendingPart {
     }
 }
 
-async fn forward(ctx: &BatchCtx, part: Forward) -> Result<PendingPart, PartError> {
+async fn forward(
+    ctx: &BatchCtx,
+    index: usize,
+    content_id: Option<&ContentId>,
+    request: EmbeddedRequest,
+    destination: Destination,
+) -> Result<PendingPart, PartError> {
     let gateway = &ctx.gateway;
-    let route = part.destination.route.clone();
-    let upstream = route.authority.to_string();
+    let route = destination.route;
+    // Named in error messages only: not formatted on the path every part takes.
+    let upstream = || route.authority.to_string();
     // Permits in a fixed order (batch, route, global) so batches cannot deadlock each other.
     let _batch = ctx
         .concurrency
         .acquire()
         .await
-        .map_err(|e| internal(part.index, e))?;
+        .map_err(|e| internal(index, e))?;
     let _route = route
         .inflight
         .acquire()
         .await
-        .map_err(|e| internal(part.index, e))?;
+        .map_err(|e| internal(index, e))?;
     let _global = gateway
         .inflight
         .acquire()
         .await
-        .map_err(|e| internal(part.index, e))?;
+        .map_err(|e| internal(index, e))?;
 
     let limits = &gateway.config.limits;
     let budget = ctx.response_budget.load(Ordering::Relaxed);
     let limit = limits.max_response_bytes.min(budget);
     let headers = upstream_headers(
         &ctx.inherited,
-        part.request.headers,
+        request.headers,
         ctx.peer,
         route.strip_cookies,
     );
@@ -386,44 +401,44 @@ async fn forward(ctx: &BatchCtx, part: Forward) -> Result<PendingPart, PartError
     gateway.metrics.upstream_request();
     let exchange = gateway.upstreams.exchange(
         route.http2,
-        part.request.method,
-        part.destination.uri,
+        request.method,
+        destination.uri,
         headers,
-        part.request.body,
+        request.body,
         limit,
     );
     let reply = match tokio::time::timeout(route.timeout, exchange).await {
         Err(_) => {
             return Err(PartError::Timeout {
-                index: part.index,
-                upstream,
+                index,
+                upstream: upstream(),
                 after: route.timeout,
             });
         }
         Ok(Err(ExchangeError::Connect(reason))) => {
             return Err(PartError::Connect {
-                index: part.index,
-                upstream,
+                index,
+                upstream: upstream(),
                 reason,
             });
         }
         Ok(Err(ExchangeError::Broken(reason))) => {
             return Err(PartError::Upstream {
-                index: part.index,
-                upstream,
+                index,
+                upstream: upstream(),
                 reason,
             });
         }
         Ok(Err(ExchangeError::TooLarge)) if limit < limits.max_response_bytes => {
             return Err(PartError::BatchResponseBudget {
-                index: part.index,
+                index,
                 limit: limits.max_batch_response_bytes,
             });
         }
         Ok(Err(ExchangeError::TooLarge)) => {
             return Err(PartError::ResponseTooLarge {
-                index: part.index,
-                upstream,
+                index,
+                upstream: upstream(),
                 limit: limits.max_response_bytes,
             });
         }
@@ -437,15 +452,15 @@ async fn forward(ctx: &BatchCtx, part: Forward) -> Result<PendingPart, PartError
         .is_ok();
     if !within_budget {
         return Err(PartError::BatchResponseBudget {
-            index: part.index,
+            index,
             limit: limits.max_batch_response_bytes,
         });
     }
-    tracing::trace!(part = part.index, status = reply.status.as_u16(), elapsed = ?started.elapsed(), "part done");
+    tracing::trace!(part = index, status = reply.status.as_u16(), elapsed = ?started.elapsed(), "part done");
     gateway.metrics.part("ok");
     let body = reply.body.iter().map(|piece| &piece[..]);
     Ok(PendingPart::new(
-        part.content_id.as_ref(),
+        content_id,
         reply.status,
         &reply.headers,
         body,
