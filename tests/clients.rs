@@ -16,7 +16,6 @@ use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use support::*;
-use tokio::net::TcpListener;
 
 /// google-api-python-client 2.202.0 (`BatchHttpRequest`, httplib2 0.32.1, Python 3.11), as captured off the
 /// wire: a batch built from a discovery document for the demo mail API with OAuth credentials. Outer head
@@ -404,12 +403,6 @@ async fn storage_upstream() -> Upstream {
         response
     })
     .await
-}
-
-/// An address where nothing listens: bound, then released.
-async fn dead_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------------------

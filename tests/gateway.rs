@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use support::*;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 
 const MP: &str = "multipart/mixed; boundary=b";
@@ -82,20 +82,6 @@ fn seen_at(up: &Upstream, path: &str) -> Seen {
 }
 
 /// An address where nothing listens: bound, then released.
-async fn dead_addr() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// Sends on its channel when dropped: tells the test that an upstream handler's future was cancelled.
-struct SignalOnDrop(mpsc::UnboundedSender<()>);
-
-impl Drop for SignalOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.send(());
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // Ordering and Content-ID
 

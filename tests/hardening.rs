@@ -77,10 +77,7 @@ async fn upstream_faults_stay_in_their_part() {
     .await;
     let failing =
         upstream(|_| async { text(StatusCode::SERVICE_UNAVAILABLE, "down for maintenance") }).await;
-    let refused = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let refused = dead_addr().await;
     let config = format!(
         "[limits]\npart_timeout = \"300ms\"\n{}",
         routes(&[
@@ -350,7 +347,7 @@ async fn hanging_upstream() -> (
     let (dropped_tx, dropped) = mpsc::unbounded_channel();
     let up = upstream(move |_| {
         let arrived_tx = arrived_tx.clone();
-        let guard = DropSignal(dropped_tx.clone());
+        let guard = SignalOnDrop(dropped_tx.clone());
         async move {
             let _guard = guard;
             let _ = arrived_tx.send(());
@@ -360,13 +357,6 @@ async fn hanging_upstream() -> (
     })
     .await;
     (up, arrived, dropped)
-}
-
-struct DropSignal(mpsc::UnboundedSender<()>);
-impl Drop for DropSignal {
-    fn drop(&mut self) {
-        let _ = self.0.send(());
-    }
 }
 
 #[tokio::test]

@@ -279,6 +279,21 @@ impl TestGateway {
     }
 }
 
+/// An address nothing listens on (bound, then released): connecting to it is refused.
+pub async fn dead_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Sends on its channel when dropped: tells a test that an upstream handler's future was cancelled.
+pub struct SignalOnDrop(pub tokio::sync::mpsc::UnboundedSender<()>);
+
+impl Drop for SignalOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
 /// Waits until `condition` holds, checking every 10 ms, failing the test after 10 s.
 pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
