@@ -102,7 +102,7 @@ impl CompressionConfig {
 }
 
 /// The q-value the header gives `coding` (or `*`), 0 if neither is listed.
-fn quality(header: &str, coding: &str) -> f32 {
+pub(crate) fn quality(header: &str, coding: &str) -> f32 {
     let mut wildcard = None;
     for item in header.split(',') {
         let mut fields = item.split(';');

@@ -112,6 +112,17 @@ pub struct Limits {
     /// On SIGTERM/SIGINT, how long in-flight batches may take to finish before the process exits.
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_grace: Duration,
+    /// From the batch's arrival until its whole body is in.
+    #[serde(deserialize_with = "de_duration")]
+    pub upload_timeout: Duration,
+    /// A client connection with no request in progress is closed after this.
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub http2_keepalive_interval: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub http2_keepalive_timeout: Duration,
+    pub http2_max_streams: usize,
 }
 
 impl Default for Limits {
@@ -136,6 +147,11 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            upload_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            http2_keepalive_interval: Duration::from_secs(20),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            http2_max_streams: 100,
         }
     }
 }

@@ -58,6 +58,10 @@ pub enum BatchError {
         "the client sent nothing for {0:?} in the middle of the body (limits.body_read_timeout)"
     )]
     SlowClient(Duration),
+    #[error(
+        "the batch body did not arrive within {0:?} (limits.upload_timeout); nothing in it was run"
+    )]
+    UploadTimeout(Duration),
     #[error("the gateway is serving its limit of {0} batches (limits.max_batches); retry shortly")]
     Overloaded(usize),
 }
@@ -78,7 +82,7 @@ impl BatchError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             BatchError::DuplicateContentId(_) | BatchError::BodyRead(_) => StatusCode::BAD_REQUEST,
-            BatchError::SlowClient(_) => StatusCode::REQUEST_TIMEOUT,
+            BatchError::SlowClient(_) | BatchError::UploadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             BatchError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -117,6 +121,20 @@ pub enum PartError {
         upstream: String,
         reason: String,
     },
+    #[error(
+        "part {index}: upstream {upstream} answered {status} as a final response; a part cannot switch protocols"
+    )]
+    Informational {
+        index: usize,
+        upstream: String,
+        status: StatusCode,
+    },
+    #[error("part {index}: upstream {upstream} sent a body the gateway cannot pass on: {reason}")]
+    Decode {
+        index: usize,
+        upstream: String,
+        reason: String,
+    },
     #[error("part {index}: upstream {upstream} did not answer within {after:?} (part_timeout)")]
     Timeout {
         index: usize,
@@ -150,6 +168,8 @@ impl PartError {
             PartError::Route { .. } => StatusCode::BAD_REQUEST,
             PartError::Connect { .. }
             | PartError::Upstream { .. }
+            | PartError::Informational { .. }
+            | PartError::Decode { .. }
             | PartError::ResponseTooLarge { .. }
             | PartError::BatchResponseBudget { .. } => StatusCode::BAD_GATEWAY,
             PartError::Timeout { .. } | PartError::BatchDeadline { .. } => {
@@ -166,6 +186,8 @@ impl PartError {
             }
             PartError::Connect { .. }
             | PartError::Upstream { .. }
+            | PartError::Informational { .. }
+            | PartError::Decode { .. }
             | PartError::Timeout { .. }
             | PartError::ResponseTooLarge { .. } => Fault::Upstream,
             PartError::BatchResponseBudget { .. }
@@ -194,6 +216,8 @@ impl PartError {
             PartError::NestedBody { .. } => "nested_batch",
             PartError::Connect { .. } => "connect",
             PartError::Upstream { .. } => "upstream",
+            PartError::Informational { .. } => "informational",
+            PartError::Decode { .. } => "decode",
             PartError::Timeout { .. } => "timeout",
             PartError::ResponseTooLarge { .. } => "response_too_large",
             PartError::BatchResponseBudget { .. } => "batch_response_budget",
@@ -209,6 +233,8 @@ impl PartError {
             | PartError::NestedBody { index }
             | PartError::Connect { index, .. }
             | PartError::Upstream { index, .. }
+            | PartError::Informational { index, .. }
+            | PartError::Decode { index, .. }
             | PartError::Timeout { index, .. }
             | PartError::ResponseTooLarge { index, .. }
             | PartError::BatchResponseBudget { index, .. }

@@ -6,8 +6,6 @@ use std::net::IpAddr;
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
-use crate::config::HeaderPolicy;
-
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1), and are never forwarded.
 const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
@@ -46,27 +44,33 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Which outer headers parts inherit. Built once from the config.
 #[derive(Debug, Clone, Default)]
-pub struct Inheritance {
+pub struct HeaderRules {
     only: Vec<HeaderName>,
     deny: Vec<HeaderName>,
 }
 
-impl Inheritance {
-    pub fn new(policy: &HeaderPolicy) -> Inheritance {
+/// What every part of one batch starts from.
+#[derive(Debug, Clone)]
+pub struct BatchHeaders {
+    inherited: HeaderMap,
+    peer: IpAddr,
+}
+
+impl HeaderRules {
+    pub fn new(config: &crate::Config) -> HeaderRules {
+        let policy = &config.headers;
         let names = |list: &[String]| {
             list.iter()
                 .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
                 .collect()
         };
-        Inheritance {
+        HeaderRules {
             only: names(&policy.inherit_only),
             deny: names(&policy.inherit_deny),
         }
     }
 
-    /// The batch's headers that every part starts from: all but hop-by-hop, `Content-*`, `Host`, `Expect`
-    /// and whatever the policy excludes.
-    pub fn inherited(&self, outer: &HeaderMap) -> HeaderMap {
+    pub fn batch(&self, outer: &HeaderMap, peer: IpAddr, _tls: bool) -> BatchHeaders {
         let mut out = outer.clone();
         strip_hop_by_hop(&mut out);
         let drop: Vec<HeaderName> = out
@@ -84,56 +88,47 @@ impl Inheritance {
         for name in drop {
             out.remove(name);
         }
-        out
+        BatchHeaders {
+            inherited: out,
+            peer,
+        }
     }
 }
 
-/// The headers sent upstream for one part: the inherited ones, overridden name by name by the part's own,
-/// without hop-by-hop headers, with `X-Forwarded-For`/`-Proto` added. `Host` comes from the URI.
-pub fn upstream_headers(
-    inherited: &HeaderMap,
-    mut part: HeaderMap,
-    peer: IpAddr,
-    strip_cookies: bool,
-) -> HeaderMap {
-    strip_hop_by_hop(&mut part);
-    part.remove(header::HOST);
-    part.remove(header::EXPECT);
-    part.remove(header::CONTENT_LENGTH);
-    // Part bodies go back uncompressed: clients such as google-api-python-client cannot decode a part the
-    // upstream compressed, and the reply as a whole is compressed for the client's connection instead.
-    part.remove(header::ACCEPT_ENCODING);
-    let mut out = HeaderMap::with_capacity(inherited.len() + part.len() + 2);
-    for (name, value) in inherited {
-        if !part.contains_key(name) {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    let mut last = None;
-    for (name, value) in part {
-        // `HeaderMap`'s owned iterator yields the name once, then `None` for further values of it.
-        let name = match name {
-            Some(n) => {
-                last = Some(n.clone());
-                n
+impl BatchHeaders {
+    pub fn for_part(&self, mut part: HeaderMap, strip_cookies: bool) -> HeaderMap {
+        let inherited = &self.inherited;
+        strip_hop_by_hop(&mut part);
+        part.remove(header::HOST);
+        part.remove(header::EXPECT);
+        part.remove(header::CONTENT_LENGTH);
+        part.remove(header::ACCEPT_ENCODING);
+        let mut out = HeaderMap::with_capacity(inherited.len() + part.len() + 2);
+        for (name, value) in inherited {
+            if !part.contains_key(name) {
+                out.append(name.clone(), value.clone());
             }
-            None => last.clone().expect("a value follows its name"),
-        };
-        out.append(name, value);
+        }
+        let mut last = None;
+        for (name, value) in part {
+            let name = match name {
+                Some(n) => {
+                    last = Some(n.clone());
+                    n
+                }
+                None => last.clone().expect("a value follows its name"),
+            };
+            out.append(name, value);
+        }
+        if strip_cookies {
+            out.remove(header::COOKIE);
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.peer.to_string()) {
+            out.insert("x-forwarded-for", v);
+        }
+        out.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        out
     }
-    if strip_cookies {
-        out.remove(header::COOKIE);
-    }
-    let peer = peer.to_string();
-    let forwarded_for = match out.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {peer}"),
-        None => peer,
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-        out.insert("x-forwarded-for", v);
-    }
-    out.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    out
 }
 
 #[cfg(test)]
@@ -161,48 +156,5 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h, map(&[("x-keep", "k")]));
-    }
-
-    #[test]
-    fn inheritance_and_override() {
-        let outer = map(&[
-            ("authorization", "Bearer outer"),
-            ("content-type", "multipart/mixed; boundary=b"),
-            ("host", "gw"),
-            ("accept", "a"),
-            ("accept", "b"),
-            ("x-trace", "t"),
-            ("cookie", "c=1"),
-        ]);
-        let policy = Inheritance::new(&HeaderPolicy {
-            inherit_only: vec![],
-            inherit_deny: vec!["x-trace".into()],
-        });
-        let inherited = policy.inherited(&outer);
-        assert_eq!(
-            inherited,
-            map(&[
-                ("authorization", "Bearer outer"),
-                ("accept", "a"),
-                ("accept", "b"),
-                ("cookie", "c=1")
-            ])
-        );
-        let part = map(&[
-            ("authorization", "Bearer inner"),
-            ("x-a", "1"),
-            ("x-a", "2"),
-            ("host", "evil"),
-        ]);
-        let up = upstream_headers(&inherited, part, "10.0.0.9".parse().unwrap(), true);
-        assert_eq!(
-            up.get_all("authorization").iter().collect::<Vec<_>>(),
-            ["Bearer inner"]
-        );
-        assert_eq!(up.get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
-        assert_eq!(up.get_all("accept").iter().count(), 2);
-        assert!(up.get("host").is_none() && up.get("cookie").is_none());
-        assert_eq!(up["x-forwarded-for"], "10.0.0.9");
-        assert_eq!(up["x-forwarded-proto"], "http");
     }
 }

@@ -3,35 +3,38 @@
 //! connections and streams back one embedded response per part, in request order.
 //!
 //! # Layout
-//! - [`wire`]: the batch format itself (multipart framing, embedded requests and responses), no I/O.
-//! - [`route`]: which upstream a part goes to, after normalising its target.
-//! - [`headers`]: hop-by-hop rules, what parts inherit from the batch, forwarding headers.
-//! - [`upstream`]: the shared connection pools.
-//! - [`fanout`]: running a batch's parts concurrently within its window, answering in order.
-//! - [`compress`]: reply compression across parts, negotiated by Accept-Encoding.
-//! - [`gateway`]: the batch endpoint: streaming parse, limits, the reply.
-//! - [`server`]: connections, endpoints, graceful shutdown; [`io`]: the write deadline on connections.
-//! - [`metrics`]: counters served at `GET /metrics`.
-//! - [`error`]: the batch-level and part-level errors and how they render.
-//! - [`client`]: building batches and reading replies, for client authors.
-//! - [`config`]: the configuration and its defaults.
-//! - [`demo`]: the example mail service used by `--demo`, the examples and the tests.
+//! The data path, in the order a batch takes it:
+//! - [`server`]: connections (limits, idle and silent clients, the write deadline), the endpoints, graceful
+//!   shutdown.
+//! - [`batch`]: one batch in four stages, a module each: `admit` → `read` → `run` (the scheduler) →
+//!   `respond`.
+//! - [`codec`]: the batch format behind one seam (reading parts, rendering reply parts); [`wire`] is the
+//!   multipart format itself, pure and without I/O.
+//! - [`route`]: which route a part goes to, after normalising its target.
+//! - [`stack`]: the per-route tower `Service` stack a part goes through upstream (header policy, in-flight
+//!   limits, timeout, response rules, the connection pools).
+//!
+//! Around it: [`gateway`] (the shared state), [`headers`] (hop-by-hop, inheritance, forwarding headers),
+//! [`compress`] (reply compression), [`response`] (the gateway's own responses), [`error`] (batch-level and
+//! part-level errors), [`metrics`], [`config`], [`client`] (for client authors) and [`demo`] (the example mail
+//! service).
 
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod client;
+pub mod codec;
 pub mod compress;
 pub mod config;
 pub mod demo;
 pub mod error;
-pub mod fanout;
 pub mod gateway;
 pub mod headers;
-pub mod io;
 pub mod metrics;
+pub mod response;
 pub mod route;
 pub mod server;
-pub mod upstream;
+pub mod stack;
 pub mod wire;
 
 pub use config::Config;

@@ -6,9 +6,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::StatusCode;
 
-/// How a part ended: `ok` (the upstream answered, whatever its status) or a `PartError::kind`.
-const PART_OUTCOMES: [&str; 12] = [
-    "ok",
+/// How a part ended: the class of the upstream's own status, a `PartError::kind`, or `cancelled` (its batch
+/// was refused or its client went away before it was answered).
+const PART_OUTCOMES: [&str; 18] = [
+    "2xx",
+    "3xx",
+    "4xx",
+    "5xx",
+    "cancelled",
+    "informational",
+    "decode",
     "bad_request",
     "no_route",
     "refused_target",
@@ -48,7 +55,29 @@ impl Metrics {
         self.batches_refused[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a finished part by its outcome (`ok` or a `PartError::kind`).
+    /// Counts a part its upstream answered, by the class of the upstream's status.
+    pub fn part_answered(&self, status: StatusCode) {
+        let class = match status.as_u16() {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.part(class);
+    }
+
+    /// Counts parts that ended without an answer: their batch was refused or their client went away.
+    pub fn parts_cancelled(&self, n: usize) {
+        if n > 0 {
+            let i = PART_OUTCOMES
+                .iter()
+                .position(|&o| o == "cancelled")
+                .expect("listed");
+            self.parts[i].fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a finished part by its outcome (a `PartError::kind`, or a status class).
     pub fn part(&self, outcome: &str) {
         let i = PART_OUTCOMES
             .iter()
@@ -92,7 +121,7 @@ impl Metrics {
             &mut out,
             "batchgate_parts_total",
             "counter",
-            "Parts answered, by outcome (ok: the upstream answered).",
+            "Parts by outcome: the upstream's status class (2xx..5xx), a gateway error kind, or cancelled.",
         );
         for (outcome, n) in PART_OUTCOMES.iter().zip(&self.parts) {
             let _ = writeln!(

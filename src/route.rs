@@ -13,6 +13,8 @@ use crate::config::{Config, RouteConfig};
 /// One configured route, ready to serve.
 #[derive(Debug)]
 pub struct Route {
+    /// Position in the config's `[[routes]]`: indexes the route's service stack.
+    pub id: usize,
     pub prefix: String,
     /// `http://host:port` of the upstream; every part routed here goes there.
     pub authority: Authority,
@@ -68,7 +70,8 @@ impl Router {
         let mut routes: Vec<Arc<Route>> = config
             .routes
             .iter()
-            .map(|r| Arc::new(Route::new(r, config)))
+            .enumerate()
+            .map(|(id, r)| Arc::new(Route::new(id, r, config)))
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Router {
@@ -162,12 +165,13 @@ impl Router {
 }
 
 impl Route {
-    fn new(r: &RouteConfig, config: &Config) -> Route {
+    fn new(id: usize, r: &RouteConfig, config: &Config) -> Route {
         // Validated by Config::validate.
         let (_, authority) = r.origin().expect("validated route upstream");
         let mut hosts: Vec<Authority> = r.hosts.iter().filter_map(|h| h.parse().ok()).collect();
         hosts.push(authority.clone());
         Route {
+            id,
             prefix: r.prefix.clone(),
             authority,
             http2: r.http2,

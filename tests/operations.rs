@@ -1,5 +1,5 @@
 //! What operators configure and see: `/metrics` (batches, parts by outcome, upstream connection reuse),
-//! `batch_timeout`, HTTP/2 routes, header inheritance policy, `max_connections`.
+//! `batch_timeout`, HTTP/2 routes, header inheritance policy.
 
 mod support;
 
@@ -59,7 +59,7 @@ async fn metrics_count_batches_parts_and_connection_reuse() {
         sample(&text, "batchgate_batches_refused_total{status=\"415\"}"),
         1
     );
-    assert_eq!(sample(&text, "batchgate_parts_total{outcome=\"ok\"}"), 60);
+    assert_eq!(sample(&text, "batchgate_parts_total{outcome=\"2xx\"}"), 60);
     assert_eq!(
         sample(&text, "batchgate_parts_total{outcome=\"no_route\"}"),
         1
@@ -199,42 +199,4 @@ async fn inheritance_policy_and_cookie_stripping_are_configurable() {
         public.get("x-trace").is_none() && private.get("x-trace").is_none(),
         "not in inherit_only"
     );
-}
-
-#[tokio::test]
-async fn max_connections_holds_further_clients_in_the_backlog() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let up = echo_upstream(Duration::ZERO).await;
-    let gw = gateway(&format!(
-        "[limits]\nmax_connections = 1\n{}",
-        routes(&[("/up/", up.addr)])
-    ))
-    .await;
-    let request = b"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n";
-    // The first client takes the only connection slot and keeps it.
-    let mut first = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    first
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 12];
-    first.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"HTTP/1.1 200");
-    // The second is accepted by the kernel but not served while the first is open.
-    let mut second = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    second.write_all(request).await.unwrap();
-    let mut reply = Vec::new();
-    let early =
-        tokio::time::timeout(Duration::from_millis(300), second.read_to_end(&mut reply)).await;
-    assert!(
-        early.is_err(),
-        "served beyond max_connections: {}",
-        String::from_utf8_lossy(&reply)
-    );
-    drop(first);
-    tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut reply))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 200"));
 }

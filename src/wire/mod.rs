@@ -9,7 +9,7 @@ pub mod reply;
 pub mod request;
 
 pub use multipart::{ContentTypeError, FramingError, PartSplitter, boundary_from_content_type};
-pub use reply::{PendingPart, REPLY_BOUNDARY_LEN, ReplyPart, write_close, write_reply_part};
+pub use reply::{Framing, ReplyPart, write_close, write_reply, write_reply_part};
 pub use request::{
     EmbeddedRequest, ParsedPart, PartLimits, RequestError, parse_part, write_request_part,
 };

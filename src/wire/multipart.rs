@@ -17,7 +17,10 @@ const MAX_DELIMITER_LINE_PADDING: usize = 64;
 /// Why a `Content-Type` does not describe a usable multipart body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContentTypeError {
-    #[error("Content-Type {0:?} is not multipart/*; a batch is multipart/mixed")]
+    #[error(
+        "Content-Type {0:?} is not multipart/mixed; a batch is multipart/mixed (form-data and text types, which \
+         browsers send cross-site without a CORS preflight, are refused)"
+    )]
     NotMultipart(String),
     #[error("Content-Type {0:?} has no boundary parameter")]
     NoBoundary(String),
@@ -27,15 +30,14 @@ pub enum ContentTypeError {
     BadBoundary(String),
 }
 
-/// Extracts the boundary from a `multipart/*` content type. Liberal: quoted or token values, `=` inside
-/// quoted values, empty parameters (`;;`), any letter case in names.
+/// Extracts the boundary from a `multipart/mixed` content type. Only that type is a batch: a browser sends
+/// `multipart/form-data` or `text/plain` cross-site, with cookies and without a preflight, so accepting them
+/// would let any page run batches as its visitor. Liberal in the parameters: quoted or token values, `=` inside
+/// quoted values, empty parameters (`;;`), any letter case.
 pub fn boundary_from_content_type(content_type: &str) -> Result<String, ContentTypeError> {
     let (mime, params) = content_type.split_once(';').unwrap_or((content_type, ""));
     let mime = mime.trim();
-    let is_multipart = mime
-        .split_once('/')
-        .is_some_and(|(t, s)| t.eq_ignore_ascii_case("multipart") && !s.is_empty());
-    if !is_multipart {
+    if !mime.eq_ignore_ascii_case("multipart/mixed") {
         return Err(ContentTypeError::NotMultipart(content_type.to_owned()));
     }
     let mut rest = params;
@@ -325,10 +327,18 @@ mod tests {
             b("Multipart/Mixed; charset=utf-8; BOUNDARY=x;").unwrap(),
             "x"
         );
-        assert!(matches!(
-            b("application/json"),
-            Err(ContentTypeError::NotMultipart(_))
-        ));
+        for refused in [
+            "application/json",
+            "multipart/form-data; boundary=x",
+            "text/plain",
+            "multipart/related; boundary=x",
+            "multipart/mixedx; boundary=x",
+        ] {
+            assert!(
+                matches!(b(refused), Err(ContentTypeError::NotMultipart(_))),
+                "{refused}"
+            );
+        }
         assert!(matches!(
             b("multipart/mixed"),
             Err(ContentTypeError::NoBoundary(_))

@@ -7,8 +7,41 @@ use http::{HeaderMap, StatusCode};
 use super::ContentId;
 use super::request::{RequestError, split_mime_headers};
 
-/// Writes one reply part: delimiter, part headers, status line with reason phrase, headers with an exact
-/// `Content-Length`, body, and the line break that precedes the next delimiter.
+/// How a reply part states its body's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `Content-Length` is the body's exact length; any the headers carry is replaced.
+    Exact,
+    /// The headers already say it: a HEAD or 304 answer keeps the upstream's `Content-Length` (the length of
+    /// the body it did not send), a 204 has none.
+    AsIs,
+}
+
+/// Writes one reply part with a body given as `Bytes`-like pieces: delimiter, part headers, status line with
+/// reason phrase, headers (with the `Content-Length` that `framing` says), body, and the line break that
+/// precedes the next delimiter. Each piece is copied once.
+pub fn write_reply<'a>(
+    out: &mut BytesMut,
+    boundary: &str,
+    content_id: Option<&ContentId>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: impl IntoIterator<Item = &'a [u8]> + Clone,
+    framing: Framing,
+) {
+    let body_len: usize = body.clone().into_iter().map(<[u8]>::len).sum();
+    out.reserve(8 + boundary.len() + entity_head_len(content_id, headers) + body_len);
+    out.put_slice(b"--");
+    out.put_slice(boundary.as_bytes());
+    out.put_slice(b"\r\n");
+    write_entity_head(out, content_id, status, headers, body_len, framing);
+    for piece in body {
+        out.put_slice(piece);
+    }
+    out.put_slice(b"\r\n");
+}
+
+/// [`write_reply`] for a body in one piece, with an exact `Content-Length`.
 pub fn write_reply_part(
     out: &mut BytesMut,
     boundary: &str,
@@ -17,11 +50,15 @@ pub fn write_reply_part(
     headers: &HeaderMap,
     body: &[u8],
 ) {
-    out.reserve(8 + boundary.len() + entity_head_len(content_id, headers) + body.len());
-    write_delimiter(out, boundary);
-    write_entity_head(out, content_id, status, headers, body.len());
-    out.put_slice(body);
-    out.put_slice(b"\r\n");
+    write_reply(
+        out,
+        boundary,
+        content_id,
+        status,
+        headers,
+        [body],
+        Framing::Exact,
+    );
 }
 
 /// Writes the close delimiter that ends the reply.
@@ -29,12 +66,6 @@ pub fn write_close(out: &mut BytesMut, boundary: &str) {
     out.put_slice(b"--");
     out.put_slice(boundary.as_bytes());
     out.put_slice(b"--\r\n");
-}
-
-fn write_delimiter(out: &mut BytesMut, boundary: &str) {
-    out.put_slice(b"--");
-    out.put_slice(boundary.as_bytes());
-    out.put_slice(b"\r\n");
 }
 
 /// A generous estimate of what `write_entity_head` writes, to size buffers once.
@@ -46,13 +77,14 @@ fn entity_head_len(content_id: Option<&ContentId>, headers: &HeaderMap) -> usize
     96 + content_id.map_or(0, |id| id.id().len() + 32) + headers
 }
 
-/// Part headers, then the embedded status line, headers and `Content-Length`, up to the body.
+/// Part headers, then the embedded status line and headers, up to the body.
 fn write_entity_head(
     out: &mut BytesMut,
     content_id: Option<&ContentId>,
     status: StatusCode,
     headers: &HeaderMap,
     body_len: usize,
+    framing: Framing,
 ) {
     out.put_slice(b"Content-Type: application/http\r\n");
     if let Some(id) = content_id {
@@ -66,60 +98,19 @@ fn write_entity_head(
     out.put_slice(status.canonical_reason().unwrap_or("Status").as_bytes());
     out.put_slice(b"\r\n");
     for (name, value) in headers {
-        if name != CONTENT_LENGTH {
+        if framing == Framing::AsIs || name != CONTENT_LENGTH {
             out.put_slice(name.as_str().as_bytes());
             out.put_slice(b": ");
             out.put_slice(value.as_bytes());
             out.put_slice(b"\r\n");
         }
     }
-    out.put_slice(b"content-length: ");
-    out.put_slice(body_len.to_string().as_bytes());
-    out.put_slice(b"\r\n\r\n");
-}
-
-/// Length of the boundaries the gateway generates for its replies (see [`PendingPart`]).
-pub const REPLY_BOUNDARY_LEN: usize = 32;
-
-/// A reply part rendered before the reply's boundary is known: the gateway answers parts while the batch
-/// is still arriving, but fixes the boundary only once it has all of it. Room for the delimiter line is kept
-/// at the front and filled in by [`PendingPart::into_bytes`], so the part is copied once, when rendered.
-#[derive(Debug)]
-pub struct PendingPart(BytesMut);
-
-impl PendingPart {
-    /// Renders a part whose body arrives in pieces (as read from an upstream), copying each piece once.
-    pub fn new<'a>(
-        content_id: Option<&ContentId>,
-        status: StatusCode,
-        headers: &HeaderMap,
-        body: impl IntoIterator<Item = &'a [u8]> + Clone,
-    ) -> PendingPart {
-        let body_len: usize = body.clone().into_iter().map(<[u8]>::len).sum();
-        let mut out = BytesMut::with_capacity(
-            6 + REPLY_BOUNDARY_LEN + entity_head_len(content_id, headers) + body_len,
-        );
-        out.put_slice(b"--");
-        out.put_bytes(b'-', REPLY_BOUNDARY_LEN);
+    if framing == Framing::Exact {
+        out.put_slice(b"content-length: ");
+        out.put_slice(body_len.to_string().as_bytes());
         out.put_slice(b"\r\n");
-        write_entity_head(&mut out, content_id, status, headers, body_len);
-        for piece in body {
-            out.put_slice(piece);
-        }
-        out.put_slice(b"\r\n");
-        PendingPart(out)
     }
-
-    /// The part's bytes, delimited by `boundary`, which must be `REPLY_BOUNDARY_LEN` bytes long.
-    pub fn into_bytes(mut self, boundary: &str) -> Bytes {
-        assert_eq!(
-            boundary.len(),
-            REPLY_BOUNDARY_LEN,
-            "reply boundaries have a fixed length"
-        );
-        self.0[2..2 + REPLY_BOUNDARY_LEN].copy_from_slice(boundary.as_bytes());
-        self.0.freeze()
-    }
+    out.put_slice(b"\r\n");
 }
 
 /// One embedded response, as the client library reads it back.
@@ -230,26 +221,6 @@ mod tests {
 HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}\r\n\
 --x\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n\r\n--x--\r\n"[..]
         );
-    }
-
-    #[test]
-    fn a_pending_part_is_a_reply_part_once_its_boundary_is_known() {
-        let boundary = "b".repeat(REPLY_BOUNDARY_LEN);
-        let mut headers = HeaderMap::new();
-        headers.insert("x-a", HeaderValue::from_static("1"));
-        let id = ContentId::parse("<q>");
-        let mut direct = BytesMut::new();
-        write_reply_part(
-            &mut direct,
-            &boundary,
-            Some(&id),
-            StatusCode::CREATED,
-            &headers,
-            b"hello world",
-        );
-        let pieces: [&[u8]; 2] = [b"hello ", b"world"];
-        let pending = PendingPart::new(Some(&id), StatusCode::CREATED, &headers, pieces);
-        assert_eq!(pending.into_bytes(&boundary), direct.freeze());
     }
 
     #[test]

@@ -1,0 +1,68 @@
+//! One batch, in four stages:
+//!
+//! ```text
+//! admit ──> read (codec) ──> run (scheduler, per-route stacks) ──> respond (ordered, compressed)
+//! ```
+//! - [`admit`]: may this batch be served at all (capacity, type, size), and with which codec;
+//! - [`read`]: the body, part by part as it streams in, each parsed, routed and handed to the scheduler;
+//! - [`run`]: the scheduler, on a task of its own: window, permits, order, side effects only once committed;
+//! - [`respond`]: the reply body, in request order, coalesced and compressed.
+//!
+//! The reply's `200` is committed only once the whole body is in, so a truncated, oversized or over-long batch
+//! still gets its 400/408/413. Safe parts run meanwhile; the rest wait for the commit.
+
+pub mod admit;
+pub mod read;
+pub mod respond;
+pub mod run;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use tokio::time::Instant;
+
+use crate::error::BatchError;
+use crate::gateway::Gateway;
+use crate::response::ReplyBody;
+
+/// Serves one `POST` to the batch endpoint. `tls` says whether the client's connection is HTTPS.
+pub async fn serve<B>(
+    gateway: &Arc<Gateway>,
+    request: Request<B>,
+    peer: IpAddr,
+    tls: bool,
+) -> Result<Response<ReplyBody>, BatchError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let arrival = Instant::now();
+    let (head, body) = request.into_parts();
+    let admitted = admit::admit(gateway, &head, peer, tls)?;
+    let limits = &gateway.config.limits;
+    let (feed, answers) = run::start(
+        run::Settings::new(limits, arrival),
+        admitted.writer.clone(),
+        gateway.metrics.clone(),
+    );
+    let read = read::Read {
+        gateway,
+        scope: &admitted.scope,
+        gateway_host: admitted.gateway_host.as_deref(),
+        feed: &feed,
+    };
+    let parts = read.body(admitted.reader, body, arrival).await?;
+    feed.commit();
+    tracing::debug!(parts, %peer, "batch accepted");
+    let reply = respond::Reply {
+        writer: admitted.writer,
+        parts: answers,
+        total: parts,
+        coding: admitted.coding,
+        permit: admitted.permit,
+    };
+    Ok(respond::respond(reply, &gateway.config.compression))
+}

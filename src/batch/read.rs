@@ -1,0 +1,155 @@
+//! The read stage: the batch body, part by part as it streams in. Each part is parsed, checked, routed and
+//! handed to the scheduler at once, so safe parts start while the rest of the body is still arriving.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http_body::Body;
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+
+use super::run::{Feed, Job, Work};
+use crate::codec::PartReader;
+use crate::error::{BatchError, PartError};
+use crate::gateway::Gateway;
+use crate::stack::{BatchScope, PartRequest};
+use crate::wire::{ContentId, ParsedPart};
+
+/// What reading one batch's body needs.
+#[derive(Debug)]
+pub struct Read<'a> {
+    pub gateway: &'a Gateway,
+    pub scope: &'a Arc<BatchScope>,
+    pub gateway_host: Option<&'a str>,
+    pub feed: &'a Feed,
+}
+
+impl Read<'_> {
+    /// Reads the whole body; returns how many parts it held. Bounded in bytes (`max_batch_bytes`), in parts
+    /// (`max_parts`), in pauses (`body_read_timeout`) and in total time (`upload_timeout`).
+    pub async fn body<B>(
+        &self,
+        mut reader: PartReader,
+        mut body: B,
+        arrival: Instant,
+    ) -> Result<usize, BatchError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let limits = &self.gateway.config.limits;
+        let upload_deadline = arrival + limits.upload_timeout;
+        let mut ids = HashSet::new();
+        let mut received = 0u64;
+        let mut parts = 0usize;
+        loop {
+            let pause = Instant::now() + limits.body_read_timeout;
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                () = tokio::time::sleep_until(pause.min(upload_deadline)) => {
+                    return Err(if pause < upload_deadline {
+                        BatchError::SlowClient(limits.body_read_timeout)
+                    } else {
+                        BatchError::UploadTimeout(limits.upload_timeout)
+                    });
+                }
+            };
+            let data = match frame {
+                None => break,
+                Some(Err(e)) => return Err(BatchError::BodyRead(e.to_string())),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(_) => continue,
+                },
+            };
+            received += data.len() as u64;
+            if received > limits.max_batch_bytes {
+                return Err(BatchError::TooLarge {
+                    received,
+                    limit: limits.max_batch_bytes,
+                });
+            }
+            reader.push(&data);
+            while let Some(part) = reader.next_part()? {
+                parts += 1;
+                // Past the limit, parts are only framed, to report how many there were; nothing more runs.
+                if parts <= limits.max_parts {
+                    self.feed.push(self.job(parts - 1, part, &mut ids)?);
+                }
+            }
+            if reader.is_closed() {
+                break;
+            }
+        }
+        reader.finish()?;
+        if parts > limits.max_parts {
+            return Err(BatchError::TooManyParts {
+                received: parts,
+                limit: limits.max_parts,
+            });
+        }
+        Ok(parts)
+    }
+
+    /// Parses and routes one part; duplicate Content-IDs refuse the whole batch.
+    fn job(
+        &self,
+        index: usize,
+        part: ParsedPart,
+        ids: &mut HashSet<ContentId>,
+    ) -> Result<Job, BatchError> {
+        if let Some(id) = &part.content_id
+            && !ids.insert(id.clone())
+        {
+            return Err(BatchError::DuplicateContentId(id.header_value()));
+        }
+        let work = match self.work(index, part.request) {
+            Ok(work) => work,
+            Err(error) => Work::Refused(error),
+        };
+        Ok(Job {
+            index,
+            content_id: part.content_id,
+            work,
+        })
+    }
+
+    fn work(
+        &self,
+        index: usize,
+        request: Result<crate::wire::EmbeddedRequest, crate::wire::RequestError>,
+    ) -> Result<Work, PartError> {
+        let request = request.map_err(|source| PartError::Request { index, source })?;
+        let destination = self
+            .gateway
+            .router
+            .route(&request.target, self.gateway_host)
+            .map_err(|source| PartError::Route { index, source })?;
+        let nested = request
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                ct.trim_start()
+                    .get(..10)
+                    .is_some_and(|t| t.eq_ignore_ascii_case("multipart/"))
+            });
+        if nested {
+            return Err(PartError::NestedBody { index });
+        }
+        Ok(Work::Forward {
+            service: self.gateway.service(&destination.route),
+            request: PartRequest {
+                index,
+                method: request.method,
+                uri: destination.uri,
+                headers: request.headers,
+                body: request.body,
+                batch: self.scope.clone(),
+                accepts: None,
+            },
+        })
+    }
+}

@@ -1,0 +1,217 @@
+//! The respond stage: the reply body. It takes the scheduler's answers in request order and writes them out,
+//! compressed as one stream when the client accepts it.
+//!
+//! Parts that finish together go out together: when the next part is not ready, the body waits up to
+//! `compression.flush_delay` for it before handing what it has to the connection. Each hand-over is a write
+//! (and, on a slow link, packets counted against the congestion window), so one per part would cost a syscall
+//! per sub-request. Large uncompressed parts are passed on as they are, without a copy. Compression runs on
+//! the blocking pool, so a large part at a high level never stalls other batches on the runtime.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::Response;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, VARY};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use crate::codec::ReplyWriter;
+use crate::compress::{Coding, CompressionConfig, Encoder};
+use crate::response::{BoxError, ReplyBody};
+
+/// Input bytes gathered before a frame is sent regardless of what is ready.
+const MAX_FRAME: usize = 64 * 1024;
+
+/// An uncompressed part at least this large is sent as its own frame rather than copied into one.
+const ZERO_COPY_PART: usize = 16 * 1024;
+
+/// What the reply is made of.
+#[derive(Debug)]
+pub struct Reply {
+    pub writer: ReplyWriter,
+    /// Answers in request order, from the scheduler.
+    pub parts: mpsc::Receiver<Bytes>,
+    /// How many answers make the whole reply: fewer means the scheduler failed, and the reply is cut off
+    /// rather than closed as if complete.
+    pub total: usize,
+    pub coding: Option<Coding>,
+    /// Holds one of `limits.max_batches` until the last byte is out or the client is gone.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// The `200` response streaming the reply.
+pub fn respond(reply: Reply, compression: &CompressionConfig) -> Response<ReplyBody> {
+    let mut response = Response::builder().header(CONTENT_TYPE, reply.writer.content_type());
+    if compression.enabled {
+        response = response.header(VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    if let Some(coding) = reply.coding {
+        response = response.header(CONTENT_ENCODING, HeaderValue::from_static(coding.as_str()));
+    }
+    let output = match reply.coding {
+        Some(coding) => Output::Encoded {
+            encoder: Some(compression.encoder(coding)),
+            input: Vec::new(),
+            pending: 0,
+        },
+        None => Output::Identity(BytesMut::new()),
+    };
+    let body = Body {
+        close: reply.writer.close(),
+        parts: reply.parts,
+        received: 0,
+        total: reply.total,
+        carried: None,
+        output: Some(output),
+        flush_delay: compression.flush_delay,
+        _permit: reply.permit,
+    };
+    let frames = futures_util::stream::unfold(body, |mut body| async move {
+        let frame = body.next_frame().await?;
+        Some((frame.map(Frame::data), body))
+    });
+    response
+        .body(BodyExt::boxed_unsync(StreamBody::new(frames)))
+        .expect("valid reply head")
+}
+
+struct Body {
+    close: Bytes,
+    parts: mpsc::Receiver<Bytes>,
+    received: usize,
+    total: usize,
+    /// A part taken off the channel while gathering, not yet written.
+    carried: Option<Bytes>,
+    /// `None` once the reply has ended.
+    output: Option<Output>,
+    flush_delay: Duration,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Body {
+    async fn next_frame(&mut self) -> Option<Result<Bytes, BoxError>> {
+        loop {
+            let output = self.output.as_mut()?;
+            let part = match self.carried.take() {
+                Some(part) => Some(part),
+                None => self.parts.recv().await,
+            };
+            let Some(part) = part else {
+                let output = self.output.take()?;
+                if self.received < self.total {
+                    return Some(Err(format!(
+                        "the reply broke off after {} of {} parts",
+                        self.received, self.total
+                    )
+                    .into()));
+                }
+                return Some(output.finish(self.close.clone()).await);
+            };
+            self.received += 1;
+            if let Some(large) = output.write(part) {
+                return Some(Ok(large));
+            }
+            if output.pending() < MAX_FRAME {
+                self.carried = match self.parts.try_recv() {
+                    Ok(next) => Some(next),
+                    Err(_) if self.flush_delay.is_zero() => None,
+                    Err(_) => tokio::time::timeout(self.flush_delay, self.parts.recv())
+                        .await
+                        .ok()
+                        .flatten(),
+                };
+                if self.carried.is_some() {
+                    continue;
+                }
+            }
+            let frame = output.flush().await;
+            match frame {
+                Ok(frame) if frame.is_empty() => continue,
+                frame => return Some(frame),
+            }
+        }
+    }
+}
+
+/// Where reply bytes gather until the next frame: plain, or on their way to the compressor.
+enum Output {
+    Identity(BytesMut),
+    Encoded {
+        /// Lent to the blocking pool while it compresses.
+        encoder: Option<Encoder>,
+        input: Vec<Bytes>,
+        pending: usize,
+    },
+}
+
+impl Output {
+    /// Takes a part; returns it back as a frame of its own when it is large and nothing is gathered.
+    fn write(&mut self, part: Bytes) -> Option<Bytes> {
+        match self {
+            Output::Identity(buf) if buf.is_empty() && part.len() >= ZERO_COPY_PART => Some(part),
+            Output::Identity(buf) => {
+                buf.extend_from_slice(&part);
+                None
+            }
+            Output::Encoded { input, pending, .. } => {
+                *pending += part.len();
+                input.push(part);
+                None
+            }
+        }
+    }
+
+    /// Input bytes gathered since the last frame.
+    fn pending(&self) -> usize {
+        match self {
+            Output::Identity(buf) => buf.len(),
+            Output::Encoded { pending, .. } => *pending,
+        }
+    }
+
+    async fn flush(&mut self) -> Result<Bytes, BoxError> {
+        match self {
+            Output::Identity(buf) => Ok(buf.split().freeze()),
+            Output::Encoded {
+                encoder,
+                input,
+                pending,
+            } => {
+                *pending = 0;
+                let mut lent = encoder.take().ok_or("the compressor was lost")?;
+                let input = std::mem::take(input);
+                let (lent, frame) = tokio::task::spawn_blocking(move || {
+                    for piece in &input {
+                        lent.write(piece);
+                    }
+                    let frame = lent.flush();
+                    (lent, frame)
+                })
+                .await?;
+                *encoder = Some(lent);
+                Ok(frame)
+            }
+        }
+    }
+
+    async fn finish(self, close: Bytes) -> Result<Bytes, BoxError> {
+        match self {
+            Output::Identity(mut buf) => {
+                buf.extend_from_slice(&close);
+                Ok(buf.freeze())
+            }
+            Output::Encoded { encoder, input, .. } => {
+                let mut encoder = encoder.ok_or("the compressor was lost")?;
+                Ok(tokio::task::spawn_blocking(move || {
+                    for piece in &input {
+                        encoder.write(piece);
+                    }
+                    encoder.write(&close);
+                    encoder.finish()
+                })
+                .await?)
+            }
+        }
+    }
+}

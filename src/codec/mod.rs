@@ -1,0 +1,23 @@
+//! The batch format behind one seam: reading parts from a request body, rendering reply parts. The stages
+//! around it know parts and answers, not boundaries or delimiters.
+//!
+//! `multipart/mixed` (the Google APIs batch format) is the one format today; a JSON batch format will be a
+//! second module here, chosen by [`open`] from the request's `Content-Type`.
+
+pub mod multipart;
+
+use crate::error::BatchError;
+use crate::wire::PartLimits;
+
+pub use multipart::{PartReader, ReplyWriter};
+
+/// The reader and writer for a batch whose `Content-Type` is `content_type`.
+pub fn open(
+    content_type: Option<&str>,
+    max_part_bytes: u64,
+    part_limits: PartLimits,
+) -> Result<(PartReader, ReplyWriter), BatchError> {
+    let content_type = content_type.ok_or(BatchError::NoContentType)?;
+    let reader = PartReader::new(content_type, max_part_bytes, part_limits)?;
+    Ok((reader, ReplyWriter::new()))
+}

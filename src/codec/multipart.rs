@@ -1,0 +1,130 @@
+//! `multipart/mixed` batches: parts framed by a boundary, each an `application/http` request; the reply
+//! the same way, under a boundary of its own.
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use rand::Rng;
+use rand::distr::Alphanumeric;
+
+use crate::error::{BatchError, PartError};
+use crate::stack::UpstreamResponse;
+use crate::wire::{
+    ContentId, Framing, FramingError, ParsedPart, PartLimits, PartSplitter,
+    boundary_from_content_type, parse_part, write_close, write_reply,
+};
+
+/// Reads parts out of a request body as its bytes arrive.
+#[derive(Debug)]
+pub struct PartReader {
+    splitter: PartSplitter,
+    limits: PartLimits,
+}
+
+impl PartReader {
+    /// A reader for a body of this `Content-Type`: `multipart/mixed` with a boundary, or the batch is refused.
+    pub fn new(
+        content_type: &str,
+        max_part_bytes: u64,
+        limits: PartLimits,
+    ) -> Result<PartReader, BatchError> {
+        let boundary = boundary_from_content_type(content_type)?;
+        Ok(PartReader {
+            splitter: PartSplitter::new(&boundary, max_part_bytes),
+            limits,
+        })
+    }
+
+    /// Takes the next piece of the body.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.splitter.push(bytes);
+    }
+
+    /// The next complete part, parsed; `None` when more bytes are needed or the body is closed.
+    pub fn next_part(&mut self) -> Result<Option<ParsedPart>, FramingError> {
+        Ok(self
+            .splitter
+            .next_part()?
+            .map(|raw| parse_part(&raw, self.limits)))
+    }
+
+    /// Whether the body's end (the close delimiter) has been read.
+    pub fn is_closed(&self) -> bool {
+        self.splitter.is_closed()
+    }
+
+    /// Checks that the body ended where a batch may end.
+    pub fn finish(&self) -> Result<(), FramingError> {
+        self.splitter.finish()
+    }
+}
+
+/// Renders reply parts under a boundary drawn at random for each reply (from the thread's CSPRNG, about
+/// 190 bits), so that no upstream body can contain it and forge parts.
+#[derive(Debug, Clone)]
+pub struct ReplyWriter {
+    boundary: String,
+}
+
+impl Default for ReplyWriter {
+    fn default() -> Self {
+        ReplyWriter::new()
+    }
+}
+
+impl ReplyWriter {
+    pub fn new() -> ReplyWriter {
+        let boundary = rand::rng()
+            .sample_iter(Alphanumeric)
+            .take(32)
+            .map(char::from)
+            .collect();
+        ReplyWriter { boundary }
+    }
+
+    /// The reply's `Content-Type`.
+    pub fn content_type(&self) -> HeaderValue {
+        HeaderValue::from_str(&format!("multipart/mixed; boundary={}", self.boundary))
+            .expect("an alphanumeric boundary")
+    }
+
+    /// One part answered by its upstream.
+    pub fn response(&self, content_id: Option<&ContentId>, response: &UpstreamResponse) -> Bytes {
+        let mut out = BytesMut::new();
+        write_reply(
+            &mut out,
+            &self.boundary,
+            content_id,
+            response.status,
+            &response.headers,
+            response.body.iter().map(|piece| &piece[..]),
+            response.framing,
+        );
+        out.freeze()
+    }
+
+    /// One failed part, with its JSON error body.
+    pub fn error(&self, content_id: Option<&ContentId>, error: &PartError) -> Bytes {
+        let mut headers = HeaderMap::with_capacity(1);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let body = error.body();
+        let mut out = BytesMut::new();
+        write_reply(
+            &mut out,
+            &self.boundary,
+            content_id,
+            error.status(),
+            &headers,
+            [&body[..]],
+            Framing::Exact,
+        );
+        out.freeze()
+    }
+
+    /// What ends the reply.
+    pub fn close(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        write_close(&mut out, &self.boundary);
+        out.freeze()
+    }
+}

@@ -1,0 +1,77 @@
+//! In-flight limits: a part waits for a permit before it goes upstream and gives it back as soon as its
+//! answer is in, whether or not the client is reading the reply. One layer per limit (the route's, then the
+//! gateway's), always taken in that order so that batches cannot deadlock each other, and so that parts
+//! queued for a saturated route do not hold the gateway-wide permits other routes need.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use tokio::sync::Semaphore;
+use tower::{Layer, Service, ServiceExt};
+
+use super::{PartRequest, UpstreamResponse};
+use crate::error::PartError;
+
+#[derive(Debug, Clone)]
+pub struct InflightLayer {
+    permits: Arc<Semaphore>,
+}
+
+impl InflightLayer {
+    pub fn new(permits: Arc<Semaphore>) -> InflightLayer {
+        InflightLayer { permits }
+    }
+}
+
+impl<S> Layer<S> for InflightLayer {
+    type Service = Inflight<S>;
+
+    fn layer(&self, inner: S) -> Inflight<S> {
+        Inflight {
+            inner,
+            permits: self.permits.clone(),
+        }
+    }
+}
+
+/// Holds one of `permits` for the duration of the inner call.
+#[derive(Debug, Clone)]
+pub struct Inflight<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+}
+
+impl<S> Service<PartRequest> for Inflight<S>
+where
+    S: Service<PartRequest, Response = UpstreamResponse, Error = PartError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = UpstreamResponse;
+    type Error = PartError;
+    type Future = BoxFuture<'static, Result<UpstreamResponse, PartError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), PartError>> {
+        // Readiness is the permit, awaited per call: a part waits in its own future, not in the service.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: PartRequest) -> Self::Future {
+        let permits = self.permits.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let index = request.index;
+            let _permit = permits
+                .acquire_owned()
+                .await
+                .map_err(|e| PartError::Internal {
+                    index,
+                    reason: e.to_string(),
+                })?;
+            inner.oneshot(request).await
+        })
+    }
+}

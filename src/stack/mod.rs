@@ -1,0 +1,153 @@
+//! The per-part call: one tower `Service` stack per route, from a routed part to its upstream's complete
+//! answer or a typed [`PartError`].
+//!
+//! Each concern is a layer of its own, outermost first:
+//! - [`policy`]: the headers the upstream sees (inherited from the batch, forwarding headers, cookies);
+//! - [`limit`]: sub-requests in flight to this route, then across the gateway;
+//! - [`timeout`]: the route's own time limit;
+//! - [`rules`]: HTTP semantics of the answer (1xx, 204, HEAD and 304 lengths, unrequested compression);
+//! - [`pool`]: the shared keep-alive connections, and the response size limits.
+//!
+//! Load balancing, retries, caching and metrics wrap the same call: they are layers to add here. The
+//! scheduler knows nothing of HTTP beyond calling a route's [`PartService`].
+
+pub mod limit;
+pub mod policy;
+pub mod pool;
+pub mod rules;
+pub mod timeout;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use tokio::sync::Semaphore;
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+
+use crate::error::PartError;
+use crate::headers::BatchHeaders;
+use crate::wire::Framing;
+
+pub use pool::Pools;
+
+/// A route's whole stack, type-erased so that every route's can be held and called alike.
+pub type PartService = BoxCloneSyncService<PartRequest, UpstreamResponse, PartError>;
+
+/// One routed part on its way upstream.
+#[derive(Debug)]
+pub struct PartRequest {
+    /// The part's position in its batch: every error names it.
+    pub index: usize,
+    pub method: Method,
+    /// Absolute URI on the upstream.
+    pub uri: Uri,
+    /// The part's own headers; the policy layer turns them into what the upstream sees.
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// What the parts of one batch share.
+    pub batch: Arc<BatchScope>,
+    /// The codings the client said it can decode in this part's body (the part's own `Accept-Encoding`, which
+    /// is not forwarded). Set by the policy layer.
+    pub accepts: Option<HeaderValue>,
+}
+
+impl PartRequest {
+    /// Safe methods (RFC 9110 9.2.1) may run before the whole batch is in: if the batch is then refused,
+    /// nothing they did can have changed anything.
+    pub fn is_safe(&self) -> bool {
+        matches!(self.method, Method::GET | Method::HEAD | Method::OPTIONS)
+    }
+}
+
+/// An upstream's complete answer to one part.
+#[derive(Debug)]
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    /// Without hop-by-hop headers. A `Content-Length` here is used only when `framing` is `AsIs`.
+    pub headers: HeaderMap,
+    /// The body as it arrived, piece by piece: it is copied once, into the reply part.
+    pub body: Vec<Bytes>,
+    pub body_len: u64,
+    pub framing: Framing,
+}
+
+/// What every part of one batch shares on its way upstream.
+#[derive(Debug)]
+pub struct BatchScope {
+    pub headers: BatchHeaders,
+    pub budget: ResponseBudget,
+}
+
+/// Response bytes one batch may still receive from upstreams (`limits.max_batch_response_bytes`).
+#[derive(Debug)]
+pub struct ResponseBudget {
+    left: AtomicU64,
+    limit: u64,
+}
+
+impl ResponseBudget {
+    pub fn new(limit: u64) -> ResponseBudget {
+        ResponseBudget {
+            left: AtomicU64::new(limit),
+            limit,
+        }
+    }
+
+    pub fn left(&self) -> u64 {
+        self.left.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Takes `n` bytes from the budget; false (and nothing taken) if fewer are left.
+    pub fn take(&self, n: u64) -> bool {
+        self.left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(n)
+            })
+            .is_ok()
+    }
+}
+
+/// What one route's stack is built from.
+#[derive(Debug)]
+pub struct RouteStack<'a> {
+    /// Named in error messages: `127.0.0.1:9001`.
+    pub upstream: Arc<str>,
+    pub http2: bool,
+    pub timeout: Duration,
+    pub strip_cookies: bool,
+    /// Sub-requests in flight to this route, across all batches.
+    pub route_inflight: Arc<Semaphore>,
+    /// Sub-requests in flight across the gateway.
+    pub global_inflight: Arc<Semaphore>,
+    pub pools: &'a Pools,
+    pub max_response_bytes: u64,
+}
+
+impl RouteStack<'_> {
+    pub fn build(self) -> PartService {
+        let service = ServiceBuilder::new()
+            .layer(policy::PolicyLayer::new(self.strip_cookies))
+            .layer(limit::InflightLayer::new(self.route_inflight))
+            .layer(limit::InflightLayer::new(self.global_inflight))
+            .layer(timeout::TimeoutLayer::new(
+                self.timeout,
+                self.upstream.clone(),
+            ))
+            .layer(rules::RulesLayer::new(
+                self.upstream.clone(),
+                self.max_response_bytes,
+            ))
+            .service(
+                self.pools
+                    .service(self.http2, self.upstream, self.max_response_bytes),
+            );
+        BoxCloneSyncService::new(service)
+    }
+}

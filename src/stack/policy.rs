@@ -1,0 +1,60 @@
+//! The header policy layer: the upstream sees the batch's inherited headers overridden by the part's own,
+//! the gateway's forwarding headers, and no cookies where the route strips them.
+
+use std::task::{Context, Poll};
+
+use http::header::ACCEPT_ENCODING;
+use tower::{Layer, Service};
+
+use super::{PartRequest, UpstreamResponse};
+use crate::error::PartError;
+
+/// Applies the batch's [`BatchHeaders`](crate::headers::BatchHeaders) to each part.
+#[derive(Debug, Clone)]
+pub struct PolicyLayer {
+    strip_cookies: bool,
+}
+
+impl PolicyLayer {
+    pub fn new(strip_cookies: bool) -> PolicyLayer {
+        PolicyLayer { strip_cookies }
+    }
+}
+
+impl<S> Layer<S> for PolicyLayer {
+    type Service = Policy<S>;
+
+    fn layer(&self, inner: S) -> Policy<S> {
+        Policy {
+            inner,
+            strip_cookies: self.strip_cookies,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy<S> {
+    inner: S,
+    strip_cookies: bool,
+}
+
+impl<S> Service<PartRequest> for Policy<S>
+where
+    S: Service<PartRequest, Response = UpstreamResponse, Error = PartError>,
+{
+    type Response = UpstreamResponse;
+    type Error = PartError;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PartError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: PartRequest) -> S::Future {
+        // Taken before the merge drops it: it says what the client can decode, not what to ask for.
+        request.accepts = request.headers.get(ACCEPT_ENCODING).cloned();
+        let own = std::mem::take(&mut request.headers);
+        request.headers = request.batch.headers.for_part(own, self.strip_cookies);
+        self.inner.call(request)
+    }
+}
