@@ -1,12 +1,15 @@
 //! Routing: which upstream a part's target goes to, after normalising it so that no spelling of a path
 //! reaches what its plain form would not.
+//!
+//! A target is normalised as RFC 3986 section 6 describes before any route is chosen: the fragment is
+//! dropped, percent-encoded unreserved characters are decoded and every other escape's hex digits are
+//! upper-cased, raw non-ASCII characters are percent-encoded as UTF-8, and dot segments are removed. What the
+//! upstream receives is this normalised path, with the query as sent (non-ASCII encoded, nothing else).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::Uri;
 use http::uri::{Authority, PathAndQuery};
-use tokio::sync::Semaphore;
 
 use crate::config::{Config, RouteConfig};
 
@@ -15,23 +18,22 @@ use crate::config::{Config, RouteConfig};
 pub struct Route {
     /// Position in the config's `[[routes]]`: indexes the route's service stack.
     pub id: usize,
+    /// Matched on segment boundaries: `/posts` serves `/posts` and `/posts/...`, never `/postsecret`; a
+    /// prefix ending in `/`, like `/mail/`, serves `/mail/...` and also the bare `/mail` (a client asking for
+    /// the collection itself means the same upstream, not "no route").
     pub prefix: String,
     /// `http://host:port` of the upstream; every part routed here goes there.
     pub authority: Authority,
-    pub http2: bool,
-    pub timeout: Duration,
-    pub strip_cookies: bool,
     /// Absolute-form authorities that map here (the upstream's own included).
     hosts: Vec<Authority>,
-    /// Bounds the sub-requests in flight to this upstream across all batches.
-    pub inflight: Arc<Semaphore>,
 }
 
 /// Where a part goes.
 #[derive(Debug, Clone)]
 pub struct Destination {
     pub route: Arc<Route>,
-    /// Absolute URI on the upstream: its authority, the normalised path, the query as sent.
+    /// Absolute URI on the upstream: its authority, the normalised path, the query as sent (raw non-ASCII
+    /// percent-encoded), no fragment.
     pub uri: Uri,
 }
 
@@ -55,12 +57,28 @@ pub enum RouteError {
     BadTarget(String),
     #[error("target {0:?} is the batch endpoint itself; batches do not nest")]
     NestedBatch(String),
+    #[error(
+        "target {target:?} has a malformed percent-escape {escape:?}: '%' in a path must be followed by two \
+         hex digits"
+    )]
+    MalformedEscape { target: String, escape: String },
+    #[error(
+        "target {target:?} has a raw {character:?}, which a request target cannot carry; control characters, \
+         spaces, '<', '>', '`' (and '\"' in the query) must be percent-encoded"
+    )]
+    BadCharacter { target: String, character: char },
+    #[error(
+        "target {0:?} has a '.' or '..' segment with path parameters (like '..;/'), which servers that strip \
+         parameters read as a dot segment; it is refused"
+    )]
+    DotSegmentParams(String),
 }
 
 /// All routes, longest prefix first.
 #[derive(Debug)]
 pub struct Router {
     routes: Vec<Arc<Route>>,
+    /// The batch endpoint, normalised like a target.
     batch_path: String,
 }
 
@@ -71,33 +89,41 @@ impl Router {
             .routes
             .iter()
             .enumerate()
-            .map(|(id, r)| Arc::new(Route::new(id, r, config)))
+            .map(|(id, r)| Arc::new(Route::new(id, r)))
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        Router {
-            routes,
-            batch_path: config.batch_path.clone(),
-        }
+        let batch_path = normalise_chars(&config.batch_path, Component::Path)
+            .and_then(|p| normalise_path(&p))
+            .unwrap_or_else(|_| config.batch_path.clone());
+        Router { routes, batch_path }
     }
 
     /// Routes a target. `gateway_host` is the batch request's own `Host`: an absolute-form target naming
     /// the gateway is treated as origin-form.
+    ///
+    /// The target is normalised first (see the module documentation); a route is then chosen for the
+    /// normalised path by the longest prefix that matches it on a segment boundary (see [`Route::prefix`]).
     pub fn route(
         &self,
         target: &str,
         gateway_host: Option<&str>,
     ) -> Result<Destination, RouteError> {
-        let (authority, path_and_query) = split_target(target)?;
-        let (raw_path, query) = match path_and_query.split_once('?') {
+        let refused = |e: Normalise| e.for_target(target);
+        // The fragment is the client's own business (RFC 9110 7.1); it goes before anything else is read.
+        let sent = target.split_once('#').map_or(target, |(t, _)| t);
+        let (authority, path_and_query) =
+            split_target(sent).ok_or_else(|| RouteError::BadTarget(target.to_owned()))?;
+        let (raw_path, raw_query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),
         };
-        let path = normalise_path(raw_path).map_err(|e| match e {
-            Normalise::EncodedSlash => RouteError::EncodedSlash(target.to_owned()),
-            Normalise::AboveRoot => RouteError::EscapesRoot {
-                target: target.to_owned(),
-            },
-        })?;
+        // Escapes and characters normalised, dot segments still there: what the client asked for.
+        let asked_path = normalise_chars(raw_path, Component::Path).map_err(refused)?;
+        let query = raw_query
+            .map(|q| normalise_chars(q, Component::Query))
+            .transpose()
+            .map_err(refused)?;
+        let path = normalise_path(&asked_path).map_err(refused)?;
         if path == self.batch_path {
             return Err(RouteError::NestedBatch(target.to_owned()));
         }
@@ -119,27 +145,23 @@ impl Router {
             _ => self.routes.iter().collect(),
         };
 
-        // The route the target asked for before normalisation must still be the one it gets.
-        let lexical = collapse_slashes(raw_path);
-        if let Some(asked) = candidates.iter().find(|r| lexical.starts_with(&r.prefix))
-            && !path.starts_with(&asked.prefix)
+        // The route the target asked for before dot segments were applied must still be the one it gets.
+        let lexical = collapse_slashes(&asked_path);
+        if let Some(asked) = best_route(&candidates, &lexical)
+            && prefix_match(&asked.prefix, &path).is_none()
         {
             return Err(RouteError::EscapesPrefix {
                 target: target.to_owned(),
                 prefix: asked.prefix.clone(),
             });
         }
-        let route = candidates
-            .iter()
-            .copied()
-            .find(|r| path.starts_with(&r.prefix))
-            .ok_or_else(|| RouteError::NoRoute(path.clone()))?;
+        let route =
+            best_route(&candidates, &path).ok_or_else(|| RouteError::NoRoute(path.clone()))?;
         // Encoded slashes are forwarded as sent (storage APIs put them in object names), but an upstream that
         // decodes them must still be inside the route the gateway chose.
-        if has_encoded_slash(raw_path) {
+        if has_encoded_slash(&path) {
             let decoded = collapse_slashes(&decode(&path, &[("%2f", '/'), ("%5c", '/')]));
-            let decoded_route = candidates.iter().find(|r| decoded.starts_with(&r.prefix));
-            if !decoded_route.is_some_and(|r| Arc::ptr_eq(r, route)) {
+            if !best_route(&candidates, &decoded).is_some_and(|r| Arc::ptr_eq(r, route)) {
                 return Err(RouteError::EncodedSlash(target.to_owned()));
             }
         }
@@ -147,7 +169,7 @@ impl Router {
         let mut pq = path;
         if let Some(q) = query {
             pq.push('?');
-            pq.push_str(q);
+            pq.push_str(&q);
         }
         let pq =
             PathAndQuery::try_from(pq).map_err(|_| RouteError::BadTarget(target.to_owned()))?;
@@ -165,7 +187,7 @@ impl Router {
 }
 
 impl Route {
-    fn new(id: usize, r: &RouteConfig, config: &Config) -> Route {
+    fn new(id: usize, r: &RouteConfig) -> Route {
         // Validated by Config::validate.
         let (_, authority) = r.origin().expect("validated route upstream");
         let mut hosts: Vec<Authority> = r.hosts.iter().filter_map(|h| h.parse().ok()).collect();
@@ -174,11 +196,7 @@ impl Route {
             id,
             prefix: r.prefix.clone(),
             authority,
-            http2: r.http2,
-            timeout: r.timeout.unwrap_or(config.limits.part_timeout),
-            strip_cookies: r.strip_cookies,
             hosts,
-            inflight: Arc::new(Semaphore::new(config.limits.max_inflight_per_upstream)),
         }
     }
 
@@ -190,50 +208,171 @@ impl Route {
     }
 }
 
-/// Splits a target into its authority (absolute-form only) and its path-and-query.
-fn split_target(target: &str) -> Result<(Option<Authority>, &str), RouteError> {
-    if target.starts_with('/') {
-        return Ok((None, target));
+/// How well `prefix` matches `path` on a segment boundary, or `None`. `/posts` matches `/posts` and
+/// `/posts/...` but not `/postsecret`; `/mail/` matches `/mail/...` and the bare `/mail`. The rank orders
+/// matches by how much of the path they cover; of two covering the same (`/posts` and `/posts/` for the path
+/// `/posts`), the prefix that is the path itself wins over the bare form of a longer one.
+fn prefix_match(prefix: &str, path: &str) -> Option<usize> {
+    if let Some(rest) = path.strip_prefix(prefix)
+        && (prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
+    {
+        return Some(2 * prefix.len() + 1);
     }
-    let bad = || RouteError::BadTarget(target.to_owned());
-    let (scheme, rest) = target.split_once("://").ok_or_else(bad)?;
+    let dir = prefix.strip_suffix('/')?;
+    (!dir.is_empty() && path == dir).then_some(2 * dir.len())
+}
+
+/// The route whose prefix matches `path` best: the longest prefix on a segment boundary.
+fn best_route<'r>(candidates: &[&'r Arc<Route>], path: &str) -> Option<&'r Arc<Route>> {
+    candidates
+        .iter()
+        .copied()
+        .filter_map(|r| prefix_match(&r.prefix, path).map(|rank| (rank, r)))
+        .max_by_key(|&(rank, _)| rank)
+        .map(|(_, r)| r)
+}
+
+/// Splits a target into its authority (absolute-form only) and its path-and-query; `None` if it is
+/// neither origin-form nor an absolute http(s) URL.
+fn split_target(target: &str) -> Option<(Option<Authority>, &str)> {
+    if target.starts_with('/') {
+        return Some((None, target));
+    }
+    let (scheme, rest) = target.split_once("://")?;
     if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
-        return Err(bad());
+        return None;
     }
     let split = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(split);
     if authority.contains('@') {
         // Userinfo in a target is a classic confusion trick; nobody legitimate sends it.
-        return Err(bad());
+        return None;
     }
-    let authority: Authority = authority.parse().map_err(|_| bad())?;
+    let authority: Authority = authority.parse().ok()?;
     let path = if path.is_empty() { "/" } else { path };
     if path.starts_with('?') {
-        return Err(bad());
+        return None;
     }
-    Ok((Some(authority), path))
+    Some((Some(authority), path))
 }
 
+/// Why a path could not be normalised; [`Normalise::for_target`] names the target.
+#[derive(Debug)]
 enum Normalise {
     EncodedSlash,
     AboveRoot,
+    MalformedEscape(String),
+    BadCharacter(char),
+    DotSegmentParams,
 }
 
-/// Resolves a path the way a file server would read it: backslashes are slashes, `%2e` is a dot, repeated
-/// slashes are one, `.` and `..` segments are applied. Encoded slashes stay encoded, but are refused where
-/// decoding them would make a `.` or `..` segment.
-fn normalise_path(raw: &str) -> Result<String, Normalise> {
-    if has_encoded_slash(raw) {
-        let decoded = decode(raw, &[("%2e", '.'), ("%2f", '/'), ("%5c", '/')]).replace('\\', "/");
+impl Normalise {
+    fn for_target(self, target: &str) -> RouteError {
+        let target = target.to_owned();
+        match self {
+            Normalise::EncodedSlash => RouteError::EncodedSlash(target),
+            Normalise::AboveRoot => RouteError::EscapesRoot { target },
+            Normalise::MalformedEscape(escape) => RouteError::MalformedEscape { target, escape },
+            Normalise::BadCharacter(character) => RouteError::BadCharacter { target, character },
+            Normalise::DotSegmentParams => RouteError::DotSegmentParams(target),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Component {
+    Path,
+    Query,
+}
+
+/// Character-level normalisation (RFC 3986 6.2.2.1 and 6.2.2.2). In a path, escapes of unreserved
+/// characters are decoded (`%7e` is `~`), every other escape keeps its byte with upper-case hex (`%2f` is
+/// `%2F`), and a `%` without two hex digits is refused. In both path and query, raw non-ASCII characters
+/// become the escapes of their UTF-8 bytes, and characters no target may carry raw are refused: control
+/// characters, space, and what `http::Uri` refuses besides (`<`, `>`, and `` ` `` in a path, `"` in a
+/// query). The query is otherwise left as sent: its escapes are neither decoded nor checked.
+fn normalise_chars(raw: &str, component: Component) -> Result<String, Normalise> {
+    let bytes = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' if component == Component::Path => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| Some((hex_value(h[0])?, hex_value(h[1])?)));
+                let Some((hi, lo)) = hex else {
+                    return Err(Normalise::MalformedEscape(
+                        raw[i..].chars().take(3).collect(),
+                    ));
+                };
+                let decoded = hi << 4 | lo;
+                if is_unreserved(decoded) {
+                    out.push(char::from(decoded));
+                } else {
+                    push_escape(&mut out, decoded);
+                }
+                i += 3;
+                continue;
+            }
+            0x80.. => push_escape(&mut out, b),
+            _ if b.is_ascii_control() || b == b' ' || b"<>".contains(&b) => {
+                return Err(Normalise::BadCharacter(char::from(b)));
+            }
+            b'`' if component == Component::Path => {
+                return Err(Normalise::BadCharacter('`'));
+            }
+            b'"' if component == Component::Query => {
+                return Err(Normalise::BadCharacter('"'));
+            }
+            _ => out.push(char::from(b)),
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    char::from(b).to_digit(16).map(|d| d as u8)
+}
+
+/// RFC 3986 2.3: ALPHA / DIGIT / "-" / "." / "_" / "~".
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~".contains(&b)
+}
+
+fn push_escape(out: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(b >> 4)]));
+    out.push(char::from(HEX[usize::from(b & 0xf)]));
+}
+
+/// Resolves a path (its characters already normalised by [`normalise_chars`]) the way a file server would
+/// read it: backslashes are slashes, repeated slashes are one, `.` and `..` segments are applied. Encoded
+/// slashes stay encoded, but are refused where decoding them would make a `.` or `..` segment. A `.` or
+/// `..` segment with path parameters (`..;/`, `.;x`, also with `;` encoded as `%3B` or behind an encoded
+/// slash) is refused: servers that strip parameters before resolving dot segments would climb with it.
+fn normalise_path(path: &str) -> Result<String, Normalise> {
+    let all_decoded = decode(path, &[("%2f", '/'), ("%5c", '/'), ("%3b", ';')]).replace('\\', "/");
+    if all_decoded
+        .split('/')
+        .any(|s| s.starts_with(".;") || s.starts_with("..;"))
+    {
+        return Err(Normalise::DotSegmentParams);
+    }
+    if has_encoded_slash(path) {
+        let decoded = decode(path, &[("%2f", '/'), ("%5c", '/')]).replace('\\', "/");
         if decoded.split('/').any(|s| s == "." || s == "..") {
             return Err(Normalise::EncodedSlash);
         }
     }
-    let decoded = decode(raw, &[("%2e", '.')]).replace('\\', "/");
+    let slashed = path.replace('\\', "/");
     let trailing_slash =
-        decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+        slashed.ends_with('/') || slashed.ends_with("/.") || slashed.ends_with("/..");
     let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
+    for segment in slashed.split('/') {
         match segment {
             "" | "." => {}
             ".." => {
@@ -244,7 +383,7 @@ fn normalise_path(raw: &str) -> Result<String, Normalise> {
             s => segments.push(s),
         }
     }
-    let mut out = String::with_capacity(raw.len());
+    let mut out = String::with_capacity(path.len());
     for s in &segments {
         out.push('/');
         out.push_str(s);
@@ -422,5 +561,307 @@ upstream = "http://127.0.0.1:9003"
     fn no_nesting() {
         assert!(matches!(to("/batch"), Err(RouteError::NestedBatch(_))));
         assert!(matches!(to("/x/../batch"), Err(RouteError::NestedBatch(_))));
+        // However it is spelt.
+        for nested in [
+            "/b%61tch",
+            "/%62%61%74%63%68",
+            "/batch#x",
+            "/batch?x=1",
+            "//batch",
+        ] {
+            assert_eq!(
+                to(nested),
+                Err(RouteError::NestedBatch(nested.into())),
+                "{nested}"
+            );
+        }
+    }
+
+    fn posts_router() -> Router {
+        let config = Config::from_toml(
+            r#"
+[[routes]]
+prefix = "/posts"
+upstream = "http://127.0.0.1:9004"
+[[routes]]
+prefix = "/mail/"
+upstream = "http://127.0.0.1:9001"
+[[routes]]
+prefix = "/mail/admin/"
+upstream = "http://127.0.0.1:9002"
+[[routes]]
+prefix = "/tags"
+upstream = "http://127.0.0.1:9005"
+[[routes]]
+prefix = "/tags/"
+upstream = "http://127.0.0.1:9006"
+"#,
+        )
+        .unwrap();
+        Router::new(&config)
+    }
+
+    fn posts(target: &str) -> Result<String, RouteError> {
+        posts_router()
+            .route(target, None)
+            .map(|d| d.uri.to_string())
+    }
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        assert_eq!(posts("/posts").unwrap(), "http://127.0.0.1:9004/posts");
+        assert_eq!(posts("/posts/").unwrap(), "http://127.0.0.1:9004/posts/");
+        assert_eq!(posts("/posts/1").unwrap(), "http://127.0.0.1:9004/posts/1");
+        assert_eq!(
+            posts("/posts?page=2").unwrap(),
+            "http://127.0.0.1:9004/posts?page=2"
+        );
+        for unrouted in [
+            "/postsecret",
+            "/posts.json",
+            "/posts;x",
+            "/mailbox",
+            "/mail.x",
+        ] {
+            assert_eq!(
+                posts(unrouted),
+                Err(RouteError::NoRoute(unrouted.into())),
+                "{unrouted}"
+            );
+        }
+        // A prefix with a trailing slash also serves its bare directory, and the longest still wins.
+        assert_eq!(posts("/mail").unwrap(), "http://127.0.0.1:9001/mail");
+        assert_eq!(
+            posts("/mail/admin").unwrap(),
+            "http://127.0.0.1:9002/mail/admin"
+        );
+        assert_eq!(
+            posts("/mail/administrator").unwrap(),
+            "http://127.0.0.1:9001/mail/administrator"
+        );
+        // `/tags` and `/tags/` both configured: the path that is a prefix goes to that prefix.
+        assert_eq!(posts("/tags").unwrap(), "http://127.0.0.1:9005/tags");
+        assert_eq!(posts("/tags/a").unwrap(), "http://127.0.0.1:9006/tags/a");
+        assert_eq!(posts("/tags/").unwrap(), "http://127.0.0.1:9006/tags/");
+    }
+
+    #[test]
+    fn escaping_a_prefix_is_judged_on_segment_boundaries_too() {
+        // Lexically under /posts; normalised, /postsecret is not (a plain starts_with would let it through).
+        assert_eq!(
+            posts("/posts/../postsecret"),
+            Err(RouteError::EscapesPrefix {
+                target: "/posts/../postsecret".into(),
+                prefix: "/posts".into()
+            })
+        );
+        assert!(matches!(
+            posts("/mail/../mailbox"),
+            Err(RouteError::EscapesPrefix { .. })
+        ));
+        assert!(matches!(
+            posts("/mail/admin/.."),
+            Err(RouteError::EscapesPrefix { .. })
+        ));
+        // Lexically under no route, so nothing to escape from.
+        assert_eq!(
+            posts("/postsecret/../posts/1").unwrap(),
+            "http://127.0.0.1:9004/posts/1"
+        );
+        // Decoded, an encoded slash may not pick another route either.
+        assert!(matches!(
+            posts("/mail/admin%2Fx"),
+            Err(RouteError::EncodedSlash(_))
+        ));
+    }
+
+    #[test]
+    fn fragment_is_dropped_first() {
+        assert_eq!(to("/mail/x#frag").unwrap(), "http://127.0.0.1:9001/mail/x");
+        // Before the query is split: a '?' in the fragment is no query.
+        assert_eq!(
+            to("/mail/x#frag?a=1").unwrap(),
+            "http://127.0.0.1:9001/mail/x"
+        );
+        assert_eq!(
+            to("/mail/x?a=1#frag?b=2").unwrap(),
+            "http://127.0.0.1:9001/mail/x?a=1"
+        );
+        // Whatever the fragment holds is never read.
+        assert_eq!(
+            to("/mail/x#/../../files/%zz y").unwrap(),
+            "http://127.0.0.1:9001/mail/x"
+        );
+        assert_eq!(
+            to("https://mail.example.com/mail/x#f").unwrap(),
+            "http://127.0.0.1:9001/mail/x"
+        );
+        let d = router().route("/mail/x?q#f", None).unwrap();
+        assert_eq!(d.uri.path_and_query().unwrap().as_str(), "/mail/x?q");
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_others_upper_cased() {
+        assert_eq!(to("/m%61il/x").unwrap(), "http://127.0.0.1:9001/mail/x");
+        assert_eq!(
+            to("/%6D%61%69%6C/x").unwrap(),
+            "http://127.0.0.1:9001/mail/x"
+        );
+        // A spelling picks the route its plain form picks.
+        assert_eq!(
+            to("/mail/%61dmin/x").unwrap(),
+            "http://127.0.0.1:9002/mail/admin/x"
+        );
+        assert_eq!(
+            to("/mail/%7euser/%2D%2e%5f%30").unwrap(),
+            "http://127.0.0.1:9001/mail/~user/-._0"
+        );
+        assert_eq!(
+            to("/mail/a%2fb").unwrap(),
+            "http://127.0.0.1:9001/mail/a%2Fb"
+        );
+        assert_eq!(
+            to("/mail/a%3db%3Bc%c3%a9").unwrap(),
+            "http://127.0.0.1:9001/mail/a%3Db%3Bc%C3%A9"
+        );
+        // `%25` is a '%': kept, and what follows it is not decoded again.
+        assert_eq!(
+            to("/mail/%2561").unwrap(),
+            "http://127.0.0.1:9001/mail/%2561"
+        );
+        // A decoded dot is a dot segment like any other.
+        assert_eq!(
+            to("/mail/a/%2e%2E/b").unwrap(),
+            "http://127.0.0.1:9001/mail/b"
+        );
+    }
+
+    #[test]
+    fn malformed_escapes_are_refused() {
+        for (target, escape) in [
+            ("/mail/a%zzb", "%zz"),
+            ("/mail/a%4", "%4"),
+            ("/mail/%", "%"),
+            ("/mail/%g1/x", "%g1"),
+            ("/mail/%4/x", "%4/"),
+            ("/m%a/x", "%a/"),
+        ] {
+            assert_eq!(
+                to(target),
+                Err(RouteError::MalformedEscape {
+                    target: target.into(),
+                    escape: escape.into()
+                }),
+                "{target}"
+            );
+        }
+        let message = to("/mail/a%zzb").unwrap_err().to_string();
+        assert!(
+            message.contains("\"/mail/a%zzb\"") && message.contains("\"%zz\""),
+            "{message}"
+        );
+        // The query is the upstream's to read: kept as sent.
+        assert_eq!(
+            to("/mail/x?q=100%&r=%zz").unwrap(),
+            "http://127.0.0.1:9001/mail/x?q=100%&r=%zz"
+        );
+    }
+
+    #[test]
+    fn dot_segments_behind_path_parameters_are_refused() {
+        for target in [
+            "/mail/..;/files/x",
+            "/mail/.;x/y",
+            "/mail/..;jsessionid=1",
+            "/mail/x/..;/..;/files/x",
+            "/mail/%2e%2E;/files/x",
+            "/mail/.%2e;a=b/files/x",
+            "/mail/..%3b/files/x",
+            "/mail/a%2F..;%2Fb",
+            "/mail\\..;\\files",
+            "/..;/files/x",
+        ] {
+            assert_eq!(
+                to(target),
+                Err(RouteError::DotSegmentParams(target.into())),
+                "{target}"
+            );
+        }
+        // Parameters elsewhere, or dots that are not a dot segment, are an upstream's business.
+        for (target, forwarded) in [
+            ("/mail/a;b/c", "/mail/a;b/c"),
+            ("/mail/x..;y", "/mail/x..;y"),
+            ("/mail/...;x", "/mail/...;x"),
+            ("/mail/a;/../b", "/mail/b"),
+        ] {
+            assert_eq!(
+                to(target).unwrap(),
+                format!("http://127.0.0.1:9001{forwarded}"),
+                "{target}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_ascii_is_encoded_and_raw_controls_refused() {
+        assert_eq!(to("/mail/é").unwrap(), "http://127.0.0.1:9001/mail/%C3%A9");
+        assert_eq!(
+            to("/mail/日本?q=ü&r=%FC").unwrap(),
+            "http://127.0.0.1:9001/mail/%E6%97%A5%E6%9C%AC?q=%C3%BC&r=%FC"
+        );
+        // The raw and the encoded spelling are one path.
+        assert_eq!(to("/mail/%c3%a9").unwrap(), to("/mail/é").unwrap());
+        for (target, character) in [
+            ("/mail/a b", ' '),
+            ("/mail/a\tb", '\t'),
+            ("/mail/a\u{7f}", '\u{7f}'),
+            ("/mail/a\0", '\0'),
+            ("/mail/x?q=a b", ' '),
+            ("/mail/x?q=\r\n", '\r'),
+            ("/mail/<x>", '<'),
+            ("/mail/`x`", '`'),
+            ("/mail/x?q=\"a\"", '"'),
+            ("/mail/x?q=<a>", '<'),
+        ] {
+            assert_eq!(
+                to(target),
+                Err(RouteError::BadCharacter {
+                    target: target.into(),
+                    character
+                }),
+                "{target:?}"
+            );
+        }
+        // What http::Uri carries raw stays raw.
+        assert_eq!(
+            to("/mail/{\"a\"}|^[]?q={`}|^\\").unwrap(),
+            "http://127.0.0.1:9001/mail/{\"a\"}|^[]?q={`}|^\\"
+        );
+    }
+
+    #[test]
+    fn query_is_kept_as_sent() {
+        assert_eq!(
+            to("/mail/x?b=2&a=%7e&c=%2f&d=/../&&e").unwrap(),
+            "http://127.0.0.1:9001/mail/x?b=2&a=%7e&c=%2f&d=/../&&e"
+        );
+        assert_eq!(to("/mail/x?").unwrap(), "http://127.0.0.1:9001/mail/x?");
+    }
+
+    #[test]
+    fn normalised_targets_route_to_themselves() {
+        let r = router();
+        for target in [
+            "/m%61il/a/b%2f/%c3%a9?q=%zz#f",
+            "/m%61il/a/%2e/b/%c3%a9?q=%zz#f",
+            "/mail/x/../é/%7E;x",
+            "//mail\\a\\..\\b/",
+        ] {
+            let once = r.route(target, None).unwrap();
+            let pq = once.uri.path_and_query().unwrap().as_str();
+            let twice = r.route(pq, None).unwrap();
+            assert_eq!(once.uri, twice.uri, "{target}");
+            assert!(Arc::ptr_eq(&once.route, &twice.route), "{target}");
+        }
     }
 }

@@ -1,9 +1,10 @@
 //! One batch part: its MIME headers (Content-ID) and the embedded HTTP request inside it.
 //!
 //! Parsing is liberal where real clients differ (LF or CRLF, a missing HTTP version, a missing blank line
-//! after the head, bodies without Content-Length, folded Content-IDs) and strict where a difference could
-//! smuggle something past the gateway (Transfer-Encoding, conflicting Content-Length, obs-fold and control
-//! characters in the embedded request's headers, methods that are not tokens).
+//! after the head, POST/PUT/PATCH bodies without Content-Length, folded Content-IDs) and strict where a
+//! difference could smuggle something past the gateway (Transfer-Encoding, conflicting Content-Length, obs-fold
+//! and control characters in the embedded request's headers, methods that are not tokens, bytes after the
+//! head of a GET/HEAD/DELETE/OPTIONS without Content-Length, TRACE and CONNECT in any letter case).
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
@@ -67,6 +68,11 @@ pub enum RequestError {
     ShortBody { declared: u64, available: usize },
     #[error("{0} bytes follow the body that Content-Length declared")]
     TrailingBytes(usize),
+    #[error(
+        "{method} part has {bytes} bytes after its head but no Content-Length; a body on \
+         GET/HEAD/DELETE/OPTIONS needs Content-Length (it is never forwarded as a guess)"
+    )]
+    BodyWithoutContentLength { method: Method, bytes: usize },
 }
 
 /// A part split into what identifies it and what it asks for. The Content-ID survives a bad request so that
@@ -244,7 +250,11 @@ fn parse_request_line(line: &[u8]) -> Result<(Method, String), RequestError> {
     }
     let method = Method::from_bytes(method.as_bytes())
         .map_err(|_| RequestError::BadMethod(method.to_owned()))?;
-    if method == Method::CONNECT || method == Method::TRACE {
+    // Any letter case: an upstream that folds the case of methods would otherwise run `trace` as TRACE.
+    if ["CONNECT", "TRACE"]
+        .iter()
+        .any(|m| method.as_str().eq_ignore_ascii_case(m))
+    {
         return Err(RequestError::MethodNotAllowed(method));
     }
     if target.bytes().any(|b| b.is_ascii_control()) {
@@ -321,7 +331,9 @@ fn to_header_map(parsed: &[httparse::Header<'_>]) -> Result<HeaderMap, RequestEr
 }
 
 /// The body: `Content-Length` bytes if declared (white space after it is the part's padding), else the rest
-/// of the part. A body-less method with only white space left has an empty body.
+/// of the part. A body-less method (GET, HEAD, DELETE, OPTIONS, TRACE) without `Content-Length` has an empty
+/// body if only white space is left, and is refused otherwise: what follows its head is never guessed to be
+/// a body.
 fn body<'a>(
     rest: &'a [u8],
     headers: &HeaderMap,
@@ -361,16 +373,21 @@ fn body<'a>(
             }
             Ok(&rest[..n_usize])
         }
-        None if rest.iter().all(|b| b.is_ascii_whitespace()) && !allows_body(method) => Ok(&[]),
-        None => Ok(rest),
+        None if allows_body(method) => Ok(rest),
+        None if rest.iter().all(|b| b.is_ascii_whitespace()) => Ok(&[]),
+        None => Err(RequestError::BodyWithoutContentLength {
+            method: method.clone(),
+            bytes: rest.len(),
+        }),
     }
 }
 
+/// Whether a body may be taken from the rest of the part without `Content-Length`. Compared in any letter
+/// case, so that `get` cannot carry what `GET` may not.
 fn allows_body(method: &Method) -> bool {
-    !matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
-    )
+    !["GET", "HEAD", "DELETE", "OPTIONS", "TRACE"]
+        .iter()
+        .any(|m| method.as_str().eq_ignore_ascii_case(m))
 }
 
 fn list_values(headers: &HeaderMap) -> String {
@@ -524,6 +541,68 @@ mod tests {
             bad("Content-Type: application/http\n\n\r\n"),
             RequestError::Empty
         );
+    }
+
+    #[test]
+    fn bodyless_methods_need_content_length_for_a_body() {
+        let bad = |s: &str| req(s).request.unwrap_err();
+        assert_eq!(
+            bad("\nGET /m\nAccept: */*\n\n  body  "),
+            RequestError::BodyWithoutContentLength {
+                method: Method::GET,
+                bytes: 8
+            }
+        );
+        assert_eq!(
+            bad("\nGET /m HTTP/1.1\r\n\r\nsmuggled=1\r\n").to_string(),
+            "GET part has 12 bytes after its head but no Content-Length; a body on GET/HEAD/DELETE/OPTIONS \
+             needs Content-Length (it is never forwarded as a guess)"
+        );
+        for method in ["HEAD", "DELETE", "OPTIONS", "get", "Delete"] {
+            let e = bad(&format!("\n{method} /m\n\nx"));
+            assert!(
+                matches!(&e, RequestError::BodyWithoutContentLength { method: m, bytes: 1 } if m.as_str() == method),
+                "{method}: {e:?}"
+            );
+        }
+        // A request line then straight to the body, no header block at all.
+        assert!(matches!(
+            bad("\nDELETE /m\n\n{\"a\":1}"),
+            RequestError::BodyWithoutContentLength { .. }
+        ));
+    }
+
+    #[test]
+    fn bodyless_methods_keep_explicit_bodies_and_padding() {
+        // With Content-Length, as before: the declared bytes are the body.
+        let p = req("\nGET /m\nContent-Length: 4\n\nbody\r\n");
+        assert_eq!(&p.request.unwrap().body[..], b"body");
+        let p = req("\nDELETE /m\nContent-Length: 0\n\n\r\n");
+        assert!(p.request.unwrap().body.is_empty());
+        // White space after the head is padding, not a body (LF-only and CRLF clients).
+        for part in [
+            "Content-Type: application/http\n\nGET /m\n\n\n",
+            "\nHEAD /m HTTP/1.1\r\nAccept: */*\r\n\r\n \t\r\n",
+            "\nOPTIONS /m\n",
+        ] {
+            assert!(req(part).request.unwrap().body.is_empty(), "{part:?}");
+        }
+        // Methods that take a body still take the rest of the part without Content-Length.
+        let p = req("\nPATCH /m\n\n{\"a\":1}");
+        assert_eq!(&p.request.unwrap().body[..], b"{\"a\":1}");
+    }
+
+    #[test]
+    fn trace_and_connect_are_refused_in_any_case() {
+        for method in ["TRACE", "trace", "Trace", "CONNECT", "connect", "Connect"] {
+            let e = req(&format!("\n{method} /m HTTP/1.1\n\n"))
+                .request
+                .unwrap_err();
+            assert!(
+                matches!(&e, RequestError::MethodNotAllowed(m) if m.as_str() == method),
+                "{method}: {e:?}"
+            );
+        }
     }
 
     #[test]
