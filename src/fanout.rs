@@ -28,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::compress::Encoder;
 use crate::error::PartError;
 use crate::gateway::Gateway;
-use crate::headers::upstream_headers;
+use crate::headers::BatchHeaders;
 use crate::route::Destination;
 use crate::upstream::ExchangeError;
 use crate::wire::{ContentId, EmbeddedRequest, PendingPart, write_close};
@@ -37,8 +37,8 @@ use crate::wire::{ContentId, EmbeddedRequest, PendingPart, write_close};
 #[derive(Debug)]
 pub struct BatchCtx {
     pub gateway: Arc<Gateway>,
-    /// Outer headers every part starts from.
-    pub inherited: HeaderMap,
+    /// Outer headers every part starts from, and the forwarding headers set on each.
+    pub headers: BatchHeaders,
     pub peer: IpAddr,
     /// Sub-requests of this batch in flight.
     concurrency: Arc<Semaphore>,
@@ -52,13 +52,13 @@ pub struct BatchCtx {
 impl BatchCtx {
     pub fn new(
         gateway: Arc<Gateway>,
-        inherited: HeaderMap,
+        headers: BatchHeaders,
         peer: IpAddr,
         batch_permit: OwnedSemaphorePermit,
     ) -> BatchCtx {
         let limits = &gateway.config.limits;
         BatchCtx {
-            inherited,
+            headers,
             peer,
             concurrency: Arc::new(Semaphore::new(limits.concurrency)),
             response_budget: AtomicU64::new(limits.max_batch_response_bytes),
@@ -391,12 +391,7 @@ async fn forward(
     let limits = &gateway.config.limits;
     let budget = ctx.response_budget.load(Ordering::Relaxed);
     let limit = limits.max_response_bytes.min(budget);
-    let headers = upstream_headers(
-        &ctx.inherited,
-        request.headers,
-        ctx.peer,
-        route.strip_cookies,
-    );
+    let headers = ctx.headers.for_part(request.headers, route.strip_cookies);
     let started = Instant::now();
     gateway.metrics.upstream_request();
     let exchange = gateway.upstreams.exchange(

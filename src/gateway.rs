@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use crate::config::Config;
 use crate::error::{BatchError, PartError};
 use crate::fanout::{BatchCtx, Fanout, Forward, Job};
-use crate::headers::Inheritance;
+use crate::headers::HeaderRules;
 use crate::metrics::Metrics;
 use crate::route::Router;
 use crate::upstream::Upstreams;
@@ -41,7 +41,7 @@ pub struct Gateway {
     pub router: Router,
     pub upstreams: Upstreams,
     pub metrics: Arc<Metrics>,
-    inheritance: Inheritance,
+    header_rules: HeaderRules,
     part_limits: PartLimits,
     /// Sub-requests in flight across all batches.
     pub inflight: Arc<Semaphore>,
@@ -61,7 +61,7 @@ impl Gateway {
             router: Router::new(&config),
             upstreams: Upstreams::new(&config.upstream, metrics.clone()),
             metrics,
-            inheritance: Inheritance::new(&config.headers),
+            header_rules: HeaderRules::new(&config),
             part_limits: PartLimits {
                 max_headers: limits.max_part_headers,
                 max_header_bytes: usize::try_from(limits.max_part_header_bytes)
@@ -129,8 +129,9 @@ impl Gateway {
             .get(HOST)
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned);
-        let inherited = self.inheritance.inherited(request.headers());
-        let ctx = Arc::new(BatchCtx::new(self.clone(), inherited, peer, permit));
+        // No TLS on client connections yet.
+        let headers = self.header_rules.batch(request.headers(), peer, false);
+        let ctx = Arc::new(BatchCtx::new(self.clone(), headers, peer, permit));
 
         let mut fanout = Some(Fanout::new(ctx.clone()));
         let mut splitter = PartSplitter::new(&boundary, limits.max_part_bytes);
