@@ -2,15 +2,48 @@
 //!
 //! The shipped `config.toml` doubles as the documentation of every key. Key names under `[limits]` and
 //! `[[routes]]` are a contract with users and tools: add keys, never rename them.
+//!
+//! Every value is range-checked by [`Config::validate`] before the gateway starts, and every error names the
+//! key at fault: nothing read from a config file can make the gateway panic later (a duration that overflows
+//! `Instant + d`, a count that sizes a huge allocation, a compression level that burns a core per reply).
 
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::str::FromStr;
 use std::time::Duration;
 
+use http::HeaderName;
 use http::uri::{Authority, Scheme};
 use serde::{Deserialize, Deserializer};
 
 use crate::compress::CompressionConfig;
+
+/// Longest any duration may be: one day. Far below what `Instant + duration` could overflow on.
+const MAX_DURATION: Duration = Duration::from_secs(86_400);
+/// Shortest timeout: a zero timeout would expire before anything could happen.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+/// Longest `compression.flush_delay`: it holds finished parts back, so it must stay short.
+const MAX_FLUSH_DELAY: Duration = Duration::from_secs(1);
+/// Most parts per batch, and most parts of one batch started but not yet written (`window`).
+const MAX_PARTS: usize = 10_000;
+/// Most header lines in one embedded request: it sizes an allocation made for every part.
+const MAX_PART_HEADERS: usize = 1024;
+/// Most permits of the gateway-wide semaphores (sub-requests, batches, connections).
+const MAX_PERMITS: usize = 1_000_000;
+/// Most idle upstream connections kept per upstream.
+const MAX_IDLE_PER_HOST: usize = 100_000;
+/// Most concurrent streams per HTTP/2 client connection.
+const MAX_HTTP2_STREAMS: usize = 10_000;
+/// Largest size of any kind.
+const MAX_SIZE: u64 = 16 << 30;
+/// Largest `max_part_header_bytes`: a part's head is buffered whole before it is parsed.
+const MAX_PART_HEADER_BYTES: u64 = 1 << 20;
+/// Highest compression settings: above these, a level costs many times the CPU for a few percent fewer bytes,
+/// and a client could make the gateway spend a core per reply.
+const MAX_GZIP_LEVEL: u32 = 9;
+const MAX_ZSTD_LEVEL: i32 = 15;
+const MAX_BROTLI_QUALITY: u32 = 9;
 
 /// Why a configuration could not be used. Each message names the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +70,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Path of the batch endpoint.
     pub batch_path: String,
+    /// Peers (usually a load balancer or TLS terminator in front) whose `X-Forwarded-For`, `-Proto` and
+    /// `-Host` are believed and passed on; from any other peer they are replaced.
+    #[serde(deserialize_with = "de_cidrs")]
+    pub trusted_proxies: Vec<Cidr>,
     pub limits: Limits,
     pub upstream: UpstreamSettings,
     pub headers: HeaderPolicy,
@@ -49,6 +86,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             batch_path: "/batch".to_owned(),
+            trusted_proxies: Vec::new(),
             limits: Limits::default(),
             upstream: UpstreamSettings::default(),
             headers: HeaderPolicy::default(),
@@ -83,10 +121,14 @@ pub struct Limits {
     /// From the batch's arrival until its last part is written.
     #[serde(deserialize_with = "de_duration")]
     pub batch_timeout: Duration,
+    /// From the batch's arrival until its whole body (the closing delimiter) is in; slower uploads get 408.
+    /// At most `batch_timeout`.
+    #[serde(deserialize_with = "de_duration")]
+    pub upload_timeout: Duration,
     /// Request body cap, enforced while the body streams in.
     #[serde(deserialize_with = "de_bytes")]
     pub max_batch_bytes: u64,
-    /// One part (its MIME headers, embedded request head and body).
+    /// One part (its MIME headers, embedded request head and body). At most `max_batch_bytes`.
     #[serde(deserialize_with = "de_bytes")]
     pub max_part_bytes: u64,
     /// Header lines in one embedded request.
@@ -94,7 +136,8 @@ pub struct Limits {
     /// Bytes of one embedded request's head (request line and headers) and of a part's MIME headers.
     #[serde(deserialize_with = "de_bytes")]
     pub max_part_header_bytes: u64,
-    /// An upstream response body for one part; larger bodies become a 502 part.
+    /// An upstream response body for one part; larger bodies become a 502 part. At most
+    /// `max_batch_response_bytes`.
     #[serde(deserialize_with = "de_bytes")]
     pub max_response_bytes: u64,
     /// All upstream response bodies of one batch together; parts past it become 502 parts.
@@ -109,20 +152,20 @@ pub struct Limits {
     /// Longest a reply may wait for the client to read it before the connection is cut.
     #[serde(deserialize_with = "de_duration")]
     pub write_timeout: Duration,
+    /// A client connection with no request in progress is closed after this (HTTP/1 keep-alive and HTTP/2).
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// HTTP/2 client connections are pinged this often.
+    #[serde(deserialize_with = "de_duration")]
+    pub http2_keepalive_interval: Duration,
+    /// An HTTP/2 client connection whose ping is not acknowledged within this is closed.
+    #[serde(deserialize_with = "de_duration")]
+    pub http2_keepalive_timeout: Duration,
+    /// Concurrent streams per HTTP/2 client connection.
+    pub http2_max_streams: usize,
     /// On SIGTERM/SIGINT, how long in-flight batches may take to finish before the process exits.
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_grace: Duration,
-    /// From the batch's arrival until its whole body is in.
-    #[serde(deserialize_with = "de_duration")]
-    pub upload_timeout: Duration,
-    /// A client connection with no request in progress is closed after this.
-    #[serde(deserialize_with = "de_duration")]
-    pub idle_timeout: Duration,
-    #[serde(deserialize_with = "de_duration")]
-    pub http2_keepalive_interval: Duration,
-    #[serde(deserialize_with = "de_duration")]
-    pub http2_keepalive_timeout: Duration,
-    pub http2_max_streams: usize,
 }
 
 impl Default for Limits {
@@ -137,6 +180,7 @@ impl Default for Limits {
             max_connections: 1024,
             part_timeout: Duration::from_secs(10),
             batch_timeout: Duration::from_secs(60),
+            upload_timeout: Duration::from_secs(30),
             max_batch_bytes: 8 << 20,
             max_part_bytes: 1 << 20,
             max_part_headers: 64,
@@ -146,12 +190,11 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(30),
-            upload_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             http2_keepalive_interval: Duration::from_secs(20),
             http2_keepalive_timeout: Duration::from_secs(10),
             http2_max_streams: 100,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -165,7 +208,7 @@ pub struct UpstreamSettings {
     /// Idle keep-alive connections are closed after this.
     #[serde(deserialize_with = "de_duration")]
     pub pool_idle_timeout: Duration,
-    /// Idle keep-alive connections kept per upstream.
+    /// Idle keep-alive connections kept per upstream (0: none, a new connection per sub-request).
     pub pool_max_idle_per_host: usize,
 }
 
@@ -179,8 +222,8 @@ impl Default for UpstreamSettings {
     }
 }
 
-/// Which outer (batch) headers every part inherits. Hop-by-hop headers, `Content-*`, `Host` and `Expect` are
-/// never inherited, whatever these lists say.
+/// Which outer (batch) headers every part inherits. Hop-by-hop headers, `Content-*`, `Host`, `Expect`,
+/// `Accept-Encoding` and the forwarding headers are never inherited, whatever these lists say.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HeaderPolicy {
@@ -231,21 +274,77 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let parse_error = |source| ConfigError::Parse {
             path: "<text>".to_owned(),
             source: Box::new(source),
-        })?;
+        };
+        let mut config: Config = toml::from_str(text).map_err(parse_error)?;
+        let table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        config.follow_given_limits(&table);
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks what serde cannot: relations between values, and the shape of routes.
+    /// A limit bounded by another one, when the file leaves it out, follows the other one down instead of
+    /// contradicting it: `max_batch_bytes = "1KiB"` alone also lowers `max_part_bytes` to 1KiB, rather than
+    /// refusing the file over a default nobody wrote. Limits the file does give are checked as given.
+    fn follow_given_limits(&mut self, table: &toml::Table) {
+        let given = |key: &str| {
+            table
+                .get("limits")
+                .and_then(toml::Value::as_table)
+                .is_some_and(|l| l.contains_key(key))
+        };
+        let l = &mut self.limits;
+        if !given("max_part_bytes") {
+            l.max_part_bytes = l.max_part_bytes.min(l.max_batch_bytes);
+        }
+        if !given("max_response_bytes") {
+            l.max_response_bytes = l.max_response_bytes.min(l.max_batch_response_bytes);
+        }
+        if !given("upload_timeout") {
+            l.upload_timeout = l.upload_timeout.min(l.batch_timeout);
+        }
+        if !given("window") {
+            l.window = l.window.max(l.concurrency);
+        }
+    }
+
+    /// Checks every value's range, the relations between values, and the shape of paths and routes. The
+    /// error names the key at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_limits()?;
+        self.validate_upstream()?;
+        self.validate_headers()?;
+        self.validate_compression()?;
+        check_path("batch_path", &self.batch_path)?;
+        if matches!(self.batch_path.as_str(), "/healthz" | "/metrics") {
+            return Err(invalid(format!(
+                "batch_path {:?} collides with the gateway's own {} endpoint",
+                self.batch_path, self.batch_path
+            )));
+        }
+        self.validate_routes()
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        let positive = [
-            ("limits.max_parts", l.max_parts),
-            ("limits.concurrency", l.concurrency),
-            ("limits.window", l.window),
+        check_count("limits.max_parts", l.max_parts, 1, MAX_PARTS)?;
+        check_count("limits.concurrency", l.concurrency, 1, MAX_PARTS)?;
+        check_count("limits.window", l.window, 1, MAX_PARTS)?;
+        if l.window < l.concurrency {
+            return Err(invalid(format!(
+                "limits.window ({}) must be at least limits.concurrency ({})",
+                l.window, l.concurrency
+            )));
+        }
+        check_count(
+            "limits.max_part_headers",
+            l.max_part_headers,
+            1,
+            MAX_PART_HEADERS,
+        )?;
+        for (key, value) in [
             ("limits.max_inflight", l.max_inflight),
             (
                 "limits.max_inflight_per_upstream",
@@ -253,52 +352,196 @@ impl Config {
             ),
             ("limits.max_batches", l.max_batches),
             ("limits.max_connections", l.max_connections),
-            ("limits.max_part_headers", l.max_part_headers),
-        ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
-            }
+        ] {
+            check_count(key, value, 1, MAX_PERMITS)?;
         }
-        if l.window < l.concurrency {
-            return Err(ConfigError::Invalid(format!(
-                "limits.window ({}) must be at least limits.concurrency ({})",
-                l.window, l.concurrency
-            )));
+        check_count(
+            "limits.http2_max_streams",
+            l.http2_max_streams,
+            1,
+            MAX_HTTP2_STREAMS,
+        )?;
+
+        // The bounds before what they bound: a left-out limit follows its bound (see `follow_given_limits`),
+        // so the error names the key the file got wrong.
+        for (key, value) in [
+            ("limits.max_batch_bytes", l.max_batch_bytes),
+            (
+                "limits.max_batch_response_bytes",
+                l.max_batch_response_bytes,
+            ),
+            ("limits.max_part_bytes", l.max_part_bytes),
+            ("limits.max_response_bytes", l.max_response_bytes),
+        ] {
+            check_size(key, value, MAX_SIZE)?;
         }
-        let c = &self.compression;
-        if c.gzip_level > 9 || !(1..=19).contains(&c.zstd_level) || c.brotli_quality > 11 {
-            return Err(ConfigError::Invalid(
-                "compression levels: gzip_level 0-9, zstd_level 1-19, brotli_quality 0-11"
-                    .to_owned(),
-            ));
-        }
-        if !self.batch_path.starts_with('/') {
-            return Err(ConfigError::Invalid(format!(
-                "batch_path {:?} must start with '/'",
-                self.batch_path
-            )));
-        }
-        for (i, route) in self.routes.iter().enumerate() {
-            if !route.prefix.starts_with('/') {
-                return Err(ConfigError::Invalid(format!(
-                    "routes[{i}].prefix {:?} must start with '/'",
-                    route.prefix
+        check_size(
+            "limits.max_part_header_bytes",
+            l.max_part_header_bytes,
+            MAX_PART_HEADER_BYTES,
+        )?;
+        for (small, small_value, big, big_value) in [
+            (
+                "limits.max_part_bytes",
+                l.max_part_bytes,
+                "limits.max_batch_bytes",
+                l.max_batch_bytes,
+            ),
+            (
+                "limits.max_response_bytes",
+                l.max_response_bytes,
+                "limits.max_batch_response_bytes",
+                l.max_batch_response_bytes,
+            ),
+        ] {
+            if small_value > big_value {
+                return Err(invalid(format!(
+                    "{small} ({small_value} bytes) must be at most {big} ({big_value} bytes)"
                 )));
             }
+        }
+
+        for (key, value) in [
+            ("limits.part_timeout", l.part_timeout),
+            ("limits.batch_timeout", l.batch_timeout),
+            ("limits.upload_timeout", l.upload_timeout),
+            ("limits.header_read_timeout", l.header_read_timeout),
+            ("limits.body_read_timeout", l.body_read_timeout),
+            ("limits.write_timeout", l.write_timeout),
+            ("limits.idle_timeout", l.idle_timeout),
+            (
+                "limits.http2_keepalive_interval",
+                l.http2_keepalive_interval,
+            ),
+            ("limits.http2_keepalive_timeout", l.http2_keepalive_timeout),
+        ] {
+            check_duration(key, value, MIN_TIMEOUT, MAX_DURATION)?;
+        }
+        // Zero is meaningful here: on a signal, stop at once.
+        check_duration(
+            "limits.shutdown_grace",
+            l.shutdown_grace,
+            Duration::ZERO,
+            MAX_DURATION,
+        )?;
+        if l.upload_timeout > l.batch_timeout {
+            return Err(invalid(format!(
+                "limits.upload_timeout ({:?}) must be at most limits.batch_timeout ({:?})",
+                l.upload_timeout, l.batch_timeout
+            )));
+        }
+        Ok(())
+    }
+
+    fn validate_upstream(&self) -> Result<(), ConfigError> {
+        let u = &self.upstream;
+        check_duration(
+            "upstream.connect_timeout",
+            u.connect_timeout,
+            MIN_TIMEOUT,
+            MAX_DURATION,
+        )?;
+        check_duration(
+            "upstream.pool_idle_timeout",
+            u.pool_idle_timeout,
+            MIN_TIMEOUT,
+            MAX_DURATION,
+        )?;
+        // Zero is meaningful here: keep no idle connection.
+        check_count(
+            "upstream.pool_max_idle_per_host",
+            u.pool_max_idle_per_host,
+            0,
+            MAX_IDLE_PER_HOST,
+        )
+    }
+
+    fn validate_headers(&self) -> Result<(), ConfigError> {
+        for (key, names) in [
+            ("headers.inherit_only", &self.headers.inherit_only),
+            ("headers.inherit_deny", &self.headers.inherit_deny),
+        ] {
+            for (i, name) in names.iter().enumerate() {
+                if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(invalid(format!(
+                        "{key}[{i}] {name:?} is not a valid header name"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_compression(&self) -> Result<(), ConfigError> {
+        let c = &self.compression;
+        let slow = "higher levels cost many times the CPU per reply for a few percent fewer bytes";
+        if c.gzip_level > MAX_GZIP_LEVEL {
+            return Err(invalid(format!(
+                "compression.gzip_level is {}; it must be 0 to {MAX_GZIP_LEVEL}",
+                c.gzip_level
+            )));
+        }
+        if !(1..=MAX_ZSTD_LEVEL).contains(&c.zstd_level) {
+            return Err(invalid(format!(
+                "compression.zstd_level is {}; it must be 1 to {MAX_ZSTD_LEVEL} ({slow})",
+                c.zstd_level
+            )));
+        }
+        if c.brotli_quality > MAX_BROTLI_QUALITY {
+            return Err(invalid(format!(
+                "compression.brotli_quality is {}; it must be 0 to {MAX_BROTLI_QUALITY} ({slow})",
+                c.brotli_quality
+            )));
+        }
+        check_duration(
+            "compression.flush_delay",
+            c.flush_delay,
+            Duration::ZERO,
+            MAX_FLUSH_DELAY,
+        )?;
+        if c.enabled && c.order.is_empty() {
+            return Err(invalid(
+                "compression.order is empty while compression.enabled = true: list the codings to offer, \
+                 or set enabled = false",
+            ));
+        }
+        for (i, coding) in c.order.iter().enumerate() {
+            if c.order[..i].contains(coding) {
+                return Err(invalid(format!(
+                    "compression.order names {:?} twice",
+                    coding.as_str()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_routes(&self) -> Result<(), ConfigError> {
+        for (i, route) in self.routes.iter().enumerate() {
+            check_path(&format!("routes[{i}].prefix"), &route.prefix)?;
             if self.routes[..i].iter().any(|r| r.prefix == route.prefix) {
-                return Err(ConfigError::Invalid(format!(
+                return Err(invalid(format!(
                     "routes[{i}].prefix {:?} is configured twice",
                     route.prefix
                 )));
             }
             route.origin().map_err(|why| {
-                ConfigError::Invalid(format!("routes[{i}].upstream {:?}: {why}", route.upstream))
+                let upstream = redact_userinfo(&route.upstream);
+                invalid(format!("routes[{i}].upstream {upstream:?}: {why}"))
             })?;
-            for host in &route.hosts {
-                host.parse::<Authority>().map_err(|e| {
-                    ConfigError::Invalid(format!("routes[{i}].hosts entry {host:?}: {e}"))
+            for (j, host) in route.hosts.iter().enumerate() {
+                parse_host(host).map_err(|why| {
+                    let host = redact_userinfo(host);
+                    invalid(format!("routes[{i}].hosts[{j}] {host:?}: {why}"))
                 })?;
+            }
+            if let Some(timeout) = route.timeout {
+                check_duration(
+                    &format!("routes[{i}].timeout"),
+                    timeout,
+                    MIN_TIMEOUT,
+                    MAX_DURATION,
+                )?;
             }
         }
         Ok(())
@@ -319,14 +562,229 @@ impl RouteConfig {
             ));
         }
         let authority = uri.authority().cloned().ok_or("needs a host")?;
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        if authority.as_str().contains('@') {
+            return Err(
+                "must not contain user:password@ (userinfo): it is not how HTTP sends credentials, and the \
+                 upstream URL is logged; let the parts carry an Authorization header instead"
+                    .to_owned(),
+            );
+        }
+        if authority.host().is_empty() {
+            return Err("needs a host".to_owned());
+        }
+        if authority.port_u16() == Some(0) {
+            return Err("port 0 cannot be connected to".to_owned());
+        }
+        // `http::Uri` drops a fragment silently: look at the text.
+        if self.upstream.contains('#') {
+            return Err("must not have a fragment".to_owned());
+        }
+        if uri.query().is_some() {
+            return Err(
+                "must not have a query: the part's own query is forwarded as is".to_owned(),
+            );
+        }
+        if !matches!(uri.path(), "" | "/") {
             return Err("must not have a path: the part's own path is forwarded as is".to_owned());
         }
         Ok((scheme, authority))
     }
 }
 
-/// Parses `250ms`, `10s`, `2m`, `1h` (or a bare number of seconds).
+/// An IP network such as `10.0.0.0/8` or `::1/128`; a bare address is one host (`/32` or `/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix_len: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is inside the network. An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, as a dual-stack
+    /// socket reports IPv4 peers) counts as the IPv4 address it maps.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = mask_v4(self.prefix_len);
+                u32::from(ip) & mask == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = mask_v6(self.prefix_len);
+                u128::from(ip) & mask == u128::from(net)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn mask_v4(prefix_len: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0)
+}
+
+fn mask_v6(prefix_len: u8) -> u128 {
+    u128::MAX
+        .checked_shl(128 - u32::from(prefix_len))
+        .unwrap_or(0)
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Cidr, String> {
+        let (address, prefix_len) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let address: IpAddr = address
+            .parse()
+            .map_err(|_| format!("{address:?} is not an IP address"))?;
+        let bits: u8 = if address.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match prefix_len {
+            None => bits,
+            Some(p) => {
+                let valid = !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit());
+                match p.parse::<u8>() {
+                    Ok(n) if valid && n <= bits => n,
+                    _ => return Err(format!("prefix length {p:?} must be 0 to {bits}")),
+                }
+            }
+        };
+        // `::ffff:10.0.0.0/104` is written `10.0.0.0/8`, the form peers are compared in.
+        let (network, prefix_len) = match address {
+            IpAddr::V6(v6) if prefix_len >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => (IpAddr::V4(v4), prefix_len - 96),
+                None => (address, prefix_len),
+            },
+            _ => (address, prefix_len),
+        };
+        let host_bits_set = match network {
+            IpAddr::V4(v4) => u32::from(v4) & !mask_v4(prefix_len) != 0,
+            IpAddr::V6(v6) => u128::from(v6) & !mask_v6(prefix_len) != 0,
+        };
+        if host_bits_set {
+            // `10.0.0.1/8` is refused rather than read as `10.0.0.0/8`: it is as likely a typo for `/32`, and
+            // guessing wrong would trust a whole network.
+            return Err(format!(
+                "{text:?} has bits set past its prefix length; write the network address, or /{bits} for \
+                 one host"
+            ));
+        }
+        Ok(Cidr {
+            network,
+            prefix_len,
+        })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix_len)
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(message.into())
+}
+
+fn check_count(key: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{key} is {value}; it must be {min} to {max}"
+        )))
+    }
+}
+
+fn check_size(key: &str, value: u64, max: u64) -> Result<(), ConfigError> {
+    if (1..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{key} is {value} bytes; it must be 1 to {max} bytes ({})",
+            show_size(max)
+        )))
+    }
+}
+
+fn show_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{}GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}MiB", b >> 20),
+        b => format!("{b}B"),
+    }
+}
+
+fn check_duration(
+    key: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{key} is {value:?}; it must be {min:?} to {max:?}"
+        )))
+    }
+}
+
+/// Checks a path the gateway compares normalised request paths with (`batch_path`, a route's `prefix`): one
+/// that could never equal a normalised path, or means something else once decoded, is refused.
+fn check_path(key: &str, path: &str) -> Result<(), ConfigError> {
+    let refuse = |why: &str| Err(invalid(format!("{key} {path:?} {why}")));
+    if !path.starts_with('/') {
+        return refuse("must start with '/'");
+    }
+    if !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return refuse("must be printable ASCII without white space");
+    }
+    if let Some(c) = path.chars().find(|c| matches!(c, '?' | '#' | '%' | '\\')) {
+        return refuse(&format!(
+            "must not contain {c:?}: request paths are compared after normalising, so it would never match \
+             what it seems to"
+        ));
+    }
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        if matches!(*segment, "." | "..") {
+            return refuse("must not have '.' or '..' segments");
+        }
+        if segment.is_empty() && i + 1 < segments.len() {
+            return refuse("must not contain '//': request paths are normalised to single slashes");
+        }
+    }
+    Ok(())
+}
+
+/// The URL or authority with any userinfo (`user:password@`) replaced by `***@`, fit for an error message.
+fn redact_userinfo(text: &str) -> String {
+    let start = text.find("://").map_or(0, |i| i + 3);
+    let end = text[start..]
+        .find(['/', '?', '#'])
+        .map_or(text.len(), |i| start + i);
+    match text[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &text[..start], &text[start + at..]),
+        None => text.to_owned(),
+    }
+}
+
+/// An authority a route's `hosts` may list: `host` or `host:port`, without userinfo.
+fn parse_host(text: &str) -> Result<Authority, String> {
+    if text.contains('@') {
+        return Err("must not contain userinfo (user@)".to_owned());
+    }
+    let authority: Authority = text.parse().map_err(|e| format!("{e}"))?;
+    if authority.host().is_empty() {
+        return Err("needs a host".to_owned());
+    }
+    Ok(authority)
+}
+
+/// Parses `250ms`, `10s`, `2m`, `1h` (or a bare number of seconds). Never panics: a value too large for a
+/// `Duration` is an error (ranges are checked by [`Config::validate`]).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -347,7 +805,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Ok(Duration::from_secs_f64(seconds))
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("duration {text:?} is out of range"))
 }
 
 /// Parses `8MiB`, `64KiB`, `1GiB`, `500kB`, `2MB` (or a bare number of bytes).
@@ -384,14 +842,21 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 #[serde(untagged)]
 enum TextOrNumber {
     Text(String),
-    Number(u64),
+    Integer(i64),
+    Float(f64),
 }
 
 pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    match TextOrNumber::deserialize(d)? {
-        TextOrNumber::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
-        TextOrNumber::Number(n) => Ok(Duration::from_secs(n)),
-    }
+    let duration = match TextOrNumber::deserialize(d)? {
+        TextOrNumber::Text(s) => parse_duration(&s),
+        TextOrNumber::Integer(n) => u64::try_from(n)
+            .map(Duration::from_secs)
+            .map_err(|_| format!("duration {n} must not be negative")),
+        TextOrNumber::Float(x) => {
+            Duration::try_from_secs_f64(x).map_err(|_| format!("duration {x} is out of range"))
+        }
+    };
+    duration.map_err(serde::de::Error::custom)
 }
 
 fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -399,15 +864,52 @@ fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
 }
 
 fn de_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    match TextOrNumber::deserialize(d)? {
-        TextOrNumber::Text(s) => parse_bytes(&s).map_err(serde::de::Error::custom),
-        TextOrNumber::Number(n) => Ok(n),
-    }
+    let bytes = match TextOrNumber::deserialize(d)? {
+        TextOrNumber::Text(s) => parse_bytes(&s),
+        TextOrNumber::Integer(n) => {
+            u64::try_from(n).map_err(|_| format!("size {n} must not be negative"))
+        }
+        TextOrNumber::Float(x) => Err(format!("size {x} must be a whole number of bytes")),
+    };
+    bytes.map_err(serde::de::Error::custom)
+}
+
+fn de_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            entry.parse().map_err(|why| {
+                serde::de::Error::custom(format!("trusted_proxies[{i}] {entry:?}: {why}"))
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The error for this TOML text, which must be refused.
+    fn error(text: &str) -> String {
+        match Config::from_toml(text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Asserts that the text is refused with a message naming `key` (and each of `also`).
+    fn refused(text: &str, key: &str, also: &[&str]) {
+        let e = error(text);
+        assert!(e.contains(key), "{text:?}: {e} does not name {key}");
+        for word in also {
+            assert!(e.contains(word), "{text:?}: {e} does not say {word:?}");
+        }
+    }
+
+    fn route(extra: &str) -> String {
+        format!("[[routes]]\nprefix = \"/a/\"\nupstream = \"http://127.0.0.1:9\"\n{extra}\n")
+    }
 
     #[test]
     fn the_issue_example_parses_with_defaults_elsewhere() {
@@ -434,23 +936,78 @@ upstream = "http://127.0.0.1:9001"
     #[test]
     fn the_shipped_config_parses_and_states_the_defaults() {
         let shipped = Config::from_toml(include_str!("../config.toml")).unwrap();
-        let defaults = Limits::default();
-        assert_eq!(format!("{:?}", shipped.limits), format!("{defaults:?}"));
+        let defaults = Config::default();
+        assert_eq!(
+            format!("{:?}", shipped.limits),
+            format!("{:?}", defaults.limits)
+        );
         assert_eq!(
             format!("{:?}", shipped.upstream),
-            format!("{:?}", UpstreamSettings::default())
+            format!("{:?}", defaults.upstream)
         );
         assert_eq!(shipped.routes.len(), 1);
         assert_eq!(
             format!("{:?}", shipped.compression),
-            format!("{:?}", CompressionConfig::default())
+            format!("{:?}", defaults.compression)
         );
+        assert_eq!(
+            format!("{:?}", shipped.headers),
+            format!("{:?}", defaults.headers)
+        );
+        assert_eq!(shipped.trusted_proxies, defaults.trusted_proxies);
+        assert_eq!(shipped.batch_path, defaults.batch_path);
+        assert_eq!(shipped.listen, defaults.listen);
+        Config::default().validate().unwrap();
+
+        // Every key is written out in the shipped file, so that it documents them all.
+        let table: toml::Table = toml::from_str(include_str!("../config.toml")).unwrap();
+        let sections = [
+            ("limits", format!("{:?}", defaults.limits)),
+            ("upstream", format!("{:?}", defaults.upstream)),
+            ("headers", format!("{:?}", defaults.headers)),
+            ("compression", format!("{:?}", defaults.compression)),
+        ];
+        for (section, debug) in &sections {
+            let stated = table[*section].as_table().unwrap();
+            for key in field_names(debug) {
+                assert!(
+                    stated.contains_key(&key),
+                    "config.toml lacks {section}.{key}"
+                );
+            }
+        }
+        for key in field_names(&format!("{defaults:?}")) {
+            assert!(table.contains_key(&key), "config.toml lacks {key}");
+        }
+    }
+
+    /// The field names of a struct's derived `Debug` output (`Name { a: 1, b: [x, y] }`).
+    fn field_names(debug: &str) -> Vec<String> {
+        let body = &debug[debug.find('{').unwrap() + 1..debug.rfind('}').unwrap()];
+        let (mut names, mut depth, mut start) = (Vec::new(), 0, 0);
+        for (i, c) in body.char_indices() {
+            match c {
+                '{' | '[' | '(' => depth += 1,
+                '}' | ']' | ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    names.push(body[start..i].to_owned());
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        names.push(body[start..].to_owned());
+        names
+            .iter()
+            .map(|field| field.split(':').next().unwrap().trim().to_owned())
+            .collect()
     }
 
     #[test]
     fn units() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_bytes("64KiB").unwrap(), 65536);
         assert_eq!(parse_bytes("1000").unwrap(), 1000);
         assert!(parse_bytes("8 parsecs").unwrap_err().contains("parsecs"));
@@ -459,14 +1016,451 @@ upstream = "http://127.0.0.1:9001"
 
     #[test]
     fn bad_values_name_their_key() {
-        let e = Config::from_toml("[limits]\nconcurrency = 0").unwrap_err();
-        assert!(e.to_string().contains("limits.concurrency"), "{e}");
-        let e = Config::from_toml("[[routes]]\nprefix = \"/a/\"\nupstream = \"https://x\"")
-            .unwrap_err();
-        assert!(e.to_string().contains("routes[0].upstream"), "{e}");
-        let e = Config::from_toml("[limits]\nmax_partz = 3").unwrap_err();
-        assert!(e.to_string().contains("max_partz"), "{e}");
-        let e = Config::from_toml("[limits]\nconcurrency = 100\nwindow = 10").unwrap_err();
-        assert!(e.to_string().contains("limits.window"), "{e}");
+        refused("[limits]\nconcurrency = 0", "limits.concurrency", &[]);
+        refused(
+            "[[routes]]\nprefix = \"/a/\"\nupstream = \"https://x\"",
+            "routes[0].upstream",
+            &["not supported"],
+        );
+        refused("[limits]\nmax_partz = 3", "max_partz", &[]);
+        refused(
+            "[limits]\nconcurrency = 100\nwindow = 10",
+            "limits.window",
+            &["limits.concurrency"],
+        );
+    }
+
+    #[test]
+    fn no_duration_text_panics_and_out_of_range_ones_name_their_key() {
+        let nasty = [
+            "1e30s",
+            "99999999999999999999h",
+            "18446744073709551616s",
+            "1.8446744073709552e19s",
+            "5124095576030431h",
+            "307445734561825861m",
+            &"9".repeat(400),
+            &format!("{}ms", "9".repeat(400)),
+            "-1s",
+            "NaN",
+            "nans",
+            "inf",
+            "infs",
+            "-0s",
+            ".",
+            ".s",
+            "1..2s",
+            "",
+            " ",
+            "ms",
+            "0.0000000001ms",
+            "1e-30s",
+            "\u{0}",
+            "١s",
+        ];
+        for text in nasty {
+            // Ok or Err, never a panic.
+            let _ = parse_duration(text);
+            for key in ["part_timeout", "idle_timeout", "shutdown_grace"] {
+                let toml = format!("[limits]\n{key} = {:?}", text);
+                if let Err(e) = Config::from_toml(&toml) {
+                    assert!(e.to_string().contains(key), "{toml:?}: {e}");
+                }
+            }
+        }
+        for number in [
+            "-1",
+            "1e300",
+            "-0.5",
+            "1.7976931348623157e308",
+            "nan",
+            "inf",
+        ] {
+            let toml = format!("[limits]\npart_timeout = {number}");
+            if let Err(e) = Config::from_toml(&toml) {
+                assert!(e.to_string().contains("part_timeout"), "{toml:?}: {e}");
+            }
+        }
+        assert!(parse_duration("99999999999999999999h").is_err());
+        assert!(parse_duration(&"9".repeat(400)).is_err());
+    }
+
+    #[test]
+    fn durations_are_range_checked_by_key() {
+        for key in [
+            "part_timeout",
+            "batch_timeout",
+            "header_read_timeout",
+            "body_read_timeout",
+            "write_timeout",
+            "idle_timeout",
+            "http2_keepalive_interval",
+            "http2_keepalive_timeout",
+        ] {
+            let full = format!("limits.{key}");
+            refused(&format!("[limits]\n{key} = \"0s\""), &full, &["1ms"]);
+            refused(&format!("[limits]\n{key} = 0"), &full, &[]);
+            refused(&format!("[limits]\n{key} = \"25h\""), &full, &["86400s"]);
+        }
+        refused(
+            "[limits]\nupload_timeout = \"0ms\"",
+            "limits.upload_timeout",
+            &[],
+        );
+        refused(
+            "[limits]\nshutdown_grace = \"2d\"",
+            "shutdown_grace",
+            &["unknown duration unit"],
+        );
+        refused(
+            "[limits]\nshutdown_grace = \"1000h\"",
+            "limits.shutdown_grace",
+            &[],
+        );
+        let zero_grace = Config::from_toml("[limits]\nshutdown_grace = \"0s\"").unwrap();
+        assert_eq!(zero_grace.limits.shutdown_grace, Duration::ZERO);
+        for key in ["connect_timeout", "pool_idle_timeout"] {
+            refused(
+                &format!("[upstream]\n{key} = \"0s\""),
+                &format!("upstream.{key}"),
+                &[],
+            );
+            refused(
+                &format!("[upstream]\n{key} = \"48h\""),
+                &format!("upstream.{key}"),
+                &[],
+            );
+        }
+        refused(
+            "[compression]\nflush_delay = \"2s\"",
+            "compression.flush_delay",
+            &["1s"],
+        );
+        let no_delay = Config::from_toml("[compression]\nflush_delay = \"0ms\"").unwrap();
+        assert_eq!(no_delay.compression.flush_delay, Duration::ZERO);
+        let route = |timeout: &str| {
+            format!(
+                "[[routes]]\nprefix = \"/a/\"\nupstream = \"http://h\"\n\
+                 [[routes]]\nprefix = \"/b/\"\nupstream = \"http://h\"\n\
+                 [[routes]]\nprefix = \"/c/\"\nupstream = \"http://h\"\ntimeout = \"{timeout}\""
+            )
+        };
+        refused(&route("0s"), "routes[2].timeout", &[]);
+        refused(&route("2h30m"), "timeout", &["unknown duration unit"]);
+        refused(&route("1000h"), "routes[2].timeout", &[]);
+        Config::from_toml(&route("24h")).unwrap();
+        Config::from_toml(&route("1ms")).unwrap();
+    }
+
+    #[test]
+    fn counts_are_range_checked_by_key() {
+        for (key, max) in [
+            ("max_parts", 10_000),
+            ("concurrency", 64),
+            ("window", 10_000),
+            ("max_part_headers", 1024),
+            ("max_inflight", 1_000_000),
+            ("max_inflight_per_upstream", 1_000_000),
+            ("max_batches", 1_000_000),
+            ("max_connections", 1_000_000),
+            ("http2_max_streams", 10_000),
+        ] {
+            let full = format!("limits.{key}");
+            refused(&format!("[limits]\n{key} = 0"), &full, &[]);
+            refused(&format!("[limits]\n{key} = -1"), key, &[]);
+            // `concurrency` above the default window is refused for the window it exceeds.
+            if key != "concurrency" {
+                refused(&format!("[limits]\n{key} = {}", max + 1), &full, &[]);
+            }
+            Config::from_toml(&format!("[limits]\n{key} = {max}")).unwrap();
+        }
+        refused(
+            "[limits]\nconcurrency = 10001\nwindow = 10000",
+            "limits.concurrency",
+            &[],
+        );
+        refused(
+            "[upstream]\npool_max_idle_per_host = 100001",
+            "upstream.pool_max_idle_per_host",
+            &[],
+        );
+        Config::from_toml("[upstream]\npool_max_idle_per_host = 0").unwrap();
+    }
+
+    #[test]
+    fn sizes_are_range_checked_by_key() {
+        for key in [
+            "max_batch_bytes",
+            "max_part_bytes",
+            "max_response_bytes",
+            "max_batch_response_bytes",
+            "max_part_header_bytes",
+        ] {
+            let full = format!("limits.{key}");
+            refused(&format!("[limits]\n{key} = 0"), &full, &[]);
+            refused(&format!("[limits]\n{key} = \"0MiB\""), &full, &[]);
+            let cap = if key == "max_part_header_bytes" {
+                "1MiB"
+            } else {
+                "16GiB"
+            };
+            refused(&format!("[limits]\n{key} = \"17GiB\""), &full, &[cap]);
+            refused(&format!("[limits]\n{key} = -5"), key, &["negative"]);
+            refused(&format!("[limits]\n{key} = 1.5"), key, &["whole number"]);
+            refused(
+                &format!("[limits]\n{key} = \"99999999999GiB\""),
+                key,
+                &["too large"],
+            );
+        }
+        refused(
+            "[limits]\nmax_part_header_bytes = \"2MiB\"",
+            "limits.max_part_header_bytes",
+            &["1MiB"],
+        );
+        refused(
+            "[limits]\nmax_batch_bytes = \"1KiB\"\nmax_part_bytes = \"2KiB\"",
+            "limits.max_part_bytes",
+            &["limits.max_batch_bytes"],
+        );
+        refused(
+            "[limits]\nmax_response_bytes = \"2MiB\"\nmax_batch_response_bytes = \"1MiB\"",
+            "limits.max_response_bytes",
+            &["limits.max_batch_response_bytes"],
+        );
+        let big = Config::from_toml(
+            "[limits]\nmax_batch_bytes = \"16GiB\"\nmax_part_bytes = \"16GiB\"\n\
+             max_batch_response_bytes = \"16GiB\"\nmax_response_bytes = \"16GiB\"",
+        )
+        .unwrap();
+        assert_eq!(big.limits.max_part_bytes, 16 << 30);
+    }
+
+    #[test]
+    fn a_limit_left_out_follows_the_one_bounding_it() {
+        let c = Config::from_toml(
+            "[limits]\nmax_batch_bytes = \"1KiB\"\nmax_batch_response_bytes = 10000\n\
+             batch_timeout = \"300ms\"\nconcurrency = 100",
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_part_bytes, 1024);
+        assert_eq!(c.limits.max_response_bytes, 10000);
+        assert_eq!(c.limits.upload_timeout, Duration::from_millis(300));
+        assert_eq!(c.limits.window, 100);
+        // Given explicitly, they are checked as given.
+        refused(
+            "[limits]\nbatch_timeout = \"10s\"\nupload_timeout = \"11s\"",
+            "limits.upload_timeout",
+            &["limits.batch_timeout"],
+        );
+        // Larger bounds do not raise the defaults.
+        let c = Config::from_toml("[limits]\nmax_batch_bytes = \"1GiB\"\nbatch_timeout = \"1h\"")
+            .unwrap();
+        assert_eq!(c.limits.max_part_bytes, Limits::default().max_part_bytes);
+        assert_eq!(c.limits.upload_timeout, Limits::default().upload_timeout);
+    }
+
+    #[test]
+    fn new_keys_have_their_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.limits.upload_timeout, Duration::from_secs(30));
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.limits.http2_keepalive_interval, Duration::from_secs(20));
+        assert_eq!(c.limits.http2_keepalive_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.http2_max_streams, 100);
+        assert!(c.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn compression_levels_are_capped() {
+        refused(
+            "[compression]\ngzip_level = 10",
+            "compression.gzip_level",
+            &[],
+        );
+        refused(
+            "[compression]\nzstd_level = 16",
+            "compression.zstd_level",
+            &["CPU"],
+        );
+        refused(
+            "[compression]\nzstd_level = 0",
+            "compression.zstd_level",
+            &[],
+        );
+        refused(
+            "[compression]\nbrotli_quality = 10",
+            "compression.brotli_quality",
+            &["CPU"],
+        );
+        Config::from_toml("[compression]\ngzip_level = 9\nzstd_level = 15\nbrotli_quality = 9")
+            .unwrap();
+        Config::from_toml("[compression]\ngzip_level = 0\nzstd_level = 1\nbrotli_quality = 0")
+            .unwrap();
+        refused("[compression]\norder = []", "compression.order", &["empty"]);
+        Config::from_toml("[compression]\nenabled = false\norder = []").unwrap();
+        refused(
+            "[compression]\norder = [\"gzip\", \"br\", \"gzip\"]",
+            "compression.order",
+            &["gzip", "twice"],
+        );
+    }
+
+    #[test]
+    fn inheritance_lists_refuse_bad_header_names() {
+        refused(
+            "[headers]\ninherit_only = [\"authorization\", \"bad header\"]",
+            "headers.inherit_only[1]",
+            &["bad header"],
+        );
+        refused(
+            "[headers]\ninherit_deny = [\"\"]",
+            "headers.inherit_deny[0]",
+            &[],
+        );
+        refused(
+            "[headers]\ninherit_deny = [\"x-a:\"]",
+            "headers.inherit_deny[0]",
+            &["x-a:"],
+        );
+        Config::from_toml("[headers]\ninherit_only = [\"Authorization\", \"X-Trace\"]").unwrap();
+    }
+
+    #[test]
+    fn route_prefixes_must_be_plain_paths() {
+        for prefix in [
+            "a/", "", "/a?b", "/a#b", "/a%2f", "/a\\b", "/a/../b/", "/a/./", "/..", "/a b/",
+            "/a\tb/", "/a//b/", "//", "/ä/",
+        ] {
+            let text = format!("[[routes]]\nprefix = {prefix:?}\nupstream = \"http://h\"");
+            refused(&text, "routes[0].prefix", &[]);
+        }
+        for prefix in ["/", "/a/", "/a", "/v1.2/", "/a..b/", "/.well-known/"] {
+            let text = format!("[[routes]]\nprefix = {prefix:?}\nupstream = \"http://h\"");
+            Config::from_toml(&text).unwrap();
+        }
+        refused(
+            &format!("{}{}", route(""), route("")),
+            "routes[1].prefix",
+            &["twice"],
+        );
+    }
+
+    #[test]
+    fn route_upstreams_are_plain_http_origins() {
+        for (upstream, why) in [
+            ("https://h", "not supported"),
+            ("h:80", "scheme"),
+            ("http://user:pw@h:80", "userinfo"),
+            ("http://user@h", "userinfo"),
+            ("http://h/api", "path"),
+            ("http://h/?q=1", "query"),
+            ("http://h/#frag", "fragment"),
+            ("http://h:0", "port 0"),
+            ("http://", ""),
+            ("/just/a/path", ""),
+        ] {
+            let text = format!("[[routes]]\nprefix = \"/a/\"\nupstream = {upstream:?}");
+            refused(&text, "routes[0].upstream", &[why]);
+        }
+        // The password is not echoed into logs.
+        let e = error("[[routes]]\nprefix = \"/a/\"\nupstream = \"http://user:s3cret@h/x?y#z\"");
+        assert!(
+            !e.contains("s3cret") && e.contains("http://***@h/x?y#z"),
+            "{e}"
+        );
+        for upstream in [
+            "http://h",
+            "http://h/",
+            "http://127.0.0.1:9001",
+            "http://[::1]:80",
+        ] {
+            let text = format!("[[routes]]\nprefix = \"/a/\"\nupstream = {upstream:?}");
+            Config::from_toml(&text).unwrap();
+        }
+        refused(
+            &route("hosts = [\"ok.example\", \"u:p@evil.example\"]"),
+            "routes[0].hosts[1]",
+            &["userinfo"],
+        );
+        let e = error(&route("hosts = [\"u:s3cret@evil.example:80\"]"));
+        assert!(
+            !e.contains("s3cret") && e.contains("***@evil.example:80"),
+            "{e}"
+        );
+        refused(&route("hosts = [\"bad host\"]"), "routes[0].hosts[0]", &[]);
+        refused(&route("hosts = [\"\"]"), "routes[0].hosts[0]", &[]);
+        Config::from_toml(&route(
+            "hosts = [\"api.example.com\", \"api.example.com:8443\"]",
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn batch_path_is_a_plain_path_of_its_own() {
+        for path in ["batch", "/healthz", "/metrics", "/b?x", "/b//c", "/b/../c"] {
+            refused(&format!("batch_path = {path:?}"), "batch_path", &[]);
+        }
+        Config::from_toml("batch_path = \"/batch/storage/v1\"").unwrap();
+    }
+
+    #[test]
+    fn trusted_proxies_are_networks() {
+        let c = Config::from_toml(
+            "trusted_proxies = [\"10.0.0.0/8\", \"192.168.1.7/32\", \"::1/128\", \"172.16.0.1\", \
+             \"fd00::/8\", \"::ffff:100.64.0.0/106\"]",
+        )
+        .unwrap();
+        let trusted = |ip: &str| {
+            let ip: IpAddr = ip.parse().unwrap();
+            c.trusted_proxies.iter().any(|n| n.contains(ip))
+        };
+        for ip in [
+            "10.0.0.1",
+            "10.255.255.255",
+            "192.168.1.7",
+            "::1",
+            "172.16.0.1",
+            "fd12::1",
+            "::ffff:10.1.2.3",
+            "100.64.0.1",
+        ] {
+            assert!(trusted(ip), "{ip}");
+        }
+        for ip in [
+            "11.0.0.1",
+            "192.168.1.8",
+            "::2",
+            "172.16.0.2",
+            "fe80::1",
+            "::ffff:11.0.0.1",
+            "100.128.0.1",
+        ] {
+            assert!(!trusted(ip), "{ip}");
+        }
+        assert_eq!(c.trusted_proxies[3].to_string(), "172.16.0.1/32");
+        assert_eq!(c.trusted_proxies[5].to_string(), "100.64.0.0/10");
+        let everyone: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(everyone.contains("1.2.3.4".parse().unwrap()));
+        assert!(!everyone.contains("::1".parse().unwrap()));
+
+        for (entry, why) in [
+            ("10.0.0.0/33", "prefix length"),
+            ("::/129", "prefix length"),
+            ("10.0.0.0/", "prefix length"),
+            ("10.0.0.0/+8", "prefix length"),
+            ("10.0.0.0/0008", "prefix length"),
+            ("10.0.0.1/8", "bits set"),
+            ("example.com", "not an IP address"),
+            ("10.0.0.0/8/8", "prefix length"),
+            ("", "not an IP address"),
+            ("10.0.0.0 /8", "not an IP address"),
+        ] {
+            refused(
+                &format!("trusted_proxies = [\"192.168.0.0/16\", {entry:?}]"),
+                "trusted_proxies[1]",
+                &[why, entry],
+            );
+        }
     }
 }

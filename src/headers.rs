@@ -1,10 +1,13 @@
-//! Header rules at the proxy boundary: what is hop-by-hop, what parts inherit from the batch, and what the
-//! gateway adds for the upstream.
+//! Header rules at the proxy boundary: what is hop-by-hop, what parts inherit from the batch, and the
+//! forwarding headers the gateway owns.
 
 use std::net::IpAddr;
 
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
+use http::uri::Authority;
+
+use crate::config::{Cidr, Config};
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1), and are never forwarded.
 const HOP_BY_HOP: [HeaderName; 6] = [
@@ -14,6 +17,31 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that tell an upstream who the client is or what it asked for, as seen by a proxy. Only the
+/// gateway sets them: a client's copies are removed from the batch's headers and from every part's.
+///
+/// Of these, only `X-Forwarded-For`/`-Proto`/`-Host` from a trusted proxy are passed on (see
+/// [`HeaderRules::batch`]). The others are dropped even from trusted proxies: the gateway does not extend
+/// `Forwarded` or `X-Real-IP`, so passing them would put a stale (or forged) claim next to the
+/// `X-Forwarded-For` it does extend; `X-Forwarded-Port`/`-Prefix` would describe the proxy's listener, not
+/// the gateway's routing; and `X-Original-URL`/`X-Rewrite-URL` make some servers (IIS, some PHP frameworks)
+/// serve another path than the one the gateway routed and authorised, for every part of the batch.
+const FORWARDING: [HeaderName; 9] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    header::FORWARDED,
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
 ];
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -42,35 +70,49 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Which outer headers parts inherit. Built once from the config.
-#[derive(Debug, Clone, Default)]
+/// What parts inherit from their batch, and whose forwarding headers are believed. Built once from a
+/// validated config.
+#[derive(Debug, Clone)]
 pub struct HeaderRules {
     only: Vec<HeaderName>,
     deny: Vec<HeaderName>,
+    trusted_proxies: Vec<Cidr>,
 }
 
-/// What every part of one batch starts from.
+/// The headers every part of one batch starts from, and the forwarding headers the gateway sets on each.
 #[derive(Debug, Clone)]
 pub struct BatchHeaders {
     inherited: HeaderMap,
-    peer: IpAddr,
+    forwarding: HeaderMap,
 }
 
 impl HeaderRules {
-    pub fn new(config: &crate::Config) -> HeaderRules {
-        let policy = &config.headers;
+    /// The config must be validated: its header names are expected to parse.
+    pub fn new(config: &Config) -> HeaderRules {
         let names = |list: &[String]| {
             list.iter()
-                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .map(|n| HeaderName::from_bytes(n.as_bytes()).expect("validated header name"))
                 .collect()
         };
         HeaderRules {
-            only: names(&policy.inherit_only),
-            deny: names(&policy.inherit_deny),
+            only: names(&config.headers.inherit_only),
+            deny: names(&config.headers.inherit_deny),
+            trusted_proxies: config.trusted_proxies.clone(),
         }
     }
 
-    pub fn batch(&self, outer: &HeaderMap, peer: IpAddr, _tls: bool) -> BatchHeaders {
+    /// The per-batch context: what every part inherits from the batch's outer headers (all but hop-by-hop,
+    /// `Content-*`, `Host`, `Expect`, `Accept-Encoding`, forwarding headers and whatever the policy
+    /// excludes), and the forwarding headers the gateway adds. `peer` is the TCP peer; `tls` whether the
+    /// client connection was HTTPS.
+    pub fn batch(&self, outer: &HeaderMap, peer: IpAddr, tls: bool) -> BatchHeaders {
+        BatchHeaders {
+            inherited: self.inherited(outer),
+            forwarding: self.forwarding(outer, peer, tls),
+        }
+    }
+
+    fn inherited(&self, outer: &HeaderMap) -> HeaderMap {
         let mut out = outer.clone();
         strip_hop_by_hop(&mut out);
         let drop: Vec<HeaderName> = out
@@ -80,6 +122,7 @@ impl HeaderRules {
                     || *n == header::HOST
                     || *n == header::EXPECT
                     || *n == header::ACCEPT_ENCODING
+                    || FORWARDING.contains(n)
                     || self.deny.contains(n)
                     || (!self.only.is_empty() && !self.only.contains(n))
             })
@@ -88,29 +131,97 @@ impl HeaderRules {
         for name in drop {
             out.remove(name);
         }
-        BatchHeaders {
-            inherited: out,
-            peer,
+        out
+    }
+
+    /// `X-Forwarded-For`, `-Proto` and `-Host` for the upstream: the gateway's own view of the connection,
+    /// or, from a trusted proxy, the proxy's chain extended by the proxy's address and its proto and host.
+    fn forwarding(&self, outer: &HeaderMap, peer: IpAddr, tls: bool) -> HeaderMap {
+        // A dual-stack socket reports IPv4 peers as `::ffff:a.b.c.d`; upstreams expect `a.b.c.d`.
+        let peer = peer.to_canonical();
+        let trusted = self.trusted_proxies.iter().any(|net| net.contains(peer));
+        let mut out = HeaderMap::with_capacity(3);
+
+        let chain: Vec<&str> = if trusted {
+            outer
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let peer_value = || HeaderValue::from_str(&peer.to_string()).expect("an IP address");
+        let forwarded_for = if chain.is_empty() {
+            peer_value()
+        } else {
+            // Values that were header values, joined by ", ": still a valid header value.
+            HeaderValue::from_str(&format!("{}, {peer}", chain.join(", ")))
+                .unwrap_or_else(|_| peer_value())
+        };
+        out.insert(X_FORWARDED_FOR, forwarded_for);
+
+        let kept = |name: &HeaderName, out: &mut HeaderMap| {
+            let mut any = false;
+            if trusted {
+                for value in outer.get_all(name) {
+                    out.append(name.clone(), value.clone());
+                    any = true;
+                }
+            }
+            any
+        };
+        if !kept(&X_FORWARDED_PROTO, &mut out) {
+            let proto = if tls { "https" } else { "http" };
+            out.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
+        if !kept(&X_FORWARDED_HOST, &mut out)
+            && let Some(host) = outer.get(header::HOST).filter(|h| is_valid_host(h))
+        {
+            out.insert(X_FORWARDED_HOST, host.clone());
+        }
+        out
     }
 }
 
+/// Whether a `Host` value is a plain `host[:port]`, fit to be passed on as `X-Forwarded-Host`.
+fn is_valid_host(value: &HeaderValue) -> bool {
+    value
+        .to_str()
+        .ok()
+        .filter(|h| !h.contains('@'))
+        .and_then(|h| h.parse::<Authority>().ok())
+        .is_some_and(|a| !a.host().is_empty())
+}
+
 impl BatchHeaders {
+    /// The headers sent upstream for one part: inherited ones overridden name by name by the part's own,
+    /// minus hop-by-hop, `Host`, `Expect`, `Content-Length` and `Accept-Encoding`, minus `Cookie` if
+    /// `strip_cookies`, with the gateway's forwarding headers set last. `Host` comes from the URI.
     pub fn for_part(&self, mut part: HeaderMap, strip_cookies: bool) -> HeaderMap {
-        let inherited = &self.inherited;
         strip_hop_by_hop(&mut part);
         part.remove(header::HOST);
         part.remove(header::EXPECT);
         part.remove(header::CONTENT_LENGTH);
+        // Part bodies go back uncompressed: clients such as google-api-python-client cannot decode a part the
+        // upstream compressed, and the reply as a whole is compressed for the client's connection instead.
         part.remove(header::ACCEPT_ENCODING);
-        let mut out = HeaderMap::with_capacity(inherited.len() + part.len() + 2);
-        for (name, value) in inherited {
+        // A part can never speak for the gateway, trusted proxy in front or not.
+        for name in &FORWARDING {
+            part.remove(name);
+        }
+        let mut out =
+            HeaderMap::with_capacity(self.inherited.len() + part.len() + self.forwarding.len());
+        for (name, value) in &self.inherited {
             if !part.contains_key(name) {
                 out.append(name.clone(), value.clone());
             }
         }
         let mut last = None;
         for (name, value) in part {
+            // `HeaderMap`'s owned iterator yields the name once, then `None` for further values of it.
             let name = match name {
                 Some(n) => {
                     last = Some(n.clone());
@@ -123,10 +234,9 @@ impl BatchHeaders {
         if strip_cookies {
             out.remove(header::COOKIE);
         }
-        if let Ok(v) = HeaderValue::from_str(&self.peer.to_string()) {
-            out.insert("x-forwarded-for", v);
+        for (name, value) in &self.forwarding {
+            out.append(name.clone(), value.clone());
         }
-        out.insert("x-forwarded-proto", HeaderValue::from_static("http"));
         out
     }
 }
@@ -146,6 +256,46 @@ mod tests {
         m
     }
 
+    fn rules(toml: &str) -> HeaderRules {
+        HeaderRules::new(&Config::from_toml(toml).unwrap())
+    }
+
+    fn all<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+        headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    /// Every forwarding header, spelled as a client might.
+    const SPOOFS: [(&str, &str); 9] = [
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("x-forwarded-proto", "https"),
+        ("X-FORWARDED-HOST", "evil.example"),
+        ("X-Forwarded-Port", "443"),
+        ("X-Forwarded-Prefix", "/admin"),
+        ("Forwarded", "for=6.6.6.6;proto=https"),
+        ("X-Real-IP", "6.6.6.6"),
+        ("X-Original-URL", "/admin/delete"),
+        ("x-rewrite-url", "/admin/delete"),
+    ];
+
+    fn spoofed(extra: &[(&str, &str)]) -> HeaderMap {
+        let mut pairs = SPOOFS.to_vec();
+        pairs.extend_from_slice(extra);
+        map(&pairs)
+    }
+
+    const GONE: [&str; 6] = [
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "forwarded",
+        "x-real-ip",
+        "x-original-url",
+        "x-rewrite-url",
+    ];
+
     #[test]
     fn connection_listed_headers_are_hop_by_hop() {
         let mut h = map(&[
@@ -156,5 +306,160 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h, map(&[("x-keep", "k")]));
+    }
+
+    #[test]
+    fn inheritance_and_override() {
+        let outer = map(&[
+            ("authorization", "Bearer outer"),
+            ("content-type", "multipart/mixed; boundary=b"),
+            ("host", "gw"),
+            ("accept", "a"),
+            ("accept", "b"),
+            ("x-trace", "t"),
+            ("cookie", "c=1"),
+            ("expect", "100-continue"),
+            ("accept-encoding", "gzip"),
+            ("connection", "x-hop"),
+            ("x-hop", "h"),
+            ("te", "trailers"),
+        ]);
+        let batch = rules("[headers]\ninherit_deny = [\"X-Trace\"]").batch(
+            &outer,
+            "10.0.0.9".parse().unwrap(),
+            false,
+        );
+        assert_eq!(
+            batch.inherited,
+            map(&[
+                ("authorization", "Bearer outer"),
+                ("accept", "a"),
+                ("accept", "b"),
+                ("cookie", "c=1")
+            ])
+        );
+        let part = map(&[
+            ("authorization", "Bearer inner"),
+            ("x-a", "1"),
+            ("x-a", "2"),
+            ("host", "evil"),
+            ("content-length", "5"),
+            ("content-type", "application/json"),
+            ("accept-encoding", "br"),
+            ("expect", "100-continue"),
+            ("upgrade", "websocket"),
+        ]);
+        let up = batch.for_part(part.clone(), true);
+        assert_eq!(all(&up, "authorization"), ["Bearer inner"]);
+        assert_eq!(all(&up, "x-a"), ["1", "2"]);
+        assert_eq!(all(&up, "accept"), ["a", "b"]);
+        assert_eq!(all(&up, "content-type"), ["application/json"]);
+        for gone in [
+            "host",
+            "cookie",
+            "content-length",
+            "accept-encoding",
+            "expect",
+            "upgrade",
+            "x-trace",
+            "x-hop",
+            "te",
+            "connection",
+        ] {
+            assert!(up.get(gone).is_none(), "{gone}");
+        }
+        assert_eq!(all(&up, "x-forwarded-for"), ["10.0.0.9"]);
+        assert_eq!(all(&up, "x-forwarded-proto"), ["http"]);
+        assert_eq!(all(&up, "x-forwarded-host"), ["gw"]);
+        // Cookies stay for routes that do not strip them.
+        assert_eq!(all(&batch.for_part(part, false), "cookie"), ["c=1"]);
+
+        let only = rules("[headers]\ninherit_only = [\"Authorization\", \"x-forwarded-for\"]")
+            .batch(
+                &spoofed(&[("authorization", "a"), ("accept", "x")]),
+                "10.0.0.9".parse().unwrap(),
+                false,
+            );
+        assert_eq!(only.inherited, map(&[("authorization", "a")]));
+    }
+
+    #[test]
+    fn an_untrusted_peer_gets_only_the_gateways_forwarding_headers() {
+        let outer = spoofed(&[("host", "gw.example:8080"), ("x-keep", "k")]);
+        for toml in ["", "trusted_proxies = [\"10.0.0.0/8\"]"] {
+            let batch = rules(toml).batch(&outer, "192.0.2.7".parse().unwrap(), false);
+            for own in [HeaderMap::new(), spoofed(&[])] {
+                let up = batch.for_part(own, false);
+                assert_eq!(all(&up, "x-forwarded-for"), ["192.0.2.7"], "{toml}");
+                assert_eq!(all(&up, "x-forwarded-proto"), ["http"]);
+                assert_eq!(all(&up, "x-forwarded-host"), ["gw.example:8080"]);
+                for gone in GONE {
+                    assert!(up.get(gone).is_none(), "{gone} with {toml:?}");
+                }
+                assert_eq!(all(&up, "x-keep"), ["k"]);
+            }
+        }
+        // Over TLS, and with a Host that is no authority or none at all.
+        let rules = rules("");
+        let up = rules
+            .batch(
+                &spoofed(&[("host", "a@b")]),
+                "192.0.2.7".parse().unwrap(),
+                true,
+            )
+            .for_part(HeaderMap::new(), false);
+        assert_eq!(all(&up, "x-forwarded-proto"), ["https"]);
+        assert!(up.get("x-forwarded-host").is_none());
+        let up = rules
+            .batch(
+                &HeaderMap::new(),
+                "::ffff:192.0.2.7".parse().unwrap(),
+                false,
+            )
+            .for_part(HeaderMap::new(), false);
+        assert_eq!(all(&up, "x-forwarded-for"), ["192.0.2.7"]);
+        assert!(up.get("x-forwarded-host").is_none());
+    }
+
+    #[test]
+    fn a_trusted_peer_keeps_its_chain_and_proto_but_parts_never_forward() {
+        let rules = rules("trusted_proxies = [\"10.0.0.0/8\", \"::1\"]");
+        let outer = map(&[
+            ("x-forwarded-for", "203.0.113.5, 198.51.100.2"),
+            ("x-forwarded-for", "10.9.9.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "api.example.com"),
+            ("host", "gw.internal"),
+            ("forwarded", "for=203.0.113.5"),
+            ("x-real-ip", "203.0.113.5"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("x-forwarded-port", "443"),
+        ]);
+        let batch = rules.batch(&outer, "10.1.2.3".parse().unwrap(), false);
+        for own in [HeaderMap::new(), spoofed(&[])] {
+            let up = batch.for_part(own, false);
+            assert_eq!(
+                all(&up, "x-forwarded-for"),
+                ["203.0.113.5, 198.51.100.2, 10.9.9.9, 10.1.2.3"]
+            );
+            assert_eq!(all(&up, "x-forwarded-proto"), ["https"]);
+            assert_eq!(all(&up, "x-forwarded-host"), ["api.example.com"]);
+            for gone in GONE {
+                assert!(up.get(gone).is_none(), "{gone}");
+            }
+        }
+
+        // A trusted peer that says nothing gets the gateway's own values.
+        let up = rules
+            .batch(
+                &map(&[("host", "gw.internal")]),
+                "::1".parse().unwrap(),
+                true,
+            )
+            .for_part(spoofed(&[]), false);
+        assert_eq!(all(&up, "x-forwarded-for"), ["::1"]);
+        assert_eq!(all(&up, "x-forwarded-proto"), ["https"]);
+        assert_eq!(all(&up, "x-forwarded-host"), ["gw.internal"]);
     }
 }

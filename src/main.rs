@@ -56,6 +56,8 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    #[cfg(unix)]
+    ignore_sighup()?;
     let mut config =
         match &args.config {
             Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
@@ -132,4 +134,18 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = interrupt.await;
     tracing::info!("signal received");
+}
+
+/// SIGHUP's default action would terminate the process (as when its terminal closes, or when an operator
+/// sends it expecting a reload). Handling it replaces that for the life of the process; each one is logged.
+#[cfg(unix)]
+fn ignore_sighup() -> Result<(), String> {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP ignored: reload is not supported yet");
+        }
+    });
+    Ok(())
 }
