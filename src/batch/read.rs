@@ -141,7 +141,7 @@ impl Read<'_> {
         }
         Ok(Work::Forward {
             service: self.gateway.service(&destination.route),
-            request: PartRequest {
+            request: Box::new(PartRequest {
                 index,
                 method: request.method,
                 uri: destination.uri,
@@ -149,7 +149,7 @@ impl Read<'_> {
                 body: request.body,
                 batch: self.scope.clone(),
                 accepts: None,
-            },
+            }),
         })
     }
 }

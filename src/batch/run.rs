@@ -45,7 +45,7 @@ pub enum Work {
     Refused(PartError),
     /// Sent upstream through its route's stack.
     Forward {
-        request: PartRequest,
+        request: Box<PartRequest>,
         service: PartService,
     },
 }
@@ -259,7 +259,7 @@ impl Scheduler {
         &mut self,
         index: usize,
         content_id: Option<ContentId>,
-        request: PartRequest,
+        request: Box<PartRequest>,
         service: PartService,
     ) {
         let shared = self.shared.clone();
@@ -275,7 +275,7 @@ impl Scheduler {
                             index,
                             reason: e.to_string(),
                         })?;
-                service.oneshot(request).await
+                service.oneshot(*request).await
             };
             let result = tokio::time::timeout_at(settings.deadline, call)
                 .await
