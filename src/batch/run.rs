@@ -348,3 +348,265 @@ fn answer(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::{HeaderMap, Method, StatusCode};
+    use tokio::sync::oneshot;
+    use tower::util::BoxCloneSyncService;
+
+    use super::*;
+    use crate::Config;
+    use crate::headers::HeaderRules;
+    use crate::stack::{BatchScope, ResponseBudget, UpstreamResponse};
+    use crate::wire::Framing;
+
+    /// An upstream stand-in: each call waits until the test releases its path, and counts itself in flight
+    /// meanwhile.
+    #[derive(Clone, Default)]
+    struct Held {
+        waiting: Arc<Mutex<Vec<(String, oneshot::Sender<()>)>>>,
+        started: Arc<Mutex<Vec<String>>>,
+        in_flight: Arc<AtomicUsize>,
+    }
+
+    struct InFlight(Arc<AtomicUsize>);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Held {
+        fn service(&self) -> PartService {
+            let held = self.clone();
+            BoxCloneSyncService::new(tower::service_fn(move |request: PartRequest| {
+                let held = held.clone();
+                async move {
+                    let path = request.uri.path().to_owned();
+                    held.in_flight.fetch_add(1, Ordering::SeqCst);
+                    let _guard = InFlight(held.in_flight.clone());
+                    let (release, released) = oneshot::channel();
+                    held.started.lock().unwrap().push(path.clone());
+                    held.waiting.lock().unwrap().push((path.clone(), release));
+                    let _ = released.await;
+                    Ok(UpstreamResponse {
+                        status: StatusCode::OK,
+                        headers: HeaderMap::new(),
+                        body: vec![Bytes::from(path)],
+                        body_len: 0,
+                        framing: Framing::Exact,
+                    })
+                }
+            }))
+        }
+
+        fn started(&self) -> Vec<String> {
+            self.started.lock().unwrap().clone()
+        }
+
+        /// Lets the call for `path` answer.
+        fn release(&self, path: &str) {
+            let mut waiting = self.waiting.lock().unwrap();
+            let at = waiting.iter().position(|(p, _)| p == path).expect(path);
+            let _ = waiting.remove(at).1.send(());
+        }
+
+        async fn until_started(&self, n: usize) {
+            spin_until("parts started", || self.started.lock().unwrap().len() >= n).await;
+        }
+    }
+
+    /// Lets the scheduler's task run until `condition` holds; fails rather than hangs.
+    async fn spin_until(what: &str, condition: impl Fn() -> bool) {
+        for _ in 0..100_000 {
+            if condition() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("never happened: {what}");
+    }
+
+    fn job(index: usize, method: Method, service: &PartService) -> Job {
+        let scope = Arc::new(BatchScope {
+            headers: HeaderRules::new(&Config::default()).batch(
+                &HeaderMap::new(),
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                false,
+            ),
+            budget: ResponseBudget::new(u64::MAX),
+        });
+        Job {
+            index,
+            content_id: None,
+            work: Work::Forward {
+                request: Box::new(PartRequest {
+                    index,
+                    method,
+                    uri: format!("http://up/p{index}").parse().unwrap(),
+                    headers: HeaderMap::new(),
+                    body: Bytes::new(),
+                    batch: scope,
+                    accepts: None,
+                }),
+                service: service.clone(),
+            },
+        }
+    }
+
+    fn scheduler(window: usize, concurrency: usize) -> (Feed, mpsc::Receiver<Bytes>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::default());
+        let settings = Settings {
+            window,
+            concurrency,
+            deadline: Instant::now() + Duration::from_secs(3600),
+            batch_timeout: Duration::from_secs(3600),
+        };
+        let (feed, out) = start(settings, ReplyWriter::new(), metrics.clone());
+        (feed, out, metrics)
+    }
+
+    fn body_of(part: &Bytes) -> String {
+        let text = String::from_utf8_lossy(part);
+        text.trim_end().rsplit("\r\n").next().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn answers_come_out_in_request_order_whatever_order_they_finish_in() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let (feed, mut out, _) = scheduler(8, 8);
+        for i in 0..3 {
+            feed.push(job(i, Method::GET, &service));
+        }
+        feed.commit();
+        upstream.until_started(3).await;
+        for path in ["/p2", "/p1", "/p0"] {
+            upstream.release(path);
+        }
+        let order: Vec<String> = [
+            out.recv().await.unwrap(),
+            out.recv().await.unwrap(),
+            out.recv().await.unwrap(),
+        ]
+        .iter()
+        .map(body_of)
+        .collect();
+        assert_eq!(order, ["/p0", "/p1", "/p2"]);
+        assert!(
+            out.recv().await.is_none(),
+            "the reply ends after the last part"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_window_bounds_parts_started_but_not_taken_by_the_writer() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let (feed, mut out, _) = scheduler(2, 2);
+        for i in 0..4 {
+            feed.push(job(i, Method::GET, &service));
+        }
+        feed.commit();
+        upstream.until_started(2).await;
+        // Both seats are taken; answering them does not seat more until the writer takes one.
+        upstream.release("/p0");
+        upstream.release("/p1");
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(upstream.started(), ["/p0", "/p1"]);
+        assert_eq!(body_of(&out.recv().await.unwrap()), "/p0");
+        upstream.until_started(3).await;
+        assert_eq!(upstream.started(), ["/p0", "/p1", "/p2"]);
+    }
+
+    #[tokio::test]
+    async fn upstream_calls_finish_while_the_writer_is_not_reading() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let (feed, out, metrics) = scheduler(4, 4);
+        for i in 0..4 {
+            feed.push(job(i, Method::GET, &service));
+        }
+        feed.commit();
+        upstream.until_started(4).await;
+        assert_eq!(upstream.in_flight.load(Ordering::SeqCst), 4);
+        for i in 0..4 {
+            upstream.release(&format!("/p{i}"));
+        }
+        spin_until("no call in flight", || {
+            upstream.in_flight.load(Ordering::SeqCst) == 0
+        })
+        .await;
+        drop(out);
+        assert!(metrics.render(&[]).contains("outcome=\"2xx\"} 4"));
+    }
+
+    #[tokio::test]
+    async fn a_writer_gone_cancels_the_running_parts() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let (feed, out, metrics) = scheduler(4, 4);
+        for i in 0..3 {
+            feed.push(job(i, Method::GET, &service));
+        }
+        feed.commit();
+        upstream.until_started(3).await;
+        drop(out);
+        spin_until("no call in flight", || {
+            upstream.in_flight.load(Ordering::SeqCst) == 0
+        })
+        .await;
+        spin_until("cancelled parts counted", || {
+            metrics.render(&[]).contains("outcome=\"cancelled\"} 3")
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn parts_with_side_effects_wait_for_the_commit() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let (feed, mut out, _) = scheduler(4, 4);
+        feed.push(job(0, Method::POST, &service));
+        feed.push(job(1, Method::GET, &service));
+        feed.push(job(2, Method::DELETE, &service));
+        upstream.until_started(1).await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(upstream.started(), ["/p1"], "only the safe part runs early");
+        feed.commit();
+        upstream.until_started(3).await;
+        for i in 0..3 {
+            upstream.release(&format!("/p{i}"));
+        }
+        assert_eq!(body_of(&out.recv().await.unwrap()), "/p0");
+    }
+
+    #[tokio::test]
+    async fn a_batch_refused_before_its_commit_runs_nothing_more() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let (feed, _out, metrics) = scheduler(4, 4);
+        feed.push(job(0, Method::GET, &service));
+        feed.push(job(1, Method::PUT, &service));
+        upstream.until_started(1).await;
+        drop(feed);
+        spin_until("no call in flight", || {
+            upstream.in_flight.load(Ordering::SeqCst) == 0
+        })
+        .await;
+        spin_until("cancelled parts counted", || {
+            metrics.render(&[]).contains("outcome=\"cancelled\"} 2")
+        })
+        .await;
+        assert_eq!(upstream.started(), ["/p0"], "the PUT never ran");
+    }
+}
