@@ -165,6 +165,9 @@ impl ReplyPart {
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         {
             Some(n) if n <= rest.len() => &rest[..n],
+            // A HEAD or 304 answer: its Content-Length is the length of the body it did not carry
+            // (`Framing::AsIs`); the delimiter, not the length, ends the part.
+            Some(_) if rest.is_empty() => rest,
             Some(n) => {
                 return Err(malformed(format!(
                     "Content-Length {n} but only {} bytes",

@@ -449,3 +449,145 @@ pub async fn read_response(stream: &mut TcpStream) -> RawReply {
         body: Bytes::from(body),
     }
 }
+
+/// A request exactly as a [`RecordingUpstream`] read it off its socket.
+#[derive(Debug, Clone)]
+pub struct RawRequest {
+    /// The request's bytes as received: head and body.
+    pub bytes: Bytes,
+    /// `METHOD target HTTP/1.1`, as sent.
+    pub request_line: String,
+    pub method: String,
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A raw TCP upstream: it frames each request itself (head, then `Content-Length` bytes), records it byte
+/// for byte, and writes back whatever bytes its answer function returns, on a keep-alive connection.
+#[derive(Clone)]
+pub struct RecordingUpstream {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<RawRequest>>>,
+    received: Arc<Mutex<Vec<u8>>>,
+}
+
+impl RecordingUpstream {
+    /// The requests framed so far, in arrival order.
+    pub fn requests(&self) -> Vec<RawRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+    /// Every byte read from any connection, in arrival order, whether or not it made a whole request.
+    pub fn received(&self) -> Vec<u8> {
+        self.received.lock().unwrap().clone()
+    }
+    /// The request lines received so far, sorted (parts run concurrently, so arrival order varies).
+    pub fn request_lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .requests()
+            .into_iter()
+            .map(|r| r.request_line)
+            .collect();
+        lines.sort();
+        lines
+    }
+}
+
+/// Starts a [`RecordingUpstream`] that answers each request with the bytes `answer` returns for it.
+pub async fn recording_upstream<F>(answer: F) -> RecordingUpstream
+where
+    F: Fn(&RawRequest) -> Vec<u8> + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = RecordingUpstream {
+        addr: listener.local_addr().unwrap(),
+        requests: Arc::default(),
+        received: Arc::default(),
+    };
+    let answer = Arc::new(answer);
+    let state = up.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(serve_recorded(stream, state.clone(), answer.clone()));
+        }
+    });
+    up
+}
+
+async fn serve_recorded<F>(mut stream: TcpStream, state: RecordingUpstream, answer: Arc<F>)
+where
+    F: Fn(&RawRequest) -> Vec<u8> + Send + Sync + 'static,
+{
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 8192];
+    // Reads more bytes into `buf`, recording them; false once the peer is gone.
+    macro_rules! more {
+        () => {{
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => false,
+                Ok(n) => {
+                    state
+                        .received
+                        .lock()
+                        .unwrap()
+                        .extend_from_slice(&chunk[..n]);
+                    buf.extend_from_slice(&chunk[..n]);
+                    true
+                }
+            }
+        }};
+    }
+    loop {
+        let head_len = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if !more!() {
+                return;
+            }
+        };
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Request::new(&mut slots);
+        assert!(
+            parsed.parse(&buf[..head_len]).unwrap().is_complete(),
+            "the upstream got a malformed head: {:?}",
+            String::from_utf8_lossy(&buf[..head_len])
+        );
+        let method = parsed.method.unwrap().to_owned();
+        let target = parsed.path.unwrap().to_owned();
+        let mut headers = HeaderMap::new();
+        for h in parsed.headers.iter() {
+            headers.append(
+                http::HeaderName::from_bytes(h.name.as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(h.value).unwrap(),
+            );
+        }
+        let line_end = buf.windows(2).position(|w| w == b"\r\n").unwrap();
+        let request_line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+        let length = headers
+            .get("content-length")
+            .map_or(0, |v| v.to_str().unwrap().parse::<usize>().unwrap());
+        while buf.len() < head_len + length {
+            if !more!() {
+                return;
+            }
+        }
+        let bytes: Vec<u8> = buf.drain(..head_len + length).collect();
+        let request = RawRequest {
+            body: Bytes::copy_from_slice(&bytes[head_len..]),
+            bytes: Bytes::from(bytes),
+            request_line,
+            method,
+            target,
+            headers,
+        };
+        let reply = answer(&request);
+        state.requests.lock().unwrap().push(request);
+        if stream.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
