@@ -177,11 +177,8 @@ async fn start_in_process(latency: Duration) -> Result<(Uri, Uri), String> {
     config.limits.concurrency = CONCURRENCY;
     config.routes.push(RouteConfig {
         prefix: "/mail/".into(),
-        upstream: format!("http://{upstream_addr}"),
-        http2: false,
-        timeout: None,
-        hosts: Vec::new(),
-        strip_cookies: false,
+        upstream: Some(format!("http://{upstream_addr}")),
+        ..RouteConfig::default()
     });
     config.validate().map_err(|e| e.to_string())?;
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -191,7 +188,7 @@ async fn start_in_process(latency: Duration) -> Result<(Uri, Uri), String> {
     // The process exits when the comparison is done, so the gateway never needs to be told to stop.
     tokio::spawn(server::run(
         listener,
-        Arc::new(Gateway::new(config)),
+        Arc::new(Gateway::new(config).map_err(|e| e.to_string())?),
         std::future::pending(),
     ));
 

@@ -119,7 +119,7 @@ upstream = "http://{faulty}"
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let gateway = tokio::spawn(server::run(
         listener,
-        Arc::new(Gateway::new(config)),
+        Arc::new(Gateway::new(config).expect("a valid soak config")),
         async move {
             let _ = stopped.await;
         },

@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -35,6 +35,10 @@ const MAX_PERMITS: usize = 1_000_000;
 const MAX_IDLE_PER_HOST: usize = 100_000;
 /// Most concurrent streams per HTTP/2 client connection.
 const MAX_HTTP2_STREAMS: usize = 10_000;
+/// Retries of one part.
+const MAX_RETRIES: u32 = 10;
+/// Consecutive failures before an upstream address is ejected.
+const MAX_EJECT_AFTER: usize = 1000;
 /// Largest size of any kind.
 const MAX_SIZE: u64 = 16 << 30;
 /// Largest `max_part_header_bytes`: a part's head is buffered whole before it is parsed.
@@ -74,6 +78,10 @@ pub struct Config {
     /// `-Host` are believed and passed on; from any other peer they are replaced.
     #[serde(deserialize_with = "de_cidrs")]
     pub trusted_proxies: Vec<Cidr>,
+    /// Serve HTTPS (and HTTP/2 over ALPN) on `listen`.
+    pub tls: Option<TlsConfig>,
+    /// Browsers calling the batch endpoint from other origins.
+    pub cors: Option<CorsConfig>,
     pub limits: Limits,
     pub upstream: UpstreamSettings,
     pub headers: HeaderPolicy,
@@ -87,6 +95,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             batch_path: "/batch".to_owned(),
             trusted_proxies: Vec::new(),
+            tls: None,
+            cors: None,
             limits: Limits::default(),
             upstream: UpstreamSettings::default(),
             headers: HeaderPolicy::default(),
@@ -210,6 +220,23 @@ pub struct UpstreamSettings {
     pub pool_idle_timeout: Duration,
     /// Idle keep-alive connections kept per upstream (0: none, a new connection per sub-request).
     pub pool_max_idle_per_host: usize,
+    /// Consecutive failures (connect errors, resets, 502/503/504) that eject an upstream address.
+    pub eject_after: u32,
+    /// How long a first ejection lasts; each further one in a row doubles it, up to `eject_max`.
+    #[serde(deserialize_with = "de_duration")]
+    pub eject_for: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub eject_max: Duration,
+    /// How often upstream host names are resolved again.
+    #[serde(deserialize_with = "de_duration")]
+    pub resolve_every: Duration,
+    /// Retries allowed on top of requests, as a fraction of the requests of the last 10 seconds, per route.
+    pub retry_budget: f64,
+    /// Retries per second a route may always make, whatever the budget.
+    pub retry_budget_min: u32,
+    /// The first retry waits up to this (jittered); each further one up to twice the last.
+    #[serde(deserialize_with = "de_duration")]
+    pub retry_backoff: Duration,
 }
 
 impl Default for UpstreamSettings {
@@ -218,8 +245,64 @@ impl Default for UpstreamSettings {
             connect_timeout: Duration::from_secs(2),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 256,
+            eject_after: 3,
+            eject_for: Duration::from_secs(5),
+            eject_max: Duration::from_secs(60),
+            resolve_every: Duration::from_secs(30),
+            retry_budget: 0.2,
+            retry_budget_min: 10,
+            retry_backoff: Duration::from_millis(25),
         }
     }
+}
+
+/// `[tls]`: the gateway's own certificate. Both files are read at startup and again on every reload.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `[cors]`: which other origins' pages may call the batch endpoint from a browser.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Exact origins (`https://app.example.com`), or `"*"` (only without credentials).
+    pub allow_origins: Vec<String>,
+    /// Let the browser send cookies and HTTP authentication along.
+    pub allow_credentials: bool,
+    /// Request headers a page may set, besides the ones every browser may.
+    pub allow_headers: Vec<String>,
+    /// Response headers a page may read, besides the ones every browser may.
+    pub expose_headers: Vec<String>,
+    /// How long a browser may cache a preflight's answer.
+    #[serde(deserialize_with = "de_duration")]
+    pub max_age: Duration,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            allow_origins: Vec::new(),
+            allow_credentials: false,
+            allow_headers: vec!["authorization".to_owned(), "content-type".to_owned()],
+            expose_headers: Vec::new(),
+            max_age: Duration::from_secs(600),
+        }
+    }
+}
+
+/// How a route spreads its parts over its upstreams.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// The less busy of two upstreams picked at random (power of two choices).
+    #[default]
+    LeastRequests,
+    RoundRobin,
 }
 
 /// Which outer (batch) headers every part inherits. Hop-by-hop headers, `Content-*`, `Host`, `Expect`,
@@ -234,26 +317,73 @@ pub struct HeaderPolicy {
 }
 
 /// One `[[routes]]` entry: where paths under `prefix` go.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// Path prefix; the longest matching prefix wins.
+    /// Path prefix, matched on segment boundaries; the longest matching prefix wins.
     pub prefix: String,
-    /// `http://host:port`; the part's path is forwarded as is.
-    pub upstream: String,
-    /// Speak HTTP/2 (prior knowledge) to this upstream instead of HTTP/1.1.
+    /// `http://host:port` or `https://host:port`: shorthand for `upstreams` with one entry.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Instances of the same service; every one of them serves every path under the prefix.
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+    #[serde(default)]
+    pub balance: Balance,
+    /// Replaces the matched prefix before forwarding (`/mail/x` -> `/api/v1/x`); by default it is kept.
+    #[serde(default)]
+    pub rewrite: Option<String>,
+    /// Extra trust roots (PEM) for this route's https upstreams, besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate chain and key (PEM) this route presents to its https upstreams (mTLS).
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// Extra tries for idempotent parts, within the retry budget.
+    #[serde(default)]
+    pub retries: u32,
+    /// Speak HTTP/2 to this route's upstreams: with prior knowledge over http, as the only ALPN offer over
+    /// https (which otherwise offers h2 and HTTP/1.1 and lets the upstream choose).
     #[serde(default)]
     pub http2: bool,
     /// Overrides `limits.part_timeout` for this route.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub timeout: Option<Duration>,
     /// Authorities that absolute-form targets (`GET http://host/path`) may name to reach this route, besides
-    /// the upstream's own.
+    /// the upstreams' own.
     #[serde(default)]
     pub hosts: Vec<String>,
     /// Do not pass the batch's `Cookie` header on to this route's parts.
     #[serde(default)]
     pub strip_cookies: bool,
+}
+
+/// Where an upstream is: its scheme, and its authority with the port always given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+impl Origin {
+    /// `https` or not.
+    pub fn is_tls(&self) -> bool {
+        self.scheme == Scheme::HTTPS
+    }
+
+    pub fn port(&self) -> u16 {
+        self.authority
+            .port_u16()
+            .unwrap_or(if self.is_tls() { 443 } else { 80 })
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
 }
 
 impl Config {
@@ -317,6 +447,7 @@ impl Config {
         self.validate_upstream()?;
         self.validate_headers()?;
         self.validate_compression()?;
+        self.validate_cors()?;
         check_path("batch_path", &self.batch_path)?;
         if matches!(self.batch_path.as_str(), "/healthz" | "/metrics") {
             return Err(invalid(format!(
@@ -435,6 +566,38 @@ impl Config {
 
     fn validate_upstream(&self) -> Result<(), ConfigError> {
         let u = &self.upstream;
+        check_count(
+            "upstream.eject_after",
+            u.eject_after as usize,
+            1,
+            MAX_EJECT_AFTER,
+        )?;
+        for (key, value) in [
+            ("upstream.eject_for", u.eject_for),
+            ("upstream.eject_max", u.eject_max),
+            ("upstream.resolve_every", u.resolve_every),
+            ("upstream.retry_backoff", u.retry_backoff),
+        ] {
+            check_duration(key, value, MIN_TIMEOUT, MAX_DURATION)?;
+        }
+        if u.eject_max < u.eject_for {
+            return Err(invalid(format!(
+                "upstream.eject_max ({:?}) must be at least upstream.eject_for ({:?})",
+                u.eject_max, u.eject_for
+            )));
+        }
+        if !(0.0..=1.0).contains(&u.retry_budget) {
+            return Err(invalid(format!(
+                "upstream.retry_budget = {} must be a fraction from 0.0 to 1.0",
+                u.retry_budget
+            )));
+        }
+        check_count(
+            "upstream.retry_budget_min",
+            u.retry_budget_min as usize,
+            0,
+            MAX_PERMITS,
+        )?;
         check_duration(
             "upstream.connect_timeout",
             u.connect_timeout,
@@ -516,6 +679,48 @@ impl Config {
         Ok(())
     }
 
+    fn validate_cors(&self) -> Result<(), ConfigError> {
+        let Some(cors) = &self.cors else {
+            return Ok(());
+        };
+        for (j, origin) in cors.allow_origins.iter().enumerate() {
+            if origin == "*" {
+                if cors.allow_credentials {
+                    return Err(invalid(
+                        "cors.allow_origins has \"*\" with cors.allow_credentials = true: browsers refuse \
+                         credentials for a wildcard origin; list the origins"
+                            .to_owned(),
+                    ));
+                }
+                continue;
+            }
+            let exact = parse_origin(origin).is_ok_and(|o| {
+                let default_port = if o.is_tls() { ":443" } else { ":80" };
+                let written = origin.trim_end_matches('/');
+                written == format!("{o}") || format!("{written}{default_port}") == format!("{o}")
+            });
+            if !exact || origin.ends_with('/') {
+                return Err(invalid(format!(
+                    "cors.allow_origins[{j}] {origin:?} is not an origin like \"https://app.example.com\" \
+                     (scheme, host, optional port; no path)"
+                )));
+            }
+        }
+        for (key, names) in [
+            ("cors.allow_headers", &cors.allow_headers),
+            ("cors.expose_headers", &cors.expose_headers),
+        ] {
+            for (j, name) in names.iter().enumerate() {
+                if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(invalid(format!(
+                        "{key}[{j}] {name:?} is not a valid header name"
+                    )));
+                }
+            }
+        }
+        check_duration("cors.max_age", cors.max_age, Duration::ZERO, MAX_DURATION)
+    }
+
     fn validate_routes(&self) -> Result<(), ConfigError> {
         for (i, route) in self.routes.iter().enumerate() {
             check_path(&format!("routes[{i}].prefix"), &route.prefix)?;
@@ -525,10 +730,29 @@ impl Config {
                     route.prefix
                 )));
             }
-            route.origin().map_err(|why| {
-                let upstream = redact_userinfo(&route.upstream);
-                invalid(format!("routes[{i}].upstream {upstream:?}: {why}"))
-            })?;
+            let origins = route
+                .origins()
+                .map_err(|why| invalid(format!("routes[{i}].{why}")))?;
+            let tls = origins[0].is_tls();
+            if let Some(rewrite) = &route.rewrite {
+                check_path(&format!("routes[{i}].rewrite"), rewrite)?;
+            }
+            if route.retries > MAX_RETRIES {
+                return Err(invalid(format!(
+                    "routes[{i}].retries = {} is more than {MAX_RETRIES}",
+                    route.retries
+                )));
+            }
+            if route.client_cert.is_some() != route.client_key.is_some() {
+                return Err(invalid(format!(
+                    "routes[{i}]: client_cert and client_key go together"
+                )));
+            }
+            if !tls && (route.ca_file.is_some() || route.client_cert.is_some()) {
+                return Err(invalid(format!(
+                    "routes[{i}]: ca_file, client_cert and client_key are for https upstreams only"
+                )));
+            }
             for (j, host) in route.hosts.iter().enumerate() {
                 parse_host(host).map_err(|why| {
                     let host = redact_userinfo(host);
@@ -549,46 +773,82 @@ impl Config {
 }
 
 impl RouteConfig {
-    /// The upstream's scheme and authority. Only plain `http` is spoken upstream.
-    pub fn origin(&self) -> Result<(Scheme, Authority), String> {
-        let uri: http::Uri = self.upstream.parse().map_err(|e| format!("{e}"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or("needs a scheme, as in http://host:port")?;
-        if scheme != Scheme::HTTP {
-            return Err(format!(
-                "scheme {scheme} is not supported; use http:// (terminate TLS in front of the upstream)"
-            ));
-        }
-        let authority = uri.authority().cloned().ok_or("needs a host")?;
-        if authority.as_str().contains('@') {
+    /// The upstreams this route sends parts to, parsed; all of one scheme.
+    pub fn origins(&self) -> Result<Vec<Origin>, String> {
+        let urls: Vec<&String> = self.upstream.iter().chain(&self.upstreams).collect();
+        if urls.is_empty() {
             return Err(
-                "must not contain user:password@ (userinfo): it is not how HTTP sends credentials, and the \
-                 upstream URL is logged; let the parts carry an Authorization header instead"
-                    .to_owned(),
+                "needs `upstream = \"http://host:port\"` or `upstreams = [...]`".to_owned(),
             );
         }
-        if authority.host().is_empty() {
-            return Err("needs a host".to_owned());
+        if self.upstream.is_some() && !self.upstreams.is_empty() {
+            return Err("give `upstream` or `upstreams`, not both".to_owned());
         }
-        if authority.port_u16() == Some(0) {
-            return Err("port 0 cannot be connected to".to_owned());
+        let mut origins: Vec<Origin> = Vec::with_capacity(urls.len());
+        for (i, url) in urls.iter().enumerate() {
+            let origin = parse_origin(url).map_err(|why| {
+                let key = if self.upstream.is_some() {
+                    "upstream".to_owned()
+                } else {
+                    format!("upstreams[{i}]")
+                };
+                format!("{key} {:?}: {why}", redact_userinfo(url))
+            })?;
+            if origins.iter().any(|o| o.scheme != origin.scheme) {
+                return Err("upstreams mix http and https; a route speaks one of them".to_owned());
+            }
+            if origins.contains(&origin) {
+                return Err(format!("upstream {origin} is listed twice"));
+            }
+            origins.push(origin);
         }
-        // `http::Uri` drops a fragment silently: look at the text.
-        if self.upstream.contains('#') {
-            return Err("must not have a fragment".to_owned());
-        }
-        if uri.query().is_some() {
-            return Err(
-                "must not have a query: the part's own query is forwarded as is".to_owned(),
-            );
-        }
-        if !matches!(uri.path(), "" | "/") {
-            return Err("must not have a path: the part's own path is forwarded as is".to_owned());
-        }
-        Ok((scheme, authority))
+        Ok(origins)
     }
+}
+
+/// Parses one upstream URL: `http` or `https`, a host, an optional port; nothing else.
+fn parse_origin(url: &str) -> Result<Origin, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or("needs a scheme, as in http://host:port")?;
+    if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+        return Err(format!(
+            "scheme {scheme} is not supported; use http:// or https://"
+        ));
+    }
+    let authority = uri.authority().cloned().ok_or("needs a host")?;
+    if authority.as_str().contains('@') {
+        return Err(
+            "must not contain user:password@ (userinfo): it is not how HTTP sends credentials, and the \
+             upstream URL is logged; let the parts carry an Authorization header instead"
+                .to_owned(),
+        );
+    }
+    if authority.host().is_empty() {
+        return Err("needs a host".to_owned());
+    }
+    if authority.port_u16() == Some(0) {
+        return Err("port 0 cannot be connected to".to_owned());
+    }
+    // `http::Uri` drops a fragment silently: look at the text.
+    if url.contains('#') {
+        return Err("must not have a fragment".to_owned());
+    }
+    if uri.query().is_some() {
+        return Err("must not have a query: the part's own query is forwarded".to_owned());
+    }
+    if !matches!(uri.path(), "" | "/") {
+        return Err("must not have a path: use `rewrite` to forward under another path".to_owned());
+    }
+    let port = authority
+        .port_u16()
+        .unwrap_or(if scheme == Scheme::HTTPS { 443 } else { 80 });
+    let authority = format!("{}:{port}", authority.host())
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    Ok(Origin { scheme, authority })
 }
 
 /// An IP network such as `10.0.0.0/8` or `::1/128`; a bare address is one host (`/32` or `/128`).

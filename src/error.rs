@@ -115,6 +115,12 @@ pub enum PartError {
         upstream: String,
         reason: String,
     },
+    #[error("part {index}: upstream {upstream} closed the connection before answering: {reason}")]
+    NoResponse {
+        index: usize,
+        upstream: String,
+        reason: String,
+    },
     #[error("part {index}: upstream {upstream} failed: {reason}")]
     Upstream {
         index: usize,
@@ -167,6 +173,7 @@ impl PartError {
             } => StatusCode::NOT_FOUND,
             PartError::Route { .. } => StatusCode::BAD_REQUEST,
             PartError::Connect { .. }
+            | PartError::NoResponse { .. }
             | PartError::Upstream { .. }
             | PartError::Informational { .. }
             | PartError::Decode { .. }
@@ -185,6 +192,7 @@ impl PartError {
                 Fault::Client
             }
             PartError::Connect { .. }
+            | PartError::NoResponse { .. }
             | PartError::Upstream { .. }
             | PartError::Informational { .. }
             | PartError::Decode { .. }
@@ -200,7 +208,10 @@ impl PartError {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            PartError::Connect { .. } | PartError::Timeout { .. } | PartError::BatchDeadline { .. }
+            PartError::Connect { .. }
+                | PartError::NoResponse { .. }
+                | PartError::Timeout { .. }
+                | PartError::BatchDeadline { .. }
         )
     }
 
@@ -215,6 +226,7 @@ impl PartError {
             PartError::Route { .. } => "refused_target",
             PartError::NestedBody { .. } => "nested_batch",
             PartError::Connect { .. } => "connect",
+            PartError::NoResponse { .. } => "reset",
             PartError::Upstream { .. } => "upstream",
             PartError::Informational { .. } => "informational",
             PartError::Decode { .. } => "decode",
@@ -232,6 +244,7 @@ impl PartError {
             | PartError::Route { index, .. }
             | PartError::NestedBody { index }
             | PartError::Connect { index, .. }
+            | PartError::NoResponse { index, .. }
             | PartError::Upstream { index, .. }
             | PartError::Informational { index, .. }
             | PartError::Decode { index, .. }

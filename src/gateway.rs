@@ -5,12 +5,18 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::error::BatchError;
 use crate::headers::HeaderRules;
 use crate::metrics::Metrics;
 use crate::route::{Route, Router};
-use crate::stack::{PartService, Pools, RouteStack};
+use crate::stack::balance::{Balancer, Upstream};
+use crate::stack::connect::TlsTarget;
+use crate::stack::endpoint::{Endpoint, EndpointSettings};
+use crate::stack::retry::Budget;
+use crate::stack::rewrite::Mapping;
+use crate::stack::{PartService, RouteStack};
+use crate::tls::ClientTls;
 use crate::wire::PartLimits;
 
 #[derive(Debug)]
@@ -19,6 +25,8 @@ pub struct Gateway {
     pub router: Router,
     /// One service stack per route, indexed by `Route::id`.
     services: Vec<PartService>,
+    /// Each route's balancer, by prefix: readiness reads their endpoints' health.
+    balancers: Vec<(String, Balancer)>,
     pub metrics: Arc<Metrics>,
     pub headers: HeaderRules,
     pub part_limits: PartLimits,
@@ -29,33 +37,91 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds the gateway from a validated config.
-    pub fn new(config: Config) -> Gateway {
+    /// Builds the gateway from a validated config. Fails on what only building can find: certificate and key
+    /// files that cannot be read or used.
+    pub fn new(config: Config) -> Result<Gateway, ConfigError> {
         let limits = &config.limits;
         let metrics = Arc::new(Metrics::default());
-        let pools = Pools::new(&config.upstream, metrics.clone());
         let inflight = Arc::new(Semaphore::new(limits.max_inflight));
-        let services = config
-            .routes
-            .iter()
-            .map(|route| {
-                let (_, authority) = route.origin().expect("validated route upstream");
-                RouteStack {
-                    upstream: Arc::from(authority.as_str()),
-                    http2: route.http2,
-                    timeout: route.timeout.unwrap_or(limits.part_timeout),
-                    strip_cookies: route.strip_cookies,
-                    route_inflight: Arc::new(Semaphore::new(limits.max_inflight_per_upstream)),
-                    global_inflight: inflight.clone(),
-                    pools: &pools,
+        let mut services = Vec::with_capacity(config.routes.len());
+        let mut balancers = Vec::with_capacity(config.routes.len());
+        for (i, route) in config.routes.iter().enumerate() {
+            let origins = route
+                .origins()
+                .map_err(|why| ConfigError::Invalid(format!("routes[{i}].{why}")))?;
+            let key = format!("routes[{i}]");
+            let tls = if origins[0].is_tls() {
+                let ca_file = route.ca_file.as_deref();
+                let client_cert = route
+                    .client_cert
+                    .as_deref()
+                    .zip(route.client_key.as_deref());
+                Some(
+                    ClientTls {
+                        key: &key,
+                        ca_file,
+                        client_cert,
+                        http2_only: route.http2,
+                    }
+                    .config()?,
+                )
+            } else {
+                None
+            };
+            let mut upstreams = Vec::with_capacity(origins.len());
+            for origin in &origins {
+                let tls = match &tls {
+                    None => None,
+                    Some(config) => Some(TlsTarget {
+                        config: config.clone(),
+                        server_name: Endpoint::server_name(origin)
+                            .map_err(|why| ConfigError::Invalid(format!("{key}: {why}")))?,
+                    }),
+                };
+                upstreams.push(Upstream {
+                    origin: origin.clone(),
+                    tls,
+                });
+            }
+            let balancer = Balancer::new(
+                upstreams,
+                route.balance,
+                EndpointSettings {
+                    upstream: config.upstream.clone(),
+                    http2_prior_knowledge: route.http2,
                     max_response_bytes: limits.max_response_bytes,
-                }
-                .build()
-            })
-            .collect();
-        Gateway {
+                    metrics: metrics.clone(),
+                },
+            );
+            let label: Vec<String> = origins.iter().map(ToString::to_string).collect();
+            let service = RouteStack {
+                upstream: Arc::from(label.join(", ")),
+                timeout: route.timeout.unwrap_or(limits.part_timeout),
+                strip_cookies: route.strip_cookies,
+                mapping: Mapping {
+                    prefix: route.prefix.clone(),
+                    rewrite: route.rewrite.clone(),
+                    origins,
+                },
+                retries: route.retries,
+                retry_backoff: config.upstream.retry_backoff,
+                budget: Budget::new(
+                    config.upstream.retry_budget,
+                    config.upstream.retry_budget_min,
+                ),
+                route_inflight: Arc::new(Semaphore::new(limits.max_inflight_per_upstream)),
+                global_inflight: inflight.clone(),
+                max_response_bytes: limits.max_response_bytes,
+                balancer: balancer.clone(),
+            }
+            .build();
+            services.push(service);
+            balancers.push((route.prefix.clone(), balancer));
+        }
+        Ok(Gateway {
             router: Router::new(&config),
             services,
+            balancers,
             metrics,
             headers: HeaderRules::new(&config),
             part_limits: PartLimits {
@@ -66,7 +132,16 @@ impl Gateway {
             inflight,
             batches: Arc::new(Semaphore::new(limits.max_batches)),
             config,
-        }
+        })
+    }
+
+    /// Routes none of whose upstreams can take parts now (all ejected, or none resolved), by prefix.
+    pub fn unready_routes(&self) -> Vec<&str> {
+        self.balancers
+            .iter()
+            .filter(|(_, balancer)| !balancer.ready())
+            .map(|(prefix, _)| prefix.as_str())
+            .collect()
     }
 
     /// The service stack parts routed to `route` go through.

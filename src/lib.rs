@@ -35,6 +35,7 @@ pub mod response;
 pub mod route;
 pub mod server;
 pub mod stack;
+pub mod tls;
 pub mod wire;
 
 pub use config::Config;

@@ -79,11 +79,8 @@ async fn run(args: Args) -> Result<(), String> {
         config.routes.retain(|r| r.prefix != "/mail/");
         config.routes.push(RouteConfig {
             prefix: "/mail/".into(),
-            upstream: format!("http://{addr}"),
-            http2: false,
-            timeout: None,
-            hosts: Vec::new(),
-            strip_cookies: false,
+            upstream: Some(format!("http://{addr}")),
+            ..RouteConfig::default()
         });
         config.validate().map_err(|e| e.to_string())?;
         tracing::info!(%addr, latency = ?args.demo_latency, "demo mail service running; /mail/ routes to it");
@@ -93,7 +90,8 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     for route in &config.routes {
-        tracing::info!(prefix = %route.prefix, upstream = %route.upstream, http2 = route.http2, "route");
+        let upstreams: Vec<&String> = route.upstream.iter().chain(&route.upstreams).collect();
+        tracing::info!(prefix = %route.prefix, ?upstreams, http2 = route.http2, "route");
     }
     tracing::info!(
         "batchgate listening on http://{local}{} (health: /healthz)",
@@ -102,7 +100,7 @@ async fn run(args: Args) -> Result<(), String> {
     if args.demo {
         println!("{}", demo_curl(local, &config.batch_path));
     }
-    let gateway = Arc::new(Gateway::new(config));
+    let gateway = Arc::new(Gateway::new(config).map_err(|e| e.to_string())?);
     server::run(listener, gateway, shutdown_signal()).await;
     Ok(())
 }

@@ -8,12 +8,13 @@ use http::StatusCode;
 
 /// How a part ended: the class of the upstream's own status, a `PartError::kind`, or `cancelled` (its batch
 /// was refused or its client went away before it was answered).
-const PART_OUTCOMES: [&str; 18] = [
+const PART_OUTCOMES: [&str; 19] = [
     "2xx",
     "3xx",
     "4xx",
     "5xx",
     "cancelled",
+    "reset",
     "informational",
     "decode",
     "bad_request",

@@ -8,10 +8,9 @@
 
 use std::sync::Arc;
 
-use http::Uri;
 use http::uri::{Authority, PathAndQuery};
 
-use crate::config::{Config, RouteConfig};
+use crate::config::{Config, Origin, RouteConfig};
 
 /// One configured route, ready to serve.
 #[derive(Debug)]
@@ -22,9 +21,11 @@ pub struct Route {
     /// prefix ending in `/`, like `/mail/`, serves `/mail/...` and also the bare `/mail` (a client asking for
     /// the collection itself means the same upstream, not "no route").
     pub prefix: String,
-    /// `http://host:port` of the upstream; every part routed here goes there.
-    pub authority: Authority,
-    /// Absolute-form authorities that map here (the upstream's own included).
+    /// The upstreams parts routed here go to (the stack picks one per part).
+    pub origins: Vec<Origin>,
+    /// Whether they speak https: then an absolute-form `https://` target may come here.
+    pub tls: bool,
+    /// Absolute-form authorities that map here (the upstreams' own included).
     hosts: Vec<Authority>,
 }
 
@@ -32,9 +33,9 @@ pub struct Route {
 #[derive(Debug, Clone)]
 pub struct Destination {
     pub route: Arc<Route>,
-    /// Absolute URI on the upstream: its authority, the normalised path, the query as sent (raw non-ASCII
-    /// percent-encoded), no fragment.
-    pub uri: Uri,
+    /// The normalised path and the query as sent (raw non-ASCII percent-encoded), no fragment. Which upstream
+    /// it goes to, and under which prefix, the route's stack decides.
+    pub path: PathAndQuery,
 }
 
 /// Why a target cannot be routed. Nothing is sent anywhere for such a part.
@@ -55,6 +56,11 @@ pub enum RouteError {
     EncodedSlash(String),
     #[error("target {0:?} is not an origin-form path or an absolute http(s) URL")]
     BadTarget(String),
+    #[error(
+        "target {target:?} asks for https, but route {prefix:?} speaks plain http to its upstreams; it is not \
+         sent in the clear"
+    )]
+    PlainForHttps { target: String, prefix: String },
     #[error("target {0:?} is the batch endpoint itself; batches do not nest")]
     NestedBatch(String),
     #[error(
@@ -111,8 +117,10 @@ impl Router {
         let refused = |e: Normalise| e.for_target(target);
         // The fragment is the client's own business (RFC 9110 7.1); it goes before anything else is read.
         let sent = target.split_once('#').map_or(target, |(t, _)| t);
-        let (authority, path_and_query) =
+        let (absolute, path_and_query) =
             split_target(sent).ok_or_else(|| RouteError::BadTarget(target.to_owned()))?;
+        let wants_tls = absolute.as_ref().is_some_and(|(https, _)| *https);
+        let authority = absolute.map(|(_, authority)| authority);
         let (raw_path, raw_query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),
@@ -157,6 +165,12 @@ impl Router {
         }
         let route =
             best_route(&candidates, &path).ok_or_else(|| RouteError::NoRoute(path.clone()))?;
+        if wants_tls && !route.tls {
+            return Err(RouteError::PlainForHttps {
+                target: target.to_owned(),
+                prefix: route.prefix.clone(),
+            });
+        }
         // Encoded slashes are forwarded as sent (storage APIs put them in object names), but an upstream that
         // decodes them must still be inside the route the gateway chose.
         if has_encoded_slash(&path) {
@@ -171,17 +185,11 @@ impl Router {
             pq.push('?');
             pq.push_str(&q);
         }
-        let pq =
+        let path =
             PathAndQuery::try_from(pq).map_err(|_| RouteError::BadTarget(target.to_owned()))?;
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(route.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| RouteError::BadTarget(target.to_owned()))?;
         Ok(Destination {
             route: route.clone(),
-            uri,
+            path,
         })
     }
 }
@@ -189,13 +197,14 @@ impl Router {
 impl Route {
     fn new(id: usize, r: &RouteConfig) -> Route {
         // Validated by Config::validate.
-        let (_, authority) = r.origin().expect("validated route upstream");
+        let origins = r.origins().expect("validated route upstreams");
         let mut hosts: Vec<Authority> = r.hosts.iter().filter_map(|h| h.parse().ok()).collect();
-        hosts.push(authority.clone());
+        hosts.extend(origins.iter().map(|o| o.authority.clone()));
         Route {
             id,
             prefix: r.prefix.clone(),
-            authority,
+            tls: origins[0].is_tls(),
+            origins,
             hosts,
         }
     }
@@ -234,7 +243,7 @@ fn best_route<'r>(candidates: &[&'r Arc<Route>], path: &str) -> Option<&'r Arc<R
 
 /// Splits a target into its authority (absolute-form only) and its path-and-query; `None` if it is
 /// neither origin-form nor an absolute http(s) URL.
-fn split_target(target: &str) -> Option<(Option<Authority>, &str)> {
+fn split_target(target: &str) -> Option<(Option<(bool, Authority)>, &str)> {
     if target.starts_with('/') {
         return Some((None, target));
     }
@@ -253,7 +262,10 @@ fn split_target(target: &str) -> Option<(Option<Authority>, &str)> {
     if path.starts_with('?') {
         return None;
     }
-    Some((Some(authority), path))
+    Some((
+        Some((scheme.eq_ignore_ascii_case("https"), authority)),
+        path,
+    ))
 }
 
 /// Why a path could not be normalised; [`Normalise::for_target`] names the target.
@@ -458,7 +470,7 @@ upstream = "http://127.0.0.1:9003"
     fn to(target: &str) -> Result<String, RouteError> {
         router()
             .route(target, Some("gw.local:8080"))
-            .map(|d| d.uri.to_string())
+            .map(|d| format!("{}{}", d.route.origins[0], d.path))
     }
 
     #[test]
@@ -604,7 +616,7 @@ upstream = "http://127.0.0.1:9006"
     fn posts(target: &str) -> Result<String, RouteError> {
         posts_router()
             .route(target, None)
-            .map(|d| d.uri.to_string())
+            .map(|d| format!("{}{}", d.route.origins[0], d.path))
     }
 
     #[test]
@@ -697,7 +709,7 @@ upstream = "http://127.0.0.1:9006"
             "http://127.0.0.1:9001/mail/x"
         );
         let d = router().route("/mail/x?q#f", None).unwrap();
-        assert_eq!(d.uri.path_and_query().unwrap().as_str(), "/mail/x?q");
+        assert_eq!(d.path.as_str(), "/mail/x?q");
     }
 
     #[test]
@@ -858,9 +870,9 @@ upstream = "http://127.0.0.1:9006"
             "//mail\\a\\..\\b/",
         ] {
             let once = r.route(target, None).unwrap();
-            let pq = once.uri.path_and_query().unwrap().as_str();
+            let pq = once.path.as_str();
             let twice = r.route(pq, None).unwrap();
-            assert_eq!(once.uri, twice.uri, "{target}");
+            assert_eq!(once.path, twice.path, "{target}");
             assert!(Arc::ptr_eq(&once.route, &twice.route), "{target}");
         }
     }

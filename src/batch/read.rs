@@ -144,11 +144,12 @@ impl Read<'_> {
             request: Box::new(PartRequest {
                 index,
                 method: request.method,
-                uri: destination.uri,
+                path: destination.path,
                 headers: request.headers,
                 body: request.body,
                 batch: self.scope.clone(),
                 accepts: None,
+                tried: None,
             }),
         })
     }

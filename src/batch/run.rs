@@ -387,7 +387,7 @@ mod tests {
             BoxCloneSyncService::new(tower::service_fn(move |request: PartRequest| {
                 let held = held.clone();
                 async move {
-                    let path = request.uri.path().to_owned();
+                    let path = request.path.path().to_owned();
                     held.in_flight.fetch_add(1, Ordering::SeqCst);
                     let _guard = InFlight(held.in_flight.clone());
                     let (release, released) = oneshot::channel();
@@ -400,6 +400,7 @@ mod tests {
                         body: vec![Bytes::from(path)],
                         body_len: 0,
                         framing: Framing::Exact,
+                        peer: None,
                     })
                 }
             }))
@@ -448,11 +449,12 @@ mod tests {
                 request: Box::new(PartRequest {
                     index,
                     method,
-                    uri: format!("http://up/p{index}").parse().unwrap(),
+                    path: format!("/p{index}").parse().unwrap(),
                     headers: HeaderMap::new(),
                     body: Bytes::new(),
                     batch: scope,
                     accepts: None,
+                    tried: None,
                 }),
                 service: service.clone(),
             },

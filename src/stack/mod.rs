@@ -3,17 +3,24 @@
 //!
 //! Each concern is a layer of its own, outermost first:
 //! - [`policy`]: the headers the upstream sees (inherited from the batch, forwarding headers, cookies);
+//! - [`rewrite`]: the route's path mapping, and `Location` answers mapped back;
+//! - [`timeout`]: the route's time limit for the part, all its tries included;
+//! - [`retry`]: idempotent parts tried again elsewhere, within a budget;
 //! - [`limit`]: sub-requests in flight to this route, then across the gateway;
-//! - [`timeout`]: the route's own time limit;
 //! - [`rules`]: HTTP semantics of the answer (1xx, 204, HEAD and 304 lengths, unrequested compression);
-//! - [`pool`]: the shared keep-alive connections, and the response size limits.
+//! - [`balance`]: which upstream address takes the part, and their passive health;
+//! - [`endpoint`]: one address's keep-alive pool ([`connect`]: TCP, TLS), and the response size limits.
 //!
-//! Load balancing, retries, caching and metrics wrap the same call: they are layers to add here. The
-//! scheduler knows nothing of HTTP beyond calling a route's [`PartService`].
+//! Caching and metrics wrap the same call: they are layers to add here. The scheduler knows nothing of HTTP
+//! beyond calling a route's [`PartService`].
 
+pub mod balance;
+pub mod connect;
+pub mod endpoint;
 pub mod limit;
 pub mod policy;
-pub mod pool;
+pub mod retry;
+pub mod rewrite;
 pub mod rules;
 pub mod timeout;
 
@@ -21,8 +28,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
@@ -30,8 +40,7 @@ use tower::util::BoxCloneSyncService;
 use crate::error::PartError;
 use crate::headers::BatchHeaders;
 use crate::wire::Framing;
-
-pub use pool::Pools;
+use balance::{Balancer, Tried};
 
 /// A route's whole stack, type-erased so that every route's can be held and called alike.
 pub type PartService = BoxCloneSyncService<PartRequest, UpstreamResponse, PartError>;
@@ -42,8 +51,8 @@ pub struct PartRequest {
     /// The part's position in its batch: every error names it.
     pub index: usize,
     pub method: Method,
-    /// Absolute URI on the upstream.
-    pub uri: Uri,
+    /// Path and query; the upstream's scheme and authority come from the endpoint that takes it.
+    pub path: PathAndQuery,
     /// The part's own headers; the policy layer turns them into what the upstream sees.
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -52,9 +61,25 @@ pub struct PartRequest {
     /// The codings the client said it can decode in this part's body (the part's own `Accept-Encoding`, which
     /// is not forwarded). Set by the policy layer.
     pub accepts: Option<HeaderValue>,
+    /// Where earlier tries of this part went, when it may be tried again.
+    pub tried: Option<Arc<Tried>>,
 }
 
 impl PartRequest {
+    /// A copy for another try.
+    fn try_clone(&self) -> PartRequest {
+        PartRequest {
+            index: self.index,
+            method: self.method.clone(),
+            path: self.path.clone(),
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            batch: self.batch.clone(),
+            accepts: self.accepts.clone(),
+            tried: self.tried.clone(),
+        }
+    }
+
     /// Safe methods (RFC 9110 9.2.1) may run before the whole batch is in: if the batch is then refused,
     /// nothing they did can have changed anything.
     pub fn is_safe(&self) -> bool {
@@ -72,6 +97,8 @@ pub struct UpstreamResponse {
     pub body: Vec<Bytes>,
     pub body_len: u64,
     pub framing: Framing,
+    /// The address that answered.
+    pub peer: Option<SocketAddr>,
 }
 
 /// What every part of one batch shares on its way upstream.
@@ -116,38 +143,44 @@ impl ResponseBudget {
 
 /// What one route's stack is built from.
 #[derive(Debug)]
-pub struct RouteStack<'a> {
-    /// Named in error messages: `127.0.0.1:9001`.
+pub struct RouteStack {
+    /// Named in error messages: the route's upstreams.
     pub upstream: Arc<str>,
-    pub http2: bool,
     pub timeout: Duration,
     pub strip_cookies: bool,
+    pub mapping: rewrite::Mapping,
+    pub retries: u32,
+    pub retry_backoff: Duration,
+    pub budget: retry::Budget,
     /// Sub-requests in flight to this route, across all batches.
     pub route_inflight: Arc<Semaphore>,
     /// Sub-requests in flight across the gateway.
     pub global_inflight: Arc<Semaphore>,
-    pub pools: &'a Pools,
     pub max_response_bytes: u64,
+    pub balancer: Balancer,
 }
 
-impl RouteStack<'_> {
+impl RouteStack {
     pub fn build(self) -> PartService {
         let service = ServiceBuilder::new()
             .layer(policy::PolicyLayer::new(self.strip_cookies))
-            .layer(limit::InflightLayer::new(self.route_inflight))
-            .layer(limit::InflightLayer::new(self.global_inflight))
+            .layer(rewrite::RewriteLayer::new(self.mapping))
             .layer(timeout::TimeoutLayer::new(
                 self.timeout,
                 self.upstream.clone(),
             ))
+            .layer(retry::RetryLayer::new(
+                self.retries,
+                self.retry_backoff,
+                self.budget,
+            ))
+            .layer(limit::InflightLayer::new(self.route_inflight))
+            .layer(limit::InflightLayer::new(self.global_inflight))
             .layer(rules::RulesLayer::new(
-                self.upstream.clone(),
+                self.upstream,
                 self.max_response_bytes,
             ))
-            .service(
-                self.pools
-                    .service(self.http2, self.upstream, self.max_response_bytes),
-            );
+            .service(self.balancer);
         BoxCloneSyncService::new(service)
     }
 }

@@ -174,7 +174,7 @@ pub async fn gateway(toml: &str) -> TestGateway {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let gateway = Arc::new(Gateway::new(config));
+    let gateway = Arc::new(Gateway::new(config).unwrap());
     let task = tokio::spawn(server::run(listener, gateway.clone(), async move {
         let _ = stopped.await;
     }));

@@ -1,0 +1,182 @@
+//! Connections to one upstream address: TCP with `TCP_NODELAY`, then TLS with SNI and ALPN for https
+//! upstreams. Each address has its own connector, so the pool in front of it is that address's own.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use rustls::client::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tower::Service;
+
+use crate::metrics::Metrics;
+use crate::response::BoxError;
+
+/// How to reach an https upstream: its TLS configuration and the name its certificate must carry.
+#[derive(Clone)]
+pub struct TlsTarget {
+    pub config: Arc<ClientConfig>,
+    pub server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TlsTarget({:?})", self.server_name)
+    }
+}
+
+/// Connects to one address, whatever the request's URI says (the URI carries the upstream's name for the
+/// `Host` header and the pool; the balancer has already chosen the address).
+#[derive(Debug, Clone)]
+pub struct Connector {
+    pub addr: SocketAddr,
+    pub connect_timeout: Duration,
+    pub tls: Option<TlsTarget>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Service<Uri> for Connector {
+    type Response = TokioIo<Conn>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<TokioIo<Conn>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            this.metrics.upstream_connect();
+            let tcp = tokio::time::timeout(this.connect_timeout, TcpStream::connect(this.addr))
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "no connection within {:?} (upstream.connect_timeout)",
+                            this.connect_timeout
+                        ),
+                    )
+                })??;
+            let _ = tcp.set_nodelay(true);
+            let conn = match this.tls {
+                None => Conn::Plain(tcp),
+                Some(tls) => {
+                    let stream = TlsConnector::from(tls.config)
+                        .connect(tls.server_name, tcp)
+                        .await
+                        .map_err(|e| TlsError(e.to_string()))?;
+                    Conn::Tls(Box::new(stream))
+                }
+            };
+            Ok(TokioIo::new(conn))
+        })
+    }
+}
+
+/// A failed TLS handshake: its message always says "certificate" where the certificate was the problem,
+/// as rustls words it ("invalid peer certificate: UnknownIssuer").
+#[derive(Debug)]
+pub struct TlsError(String);
+
+impl std::fmt::Display for TlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TLS handshake failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+/// A connection to an upstream, plain or TLS.
+#[derive(Debug)]
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        match self {
+            Conn::Plain(tcp) => tcp.connected(),
+            Conn::Tls(tls) => {
+                let (tcp, session) = tls.get_ref();
+                let connected = tcp.connected();
+                if session.alpn_protocol() == Some(b"h2") {
+                    connected.negotiated_h2()
+                } else {
+                    connected
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

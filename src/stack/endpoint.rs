@@ -1,0 +1,276 @@
+//! One upstream address: its own keep-alive pool (shared by every batch), its in-flight count for the
+//! balancer, and its passive health.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::ServerName;
+use tokio::time::Instant;
+
+use super::connect::{Connector, TlsTarget};
+use super::{PartRequest, UpstreamResponse};
+use crate::config::{Origin, UpstreamSettings};
+use crate::error::PartError;
+use crate::headers::strip_hop_by_hop;
+use crate::metrics::Metrics;
+use crate::wire::Framing;
+
+/// Read buffer of each upstream connection. A fixed size keeps pooled connections from each growing theirs
+/// to the largest body they ever read; body pieces are copied out once, into the reply part.
+const READ_BUF: usize = 16 * 1024;
+
+/// What every endpoint of a route is built with.
+#[derive(Debug, Clone)]
+pub struct EndpointSettings {
+    pub upstream: UpstreamSettings,
+    /// Speak HTTP/2 with prior knowledge (plain http only; over TLS, ALPN decides).
+    pub http2_prior_knowledge: bool,
+    pub max_response_bytes: u64,
+    pub metrics: Arc<Metrics>,
+}
+
+/// One address of one upstream.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub origin: Origin,
+    pub addr: SocketAddr,
+    /// Named in errors and logs: `mail-1.internal:8443 (10.0.0.5:8443)`, or just the address.
+    pub label: Arc<str>,
+    /// Scheme and authority the requests name: the upstream's own, for `Host` and for its certificate.
+    scheme: Scheme,
+    authority: Authority,
+    client: Client<Connector, Full<Bytes>>,
+    max_response_bytes: u64,
+    metrics: Arc<Metrics>,
+    pub in_flight: AtomicUsize,
+    health: Mutex<Health>,
+}
+
+impl Endpoint {
+    pub fn new(
+        origin: &Origin,
+        addr: SocketAddr,
+        tls: Option<TlsTarget>,
+        settings: &EndpointSettings,
+    ) -> Endpoint {
+        let host = origin.authority.host();
+        let label = if host.parse::<std::net::IpAddr>().is_ok()
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok()
+        {
+            origin.authority.to_string()
+        } else {
+            format!("{} ({addr})", origin.authority)
+        };
+        // The default port is left out of the name requests carry, as a browser would.
+        let default_port = if origin.is_tls() { 443 } else { 80 };
+        let authority = if origin.port() == default_port {
+            host.parse().unwrap_or_else(|_| origin.authority.clone())
+        } else {
+            origin.authority.clone()
+        };
+        let up = &settings.upstream;
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(up.pool_idle_timeout)
+            .pool_max_idle_per_host(up.pool_max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(settings.http2_prior_knowledge && tls.is_none())
+            .http1_read_buf_exact_size(READ_BUF)
+            .build(Connector {
+                addr,
+                connect_timeout: up.connect_timeout,
+                tls,
+                metrics: settings.metrics.clone(),
+            });
+        Endpoint {
+            origin: origin.clone(),
+            addr,
+            label: label.into(),
+            scheme: origin.scheme.clone(),
+            authority,
+            client,
+            max_response_bytes: settings.max_response_bytes,
+            metrics: settings.metrics.clone(),
+            in_flight: AtomicUsize::new(0),
+            health: Mutex::new(Health::default()),
+        }
+    }
+
+    /// The name an https upstream's certificate must carry.
+    pub fn server_name(origin: &Origin) -> Result<ServerName<'static>, String> {
+        let host = origin.authority.host().trim_matches(['[', ']']);
+        ServerName::try_from(host.to_owned()).map_err(|e| format!("{host:?}: {e}"))
+    }
+
+    /// Sends one part and reads its whole answer, at most `max_response_bytes` and what is left of the
+    /// batch's response budget.
+    pub async fn send(&self, part: PartRequest) -> Result<UpstreamResponse, PartError> {
+        let PartRequest {
+            index,
+            method,
+            path,
+            headers,
+            body,
+            batch,
+            ..
+        } = part;
+        let upstream = || self.label.to_string();
+        let limit = self.max_response_bytes.min(batch.budget.left());
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| PartError::Internal {
+                index,
+                reason: e.to_string(),
+            })?;
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        self.metrics.upstream_request();
+        let response = self.client.request(request).await.map_err(|e| {
+            let reason = innermost(&e);
+            if e.is_connect() {
+                PartError::Connect {
+                    index,
+                    upstream: upstream(),
+                    reason,
+                }
+            } else {
+                PartError::NoResponse {
+                    index,
+                    upstream: upstream(),
+                    reason,
+                }
+            }
+        })?;
+        let (parts, mut body) = response.into_parts();
+        let mut pieces = Vec::new();
+        let mut body_len = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| PartError::Upstream {
+                index,
+                upstream: upstream(),
+                reason: format!("reading the response body: {}", innermost(&e)),
+            })?;
+            if let Ok(data) = frame.into_data() {
+                body_len += data.len() as u64;
+                if body_len > limit {
+                    return Err(if limit < self.max_response_bytes {
+                        PartError::BatchResponseBudget {
+                            index,
+                            limit: batch.budget.limit(),
+                        }
+                    } else {
+                        PartError::ResponseTooLarge {
+                            index,
+                            upstream: upstream(),
+                            limit: self.max_response_bytes,
+                        }
+                    });
+                }
+                pieces.push(data);
+            }
+        }
+        if !batch.budget.take(body_len) {
+            return Err(PartError::BatchResponseBudget {
+                index,
+                limit: batch.budget.limit(),
+            });
+        }
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        Ok(UpstreamResponse {
+            status: parts.status,
+            headers,
+            body: pieces,
+            body_len,
+            framing: Framing::Exact,
+            peer: Some(self.addr),
+        })
+    }
+
+    /// Whether the balancer may send here now: not ejected, or its ejection is over (then the next part is
+    /// the probe that lets it back in, or ejects it again for longer).
+    pub fn available(&self, now: Instant) -> bool {
+        self.health().ejected_until.is_none_or(|until| until <= now)
+    }
+
+    /// Notes how a part went; returns how long the endpoint is now ejected for, if this ejected it.
+    pub fn record(&self, failed: bool, settings: &UpstreamSettings) -> Option<Duration> {
+        let mut health = self.health();
+        if !failed {
+            *health = Health::default();
+            return None;
+        }
+        health.failures += 1;
+        // One that was ejected and let back in fails its probe: out again at once, for longer.
+        if health.failures < settings.eject_after && health.ejections == 0 {
+            return None;
+        }
+        let factor = 1u32 << health.ejections.min(16);
+        let period = settings
+            .eject_for
+            .saturating_mul(factor)
+            .min(settings.eject_max);
+        health.failures = 0;
+        health.ejections += 1;
+        health.ejected_until = Some(Instant::now() + period);
+        Some(period)
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Passive health: failures in a row, and the ejection they led to.
+#[derive(Debug, Default)]
+struct Health {
+    failures: u32,
+    /// Ejections in a row without a success in between: each doubles the next one's length.
+    ejections: u32,
+    ejected_until: Option<Instant>,
+}
+
+/// Counts a part in flight on an endpoint while alive.
+#[derive(Debug)]
+pub struct InFlight(pub Arc<Endpoint>);
+
+impl InFlight {
+    pub fn new(endpoint: Arc<Endpoint>) -> InFlight {
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(endpoint)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The innermost cause, which is the one a user can act on ("Connection refused", "invalid peer
+/// certificate: UnknownIssuer").
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    let mut text = e.to_string();
+    while let Some(next) = cause.source() {
+        text = next.to_string();
+        cause = next;
+    }
+    text
+}

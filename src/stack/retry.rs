@@ -1,0 +1,187 @@
+//! Retries of idempotent parts: GET, HEAD, OPTIONS, PUT, DELETE, or any part carrying an `Idempotency-Key`.
+//! A part is tried again when it could not connect, the connection broke before any response byte, or the
+//! upstream answered 502, 503 or 504 (without `Retry-After`: an upstream asking to wait gets its answer
+//! passed on). The next try goes to another upstream address when there is one, after a jittered backoff,
+//! within the part's own deadline (the timeout layer above). A budget per route, a fraction of its recent
+//! requests plus a small floor, keeps a sick upstream from being stormed. A non-idempotent part is never
+//! sent twice.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use http::header::RETRY_AFTER;
+use http::{Method, StatusCode};
+use rand::Rng;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+use super::balance::Tried;
+use super::{PartRequest, UpstreamResponse};
+use crate::error::PartError;
+
+/// How recent "recent requests" are.
+const WINDOW: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct RetryLayer {
+    retries: u32,
+    backoff: Duration,
+    budget: Arc<Budget>,
+}
+
+impl RetryLayer {
+    pub fn new(retries: u32, backoff: Duration, budget: Budget) -> RetryLayer {
+        RetryLayer {
+            retries,
+            backoff,
+            budget: Arc::new(budget),
+        }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            inner,
+            retries: self.retries,
+            backoff: self.backoff,
+            budget: self.budget.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: S,
+    retries: u32,
+    backoff: Duration,
+    budget: Arc<Budget>,
+}
+
+impl<S> Service<PartRequest> for Retry<S>
+where
+    S: Service<PartRequest, Response = UpstreamResponse, Error = PartError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = UpstreamResponse;
+    type Error = PartError;
+    type Future = BoxFuture<'static, Result<UpstreamResponse, PartError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), PartError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: PartRequest) -> Self::Future {
+        self.budget.deposit();
+        let inner = self.inner.clone();
+        if self.retries == 0 || !idempotent(&request) {
+            return Box::pin(inner.oneshot(request));
+        }
+        let (retries, backoff, budget) = (self.retries, self.backoff, self.budget.clone());
+        let tried = Arc::new(Tried::default());
+        request.tried = Some(tried);
+        Box::pin(async move {
+            let mut wait = backoff;
+            for attempt in 0.. {
+                let again = (attempt < retries).then(|| request.try_clone());
+                let result = inner.clone().oneshot(request).await;
+                let Some(next) = again else {
+                    return result;
+                };
+                if !worth_retrying(&result) || !budget.withdraw() {
+                    return result;
+                }
+                tracing::debug!(part = next.index, attempt, "retrying an idempotent part");
+                // Full jitter: tries of many parts after one failure do not arrive together.
+                let pause = rand::rng().random_range(Duration::ZERO..=wait);
+                tokio::time::sleep(pause).await;
+                wait = wait.saturating_mul(2);
+                request = next;
+            }
+            unreachable!("the loop returns")
+        })
+    }
+}
+
+fn idempotent(request: &PartRequest) -> bool {
+    matches!(
+        request.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    ) || request.headers.contains_key("idempotency-key")
+}
+
+fn worth_retrying(result: &Result<UpstreamResponse, PartError>) -> bool {
+    match result {
+        Err(PartError::Connect { .. } | PartError::NoResponse { .. }) => true,
+        Ok(response) => {
+            matches!(
+                response.status,
+                StatusCode::BAD_GATEWAY
+                    | StatusCode::SERVICE_UNAVAILABLE
+                    | StatusCode::GATEWAY_TIMEOUT
+            ) && !response.headers.contains_key(RETRY_AFTER)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Retries a route may make: `ratio` of its requests in the last ten seconds, plus `min_per_second`.
+#[derive(Debug)]
+pub struct Budget {
+    ratio: f64,
+    floor: f64,
+    /// Requests and retries per second of the window, oldest first.
+    seconds: Mutex<VecDeque<(Instant, u64, u64)>>,
+}
+
+impl Budget {
+    pub fn new(ratio: f64, min_per_second: u32) -> Budget {
+        Budget {
+            ratio,
+            floor: f64::from(min_per_second) * WINDOW.as_secs_f64(),
+            seconds: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn with_current<T>(&self, f: impl FnOnce(&mut (Instant, u64, u64), u64, u64) -> T) -> T {
+        let mut seconds = self.seconds.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        while seconds.front().is_some_and(|(at, ..)| now - *at >= WINDOW) {
+            seconds.pop_front();
+        }
+        if seconds
+            .back()
+            .is_none_or(|(at, ..)| now - *at >= Duration::from_secs(1))
+        {
+            seconds.push_back((now, 0, 0));
+        }
+        let (requests, retries) = seconds
+            .iter()
+            .fold((0, 0), |(q, r), (_, dq, dr)| (q + dq, r + dr));
+        f(seconds.back_mut().expect("pushed"), requests, retries)
+    }
+
+    fn deposit(&self) {
+        self.with_current(|current, _, _| current.1 += 1);
+    }
+
+    /// Takes one retry from the budget, if there is one left.
+    fn withdraw(&self) -> bool {
+        self.with_current(|current, requests, retries| {
+            let allowed = self.floor + self.ratio * requests as f64;
+            let ok = (retries as f64) < allowed;
+            if ok {
+                current.2 += 1;
+            }
+            ok
+        })
+    }
+}

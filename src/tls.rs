@@ -1,0 +1,104 @@
+//! TLS material: PEM certificates and keys read from files, and the client configuration for https
+//! upstreams. One crypto provider, `ring`, installed explicitly so that no other can be picked at run time.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use rustls::RootCertStore;
+use rustls::client::ClientConfig;
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::ConfigError;
+
+/// The crypto provider every TLS configuration of the gateway uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+/// Reads a PEM certificate chain; `key` names the config key in errors.
+pub fn load_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let bad = |why: String| ConfigError::Invalid(format!("{key} {}: {why}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot be read: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("is not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("holds no CERTIFICATE block".to_owned()));
+    }
+    Ok(certs)
+}
+
+/// Reads a PEM private key (PKCS#8, PKCS#1 or SEC1).
+pub fn load_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    let bad = |why: String| ConfigError::Invalid(format!("{key} {}: {why}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot be read: {e}")))?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| bad(format!("holds no usable private key: {e}")))
+}
+
+/// The system's trust roots, read once.
+fn system_roots() -> &'static RootCertStore {
+    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for error in &found.errors {
+            tracing::warn!("reading the system's trust roots: {error}");
+        }
+        let mut roots = RootCertStore::empty();
+        let (added, ignored) = roots.add_parsable_certificates(found.certs);
+        tracing::debug!(added, ignored, "system trust roots");
+        roots
+    })
+}
+
+/// What a route's https upstreams are trusted with and asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTls<'a> {
+    /// For error messages: `routes[2]`.
+    pub key: &'a str,
+    pub ca_file: Option<&'a Path>,
+    pub client_cert: Option<(&'a Path, &'a Path)>,
+    /// Offer only h2 in ALPN; otherwise h2 and HTTP/1.1, the upstream choosing.
+    pub http2_only: bool,
+}
+
+impl ClientTls<'_> {
+    /// The client configuration: the system roots plus `ca_file`, ALPN, and the client certificate.
+    pub fn config(&self) -> Result<Arc<ClientConfig>, ConfigError> {
+        let mut roots = system_roots().clone();
+        if let Some(path) = self.ca_file {
+            let key = format!("{}.ca_file", self.key);
+            for cert in load_certs(&key, path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| ConfigError::Invalid(format!("{key} {}: {e}", path.display())))?;
+            }
+        }
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ConfigError::Invalid(format!("{}: TLS: {e}", self.key)))?
+            .with_root_certificates(roots);
+        let mut config = match self.client_cert {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    load_certs(&format!("{}.client_cert", self.key), cert)?,
+                    load_key(&format!("{}.client_key", self.key), key)?,
+                )
+                .map_err(|e| {
+                    ConfigError::Invalid(format!("{}.client_cert and client_key: {e}", self.key))
+                })?,
+        };
+        config.alpn_protocols = if self.http2_only {
+            vec![b"h2".to_vec()]
+        } else {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        };
+        Ok(Arc::new(config))
+    }
+}
