@@ -5,6 +5,10 @@
 //! HTTP/2 preface) is closed after `limits.header_read_timeout`; one that has served requests and sits idle,
 //! after `limits.idle_timeout`. When all `limits.max_connections` are taken, the connection idle the longest
 //! is closed to make room, so silent sockets can never lock other clients out.
+//!
+//! A connection is idle when no request is in progress and no write is blocked: a reply whose body is done
+//! may still wait in the connection's write buffer for a slow client, and closing the connection then would
+//! cut the reply short.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -18,6 +22,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::io::WriteWatch;
 use crate::response::{BoxError, ReplyBody};
 
 /// Every open client connection.
@@ -36,6 +41,7 @@ impl Registry {
             active: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             idle_since: Mutex::new(Some(Instant::now())),
+            writing: AtomicBool::new(false),
             changed: Notify::new(),
             evict: Notify::new(),
         });
@@ -77,14 +83,21 @@ pub struct Conn {
     active: AtomicUsize,
     /// Requests begun so far.
     served: AtomicU64,
-    /// When the connection last had no request in progress; `None` while it has.
+    /// When the connection last went idle (opened, its last request ended, or its last blocked write went
+    /// out); `None` while it has a request in progress.
     idle_since: Mutex<Option<Instant>>,
+    /// A write is blocked: what was written has not all gone out to the client yet.
+    writing: AtomicBool,
     changed: Notify,
     evict: Notify,
 }
 
 impl Conn {
+    /// Since when the connection has been idle; `None` while a request is in progress or a write is blocked.
     fn idle_since(&self) -> Option<Instant> {
+        if self.writing.load(Ordering::Acquire) {
+            return None;
+        }
         *self.idle_since.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -96,6 +109,23 @@ impl Conn {
             self.changed.notify_one();
         }
         Active(self.clone())
+    }
+}
+
+impl WriteWatch for Conn {
+    fn blocked(&self, blocked: bool) {
+        if self.writing.swap(blocked, Ordering::AcqRel) && !blocked {
+            // All out: without a request in progress, the connection is idle from now.
+            if let Some(since) = self
+                .idle_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+            {
+                *since = Instant::now();
+            }
+            self.changed.notify_one();
+        }
     }
 }
 
@@ -151,7 +181,12 @@ impl Registered {
                     }
                 }
             };
-            if self.registry.pressure.load(Ordering::Relaxed) {
+            // Under pressure, a connection that goes idle after a request closes at once. One that has served
+            // none has not gone idle: it is new, its request head may be on its way, and closing it would only
+            // trade one new client for another.
+            if conn.served.load(Ordering::Relaxed) > 0
+                && self.registry.pressure.load(Ordering::Relaxed)
+            {
                 return;
             }
             let limit = if conn.served.load(Ordering::Relaxed) == 0 {

@@ -1,13 +1,22 @@
 //! Connection I/O with a write deadline: a client that stops reading its reply cannot pin a batch's memory
 //! and tasks forever. Reads are not timed here (hyper times the request head; the gateway times body reads).
+//!
+//! It also tells a [`WriteWatch`] when writes block and when they move again: a reply the service is done
+//! with may still sit in the connection's write buffer, and the connection is not idle until it is out.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
+
+/// Told when a connection's writes block (the client is not reading fast enough) and when they move again.
+pub trait WriteWatch: std::fmt::Debug + Send + Sync {
+    fn blocked(&self, blocked: bool);
+}
 
 /// Fails a write (or flush) that has made no progress for `timeout`.
 #[derive(Debug)]
@@ -16,6 +25,7 @@ pub struct WriteDeadline<S> {
     timeout: Duration,
     /// Armed while a write is blocked; disarmed by any progress.
     stalled: Option<Pin<Box<Sleep>>>,
+    watch: Option<Arc<dyn WriteWatch>>,
 }
 
 impl<S> WriteDeadline<S> {
@@ -24,7 +34,14 @@ impl<S> WriteDeadline<S> {
             inner,
             timeout,
             stalled: None,
+            watch: None,
         }
+    }
+
+    /// Reports to `watch` each time writes block and each time they move again.
+    pub fn watched(mut self, watch: Arc<dyn WriteWatch>) -> WriteDeadline<S> {
+        self.watch = Some(watch);
+        self
     }
 
     fn check<T>(
@@ -33,8 +50,17 @@ impl<S> WriteDeadline<S> {
         polled: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         if polled.is_ready() {
-            self.stalled = None;
+            if self.stalled.take().is_some()
+                && let Some(watch) = &self.watch
+            {
+                watch.blocked(false);
+            }
             return polled;
+        }
+        if self.stalled.is_none()
+            && let Some(watch) = &self.watch
+        {
+            watch.blocked(true);
         }
         let timeout = self.timeout;
         let sleep = self

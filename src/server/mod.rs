@@ -38,7 +38,10 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // hyper restarts this timer for every head, the ones after the first included: between requests it
+        // is an idle timer, and `limits.idle_timeout` must decide. The registry (`Idle`) times the first head
+        // and the idle time between requests; hyper's timer is only a backstop that must not cut in first.
+        .header_read_timeout(limits.header_read_timeout.max(limits.idle_timeout))
         .keep_alive(true);
     builder
         .http2()
@@ -48,20 +51,6 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
         .max_concurrent_streams(u32::try_from(limits.http2_max_streams).unwrap_or(u32::MAX));
     tokio::pin!(shutdown);
     loop {
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                // Full: close the connection idle the longest rather than leave new clients in the backlog
-                // behind sockets that send nothing.
-                registry.make_room();
-                let slot = tokio::select! {
-                    slot = slots.clone().acquire_owned() => slot.expect("never closed"),
-                    () = &mut shutdown => break,
-                };
-                registry.relieved();
-                slot
-            }
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -73,6 +62,23 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
                 }
             },
             () = &mut shutdown => break,
+        };
+        // A slot is sought once a client is there, not before: making room ahead of time would close the
+        // connection just accepted (idle only because its request head is still on its way) with no one
+        // waiting for its slot.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                // Full: close the connection idle the longest rather than leave the new client waiting
+                // behind sockets that send nothing.
+                registry.make_room();
+                let slot = tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+                    () = &mut shutdown => break,
+                };
+                registry.relieved();
+                slot
+            }
         };
         let _ = stream.set_nodelay(true);
         let registered = registry.open();
@@ -90,7 +96,9 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
                 }
             })
         };
-        let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
+        let io = TokioIo::new(
+            WriteDeadline::new(stream, limits.write_timeout).watched(registered.conn.clone()),
+        );
         let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
         tokio::spawn(async move {
             tokio::select! {

@@ -170,8 +170,13 @@ pub fn routes(pairs: &[(&str, SocketAddr)]) -> String {
 
 /// Starts the gateway with this TOML config (listen is ignored: it binds a free port).
 pub async fn gateway(toml: &str) -> TestGateway {
+    gateway_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), toml).await
+}
+
+/// Starts the gateway with this TOML config on a listener the test set up (socket options, say: accepted
+/// connections inherit the listener's buffer sizes).
+pub async fn gateway_on(listener: TcpListener, toml: &str) -> TestGateway {
     let config = Config::from_toml(toml).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let gateway = Arc::new(Gateway::new(config).unwrap());
