@@ -358,6 +358,10 @@ pub struct RouteConfig {
     /// Do not pass the batch's `Cookie` header on to this route's parts.
     #[serde(default)]
     pub strip_cookies: bool,
+    /// Let absolute-form `https://` targets reach this route although its upstreams speak plain http (TLS
+    /// ends at the gateway). Off, such parts are refused rather than sent in the clear.
+    #[serde(default)]
+    pub accept_https_targets: bool,
 }
 
 /// Where an upstream is: its scheme, and its authority with the port always given.
@@ -1236,8 +1240,23 @@ upstream = "http://127.0.0.1:9001"
                 );
             }
         }
+        let text = include_str!("../config.toml");
         for key in field_names(&format!("{defaults:?}")) {
-            assert!(table.contains_key(&key), "config.toml lacks {key}");
+            // Optional sections are documented as commented-out examples.
+            if matches!(key.as_str(), "tls" | "cors") {
+                assert!(
+                    text.contains(&format!("# [{key}]")),
+                    "config.toml lacks [{key}]"
+                );
+            } else {
+                assert!(table.contains_key(&key), "config.toml lacks {key}");
+            }
+        }
+        for key in field_names(&format!("{:?}", CorsConfig::default())) {
+            assert!(
+                text.contains(&format!("# {key} =")),
+                "config.toml lacks cors.{key}"
+            );
         }
     }
 
@@ -1278,9 +1297,55 @@ upstream = "http://127.0.0.1:9001"
     fn bad_values_name_their_key() {
         refused("[limits]\nconcurrency = 0", "limits.concurrency", &[]);
         refused(
-            "[[routes]]\nprefix = \"/a/\"\nupstream = \"https://x\"",
+            "[[routes]]\nprefix = \"/a/\"\nupstream = \"gopher://x\"",
             "routes[0].upstream",
             &["not supported"],
+        );
+        refused(
+            "[[routes]]\nprefix = \"/a/\"\nupstreams = [\"http://a\", \"https://b\"]",
+            "routes[0]",
+            &["mix http and https"],
+        );
+        refused(
+            "[[routes]]\nprefix = \"/a/\"\nupstream = \"http://a\"\nupstreams = [\"http://b\"]",
+            "routes[0]",
+            &["not both"],
+        );
+        refused("[[routes]]\nprefix = \"/a/\"", "routes[0]", &["upstreams"]);
+        refused(
+            "[[routes]]\nprefix = \"/a/\"\nupstream = \"http://a\"\nca_file = \"x.pem\"",
+            "routes[0]",
+            &["https upstreams only"],
+        );
+        refused(
+            "[[routes]]\nprefix = \"/a/\"\nupstream = \"http://a\"\nretries = 11",
+            "routes[0].retries",
+            &[],
+        );
+        refused(
+            "[[routes]]\nprefix = \"/a/\"\nupstream = \"http://a\"\nrewrite = \"api\"",
+            "routes[0].rewrite",
+            &[],
+        );
+        refused(
+            "[cors]\nallow_origins = [\"*\"]\nallow_credentials = true",
+            "cors.allow_origins",
+            &["credentials"],
+        );
+        refused(
+            "[cors]\nallow_origins = [\"https://a.example/app\"]",
+            "cors.allow_origins[0]",
+            &[],
+        );
+        refused(
+            "[upstream]\nretry_budget = 1.5",
+            "upstream.retry_budget",
+            &[],
+        );
+        refused(
+            "[upstream]\neject_for = \"10s\"\neject_max = \"1s\"",
+            "upstream.eject_max",
+            &[],
         );
         refused("[limits]\nmax_partz = 3", "max_partz", &[]);
         refused(
@@ -1607,9 +1672,9 @@ upstream = "http://127.0.0.1:9001"
     }
 
     #[test]
-    fn route_upstreams_are_plain_http_origins() {
+    fn route_upstreams_are_http_or_https_origins() {
         for (upstream, why) in [
-            ("https://h", "not supported"),
+            ("ftp://h", "not supported"),
             ("h:80", "scheme"),
             ("http://user:pw@h:80", "userinfo"),
             ("http://user@h", "userinfo"),
@@ -1634,6 +1699,7 @@ upstream = "http://127.0.0.1:9001"
             "http://h/",
             "http://127.0.0.1:9001",
             "http://[::1]:80",
+            "https://h",
         ] {
             let text = format!("[[routes]]\nprefix = \"/a/\"\nupstream = {upstream:?}");
             Config::from_toml(&text).unwrap();

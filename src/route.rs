@@ -23,7 +23,8 @@ pub struct Route {
     pub prefix: String,
     /// The upstreams parts routed here go to (the stack picks one per part).
     pub origins: Vec<Origin>,
-    /// Whether they speak https: then an absolute-form `https://` target may come here.
+    /// Whether an absolute-form `https://` target may come here: its upstreams speak https, or the route
+    /// accepts such targets over plain http.
     pub tls: bool,
     /// Absolute-form authorities that map here (the upstreams' own included).
     hosts: Vec<Authority>,
@@ -203,7 +204,7 @@ impl Route {
         Route {
             id,
             prefix: r.prefix.clone(),
-            tls: origins[0].is_tls(),
+            tls: origins[0].is_tls() || r.accept_https_targets,
             origins,
             hosts,
         }
@@ -542,9 +543,14 @@ upstream = "http://127.0.0.1:9003"
     #[test]
     fn absolute_form_only_through_routes() {
         assert_eq!(
-            to("https://mail.example.com/mail/v1/m").unwrap(),
+            to("http://mail.example.com/mail/v1/m").unwrap(),
             "http://127.0.0.1:9001/mail/v1/m"
         );
+        // An https target is never sent in the clear.
+        assert!(matches!(
+            to("https://mail.example.com/mail/v1/m"),
+            Err(RouteError::PlainForHttps { .. })
+        ));
         assert_eq!(
             to("http://127.0.0.1:9003/files/a").unwrap(),
             "http://127.0.0.1:9003/files/a"
@@ -705,7 +711,7 @@ upstream = "http://127.0.0.1:9006"
             "http://127.0.0.1:9001/mail/x"
         );
         assert_eq!(
-            to("https://mail.example.com/mail/x#f").unwrap(),
+            to("http://mail.example.com/mail/x#f").unwrap(),
             "http://127.0.0.1:9001/mail/x"
         );
         let d = router().route("/mail/x?q#f", None).unwrap();

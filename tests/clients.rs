@@ -371,11 +371,13 @@ async fn mail_gateway(mail: SocketAddr) -> TestGateway {
     gateway(&routes(&[("/mail/", mail)])).await
 }
 
-/// A gateway where google-cloud-storage's batches land, its absolute-form host mapped to `storage`.
+/// A gateway where google-cloud-storage's batches land, its absolute-form host mapped to `storage`. The
+/// client writes `https://` targets; this plain-http upstream accepts them only because the route says so.
 async fn storage_gateway(storage: SocketAddr) -> TestGateway {
     gateway(&format!(
         "batch_path = \"/batch/storage/v1\"\n[[routes]]\nprefix = \"/storage/v1/\"\n\
-         upstream = \"http://{storage}\"\nhosts = [\"storage.googleapis.com\"]\n"
+         upstream = \"http://{storage}\"\nhosts = [\"storage.googleapis.com\"]\n\
+         accept_https_targets = true\n"
     ))
     .await
 }

@@ -365,11 +365,14 @@ mod tests {
     use crate::stack::{BatchScope, ResponseBudget, UpstreamResponse};
     use crate::wire::Framing;
 
+    /// A call held until released: its path, and the sender that releases it.
+    type Waiting = (String, oneshot::Sender<()>);
+
     /// An upstream stand-in: each call waits until the test releases its path, and counts itself in flight
     /// meanwhile.
     #[derive(Clone, Default)]
     struct Held {
-        waiting: Arc<Mutex<Vec<(String, oneshot::Sender<()>)>>>,
+        waiting: Arc<Mutex<Vec<Waiting>>>,
         started: Arc<Mutex<Vec<String>>>,
         in_flight: Arc<AtomicUsize>,
     }
