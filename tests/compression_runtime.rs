@@ -40,7 +40,7 @@ fn text_body() -> Bytes {
         state ^= state >> 7;
         state ^= state << 17;
         out.push_str(words[(state % words.len() as u64) as usize]);
-        out.push(if state % 7 == 0 { '\n' } else { ' ' });
+        out.push(if state.is_multiple_of(7) { '\n' } else { ' ' });
     }
     Bytes::from(out)
 }
