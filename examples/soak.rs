@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release --example soak                       # 20 s, 16 connections
 //! cargo run --release --example soak -- --secs 60 --conns 32 --seed 7
+//! cargo run --release --example soak -- --slow-readers 4 --silent 16 --drips 4   # the defaults
 //! ```
 //!
 //! Everything runs in this process, on loopback:
@@ -19,6 +20,20 @@
 //! URL naming an unknown host, `Transfer-Encoding` smuggling, a bad method token, a header over the limit,
 //! a path no route serves); about one batch in forty is hostile as a whole (bad boundary, truncated body,
 //! one part too many).
+//!
+//! Alongside them, for the whole run, three kinds of hostile clients on raw sockets:
+//! - `--slow-readers`: each pipelines a few batches of large answers (more than the socket buffers hold),
+//!   then stops reading; the gateway must cut the connection mid-reply after `write_timeout`;
+//! - `--silent`: each connects and sends nothing, or half a request head; the gateway must close it after
+//!   `header_read_timeout`, or sooner to make room: `max_connections` leaves room for every other client but
+//!   only half of these, so the gateway is full and evicts idle connections all the time (`--max-connections`
+//!   overrides it, e.g. to run without eviction);
+//! - `--drips`: each sends a batch body a few bytes at a time, slower in total than `upload_timeout` (but
+//!   each pause shorter than `body_read_timeout`); the gateway must answer 408 with a JSON error.
+//!
+//! Besides the batch figures, the report gives what each hostile kind saw, the resident set sampled every
+//! 500 ms (first 5 s against last 5 s), and the gateway's in-flight gauges once every client has stopped,
+//! which must fall back to 0 within 10 s.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -53,6 +68,19 @@ struct Args {
     /// Seed for the batch mix (printed, so a run can be repeated); random if not given.
     #[arg(long)]
     seed: Option<u64>,
+    /// Clients that pipeline batches of large answers and then stop reading them.
+    #[arg(long, default_value_t = 4)]
+    slow_readers: usize,
+    /// Sockets that send nothing (or half a request head) and wait to be closed.
+    #[arg(long, default_value_t = 16)]
+    silent: usize,
+    /// Clients that upload a batch body a few bytes at a time, slower than `upload_timeout`.
+    #[arg(long, default_value_t = 4)]
+    drips: usize,
+    /// The gateway's `max_connections`. By default room for every client but half the silent sockets, so
+    /// that the gateway is full, and evicts, all run long.
+    #[arg(long)]
+    max_connections: Option<usize>,
 }
 
 /// The gateway's limits in this run. Small on purpose: each of them is hit many times.
@@ -64,6 +92,16 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// A slow part whose upstream waits this long must be answered 504. Twice `part_timeout`, because a starved
 /// runtime may see the response and the expired timer in the same poll, and then the response wins.
 const SURELY_LATE: Duration = Duration::from_millis(600);
+/// A connection that has not sent a whole request head within this is closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(1);
+/// A reply write that makes no progress for this long cuts the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A batch body must be in within this of its arrival, or the batch gets 408.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest pause allowed inside a body: several drips long, so that drips hit `upload_timeout` and not this.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// The gauges must be back to 0 this soon after the last client stops.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -75,6 +113,11 @@ async fn main() -> std::process::ExitCode {
     let good = start_http_upstream(seen.clone(), false).await;
     let slow = start_http_upstream(seen.clone(), true).await;
     let faulty = start_faulty_upstream(seen.clone()).await;
+    // Room for every client but half the silent sockets: the gateway is full, and evicts, all run long.
+    let max_connections = args
+        .max_connections
+        .unwrap_or(args.conns + args.slow_readers + args.drips + args.silent / 2)
+        .max(1);
     let config = Config::from_toml(&format!(
         r#"
 [limits]
@@ -84,15 +127,19 @@ window = 16
 max_inflight = 512
 max_inflight_per_upstream = 256
 max_batches = {max_batches}
+max_connections = {max_connections}
 part_timeout = "{part_timeout}ms"
 batch_timeout = "5s"
+upload_timeout = "{upload_timeout}ms"
 max_batch_bytes = "1MiB"
 max_part_bytes = "64KiB"
 max_part_headers = 32
 max_part_header_bytes = {MAX_PART_HEADER_BYTES}
 max_response_bytes = "64KiB"
 max_batch_response_bytes = "1MiB"
-body_read_timeout = "2s"
+header_read_timeout = "{header_read_timeout}ms"
+body_read_timeout = "{body_read_timeout}ms"
+write_timeout = "{write_timeout}ms"
 shutdown_grace = "2s"
 
 # Good parts must never time out, however loaded the machine: their route waits longer.
@@ -109,31 +156,39 @@ upstream = "http://{slow}"
 prefix = "/faulty/"
 upstream = "http://{faulty}"
 "#,
-        // Every client connection can have a batch in flight; none may be refused as overload.
-        max_batches = args.conns + 8,
+        // Every client connection, hostile or not, can have a batch in flight; none may be refused as
+        // overload.
+        max_batches = args.conns + args.slow_readers + args.drips + 8,
         part_timeout = PART_TIMEOUT.as_millis(),
+        upload_timeout = UPLOAD_TIMEOUT.as_millis(),
+        header_read_timeout = HEADER_READ_TIMEOUT.as_millis(),
+        body_read_timeout = BODY_READ_TIMEOUT.as_millis(),
+        write_timeout = WRITE_TIMEOUT.as_millis(),
     ))
     .expect("the soak's own config is valid");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let gateway_addr = listener.local_addr().expect("bound");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let gateway = tokio::spawn(server::run(
-        listener,
-        Arc::new(Gateway::new(config).expect("a valid soak config")),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let shared = Arc::new(Gateway::new(config).expect("the soak's own config builds"));
+    let gateway = tokio::spawn(server::run(listener, shared.clone(), async move {
+        let _ = stopped.await;
+    }));
     println!(
-        "soak: {}s, {} connections, seed {seed}; gateway http://{gateway_addr}/batch",
-        args.secs, args.conns
+        "soak: {}s, {} connections, {} slow readers, {} silent sockets, {} drip uploads, seed {seed}; \
+gateway http://{gateway_addr}/batch",
+        args.secs, args.conns, args.slow_readers, args.silent, args.drips
     );
     println!(
         "limits: max_parts {MAX_PARTS}, concurrency 8, window 16, part_timeout {PART_TIMEOUT:?}, \
-batch_timeout 5s, max_part_header_bytes {MAX_PART_HEADER_BYTES}, max_part_bytes 64KiB"
+batch_timeout 5s, max_part_header_bytes {MAX_PART_HEADER_BYTES}, max_part_bytes 64KiB, \
+max_connections {max_connections}, header_read_timeout {HEADER_READ_TIMEOUT:?}, write_timeout {WRITE_TIMEOUT:?}, \
+upload_timeout {UPLOAD_TIMEOUT:?}, body_read_timeout {BODY_READ_TIMEOUT:?}"
     );
 
-    // 2. Drive batches from every connection until the deadline; each client returns what it saw.
+    // 2. Drive batches from every connection until the deadline, with the hostile clients alongside; each
+    //    client returns what it saw. The resident set is sampled meanwhile, on a thread of its own so that a
+    //    busy runtime cannot skew it.
+    let rss = RssSampler::start(Duration::from_millis(500));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.secs);
     let clients: Vec<_> = (0..args.conns)
@@ -142,20 +197,57 @@ batch_timeout 5s, max_part_header_bytes {MAX_PART_HEADER_BYTES}, max_part_bytes 
             tokio::spawn(client(i, gateway_addr, deadline, rng))
         })
         .collect();
+    // Seeded apart from the batch clients, so that adding hostile clients does not change the batch mix.
+    let hostile_seed = seed ^ 0x5eed_0f40_5711_1e55;
+    let mut hostile: Vec<tokio::task::JoinHandle<Hostile>> = Vec::new();
+    for i in 0..args.slow_readers {
+        let rng = StdRng::seed_from_u64(hostile_seed.wrapping_add(i as u64));
+        hostile.push(tokio::spawn(slow_reader(i, gateway_addr, deadline, rng)));
+    }
+    for i in 0..args.silent {
+        hostile.push(tokio::spawn(silent_socket(i, gateway_addr, deadline)));
+    }
+    for i in 0..args.drips {
+        let rng = StdRng::seed_from_u64(hostile_seed.wrapping_add(1000 + i as u64));
+        hostile.push(tokio::spawn(drip_upload(i, gateway_addr, deadline, rng)));
+    }
     let mut stats = Stats::default();
     for client in clients {
         stats.merge(client.await.expect("client task"));
     }
     let elapsed = started.elapsed();
+    let mut seen_hostile = Hostile::default();
+    for client in hostile {
+        seen_hostile.merge(client.await.expect("hostile client task"));
+    }
+    let all_stopped = Instant::now();
+    let rss = rss.stop();
 
-    // 3. Stop the gateway gracefully and time it: with every client gone it should not need its grace period.
+    // 3. With every client gone, nothing may stay in flight: wait (bounded) for both gauges to reach 0.
+    let settled = loop {
+        let (subs, batches) = (shared.sub_requests_in_flight(), shared.batches_in_flight());
+        if (subs, batches) == (0, 0) || all_stopped.elapsed() >= SETTLE_TIMEOUT {
+            break Settled {
+                sub_requests: subs,
+                batches,
+                after: all_stopped.elapsed(),
+                hostile_tail: all_stopped.duration_since(started).saturating_sub(elapsed),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    // 4. Stop the gateway gracefully and time it: with every client gone it should not need its grace period.
     let _ = stop.send(());
     let stopping = Instant::now();
     let _ = gateway.await;
     let shutdown = stopping.elapsed();
 
-    // 4. Report and judge.
-    let failed = report(&stats, &seen, elapsed, shutdown);
+    // 5. Report and judge.
+    let mut failed = report(&stats, &seen, elapsed, shutdown);
+    failed |= report_hostile(&seen_hostile, &seen);
+    failed |= report_memory(&rss);
+    failed |= report_settled(&settled);
     if failed {
         println!("RESULT: FAIL");
         std::process::ExitCode::FAILURE
@@ -615,7 +707,8 @@ async fn client(id: usize, gateway: SocketAddr, deadline: Instant, mut rng: StdR
         let planned = plan(&mut rng, &format!("c{id}b{n}"));
 
         // (Re)connect when the last connection is gone: after a refused batch the gateway may close it.
-        if sender.as_ref().is_none_or(|s| s.is_closed()) {
+        let fresh = sender.as_ref().is_none_or(|s| s.is_closed());
+        if fresh {
             match connect(gateway).await {
                 Ok(s) => sender = Some(s),
                 Err(e) => {
@@ -635,7 +728,12 @@ async fn client(id: usize, gateway: SocketAddr, deadline: Instant, mut rng: StdR
         let (status, content_type, body) = match reply {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) => {
-                stats.failure(format!("transport: {e}"));
+                let on = if fresh {
+                    "first batch on a new connection"
+                } else {
+                    "batch on a reused connection"
+                };
+                stats.failure(format!("transport ({on}): {e}"));
                 stats.parts_lost += planned.parts.len() as u64;
                 sender = None;
                 continue;
@@ -690,11 +788,11 @@ async fn send(
         .header(CONTENT_TYPE, &planned.content_type)
         .body(Full::new(planned.body.clone()))
         .map_err(|e| e.to_string())?;
-    conn.ready().await.map_err(|e| e.to_string())?;
+    conn.ready().await.map_err(|e| error_chain(&e))?;
     let response = conn
         .send_request(request)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| error_chain(&e))?;
     let status = response.status();
     let content_type = response
         .headers()
@@ -706,9 +804,20 @@ async fn send(
         .into_body()
         .collect()
         .await
-        .map_err(|e| format!("reading the reply: {e}"))?
+        .map_err(|e| format!("reading the reply: {}", error_chain(&e)))?
         .to_bytes();
     Ok((status, content_type, body))
+}
+
+/// An error and its sources, `outer: inner: ...` (hyper's own messages say little without them).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(&format!(": {inner}"));
+        source = inner.source();
+    }
+    text
 }
 
 /// A batch refused whole: the expected status, and a JSON error whose code is that status.
@@ -884,6 +993,511 @@ fn json_error(status: StatusCode, body: &[u8]) -> Result<String, String> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// The hostile clients, on raw sockets.
+
+/// Batches a slow reader pipelines before it stops reading. Together far more than the socket buffers hold:
+/// on loopback the gateway's send buffer grows to about 3 MiB even with a tiny receive buffer at the client,
+/// and hyper buffers some more.
+const SLOW_BATCHES: usize = 6;
+/// Parts in each of them, each answered with `BIG_ANSWER` padding bytes: about 1 MiB a batch, within
+/// `max_batch_response_bytes`, each answer within `max_response_bytes`.
+const SLOW_PARTS: usize = 16;
+const BIG_ANSWER: usize = 60 * 1024;
+/// How long a slow reader reads nothing: long enough for a stalled write to time out, with room to spare.
+const SLOW_HOLD: Duration = Duration::from_millis(2 * WRITE_TIMEOUT.as_millis() as u64 + 1000);
+/// Every third round is a control, holding only a quarter of `write_timeout`: its replies should all arrive,
+/// which shows that the other rounds are cut by the write deadline and not by something sooner. (The
+/// deadline counts from the write's stall, a little before the hold begins; once reading resumes, the
+/// gateway's send buffer must drain by half before its write can go on.)
+const CONTROL_HOLD: Duration = Duration::from_millis(WRITE_TIMEOUT.as_millis() as u64 / 4);
+/// A silent socket closed this soon after connecting was closed on arrival, not as the one idle longest.
+const AT_ONCE: Duration = Duration::from_millis(50);
+/// A silent socket still open this long after connecting was never closed.
+const SILENT_BOUND: Duration = Duration::from_secs(10);
+/// A drip upload sends its next piece this often: well within `body_read_timeout`.
+const DRIP_EVERY: Duration = Duration::from_millis(200);
+/// Parts in a drip upload: at the pace above it would take far longer than `upload_timeout` to send.
+const DRIP_PARTS: usize = 12;
+/// A drip upload with no answer this long after its head was sent got none.
+const DRIP_BOUND: Duration = Duration::from_secs(10);
+/// Pause before a hostile client opens its next connection, so that closures do not become a busy loop.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+/// What the hostile clients saw; merged across clients for the report.
+#[derive(Debug, Default)]
+struct Hostile {
+    slow_rounds: u64,
+    /// The reply broke off mid-body: the gateway cut the stalled write.
+    slow_cut: u64,
+    /// The connection ended between two replies (closed while idle, to make room).
+    slow_between: u64,
+    /// Every reply arrived whole: the buffers held it all and no write ever stalled.
+    slow_whole: u64,
+    /// Control rounds (a hold shorter than `write_timeout`): every reply whole, or not.
+    slow_control_whole: u64,
+    slow_control_cut: u64,
+    /// Whole replies read after the hold, all checked, and the bytes read then.
+    slow_replies: u64,
+    slow_bytes: u64,
+    silent_rounds: u64,
+    /// Closed once `header_read_timeout` was over.
+    silent_timed_out: u64,
+    /// Closed sooner, to make room for another connection.
+    silent_evicted: u64,
+    /// Of those, closed within `AT_ONCE` of connecting.
+    silent_at_once: u64,
+    /// What the gateway wrote to silent sockets before closing them, by its first line.
+    silent_answers: BTreeMap<String, u64>,
+    drip_rounds: u64,
+    /// Answered 408 with a JSON error naming `upload_timeout`.
+    drip_refused: u64,
+    /// From the head sent to the 408, in milliseconds.
+    drip_waits: Vec<u32>,
+    /// Outcomes that must not happen, by what happened.
+    anomalies: BTreeMap<String, u64>,
+}
+
+impl Hostile {
+    fn merge(&mut self, other: Hostile) {
+        self.slow_rounds += other.slow_rounds;
+        self.slow_cut += other.slow_cut;
+        self.slow_between += other.slow_between;
+        self.slow_whole += other.slow_whole;
+        self.slow_control_whole += other.slow_control_whole;
+        self.slow_control_cut += other.slow_control_cut;
+        self.slow_replies += other.slow_replies;
+        self.slow_bytes += other.slow_bytes;
+        self.silent_rounds += other.silent_rounds;
+        self.silent_timed_out += other.silent_timed_out;
+        self.silent_evicted += other.silent_evicted;
+        self.silent_at_once += other.silent_at_once;
+        for (line, n) in other.silent_answers {
+            *self.silent_answers.entry(line).or_default() += n;
+        }
+        self.drip_rounds += other.drip_rounds;
+        self.drip_refused += other.drip_refused;
+        self.drip_waits.extend(other.drip_waits);
+        for (what, n) in other.anomalies {
+            *self.anomalies.entry(what).or_default() += n;
+        }
+    }
+
+    fn anomaly(&mut self, what: String) {
+        *self.anomalies.entry(what).or_default() += 1;
+    }
+}
+
+/// Connects a raw socket, with a small receive buffer if asked (so that less of a reply fits in it).
+async fn raw_connect(gateway: SocketAddr, recv_buffer: Option<u32>) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
+    let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(gateway))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Reads until the peer closes (`Ok`) or resets (`Err`) the connection.
+async fn read_until_closed(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    loop {
+        buf.reserve(64 * 1024);
+        if stream.read_buf(buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// The request head of a batch sent on a raw socket.
+fn batch_head(gateway: SocketAddr, content_type: &str, body_len: usize) -> String {
+    format!(
+        "POST /batch HTTP/1.1\r\nHost: {gateway}\r\nContent-Type: {content_type}\r\nContent-Length: {body_len}\r\n\r\n"
+    )
+}
+
+/// Pipelines batches of large answers, stops reading for longer than `write_timeout`, then reads what is
+/// there: the gateway must have cut the connection in the middle of a reply. Whole replies are checked.
+/// Control rounds stop reading for less than `write_timeout`, and should get every reply.
+async fn slow_reader(
+    id: usize,
+    gateway: SocketAddr,
+    deadline: Instant,
+    mut rng: StdRng,
+) -> Hostile {
+    let mut seen = Hostile::default();
+    let mut round = 0u64;
+    while Instant::now() < deadline {
+        round += 1;
+        let control = round.is_multiple_of(3);
+        if !control {
+            seen.slow_rounds += 1;
+        }
+        let mut requests = Vec::new();
+        for b in 0..SLOW_BATCHES {
+            let tag = format!("s{id}r{round}b{b}");
+            let mut w = Writer::new(&mut rng, &tag);
+            for i in 0..SLOW_PARTS {
+                w.part(
+                    &Cid::Bracketed(format!("{tag}.{i}")),
+                    &format!("GET /good/big/{BIG_ANSWER}/{tag}/{i} HTTP/1.1\n"),
+                );
+            }
+            w.close();
+            requests
+                .extend_from_slice(batch_head(gateway, &w.content_type(), w.body.len()).as_bytes());
+            requests.extend_from_slice(w.body.as_bytes());
+        }
+        let mut stream = match raw_connect(gateway, Some(4096)).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                seen.anomaly(format!("slow reader: connect: {e}"));
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+                continue;
+            }
+        };
+        if let Err(e) = stream.write_all(&requests).await {
+            seen.anomaly(format!("slow reader: sending the batches: {e}"));
+            continue;
+        }
+        tokio::time::sleep(if control { CONTROL_HOLD } else { SLOW_HOLD }).await;
+
+        // Read until the connection ends, checking whole replies as they come (and letting them go, so that
+        // the soak's own buffers do not blur the gateway's memory use).
+        let mut buf = Vec::new();
+        let mut whole = 0usize;
+        let read = tokio::time::timeout(REPLY_TIMEOUT, async {
+            loop {
+                buf.reserve(64 * 1024);
+                match stream.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.slow_bytes += n as u64,
+                }
+                let (replies, used, _) = parse_responses(&buf);
+                for reply in &replies {
+                    whole += 1;
+                    if let Err(why) = check_big_reply(reply) {
+                        seen.anomaly(format!("slow reader: a whole reply is wrong: {why}"));
+                    }
+                }
+                buf.drain(..used);
+            }
+        })
+        .await;
+        seen.slow_replies += whole as u64;
+        if read.is_err() {
+            seen.anomaly(format!(
+                "slow reader: connection still open {REPLY_TIMEOUT:?} after reading resumed"
+            ));
+            continue;
+        }
+        if let Some(status) = parse_responses(&buf).2.filter(|&status| status != 200) {
+            seen.anomaly(format!("slow reader: a reply began with status {status}"));
+        }
+        if control {
+            if whole == SLOW_BATCHES {
+                seen.slow_control_whole += 1;
+            } else {
+                seen.slow_control_cut += 1;
+            }
+        } else if whole == SLOW_BATCHES {
+            seen.slow_whole += 1;
+        } else if !buf.is_empty() {
+            seen.slow_cut += 1;
+        } else {
+            seen.slow_between += 1;
+        }
+        tokio::time::sleep(RECONNECT_PAUSE).await;
+    }
+    seen
+}
+
+/// A whole reply to a slow reader's batch: 200, every part 200 with its large answer.
+fn check_big_reply(reply: &RawResponse) -> Result<(), String> {
+    if reply.status != 200 {
+        return Err(format!(
+            "status {}: {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body[..reply.body.len().min(300)])
+        ));
+    }
+    let parts = split_reply(&reply.content_type, &reply.body).map_err(|(_, why)| why)?;
+    if parts.len() != SLOW_PARTS {
+        return Err(format!("{} parts, expected {SLOW_PARTS}", parts.len()));
+    }
+    for (index, raw) in parts.iter().enumerate() {
+        let part = ReplyPart::parse(raw, index).map_err(|e| e.to_string())?;
+        if part.status != StatusCode::OK || part.body.len() < BIG_ANSWER {
+            return Err(format!(
+                "part {index}: status {}, {} body bytes",
+                part.status,
+                part.body.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Connects and sends nothing, or half a request head, then waits for the gateway to close the connection:
+/// after `header_read_timeout`, or sooner to make room for another client.
+async fn silent_socket(id: usize, gateway: SocketAddr, deadline: Instant) -> Hostile {
+    let mut seen = Hostile::default();
+    let mut round = 0usize;
+    while Instant::now() < deadline {
+        round += 1;
+        seen.silent_rounds += 1;
+        let mut stream = match raw_connect(gateway, None).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                seen.anomaly(format!("silent socket: connect: {e}"));
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+                continue;
+            }
+        };
+        let opened = Instant::now();
+        if (id + round) % 2 == 1 {
+            let half =
+                format!("POST /batch HTTP/1.1\r\nHost: {gateway}\r\nContent-Type: multipart/mi");
+            if let Err(e) = stream.write_all(half.as_bytes()).await {
+                seen.anomaly(format!("silent socket: sending half a head: {e}"));
+                continue;
+            }
+        }
+        let mut buf = Vec::new();
+        let read =
+            tokio::time::timeout(SILENT_BOUND, read_until_closed(&mut stream, &mut buf)).await;
+        if read.is_err() {
+            seen.anomaly(format!("silent socket: still open after {SILENT_BOUND:?}"));
+            continue;
+        }
+        // Measured from the client's side, so never shorter than the gateway's own count.
+        let lived = opened.elapsed();
+        if lived >= HEADER_READ_TIMEOUT {
+            seen.silent_timed_out += 1;
+        } else {
+            seen.silent_evicted += 1;
+            if lived < AT_ONCE {
+                seen.silent_at_once += 1;
+            }
+        }
+        if !buf.is_empty() {
+            let text = String::from_utf8_lossy(&buf);
+            let first = text.lines().next().unwrap_or("").to_owned();
+            *seen.silent_answers.entry(first).or_default() += 1;
+        }
+        tokio::time::sleep(RECONNECT_PAUSE).await;
+    }
+    seen
+}
+
+/// Sends a batch's head at once and its body a few bytes at a time, each pause short of
+/// `body_read_timeout` but the whole far longer than `upload_timeout`: the gateway must answer 408. Half
+/// the parts are safe (GET) and may run before the refusal; the other half (POST) must not run at all.
+async fn drip_upload(
+    id: usize,
+    gateway: SocketAddr,
+    deadline: Instant,
+    mut rng: StdRng,
+) -> Hostile {
+    let mut seen = Hostile::default();
+    let mut round = 0u64;
+    while Instant::now() < deadline {
+        round += 1;
+        seen.drip_rounds += 1;
+        let tag = format!("d{id}r{round}");
+        let mut w = Writer::new(&mut rng, &tag);
+        for i in 0..DRIP_PARTS {
+            let request = if i % 2 == 0 {
+                format!("GET /good/drip/get/{tag}/{i} HTTP/1.1\n")
+            } else {
+                let body = format!("{{\"drip\":{i}}}");
+                format!(
+                    "POST /good/drip/post/{tag}/{i} HTTP/1.1\nContent-Type: application/json\nContent-Length: {}\n\n{body}",
+                    body.len()
+                )
+            };
+            w.part(&Cid::Bracketed(format!("{tag}.{i}")), &request);
+        }
+        w.close();
+        let head = batch_head(gateway, &w.content_type(), w.body.len());
+        let body = w.body.into_bytes();
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        while at < body.len() {
+            let n = rng.random_range(16..=48).min(body.len() - at);
+            pieces.push(&body[at..at + n]);
+            at += n;
+        }
+
+        let stream = match raw_connect(gateway, None).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                seen.anomaly(format!("drip upload: connect: {e}"));
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+                continue;
+            }
+        };
+        let (mut reader, mut writer) = stream.into_split();
+        if let Err(e) = writer.write_all(head.as_bytes()).await {
+            seen.anomaly(format!("drip upload: sending the head: {e}"));
+            continue;
+        }
+        let sent = Instant::now();
+        let drip = async {
+            for piece in &pieces {
+                tokio::time::sleep(DRIP_EVERY).await;
+                if writer.write_all(piece).await.is_err() {
+                    break;
+                }
+            }
+            // Everything sent, or the gateway stopped reading: only the answer is left to wait for.
+            std::future::pending::<()>().await;
+        };
+        let answer = async {
+            let mut buf = Vec::new();
+            loop {
+                buf.reserve(4096);
+                match reader.read_buf(&mut buf).await {
+                    Ok(0) => return Err("closed without an answer".to_owned()),
+                    Ok(_) => {
+                        if let Some(reply) = parse_responses(&buf).0.into_iter().next() {
+                            return Ok(reply);
+                        }
+                    }
+                    Err(e) => return Err(format!("reset without an answer: {e}")),
+                }
+            }
+        };
+        let outcome = tokio::time::timeout(DRIP_BOUND, async {
+            tokio::select! {
+                () = drip => unreachable!("the drip never ends"),
+                answer = answer => answer,
+            }
+        })
+        .await;
+        let waited = sent.elapsed();
+        match outcome {
+            Err(_) => seen.anomaly(format!("drip upload: no answer within {DRIP_BOUND:?}")),
+            Ok(Err(why)) => seen.anomaly(format!(
+                "drip upload: {why}, {:.1} s after the head",
+                waited.as_secs_f64()
+            )),
+            Ok(Ok(reply)) => {
+                let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::IM_A_TEAPOT);
+                match json_error(status, &reply.body) {
+                    Ok(message)
+                        if status == StatusCode::REQUEST_TIMEOUT
+                            && message.contains("upload_timeout") =>
+                    {
+                        seen.drip_refused += 1;
+                        seen.drip_waits
+                            .push(u32::try_from(waited.as_millis()).unwrap_or(u32::MAX));
+                    }
+                    Ok(message) => {
+                        seen.anomaly(format!("drip upload: answered {status}: {message}"))
+                    }
+                    Err(why) => seen.anomaly(format!("drip upload: answered {status}: {why}")),
+                }
+            }
+        }
+        tokio::time::sleep(RECONNECT_PAUSE).await;
+    }
+    seen
+}
+
+/// A response read off a raw socket.
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+/// The whole responses at the start of `buf`, the bytes they take, and the status of a response begun after
+/// them whose head is in.
+fn parse_responses(buf: &[u8]) -> (Vec<RawResponse>, usize, Option<u16>) {
+    let mut responses = Vec::new();
+    let mut at = 0;
+    while at < buf.len() {
+        let mut slots = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut slots);
+        let Ok(httparse::Status::Complete(head_len)) = response.parse(&buf[at..]) else {
+            break;
+        };
+        let status = response.code.unwrap_or(0);
+        let header = |name: &str| {
+            response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
+        };
+        let content_type = header("content-type").unwrap_or_default();
+        let rest = &buf[at + head_len..];
+        let body =
+            if header("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
+                dechunk(rest)
+            } else {
+                let len = header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                (rest.len() >= len).then(|| (rest[..len].to_vec(), len))
+            };
+        let Some((body, body_len)) = body else {
+            return (responses, at, Some(status));
+        };
+        responses.push(RawResponse {
+            status,
+            content_type,
+            body,
+        });
+        at += head_len + body_len;
+    }
+    (responses, at, None)
+}
+
+/// A whole chunked body at the start of `buf`, decoded, and the bytes it takes; `None` if it is not all in.
+/// Called on every read while a reply comes in, so it copies nothing until the body is whole.
+fn dechunk(buf: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let line_end = |from: usize| {
+        buf[from..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|i| from + i)
+    };
+    let mut chunks = Vec::new();
+    let mut at = 0;
+    loop {
+        let end = line_end(at)?;
+        let size = std::str::from_utf8(&buf[at..end]).ok()?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        at = end + 2;
+        if size == 0 {
+            // Trailers, if any, up to an empty line.
+            loop {
+                let end = line_end(at)?;
+                let empty = end == at;
+                at = end + 2;
+                if empty {
+                    let body = chunks
+                        .iter()
+                        .flat_map(|&(from, len)| &buf[from..from + len])
+                        .copied()
+                        .collect();
+                    return Some((body, at));
+                }
+            }
+        }
+        if buf.len() < at + size + 2 {
+            return None;
+        }
+        chunks.push((at, size));
+        at += size + 2;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // The upstreams.
 
 /// Requests the upstreams received, counted by what they were.
@@ -896,6 +1510,12 @@ struct Seen {
     faulty: AtomicU64,
     /// Requests from hostile parts: there must be none.
     hostile: AtomicU64,
+    /// Large answers asked for by the slow readers.
+    big: AtomicU64,
+    /// Safe (GET) parts of drip uploads, which may run before the body is in and the batch refused.
+    drip_safe: AtomicU64,
+    /// Unsafe (POST) parts of drip uploads: they wait for the whole body, so there must be none.
+    drip_unsafe: AtomicU64,
 }
 
 impl Seen {
@@ -904,6 +1524,12 @@ impl Seen {
             &self.hostile
         } else if path.starts_with("/good/refused/") {
             &self.refused
+        } else if path.starts_with("/good/big/") {
+            &self.big
+        } else if path.starts_with("/good/drip/get/") {
+            &self.drip_safe
+        } else if path.starts_with("/good/drip/") {
+            &self.drip_unsafe
         } else if path.starts_with("/good/") {
             &self.good
         } else if path.starts_with("/slow/") {
@@ -916,7 +1542,8 @@ impl Seen {
 }
 
 /// A well-behaved HTTP/1.1 upstream that echoes method, path and body length as JSON. The slow one first
-/// waits for the milliseconds named in the path (`/slow/{ms}/...`).
+/// waits for the milliseconds named in the path (`/slow/{ms}/...`); `/good/big/{bytes}/...` pads the echo
+/// with that many bytes.
 async fn start_http_upstream(seen: Arc<Seen>, slow: bool) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("bound");
@@ -946,11 +1573,17 @@ async fn start_http_upstream(seen: Arc<Seen>, slow: bool) -> SocketAddr {
                                 .unwrap_or(0);
                             tokio::time::sleep(Duration::from_millis(ms)).await;
                         }
-                        let echo = serde_json::json!({
+                        let mut echo = serde_json::json!({
                             "method": method,
                             "path": path,
                             "body_len": body_len,
                         });
+                        if let Some(bytes) = path
+                            .strip_prefix("/good/big/")
+                            .and_then(|rest| rest.split('/').next()?.parse::<usize>().ok())
+                        {
+                            echo["pad"] = "p".repeat(bytes).into();
+                        }
                         let mut response = Response::new(Full::new(Bytes::from(echo.to_string())));
                         response.headers_mut().insert(
                             CONTENT_TYPE,
@@ -1187,4 +1820,201 @@ fn peak_rss() -> String {
                 .map(|v| v.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown (no /proc/self/status)".to_owned())
+}
+
+/// Prints what the hostile clients saw; returns whether the run failed: a kind that never got its expected
+/// outcome, any outcome that must not happen, or an unsafe part of a refused upload that ran.
+fn report_hostile(h: &Hostile, seen: &Seen) -> bool {
+    let mut failed = false;
+    println!("\nhostile clients:");
+    println!(
+        "  slow readers:   {} rounds holding {SLOW_HOLD:?}: cut mid-reply {}, closed between replies {}, \
+never stalled {}; {} control rounds holding {CONTROL_HOLD:?}: all replies {}, cut {}; {} whole replies \
+checked, {:.1} MiB read after the holds",
+        h.slow_rounds,
+        h.slow_cut,
+        h.slow_between,
+        h.slow_whole,
+        h.slow_control_whole + h.slow_control_cut,
+        h.slow_control_whole,
+        h.slow_control_cut,
+        h.slow_replies,
+        h.slow_bytes as f64 / (1024.0 * 1024.0)
+    );
+    let answers = if h.silent_answers.is_empty() {
+        "nothing".to_owned()
+    } else {
+        h.silent_answers
+            .iter()
+            .map(|(line, n)| format!("{line:?} x{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "  silent sockets: {} rounds; closed {} ({} after header_read_timeout, {} sooner to make room, {} of \
+them within {AT_ONCE:?} of connecting); the gateway wrote them {answers}",
+        h.silent_rounds,
+        h.silent_timed_out + h.silent_evicted,
+        h.silent_timed_out,
+        h.silent_evicted,
+        h.silent_at_once
+    );
+    let (fastest, slowest) = (
+        h.drip_waits.iter().min().copied().unwrap_or(0),
+        h.drip_waits.iter().max().copied().unwrap_or(0),
+    );
+    println!(
+        "  drip uploads:   {} rounds; refused with 408 (upload_timeout) {}, {fastest}..{slowest} ms after the head",
+        h.drip_rounds, h.drip_refused
+    );
+    let drip_unsafe = seen.drip_unsafe.load(Ordering::Relaxed);
+    println!(
+        "  upstreams received: large answers {}, safe parts of drip uploads {} (run before the 408), \
+unsafe parts of drip uploads {drip_unsafe}",
+        seen.big.load(Ordering::Relaxed),
+        seen.drip_safe.load(Ordering::Relaxed),
+    );
+    if !h.anomalies.is_empty() {
+        println!("  outcomes that must not happen:");
+        for (what, n) in &h.anomalies {
+            println!("    {n:>6}  {what}");
+        }
+        failed = true;
+    }
+    for (kind, rounds, hits) in [
+        ("slow reader was cut", h.slow_rounds, h.slow_cut),
+        (
+            "silent socket was closed",
+            h.silent_rounds,
+            h.silent_timed_out + h.silent_evicted,
+        ),
+        (
+            "drip upload was refused with 408",
+            h.drip_rounds,
+            h.drip_refused,
+        ),
+    ] {
+        if rounds > 0 && hits == 0 {
+            println!("FAIL: no {kind}");
+            failed = true;
+        }
+    }
+    if drip_unsafe > 0 {
+        println!("FAIL: {drip_unsafe} unsafe parts of refused drip uploads reached the upstream");
+        failed = true;
+    }
+    failed
+}
+
+/// Samples the process's resident set (`VmRSS`) on a thread of its own.
+struct RssSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Duration, u64)>>,
+}
+
+impl RssSampler {
+    fn start(every: Duration) -> RssSampler {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let mut samples = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(kib) = proc_status_kib("VmRSS:") {
+                        samples.push((started.elapsed(), kib));
+                    }
+                    std::thread::sleep(every);
+                }
+                samples
+            })
+        };
+        RssSampler { stop, thread }
+    }
+
+    /// Stops sampling; returns the samples, in KiB by time since the start.
+    fn stop(self) -> Vec<(Duration, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("RSS sampler")
+    }
+}
+
+/// A `/proc/self/status` field given in kB.
+fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let value = status.lines().find_map(|l| l.strip_prefix(field))?;
+    value.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// Prints the resident set over the run, first 5 s against last 5 s. Informational: it does not fail the run.
+fn report_memory(samples: &[(Duration, u64)]) -> bool {
+    let Some(&(end, _)) = samples.last() else {
+        println!("\nresident set: unknown (no /proc/self/status)");
+        return false;
+    };
+    let window = Duration::from_secs(5);
+    let max_in = |keep: &dyn Fn(Duration) -> bool| {
+        samples
+            .iter()
+            .filter(|(at, _)| keep(*at))
+            .map(|&(_, kib)| kib)
+            .max()
+            .unwrap_or(0)
+    };
+    let series = (0..=end.as_secs() / 5)
+        .map(|i| {
+            let from = window * i as u32;
+            format!(
+                "{:.1}",
+                max_in(&|at| at >= from && at < from + window) as f64 / 1024.0
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let first = max_in(&|at| at <= window);
+    let last = max_in(&|at| at + window >= end);
+    let peak = max_in(&|_| true);
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "\nresident set (VmRSS every 500 ms, {} samples over {:.1}s): first 5 s max {:.1} MiB, last 5 s max \
+{:.1} MiB ({:+.1}%), peak {:.1} MiB",
+        samples.len(),
+        end.as_secs_f64(),
+        mib(first),
+        mib(last),
+        (last as f64 / first.max(1) as f64 - 1.0) * 100.0,
+        mib(peak)
+    );
+    println!("  max by 5 s window, MiB: {series}");
+    false
+}
+
+/// The gateway's gauges once every client had stopped.
+#[derive(Debug)]
+struct Settled {
+    sub_requests: usize,
+    batches: usize,
+    /// How long they took to get there (or the wait, if they never did).
+    after: Duration,
+    /// How much longer than the batch clients the hostile clients ran, finishing their last round.
+    hostile_tail: Duration,
+}
+
+/// Prints the gauges after the run; returns whether the run failed (either is not back to 0).
+fn report_settled(s: &Settled) -> bool {
+    println!(
+        "in flight after every client stopped (the hostile ones {:.1}s after the batch clients): \
+sub-requests {}, batches {}, {:.0} ms after the last client",
+        s.hostile_tail.as_secs_f64(),
+        s.sub_requests,
+        s.batches,
+        s.after.as_secs_f64() * 1000.0
+    );
+    let stuck = s.sub_requests != 0 || s.batches != 0;
+    if stuck {
+        println!(
+            "FAIL: the gauges did not return to 0 within {SETTLE_TIMEOUT:?} after the clients stopped"
+        );
+    }
+    stuck
 }

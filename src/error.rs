@@ -59,7 +59,7 @@ pub enum BatchError {
     )]
     SlowClient(Duration),
     #[error(
-        "the batch body did not arrive within {0:?} (limits.upload_timeout); nothing in it was run"
+        "the batch body did not arrive within {0:?} (limits.upload_timeout); no part with side effects was run"
     )]
     UploadTimeout(Duration),
     #[error("the gateway is serving its limit of {0} batches (limits.max_batches); retry shortly")]
