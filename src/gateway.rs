@@ -8,7 +8,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::{Config, ConfigError};
 use crate::error::BatchError;
 use crate::headers::HeaderRules;
-use crate::metrics::Metrics;
+use crate::metrics::{Gauges, Metrics};
 use crate::route::{Route, Router};
 use crate::stack::balance::{Balancer, Upstream};
 use crate::stack::connect::TlsTarget;
@@ -27,6 +27,8 @@ pub struct Gateway {
     services: Vec<PartService>,
     /// Each route's balancer, by prefix: readiness reads their endpoints' health.
     balancers: Vec<(String, Balancer)>,
+    /// Each route's in-flight permits, by prefix, for the gauges.
+    route_inflight: Vec<(String, Arc<Semaphore>)>,
     pub metrics: Arc<Metrics>,
     pub headers: HeaderRules,
     pub part_limits: PartLimits,
@@ -45,6 +47,7 @@ impl Gateway {
         let inflight = Arc::new(Semaphore::new(limits.max_inflight));
         let mut services = Vec::with_capacity(config.routes.len());
         let mut balancers = Vec::with_capacity(config.routes.len());
+        let mut route_inflight = Vec::with_capacity(config.routes.len());
         for (i, route) in config.routes.iter().enumerate() {
             let origins = route
                 .origins()
@@ -94,6 +97,8 @@ impl Gateway {
                 },
             );
             let label: Vec<String> = origins.iter().map(ToString::to_string).collect();
+            let permits = Arc::new(Semaphore::new(limits.max_inflight_per_upstream));
+            route_inflight.push((route.prefix.clone(), permits.clone()));
             let service = RouteStack {
                 upstream: Arc::from(label.join(", ")),
                 timeout: route.timeout.unwrap_or(limits.part_timeout),
@@ -109,7 +114,7 @@ impl Gateway {
                     config.upstream.retry_budget,
                     config.upstream.retry_budget_min,
                 ),
-                route_inflight: Arc::new(Semaphore::new(limits.max_inflight_per_upstream)),
+                route_inflight: permits.clone(),
                 global_inflight: inflight.clone(),
                 max_response_bytes: limits.max_response_bytes,
                 balancer: balancer.clone(),
@@ -122,6 +127,7 @@ impl Gateway {
             router: Router::new(&config),
             services,
             balancers,
+            route_inflight,
             metrics,
             headers: HeaderRules::new(&config),
             part_limits: PartLimits {
@@ -155,6 +161,22 @@ impl Gateway {
             .clone()
             .try_acquire_owned()
             .map_err(|_| BatchError::Overloaded(self.config.limits.max_batches))
+    }
+
+    /// The gauges `/metrics` reads at scrape time.
+    pub fn gauges(&self) -> Gauges {
+        let limit = self.config.limits.max_inflight_per_upstream;
+        Gauges {
+            batches: self.batches_in_flight(),
+            sub_requests: self.sub_requests_in_flight(),
+            routes: self
+                .route_inflight
+                .iter()
+                .map(|(prefix, permits)| {
+                    (prefix.clone(), limit - permits.available_permits(), limit)
+                })
+                .collect(),
+        }
     }
 
     /// Sub-requests in flight right now, across all batches.

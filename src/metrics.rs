@@ -1,161 +1,341 @@
-//! Counters for operators, served at `GET /metrics` in the Prometheus text format. Plain atomics: counting
-//! must cost nothing next to a sub-request.
+//! What operators see at `GET /metrics`, in the OpenMetrics text format (prometheus-client, as
+//! linkerd2-proxy uses): batches, parts by route and outcome, latencies, queueing, upstream errors, retries,
+//! ejections, and gauges read at scrape time.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
 
 use http::StatusCode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 
-/// How a part ended: the class of the upstream's own status, a `PartError::kind`, or `cancelled` (its batch
-/// was refused or its client went away before it was answered).
-const PART_OUTCOMES: [&str; 19] = [
-    "2xx",
-    "3xx",
-    "4xx",
-    "5xx",
-    "cancelled",
-    "reset",
-    "informational",
-    "decode",
-    "bad_request",
-    "no_route",
-    "refused_target",
-    "nested_batch",
-    "connect",
-    "upstream",
-    "timeout",
-    "response_too_large",
-    "batch_response_budget",
-    "batch_deadline",
-    "internal",
-];
+use crate::error::{Fault, PartError};
 
-/// Statuses a whole batch can be refused with.
-const REFUSALS: [u16; 8] = [400, 404, 405, 408, 413, 415, 503, 500];
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: u16,
+}
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    route: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DurationLabels {
+    route: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    route: String,
+    kind: String,
+}
+
+/// Every metric of the gateway. One per process: a reload keeps counting into the same one.
+#[derive(Debug)]
 pub struct Metrics {
-    batches_served: AtomicU64,
-    batches_refused: [AtomicU64; REFUSALS.len()],
-    parts: [AtomicU64; PART_OUTCOMES.len()],
-    upstream_requests: AtomicU64,
+    registry: Registry,
+    batches_served: Counter,
+    batches_refused: Family<StatusLabel, Counter>,
+    batch_parts: Histogram,
+    batch_duration: Histogram,
+    parts: Family<OutcomeLabels, Counter>,
+    part_duration: Family<DurationLabels, Histogram>,
+    queue_wait: Family<RouteLabel, Histogram>,
+    upstream_errors: Family<ErrorLabels, Counter>,
+    retries: Family<RouteLabel, Counter>,
+    ejections: Family<RouteLabel, Counter>,
+    upstream_requests: Counter,
     /// Connections the pools opened; with `upstream_requests`, how well keep-alive connections are reused.
-    upstream_connects: AtomicU64,
+    upstream_connects: Counter,
+    concurrency_limit: Family<RouteLabel, Gauge>,
+    route_in_flight: Family<RouteLabel, Gauge>,
+    batches_in_flight: Gauge<i64, AtomicI64>,
+    sub_requests_in_flight: Gauge<i64, AtomicI64>,
+    /// Serialises scrapes: the gauges are set, then encoded.
+    scrape: Mutex<()>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to about 33 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 17))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("batchgate");
+        let m = Metrics {
+            batches_served: Counter::default(),
+            batches_refused: Family::default(),
+            batch_parts: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            batch_duration: latency_histogram(),
+            parts: Family::default(),
+            part_duration: Family::new_with_constructor(latency_histogram),
+            queue_wait: Family::new_with_constructor(latency_histogram),
+            upstream_errors: Family::default(),
+            retries: Family::default(),
+            ejections: Family::default(),
+            upstream_requests: Counter::default(),
+            upstream_connects: Counter::default(),
+            concurrency_limit: Family::default(),
+            route_in_flight: Family::default(),
+            batches_in_flight: Gauge::default(),
+            sub_requests_in_flight: Gauge::default(),
+            scrape: Mutex::new(()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "batches_served",
+            "Batches answered with a multipart reply",
+            m.batches_served.clone(),
+        );
+        registry.register(
+            "batches_refused",
+            "Batches refused as a whole, by status",
+            m.batches_refused.clone(),
+        );
+        registry.register(
+            "batch_parts",
+            "Parts per batch served",
+            m.batch_parts.clone(),
+        );
+        registry.register(
+            "batch_duration_seconds",
+            "From a batch's arrival until its last part was answered",
+            m.batch_duration.clone(),
+        );
+        registry.register(
+            "parts",
+            "Parts by route and outcome: the upstream's status class (2xx..5xx), a gateway error kind, or \
+             cancelled (the batch was refused or its client went away); route is empty for parts never routed",
+            m.parts.clone(),
+        );
+        registry.register(
+            "part_duration_seconds",
+            "From a part's start until its answer, by route and status class",
+            m.part_duration.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Time parts waited for a permit (batch concurrency, route and gateway in-flight limits), by route",
+            m.queue_wait.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Upstream failures by route and kind: connect, tls, reset, timeout, 5xx, protocol",
+            m.upstream_errors.clone(),
+        );
+        registry.register("retries", "Parts tried again, by route", m.retries.clone());
+        registry.register(
+            "ejections",
+            "Upstream addresses ejected by passive health, by route",
+            m.ejections.clone(),
+        );
+        registry.register(
+            "upstream_requests",
+            "Sub-requests sent to upstreams",
+            m.upstream_requests.clone(),
+        );
+        registry.register(
+            "upstream_connects",
+            "Upstream connections opened; requests per connect is the keep-alive reuse",
+            m.upstream_connects.clone(),
+        );
+        registry.register(
+            "concurrency_limit",
+            "Sub-requests a route may have in flight",
+            m.concurrency_limit.clone(),
+        );
+        registry.register(
+            "route_in_flight",
+            "Sub-requests in flight to a route's upstreams",
+            m.route_in_flight.clone(),
+        );
+        registry.register(
+            "batches_in_flight",
+            "Batches being served",
+            m.batches_in_flight.clone(),
+        );
+        registry.register(
+            "sub_requests_in_flight",
+            "Sub-requests talking to upstreams, across routes",
+            m.sub_requests_in_flight.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+/// The class of a status: `2xx`..`5xx`.
+pub fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
 }
 
 impl Metrics {
     pub fn batch_served(&self) {
-        self.batches_served.fetch_add(1, Ordering::Relaxed);
+        self.batches_served.inc();
     }
 
     pub fn batch_refused(&self, status: StatusCode) {
-        let i = REFUSALS
-            .iter()
-            .position(|&s| s == status.as_u16())
-            .unwrap_or(REFUSALS.len() - 1);
-        self.batches_refused[i].fetch_add(1, Ordering::Relaxed);
+        self.batches_refused
+            .get_or_create(&StatusLabel {
+                status: status.as_u16(),
+            })
+            .inc();
     }
 
-    /// Counts a part its upstream answered, by the class of the upstream's status.
-    pub fn part_answered(&self, status: StatusCode) {
-        let class = match status.as_u16() {
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.part(class);
+    /// A served batch's last part was answered.
+    pub fn batch_finished(&self, parts: usize, elapsed: Duration) {
+        self.batch_parts.observe(parts as f64);
+        self.batch_duration.observe(elapsed.as_secs_f64());
     }
 
-    /// Counts parts that ended without an answer: their batch was refused or their client went away.
-    pub fn parts_cancelled(&self, n: usize) {
-        if n > 0 {
-            let i = PART_OUTCOMES
-                .iter()
-                .position(|&o| o == "cancelled")
-                .expect("listed");
-            self.parts[i].fetch_add(n as u64, Ordering::Relaxed);
+    fn count(&self, route: &str, outcome: &str, n: u64) {
+        self.parts
+            .get_or_create(&OutcomeLabels {
+                route: route.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// A part its upstream answered: counted by the class of the upstream's status.
+    pub fn part_answered(&self, route: &str, status: StatusCode, elapsed: Duration) {
+        let class = status_class(status);
+        self.count(route, class, 1);
+        self.duration(route, class, elapsed);
+        if status.is_server_error() {
+            self.upstream_error(route, "5xx");
         }
     }
 
-    /// Counts a finished part by its outcome (a `PartError::kind`, or a status class).
-    pub fn part(&self, outcome: &str) {
-        let i = PART_OUTCOMES
-            .iter()
-            .position(|&o| o == outcome)
-            .unwrap_or(PART_OUTCOMES.len() - 1);
-        self.parts[i].fetch_add(1, Ordering::Relaxed);
+    /// A part that failed: counted by its kind; upstream faults also by error kind.
+    pub fn part_failed(&self, route: &str, error: &PartError, elapsed: Duration) {
+        self.count(route, error.kind(), 1);
+        if route.is_empty() {
+            return;
+        }
+        self.duration(route, status_class(error.status()), elapsed);
+        if error.fault() == Fault::Upstream {
+            let kind = match error {
+                PartError::Connect { reason, .. }
+                    if reason.contains("TLS") || reason.contains("certificate") =>
+                {
+                    "tls"
+                }
+                PartError::Connect { .. } => "connect",
+                PartError::NoResponse { .. } | PartError::Upstream { .. } => "reset",
+                PartError::Timeout { .. } => "timeout",
+                _ => "protocol",
+            };
+            self.upstream_error(route, kind);
+        }
+    }
+
+    fn duration(&self, route: &str, class: &str, elapsed: Duration) {
+        self.part_duration
+            .get_or_create(&DurationLabels {
+                route: route.to_owned(),
+                status: class.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn upstream_error(&self, route: &str, kind: &str) {
+        self.upstream_errors
+            .get_or_create(&ErrorLabels {
+                route: route.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Parts that ended without an answer: their batch was refused or their client went away.
+    pub fn parts_cancelled(&self, route: &str, n: usize) {
+        if n > 0 {
+            self.count(route, "cancelled", n as u64);
+        }
+    }
+
+    pub fn queue_wait(&self, route: &str, waited: Duration) {
+        self.queue_wait
+            .get_or_create(&RouteLabel {
+                route: route.to_owned(),
+            })
+            .observe(waited.as_secs_f64());
+    }
+
+    pub fn retry(&self, route: &str) {
+        self.retries
+            .get_or_create(&RouteLabel {
+                route: route.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn ejection(&self, route: &str) {
+        self.ejections
+            .get_or_create(&RouteLabel {
+                route: route.to_owned(),
+            })
+            .inc();
     }
 
     pub fn upstream_request(&self) {
-        self.upstream_requests.fetch_add(1, Ordering::Relaxed);
+        self.upstream_requests.inc();
     }
 
     pub fn upstream_connect(&self) {
-        self.upstream_connects.fetch_add(1, Ordering::Relaxed);
+        self.upstream_connects.inc();
     }
 
-    /// The exposition text; `gauges` are (name, help, value) read at scrape time.
-    pub fn render(&self, gauges: &[(&str, &str, usize)]) -> String {
-        let mut out = String::with_capacity(2048);
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(
-            &mut out,
-            "batchgate_batches_served_total",
-            "Batches answered with a multipart reply.",
-            get(&self.batches_served),
-        );
-        header(
-            &mut out,
-            "batchgate_batches_refused_total",
-            "counter",
-            "Batches refused as a whole, by status.",
-        );
-        for (status, n) in REFUSALS.iter().zip(&self.batches_refused) {
-            let _ = writeln!(
-                out,
-                "batchgate_batches_refused_total{{status=\"{status}\"}} {}",
-                get(n)
-            );
+    /// The exposition text, with the gauges read now.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        self.batches_in_flight.set(gauges.batches as i64);
+        self.sub_requests_in_flight.set(gauges.sub_requests as i64);
+        for (route, in_flight, limit) in &gauges.routes {
+            let label = RouteLabel {
+                route: route.clone(),
+            };
+            self.route_in_flight
+                .get_or_create(&label)
+                .set(*in_flight as i64);
+            self.concurrency_limit
+                .get_or_create(&label)
+                .set(*limit as i64);
         }
-        header(
-            &mut out,
-            "batchgate_parts_total",
-            "counter",
-            "Parts by outcome: the upstream's status class (2xx..5xx), a gateway error kind, or cancelled.",
-        );
-        for (outcome, n) in PART_OUTCOMES.iter().zip(&self.parts) {
-            let _ = writeln!(
-                out,
-                "batchgate_parts_total{{outcome=\"{outcome}\"}} {}",
-                get(n)
-            );
-        }
-        counter(
-            &mut out,
-            "batchgate_upstream_requests_total",
-            "Sub-requests sent to upstreams.",
-            get(&self.upstream_requests),
-        );
-        counter(
-            &mut out,
-            "batchgate_upstream_connects_total",
-            "Upstream connections opened; requests per connect is the keep-alive reuse.",
-            get(&self.upstream_connects),
-        );
-        for (name, help, value) in gauges {
-            header(&mut out, name, "gauge", help);
-            let _ = writeln!(out, "{name} {value}");
-        }
+        let mut out = String::with_capacity(8192);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
         out
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn counter(out: &mut String, name: &str, help: &str, value: u64) {
-    header(out, name, "counter", help);
-    let _ = writeln!(out, "{name} {value}");
+/// Values read at scrape time.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    pub batches: usize,
+    pub sub_requests: usize,
+    /// Per route: (prefix, sub-requests in flight, concurrency limit).
+    pub routes: Vec<(String, usize, usize)>,
 }

@@ -21,6 +21,8 @@ pub struct Route {
     /// prefix ending in `/`, like `/mail/`, serves `/mail/...` and also the bare `/mail` (a client asking for
     /// the collection itself means the same upstream, not "no route").
     pub prefix: String,
+    /// The prefix again, shared: it labels the route's metrics and logs.
+    pub name: Arc<str>,
     /// The upstreams parts routed here go to (the stack picks one per part).
     pub origins: Vec<Origin>,
     /// Whether an absolute-form `https://` target may come here: its upstreams speak https, or the route
@@ -204,6 +206,7 @@ impl Route {
         Route {
             id,
             prefix: r.prefix.clone(),
+            name: Arc::from(r.prefix.as_str()),
             tls: origins[0].is_tls() || r.accept_https_targets,
             origins,
             hosts,

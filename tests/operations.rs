@@ -9,11 +9,9 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use support::*;
 
-/// The value of one sample line, e.g. `batchgate_parts_total{outcome="ok"}`.
+/// A metric's value, summed over its label sets.
 fn sample(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
+    metric(text, name, &[])
 }
 
 #[tokio::test]
@@ -51,17 +49,32 @@ async fn metrics_count_batches_parts_and_connection_reuse() {
         reply.headers["content-type"]
             .to_str()
             .unwrap()
-            .starts_with("text/plain")
+            .starts_with("application/openmetrics-text")
     );
     let text = String::from_utf8(reply.body.to_vec()).unwrap();
     assert_eq!(sample(&text, "batchgate_batches_served_total"), 3);
     assert_eq!(
-        sample(&text, "batchgate_batches_refused_total{status=\"415\"}"),
+        metric(
+            &text,
+            "batchgate_batches_refused_total",
+            &[("status", "415")]
+        ),
         1
     );
-    assert_eq!(sample(&text, "batchgate_parts_total{outcome=\"2xx\"}"), 60);
     assert_eq!(
-        sample(&text, "batchgate_parts_total{outcome=\"no_route\"}"),
+        metric(
+            &text,
+            "batchgate_parts_total",
+            &[("route", "/up/"), ("outcome", "2xx")]
+        ),
+        60
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "batchgate_parts_total",
+            &[("route", ""), ("outcome", "no_route")]
+        ),
         1
     );
     assert_eq!(sample(&text, "batchgate_upstream_requests_total"), 60);

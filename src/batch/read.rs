@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -105,13 +106,14 @@ impl Read<'_> {
         {
             return Err(BatchError::DuplicateContentId(id.header_value()));
         }
-        let work = match self.work(index, part.request) {
-            Ok(work) => work,
-            Err(error) => Work::Refused(error),
+        let (route, work) = match self.work(index, part.request) {
+            Ok((route, work)) => (route, work),
+            Err(error) => (Arc::from(""), Work::Refused(error)),
         };
         Ok(Job {
             index,
             content_id: part.content_id,
+            route,
             work,
         })
     }
@@ -120,7 +122,7 @@ impl Read<'_> {
         &self,
         index: usize,
         request: Result<crate::wire::EmbeddedRequest, crate::wire::RequestError>,
-    ) -> Result<Work, PartError> {
+    ) -> Result<(Arc<str>, Work), PartError> {
         let request = request.map_err(|source| PartError::Request { index, source })?;
         let destination = self
             .gateway
@@ -139,18 +141,22 @@ impl Read<'_> {
         if nested {
             return Err(PartError::NestedBody { index });
         }
-        Ok(Work::Forward {
-            service: self.gateway.service(&destination.route),
-            request: Box::new(PartRequest {
-                index,
-                method: request.method,
-                path: destination.path,
-                headers: request.headers,
-                body: request.body,
-                batch: self.scope.clone(),
-                accepts: None,
-                tried: None,
-            }),
-        })
+        Ok((
+            destination.route.name.clone(),
+            Work::Forward {
+                service: self.gateway.service(&destination.route),
+                request: Box::new(PartRequest {
+                    index,
+                    method: request.method,
+                    path: destination.path,
+                    headers: request.headers,
+                    body: request.body,
+                    batch: self.scope.clone(),
+                    accepts: None,
+                    tried: None,
+                    queued: Duration::ZERO,
+                }),
+            },
+        ))
     }
 }

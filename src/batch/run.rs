@@ -35,6 +35,8 @@ use crate::wire::ContentId;
 pub struct Job {
     pub index: usize,
     pub content_id: Option<ContentId>,
+    /// The route's prefix, labelling its metrics; empty for a part never routed.
+    pub route: Arc<str>,
     pub work: Work,
 }
 
@@ -57,7 +59,8 @@ pub struct Settings {
     pub window: usize,
     /// Parts of this batch talking to upstreams at once.
     pub concurrency: usize,
-    /// When the batch's parts must all be answered.
+    /// When the batch arrived, and when its parts must all be answered.
+    pub arrival: Instant,
     pub deadline: Instant,
     pub batch_timeout: Duration,
 }
@@ -67,6 +70,7 @@ impl Settings {
         Settings {
             window: limits.window,
             concurrency: limits.concurrency,
+            arrival,
             deadline: arrival + limits.batch_timeout,
             batch_timeout: limits.batch_timeout,
         }
@@ -139,6 +143,7 @@ type PartFuture = Pin<Box<dyn Future<Output = (usize, Bytes)> + Send>>;
 /// A seat in the window, in request order.
 struct Slot {
     seat: mpsc::OwnedPermit<Bytes>,
+    route: Arc<str>,
     state: SlotState,
 }
 
@@ -171,6 +176,9 @@ impl Scheduler {
         loop {
             self.seat_waiting();
             if !self.input_open && self.waiting.is_empty() && self.slots.is_empty() {
+                let settings = &self.shared.settings;
+                let elapsed = settings.arrival.elapsed();
+                self.shared.metrics.batch_finished(self.sent, elapsed);
                 return;
             }
             let want_seat = !self.waiting.is_empty();
@@ -212,19 +220,24 @@ impl Scheduler {
     }
 
     fn seat(&mut self, seat: mpsc::OwnedPermit<Bytes>, job: Job) {
+        let route = job.route.clone();
         let state = match job.work {
-            Work::Refused(error) => {
-                SlotState::Done(answer(&self.shared, job.content_id.as_ref(), Err(error)))
-            }
+            Work::Refused(error) => SlotState::Done(answer(
+                &self.shared,
+                &job.route,
+                job.content_id.as_ref(),
+                Err(error),
+                Duration::ZERO,
+            )),
             Work::Forward { ref request, .. } if !self.committed && !request.is_safe() => {
                 SlotState::Held(Box::new(job))
             }
             Work::Forward { request, service } => {
-                self.start(job.index, job.content_id, request, service);
+                self.start(job.index, job.content_id, job.route, request, service);
                 SlotState::Running
             }
         };
-        self.slots.push_back(Slot { seat, state });
+        self.slots.push_back(Slot { seat, route, state });
         self.send_ready();
     }
 
@@ -247,10 +260,11 @@ impl Scheduler {
             let Job {
                 index,
                 content_id,
+                route,
                 work,
             } = *job;
             if let Work::Forward { request, service } = work {
-                self.start(index, content_id, request, service);
+                self.start(index, content_id, route, request, service);
             }
         }
     }
@@ -259,13 +273,15 @@ impl Scheduler {
         &mut self,
         index: usize,
         content_id: Option<ContentId>,
-        request: Box<PartRequest>,
+        route: Arc<str>,
+        mut request: Box<PartRequest>,
         service: PartService,
     ) {
         let shared = self.shared.clone();
         let concurrency = self.concurrency.clone();
         self.running.push(Box::pin(async move {
             let settings = &shared.settings;
+            let started = Instant::now();
             let call = async {
                 let _permit: OwnedSemaphorePermit =
                     concurrency
@@ -275,6 +291,7 @@ impl Scheduler {
                             index,
                             reason: e.to_string(),
                         })?;
+                request.queued = started.elapsed();
                 service.oneshot(*request).await
             };
             let result = tokio::time::timeout_at(settings.deadline, call)
@@ -283,7 +300,9 @@ impl Scheduler {
                     index,
                     after: settings.batch_timeout,
                 }));
-            (index, answer(&shared, content_id.as_ref(), result))
+            let elapsed = started.elapsed();
+            let bytes = answer(&shared, &route, content_id.as_ref(), result, elapsed);
+            (index, bytes)
         }));
     }
 
@@ -316,26 +335,38 @@ impl Drop for Scheduler {
             .slots
             .iter()
             .filter(|slot| !matches!(slot.state, SlotState::Done(_)))
-            .count();
-        self.shared
-            .metrics
-            .parts_cancelled(unanswered + self.waiting.len());
+            .map(|slot| &slot.route)
+            .chain(self.waiting.iter().map(|job| &job.route));
+        let mut counts: Vec<(&Arc<str>, usize)> = Vec::new();
+        for route in unanswered {
+            match counts.iter_mut().find(|(r, _)| r == &route) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((route, 1)),
+            }
+        }
+        for (route, n) in counts {
+            self.shared.metrics.parts_cancelled(route, n);
+        }
     }
 }
 
 /// Renders a part's outcome, counting and logging it.
 fn answer(
     shared: &Shared,
+    route: &str,
     content_id: Option<&ContentId>,
     result: Result<crate::stack::UpstreamResponse, PartError>,
+    elapsed: Duration,
 ) -> Bytes {
     match result {
         Ok(response) => {
-            shared.metrics.part_answered(response.status);
+            shared
+                .metrics
+                .part_answered(route, response.status, elapsed);
             shared.writer.response(content_id, &response)
         }
         Err(error) => {
-            shared.metrics.part(error.kind());
+            shared.metrics.part_failed(route, &error, elapsed);
             match error.fault() {
                 Fault::Client => tracing::debug!(kind = error.kind(), "{error}"),
                 _ => tracing::warn!(
@@ -448,6 +479,7 @@ mod tests {
         Job {
             index,
             content_id: None,
+            route: Arc::from("/p/"),
             work: Work::Forward {
                 request: Box::new(PartRequest {
                     index,
@@ -458,6 +490,7 @@ mod tests {
                     batch: scope,
                     accepts: None,
                     tried: None,
+                    queued: Duration::ZERO,
                 }),
                 service: service.clone(),
             },
@@ -469,11 +502,16 @@ mod tests {
         let settings = Settings {
             window,
             concurrency,
+            arrival: Instant::now(),
             deadline: Instant::now() + Duration::from_secs(3600),
             batch_timeout: Duration::from_secs(3600),
         };
         let (feed, out) = start(settings, ReplyWriter::new(), metrics.clone());
         (feed, out, metrics)
+    }
+
+    fn rendered(metrics: &Metrics) -> String {
+        metrics.render(&crate::metrics::Gauges::default())
     }
 
     fn body_of(part: &Bytes) -> String {
@@ -550,7 +588,9 @@ mod tests {
         })
         .await;
         drop(out);
-        assert!(metrics.render(&[]).contains("outcome=\"2xx\"} 4"));
+        assert!(
+            rendered(&metrics).contains("batchgate_parts_total{route=\"/p/\",outcome=\"2xx\"} 4")
+        );
     }
 
     #[tokio::test]
@@ -569,7 +609,8 @@ mod tests {
         })
         .await;
         spin_until("cancelled parts counted", || {
-            metrics.render(&[]).contains("outcome=\"cancelled\"} 3")
+            rendered(&metrics)
+                .contains("batchgate_parts_total{route=\"/p/\",outcome=\"cancelled\"} 3")
         })
         .await;
     }
@@ -609,7 +650,8 @@ mod tests {
         })
         .await;
         spin_until("cancelled parts counted", || {
-            metrics.render(&[]).contains("outcome=\"cancelled\"} 2")
+            rendered(&metrics)
+                .contains("batchgate_parts_total{route=\"/p/\",outcome=\"cancelled\"} 2")
         })
         .await;
         assert_eq!(upstream.started(), ["/p0"], "the PUT never ran");

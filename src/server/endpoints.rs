@@ -39,22 +39,10 @@ pub async fn dispatch(
         };
     }
     if path == "/metrics" && request.method() == Method::GET {
-        let gauges = [
-            (
-                "batchgate_batches_in_flight",
-                "Batches being served.",
-                gateway.batches_in_flight(),
-            ),
-            (
-                "batchgate_sub_requests_in_flight",
-                "Sub-requests talking to upstreams.",
-                gateway.sub_requests_in_flight(),
-            ),
-        ];
-        let mut response = Response::new(full(gateway.metrics.render(&gauges)));
+        let mut response = Response::new(full(gateway.metrics.render(&gateway.gauges())));
         response.headers_mut().insert(
             CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
         );
         return response;
     }

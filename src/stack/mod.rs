@@ -63,6 +63,8 @@ pub struct PartRequest {
     pub accepts: Option<HeaderValue>,
     /// Where earlier tries of this part went, when it may be tried again.
     pub tried: Option<Arc<Tried>>,
+    /// How long the part has waited for permits so far (its batch's concurrency, then the limit layers').
+    pub queued: Duration,
 }
 
 impl PartRequest {
@@ -77,6 +79,7 @@ impl PartRequest {
             batch: self.batch.clone(),
             accepts: self.accepts.clone(),
             tried: self.tried.clone(),
+            queued: Duration::ZERO,
         }
     }
 
