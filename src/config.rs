@@ -82,6 +82,12 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Browsers calling the batch endpoint from other origins.
     pub cors: Option<CorsConfig>,
+    /// How log lines are written to stderr.
+    pub log_format: LogFormat,
+    /// The operators' listener: metrics, stats, dashboard.
+    pub admin: Option<AdminConfig>,
+    /// Per-client limit on parts (every part counts, not every batch).
+    pub rate_limit: Option<RateLimitConfig>,
     pub limits: Limits,
     pub upstream: UpstreamSettings,
     pub headers: HeaderPolicy,
@@ -97,6 +103,9 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             tls: None,
             cors: None,
+            log_format: LogFormat::Pretty,
+            admin: None,
+            rate_limit: None,
             limits: Limits::default(),
             upstream: UpstreamSettings::default(),
             headers: HeaderPolicy::default(),
@@ -295,6 +304,69 @@ impl Default for CorsConfig {
     }
 }
 
+/// How log lines look.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// For people: aligned, coloured when stderr is a terminal.
+    #[default]
+    Pretty,
+    /// For machines: one JSON object per line, never colour codes.
+    Json,
+}
+
+/// `[admin]`: the operators' listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where `/metrics`, `/admin/stats` and `/admin/dashboard` are served. Keep it private.
+    pub listen: SocketAddr,
+}
+
+/// `[rate_limit]`: a token bucket per client; each part takes a token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Tokens added per second.
+    pub parts_per_second: f64,
+    /// The bucket's size: parts a client may send at once after a pause.
+    pub burst: u32,
+    /// Who a client is.
+    pub key: RateLimitKey,
+    /// Clients tracked at once; the least recently seen are forgotten past it.
+    pub max_clients: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            parts_per_second: 100.0,
+            burst: 200,
+            key: RateLimitKey::ClientIp,
+            max_clients: 100_000,
+        }
+    }
+}
+
+/// What identifies a client to the rate limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitKey {
+    /// The peer's address (or, from a trusted proxy, the client address it forwards).
+    #[default]
+    ClientIp,
+    /// A hash of the batch's `Authorization` header (batches without one share the peer's address key).
+    Authorization,
+}
+
+/// A route's adaptive concurrency limit, held within these bounds.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveConcurrency {
+    pub min: usize,
+    pub max: usize,
+}
+
 /// How a route spreads its parts over its upstreams.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -358,6 +430,10 @@ pub struct RouteConfig {
     /// Do not pass the batch's `Cookie` header on to this route's parts.
     #[serde(default)]
     pub strip_cookies: bool,
+    /// Tune this route's in-flight limit from its latency, within `{min, max}`, instead of the fixed
+    /// `limits.max_inflight_per_upstream`.
+    #[serde(default)]
+    pub adaptive_concurrency: Option<AdaptiveConcurrency>,
     /// Let absolute-form `https://` targets reach this route although its upstreams speak plain http (TLS
     /// ends at the gateway). Off, such parts are refused rather than sent in the clear.
     #[serde(default)]
@@ -452,6 +528,7 @@ impl Config {
         self.validate_headers()?;
         self.validate_compression()?;
         self.validate_cors()?;
+        self.validate_observability()?;
         check_path("batch_path", &self.batch_path)?;
         if matches!(self.batch_path.as_str(), "/healthz" | "/metrics") {
             return Err(invalid(format!(
@@ -677,6 +754,39 @@ impl Config {
                 return Err(invalid(format!(
                     "compression.order names {:?} twice",
                     coding.as_str()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_observability(&self) -> Result<(), ConfigError> {
+        if let Some(admin) = &self.admin
+            && admin.listen == self.listen
+            && admin.listen.port() != 0
+        {
+            return Err(invalid(format!(
+                "admin.listen {} is the same address as listen: give the admin listener its own",
+                admin.listen
+            )));
+        }
+        if let Some(limit) = &self.rate_limit {
+            if !(limit.parts_per_second > 0.0 && limit.parts_per_second <= 1e9) {
+                return Err(invalid(format!(
+                    "rate_limit.parts_per_second = {} must be above 0 (and at most 1e9)",
+                    limit.parts_per_second
+                )));
+            }
+            check_count("rate_limit.burst", limit.burst as usize, 1, MAX_PERMITS)?;
+            check_count("rate_limit.max_clients", limit.max_clients, 1, 10_000_000)?;
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if let Some(a) = route.adaptive_concurrency
+                && (a.min == 0 || a.min > a.max || a.max > MAX_PERMITS)
+            {
+                return Err(invalid(format!(
+                    "routes[{i}].adaptive_concurrency {{ min = {}, max = {} }}: need 1 <= min <= max <= {MAX_PERMITS}",
+                    a.min, a.max
                 )));
             }
         }
@@ -1243,7 +1353,7 @@ upstream = "http://127.0.0.1:9001"
         let text = include_str!("../config.toml");
         for key in field_names(&format!("{defaults:?}")) {
             // Optional sections are documented as commented-out examples.
-            if matches!(key.as_str(), "tls" | "cors") {
+            if matches!(key.as_str(), "tls" | "cors" | "admin" | "rate_limit") {
                 assert!(
                     text.contains(&format!("# [{key}]")),
                     "config.toml lacks [{key}]"
