@@ -31,6 +31,7 @@ pub mod error;
 pub mod gateway;
 pub mod headers;
 pub mod metrics;
+pub mod observe;
 pub mod response;
 pub mod route;
 pub mod server;

@@ -1,0 +1,205 @@
+//! What the gateway knows about its own recent behaviour, for operators: per-route windows of the last two
+//! minutes ([`window`]), the bottlenecks they show ([`detect`]), the concurrency limit's changes, and the last
+//! batches with a timeline per part ([`timeline`]). `/admin/stats` and `/admin/dashboard` read it.
+
+pub mod detect;
+pub mod timeline;
+pub mod window;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use timeline::{BatchTimeline, BatchView};
+use window::{Point, RouteWindow, Sample, Summary};
+
+/// Recent batches kept for `/admin/stats`.
+const RECENT_BATCHES: usize = 50;
+/// Limit changes kept.
+const TUNING_HISTORY: usize = 200;
+
+/// One per process: a reload keeps what was observed.
+#[derive(Debug)]
+pub struct Observer {
+    start: Instant,
+    routes: Mutex<HashMap<String, Arc<RouteWindow>>>,
+    batches: Mutex<VecDeque<Arc<BatchTimeline>>>,
+    tuning: Mutex<VecDeque<TuningEvent>>,
+    next_batch: AtomicU64,
+}
+
+impl Default for Observer {
+    fn default() -> Self {
+        Observer {
+            start: Instant::now(),
+            routes: Mutex::default(),
+            batches: Mutex::default(),
+            tuning: Mutex::default(),
+            next_batch: AtomicU64::new(1),
+        }
+    }
+}
+
+/// A change of a route's concurrency limit.
+#[derive(Debug, Clone, Serialize)]
+pub struct TuningEvent {
+    /// Unix time in milliseconds.
+    pub at: u64,
+    pub route: String,
+    pub from: usize,
+    pub to: usize,
+    pub reason: String,
+}
+
+/// One route in `/admin/stats`.
+#[derive(Debug, Serialize)]
+pub struct RouteStats {
+    pub route: String,
+    /// The last 60 seconds.
+    pub requests: u64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub error_rate: f64,
+    /// The last 10 seconds.
+    pub recent: Summary,
+    pub concurrency_limit: usize,
+    pub in_flight: usize,
+    pub bottleneck: Option<detect::Bottleneck>,
+    /// The last 120 seconds, oldest first.
+    pub series: Vec<Point>,
+}
+
+/// What a route is, for its stats.
+#[derive(Debug)]
+pub struct RouteState {
+    pub route: String,
+    pub limit: usize,
+    pub in_flight: usize,
+    pub adaptive: bool,
+}
+
+/// The whole of `/admin/stats`.
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    pub routes: Vec<RouteStats>,
+    pub in_flight: usize,
+    pub max_inflight: usize,
+    pub batches_in_flight: usize,
+    pub tuning: Vec<TuningEvent>,
+    pub batches: Vec<BatchView>,
+}
+
+impl Observer {
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_secs()
+    }
+
+    fn window(&self, route: &str) -> Arc<RouteWindow> {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.entry(route.to_owned()).or_default().clone()
+    }
+
+    /// Counts a finished part of `route`.
+    pub fn record(&self, route: &str, sample: Sample) {
+        if !route.is_empty() {
+            self.window(route).record(self.now(), sample);
+        }
+    }
+
+    /// A new batch's timeline, kept among the recent ones.
+    pub fn batch(&self, peer: IpAddr, arrival: Instant) -> Arc<BatchTimeline> {
+        let id = self.next_batch.fetch_add(1, Ordering::Relaxed);
+        let batch = Arc::new(BatchTimeline::new(id, arrival, peer));
+        let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
+        if batches.len() == RECENT_BATCHES {
+            batches.pop_front();
+        }
+        batches.push_back(batch.clone());
+        batch
+    }
+
+    /// Notes a change of a route's concurrency limit.
+    pub fn tuned(&self, route: &str, from: usize, to: usize, reason: String) {
+        let at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut tuning = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        if tuning.len() == TUNING_HISTORY {
+            tuning.pop_front();
+        }
+        tuning.push_back(TuningEvent {
+            at,
+            route: route.to_owned(),
+            from,
+            to,
+            reason,
+        });
+    }
+
+    /// The stats of these routes now.
+    pub fn stats(
+        &self,
+        routes: &[RouteState],
+        in_flight: usize,
+        max_inflight: usize,
+        batches_in_flight: usize,
+    ) -> Stats {
+        let now = self.now();
+        let routes = routes
+            .iter()
+            .map(|state| {
+                let window = self.window(&state.route);
+                let minute = window.summary(now, 0, 60);
+                let recent = window.summary(now, 0, 10);
+                let baseline = window.summary(now, 10, 70);
+                let bottleneck = detect::detect(&detect::Figures {
+                    route: &state.route,
+                    recent,
+                    baseline,
+                    adaptive: state.adaptive,
+                    max_inflight,
+                });
+                RouteStats {
+                    route: state.route.clone(),
+                    requests: minute.parts,
+                    p50_ms: minute.p50_ms,
+                    p95_ms: minute.p95_ms,
+                    p99_ms: minute.p99_ms,
+                    error_rate: minute.error_rate,
+                    recent,
+                    concurrency_limit: state.limit,
+                    in_flight: state.in_flight,
+                    bottleneck,
+                    series: window.series(now, window::SECONDS as u64, state.limit),
+                }
+            })
+            .collect();
+        Stats {
+            routes,
+            in_flight,
+            max_inflight,
+            batches_in_flight,
+            tuning: self
+                .tuning
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect(),
+            batches: self
+                .batches
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .rev()
+                .map(|b| b.view())
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Where each part of a recent batch spent its time: queued, sent, first byte, done and written, in
+//! microseconds from the batch's arrival. The stages set their own mark; `/admin/stats` and the dashboard's
+//! waterfall read them.
+
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+/// A mark not set yet.
+const UNSET: u32 = u32::MAX;
+
+/// One part's marks.
+#[derive(Debug)]
+pub struct PartTimeline {
+    arrival: Instant,
+    route: String,
+    method: String,
+    queued: AtomicU32,
+    sent: AtomicU32,
+    first_byte: AtomicU32,
+    done: AtomicU32,
+    written: AtomicU32,
+    status: AtomicU16,
+}
+
+/// The stages a part goes through.
+#[derive(Debug, Clone, Copy)]
+pub enum Mark {
+    /// Started: waiting for permits.
+    Queued,
+    /// Its request went to an upstream (the first try).
+    Sent,
+    /// The upstream's response head arrived.
+    FirstByte,
+    /// Answered (or failed).
+    Done,
+    /// Taken by the reply writer.
+    Written,
+}
+
+impl PartTimeline {
+    fn new(arrival: Instant, route: &str, method: &str) -> PartTimeline {
+        PartTimeline {
+            arrival,
+            route: route.to_owned(),
+            method: method.to_owned(),
+            queued: AtomicU32::new(UNSET),
+            sent: AtomicU32::new(UNSET),
+            first_byte: AtomicU32::new(UNSET),
+            done: AtomicU32::new(UNSET),
+            written: AtomicU32::new(UNSET),
+            status: AtomicU16::new(0),
+        }
+    }
+
+    /// Sets `mark` to now, unless it is set already (a retry keeps the first `sent`).
+    pub fn mark(&self, mark: Mark) {
+        let micros = u32::try_from(self.arrival.elapsed().as_micros()).unwrap_or(UNSET - 1);
+        let slot = match mark {
+            Mark::Queued => &self.queued,
+            Mark::Sent => &self.sent,
+            Mark::FirstByte => &self.first_byte,
+            Mark::Done => &self.done,
+            Mark::Written => &self.written,
+        };
+        let _ = slot.compare_exchange(UNSET, micros, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::Relaxed);
+    }
+
+    /// Microseconds a part waited for permits, once it has been sent.
+    pub fn queued_micros(&self) -> Option<u32> {
+        let queued = self.queued.load(Ordering::Relaxed);
+        let sent = self.sent.load(Ordering::Relaxed);
+        (queued != UNSET && sent != UNSET).then(|| sent.saturating_sub(queued))
+    }
+
+    fn view(&self, index: usize) -> PartView {
+        let ms = |a: &AtomicU32| {
+            let v = a.load(Ordering::Relaxed);
+            (v != UNSET).then(|| f64::from(v) / 1000.0)
+        };
+        let status = self.status.load(Ordering::Relaxed);
+        PartView {
+            index,
+            route: self.route.clone(),
+            method: self.method.clone(),
+            status: (status != 0).then_some(status),
+            queued: ms(&self.queued),
+            sent: ms(&self.sent),
+            first_byte: ms(&self.first_byte),
+            done: ms(&self.done),
+            written: ms(&self.written),
+        }
+    }
+}
+
+/// One batch: who sent it, when, and its parts' timelines.
+#[derive(Debug)]
+pub struct BatchTimeline {
+    pub id: u64,
+    arrival: Instant,
+    arrived_at: SystemTime,
+    peer: IpAddr,
+    parts: Mutex<Vec<std::sync::Arc<PartTimeline>>>,
+    /// Microseconds from arrival until the reply's last byte was handed over; 0 while in progress.
+    finished: AtomicU64,
+    /// The outer status: 200, or a refusal's.
+    status: AtomicU16,
+}
+
+impl BatchTimeline {
+    pub fn new(id: u64, arrival: Instant, peer: IpAddr) -> BatchTimeline {
+        BatchTimeline {
+            id,
+            arrival,
+            arrived_at: SystemTime::now(),
+            peer,
+            parts: Mutex::new(Vec::new()),
+            finished: AtomicU64::new(0),
+            status: AtomicU16::new(0),
+        }
+    }
+
+    /// A part's timeline, added in request order.
+    pub fn part(&self, route: &str, method: &str) -> std::sync::Arc<PartTimeline> {
+        let part = std::sync::Arc::new(PartTimeline::new(self.arrival, route, method));
+        self.lock().push(part.clone());
+        part
+    }
+
+    /// Marks the `index`th part (in request order).
+    pub fn mark(&self, index: usize, mark: Mark) {
+        if let Some(part) = self.lock().get(index) {
+            part.mark(mark);
+        }
+    }
+
+    pub fn finish(&self, status: u16) {
+        self.status.store(status, Ordering::Relaxed);
+        let micros = u64::try_from(self.arrival.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.finished.store(micros.max(1), Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<std::sync::Arc<PartTimeline>>> {
+        self.parts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn view(&self) -> BatchView {
+        let finished = self.finished.load(Ordering::Relaxed);
+        let status = self.status.load(Ordering::Relaxed);
+        BatchView {
+            id: self.id,
+            arrived_unix_ms: self
+                .arrived_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            peer: self.peer.to_string(),
+            status: (status != 0).then_some(status),
+            duration_ms: (finished != 0).then(|| finished as f64 / 1000.0),
+            parts: self
+                .lock()
+                .iter()
+                .enumerate()
+                .map(|(i, p)| p.view(i))
+                .collect(),
+        }
+    }
+}
+
+/// A batch as `/admin/stats` shows it.
+#[derive(Debug, Serialize)]
+pub struct BatchView {
+    pub id: u64,
+    pub arrived_unix_ms: u64,
+    pub peer: String,
+    pub status: Option<u16>,
+    pub duration_ms: Option<f64>,
+    pub parts: Vec<PartView>,
+}
+
+/// A part's marks, in milliseconds from its batch's arrival.
+#[derive(Debug, Serialize)]
+pub struct PartView {
+    pub index: usize,
+    pub route: String,
+    pub method: String,
+    pub status: Option<u16>,
+    pub queued: Option<f64>,
+    pub sent: Option<f64>,
+    pub first_byte: Option<f64>,
+    pub done: Option<f64>,
+    pub written: Option<f64>,
+}
