@@ -9,6 +9,7 @@ use crate::config::{Config, ConfigError};
 use crate::error::BatchError;
 use crate::headers::HeaderRules;
 use crate::metrics::{Gauges, Metrics};
+use crate::observe::{Observer, RouteState, Stats};
 use crate::route::{Route, Router};
 use crate::stack::balance::{Balancer, Upstream};
 use crate::stack::connect::TlsTarget;
@@ -30,6 +31,7 @@ pub struct Gateway {
     /// Each route's in-flight permits, by prefix, for the gauges.
     route_inflight: Vec<(String, Arc<Semaphore>)>,
     pub metrics: Arc<Metrics>,
+    pub observer: Arc<Observer>,
     pub headers: HeaderRules,
     pub part_limits: PartLimits,
     /// Sub-requests in flight across all batches.
@@ -44,6 +46,7 @@ impl Gateway {
     pub fn new(config: Config) -> Result<Gateway, ConfigError> {
         let limits = &config.limits;
         let metrics = Arc::new(Metrics::default());
+        let observer = Arc::new(Observer::default());
         let inflight = Arc::new(Semaphore::new(limits.max_inflight));
         let mut services = Vec::with_capacity(config.routes.len());
         let mut balancers = Vec::with_capacity(config.routes.len());
@@ -99,6 +102,7 @@ impl Gateway {
             let label: Vec<String> = origins.iter().map(ToString::to_string).collect();
             let permits = Arc::new(Semaphore::new(limits.max_inflight_per_upstream));
             route_inflight.push((route.prefix.clone(), permits.clone()));
+            observer.set_limit(&route.prefix, limits.max_inflight_per_upstream);
             let service = RouteStack {
                 upstream: Arc::from(label.join(", ")),
                 timeout: route.timeout.unwrap_or(limits.part_timeout),
@@ -129,6 +133,7 @@ impl Gateway {
             balancers,
             route_inflight,
             metrics,
+            observer,
             headers: HeaderRules::new(&config),
             part_limits: PartLimits {
                 max_headers: limits.max_part_headers,
@@ -177,6 +182,32 @@ impl Gateway {
                 })
                 .collect(),
         }
+    }
+
+    /// What `/admin/stats` shows.
+    pub fn stats(&self) -> Stats {
+        let limit = self.config.limits.max_inflight_per_upstream;
+        let routes: Vec<RouteState> = self
+            .route_inflight
+            .iter()
+            .zip(&self.config.routes)
+            .map(|((prefix, permits), route)| RouteState {
+                route: prefix.clone(),
+                in_flight: limit - permits.available_permits(),
+                adaptive: route.adaptive_concurrency.is_some(),
+            })
+            .collect();
+        self.observer.stats(
+            &routes,
+            self.sub_requests_in_flight(),
+            self.config.limits.max_inflight,
+            self.batches_in_flight(),
+        )
+    }
+
+    /// The gateway-wide in-flight permits.
+    pub fn global_inflight(&self) -> Arc<Semaphore> {
+        self.inflight.clone()
     }
 
     /// Sub-requests in flight right now, across all batches.

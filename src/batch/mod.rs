@@ -43,10 +43,17 @@ where
     let (head, body) = request.into_parts();
     let admitted = admit::admit(gateway, &head, peer, tls)?;
     let limits = &gateway.config.limits;
+    let timeline = gateway.observer.batch(peer, arrival);
+    let telemetry = run::Telemetry {
+        metrics: gateway.metrics.clone(),
+        observer: gateway.observer.clone(),
+        batch: timeline.clone(),
+        global: gateway.global_inflight(),
+    };
     let (feed, answers) = run::start(
         run::Settings::new(limits, arrival),
         admitted.writer.clone(),
-        gateway.metrics.clone(),
+        telemetry,
     );
     let read = read::Read {
         gateway,
@@ -54,7 +61,13 @@ where
         gateway_host: admitted.gateway_host.as_deref(),
         feed: &feed,
     };
-    let parts = read.body(admitted.reader, body, arrival).await?;
+    let parts = match read.body(admitted.reader, body, arrival).await {
+        Ok(parts) => parts,
+        Err(error) => {
+            timeline.finish(error.status().as_u16());
+            return Err(error);
+        }
+    };
     feed.commit();
     tracing::debug!(parts, %peer, "batch accepted");
     let reply = respond::Reply {
@@ -63,6 +76,7 @@ where
         total: parts,
         coding: admitted.coding,
         permit: admitted.permit,
+        timeline,
     };
     Ok(respond::respond(reply, &gateway.config.compression))
 }

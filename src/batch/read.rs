@@ -155,6 +155,7 @@ impl Read<'_> {
                     accepts: None,
                     tried: None,
                     queued: Duration::ZERO,
+                    timeline: None,
                 }),
             },
         ))

@@ -16,8 +16,11 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
+use std::sync::Arc;
+
 use crate::codec::ReplyWriter;
 use crate::compress::{Coding, CompressionConfig, Encoder};
+use crate::observe::timeline::{BatchTimeline, Mark};
 use crate::response::{BoxError, ReplyBody};
 
 /// Input bytes gathered before a frame is sent regardless of what is ready.
@@ -38,6 +41,8 @@ pub struct Reply {
     pub coding: Option<Coding>,
     /// Holds one of `limits.max_batches` until the last byte is out or the client is gone.
     pub permit: OwnedSemaphorePermit,
+    /// Where each part's `written` mark goes.
+    pub timeline: Arc<BatchTimeline>,
 }
 
 /// The `200` response streaming the reply.
@@ -66,6 +71,7 @@ pub fn respond(reply: Reply, compression: &CompressionConfig) -> Response<ReplyB
         output: Some(output),
         flush_delay: compression.flush_delay,
         _permit: reply.permit,
+        timeline: reply.timeline,
     };
     let frames = futures_util::stream::unfold(body, |mut body| async move {
         let frame = body.next_frame().await?;
@@ -87,6 +93,7 @@ struct Body {
     output: Option<Output>,
     flush_delay: Duration,
     _permit: OwnedSemaphorePermit,
+    timeline: Arc<BatchTimeline>,
 }
 
 impl Body {
@@ -106,8 +113,11 @@ impl Body {
                     )
                     .into()));
                 }
-                return Some(output.finish(self.close.clone()).await);
+                let last = output.finish(self.close.clone()).await;
+                self.timeline.finish(200);
+                return Some(last);
             };
+            self.timeline.mark(self.received, Mark::Written);
             self.received += 1;
             if let Some(large) = output.write(part) {
                 return Some(Ok(large));

@@ -27,6 +27,9 @@ use crate::codec::ReplyWriter;
 use crate::config::Limits;
 use crate::error::{Fault, PartError};
 use crate::metrics::Metrics;
+use crate::observe::Observer;
+use crate::observe::timeline::{BatchTimeline, Mark, PartTimeline};
+use crate::observe::window::Sample;
 use crate::stack::{PartRequest, PartService};
 use crate::wire::ContentId;
 
@@ -107,7 +110,7 @@ impl Feed {
 pub fn start(
     settings: Settings,
     writer: ReplyWriter,
-    metrics: Arc<Metrics>,
+    telemetry: Telemetry,
 ) -> (Feed, mpsc::Receiver<Bytes>) {
     let (input, input_rx) = mpsc::unbounded_channel();
     let (out, out_rx) = mpsc::channel(settings.window);
@@ -123,7 +126,7 @@ pub fn start(
         input_open: true,
         shared: Arc::new(Shared {
             writer,
-            metrics,
+            telemetry,
             settings,
         }),
     };
@@ -131,10 +134,20 @@ pub fn start(
     (Feed { input }, out_rx)
 }
 
+/// Where a batch's parts are counted and timed.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub observer: Arc<Observer>,
+    pub batch: Arc<BatchTimeline>,
+    /// The gateway-wide in-flight permits: a part that finds none left counts as saturated.
+    pub global: Arc<Semaphore>,
+}
+
 /// What every part future of the batch needs.
 struct Shared {
     writer: ReplyWriter,
-    metrics: Arc<Metrics>,
+    telemetry: Telemetry,
     settings: Settings,
 }
 
@@ -178,7 +191,10 @@ impl Scheduler {
             if !self.input_open && self.waiting.is_empty() && self.slots.is_empty() {
                 let settings = &self.shared.settings;
                 let elapsed = settings.arrival.elapsed();
-                self.shared.metrics.batch_finished(self.sent, elapsed);
+                self.shared
+                    .telemetry
+                    .metrics
+                    .batch_finished(self.sent, elapsed);
                 return;
             }
             let want_seat = !self.waiting.is_empty();
@@ -219,15 +235,23 @@ impl Scheduler {
         }
     }
 
-    fn seat(&mut self, seat: mpsc::OwnedPermit<Bytes>, job: Job) {
+    fn seat(&mut self, seat: mpsc::OwnedPermit<Bytes>, mut job: Job) {
         let route = job.route.clone();
+        let method = match &job.work {
+            Work::Forward { request, .. } => request.method.as_str(),
+            Work::Refused(_) => "",
+        };
+        let timeline = self.shared.telemetry.batch.part(&route, method);
+        if let Work::Forward { request, .. } = &mut job.work {
+            request.timeline = Some(timeline.clone());
+        }
         let state = match job.work {
             Work::Refused(error) => SlotState::Done(answer(
                 &self.shared,
                 &job.route,
                 job.content_id.as_ref(),
                 Err(error),
-                Duration::ZERO,
+                &timeline,
             )),
             Work::Forward { ref request, .. } if !self.committed && !request.is_safe() => {
                 SlotState::Held(Box::new(job))
@@ -279,9 +303,13 @@ impl Scheduler {
     ) {
         let shared = self.shared.clone();
         let concurrency = self.concurrency.clone();
+        let timeline = request.timeline.clone();
         self.running.push(Box::pin(async move {
             let settings = &shared.settings;
             let started = Instant::now();
+            if let Some(t) = &timeline {
+                t.mark(Mark::Queued);
+            }
             let call = async {
                 let _permit: OwnedSemaphorePermit =
                     concurrency
@@ -300,8 +328,16 @@ impl Scheduler {
                     index,
                     after: settings.batch_timeout,
                 }));
-            let elapsed = started.elapsed();
-            let bytes = answer(&shared, &route, content_id.as_ref(), result, elapsed);
+            let bytes = match &timeline {
+                Some(t) => answer(&shared, &route, content_id.as_ref(), result, t),
+                None => answer(
+                    &shared,
+                    &route,
+                    content_id.as_ref(),
+                    result,
+                    &shared.telemetry.batch.part(&route, ""),
+                ),
+            };
             (index, bytes)
         }));
     }
@@ -345,28 +381,45 @@ impl Drop for Scheduler {
             }
         }
         for (route, n) in counts {
-            self.shared.metrics.parts_cancelled(route, n);
+            self.shared.telemetry.metrics.parts_cancelled(route, n);
         }
     }
 }
 
-/// Renders a part's outcome, counting and logging it.
+/// Renders a part's outcome, counting, timing and logging it.
 fn answer(
     shared: &Shared,
     route: &str,
     content_id: Option<&ContentId>,
     result: Result<crate::stack::UpstreamResponse, PartError>,
-    elapsed: Duration,
+    timeline: &PartTimeline,
 ) -> Bytes {
+    timeline.mark(Mark::Done);
+    let telemetry = &shared.telemetry;
+    let elapsed = timeline.elapsed_since_queued();
+    let (status, error) = match &result {
+        Ok(response) => (response.status, response.status.is_server_error()),
+        Err(error) => (error.status(), error.fault() != Fault::Client),
+    };
+    timeline.set_status(status.as_u16());
+    telemetry.observer.record(
+        route,
+        Sample {
+            elapsed_us: elapsed.as_micros() as u64,
+            queued_us: u64::from(timeline.queued_micros().unwrap_or(0)),
+            error,
+            saturated: telemetry.global.available_permits() == 0,
+        },
+    );
     match result {
         Ok(response) => {
-            shared
+            telemetry
                 .metrics
                 .part_answered(route, response.status, elapsed);
             shared.writer.response(content_id, &response)
         }
         Err(error) => {
-            shared.metrics.part_failed(route, &error, elapsed);
+            telemetry.metrics.part_failed(route, &error, elapsed);
             match error.fault() {
                 Fault::Client => tracing::debug!(kind = error.kind(), "{error}"),
                 _ => tracing::warn!(
@@ -491,6 +544,7 @@ mod tests {
                     accepts: None,
                     tried: None,
                     queued: Duration::ZERO,
+                    timeline: None,
                 }),
                 service: service.clone(),
             },
@@ -506,7 +560,17 @@ mod tests {
             deadline: Instant::now() + Duration::from_secs(3600),
             batch_timeout: Duration::from_secs(3600),
         };
-        let (feed, out) = start(settings, ReplyWriter::new(), metrics.clone());
+        let telemetry = Telemetry {
+            metrics: metrics.clone(),
+            observer: Arc::default(),
+            batch: Arc::new(BatchTimeline::new(
+                1,
+                Instant::now(),
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+            )),
+            global: Arc::new(Semaphore::new(16)),
+        };
+        let (feed, out) = start(settings, ReplyWriter::new(), telemetry);
         (feed, out, metrics)
     }
 

@@ -79,7 +79,6 @@ pub struct RouteStats {
 #[derive(Debug)]
 pub struct RouteState {
     pub route: String,
-    pub limit: usize,
     pub in_flight: usize,
     pub adaptive: bool,
 }
@@ -110,6 +109,11 @@ impl Observer {
         if !route.is_empty() {
             self.window(route).record(self.now(), sample);
         }
+    }
+
+    /// Notes a route's concurrency limit now (at build, and when it is tuned).
+    pub fn set_limit(&self, route: &str, limit: usize) {
+        self.window(route).set_limit(limit);
     }
 
     /// A new batch's timeline, kept among the recent ones.
@@ -173,10 +177,10 @@ impl Observer {
                     p99_ms: minute.p99_ms,
                     error_rate: minute.error_rate,
                     recent,
-                    concurrency_limit: state.limit,
+                    concurrency_limit: window.limit(),
                     in_flight: state.in_flight,
                     bottleneck,
-                    series: window.series(now, window::SECONDS as u64, state.limit),
+                    series: window.series(now, window::SECONDS as u64),
                 }
             })
             .collect();

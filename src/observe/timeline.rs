@@ -74,6 +74,15 @@ impl PartTimeline {
         self.status.store(status, Ordering::Relaxed);
     }
 
+    /// Time from the part's start (`Queued`) until now.
+    pub fn elapsed_since_queued(&self) -> std::time::Duration {
+        let queued = self.queued.load(Ordering::Relaxed);
+        let start = if queued == UNSET { 0 } else { queued };
+        self.arrival
+            .elapsed()
+            .saturating_sub(std::time::Duration::from_micros(u64::from(start)))
+    }
+
     /// Microseconds a part waited for permits, once it has been sent.
     pub fn queued_micros(&self) -> Option<u32> {
         let queued = self.queued.load(Ordering::Relaxed);

@@ -2,6 +2,7 @@
 //! and the concurrency limit in force. Percentiles and rates over any span of it are computed on demand.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
@@ -29,12 +30,15 @@ struct Second {
 #[derive(Debug)]
 pub struct RouteWindow {
     seconds: Mutex<Vec<Second>>,
+    /// The route's concurrency limit now; each second records the one in force.
+    limit: AtomicUsize,
 }
 
 impl Default for RouteWindow {
     fn default() -> Self {
         RouteWindow {
             seconds: Mutex::new(vec![Second::default(); SECONDS]),
+            limit: AtomicUsize::new(0),
         }
     }
 }
@@ -47,8 +51,6 @@ pub struct Sample {
     pub error: bool,
     /// The gateway-wide in-flight limit was reached.
     pub saturated: bool,
-    /// The route's concurrency limit at the time.
-    pub limit: usize,
 }
 
 /// Figures over a span of seconds.
@@ -79,6 +81,14 @@ pub struct Point {
 }
 
 impl RouteWindow {
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
     pub fn record(&self, now: u64, sample: Sample) {
         let mut seconds = self.lock();
         let slot = &mut seconds[(now % SECONDS as u64) as usize];
@@ -94,7 +104,7 @@ impl RouteWindow {
         slot.latency[bucket(sample.elapsed_us)] += 1;
         slot.queued_us += sample.queued_us;
         slot.total_us += sample.elapsed_us;
-        slot.limit = sample.limit;
+        slot.limit = self.limit();
     }
 
     /// Figures over the seconds `from_ago..to_ago` before `now` (0 is the current second; `to_ago` excluded).
@@ -133,7 +143,8 @@ impl RouteWindow {
     }
 
     /// The last `n` seconds, oldest first.
-    pub fn series(&self, now: u64, n: u64, current_limit: usize) -> Vec<Point> {
+    pub fn series(&self, now: u64, n: u64) -> Vec<Point> {
+        let current_limit = self.limit();
         let seconds = self.lock();
         (0..n.min(SECONDS as u64))
             .rev()
@@ -200,7 +211,6 @@ mod tests {
             queued_us: 0,
             error,
             saturated: false,
-            limit: 8,
         }
     }
 

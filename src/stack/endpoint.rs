@@ -21,6 +21,7 @@ use crate::config::{Origin, UpstreamSettings};
 use crate::error::PartError;
 use crate::headers::strip_hop_by_hop;
 use crate::metrics::Metrics;
+use crate::observe::timeline::Mark;
 use crate::wire::Framing;
 
 /// Read buffer of each upstream connection. A fixed size keeps pooled connections from each growing theirs
@@ -123,6 +124,7 @@ impl Endpoint {
             headers,
             body,
             batch,
+            timeline,
             ..
         } = part;
         let upstream = || self.label.to_string();
@@ -141,6 +143,9 @@ impl Endpoint {
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
         self.metrics.upstream_request();
+        if let Some(t) = &timeline {
+            t.mark(Mark::Sent);
+        }
         let response = self.client.request(request).await.map_err(|e| {
             let reason = innermost(&e);
             if e.is_connect() {
@@ -157,6 +162,9 @@ impl Endpoint {
                 }
             }
         })?;
+        if let Some(t) = &timeline {
+            t.mark(Mark::FirstByte);
+        }
         let (parts, mut body) = response.into_parts();
         let mut pieces = Vec::new();
         let mut body_len = 0u64;

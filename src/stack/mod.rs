@@ -39,6 +39,7 @@ use tower::util::BoxCloneSyncService;
 
 use crate::error::PartError;
 use crate::headers::BatchHeaders;
+use crate::observe::timeline::PartTimeline;
 use crate::wire::Framing;
 use balance::{Balancer, Tried};
 
@@ -65,6 +66,8 @@ pub struct PartRequest {
     pub tried: Option<Arc<Tried>>,
     /// How long the part has waited for permits so far (its batch's concurrency, then the limit layers').
     pub queued: Duration,
+    /// Where the part's marks go (sent, first byte), for the batch's timeline.
+    pub timeline: Option<Arc<PartTimeline>>,
 }
 
 impl PartRequest {
@@ -80,6 +83,7 @@ impl PartRequest {
             accepts: self.accepts.clone(),
             tried: self.tried.clone(),
             queued: Duration::ZERO,
+            timeline: self.timeline.clone(),
         }
     }
 
