@@ -159,6 +159,10 @@ pub enum PartError {
     BatchResponseBudget { index: usize, limit: u64 },
     #[error("part {index}: the batch ran out of time (limits.batch_timeout = {after:?})")]
     BatchDeadline { index: usize, after: Duration },
+    #[error(
+        "part {index}: this client is over its rate limit (rate_limit.parts_per_second); retry after {retry_after:?}"
+    )]
+    RateLimited { index: usize, retry_after: Duration },
     #[error("part {index}: internal error: {reason}")]
     Internal { index: usize, reason: String },
 }
@@ -182,15 +186,17 @@ impl PartError {
             PartError::Timeout { .. } | PartError::BatchDeadline { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            PartError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             PartError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     pub fn fault(&self) -> Fault {
         match self {
-            PartError::Request { .. } | PartError::Route { .. } | PartError::NestedBody { .. } => {
-                Fault::Client
-            }
+            PartError::Request { .. }
+            | PartError::Route { .. }
+            | PartError::NestedBody { .. }
+            | PartError::RateLimited { .. } => Fault::Client,
             PartError::Connect { .. }
             | PartError::NoResponse { .. }
             | PartError::Upstream { .. }
@@ -215,6 +221,14 @@ impl PartError {
         )
     }
 
+    /// How long the client should wait before sending the part again, when the gateway knows.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            PartError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -234,6 +248,7 @@ impl PartError {
             PartError::ResponseTooLarge { .. } => "response_too_large",
             PartError::BatchResponseBudget { .. } => "batch_response_budget",
             PartError::BatchDeadline { .. } => "batch_deadline",
+            PartError::RateLimited { .. } => "rate_limited",
             PartError::Internal { .. } => "internal",
         }
     }
@@ -252,6 +267,7 @@ impl PartError {
             | PartError::ResponseTooLarge { index, .. }
             | PartError::BatchResponseBudget { index, .. }
             | PartError::BatchDeadline { index, .. }
+            | PartError::RateLimited { index, .. }
             | PartError::Internal { index, .. } => *index,
         }
     }

@@ -14,6 +14,7 @@ use crate::route::{Route, Router};
 use crate::stack::balance::{Balancer, Upstream};
 use crate::stack::connect::TlsTarget;
 use crate::stack::endpoint::{Endpoint, EndpointSettings};
+use crate::stack::ratelimit::RateLimiter;
 use crate::stack::retry::Budget;
 use crate::stack::rewrite::Mapping;
 use crate::stack::{PartService, RouteStack};
@@ -32,6 +33,8 @@ pub struct Gateway {
     route_inflight: Vec<(String, Arc<Semaphore>)>,
     pub metrics: Arc<Metrics>,
     pub observer: Arc<Observer>,
+    /// The per-client limit on parts, shared by every route's stack.
+    pub rate_limit: Option<Arc<RateLimiter>>,
     pub headers: HeaderRules,
     pub part_limits: PartLimits,
     /// Sub-requests in flight across all batches.
@@ -47,6 +50,10 @@ impl Gateway {
         let limits = &config.limits;
         let metrics = Arc::new(Metrics::default());
         let observer = Arc::new(Observer::default());
+        let rate_limit = config
+            .rate_limit
+            .as_ref()
+            .map(|c| Arc::new(RateLimiter::new(c)));
         let inflight = Arc::new(Semaphore::new(limits.max_inflight));
         let mut services = Vec::with_capacity(config.routes.len());
         let mut balancers = Vec::with_capacity(config.routes.len());
@@ -122,6 +129,7 @@ impl Gateway {
                 global_inflight: inflight.clone(),
                 max_response_bytes: limits.max_response_bytes,
                 balancer: balancer.clone(),
+                rate_limit: rate_limit.clone(),
             }
             .build();
             services.push(service);
@@ -134,6 +142,7 @@ impl Gateway {
             route_inflight,
             metrics,
             observer,
+            rate_limit,
             headers: HeaderRules::new(&config),
             part_limits: PartLimits {
                 max_headers: limits.max_part_headers,

@@ -112,6 +112,29 @@ impl HeaderRules {
         }
     }
 
+    /// The client a batch comes from: the peer, or, when the peer is a trusted proxy, the nearest address in
+    /// its `X-Forwarded-For` chain that is not itself a trusted proxy.
+    pub fn client(&self, outer: &HeaderMap, peer: IpAddr) -> IpAddr {
+        let peer = peer.to_canonical();
+        let trusted = |ip: IpAddr| self.trusted_proxies.iter().any(|net| net.contains(ip));
+        if !trusted(peer) {
+            return peer;
+        }
+        let chain: Vec<IpAddr> = outer
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+            .map(|a| a.to_canonical())
+            .collect();
+        chain
+            .into_iter()
+            .rev()
+            .find(|&a| !trusted(a))
+            .unwrap_or(peer)
+    }
+
     fn inherited(&self, outer: &HeaderMap) -> HeaderMap {
         let mut out = outer.clone();
         strip_hop_by_hop(&mut out);

@@ -12,6 +12,7 @@ use crate::codec::{self, PartReader, ReplyWriter};
 use crate::compress::Coding;
 use crate::error::BatchError;
 use crate::gateway::Gateway;
+use crate::stack::ratelimit::ClientKey;
 use crate::stack::{BatchScope, ResponseBudget};
 
 /// A batch let in.
@@ -66,9 +67,15 @@ pub fn admit(
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
         .or_else(|| head.uri.authority().map(|a| a.to_string()));
+    let client = gateway.headers.client(&head.headers, peer);
+    let client = match &gateway.rate_limit {
+        Some(limiter) => limiter.key(client, &head.headers),
+        None => ClientKey::Ip(client),
+    };
     let scope = Arc::new(BatchScope {
         headers: gateway.headers.batch(&head.headers, peer, tls),
         budget: ResponseBudget::new(limits.max_batch_response_bytes),
+        client,
     });
     Ok(Admitted {
         permit,

@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
@@ -105,8 +105,13 @@ impl ReplyWriter {
 
     /// One failed part, with its JSON error body.
     pub fn error(&self, content_id: Option<&ContentId>, error: &PartError) -> Bytes {
-        let mut headers = HeaderMap::with_capacity(1);
+        let mut headers = HeaderMap::with_capacity(2);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(wait) = error.retry_after() {
+            // Whole seconds, rounded up: Retry-After has no fractions.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
         let body = error.body();
         let mut out = BytesMut::new();
         write_reply(

@@ -2,6 +2,7 @@
 //! answer or a typed [`PartError`].
 //!
 //! Each concern is a layer of its own, outermost first:
+//! - [`ratelimit`]: the per-client limit, a token per part;
 //! - [`policy`]: the headers the upstream sees (inherited from the batch, forwarding headers, cookies);
 //! - [`rewrite`]: the route's path mapping, and `Location` answers mapped back;
 //! - [`timeout`]: the route's time limit for the part, all its tries included;
@@ -19,6 +20,7 @@ pub mod connect;
 pub mod endpoint;
 pub mod limit;
 pub mod policy;
+pub mod ratelimit;
 pub mod retry;
 pub mod rewrite;
 pub mod rules;
@@ -42,6 +44,7 @@ use crate::headers::BatchHeaders;
 use crate::observe::timeline::PartTimeline;
 use crate::wire::Framing;
 use balance::{Balancer, Tried};
+use ratelimit::{ClientKey, RateLimitLayer, RateLimiter};
 
 /// A route's whole stack, type-erased so that every route's can be held and called alike.
 pub type PartService = BoxCloneSyncService<PartRequest, UpstreamResponse, PartError>;
@@ -113,6 +116,8 @@ pub struct UpstreamResponse {
 pub struct BatchScope {
     pub headers: BatchHeaders,
     pub budget: ResponseBudget,
+    /// Who sent the batch, for the rate limit.
+    pub client: ClientKey,
 }
 
 /// Response bytes one batch may still receive from upstreams (`limits.max_batch_response_bytes`).
@@ -165,11 +170,14 @@ pub struct RouteStack {
     pub global_inflight: Arc<Semaphore>,
     pub max_response_bytes: u64,
     pub balancer: Balancer,
+    /// The gateway's per-client limit, shared by every route.
+    pub rate_limit: Option<Arc<RateLimiter>>,
 }
 
 impl RouteStack {
     pub fn build(self) -> PartService {
         let service = ServiceBuilder::new()
+            .option_layer(self.rate_limit.map(RateLimitLayer::new))
             .layer(policy::PolicyLayer::new(self.strip_cookies))
             .layer(rewrite::RewriteLayer::new(self.mapping))
             .layer(timeout::TimeoutLayer::new(
