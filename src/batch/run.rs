@@ -528,6 +528,7 @@ mod tests {
                 false,
             ),
             budget: ResponseBudget::new(u64::MAX),
+            client: crate::stack::ratelimit::ClientKey::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         });
         Job {
             index,

@@ -3,7 +3,7 @@
 //! other parts go on. One limiter serves every route's stack.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -61,9 +61,7 @@ impl RateLimiter {
     pub fn key(&self, client: IpAddr, headers: &HeaderMap) -> ClientKey {
         match (self.key, headers.get(AUTHORIZATION)) {
             (RateLimitKey::Authorization, Some(value)) => {
-                let mut h = self.hasher.build_hasher();
-                value.as_bytes().hash(&mut h);
-                ClientKey::Credentials(h.finish())
+                ClientKey::Credentials(self.hasher.hash_one(value.as_bytes()))
             }
             _ => ClientKey::Ip(client),
         }
