@@ -11,13 +11,14 @@ use crate::headers::HeaderRules;
 use crate::metrics::{Gauges, Metrics};
 use crate::observe::{Observer, RouteState, Stats};
 use crate::route::{Route, Router};
+use crate::stack::adaptive::AdaptiveLimiter;
 use crate::stack::balance::{Balancer, Upstream};
 use crate::stack::connect::TlsTarget;
 use crate::stack::endpoint::{Endpoint, EndpointSettings};
 use crate::stack::ratelimit::RateLimiter;
 use crate::stack::retry::Budget;
 use crate::stack::rewrite::Mapping;
-use crate::stack::{PartService, RouteStack};
+use crate::stack::{PartService, RouteLimit, RouteStack};
 use crate::tls::ClientTls;
 use crate::wire::PartLimits;
 
@@ -29,8 +30,8 @@ pub struct Gateway {
     services: Vec<PartService>,
     /// Each route's balancer, by prefix: readiness reads their endpoints' health.
     balancers: Vec<(String, Balancer)>,
-    /// Each route's in-flight permits, by prefix, for the gauges.
-    route_inflight: Vec<(String, Arc<Semaphore>)>,
+    /// Each route's in-flight limit, by prefix, for the gauges and stats.
+    route_limits: Vec<(String, RouteLimit)>,
     pub metrics: Arc<Metrics>,
     pub observer: Arc<Observer>,
     /// The per-client limit on parts, shared by every route's stack.
@@ -57,7 +58,7 @@ impl Gateway {
         let inflight = Arc::new(Semaphore::new(limits.max_inflight));
         let mut services = Vec::with_capacity(config.routes.len());
         let mut balancers = Vec::with_capacity(config.routes.len());
-        let mut route_inflight = Vec::with_capacity(config.routes.len());
+        let mut route_limits = Vec::with_capacity(config.routes.len());
         for (i, route) in config.routes.iter().enumerate() {
             let origins = route
                 .origins()
@@ -107,9 +108,18 @@ impl Gateway {
                 },
             );
             let label: Vec<String> = origins.iter().map(ToString::to_string).collect();
-            let permits = Arc::new(Semaphore::new(limits.max_inflight_per_upstream));
-            route_inflight.push((route.prefix.clone(), permits.clone()));
-            observer.set_limit(&route.prefix, limits.max_inflight_per_upstream);
+            let route_limit = match route.adaptive_concurrency {
+                Some(bounds) => RouteLimit::Adaptive(Arc::new(AdaptiveLimiter::new(
+                    Arc::from(route.prefix.as_str()),
+                    bounds,
+                    observer.clone(),
+                ))),
+                None => {
+                    observer.set_limit(&route.prefix, limits.max_inflight_per_upstream);
+                    RouteLimit::Fixed(Arc::new(Semaphore::new(limits.max_inflight_per_upstream)))
+                }
+            };
+            route_limits.push((route.prefix.clone(), route_limit.clone()));
             let service = RouteStack {
                 upstream: Arc::from(label.join(", ")),
                 timeout: route.timeout.unwrap_or(limits.part_timeout),
@@ -125,7 +135,7 @@ impl Gateway {
                     config.upstream.retry_budget,
                     config.upstream.retry_budget_min,
                 ),
-                route_inflight: permits.clone(),
+                route_limit,
                 global_inflight: inflight.clone(),
                 max_response_bytes: limits.max_response_bytes,
                 balancer: balancer.clone(),
@@ -139,7 +149,7 @@ impl Gateway {
             router: Router::new(&config),
             services,
             balancers,
-            route_inflight,
+            route_limits,
             metrics,
             observer,
             rate_limit,
@@ -179,15 +189,16 @@ impl Gateway {
 
     /// The gauges `/metrics` reads at scrape time.
     pub fn gauges(&self) -> Gauges {
-        let limit = self.config.limits.max_inflight_per_upstream;
+        let fixed = self.config.limits.max_inflight_per_upstream;
         Gauges {
             batches: self.batches_in_flight(),
             sub_requests: self.sub_requests_in_flight(),
             routes: self
-                .route_inflight
+                .route_limits
                 .iter()
-                .map(|(prefix, permits)| {
-                    (prefix.clone(), limit - permits.available_permits(), limit)
+                .map(|(prefix, limit)| {
+                    let (in_flight, limit) = limit.gauge(fixed);
+                    (prefix.clone(), in_flight, limit)
                 })
                 .collect(),
         }
@@ -195,15 +206,14 @@ impl Gateway {
 
     /// What `/admin/stats` shows.
     pub fn stats(&self) -> Stats {
-        let limit = self.config.limits.max_inflight_per_upstream;
+        let fixed = self.config.limits.max_inflight_per_upstream;
         let routes: Vec<RouteState> = self
-            .route_inflight
+            .route_limits
             .iter()
-            .zip(&self.config.routes)
-            .map(|((prefix, permits), route)| RouteState {
+            .map(|(prefix, limit)| RouteState {
                 route: prefix.clone(),
-                in_flight: limit - permits.available_permits(),
-                adaptive: route.adaptive_concurrency.is_some(),
+                in_flight: limit.gauge(fixed).0,
+                adaptive: matches!(limit, RouteLimit::Adaptive(_)),
             })
             .collect();
         self.observer.stats(

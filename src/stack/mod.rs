@@ -7,7 +7,8 @@
 //! - [`rewrite`]: the route's path mapping, and `Location` answers mapped back;
 //! - [`timeout`]: the route's time limit for the part, all its tries included;
 //! - [`retry`]: idempotent parts tried again elsewhere, within a budget;
-//! - [`limit`]: sub-requests in flight to this route, then across the gateway;
+//! - [`limit`] or [`adaptive`]: sub-requests in flight to this route (a fixed or a tuned limit), then
+//!   across the gateway;
 //! - [`rules`]: HTTP semantics of the answer (1xx, 204, HEAD and 304 lengths, unrequested compression);
 //! - [`balance`]: which upstream address takes the part, and their passive health;
 //! - [`endpoint`]: one address's keep-alive pool ([`connect`]: TCP, TLS), and the response size limits.
@@ -15,6 +16,7 @@
 //! Caching and metrics wrap the same call: they are layers to add here. The scheduler knows nothing of HTTP
 //! beyond calling a route's [`PartService`].
 
+pub mod adaptive;
 pub mod balance;
 pub mod connect;
 pub mod endpoint;
@@ -153,6 +155,23 @@ impl ResponseBudget {
     }
 }
 
+/// A route's in-flight limit: fixed (`limits.max_inflight_per_upstream`) or tuned from its latency.
+#[derive(Debug, Clone)]
+pub enum RouteLimit {
+    Fixed(Arc<Semaphore>),
+    Adaptive(Arc<adaptive::AdaptiveLimiter>),
+}
+
+impl RouteLimit {
+    /// Sub-requests in flight under it, and the limit now; `fixed` is the fixed limit's size.
+    pub fn gauge(&self, fixed: usize) -> (usize, usize) {
+        match self {
+            RouteLimit::Fixed(permits) => (fixed - permits.available_permits(), fixed),
+            RouteLimit::Adaptive(limiter) => (limiter.in_flight(), limiter.limit()),
+        }
+    }
+}
+
 /// What one route's stack is built from.
 #[derive(Debug)]
 pub struct RouteStack {
@@ -165,7 +184,7 @@ pub struct RouteStack {
     pub retry_backoff: Duration,
     pub budget: retry::Budget,
     /// Sub-requests in flight to this route, across all batches.
-    pub route_inflight: Arc<Semaphore>,
+    pub route_limit: RouteLimit,
     /// Sub-requests in flight across the gateway.
     pub global_inflight: Arc<Semaphore>,
     pub max_response_bytes: u64,
@@ -189,7 +208,16 @@ impl RouteStack {
                 self.retry_backoff,
                 self.budget,
             ))
-            .layer(limit::InflightLayer::new(self.route_inflight))
+            .option_layer(match &self.route_limit {
+                RouteLimit::Fixed(permits) => Some(limit::InflightLayer::new(permits.clone())),
+                RouteLimit::Adaptive(_) => None,
+            })
+            .option_layer(match &self.route_limit {
+                RouteLimit::Adaptive(limiter) => {
+                    Some(adaptive::AdaptiveLayer::new(limiter.clone()))
+                }
+                RouteLimit::Fixed(_) => None,
+            })
             .layer(limit::InflightLayer::new(self.global_inflight))
             .layer(rules::RulesLayer::new(
                 self.upstream,
@@ -197,5 +225,39 @@ impl RouteStack {
             ))
             .service(self.balancer);
         BoxCloneSyncService::new(service)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::Config;
+    use crate::headers::HeaderRules;
+
+    /// A GET part of a batch from localhost, as the read stage would make it.
+    pub fn part_request(index: usize) -> PartRequest {
+        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        PartRequest {
+            index,
+            method: Method::GET,
+            path: format!("/p{index}").parse().expect("a path"),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            batch: Arc::new(BatchScope {
+                headers: HeaderRules::new(&Config::default()).batch(
+                    &HeaderMap::new(),
+                    localhost,
+                    false,
+                ),
+                budget: ResponseBudget::new(u64::MAX),
+                client: ClientKey::Ip(localhost),
+            }),
+            accepts: None,
+            tried: None,
+            queued: Duration::ZERO,
+            timeline: None,
+        }
     }
 }
