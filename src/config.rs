@@ -530,7 +530,10 @@ impl Config {
         self.validate_cors()?;
         self.validate_observability()?;
         check_path("batch_path", &self.batch_path)?;
-        if matches!(self.batch_path.as_str(), "/healthz" | "/metrics") {
+        if matches!(
+            self.batch_path.as_str(),
+            "/healthz" | "/readyz" | "/metrics"
+        ) {
             return Err(invalid(format!(
                 "batch_path {:?} collides with the gateway's own {} endpoint",
                 self.batch_path, self.batch_path
@@ -1834,7 +1837,9 @@ upstream = "http://127.0.0.1:9001"
 
     #[test]
     fn batch_path_is_a_plain_path_of_its_own() {
-        for path in ["batch", "/healthz", "/metrics", "/b?x", "/b//c", "/b/../c"] {
+        for path in [
+            "batch", "/healthz", "/readyz", "/metrics", "/b?x", "/b//c", "/b/../c",
+        ] {
             refused(&format!("batch_path = {path:?}"), "batch_path", &[]);
         }
         Config::from_toml("batch_path = \"/batch/storage/v1\"").unwrap();

@@ -48,9 +48,20 @@ impl Gateway {
     /// Builds the gateway from a validated config. Fails on what only building can find: certificate and key
     /// files that cannot be read or used.
     pub fn new(config: Config) -> Result<Gateway, ConfigError> {
+        Gateway::build(config, Arc::default(), Arc::default())
+    }
+
+    /// A gateway for a reloaded config that goes on counting into `previous`'s metrics and observations.
+    pub fn succeeding(config: Config, previous: &Gateway) -> Result<Gateway, ConfigError> {
+        Gateway::build(config, previous.metrics.clone(), previous.observer.clone())
+    }
+
+    fn build(
+        config: Config,
+        metrics: Arc<Metrics>,
+        observer: Arc<Observer>,
+    ) -> Result<Gateway, ConfigError> {
         let limits = &config.limits;
-        let metrics = Arc::new(Metrics::default());
-        let observer = Arc::new(Observer::default());
         let rate_limit = config
             .rate_limit
             .as_ref()

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use batchgate::config::{Config, RouteConfig, parse_duration};
+use batchgate::server::Live;
 use batchgate::{Gateway, demo, server};
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -56,8 +57,9 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    // Handled from the start, so that a SIGHUP during startup neither kills the process nor goes unseen.
     #[cfg(unix)]
-    ignore_sighup()?;
+    let hangups = hangups()?;
     let mut config =
         match &args.config {
             Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
@@ -67,53 +69,91 @@ async fn run(args: Args) -> Result<(), String> {
                     .into(),
             ),
         };
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
+    let mut demo_addr = None;
     if args.demo {
         let upstream = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| format!("demo service: {e}"))?;
         let addr = upstream.local_addr().map_err(|e| e.to_string())?;
         tokio::spawn(demo::serve(upstream, args.demo_latency));
-        config.routes.retain(|r| r.prefix != "/mail/");
-        config.routes.push(RouteConfig {
-            prefix: "/mail/".into(),
-            upstream: Some(format!("http://{addr}")),
-            ..RouteConfig::default()
-        });
-        config.validate().map_err(|e| e.to_string())?;
+        demo_addr = Some(addr);
         tracing::info!(%addr, latency = ?args.demo_latency, "demo mail service running; /mail/ routes to it");
     }
-    let listener = TcpListener::bind(config.listen)
+    let overrides = Overrides {
+        listen: args.listen,
+        demo: demo_addr,
+    };
+    overrides.apply(&mut config);
+    config.validate().map_err(|e| e.to_string())?;
+    log_routes(&config);
+    let batch_path = config.batch_path.clone();
+    let listen = config.listen;
+    let gateway = Arc::new(Gateway::new(config).map_err(|e| e.to_string())?);
+    // Reads `[tls]`'s certificate and key: a bad file is a startup error naming tls.cert or tls.key.
+    let live = Live::new(gateway).map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let scheme = if live.is_tls() { "https" } else { "http" };
+    tracing::info!(
+        "batchgate listening on {scheme}://{local}{batch_path} (liveness: /healthz, readiness: /readyz)"
+    );
+    if args.demo {
+        println!("{}", demo_curl(scheme, local, &batch_path));
+    }
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(
+        hangups,
+        live.clone(),
+        args.config.clone(),
+        overrides,
+    ));
+    server::serve(listener, live, shutdown_signal()).await;
+    Ok(())
+}
+
+/// What the command line changes in the config file, at startup and on every reload.
+#[derive(Debug, Clone, Copy)]
+struct Overrides {
+    /// `--listen`.
+    listen: Option<SocketAddr>,
+    /// `--demo`: the demo service's address, which `/mail/` routes to.
+    demo: Option<SocketAddr>,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) {
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(addr) = self.demo {
+            config.routes.retain(|r| r.prefix != "/mail/");
+            config.routes.push(RouteConfig {
+                prefix: "/mail/".into(),
+                upstream: Some(format!("http://{addr}")),
+                ..RouteConfig::default()
+            });
+        }
+    }
+}
+
+fn log_routes(config: &Config) {
     for route in &config.routes {
         let upstreams: Vec<&String> = route.upstream.iter().chain(&route.upstreams).collect();
         tracing::info!(prefix = %route.prefix, ?upstreams, http2 = route.http2, "route");
     }
-    tracing::info!(
-        "batchgate listening on http://{local}{} (health: /healthz)",
-        config.batch_path
-    );
-    if args.demo {
-        println!("{}", demo_curl(local, &config.batch_path));
-    }
-    let gateway = Arc::new(Gateway::new(config).map_err(|e| e.to_string())?);
-    server::run(listener, gateway, shutdown_signal()).await;
-    Ok(())
 }
 
 /// A command that sends a real three-part batch to the demo.
-fn demo_curl(addr: SocketAddr, path: &str) -> String {
+fn demo_curl(scheme: &str, addr: SocketAddr, path: &str) -> String {
     let body = "--b\\r\\nContent-Type: application/http\\r\\nContent-ID: <unread>\\r\\n\\r\\n\
 GET /mail/v1/messages/unread?max=3\\r\\n\\r\\n\
 --b\\r\\nContent-Type: application/http\\r\\nContent-ID: <m1>\\r\\n\\r\\nGET /mail/v1/messages/1\\r\\n\\r\\n\
 --b\\r\\nContent-Type: application/http\\r\\nContent-ID: <new>\\r\\n\\r\\nPOST /mail/v1/messages HTTP/1.1\\r\\n\
 Content-Type: application/json\\r\\nContent-Length: 17\\r\\n\\r\\n{\"title\":\"hello\"}\\r\\n--b--\\r\\n";
     format!(
-        "Try it (bash):\n  curl -s http://{addr}{path} -H 'Content-Type: multipart/mixed; boundary=b' --data-binary $'{body}'"
+        "Try it (bash):\n  curl -s {scheme}://{addr}{path} -H 'Content-Type: multipart/mixed; boundary=b' --data-binary $'{body}'"
     )
 }
 
@@ -134,16 +174,48 @@ async fn shutdown_signal() {
     tracing::info!("signal received");
 }
 
-/// SIGHUP's default action would terminate the process (as when its terminal closes, or when an operator
-/// sends it expecting a reload). Handling it replaces that for the life of the process; each one is logged.
+/// SIGHUP's default action would terminate the process (as when its terminal closes). Handling it replaces
+/// that for the life of the process; each one reloads the config (see [`reload_on_sighup`]).
 #[cfg(unix)]
-fn ignore_sighup() -> Result<(), String> {
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
-    tokio::spawn(async move {
-        while hangup.recv().await.is_some() {
-            tracing::info!("SIGHUP ignored: reload is not supported yet");
+fn hangups() -> Result<tokio::signal::unix::Signal, String> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot handle SIGHUP: {e}"))
+}
+
+/// On each SIGHUP: re-reads the `--config` file, applies the command line's overrides, validates it, builds a
+/// new gateway and swaps it in for new batches and connections. A file that fails is logged and the previous
+/// gateway stays; the process lives on whatever happens.
+#[cfg(unix)]
+async fn reload_on_sighup(
+    mut hangups: tokio::signal::unix::Signal,
+    live: Arc<Live>,
+    path: Option<PathBuf>,
+    overrides: Overrides,
+) {
+    while hangups.recv().await.is_some() {
+        let Some(path) = &path else {
+            tracing::info!(
+                "SIGHUP ignored: no --config file to reload (--demo runs on built-in defaults)"
+            );
+            continue;
+        };
+        tracing::info!(path = %path.display(), "SIGHUP: reloading the config");
+        match live
+            .reload_file(path, move |config| overrides.apply(config))
+            .await
+        {
+            Ok(_) => {
+                let gateway = live.gateway();
+                log_routes(&gateway.config);
+                tracing::info!(
+                    path = %path.display(),
+                    "config reloaded: new batches and connections use it; batches in flight finish as they began"
+                );
+            }
+            Err(e) => tracing::error!(
+                path = %path.display(),
+                "config reload refused, still serving the previous config: {e}"
+            ),
         }
-    });
-    Ok(())
+    }
 }

@@ -1,5 +1,6 @@
-//! TLS material: PEM certificates and keys read from files, and the client configuration for https
-//! upstreams. One crypto provider, `ring`, installed explicitly so that no other can be picked at run time.
+//! TLS material: PEM certificates and keys read from files, the client configuration for https upstreams,
+//! and the server configuration of the gateway's own HTTPS listener (`[tls]`). One crypto provider, `ring`,
+//! installed explicitly so that no other can be picked at run time.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -7,10 +8,11 @@ use std::sync::{Arc, OnceLock};
 use rustls::RootCertStore;
 use rustls::client::ClientConfig;
 use rustls::crypto::CryptoProvider;
+use rustls::server::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, TlsConfig};
 
 /// The crypto provider every TLS configuration of the gateway uses.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -101,4 +103,29 @@ impl ClientTls<'_> {
         };
         Ok(Arc::new(config))
     }
+}
+
+/// The ALPN protocols the HTTPS listener offers, preferred first: the connection serves whichever the client
+/// picks (hyper-util's auto builder serves both).
+pub const SERVER_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// The HTTPS listener's configuration: `[tls] cert` and `key`, read now (errors name `tls.cert` or
+/// `tls.key`), ALPN `h2` and `http/1.1`, no client certificates.
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, ConfigError> {
+    let certs = load_certs("tls.cert", &tls.cert)?;
+    let key = load_key("tls.key", &tls.key)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::Invalid(format!("tls: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            ConfigError::Invalid(format!(
+                "tls.cert {} and tls.key {}: {e}",
+                tls.cert.display(),
+                tls.key.display()
+            ))
+        })?;
+    config.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
 }

@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::io::WriteWatch;
+use super::live::Served;
 use crate::response::{BoxError, ReplyBody};
 
 /// Every open client connection.
@@ -211,17 +212,20 @@ impl Registered {
     }
 }
 
-/// A response body that keeps its request counted as in progress until it is done or dropped.
+/// A response body that keeps its request counted as in progress until it is done or dropped, and keeps the
+/// gateway that serves it (a reload swaps in another one for new requests only).
 pub struct Tracked {
     inner: ReplyBody,
     _active: Active,
+    _served: Arc<Served>,
 }
 
 impl Tracked {
-    pub fn new(inner: ReplyBody, active: Active) -> Tracked {
+    pub fn new(inner: ReplyBody, active: Active, served: Arc<Served>) -> Tracked {
         Tracked {
             inner,
             _active: active,
+            _served: served,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The gateway's endpoints: the batch endpoint, `/healthz` and `/metrics`.
+//! The gateway's endpoints: the batch endpoint (with CORS when `[cors]` is set), `/healthz` (liveness),
+//! `/readyz` (readiness) and `/metrics`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,35 +9,34 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use super::cors::Cors;
+use super::live::Served;
 use crate::batch;
 use crate::error::{BatchError, Fault};
 use crate::gateway::Gateway;
 use crate::response::{ReplyBody, error_response, full};
 
+/// Answers one request; `tls` says whether it came over HTTPS.
 pub async fn dispatch(
-    gateway: &Arc<Gateway>,
+    served: &Served,
     request: Request<Incoming>,
     peer: SocketAddr,
+    tls: bool,
     draining: &AtomicBool,
 ) -> Response<ReplyBody> {
+    let gateway = &served.gateway;
     let path = request.uri().path();
     if path == gateway.config.batch_path {
-        if request.method() != Method::POST {
-            return refuse(
-                gateway,
-                BatchError::MethodNotAllowed(request.method().clone()),
-                peer,
-            );
-        }
-        let started = std::time::Instant::now();
-        return match batch::serve(gateway, request, peer.ip(), false).await {
-            Ok(response) => {
-                gateway.metrics.batch_served();
-                tracing::debug!(%peer, elapsed = ?started.elapsed(), "batch streaming");
-                response
-            }
-            Err(e) => refuse(gateway, e, peer),
+        let Some(cors) = &served.cors else {
+            return batch_endpoint(gateway, request, peer, tls).await;
         };
+        if Cors::is_preflight(&request) {
+            return cors.preflight(request.headers());
+        }
+        let origin = request.headers().get(http::header::ORIGIN).cloned();
+        let mut response = batch_endpoint(gateway, request, peer, tls).await;
+        cors.decorate(origin.as_ref(), response.headers_mut());
+        return response;
     }
     if path == "/metrics" && request.method() == Method::GET {
         let mut response = Response::new(full(gateway.metrics.render(&gateway.gauges())));
@@ -59,8 +59,63 @@ pub async fn dispatch(
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         return response;
     }
+    if path == "/readyz" && matches!(*request.method(), Method::GET | Method::HEAD) {
+        return readiness(gateway, draining);
+    }
     let error = BatchError::NotFound(path.to_owned(), gateway.config.batch_path.clone());
     refuse(gateway, error, peer)
+}
+
+/// `POST` to the batch endpoint: the batch's reply, or the error that refused it.
+async fn batch_endpoint(
+    gateway: &Arc<Gateway>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+) -> Response<ReplyBody> {
+    if request.method() != Method::POST {
+        return refuse(
+            gateway,
+            BatchError::MethodNotAllowed(request.method().clone()),
+            peer,
+        );
+    }
+    let started = std::time::Instant::now();
+    match batch::serve(gateway, request, peer.ip(), tls).await {
+        Ok(response) => {
+            gateway.metrics.batch_served();
+            tracing::debug!(%peer, elapsed = ?started.elapsed(), "batch streaming");
+            response
+        }
+        Err(e) => refuse(gateway, e, peer),
+    }
+}
+
+/// `/readyz`: 200 while every route has an upstream that can take parts (not ejected), else 503 naming the
+/// routes that have none; 503 too while draining for shutdown.
+fn readiness(gateway: &Gateway, draining: &AtomicBool) -> Response<ReplyBody> {
+    let (status, body) = if draining.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "draining" }),
+        )
+    } else {
+        let unready = gateway.unready_routes();
+        if unready.is_empty() {
+            (StatusCode::OK, serde_json::json!({ "status": "ready" }))
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({ "status": "unready", "routes": unready }),
+            )
+        }
+    };
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 fn refuse(gateway: &Gateway, error: BatchError, peer: SocketAddr) -> Response<ReplyBody> {

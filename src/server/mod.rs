@@ -1,13 +1,19 @@
 //! The HTTP server: accepts connections, bounds them, serves the gateway's endpoints, shuts down gracefully.
 //!
-//! `run` takes a bound listener and a shutdown future, so tests bind `127.0.0.1:0` and stop it at will.
+//! `run` takes a bound listener and a shutdown future, so tests bind `127.0.0.1:0` and stop it at will;
+//! `serve` does the same with a [`Live`] handle, through which a reload swaps the gateway while it runs.
+//! With `[tls]` set the listener speaks HTTPS (ALPN `h2` and `http/1.1`); the TLS handshake happens in the
+//! connection's own task and counts against `limits.header_read_timeout`, like a silent plain socket.
 
 mod conn;
+pub mod cors;
 mod endpoints;
 pub mod io;
+pub mod live;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -16,24 +22,50 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
+use crate::config::Limits;
 use crate::gateway::Gateway;
-use conn::{Idle, Registry, Tracked};
+use conn::{Conn, Idle, Registry, Tracked};
 use io::WriteDeadline;
+pub use live::{Live, ReloadError, Replaced, Served};
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then lets in-flight batches finish for up to
-/// `limits.shutdown_grace`.
+/// `limits.shutdown_grace`. For a gateway that is never reloaded (tests, examples); see [`serve`].
+///
+/// # Panics
+/// When `[tls]` is set and its certificate or key cannot be read or used: build the [`Live`] handle with
+/// [`Live::new`] and call [`serve`] to handle that error.
 pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
-    let limits = gateway.config.limits.clone();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let registry = Arc::new(Registry::default());
-    let draining = Arc::new(AtomicBool::new(false));
-    let graceful = GracefulShutdown::new();
-    let idle = Idle {
-        first_request: limits.header_read_timeout,
-        between_requests: limits.idle_timeout,
-    };
+    let live = Live::new(gateway).unwrap_or_else(|e| panic!("server::run: {e}"));
+    serve(listener, live, shutdown).await;
+}
+
+/// The connection settings of one gateway's config, rebuilt when a reload brings another gateway.
+struct ConnSettings {
+    gateway: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    idle: Idle,
+    write_timeout: std::time::Duration,
+}
+
+impl ConnSettings {
+    fn new(gateway: Arc<Gateway>) -> ConnSettings {
+        let limits = &gateway.config.limits;
+        ConnSettings {
+            builder: Arc::new(builder(limits)),
+            idle: Idle {
+                first_request: limits.header_read_timeout,
+                between_requests: limits.idle_timeout,
+            },
+            write_timeout: limits.write_timeout,
+            gateway,
+        }
+    }
+}
+
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -49,6 +81,21 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
         .keep_alive_interval(limits.http2_keepalive_interval)
         .keep_alive_timeout(limits.http2_keepalive_timeout)
         .max_concurrent_streams(u32::try_from(limits.http2_max_streams).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Serves the gateway `live` holds on `listener` until `shutdown` resolves, then lets in-flight batches
+/// finish for up to `limits.shutdown_grace`. Each request is served by the gateway current when it arrives;
+/// each connection gets the connection limits current when it is accepted.
+pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future<Output = ()>) {
+    let max_connections = live.gateway().config.limits.max_connections;
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let registry = Arc::new(Registry::default());
+    let draining = Arc::new(AtomicBool::new(false));
+    let graceful = GracefulShutdown::new();
+    // Tells connections still in their TLS handshake (not yet watched by `graceful`) to give up.
+    let (stopping, stop) = watch::channel(false);
+    let mut settings = ConnSettings::new(live.gateway());
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -81,26 +128,47 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
             }
         };
         let _ = stream.set_nodelay(true);
+        let served = live.current();
+        if !Arc::ptr_eq(&settings.gateway, &served.gateway) {
+            settings = ConnSettings::new(served.gateway.clone());
+        }
+        let tls = served.tls.clone();
+        drop(served);
         let registered = registry.open();
-        let service = {
-            let gateway = gateway.clone();
-            let draining = draining.clone();
-            let conn = registered.conn.clone();
-            service_fn(move |request| {
-                let active = conn.begin();
-                let gateway = gateway.clone();
-                let draining = draining.clone();
-                async move {
-                    let response = endpoints::dispatch(&gateway, request, peer, &draining).await;
-                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, active)))
-                }
-            })
+        let io =
+            WriteDeadline::new(stream, settings.write_timeout).watched(registered.conn.clone());
+        let handler = Handler {
+            live: live.clone(),
+            draining: draining.clone(),
+            conn: registered.conn.clone(),
+            peer,
         };
-        let io = TokioIo::new(
-            WriteDeadline::new(stream, limits.write_timeout).watched(registered.conn.clone()),
-        );
-        let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
+        let builder = settings.builder.clone();
+        let watcher = graceful.watcher();
+        let mut stop = stop.clone();
+        let idle = settings.idle;
         tokio::spawn(async move {
+            let connection = async move {
+                match tls {
+                    None => {
+                        let service = handler.service(false);
+                        let connection = builder.serve_connection(TokioIo::new(io), service);
+                        watcher.watch(connection.into_owned()).await
+                    }
+                    Some(config) => {
+                        // Inside the connection's task, under its first-request deadline (`expired` below):
+                        // a slow or silent handshake holds no one else up.
+                        let stream = tokio::select! {
+                            stream = TlsAcceptor::from(config).accept(io) => stream
+                                .map_err(|e| format!("TLS handshake failed: {e}"))?,
+                            _ = stop.wait_for(|stopping| *stopping) => return Ok(()),
+                        };
+                        let service = handler.service(true);
+                        let connection = builder.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(connection.into_owned()).await
+                    }
+                }
+            };
             tokio::select! {
                 ended = connection => if let Err(e) = ended {
                     tracing::debug!(%peer, "connection ended: {e}");
@@ -112,10 +180,51 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
         });
     }
     draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = stopping.send(true);
     drop(listener);
+    let limits = live.gateway().config.limits.clone();
     tracing::info!(grace = ?limits.shutdown_grace, "shutting down: no new connections; finishing in-flight batches");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections finished"),
         () = tokio::time::sleep(limits.shutdown_grace) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+}
+
+/// What a connection's requests are served with.
+struct Handler {
+    live: Arc<Live>,
+    draining: Arc<AtomicBool>,
+    conn: Arc<Conn>,
+    peer: SocketAddr,
+}
+
+impl Handler {
+    /// The connection's service; `tls` says whether it came over HTTPS. Each request is served by the gateway
+    /// current when it arrives, and keeps it until its reply is done.
+    fn service(
+        self,
+        tls: bool,
+    ) -> impl hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = hyper::Response<Tracked>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<hyper::Response<Tracked>, Infallible>> + Send,
+    > + Clone
+    + Send {
+        let Handler {
+            live,
+            draining,
+            conn,
+            peer,
+        } = self;
+        service_fn(move |request| {
+            let active = conn.begin();
+            let served = live.current();
+            let draining = draining.clone();
+            async move {
+                let response = endpoints::dispatch(&served, request, peer, tls, &draining).await;
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, active, served)))
+            }
+        })
     }
 }

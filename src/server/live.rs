@@ -1,0 +1,163 @@
+//! The gateway being served, swappable while the server runs (reload).
+//!
+//! [`Live`] holds one [`Served`]: a gateway and what the server derives from its config (the CORS rules, the
+//! TLS server configuration with the certificate read from disk). Each request reads the current one and
+//! keeps it (its `Arc`) until its reply is done; each TLS handshake reads the current certificate. A reload
+//! builds a whole new `Served` and swaps it in: new batches and handshakes get it, batches in flight finish
+//! on the gateway they started with, and no connection is dropped.
+//!
+//! What is fixed for the life of the listener and cannot change by a reload: `listen`, `limits.max_connections`
+//! (logged as needing a restart, otherwise ignored), and whether `[tls]` is on (a reload that turns it on or
+//! off is refused). Other connection limits (timeouts, HTTP/2 settings) apply to connections accepted after
+//! the reload.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use rustls::ServerConfig;
+
+use super::cors::Cors;
+use crate::config::{Config, ConfigError};
+use crate::gateway::Gateway;
+
+/// A gateway and what the server derives from its config, swapped together.
+#[derive(Debug)]
+pub struct Served {
+    pub gateway: Arc<Gateway>,
+    /// `[cors]`, if set.
+    pub cors: Option<Cors>,
+    /// `[tls]`'s certificate and key, read when this was built.
+    pub tls: Option<Arc<ServerConfig>>,
+}
+
+impl Served {
+    /// Reads `[tls]`'s certificate and key (errors name `tls.cert` or `tls.key`).
+    pub fn new(gateway: Arc<Gateway>) -> Result<Served, ConfigError> {
+        let tls = gateway
+            .config
+            .tls
+            .as_ref()
+            .map(crate::tls::server_config)
+            .transpose()?;
+        let cors = gateway.config.cors.as_ref().map(Cors::new);
+        Ok(Served { gateway, cors, tls })
+    }
+}
+
+/// Why a reload was refused; the gateway served before stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "[tls] cannot be turned {0} by a reload: whether the listener speaks HTTPS is fixed at startup; \
+         restart to change it"
+    )]
+    TlsToggled(&'static str),
+    #[error("reload failed: {0}")]
+    Task(String),
+}
+
+/// What a reload did not apply because it takes a restart, one message each (already logged).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Replaced {
+    pub needs_restart: Vec<String>,
+}
+
+/// The gateway being served, swapped by [`Live::replace`].
+#[derive(Debug)]
+pub struct Live {
+    current: RwLock<Arc<Served>>,
+    /// What the listener was started with, fixed until a restart.
+    listen: SocketAddr,
+    max_connections: usize,
+    tls: bool,
+}
+
+impl Live {
+    /// Serves `gateway`, reading `[tls]`'s certificate and key now.
+    pub fn new(gateway: Arc<Gateway>) -> Result<Arc<Live>, ConfigError> {
+        let served = Served::new(gateway)?;
+        let config = &served.gateway.config;
+        Ok(Arc::new(Live {
+            listen: config.listen,
+            max_connections: config.limits.max_connections,
+            tls: config.tls.is_some(),
+            current: RwLock::new(Arc::new(served)),
+        }))
+    }
+
+    /// What a new request or connection is served with now.
+    pub fn current(&self) -> Arc<Served> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The gateway new batches are served by now.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.current().gateway.clone()
+    }
+
+    /// Whether the listener speaks HTTPS (fixed at startup).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Serves new batches and connections with `gateway` from now on, reading `[tls]`'s certificate and key
+    /// again. Refused (the current gateway stays) when `[tls]` is turned on or off, or the certificate or key
+    /// cannot be used. A changed `listen` or `limits.max_connections` is logged as needing a restart and
+    /// otherwise ignored.
+    pub fn replace(&self, gateway: impl Into<Arc<Gateway>>) -> Result<Replaced, ReloadError> {
+        let gateway = gateway.into();
+        let config = &gateway.config;
+        match (self.tls, config.tls.is_some()) {
+            (false, true) => return Err(ReloadError::TlsToggled("on")),
+            (true, false) => return Err(ReloadError::TlsToggled("off")),
+            _ => {}
+        }
+        let mut replaced = Replaced::default();
+        if config.listen != self.listen {
+            replaced.needs_restart.push(format!(
+                "listen changed to {} (still listening on {}): needs a restart",
+                config.listen, self.listen
+            ));
+        }
+        if config.limits.max_connections != self.max_connections {
+            replaced.needs_restart.push(format!(
+                "limits.max_connections changed to {} (still {}): needs a restart",
+                config.limits.max_connections, self.max_connections
+            ));
+        }
+        let served = Arc::new(Served::new(gateway)?);
+        for note in &replaced.needs_restart {
+            tracing::warn!("reload: {note}");
+        }
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = served;
+        Ok(replaced)
+    }
+
+    /// Reloads from the config file at `path`: reads and validates it, lets `adjust` apply what the command
+    /// line overrides (then validates again), builds the new gateway and swaps it in. All of it on a blocking
+    /// thread: building may resolve upstream names and reads certificate files.
+    pub async fn reload_file(
+        self: &Arc<Self>,
+        path: &Path,
+        adjust: impl FnOnce(&mut Config) + Send + 'static,
+    ) -> Result<Replaced, ReloadError> {
+        let live = self.clone();
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut config = Config::from_file(&path)?;
+            adjust(&mut config);
+            config.validate()?;
+            // The new gateway goes on counting into the old one's metrics and observations.
+            let gateway = Gateway::succeeding(config, &live.gateway())?;
+            live.replace(gateway)
+        })
+        .await
+        .map_err(|e| ReloadError::Task(e.to_string()))?
+    }
+}

@@ -1,0 +1,289 @@
+//! Reload: a new gateway swapped in while the server runs. In process (`Live::replace`) under load, and end to
+//! end on the real binary with SIGHUP.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, mpsc};
+
+const MP: &str = "multipart/mixed; boundary=b";
+
+fn svc_batch(path: &str) -> String {
+    get_batch("b", &[path.to_owned()])
+}
+
+/// An upstream that tells when a request arrives and answers only when released.
+async fn held_upstream() -> (Upstream, mpsc::UnboundedReceiver<()>, Arc<Notify>) {
+    let (arrived, arrivals) = mpsc::unbounded_channel();
+    let release = Arc::new(Notify::new());
+    let up = {
+        let release = release.clone();
+        upstream(move |seen| {
+            let arrived = arrived.clone();
+            let release = release.clone();
+            async move {
+                let _ = arrived.send(());
+                release.notified().await;
+                text(StatusCode::OK, format!("old {}", seen.uri.path()))
+            }
+        })
+        .await
+    };
+    (up, arrivals, release)
+}
+
+/// A batch in flight finishes on the gateway it started with; the next batch, on a new connection or on one
+/// opened before the reload, takes the new route.
+#[tokio::test]
+async fn a_batch_in_flight_keeps_its_route_while_the_next_takes_the_new_one() {
+    let (old, mut arrivals, release) = held_upstream().await;
+    let new =
+        upstream(|seen| async move { text(StatusCode::OK, format!("new {}", seen.uri.path())) })
+            .await;
+    let (gw, live) = live_gateway(&routes(&[("/svc/", old.addr)])).await;
+    let first_gateway = live.gateway();
+
+    // A keep-alive connection opened before the reload.
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut kept, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let post = |path: &str| {
+        Request::post("/batch")
+            .header("host", "gw")
+            .header("content-type", MP)
+            .body(Full::new(Bytes::from(svc_batch(path))))
+            .unwrap()
+    };
+    let response = kept.send_request(post("/svc/warm")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // Its part reached the old upstream, which holds it: release it and read the reply.
+    within(10, "the warm-up part at the old upstream", arrivals.recv()).await;
+    release.notify_one();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("old /svc/warm"));
+
+    // The batch in flight: its part waits at the old upstream.
+    let in_flight = {
+        let addr = gw.addr;
+        tokio::spawn(
+            async move { send_raw(addr, post_bytes(&svc_batch("/svc/slow")).as_bytes()).await },
+        )
+    };
+    within(10, "the slow part at the old upstream", arrivals.recv()).await;
+
+    let replaced = live
+        .replace(build_gateway(&routes(&[("/svc/", new.addr)])))
+        .unwrap();
+    assert!(replaced.needs_restart.is_empty());
+    assert!(!Arc::ptr_eq(&live.gateway(), &first_gateway));
+
+    // The next batch, on a new connection, goes to the new upstream while the first is still held.
+    let reply = gw.post(MP, svc_batch("/svc/next")).await;
+    assert_eq!(reply.parts()[0].body, "new /svc/next");
+    // So does one on the connection opened before the reload.
+    let response = kept.send_request(post("/svc/kept")).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("new /svc/kept"),
+        "{body:?}"
+    );
+
+    // The batch in flight finishes where it began.
+    release.notify_one();
+    let slow = within(10, "the batch in flight", in_flight).await.unwrap();
+    let parts = slow.reply().parts();
+    assert_eq!(parts[0].status, StatusCode::OK);
+    assert_eq!(parts[0].body, "old /svc/slow");
+    let old_paths: Vec<String> = old.seen().iter().map(|s| s.uri.path().to_owned()).collect();
+    assert_eq!(old_paths, ["/svc/warm", "/svc/slow"]);
+    let new_paths: Vec<String> = new.seen().iter().map(|s| s.uri.path().to_owned()).collect();
+    assert_eq!(new_paths, ["/svc/next", "/svc/kept"]);
+    // Nothing is left running on the old gateway.
+    assert_eq!(first_gateway.batches_in_flight(), 0);
+    assert_eq!(first_gateway.sub_requests_in_flight(), 0);
+    gw.stop().await;
+}
+
+fn post_bytes(body: &str) -> String {
+    format!(
+        "POST /batch HTTP/1.1\r\nHost: gw\r\nContent-Type: {MP}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// What needs a restart is reported and otherwise ignored; the rest of the new config applies.
+#[tokio::test]
+async fn a_changed_listen_or_max_connections_needs_a_restart() {
+    let up = echo_upstream(Duration::ZERO).await;
+    let (gw, live) = live_gateway(&routes(&[("/a/", up.addr)])).await;
+    let replaced = live
+        .replace(build_gateway(&format!(
+            "listen = \"127.0.0.1:9\"\n[limits]\nmax_connections = 7\n{}",
+            routes(&[("/b/", up.addr)])
+        )))
+        .unwrap();
+    assert_eq!(replaced.needs_restart.len(), 2, "{replaced:?}");
+    assert!(replaced.needs_restart[0].starts_with("listen changed to 127.0.0.1:9"));
+    assert!(replaced.needs_restart[1].starts_with("limits.max_connections changed to 7"));
+    // The routes did change, on the same listener.
+    let reply = gw.post(MP, svc_batch("/b/x")).await;
+    assert_eq!(reply.parts()[0].body, "/b/x");
+    let reply = gw.post(MP, svc_batch("/a/x")).await;
+    assert_eq!(reply.parts()[0].status, StatusCode::NOT_FOUND);
+    gw.stop().await;
+}
+
+/// The binary's log, line by line, as it comes.
+struct Log {
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Log {
+    /// Waits for a line containing `text`; returns it.
+    async fn wait_for(&mut self, text: &str) -> String {
+        within(20, text, async {
+            loop {
+                let line =
+                    self.lines.recv().await.unwrap_or_else(|| {
+                        panic!("the log ended before {text:?}: {:#?}", self.seen)
+                    });
+                self.seen.push(line.clone());
+                if line.contains(text) {
+                    return line;
+                }
+            }
+        })
+        .await
+    }
+}
+
+fn route_file(prefix_upstream: SocketAddr, extra: &str) -> String {
+    // `listen` here is overridden by --listen, on start and on every reload.
+    format!(
+        "listen = \"127.0.0.1:9\"\n{extra}\n[[routes]]\nprefix = \"/svc/\"\nupstream = \"http://{prefix_upstream}\"\n"
+    )
+}
+
+/// The real binary: SIGHUP re-reads `--config`; the next batch goes to the new upstream. A file that fails is
+/// refused with a log naming the problem, and batches keep going to the previous upstream.
+#[tokio::test]
+async fn sighup_reloads_the_config_file_and_keeps_the_old_one_when_the_new_is_bad() {
+    let first = echo_upstream(Duration::ZERO).await;
+    let second = echo_upstream(Duration::ZERO).await;
+    let dir = TempDir::new("reload");
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, route_file(first.addr, "")).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchgate"))
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("BATCHGATE_LOG", "batchgate=info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::unbounded_channel();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Log {
+        lines,
+        seen: Vec::new(),
+    };
+    let line = log.wait_for("listening on http://").await;
+    let addr: SocketAddr = line
+        .split("listening on http://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let batch = |path: &str| {
+        let bytes = post_bytes(&svc_batch(path));
+        async move { send_raw(addr, bytes.as_bytes()).await.reply() }
+    };
+    let pid = child.id().unwrap().to_string();
+    let hangup = || {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+
+    assert_eq!(batch("/svc/1").await.parts()[0].body, "/svc/1");
+    assert_eq!(first.seen().len(), 1);
+
+    // Point the route elsewhere (and change what needs a restart).
+    std::fs::write(
+        &path,
+        route_file(second.addr, "[limits]\nmax_connections = 77\n"),
+    )
+    .unwrap();
+    hangup();
+    let restart = log.wait_for("needs a restart").await;
+    assert!(
+        restart.contains("limits.max_connections changed to 77"),
+        "{restart}"
+    );
+    log.wait_for("config reloaded").await;
+    assert!(
+        !log.seen.iter().any(|l| l.contains("listen changed")),
+        "--listen still overrides the file's listen: {:#?}",
+        log.seen
+    );
+    assert_eq!(batch("/svc/2").await.parts()[0].body, "/svc/2");
+    assert_eq!(first.seen().len(), 1);
+    assert_eq!(second.seen().len(), 1);
+
+    // A file that does not validate: refused, logged with the key at fault; the previous config stays.
+    std::fs::write(
+        &path,
+        "[[routes]]\nprefix = \"/svc/\"\nupstream = \"ftp://127.0.0.1:21\"\n",
+    )
+    .unwrap();
+    hangup();
+    let refused = log.wait_for("config reload refused").await;
+    assert!(refused.contains("routes[0]"), "{refused}");
+    assert!(refused.contains("ftp"), "{refused}");
+    // And one that is not TOML.
+    std::fs::write(&path, "[[routes]\n").unwrap();
+    hangup();
+    let refused = log.wait_for("config reload refused").await;
+    assert!(refused.contains(path.to_str().unwrap()), "{refused}");
+    assert_eq!(batch("/svc/3").await.parts()[0].body, "/svc/3");
+    assert_eq!(first.seen().len(), 1);
+    assert_eq!(second.seen().len(), 2);
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = within(10, "the exit", child.wait()).await.unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
