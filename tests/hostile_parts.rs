@@ -397,7 +397,12 @@ async fn no_smuggled_bodies_or_forbidden_methods_reach_the_upstream() {
     assert_eq!(request.headers["content-length"], "4");
     // Every byte the upstream read belongs to that one request.
     assert_eq!(up.received(), request.bytes);
-    let received = String::from_utf8_lossy(&request.bytes).to_ascii_lowercase();
+    let received: String = String::from_utf8_lossy(&request.bytes)
+        .to_ascii_lowercase()
+        .lines()
+        // The gateway's own trace context header is no smuggled TRACE.
+        .filter(|line| !line.starts_with("traceparent:"))
+        .collect();
     for word in ["admin", "hello", "trace", "connect", "/up/a "] {
         assert!(!received.contains(word), "{word:?} reached the upstream");
     }

@@ -12,6 +12,7 @@ use crate::codec::{self, PartReader, ReplyWriter};
 use crate::compress::Coding;
 use crate::error::BatchError;
 use crate::gateway::Gateway;
+use crate::observe::trace::TraceContext;
 use crate::stack::ratelimit::ClientKey;
 use crate::stack::{BatchScope, ResponseBudget};
 
@@ -76,6 +77,7 @@ pub fn admit(
         headers: gateway.headers.batch(&head.headers, peer, tls),
         budget: ResponseBudget::new(limits.max_batch_response_bytes),
         client,
+        trace: TraceContext::from_headers(&head.headers),
     });
     Ok(Admitted {
         permit,

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::error::BatchError;
 use crate::gateway::Gateway;
@@ -44,11 +45,22 @@ where
     let admitted = admit::admit(gateway, &head, peer, tls)?;
     let limits = &gateway.config.limits;
     let timeline = gateway.observer.batch(peer, arrival);
+    let trace = &admitted.scope.trace;
+    let span = tracing::info_span!(
+        "batch",
+        id = timeline.id,
+        %peer,
+        trace_id = %trace.trace_id_hex(),
+        span_id = %trace.span_id_hex(),
+        parts = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
     let telemetry = run::Telemetry {
         metrics: gateway.metrics.clone(),
         observer: gateway.observer.clone(),
         batch: timeline.clone(),
         global: gateway.global_inflight(),
+        span: span.clone(),
     };
     let (feed, answers) = run::start(
         run::Settings::new(limits, arrival),
@@ -61,15 +73,21 @@ where
         gateway_host: admitted.gateway_host.as_deref(),
         feed: &feed,
     };
-    let parts = match read.body(admitted.reader, body, arrival).await {
-        Ok(parts) => parts,
+    let (parts, bytes_in) = match read
+        .body(admitted.reader, body, arrival)
+        .instrument(span.clone())
+        .await
+    {
+        Ok(read) => read,
         Err(error) => {
             timeline.finish(error.status().as_u16());
+            span.record("outcome", error.status().as_u16());
             return Err(error);
         }
     };
     feed.commit();
-    tracing::debug!(parts, %peer, "batch accepted");
+    span.record("parts", parts);
+    span.in_scope(|| tracing::debug!(parts, "batch accepted"));
     let reply = respond::Reply {
         writer: admitted.writer,
         parts: answers,
@@ -77,6 +95,11 @@ where
         coding: admitted.coding,
         permit: admitted.permit,
         timeline,
+        access: respond::Access {
+            span,
+            peer,
+            bytes_in,
+        },
     };
     Ok(respond::respond(reply, &gateway.config.compression))
 }

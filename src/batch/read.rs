@@ -28,14 +28,14 @@ pub struct Read<'a> {
 }
 
 impl Read<'_> {
-    /// Reads the whole body; returns how many parts it held. Bounded in bytes (`max_batch_bytes`), in parts
+    /// Reads the whole body; returns how many parts and bytes it held. Bounded in bytes (`max_batch_bytes`), in parts
     /// (`max_parts`), in pauses (`body_read_timeout`) and in total time (`upload_timeout`).
     pub async fn body<B>(
         &self,
         mut reader: PartReader,
         mut body: B,
         arrival: Instant,
-    ) -> Result<usize, BatchError>
+    ) -> Result<(usize, u64), BatchError>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
@@ -91,7 +91,7 @@ impl Read<'_> {
                 limit: limits.max_parts,
             });
         }
-        Ok(parts)
+        Ok((parts, received))
     }
 
     /// Parses and routes one part; duplicate Content-IDs refuse the whole batch.

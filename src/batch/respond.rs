@@ -43,6 +43,15 @@ pub struct Reply {
     pub permit: OwnedSemaphorePermit,
     /// Where each part's `written` mark goes.
     pub timeline: Arc<BatchTimeline>,
+    pub access: Access,
+}
+
+/// What the access log line of a served batch says, besides its timeline.
+#[derive(Debug)]
+pub struct Access {
+    pub span: tracing::Span,
+    pub peer: std::net::IpAddr,
+    pub bytes_in: u64,
 }
 
 /// The `200` response streaming the reply.
@@ -72,9 +81,17 @@ pub fn respond(reply: Reply, compression: &CompressionConfig) -> Response<ReplyB
         flush_delay: compression.flush_delay,
         _permit: reply.permit,
         timeline: reply.timeline,
+        access: reply.access,
+        bytes_out: 0,
     };
     let frames = futures_util::stream::unfold(body, |mut body| async move {
         let frame = body.next_frame().await?;
+        if let Ok(bytes) = &frame {
+            body.bytes_out += bytes.len() as u64;
+        }
+        if body.output.is_none() {
+            body.log_access(frame.is_ok());
+        }
         Some((frame.map(Frame::data), body))
     });
     response
@@ -94,9 +111,40 @@ struct Body {
     flush_delay: Duration,
     _permit: OwnedSemaphorePermit,
     timeline: Arc<BatchTimeline>,
+    access: Access,
+    bytes_out: u64,
+}
+
+impl Drop for Body {
+    /// A reply dropped before its end (the client went away, or stopped reading) is logged too.
+    fn drop(&mut self) {
+        if self.output.is_some() {
+            self.log_access(false);
+        }
+    }
 }
 
 impl Body {
+    /// One line per served batch, at info: who, how many parts and with what statuses, bytes, time.
+    fn log_access(&self, complete: bool) {
+        let view = self.timeline.view();
+        let statuses = self.timeline.status_counts();
+        self.access.span.in_scope(|| {
+            tracing::info!(
+                target: "batchgate::access",
+                id = view.id,
+                peer = %self.access.peer,
+                parts = self.total,
+                %statuses,
+                bytes_in = self.access.bytes_in,
+                bytes_out = self.bytes_out,
+                duration_ms = view.duration_ms.unwrap_or_default(),
+                complete,
+                "batch"
+            )
+        });
+    }
+
     async fn next_frame(&mut self) -> Option<Result<Bytes, BoxError>> {
         loop {
             let output = self.output.as_mut()?;

@@ -22,6 +22,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tower::ServiceExt;
+use tracing::Instrument;
 
 use crate::codec::ReplyWriter;
 use crate::config::Limits;
@@ -130,7 +131,8 @@ pub fn start(
             settings,
         }),
     };
-    tokio::spawn(scheduler.run());
+    let span = scheduler.shared.telemetry.span.clone();
+    tokio::spawn(scheduler.run().instrument(span));
     (Feed { input }, out_rx)
 }
 
@@ -142,6 +144,8 @@ pub struct Telemetry {
     pub batch: Arc<BatchTimeline>,
     /// The gateway-wide in-flight permits: a part that finds none left counts as saturated.
     pub global: Arc<Semaphore>,
+    /// The batch's span: each part's is a child of it.
+    pub span: tracing::Span,
 }
 
 /// What every part future of the batch needs.
@@ -304,42 +308,56 @@ impl Scheduler {
         let shared = self.shared.clone();
         let concurrency = self.concurrency.clone();
         let timeline = request.timeline.clone();
-        self.running.push(Box::pin(async move {
-            let settings = &shared.settings;
-            let started = Instant::now();
-            if let Some(t) = &timeline {
-                t.mark(Mark::Queued);
+        let span = tracing::info_span!(
+            parent: &self.shared.telemetry.span,
+            "part",
+            index,
+            route = %route,
+            method = %request.method,
+            span_id = tracing::field::Empty,
+            status = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+            upstream = tracing::field::Empty,
+        );
+        self.running.push(Box::pin(
+            async move {
+                let settings = &shared.settings;
+                let started = Instant::now();
+                if let Some(t) = &timeline {
+                    t.mark(Mark::Queued);
+                }
+                let call = async {
+                    let _permit: OwnedSemaphorePermit =
+                        concurrency
+                            .acquire_owned()
+                            .await
+                            .map_err(|e| PartError::Internal {
+                                index,
+                                reason: e.to_string(),
+                            })?;
+                    request.queued = started.elapsed();
+                    service.oneshot(*request).await
+                };
+                let result = tokio::time::timeout_at(settings.deadline, call)
+                    .await
+                    .unwrap_or(Err(PartError::BatchDeadline {
+                        index,
+                        after: settings.batch_timeout,
+                    }));
+                let bytes = match &timeline {
+                    Some(t) => answer(&shared, &route, content_id.as_ref(), result, t),
+                    None => answer(
+                        &shared,
+                        &route,
+                        content_id.as_ref(),
+                        result,
+                        &shared.telemetry.batch.part(&route, ""),
+                    ),
+                };
+                (index, bytes)
             }
-            let call = async {
-                let _permit: OwnedSemaphorePermit =
-                    concurrency
-                        .acquire_owned()
-                        .await
-                        .map_err(|e| PartError::Internal {
-                            index,
-                            reason: e.to_string(),
-                        })?;
-                request.queued = started.elapsed();
-                service.oneshot(*request).await
-            };
-            let result = tokio::time::timeout_at(settings.deadline, call)
-                .await
-                .unwrap_or(Err(PartError::BatchDeadline {
-                    index,
-                    after: settings.batch_timeout,
-                }));
-            let bytes = match &timeline {
-                Some(t) => answer(&shared, &route, content_id.as_ref(), result, t),
-                None => answer(
-                    &shared,
-                    &route,
-                    content_id.as_ref(),
-                    result,
-                    &shared.telemetry.batch.part(&route, ""),
-                ),
-            };
-            (index, bytes)
-        }));
+            .instrument(span),
+        ));
     }
 
     fn done(&mut self, index: usize, bytes: Bytes) {
@@ -402,6 +420,14 @@ fn answer(
         Err(error) => (error.status(), error.fault() != Fault::Client),
     };
     timeline.set_status(status.as_u16());
+    let span = tracing::Span::current();
+    span.record("status", status.as_u16());
+    span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+    if let Ok(response) = &result
+        && let Some(peer) = response.peer
+    {
+        span.record("upstream", tracing::field::display(peer));
+    }
     telemetry.observer.record(
         route,
         Sample {
@@ -529,6 +555,7 @@ mod tests {
             ),
             budget: ResponseBudget::new(u64::MAX),
             client: crate::stack::ratelimit::ClientKey::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            trace: crate::observe::trace::TraceContext::from_headers(&HeaderMap::new()),
         });
         Job {
             index,
@@ -570,6 +597,7 @@ mod tests {
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
             )),
             global: Arc::new(Semaphore::new(16)),
+            span: tracing::Span::none(),
         };
         let (feed, out) = start(settings, ReplyWriter::new(), telemetry);
         (feed, out, metrics)

@@ -4,6 +4,7 @@
 
 pub mod detect;
 pub mod timeline;
+pub mod trace;
 pub mod window;
 
 use std::collections::{HashMap, VecDeque};

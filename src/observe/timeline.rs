@@ -161,6 +161,26 @@ impl BatchTimeline {
         self.parts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The parts' statuses by class, as `2xx=18 4xx=2`.
+    pub fn status_counts(&self) -> String {
+        let mut counts = [0usize; 6];
+        for part in self.lock().iter() {
+            let status = part.status.load(Ordering::Relaxed) as usize;
+            counts[(status / 100).min(5)] += 1;
+        }
+        let mut out = String::new();
+        for (class, n) in counts.iter().enumerate().skip(1).filter(|(_, n)| **n > 0) {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(&format!("{class}xx={n}"));
+        }
+        if counts[0] > 0 {
+            out.push_str(&format!(" unanswered={}", counts[0]));
+        }
+        out
+    }
+
     pub fn view(&self) -> BatchView {
         let finished = self.finished.load(Ordering::Relaxed);
         let status = self.status.load(Ordering::Relaxed);

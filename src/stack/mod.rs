@@ -44,6 +44,7 @@ use tower::util::BoxCloneSyncService;
 use crate::error::PartError;
 use crate::headers::BatchHeaders;
 use crate::observe::timeline::PartTimeline;
+use crate::observe::trace::TraceContext;
 use crate::wire::Framing;
 use balance::{Balancer, Tried};
 use ratelimit::{ClientKey, RateLimitLayer, RateLimiter};
@@ -120,6 +121,8 @@ pub struct BatchScope {
     pub budget: ResponseBudget,
     /// Who sent the batch, for the rate limit.
     pub client: ClientKey,
+    /// The trace the batch belongs to; each part is a span of it.
+    pub trace: TraceContext,
 }
 
 /// Response bytes one batch may still receive from upstreams (`limits.max_batch_response_bytes`).
@@ -253,6 +256,7 @@ pub(crate) mod tests {
                 ),
                 budget: ResponseBudget::new(u64::MAX),
                 client: ClientKey::Ip(localhost),
+                trace: TraceContext::from_headers(&HeaderMap::new()),
             }),
             accepts: None,
             tried: None,

@@ -1,5 +1,6 @@
 //! The header policy layer: the upstream sees the batch's inherited headers overridden by the part's own,
-//! the gateway's forwarding headers, and no cookies where the route strips them.
+//! the gateway's forwarding headers, no cookies where the route strips them, and a `traceparent` naming the
+//! part's own span in the batch's trace.
 
 use std::task::{Context, Poll};
 
@@ -8,6 +9,7 @@ use tower::{Layer, Service};
 
 use super::{PartRequest, UpstreamResponse};
 use crate::error::PartError;
+use crate::observe::trace::{TRACEPARENT, TRACESTATE, hex};
 
 /// Applies the batch's [`BatchHeaders`](crate::headers::BatchHeaders) to each part.
 #[derive(Debug, Clone)]
@@ -55,6 +57,15 @@ where
         request.accepts = request.headers.get(ACCEPT_ENCODING).cloned();
         let own = std::mem::take(&mut request.headers);
         request.headers = request.batch.headers.for_part(own, self.strip_cookies);
+        // The part is a span of the batch's trace: its upstream's spans hang under it.
+        let trace = &request.batch.trace;
+        let (span, traceparent) = trace.child();
+        tracing::Span::current().record("span_id", hex(&span));
+        request.headers.insert(TRACEPARENT, traceparent);
+        match &trace.state {
+            Some(state) => request.headers.insert(TRACESTATE, state.clone()),
+            None => request.headers.remove(TRACESTATE),
+        };
         self.inner.call(request)
     }
 }
