@@ -88,6 +88,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Per-client limit on parts (every part counts, not every batch).
     pub rate_limit: Option<RateLimitConfig>,
+    /// Where spans are exported.
+    pub tracing: TracingConfig,
     pub limits: Limits,
     pub upstream: UpstreamSettings,
     pub headers: HeaderPolicy,
@@ -106,6 +108,7 @@ impl Default for Config {
             log_format: LogFormat::Pretty,
             admin: None,
             rate_limit: None,
+            tracing: TracingConfig::default(),
             limits: Limits::default(),
             upstream: UpstreamSettings::default(),
             headers: HeaderPolicy::default(),
@@ -321,6 +324,14 @@ pub enum LogFormat {
 pub struct AdminConfig {
     /// Where `/metrics`, `/admin/stats` and `/admin/dashboard` are served. Keep it private.
     pub listen: SocketAddr,
+}
+
+/// `[tracing]`: span export.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingConfig {
+    /// An OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`; empty: no export. Needs the `otel` feature.
+    pub otlp_endpoint: String,
 }
 
 /// `[rate_limit]`: a token bucket per client; each part takes a token.
@@ -764,6 +775,23 @@ impl Config {
     }
 
     fn validate_observability(&self) -> Result<(), ConfigError> {
+        let endpoint = &self.tracing.otlp_endpoint;
+        if !endpoint.is_empty() {
+            if !cfg!(feature = "otel") {
+                return Err(invalid(format!(
+                    "tracing.otlp_endpoint = {endpoint:?}, but this batchgate was built without OTLP export; \
+                     build it with `--features otel`, or leave the key empty"
+                )));
+            }
+            let uri: Result<http::Uri, _> = endpoint.parse();
+            if !uri.is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+            }) {
+                return Err(invalid(format!(
+                    "tracing.otlp_endpoint {endpoint:?} is not a URL like \"http://127.0.0.1:4317\""
+                )));
+            }
+        }
         if let Some(admin) = &self.admin
             && admin.listen == self.listen
             && admin.listen.port() != 0

@@ -32,6 +32,8 @@ pub mod gateway;
 pub mod headers;
 pub mod metrics;
 pub mod observe;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod response;
 pub mod route;
 pub mod server;

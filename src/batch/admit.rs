@@ -36,6 +36,7 @@ pub fn admit(
     head: &Parts,
     peer: IpAddr,
     tls: bool,
+    trace: TraceContext,
 ) -> Result<Admitted, BatchError> {
     let config = &gateway.config;
     let limits = &config.limits;
@@ -77,7 +78,7 @@ pub fn admit(
         headers: gateway.headers.batch(&head.headers, peer, tls),
         budget: ResponseBudget::new(limits.max_batch_response_bytes),
         client,
-        trace: TraceContext::from_headers(&head.headers),
+        trace,
     });
     Ok(Admitted {
         permit,

@@ -27,6 +27,7 @@ use tracing::Instrument;
 
 use crate::error::BatchError;
 use crate::gateway::Gateway;
+use crate::observe::trace::TraceContext;
 use crate::response::ReplyBody;
 
 /// Serves one `POST` to the batch endpoint. `tls` says whether the client's connection is HTTPS.
@@ -42,19 +43,27 @@ where
 {
     let arrival = Instant::now();
     let (head, body) = request.into_parts();
-    let admitted = admit::admit(gateway, &head, peer, tls)?;
-    let limits = &gateway.config.limits;
     let timeline = gateway.observer.batch(peer, arrival);
-    let trace = &admitted.scope.trace;
     let span = tracing::info_span!(
         "batch",
         id = timeline.id,
         %peer,
-        trace_id = %trace.trace_id_hex(),
-        span_id = %trace.span_id_hex(),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         parts = tracing::field::Empty,
         outcome = tracing::field::Empty,
     );
+    #[allow(unused_mut)]
+    let mut trace = TraceContext::from_headers(&head.headers);
+    #[cfg(feature = "otel")]
+    crate::otel::adopt(&mut trace, &span);
+    span.record("trace_id", trace.trace_id_hex());
+    span.record("span_id", trace.span_id_hex());
+    let admitted = admit::admit(gateway, &head, peer, tls, trace).inspect_err(|error| {
+        timeline.finish(error.status().as_u16());
+        span.record("outcome", error.status().as_u16());
+    })?;
+    let limits = &gateway.config.limits;
     let telemetry = run::Telemetry {
         metrics: gateway.metrics.clone(),
         observer: gateway.observer.clone(),

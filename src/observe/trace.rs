@@ -60,13 +60,18 @@ impl TraceContext {
     /// A new span of the trace for one part, and the `traceparent` its upstream gets.
     pub fn child(&self) -> ([u8; 8], HeaderValue) {
         let span: [u8; 8] = nonzero(|| rand::rng().random());
+        (span, self.traceparent(span))
+    }
+
+    /// The `traceparent` naming `span` in this trace.
+    pub fn traceparent(&self, span: [u8; 8]) -> HeaderValue {
         let value = format!(
             "00-{}-{}-{:02x}",
             hex(&self.trace_id),
             hex(&span),
             self.flags
         );
-        (span, HeaderValue::from_str(&value).expect("hex digits"))
+        HeaderValue::from_str(&value).expect("hex digits")
     }
 }
 

@@ -59,8 +59,15 @@ where
         request.headers = request.batch.headers.for_part(own, self.strip_cookies);
         // The part is a span of the batch's trace: its upstream's spans hang under it.
         let trace = &request.batch.trace;
+        let current = tracing::Span::current();
+        #[cfg(feature = "otel")]
+        let (span, traceparent) = match crate::otel::span_id(&current) {
+            Some(id) => (id, trace.traceparent(id)),
+            None => trace.child(),
+        };
+        #[cfg(not(feature = "otel"))]
         let (span, traceparent) = trace.child();
-        tracing::Span::current().record("span_id", hex(&span));
+        current.record("span_id", hex(&span));
         request.headers.insert(TRACEPARENT, traceparent);
         match &trace.state {
             Some(state) => request.headers.insert(TRACESTATE, state.clone()),
