@@ -1,6 +1,8 @@
 //! Spreading a route's parts over its upstreams: every address every upstream name resolves to is an
 //! endpoint; names are resolved again periodically. An endpoint that fails `eject_after` times in a row is
-//! ejected for a back-off period, then let back in by one probe (passive health).
+//! ejected for a back-off period, then let back in by one probe (passive health). A part that cannot connect
+//! to an address goes to another address of the same upstream, if it has one: nothing was sent, so this is
+//! no retry (any method, no budget), just what connecting to a name means.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,21 +49,39 @@ impl Balancer {
     /// Resolves the upstreams (blocking, once, at build) and starts re-resolving host names every
     /// `upstream.resolve_every` while the balancer lives.
     pub fn new(upstreams: Vec<Upstream>, policy: Balance, settings: EndpointSettings) -> Balancer {
-        let mut endpoints = Vec::new();
-        for upstream in &upstreams {
+        let mut addresses = Vec::new();
+        for (i, upstream) in upstreams.iter().enumerate() {
             let origin = &upstream.origin;
             match std::net::ToSocketAddrs::to_socket_addrs(&(
                 origin.authority.host().trim_matches(['[', ']']),
                 origin.port(),
             )) {
-                Ok(addrs) => {
-                    endpoints.extend(dedup(addrs).into_iter().map(|a| {
-                        Arc::new(Endpoint::new(origin, a, upstream.tls.clone(), &settings))
-                    }))
-                }
+                Ok(addrs) => addresses.extend(dedup(addrs).into_iter().map(|a| (i, a))),
                 Err(e) => tracing::warn!(%origin, "cannot resolve the upstream yet: {e}"),
             }
         }
+        Balancer::with_addresses(upstreams, policy, settings, &addresses)
+    }
+
+    /// A balancer over these addresses of its upstreams (`(index in upstreams, address)`), as resolved.
+    fn with_addresses(
+        upstreams: Vec<Upstream>,
+        policy: Balance,
+        settings: EndpointSettings,
+        addresses: &[(usize, SocketAddr)],
+    ) -> Balancer {
+        let endpoints: Vec<Arc<Endpoint>> = addresses
+            .iter()
+            .map(|&(i, addr)| {
+                let upstream = &upstreams[i];
+                Arc::new(Endpoint::new(
+                    &upstream.origin,
+                    addr,
+                    upstream.tls.clone(),
+                    &settings,
+                ))
+            })
+            .collect();
         let shared = Arc::new(Shared {
             upstreams,
             policy,
@@ -85,25 +105,46 @@ impl Balancer {
         self.shared.endpoints().iter().any(|e| e.available(now))
     }
 
-    /// Chooses the endpoint for a part that has already tried `tried`.
-    fn pick(&self, tried: &[SocketAddr]) -> Option<Arc<Endpoint>> {
+    /// Chooses the endpoint for a part that has already tried `tried`. With `origin`, only among that
+    /// upstream's addresses not tried yet (an address failed to connect: the part takes another of them).
+    fn pick(&self, tried: &[SocketAddr], origin: Option<&Origin>) -> Option<Arc<Endpoint>> {
         let all = self.shared.endpoints();
-        let now = Instant::now();
-        let fresh = |e: &&Arc<Endpoint>| !tried.contains(&e.addr);
-        let mut candidates: Vec<&Arc<Endpoint>> = all
+        let all: Vec<&Arc<Endpoint>> = all
             .iter()
-            .filter(|e| e.available(now))
-            .filter(fresh)
+            .filter(|e| origin.is_none_or(|o| e.origin == *o))
             .collect();
-        if candidates.is_empty() {
-            // Every untried one is ejected: an ejected endpoint is still better than none (fail open).
-            candidates = all.iter().filter(fresh).collect();
+        let now = Instant::now();
+        let fresh = |e: &&&Arc<Endpoint>| !tried.contains(&e.addr);
+        let mut lost: Vec<SocketAddr> = Vec::new();
+        loop {
+            let candidates: Vec<&Arc<Endpoint>> = all
+                .iter()
+                .filter(|e| e.available(now) && !lost.contains(&e.addr))
+                .filter(fresh)
+                .copied()
+                .collect();
+            if candidates.is_empty() {
+                break;
+            }
+            let chosen = self.choose(&candidates);
+            // An endpoint whose ejection is over takes one part, its probe; if another part took it
+            // first, this one chooses again.
+            if chosen.claim(now, self.shared.settings.upstream.eject_for) {
+                return Some(chosen.clone());
+            }
+            lost.push(chosen.addr);
         }
-        if candidates.is_empty() {
-            candidates = all.iter().collect();
+        // Every untried one is ejected: an ejected endpoint is still better than none (fail open).
+        let mut candidates: Vec<&Arc<Endpoint>> = all.iter().filter(fresh).copied().collect();
+        if candidates.is_empty() && origin.is_none() {
+            candidates = all;
         }
-        let chosen = match (candidates.len(), self.shared.policy) {
-            (0, _) => return None,
+        (!candidates.is_empty()).then(|| self.choose(&candidates).clone())
+    }
+
+    /// One of `candidates` (not empty), as the policy says.
+    fn choose<'a>(&self, candidates: &[&'a Arc<Endpoint>]) -> &'a Arc<Endpoint> {
+        match (candidates.len(), self.shared.policy) {
             (1, _) => candidates[0],
             (n, Balance::RoundRobin) => {
                 candidates[self.shared.next.fetch_add(1, Ordering::Relaxed) % n]
@@ -115,8 +156,7 @@ impl Balancer {
                 let load = |i: usize| candidates[i].in_flight.load(Ordering::Relaxed);
                 candidates[if load(b) < load(a) { b } else { a }]
             }
-        };
-        Some(chosen.clone())
+        }
     }
 }
 
@@ -138,11 +178,11 @@ impl Service<PartRequest> for Balancer {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: PartRequest) -> Self::Future {
+    fn call(&mut self, mut request: PartRequest) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let tried = request.tried.as_ref().map(|t| t.list()).unwrap_or_default();
-            let Some(endpoint) = this.pick(&tried) else {
+            let mut tried = request.tried.as_ref().map(|t| t.list()).unwrap_or_default();
+            let Some(mut endpoint) = this.pick(&tried, None) else {
                 let names: Vec<String> = this
                     .shared
                     .upstreams
@@ -155,26 +195,53 @@ impl Service<PartRequest> for Balancer {
                     reason: "no address: the upstream names did not resolve".to_owned(),
                 });
             };
-            if let Some(t) = &request.tried {
-                t.add(endpoint.addr);
+            loop {
+                if let Some(t) = &request.tried {
+                    t.add(endpoint.addr);
+                }
+                tried.push(endpoint.addr);
+                // A copy for another address of the same upstream, should this one not connect.
+                let spare = this
+                    .shared
+                    .endpoints()
+                    .iter()
+                    .any(|e| e.origin == endpoint.origin && !tried.contains(&e.addr))
+                    .then(|| request.try_clone());
+                let in_flight = InFlight::new(endpoint.clone());
+                let result = endpoint.send(request).await;
+                drop(in_flight);
+                let failed = match &result {
+                    Err(e) => matches!(
+                        e.error,
+                        PartError::Connect { .. } | PartError::NoResponse { .. }
+                    ),
+                    Ok(response) => matches!(
+                        response.status,
+                        StatusCode::BAD_GATEWAY
+                            | StatusCode::SERVICE_UNAVAILABLE
+                            | StatusCode::GATEWAY_TIMEOUT
+                    ),
+                };
+                if let Some(period) = endpoint.record(failed, &this.shared.settings.upstream) {
+                    tracing::warn!(upstream = %endpoint.label, ?period, "upstream ejected after failing");
+                }
+                match result {
+                    Err(e) if e.unconnected => {
+                        let next = spare.zip(this.pick(&tried, Some(&endpoint.origin)));
+                        let Some((next_request, next)) = next else {
+                            return Err(e.error);
+                        };
+                        tracing::debug!(
+                            from = %endpoint.label,
+                            to = %next.label,
+                            "no connection; trying another address of the upstream"
+                        );
+                        request = next_request;
+                        endpoint = next;
+                    }
+                    result => return result.map_err(|e| e.error),
+                }
             }
-            let in_flight = InFlight::new(endpoint.clone());
-            let result = endpoint.send(request).await;
-            drop(in_flight);
-            let failed = match &result {
-                Err(PartError::Connect { .. } | PartError::NoResponse { .. }) => true,
-                Ok(response) => matches!(
-                    response.status,
-                    StatusCode::BAD_GATEWAY
-                        | StatusCode::SERVICE_UNAVAILABLE
-                        | StatusCode::GATEWAY_TIMEOUT
-                ),
-                Err(_) => false,
-            };
-            if let Some(period) = endpoint.record(failed, &this.shared.settings.upstream) {
-                tracing::warn!(upstream = %endpoint.label, ?period, "upstream ejected after failing");
-            }
-            result
         })
     }
 }
@@ -253,4 +320,173 @@ fn is_ip(host: &str) -> bool {
     host.trim_matches(['[', ']'])
         .parse::<std::net::IpAddr>()
         .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{HeaderMap, Method, Response};
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::config::{Config, UpstreamSettings};
+    use crate::headers::HeaderRules;
+    use crate::metrics::Metrics;
+    use crate::stack::{BatchScope, ResponseBudget};
+
+    fn post(index: usize) -> PartRequest {
+        let headers = HeaderRules::new(&Config::default()).batch(
+            &HeaderMap::new(),
+            [127, 0, 0, 1].into(),
+            false,
+        );
+        PartRequest {
+            index,
+            method: Method::POST,
+            path: "/x".parse().unwrap(),
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"x"),
+            batch: Arc::new(BatchScope {
+                headers,
+                budget: ResponseBudget::new(1 << 20),
+            }),
+            accepts: None,
+            tried: None,
+        }
+    }
+
+    /// One upstream, `localhost` on the port of the first address, at these addresses; https with `tls`.
+    fn balancer(addresses: &[SocketAddr], tls: Option<Arc<rustls::ClientConfig>>) -> Balancer {
+        let origin = Origin {
+            scheme: if tls.is_some() {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            },
+            authority: format!("localhost:{}", addresses[0].port())
+                .parse()
+                .unwrap(),
+        };
+        let tls = tls.map(|config| TlsTarget {
+            config,
+            server_name: Endpoint::server_name(&origin).unwrap(),
+        });
+        let settings = EndpointSettings {
+            upstream: UpstreamSettings::default(),
+            http2_prior_knowledge: false,
+            max_response_bytes: 1 << 20,
+            metrics: Arc::new(Metrics::default()),
+        };
+        let addresses: Vec<(usize, SocketAddr)> = addresses.iter().map(|&a| (0, a)).collect();
+        Balancer::with_addresses(
+            vec![Upstream { origin, tls }],
+            Balance::RoundRobin,
+            settings,
+            &addresses,
+        )
+    }
+
+    /// An address nothing listens on.
+    fn dead() -> SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    /// A name with an address that refuses connections (as `localhost` has `::1` where the server listens on
+    /// 127.0.0.1 only): every part, a POST too, is served at its other address, and the dead one is ejected
+    /// after `eject_after` refusals. When no address connects, the part fails once each, without looping.
+    #[tokio::test]
+    async fn a_part_goes_to_another_address_of_the_name_when_one_refuses() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = listener.local_addr().unwrap();
+        let served = Arc::new(AtomicUsize::new(0));
+        let count = served.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |_| {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok")))) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        let refusing = dead();
+        let mut two = balancer(&[live, refusing], None);
+        for i in 0..6 {
+            let response = two.call(post(i)).await.unwrap();
+            assert_eq!(
+                (response.status, response.peer),
+                (StatusCode::OK, Some(live))
+            );
+        }
+        assert_eq!(served.load(Ordering::SeqCst), 6);
+        let endpoints = two.shared.endpoints();
+        assert!(endpoints[0].available(Instant::now()));
+        assert!(!endpoints[1].available(Instant::now()), "ejected");
+
+        let mut none = balancer(&[refusing, dead()], None);
+        let error = none.call(post(0)).await.unwrap_err();
+        assert!(
+            matches!(&error, PartError::Connect { reason, .. } if reason.contains("refused")),
+            "{error}"
+        );
+    }
+
+    /// A part that reached an address is not sent to another one: not when the connection broke after the
+    /// part was sent (only a retry may do that, and a POST is never retried), nor when the TLS handshake
+    /// failed (the address is there; its error is the one to report).
+    #[tokio::test]
+    async fn a_part_that_reached_an_address_goes_nowhere_else() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closing = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+            }
+        });
+        let tls = crate::tls::ClientTls {
+            key: "routes[0]",
+            ca_file: None,
+            client_cert: None,
+            http2_only: false,
+        }
+        .config()
+        .unwrap();
+        for https in [false, true] {
+            let other = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let tls = https.then(|| tls.clone());
+            let mut two = balancer(&[closing, other.local_addr().unwrap()], tls);
+            let error = two.call(post(0)).await.unwrap_err();
+            if https {
+                assert!(
+                    matches!(&error, PartError::Connect { reason, .. } if reason.contains("TLS")),
+                    "{error}"
+                );
+            } else {
+                assert!(matches!(error, PartError::NoResponse { .. }), "{error}");
+            }
+            let accepted = tokio::time::timeout(Duration::from_millis(100), other.accept()).await;
+            assert!(
+                accepted.is_err(),
+                "the other address got a connection (https: {https})"
+            );
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! Connections to one upstream address: TCP with `TCP_NODELAY`, then TLS with SNI and ALPN for https
-//! upstreams. Each address has its own connector, so the pool in front of it is that address's own.
+//! upstreams, both within `upstream.connect_timeout`. Each address has its own connector, so the pool in
+//! front of it is that address's own.
 
 use std::future::Future;
 use std::io;
@@ -59,24 +60,34 @@ impl Service<Uri> for Connector {
         let this = self.clone();
         Box::pin(async move {
             this.metrics.upstream_connect();
-            let tcp = tokio::time::timeout(this.connect_timeout, TcpStream::connect(this.addr))
+            // One deadline for TCP and the TLS handshake: a listener that never answers the handshake is
+            // no more of a connection than one that never accepts.
+            let deadline = tokio::time::Instant::now() + this.connect_timeout;
+            let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(this.addr))
                 .await
-                .map_err(|_| {
-                    io::Error::new(
+                .unwrap_or_else(|_| {
+                    Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!(
                             "no connection within {:?} (upstream.connect_timeout)",
                             this.connect_timeout
                         ),
-                    )
-                })??;
+                    ))
+                })
+                .map_err(TcpError)?;
             let _ = tcp.set_nodelay(true);
             let conn = match this.tls {
                 None => Conn::Plain(tcp),
                 Some(tls) => {
-                    let stream = TlsConnector::from(tls.config)
-                        .connect(tls.server_name, tcp)
+                    let handshake = TlsConnector::from(tls.config).connect(tls.server_name, tcp);
+                    let stream = tokio::time::timeout_at(deadline, handshake)
                         .await
+                        .map_err(|_| {
+                            TlsError(format!(
+                                "no handshake within {:?} (upstream.connect_timeout)",
+                                this.connect_timeout
+                            ))
+                        })?
                         .map_err(|e| TlsError(e.to_string()))?;
                     Conn::Tls(Box::new(stream))
                 }
@@ -85,6 +96,19 @@ impl Service<Uri> for Connector {
         })
     }
 }
+
+/// No TCP connection: refused, unreachable, or not within `connect_timeout`; nothing was sent. Worded as
+/// its cause is ("Connection refused (os error 111)").
+#[derive(Debug)]
+pub struct TcpError(pub io::Error);
+
+impl std::fmt::Display for TcpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for TcpError {}
 
 /// A failed TLS handshake: its message always says "certificate" where the certificate was the problem,
 /// as rustls words it ("invalid peer certificate: UnknownIssuer").

@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::time::Instant;
 
-use super::connect::{Connector, TlsTarget};
+use super::connect::{Connector, TcpError, TlsTarget};
 use super::{PartRequest, UpstreamResponse};
 use crate::config::{Origin, UpstreamSettings};
 use crate::error::PartError;
@@ -116,7 +116,7 @@ impl Endpoint {
 
     /// Sends one part and reads its whole answer, at most `max_response_bytes` and what is left of the
     /// batch's response budget.
-    pub async fn send(&self, part: PartRequest) -> Result<UpstreamResponse, PartError> {
+    pub async fn send(&self, part: PartRequest) -> Result<UpstreamResponse, SendError> {
         let PartRequest {
             index,
             method,
@@ -149,17 +149,20 @@ impl Endpoint {
         let response = self.client.request(request).await.map_err(|e| {
             let reason = innermost(&e);
             if e.is_connect() {
-                PartError::Connect {
-                    index,
-                    upstream: upstream(),
-                    reason,
+                SendError {
+                    unconnected: caused_by::<TcpError>(&e),
+                    error: PartError::Connect {
+                        index,
+                        upstream: upstream(),
+                        reason,
+                    },
                 }
             } else {
-                PartError::NoResponse {
+                SendError::from(PartError::NoResponse {
                     index,
                     upstream: upstream(),
                     reason,
-                }
+                })
             }
         })?;
         if let Some(t) = &timeline {
@@ -177,7 +180,7 @@ impl Endpoint {
             if let Ok(data) = frame.into_data() {
                 body_len += data.len() as u64;
                 if body_len > limit {
-                    return Err(if limit < self.max_response_bytes {
+                    return Err(SendError::from(if limit < self.max_response_bytes {
                         PartError::BatchResponseBudget {
                             index,
                             limit: batch.budget.limit(),
@@ -188,16 +191,16 @@ impl Endpoint {
                             upstream: upstream(),
                             limit: self.max_response_bytes,
                         }
-                    });
+                    }));
                 }
                 pieces.push(data);
             }
         }
         if !batch.budget.take(body_len) {
-            return Err(PartError::BatchResponseBudget {
+            return Err(SendError::from(PartError::BatchResponseBudget {
                 index,
                 limit: batch.budget.limit(),
-            });
+            }));
         }
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
@@ -217,11 +220,35 @@ impl Endpoint {
         self.health().ejected_until.is_none_or(|until| until <= now)
     }
 
+    /// Claims this endpoint for a part the balancer chose among the available ones. One whose ejection is
+    /// over takes a single part, the probe: until its outcome is recorded, or `hold` passes without one (the
+    /// probe was cancelled), it stays out for the others. False if another part took the probe first.
+    pub fn claim(&self, now: Instant, hold: Duration) -> bool {
+        let mut health = self.health();
+        match health.ejected_until {
+            None => true,
+            Some(until) if until <= now => {
+                health.ejected_until = Some(now + hold);
+                health.probing = true;
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
     /// Notes how a part went; returns how long the endpoint is now ejected for, if this ejected it.
     pub fn record(&self, failed: bool, settings: &UpstreamSettings) -> Option<Duration> {
         let mut health = self.health();
         if !failed {
             *health = Health::default();
+            return None;
+        }
+        if !health.probing
+            && health
+                .ejected_until
+                .is_some_and(|until| until > Instant::now())
+        {
+            // A part sent before the ejection, failing after it: the ejection already counts it.
             return None;
         }
         health.failures += 1;
@@ -237,6 +264,7 @@ impl Endpoint {
         health.failures = 0;
         health.ejections += 1;
         health.ejected_until = Some(Instant::now() + period);
+        health.probing = false;
         Some(period)
     }
 
@@ -252,6 +280,38 @@ struct Health {
     /// Ejections in a row without a success in between: each doubles the next one's length.
     ejections: u32,
     ejected_until: Option<Instant>,
+    /// A part probes it after its ejection: until that part's outcome, it stays out.
+    probing: bool,
+}
+
+/// A part this address did not answer, and whether it never left the gateway.
+#[derive(Debug)]
+pub struct SendError {
+    pub error: PartError,
+    /// No TCP connection could be made (refused, unreachable, not within `connect_timeout`): nothing was
+    /// sent, so another address of the same upstream may take the part, whatever its method.
+    pub unconnected: bool,
+}
+
+impl From<PartError> for SendError {
+    fn from(error: PartError) -> SendError {
+        SendError {
+            error,
+            unconnected: false,
+        }
+    }
+}
+
+/// Whether an `E` is among the causes of `e`, `e` included.
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<E>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Counts a part in flight on an endpoint while alive.
