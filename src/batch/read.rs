@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -154,7 +153,6 @@ impl Read<'_> {
                     batch: self.scope.clone(),
                     accepts: None,
                     tried: None,
-                    queued: Duration::ZERO,
                     timeline: None,
                 }),
             },

@@ -302,7 +302,7 @@ impl Scheduler {
         index: usize,
         content_id: Option<ContentId>,
         route: Arc<str>,
-        mut request: Box<PartRequest>,
+        request: Box<PartRequest>,
         service: PartService,
     ) {
         let shared = self.shared.clone();
@@ -335,7 +335,9 @@ impl Scheduler {
                                 index,
                                 reason: e.to_string(),
                             })?;
-                    request.queued = started.elapsed();
+                    if let Some(t) = &request.timeline {
+                        t.waited(started.elapsed());
+                    }
                     service.oneshot(*request).await
                 };
                 let result = tokio::time::timeout_at(settings.deadline, call)
@@ -432,7 +434,7 @@ fn answer(
         route,
         Sample {
             elapsed_us: elapsed.as_micros() as u64,
-            queued_us: u64::from(timeline.queued_micros().unwrap_or(0)),
+            queued_us: u64::from(timeline.waited_micros()),
             error,
             saturated: telemetry.global.available_permits() == 0,
         },
@@ -571,7 +573,6 @@ mod tests {
                     batch: scope,
                     accepts: None,
                     tried: None,
-                    queued: Duration::ZERO,
                     timeline: None,
                 }),
                 service: service.clone(),

@@ -25,6 +25,8 @@ pub struct PartTimeline {
     done: AtomicU32,
     written: AtomicU32,
     status: AtomicU16,
+    /// Microseconds spent waiting for permits (the batch's concurrency, the route's and the gateway's).
+    waited: AtomicU32,
 }
 
 /// The stages a part goes through.
@@ -54,6 +56,7 @@ impl PartTimeline {
             done: AtomicU32::new(UNSET),
             written: AtomicU32::new(UNSET),
             status: AtomicU16::new(0),
+            waited: AtomicU32::new(0),
         }
     }
 
@@ -83,11 +86,19 @@ impl PartTimeline {
             .saturating_sub(std::time::Duration::from_micros(u64::from(start)))
     }
 
-    /// Microseconds a part waited for permits, once it has been sent.
-    pub fn queued_micros(&self) -> Option<u32> {
-        let queued = self.queued.load(Ordering::Relaxed);
-        let sent = self.sent.load(Ordering::Relaxed);
-        (queued != UNSET && sent != UNSET).then(|| sent.saturating_sub(queued))
+    /// Adds time spent waiting for a permit.
+    pub fn waited(&self, wait: std::time::Duration) {
+        let micros = u32::try_from(wait.as_micros()).unwrap_or(u32::MAX);
+        let _ = self
+            .waited
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                Some(w.saturating_add(micros))
+            });
+    }
+
+    /// Microseconds the part waited for permits.
+    pub fn waited_micros(&self) -> u32 {
+        self.waited.load(Ordering::Relaxed)
     }
 
     fn view(&self, index: usize) -> PartView {

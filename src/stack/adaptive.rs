@@ -227,7 +227,11 @@ where
         let limiter = self.limiter.clone();
         let inner = self.inner.clone();
         Box::pin(async move {
+            let waiting = Instant::now();
             let slot = limiter.acquire().await;
+            if let Some(t) = &request.timeline {
+                t.waited(waiting.elapsed());
+            }
             let started = Instant::now();
             let result = inner.oneshot(request).await;
             // Failures say nothing about how loaded the upstream is; answers do.

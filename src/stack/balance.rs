@@ -328,7 +328,7 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use http::{HeaderMap, Method, Response};
+    use http::{Method, Response};
     use http_body_util::Full;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
@@ -336,29 +336,15 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::config::{Config, UpstreamSettings};
-    use crate::headers::HeaderRules;
+    use crate::config::UpstreamSettings;
     use crate::metrics::Metrics;
-    use crate::stack::{BatchScope, ResponseBudget};
 
     fn post(index: usize) -> PartRequest {
-        let headers = HeaderRules::new(&Config::default()).batch(
-            &HeaderMap::new(),
-            [127, 0, 0, 1].into(),
-            false,
-        );
         PartRequest {
-            index,
             method: Method::POST,
             path: "/x".parse().unwrap(),
-            headers: HeaderMap::new(),
             body: Bytes::from_static(b"x"),
-            batch: Arc::new(BatchScope {
-                headers,
-                budget: ResponseBudget::new(1 << 20),
-            }),
-            accepts: None,
-            tried: None,
+            ..crate::stack::tests::part_request(index)
         }
     }
 

@@ -64,6 +64,7 @@ where
         let inner = self.inner.clone();
         Box::pin(async move {
             let index = request.index;
+            let waiting = tokio::time::Instant::now();
             let _permit = permits
                 .acquire_owned()
                 .await
@@ -71,6 +72,9 @@ where
                     index,
                     reason: e.to_string(),
                 })?;
+            if let Some(t) = &request.timeline {
+                t.waited(waiting.elapsed());
+            }
             inner.oneshot(request).await
         })
     }

@@ -70,8 +70,6 @@ pub struct PartRequest {
     pub accepts: Option<HeaderValue>,
     /// Where earlier tries of this part went, when it may be tried again.
     pub tried: Option<Arc<Tried>>,
-    /// How long the part has waited for permits so far (its batch's concurrency, then the limit layers').
-    pub queued: Duration,
     /// Where the part's marks go (sent, first byte), for the batch's timeline.
     pub timeline: Option<Arc<PartTimeline>>,
 }
@@ -88,7 +86,6 @@ impl PartRequest {
             batch: self.batch.clone(),
             accepts: self.accepts.clone(),
             tried: self.tried.clone(),
-            queued: Duration::ZERO,
             timeline: self.timeline.clone(),
         }
     }
@@ -260,7 +257,6 @@ pub(crate) mod tests {
             }),
             accepts: None,
             tried: None,
-            queued: Duration::ZERO,
             timeline: None,
         }
     }
