@@ -1,12 +1,14 @@
-//! The `batchgate` binary: a thin shell over the library (config, logging, signals).
+//! The `batchgate` binary: a thin shell over the library (config, logging, signals, the admin listener).
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use batchgate::config::{Config, RouteConfig, parse_duration};
+use batchgate::config::{Config, ConfigError, LogFormat, RouteConfig, parse_duration};
 use batchgate::server::Live;
+use batchgate::server::admin::{self, Admin};
 use batchgate::{Gateway, demo, server};
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -34,20 +36,20 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BATCHGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("batchgate=info")),
-        )
-        .init();
     let args = Args::parse();
+    // Read before logging starts: it says how log lines look. An unreadable file is reported by `run`.
+    let file = args.config.as_deref().map(Config::from_file);
+    let log_format = match &file {
+        Some(Ok(config)) => config.log_format,
+        _ => LogFormat::default(),
+    };
+    init_logging(log_format);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.threads {
         runtime.worker_threads(threads.max(1));
     }
     let runtime = runtime.enable_all().build().expect("tokio runtime");
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(args, file)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("batchgate: {message}");
@@ -56,13 +58,32 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), String> {
+/// Log lines on stderr, filtered by `BATCHGATE_LOG` (default `batchgate=info`): one JSON object per line for
+/// `log_format = "json"` (never colour codes), else text for people, coloured only when stderr is a terminal
+/// (and `NO_COLOR` is not set).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BATCHGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("batchgate=info"));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).init(),
+        LogFormat::Pretty => {
+            let colour = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            logs.with_ansi(colour).init();
+        }
+    }
+}
+
+async fn run(args: Args, file: Option<Result<Config, ConfigError>>) -> Result<(), String> {
     // Handled from the start, so that a SIGHUP during startup neither kills the process nor goes unseen.
     #[cfg(unix)]
     let hangups = hangups()?;
     let mut config =
-        match &args.config {
-            Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+        match file {
+            Some(config) => config.map_err(|e| e.to_string())?,
             None if args.demo => Config::default(),
             None => return Err(
                 "give --config PATH (see config.toml), or --demo to try it with a built-in service"
@@ -88,6 +109,7 @@ async fn run(args: Args) -> Result<(), String> {
     log_routes(&config);
     let batch_path = config.batch_path.clone();
     let listen = config.listen;
+    let admin_listen = config.admin.as_ref().map(|admin| admin.listen);
     let gateway = Arc::new(Gateway::new(config).map_err(|e| e.to_string())?);
     // Reads `[tls]`'s certificate and key: a bad file is a startup error naming tls.cert or tls.key.
     let live = Live::new(gateway).map_err(|e| e.to_string())?;
@@ -99,6 +121,22 @@ async fn run(args: Args) -> Result<(), String> {
     tracing::info!(
         "batchgate listening on {scheme}://{local}{batch_path} (liveness: /healthz, readiness: /readyz)"
     );
+    if let Some(admin_listen) = admin_listen {
+        let listener = TcpListener::bind(admin_listen)
+            .await
+            .map_err(|e| format!("cannot listen on {admin_listen} (admin.listen): {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let mut admin = Admin::new(live.clone());
+        if let Some(path) = &args.config {
+            admin = admin.config_file(path.clone(), move |config| overrides.apply(config));
+        }
+        tracing::info!(
+            %addr,
+            "admin endpoints on http://{addr}: /admin/dashboard, /admin/stats, /metrics, POST /admin/reload"
+        );
+        // Serves until the process exits, through the main listener's shutdown grace.
+        tokio::spawn(admin::serve(listener, admin, std::future::pending()));
+    }
     if args.demo {
         println!("{}", demo_curl(scheme, local, &batch_path));
     }

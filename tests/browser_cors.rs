@@ -13,7 +13,6 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -175,54 +174,6 @@ async fn pipe(
     let _ = to.shutdown().await;
 }
 
-/// Runs headless Chromium on `url` and returns the DOM it dumps once the page's script is done.
-async fn dump_dom(url: &str) -> String {
-    let profile = TempDir::new("chromium");
-    let output = within(
-        90,
-        "chromium to dump the DOM",
-        tokio::process::Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                &format!("--user-data-dir={}", profile.path.display()),
-                "--virtual-time-budget=8000",
-                "--dump-dom",
-                url,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap();
-    let dom = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success() && dom.contains("</html>"),
-        "chromium failed ({:?}); stdout: {dom}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    dom
-}
-
-fn chromium_installed() -> bool {
-    std::process::Command::new("sh")
-        .args(["-c", "command -v chromium"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// The `<li class="part">` elements of the dumped DOM: (status, subject) from their data attributes.
 fn rendered_parts(dom: &str) -> Vec<(String, String)> {
     let attribute = |element: &str, name: &str| {
@@ -270,7 +221,8 @@ async fn a_browser_page_from_an_allowed_origin_reads_the_batch_and_another_origi
     serve_page(other_page, page(&format!("http://{other_relay_addr}")));
 
     let (allowed_url, other_url) = (format!("{allowed_origin}/"), format!("{other_origin}/"));
-    let (allowed_dom, other_dom) = tokio::join!(dump_dom(&allowed_url), dump_dom(&other_url));
+    let (allowed_dom, other_dom) =
+        tokio::join!(dump_dom(&allowed_url, 8000), dump_dom(&other_url, 8000));
 
     // The allowed page: three parts, each 200 with its message's subject, in order.
     assert!(

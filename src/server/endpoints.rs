@@ -1,5 +1,5 @@
 //! The gateway's endpoints: the batch endpoint (with CORS when `[cors]` is set), `/healthz` (liveness),
-//! `/readyz` (readiness) and `/metrics`.
+//! `/readyz` (readiness) and `/metrics` (also served by the admin listener, [`super::admin`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,12 +39,7 @@ pub async fn dispatch(
         return response;
     }
     if path == "/metrics" && request.method() == Method::GET {
-        let mut response = Response::new(full(gateway.metrics.render(&gateway.gauges())));
-        response.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        );
-        return response;
+        return metrics(gateway);
     }
     if path == "/healthz" && matches!(*request.method(), Method::GET | Method::HEAD) {
         let (status, text) = if draining.load(Ordering::Relaxed) {
@@ -64,6 +59,16 @@ pub async fn dispatch(
     }
     let error = BatchError::NotFound(path.to_owned(), gateway.config.batch_path.clone());
     refuse(gateway, error, peer)
+}
+
+/// `GET /metrics`, on the main listener and on the admin one: the OpenMetrics text of the counters and gauges.
+pub fn metrics(gateway: &Gateway) -> Response<ReplyBody> {
+    let mut response = Response::new(full(gateway.metrics.render(&gateway.gauges())));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
 }
 
 /// `POST` to the batch endpoint: the batch's reply, or the error that refused it.

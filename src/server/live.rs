@@ -6,8 +6,8 @@
 //! builds a whole new `Served` and swaps it in: new batches and handshakes get it, batches in flight finish
 //! on the gateway they started with, and no connection is dropped.
 //!
-//! What is fixed for the life of the listener and cannot change by a reload: `listen`, `limits.max_connections`
-//! (logged as needing a restart, otherwise ignored), and whether `[tls]` is on (a reload that turns it on or
+//! What is fixed for the life of the listener and cannot change by a reload: `listen`, `limits.max_connections`,
+//! `[admin]`'s `listen` and `log_format` (logged as needing a restart, otherwise ignored), and whether `[tls]` is on (a reload that turns it on or
 //! off is refused). Other connection limits (timeouts, HTTP/2 settings) apply to connections accepted after
 //! the reload.
 
@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 use rustls::ServerConfig;
 
 use super::cors::Cors;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, LogFormat};
 use crate::gateway::Gateway;
 
 /// A gateway and what the server derives from its config, swapped together.
@@ -73,6 +73,9 @@ pub struct Live {
     listen: SocketAddr,
     max_connections: usize,
     tls: bool,
+    /// `[admin]`'s address, and the log format: the process set them up at startup.
+    admin: Option<SocketAddr>,
+    log_format: LogFormat,
 }
 
 impl Live {
@@ -84,6 +87,8 @@ impl Live {
             listen: config.listen,
             max_connections: config.limits.max_connections,
             tls: config.tls.is_some(),
+            admin: config.admin.as_ref().map(|a| a.listen),
+            log_format: config.log_format,
             current: RwLock::new(Arc::new(served)),
         }))
     }
@@ -108,8 +113,8 @@ impl Live {
 
     /// Serves new batches and connections with `gateway` from now on, reading `[tls]`'s certificate and key
     /// again. Refused (the current gateway stays) when `[tls]` is turned on or off, or the certificate or key
-    /// cannot be used. A changed `listen` or `limits.max_connections` is logged as needing a restart and
-    /// otherwise ignored.
+    /// cannot be used. A changed `listen`, `limits.max_connections`, `admin.listen` or `log_format` is logged as
+    /// needing a restart and otherwise ignored.
     pub fn replace(&self, gateway: impl Into<Arc<Gateway>>) -> Result<Replaced, ReloadError> {
         let gateway = gateway.into();
         let config = &gateway.config;
@@ -129,6 +134,26 @@ impl Live {
             replaced.needs_restart.push(format!(
                 "limits.max_connections changed to {} (still {}): needs a restart",
                 config.limits.max_connections, self.max_connections
+            ));
+        }
+        let admin = config.admin.as_ref().map(|a| a.listen);
+        if admin != self.admin {
+            let show = |a: Option<SocketAddr>| a.map_or("none".to_owned(), |a| a.to_string());
+            replaced.needs_restart.push(format!(
+                "admin.listen changed to {} (still {}): needs a restart",
+                show(admin),
+                show(self.admin)
+            ));
+        }
+        if config.log_format != self.log_format {
+            let show = |f: LogFormat| match f {
+                LogFormat::Pretty => "pretty",
+                LogFormat::Json => "json",
+            };
+            replaced.needs_restart.push(format!(
+                "log_format changed to {} (still {}): needs a restart",
+                show(config.log_format),
+                show(self.log_format)
             ));
         }
         let served = Arc::new(Served::new(gateway)?);

@@ -4,7 +4,9 @@
 //! `serve` does the same with a [`Live`] handle, through which a reload swaps the gateway while it runs.
 //! With `[tls]` set the listener speaks HTTPS (ALPN `h2` and `http/1.1`); the TLS handshake happens in the
 //! connection's own task and counts against `limits.header_read_timeout`, like a silent plain socket.
+//! [`admin`] is the operators' listener (`[admin]`): metrics, stats, the dashboard and reload, apart from it.
 
+pub mod admin;
 mod conn;
 pub mod cors;
 mod endpoints;

@@ -854,3 +854,160 @@ pub async fn live_gateway(toml: &str) -> (TestGateway, Arc<server::Live>) {
 pub fn build_gateway(toml: &str) -> Gateway {
     Gateway::new(Config::from_toml(toml).unwrap()).unwrap()
 }
+
+/// Whether headless Chromium (`chromium`) is on PATH. Browser tests without it print why and pass.
+pub fn chromium_installed() -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", "command -v chromium"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs headless Chromium on `url` with `args` besides the usual ones (no sandbox, GPU, QUIC or background
+/// traffic; a fresh profile), failing the test if it does not succeed within 90 s. Returns its stdout.
+pub async fn chromium(url: &str, args: &[String]) -> String {
+    let profile = TempDir::new("chromium");
+    let mut command = tokio::process::Command::new("chromium");
+    command
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path.display()))
+        .args(args)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let output = within(90, "chromium", command.output()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "chromium failed ({:?}); stdout: {stdout}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The DOM of `url` once its scripts have had `virtual_ms` of (virtual) time: timers fire, fetches complete.
+pub async fn dump_dom(url: &str, virtual_ms: u64) -> String {
+    let dom = chromium(
+        url,
+        &[
+            format!("--virtual-time-budget={virtual_ms}"),
+            "--dump-dom".to_owned(),
+        ],
+    )
+    .await;
+    assert!(dom.contains("</html>"), "no DOM dumped: {dom}");
+    dom
+}
+
+/// A PNG of `url` in a `width` x `height` window, after `virtual_ms` of (virtual) time.
+pub async fn screenshot(url: &str, path: &std::path::Path, size: (u32, u32), virtual_ms: u64) {
+    chromium(
+        url,
+        &[
+            format!("--virtual-time-budget={virtual_ms}"),
+            format!("--window-size={},{}", size.0, size.1),
+            format!("--screenshot={}", path.display()),
+        ],
+    )
+    .await;
+    let png = std::fs::read(path).unwrap_or_else(|e| panic!("no screenshot at {path:?}: {e}"));
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG: {path:?}");
+}
+
+/// Sends one request to `url` and reads the whole answer.
+pub async fn http_request(
+    url: &str,
+    method: Method,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::builder().method(method).uri(url);
+    for (n, v) in headers {
+        request = request.header(*n, *v);
+    }
+    let response = client
+        .request(request.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A running admin listener ([`server::admin::serve`]).
+pub struct TestAdmin {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts `admin`'s listener on a free port.
+pub async fn start_admin(admin: server::admin::Admin) -> TestAdmin {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server::admin::serve(listener, admin, async move {
+        let _ = stopped.await;
+    }));
+    TestAdmin {
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl TestAdmin {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        http_request(&self.url(path), Method::GET, &[], Bytes::new()).await
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
+        http_request(&self.url(path), method, headers, body).await
+    }
+
+    /// `GET /admin/stats`, checked to be JSON that is not cached.
+    pub async fn stats(&self) -> serde_json::Value {
+        let reply = self.get("/admin/stats").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.headers["content-type"], "application/json");
+        assert_eq!(reply.headers["cache-control"], "no-store");
+        serde_json::from_slice(&reply.body).unwrap()
+    }
+
+    /// Stops accepting and waits for the listener's task to end.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        (&mut self.task).await.unwrap();
+    }
+}

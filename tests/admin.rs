@@ -1,0 +1,694 @@
+//! The admin listener (`[admin]`) over real sockets: `/admin/stats` after a known workload, the dashboard page
+//! (self-contained), `POST /admin/reload` (a good file, bad ones, no file, another origin), 404s and 405s, its
+//! bounds (bodies, silent and idle connections, the connection cap), and the real binary: the admin listener
+//! started from `[admin]`, and `log_format` (JSON lines; no colour codes when stderr is not a terminal).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchgate::server::admin::{Admin, AdminLimits, DASHBOARD_HTML};
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use support::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// The JSON error of an admin answer: `{"error":{"code":..,"message":..}}`, its code the status.
+fn admin_error(reply: &Reply) -> String {
+    assert_eq!(reply.headers["content-type"], "application/json");
+    reply.error_message()
+}
+
+/// An upstream that answers 404 for `/svc/missing`, else 200 with the path.
+async fn svc_upstream() -> Upstream {
+    upstream(|seen| async move {
+        if seen.uri.path() == "/svc/missing" {
+            text(StatusCode::NOT_FOUND, "no such thing")
+        } else {
+            text(StatusCode::OK, seen.uri.path().to_owned())
+        }
+    })
+    .await
+}
+
+const MULTIPART: &str = "multipart/mixed; boundary=b";
+
+/// Two batches of 10 parts to one route, one part answered 404 by the upstream: the route's figures count
+/// exactly 20 parts and no errors (a 404 is the upstream's answer, not a failure), and the newest batch's
+/// timeline has its 10 parts, each with its marks in order and the status the client got.
+#[tokio::test]
+async fn stats_after_a_known_workload() {
+    let up = svc_upstream().await;
+    let (gw, live) = live_gateway(&routes(&[("/svc/", up.addr)])).await;
+    let admin = start_admin(Admin::new(live)).await;
+
+    let first: Vec<String> = (0..10).map(|i| format!("/svc/a{i}")).collect();
+    let mut second: Vec<String> = (0..10).map(|i| format!("/svc/b{i}")).collect();
+    second[3] = "/svc/missing".to_owned();
+    gw.post(MULTIPART, get_batch("b", &first)).await.parts();
+    let parts = gw.post(MULTIPART, get_batch("b", &second)).await.parts();
+    let statuses: Vec<u16> = parts.iter().map(|p| p.status.as_u16()).collect();
+    assert_eq!(statuses[3], 404);
+    assert_eq!(statuses.iter().filter(|&&s| s == 200).count(), 9);
+
+    let stats = admin.stats().await;
+    let routes = stats["routes"].as_array().unwrap();
+    assert_eq!(routes.len(), 1, "{stats}");
+    let route = &routes[0];
+    assert_eq!(route["route"], "/svc/");
+    assert_eq!(route["requests"], 20, "{route}");
+    assert_eq!(route["error_rate"], 0.0, "{route}");
+    assert!(route["p50_ms"].as_f64().unwrap() > 0.0, "{route}");
+    assert!(route["p99_ms"].as_f64().unwrap() >= route["p50_ms"].as_f64().unwrap());
+    assert_eq!(route["recent"]["parts"], 20, "{route}");
+    assert!(
+        route["bottleneck"].is_null(),
+        "too few parts to tell: {route}"
+    );
+    let series = route["series"].as_array().unwrap();
+    assert_eq!(series.len(), 120);
+    let sum = |key: &str| series.iter().map(|p| p[key].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(sum("parts"), 20);
+    assert_eq!(sum("errors"), 0);
+    assert_eq!(series.last().unwrap()["ago"], 0, "oldest first");
+    assert_eq!(
+        stats["tuning"].as_array().unwrap().len(),
+        0,
+        "a fixed limit"
+    );
+
+    let batches = stats["batches"].as_array().unwrap();
+    assert_eq!(batches.len(), 2, "{stats}");
+    assert!(
+        batches[0]["id"].as_u64() > batches[1]["id"].as_u64(),
+        "newest first"
+    );
+    for batch in batches {
+        assert_eq!(batch["status"], 200, "{batch}");
+        assert_eq!(batch["peer"], "127.0.0.1");
+        assert!(batch["arrived_unix_ms"].as_u64().unwrap() > 1_600_000_000_000);
+    }
+    let newest = &batches[0];
+    let duration = newest["duration_ms"].as_f64().unwrap();
+    let timeline = newest["parts"].as_array().unwrap();
+    assert_eq!(timeline.len(), 10, "{newest}");
+    for (i, part) in timeline.iter().enumerate() {
+        assert_eq!(part["index"], i);
+        assert_eq!(part["route"], "/svc/");
+        assert_eq!(part["method"], "GET");
+        assert_eq!(part["status"], statuses[i], "{part}");
+        let marks: Vec<f64> = ["queued", "sent", "first_byte", "done", "written"]
+            .iter()
+            .map(|m| {
+                part[m]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("{m} not set: {part}"))
+            })
+            .collect();
+        assert!(marks.is_sorted(), "marks in order: {part}");
+        assert!(marks[4] <= duration, "written before the end: {part}");
+    }
+
+    // The admin /metrics is the main listener's.
+    let on_admin = admin.get("/metrics").await;
+    assert_eq!(on_admin.status, StatusCode::OK);
+    assert!(
+        on_admin.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let on_main = gw.request(Method::GET, "/metrics", &[], Bytes::new()).await;
+    for reply in [&on_admin, &on_main] {
+        let text = std::str::from_utf8(&reply.body).unwrap();
+        assert_eq!(
+            metric(text, "batchgate_parts_total", &[("route", "/svc/")]),
+            20,
+            "{text}"
+        );
+        assert_eq!(metric(text, "batchgate_batches_served_total", &[]), 2);
+    }
+    admin.stop().await;
+    gw.stop().await;
+}
+
+/// The dashboard: one HTML page, inline script and styles, nothing loaded from anywhere (a CSP says so too),
+/// with the elements it fills in.
+#[tokio::test]
+async fn the_dashboard_is_one_self_contained_page() {
+    let (gw, live) = live_gateway("").await;
+    let admin = start_admin(Admin::new(live)).await;
+    let reply = admin.get("/admin/dashboard").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(reply.headers["cache-control"], "no-store");
+    let csp = reply.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.starts_with("default-src 'none';"), "{csp}");
+    assert!(csp.contains("connect-src 'self'"), "{csp}");
+    let html = std::str::from_utf8(&reply.body).unwrap();
+    assert_eq!(html, DASHBOARD_HTML);
+    let on_disk = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/server/dashboard.html"
+    ))
+    .unwrap();
+    assert_eq!(html, on_disk);
+    assert!(html.starts_with("<!doctype html>"));
+    for id in [
+        "id=\"routes\"",
+        "id=\"bottlenecks\"",
+        "id=\"tuning\"",
+        "id=\"batch-select\"",
+        "id=\"waterfall\"",
+        "id=\"legend\"",
+        "fetch(STATS_URL",
+        "const STATS_URL = \"/admin/stats\"",
+    ] {
+        assert!(html.contains(id), "{id}");
+    }
+
+    // Every reference to something to load is local: no other host, no protocol-relative URL.
+    let lower = html.to_ascii_lowercase();
+    for attribute in ["src=", "href=", "url(", "@import", "action=", "srcset="] {
+        for (at, _) in lower.match_indices(attribute) {
+            let value = lower[at + attribute.len()..]
+                .trim_start_matches(['"', '\'', ' '])
+                .to_owned();
+            assert!(
+                value.starts_with("data:")
+                    || value.starts_with('#')
+                    || (value.starts_with('/') && !value.starts_with("//")),
+                "{attribute} pointing outside: {}",
+                &html[at..(at + 60).min(html.len())]
+            );
+        }
+    }
+    for scheme in ["http://", "https://", "ws://", "wss://", "//cdn", "//fonts"] {
+        let outside: Vec<&str> = lower
+            .match_indices(scheme)
+            .map(|(at, _)| &html[at..(at + 40).min(html.len())])
+            .filter(|s| !s.starts_with("http://www.w3.org/2000/svg\""))
+            .collect();
+        assert!(outside.is_empty(), "{scheme}: {outside:?}");
+    }
+    for tag in ["<script src", "<link rel=\"stylesheet\"", "<iframe", "<img"] {
+        assert!(!lower.contains(tag), "{tag}");
+    }
+    admin.stop().await;
+    gw.stop().await;
+}
+
+fn svc_file(upstream: SocketAddr, extra: &str) -> String {
+    format!("{extra}\n[[routes]]\nprefix = \"/svc/\"\nupstream = \"http://{upstream}\"\n")
+}
+
+/// `POST /admin/reload` re-reads the config file (with the command line's overrides applied): 200 saying what
+/// it did, and the next batch goes to the new upstream. A file that does not parse or validate is 422, one
+/// that turns TLS on is 409, and the previous config stays; a POST from another origin is 403 and reloads
+/// nothing.
+#[tokio::test]
+async fn reload_through_the_admin_listener() {
+    let first = echo_upstream(Duration::ZERO).await;
+    let second = echo_upstream(Duration::ZERO).await;
+    let dir = TempDir::new("admin-reload");
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, svc_file(first.addr, "")).unwrap();
+    let (gw, live) = live_gateway(&std::fs::read_to_string(&path).unwrap()).await;
+    // The overrides: what --listen or --demo would change in the file, here a limit that shows.
+    let admin = start_admin(
+        Admin::new(live.clone()).config_file(&path, |config| config.limits.max_parts = 5),
+    )
+    .await;
+    let batch = |n: usize| {
+        let targets: Vec<String> = (0..n).map(|i| format!("/svc/{i}")).collect();
+        gw.post(MULTIPART, get_batch("b", &targets))
+    };
+    let reload = |origin: Option<String>| {
+        let admin = &admin;
+        async move {
+            let headers: Vec<(&str, &str)> =
+                origin.iter().map(|o| ("origin", o.as_str())).collect();
+            admin
+                .request(Method::POST, "/admin/reload", &headers, Bytes::new())
+                .await
+        }
+    };
+
+    assert_eq!(batch(6).await.parts().len(), 6);
+    assert_eq!(first.seen().len(), 6);
+
+    std::fs::write(&path, svc_file(second.addr, "")).unwrap();
+    let reply = reload(None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body["status"], "reloaded");
+    assert_eq!(body["path"], path.to_str().unwrap());
+    assert_eq!(body["routes"], serde_json::json!(["/svc/"]));
+    assert_eq!(body["needs_restart"], serde_json::json!([]));
+    assert_eq!(batch(5).await.parts().len(), 5);
+    assert_eq!(second.seen().len(), 5);
+    assert_eq!(first.seen().len(), 6);
+    let refused = batch(6).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "the override"
+    );
+
+    // Not TOML; TOML that does not validate; TLS turned on: refused, the second upstream still serves.
+    for (text, status, says) in [
+        ("[[routes]\n".to_owned(), 422, path.to_str().unwrap()),
+        (
+            "[[routes]]\nprefix = \"/svc/\"\nupstream = \"ftp://127.0.0.1:21\"\n".to_owned(),
+            422,
+            "routes[0]",
+        ),
+        (
+            svc_file(
+                first.addr,
+                "[tls]\ncert = \"missing.pem\"\nkey = \"missing.key\"",
+            ),
+            409,
+            "[tls] cannot be turned on",
+        ),
+    ] {
+        std::fs::write(&path, &text).unwrap();
+        let reply = reload(None).await;
+        assert_eq!(reply.status.as_u16(), status, "{text}");
+        let message = admin_error(&reply);
+        assert!(
+            message.contains("still serving the previous config"),
+            "{message}"
+        );
+        assert!(message.contains(says), "{message}");
+        assert_eq!(batch(1).await.parts()[0].body, "/svc/0");
+        assert_eq!(first.seen().len(), 6, "{text}");
+    }
+
+    // From a page on another origin: refused before reading anything. From the dashboard's own: reloaded.
+    std::fs::write(&path, svc_file(first.addr, "listen = \"127.0.0.1:1\"")).unwrap();
+    let reply = reload(Some("http://evil.example".into())).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert!(admin_error(&reply).contains("another origin"));
+    batch(1).await.parts();
+    assert_eq!(first.seen().len(), 6);
+    let reply = reload(Some(format!("http://{}", admin.addr))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    let notes = body["needs_restart"].as_array().unwrap();
+    assert_eq!(notes.len(), 1, "{body}");
+    assert!(
+        notes[0]
+            .as_str()
+            .unwrap()
+            .starts_with("listen changed to 127.0.0.1:1"),
+        "{body}"
+    );
+    batch(1).await.parts();
+    assert_eq!(first.seen().len(), 7);
+
+    // Only POST.
+    let reply = admin.get("/admin/reload").await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.headers["allow"], "POST");
+    admin_error(&reply);
+    admin.stop().await;
+    gw.stop().await;
+}
+
+/// Without a config file (`--demo` alone) there is nothing to reload: 404, and the gateway is unchanged.
+#[tokio::test]
+async fn reload_without_a_config_file_is_404() {
+    let (gw, live) = live_gateway("").await;
+    let before = live.gateway();
+    let admin = start_admin(Admin::new(live.clone())).await;
+    let reply = admin
+        .request(Method::POST, "/admin/reload", &[], Bytes::new())
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(admin_error(&reply).contains("without --config"));
+    assert!(Arc::ptr_eq(&before, &live.gateway()));
+    admin.stop().await;
+    gw.stop().await;
+}
+
+/// What the admin listener does not serve: 404 JSON for any other path (the batch endpoint included), 405
+/// with `Allow` for another method on its paths. `/healthz` answers; `HEAD` works where `GET` does.
+#[tokio::test]
+async fn unknown_paths_are_404_json_and_other_methods_405() {
+    let (gw, live) = live_gateway("").await;
+    let admin = start_admin(Admin::new(live)).await;
+    for path in [
+        "/",
+        "/admin",
+        "/admin/",
+        "/admin/stats/",
+        "/admin/statsx",
+        "/batch",
+        "/readyz",
+        "/metrics/x",
+        "/admin/dashboard.html",
+    ] {
+        let reply = admin.get(path).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
+        let message = admin_error(&reply);
+        assert!(message.contains(path), "{message}");
+        assert!(message.contains("GET /admin/dashboard"), "{message}");
+    }
+    let reply = admin
+        .request(
+            Method::POST,
+            "/batch",
+            &[("content-type", MULTIPART)],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    for path in ["/admin/stats", "/admin/dashboard", "/metrics", "/healthz"] {
+        for method in [Method::POST, Method::PUT, Method::DELETE] {
+            let reply = admin.request(method.clone(), path, &[], Bytes::new()).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+            assert_eq!(reply.headers["allow"], "GET, HEAD");
+            admin_error(&reply);
+        }
+        let reply = admin.request(Method::HEAD, path, &[], Bytes::new()).await;
+        assert_eq!(reply.status, StatusCode::OK, "HEAD {path}");
+        assert!(reply.body.is_empty());
+    }
+    let reply = admin.get("/healthz").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(&reply.body[..], b"{\"status\":\"ok\"}");
+    admin.stop().await;
+    gw.stop().await;
+}
+
+/// Request bodies: up to 1 KiB is read (and ignored); more is 413, whether announced by Content-Length or
+/// arriving chunked, and the connection is closed.
+#[tokio::test]
+async fn request_bodies_over_1_kib_are_refused() {
+    let (gw, live) = live_gateway("").await;
+    let admin = start_admin(Admin::new(live)).await;
+    let reply = admin
+        .request(Method::GET, "/healthz", &[], Bytes::from(vec![b'x'; 1024]))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    // Refused on its Content-Length alone (nothing of the body is sent here, nothing is waited for).
+    let reply = send_raw(
+        admin.addr,
+        b"POST /admin/reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 1025\r\n\r\n",
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply.headers["connection"], "close");
+    assert!(admin_error(&reply.reply()).contains("1024 bytes"));
+
+    // Chunked: refused once more than 1 KiB has come (the body's end never does).
+    let mut chunked =
+        b"POST /admin/reload HTTP/1.1\r\nHost: admin\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    for _ in 0..3 {
+        chunked.extend_from_slice(b"200\r\n");
+        chunked.extend_from_slice(&[b'y'; 0x200]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    let reply = send_raw(admin.addr, &chunked).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply.headers["connection"], "close");
+    admin.stop().await;
+    gw.stop().await;
+}
+
+/// A connection that sends no request head within `header_read_timeout` is closed, from its start and
+/// between requests alike.
+#[tokio::test]
+async fn silent_and_idle_connections_are_closed() {
+    let (gw, live) = live_gateway("").await;
+    let timeout = Duration::from_millis(300);
+    let admin = start_admin(Admin::new(live).limits(AdminLimits {
+        header_read_timeout: timeout,
+        ..AdminLimits::default()
+    }))
+    .await;
+    let closed = |mut stream: TcpStream| async move {
+        let started = tokio::time::Instant::now();
+        let mut rest = Vec::new();
+        within(10, "the connection to close", stream.read_to_end(&mut rest))
+            .await
+            .unwrap();
+        (started.elapsed(), rest)
+    };
+    let silent = TcpStream::connect(admin.addr).await.unwrap();
+    let (waited, rest) = closed(silent).await;
+    assert!(
+        rest.is_empty() || rest.starts_with(b"HTTP/1.1 408"),
+        "{rest:?}"
+    );
+    assert!(waited >= timeout - Duration::from_millis(50), "{waited:?}");
+
+    let mut idle = TcpStream::connect(admin.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = within(10, "/healthz", read_response(&mut idle)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let (_, rest) = closed(idle).await;
+    assert!(
+        rest.is_empty() || rest.starts_with(b"HTTP/1.1 408"),
+        "{rest:?}"
+    );
+    admin.stop().await;
+    gw.stop().await;
+}
+
+/// Past `max_connections`, a new connection is answered 503 and closed at once; when one closes, the next
+/// gets in.
+#[tokio::test]
+async fn connections_past_the_cap_get_503() {
+    let (gw, live) = live_gateway("").await;
+    let admin = start_admin(Admin::new(live).limits(AdminLimits {
+        max_connections: 2,
+        ..AdminLimits::default()
+    }))
+    .await;
+    let one = TcpStream::connect(admin.addr).await.unwrap();
+    let mut two = TcpStream::connect(admin.addr).await.unwrap();
+    let mut three = TcpStream::connect(admin.addr).await.unwrap();
+    let busy = within(10, "the 503", read_response(&mut three)).await;
+    assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(busy.headers["retry-after"], "1");
+    assert!(busy.reply().error_message().contains("connections busy"));
+    let mut rest = Vec::new();
+    three.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    // The two in are served as usual.
+    two.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut two).await.status, StatusCode::OK);
+
+    drop(one);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut next = TcpStream::connect(admin.addr).await.unwrap();
+        next.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+            .await
+            .unwrap();
+        let reply = within(10, "an answer", read_response(&mut next)).await;
+        if reply.status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed connection's slot never came free"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    admin.stop().await;
+    gw.stop().await;
+}
+
+/// The real binary's stderr, line by line.
+struct Stderr {
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Stderr {
+    fn of(child: &mut tokio::process::Child) -> Stderr {
+        let (tx, lines) = mpsc::unbounded_channel();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        Stderr {
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `text`; returns it.
+    async fn wait_for(&mut self, text: &str) -> String {
+        within(20, text, async {
+            loop {
+                let line =
+                    self.lines.recv().await.unwrap_or_else(|| {
+                        panic!("stderr ended before {text:?}: {:#?}", self.seen)
+                    });
+                self.seen.push(line.clone());
+                if line.contains(text) {
+                    return line;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Every line until the process closes stderr.
+    async fn rest(&mut self) {
+        within(20, "stderr to end", async {
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push(line);
+            }
+        })
+        .await;
+    }
+}
+
+fn terminate(child: &tokio::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The real binary with `log_format = "json"` and `[admin]`: every stderr line is one JSON object (no colour
+/// codes), the listening messages among them; the admin listener serves the stats and reloads the `--config`
+/// file with the command line's `--listen` still applied (so nothing "needs a restart").
+#[tokio::test]
+async fn the_binary_logs_json_and_serves_admin() {
+    let up = echo_upstream(Duration::ZERO).await;
+    let dir = TempDir::new("admin-binary");
+    let path = dir.join("gateway.toml");
+    let file = svc_file(
+        up.addr,
+        "log_format = \"json\"\nlisten = \"127.0.0.1:9\"\n[admin]\nlisten = \"127.0.0.1:0\"",
+    );
+    std::fs::write(&path, &file).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchgate"))
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("BATCHGATE_LOG", "batchgate=info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = Stderr::of(&mut child);
+    let json = |line: &str| -> serde_json::Value {
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"))
+    };
+    let listening = json(&log.wait_for("listening on http://").await);
+    assert_eq!(listening["level"], "INFO");
+    assert!(listening["timestamp"].is_string(), "{listening}");
+    let message = listening["message"].as_str().unwrap();
+    let main: SocketAddr = message
+        .split("listening on http://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let admin_line = json(&log.wait_for("admin endpoints on http://").await);
+    let admin: SocketAddr = admin_line["addr"].as_str().unwrap().parse().unwrap();
+    assert_ne!(admin, main);
+    let admin_url = |path: &str| format!("http://{admin}{path}");
+
+    let batch = format!(
+        "POST /batch HTTP/1.1\r\nHost: gw\r\nContent-Type: {MULTIPART}\r\nContent-Length: {}\r\n\r\n{}",
+        get_batch("b", &["/svc/1".to_owned()]).len(),
+        get_batch("b", &["/svc/1".to_owned()])
+    );
+    assert_eq!(
+        send_raw(main, batch.as_bytes()).await.reply().parts()[0].body,
+        "/svc/1"
+    );
+    let stats = http_request(&admin_url("/admin/stats"), Method::GET, &[], Bytes::new()).await;
+    assert_eq!(stats.status, StatusCode::OK);
+    let stats: serde_json::Value = serde_json::from_slice(&stats.body).unwrap();
+    assert_eq!(stats["routes"][0]["route"], "/svc/");
+    assert_eq!(stats["routes"][0]["requests"], 1);
+    let dashboard = http_request(
+        &admin_url("/admin/dashboard"),
+        Method::GET,
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(dashboard.status, StatusCode::OK);
+    assert_eq!(&dashboard.body[..], DASHBOARD_HTML.as_bytes());
+
+    let reloaded = http_request(&admin_url("/admin/reload"), Method::POST, &[], Bytes::new()).await;
+    assert_eq!(reloaded.status, StatusCode::OK, "{:?}", reloaded.body);
+    let reloaded: serde_json::Value = serde_json::from_slice(&reloaded.body).unwrap();
+    assert_eq!(
+        reloaded["needs_restart"],
+        serde_json::json!([]),
+        "--listen applies on reload too"
+    );
+    json(&log.wait_for("config reloaded").await);
+
+    terminate(&child);
+    let status = within(10, "the exit", child.wait()).await.unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    log.rest().await;
+    assert!(log.seen.len() >= 4, "{:#?}", log.seen);
+    for line in &log.seen {
+        assert!(!line.contains('\u{1b}'), "a colour code: {line:?}");
+        assert!(json(line).is_object(), "{line}");
+    }
+}
+
+/// `log_format = "pretty"` (the default) writes text for people, without colour codes when stderr is not a
+/// terminal (here a pipe), `NO_COLOR` or not.
+#[tokio::test]
+async fn pretty_logs_have_no_colour_codes_on_a_pipe() {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchgate"))
+        .args(["--demo", "--listen", "127.0.0.1:0"])
+        .env("BATCHGATE_LOG", "batchgate=info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = Stderr::of(&mut child);
+    let line = log.wait_for("listening on http://").await;
+    assert!(line.contains(" INFO "), "{line}");
+    assert!(serde_json::from_str::<serde_json::Value>(&line).is_err());
+    terminate(&child);
+    within(10, "the exit", child.wait()).await.unwrap();
+    log.rest().await;
+    for line in &log.seen {
+        assert!(!line.contains('\u{1b}'), "a colour code: {line:?}");
+    }
+}
