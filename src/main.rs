@@ -39,17 +39,29 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     // Read before logging starts: it says how log lines look. An unreadable file is reported by `run`.
     let file = args.config.as_deref().map(Config::from_file);
-    let log_format = match &file {
-        Some(Ok(config)) => config.log_format,
-        _ => LogFormat::default(),
+    let (log_format, otlp_endpoint) = match &file {
+        Some(Ok(config)) => (config.log_format, config.tracing.otlp_endpoint.clone()),
+        _ => (LogFormat::default(), String::new()),
     };
-    init_logging(log_format);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.threads {
         runtime.worker_threads(threads.max(1));
     }
     let runtime = runtime.enable_all().build().expect("tokio runtime");
-    match runtime.block_on(run(args, file)) {
+    // The span exporter, if any, runs on the runtime.
+    let exporter = {
+        let _runtime = runtime.enter();
+        match init_logging(log_format, &otlp_endpoint) {
+            Ok(exporter) => exporter,
+            Err(message) => {
+                eprintln!("batchgate: {message}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    };
+    let outcome = runtime.block_on(run(args, file));
+    exporter.flush();
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("batchgate: {message}");
@@ -58,23 +70,56 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Spans on their way to an OTLP collector (with the `otel` feature and `[tracing] otlp_endpoint`).
+struct Exporter {
+    #[cfg(feature = "otel")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Exporter {
+    /// Sends what is left before the process exits.
+    fn flush(self) {
+        #[cfg(feature = "otel")]
+        if let Some(provider) = self.provider {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
 /// Log lines on stderr, filtered by `BATCHGATE_LOG` (default `batchgate=info`): one JSON object per line for
 /// `log_format = "json"` (never colour codes), else text for people, coloured only when stderr is a terminal
 /// (and `NO_COLOR` is not set).
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, otlp_endpoint: &str) -> Result<Exporter, String> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("BATCHGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("batchgate=info"));
-    let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter);
-    match format {
-        LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).init(),
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).boxed(),
         LogFormat::Pretty => {
             let colour = std::io::stderr().is_terminal()
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-            logs.with_ansi(colour).init();
+            logs.with_ansi(colour).boxed()
         }
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(logs);
+    #[cfg(feature = "otel")]
+    if !otlp_endpoint.is_empty() {
+        let (spans, provider) = batchgate::otel::layer(otlp_endpoint)?;
+        registry.with(spans).init();
+        return Ok(Exporter {
+            provider: Some(provider),
+        });
     }
+    // Without the feature, validation has already refused a non-empty endpoint.
+    let _ = otlp_endpoint;
+    registry.init();
+    Ok(Exporter {
+        #[cfg(feature = "otel")]
+        provider: None,
+    })
 }
 
 async fn run(args: Args, file: Option<Result<Config, ConfigError>>) -> Result<(), String> {
