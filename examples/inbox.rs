@@ -7,8 +7,9 @@
 //! ```
 //!
 //! It lists the unread ids, then fetches every message twice and times both:
-//! - in ONE batch through the gateway (`batchgate::client::BatchClient`), which runs the parts
-//!   `concurrency` at a time over pooled upstream connections;
+//! - through the gateway with `batchgate::client::Batcher`: one `batcher.call(request)` per message, all
+//!   concurrent, as a client without batching would write them; the batcher sends them as ONE batch, which
+//!   the gateway runs `concurrency` parts at a time over pooled upstream connections;
 //! - one request per id, sequentially over a single keep-alive connection straight to the upstream, the
 //!   way a client without batching does it.
 //!
@@ -17,9 +18,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use batchgate::client::{BatchBuilder, BatchClient};
+use batchgate::client::{BatchClient, Batcher};
 use batchgate::config::{RouteConfig, parse_duration};
-use batchgate::wire::ReplyPart;
 use batchgate::{Config, Gateway, demo, server};
 use bytes::Bytes;
 use clap::Parser;
@@ -68,53 +68,53 @@ async fn run(args: Args) -> Result<(), String> {
         }
         _ => start_in_process(args.latency).await?,
     };
-    let client = BatchClient::new(batch_url);
+    let client = BatchClient::new(batch_url).map_err(|e| e.to_string())?;
+    // Calls made within 5 ms of each other travel together, up to 100 (the gateway's default max_parts).
+    let batcher = Batcher::builder(client)
+        .max_size(100)
+        .max_wait(Duration::from_millis(5))
+        .build();
 
-    // 2. List the unread ids, through a one-part batch like every other call this client makes.
+    // 2. List the unread ids: a single call, which the batcher sends as a 1-part batch after max_wait.
     let started = Instant::now();
-    let mut listing = BatchBuilder::default();
-    listing.get(
-        "unread",
-        &format!("/mail/v1/messages/unread?max={}", args.count),
-    );
-    let reply = client.send(listing).await.map_err(|e| e.to_string())?;
-    let ids = unread_ids(&reply)?;
+    let listing = batcher
+        .call(get(&format!(
+            "/mail/v1/messages/unread?max={}",
+            args.count
+        ))?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ids = unread_ids(listing.status(), listing.body())?;
     println!(
         "unread:     {} ids, listed through a 1-part batch in {:.1} ms",
         ids.len(),
         ms(started.elapsed())
     );
 
-    // 3. All messages in ONE batch. Each part gets the id as its Content-ID, so the check below also
-    //    proves the reply parts come back in request order with their ids echoed.
+    // 3. One call per message, all at once: the batcher turns them into as few batches as max_size allows
+    //    (one for 100), and hands each caller its own response, checked below against the id it asked for.
     let started = Instant::now();
-    let mut batch = BatchBuilder::default();
-    for id in &ids {
-        batch.get(&format!("msg-{id}"), &format!("/mail/v1/messages/{id}"));
-    }
-    let parts = client.send(batch).await.map_err(|e| e.to_string())?;
-    let batched = started.elapsed();
-    if parts.len() != ids.len() {
-        return Err(format!(
-            "the batch of {} parts got {} reply parts",
-            ids.len(),
-            parts.len()
-        ));
-    }
-    for (id, part) in ids.iter().zip(&parts) {
-        let echoed = part.content_id.as_ref().map(|c| c.id().to_owned());
-        if echoed.as_deref() != Some(format!("msg-{id}").as_str()) {
-            return Err(format!(
-                "the reply part for message {id} carries Content-ID {echoed:?}"
-            ));
+    let before = batcher.stats().batches;
+    let calls = ids.iter().map(|id| {
+        let batcher = &batcher;
+        async move {
+            let response = batcher
+                .call(get(&format!("/mail/v1/messages/{id}"))?)
+                .await
+                .map_err(|e| format!("message {id}: {e}"))?;
+            check_message(id, response.status(), response.body())
         }
-        check_message(id, part.status, &part.body)?;
-    }
+    });
+    futures_util::future::try_join_all(calls).await?;
+    let batched = started.elapsed();
+    let batches = batcher.stats().batches - before;
     println!(
-        "batch:      {:>4} messages in ONE batch, through the gateway {:>8.1} ms  (every part 200, right id)",
+        "batcher:    {:>4} concurrent calls in {batches} batch{}, through the gateway {:>8.1} ms  (every reply 200, right id)",
         ids.len(),
+        if batches == 1 { "" } else { "es" },
         ms(batched)
     );
+    batcher.shutdown().await;
 
     // 4. The same messages one request at a time, on one keep-alive connection straight to the upstream.
     //    `hyper::client::conn` gives exactly one connection, so nothing runs in parallel behind our back.
@@ -215,20 +215,23 @@ fn batch_endpoint(gateway: Uri) -> Result<Uri, String> {
     }
 }
 
+/// A GET of `target` for the batcher.
+fn get(target: &str) -> Result<Request<Bytes>, String> {
+    Request::get(target)
+        .body(Bytes::new())
+        .map_err(|e| format!("{target}: {e}"))
+}
+
 /// The ids in the reply to `GET /mail/v1/messages/unread`.
-fn unread_ids(reply: &[ReplyPart]) -> Result<Vec<String>, String> {
-    let [part] = reply else {
-        return Err(format!("a 1-part batch got {} reply parts", reply.len()));
-    };
-    if part.status != StatusCode::OK {
+fn unread_ids(status: StatusCode, body: &[u8]) -> Result<Vec<String>, String> {
+    if status != StatusCode::OK {
         return Err(format!(
-            "listing unread messages: {} {}",
-            part.status,
-            String::from_utf8_lossy(&part.body)
+            "listing unread messages: {status} {}",
+            String::from_utf8_lossy(body)
         ));
     }
     let listing: serde_json::Value =
-        serde_json::from_slice(&part.body).map_err(|e| format!("unread listing: {e}"))?;
+        serde_json::from_slice(body).map_err(|e| format!("unread listing: {e}"))?;
     listing["ids"]
         .as_array()
         .ok_or("the unread listing has no \"ids\" array")?

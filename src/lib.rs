@@ -18,28 +18,53 @@
 //! [`compress`] (reply compression), [`response`] (the gateway's own responses), [`error`] (batch-level and
 //! part-level errors), [`metrics`], [`config`], [`client`] (for client authors) and [`demo`] (the example mail
 //! service).
+//!
+//! # Features
+//! - `server` (default): the gateway, its configuration, compression, metrics and the demo service.
+//! - `client` (default): [`client`], the Rust batch client and micro-batcher. On its own
+//!   (`default-features = false, features = ["client"]`) it builds none of the server's dependencies.
+//!
+//! [`wire`] is always there.
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "server")]
 pub mod batch;
+#[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "server")]
 pub mod codec;
+#[cfg(feature = "server")]
 pub mod compress;
+#[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
 pub mod demo;
+#[cfg(feature = "server")]
 pub mod error;
+#[cfg(feature = "server")]
 pub mod gateway;
+#[cfg(feature = "server")]
 pub mod headers;
+#[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
 pub mod observe;
 #[cfg(feature = "otel")]
 pub mod otel;
+#[cfg(feature = "server")]
 pub mod response;
+#[cfg(feature = "server")]
 pub mod route;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod stack;
+#[cfg(feature = "server")]
 pub mod tls;
 pub mod wire;
 
+#[cfg(feature = "server")]
 pub use config::Config;
+#[cfg(feature = "server")]
 pub use gateway::Gateway;

@@ -96,6 +96,8 @@ enum State {
     Preamble,
     /// After a delimiter line; `buf[0]` is the `\n` that ended it.
     InPart,
+    /// After a part cut by its length ([`PartSplitter::next_part_with`]), before the next delimiter line.
+    Between,
     /// After the close delimiter; the epilogue is ignored.
     Closed,
 }
@@ -113,6 +115,11 @@ pub struct PartSplitter {
     max_part_bytes: u64,
     /// Parts yielded so far.
     parts: usize,
+    /// Bytes removed from the front of `buf` so far, the virtual line break included: `buf[i]` is byte
+    /// `dropped + i - 1` of the body.
+    dropped: u64,
+    /// Where in the body the last part yielded began.
+    part_offset: u64,
 }
 
 impl PartSplitter {
@@ -129,6 +136,8 @@ impl PartSplitter {
             state: State::Preamble,
             max_part_bytes,
             parts: 0,
+            dropped: 0,
+            part_offset: 0,
         }
     }
 
@@ -144,18 +153,29 @@ impl PartSplitter {
         self.state == State::Closed
     }
 
+    /// The byte offset in the body at which the part most recently returned by [`next_part`] begins (its
+    /// first header byte, just after its delimiter line); 0 before any part. For error messages that point
+    /// into a body.
+    ///
+    /// [`next_part`]: PartSplitter::next_part
+    pub fn part_offset(&self) -> u64 {
+        self.part_offset
+    }
+
     /// The next complete part's bytes (its headers and content, without the delimiter's line break), or
     /// `None` if more input is needed or the body is closed.
     pub fn next_part(&mut self) -> Result<Option<Bytes>, FramingError> {
         loop {
             match self.state {
                 State::Closed => return Ok(None),
-                State::Preamble => {
+                State::Preamble | State::Between => {
                     let Some(at) = self.find_delimiter() else {
                         // Keep only what could be the start of a delimiter; the preamble is discarded.
                         let keep = self.finder.needle().len() - 1;
                         if self.buf.len() > keep {
-                            self.buf.advance(self.buf.len() - keep);
+                            let drop = self.buf.len() - keep;
+                            self.buf.advance(drop);
+                            self.dropped += drop as u64;
                         }
                         self.scan_from = 0;
                         return Ok(None);
@@ -193,8 +213,11 @@ impl PartSplitter {
                         Line::Incomplete => return Ok(None),
                         Line::NotADelimiter => self.scan_from = at + 1,
                         line => {
+                            // buf[0] is the `\n` before the part, at body offset `dropped - 1`.
+                            self.part_offset = self.dropped;
                             let (part, consumed) = if end > 1 {
                                 let mut taken = self.buf.split_to(end);
+                                self.dropped += end as u64;
                                 taken.advance(1);
                                 (taken.freeze(), end)
                             } else {
@@ -214,6 +237,48 @@ impl PartSplitter {
         }
     }
 
+    /// [`next_part`](Self::next_part), and also the part being read when its end is known before the next
+    /// delimiter has arrived: `complete` gets the part's bytes so far and returns its length if they hold all
+    /// of it (for a reply part, [`ReplyPart::complete_len`](super::ReplyPart::complete_len): its head and
+    /// `Content-Length` bytes of body). The part is cut there only if a line break follows, as the next
+    /// delimiter line begins with one; bytes between it and that delimiter are ignored.
+    ///
+    /// A reader of a streamed reply uses it to hand on each part as soon as its bytes are in, although the
+    /// writer sends the next part's delimiter only with the next part.
+    pub fn next_part_with(
+        &mut self,
+        complete: impl FnOnce(&[u8]) -> Option<usize>,
+    ) -> Result<Option<Bytes>, FramingError> {
+        if let Some(part) = self.next_part()? {
+            return Ok(Some(part));
+        }
+        if self.state != State::InPart {
+            return Ok(None);
+        }
+        // No delimiter in the buffer: the bytes after buf[0] are all this part's so far.
+        let content = &self.buf[1..];
+        let Some(n) = complete(content) else {
+            return Ok(None);
+        };
+        let Some(rest) = content.get(n..) else {
+            return Ok(None);
+        };
+        if !(rest.starts_with(b"\r\n") || rest.starts_with(b"\n")) {
+            return Ok(None);
+        }
+        if n as u64 > self.max_part_bytes {
+            return Err(self.too_large());
+        }
+        self.part_offset = self.dropped;
+        let mut taken = self.buf.split_to(1 + n);
+        self.dropped += 1 + n as u64;
+        taken.advance(1);
+        self.parts += 1;
+        self.state = State::Between;
+        self.scan_from = 0;
+        Ok(Some(taken.freeze()))
+    }
+
     /// Called at the end of the body: an error unless the close delimiter was seen.
     pub fn finish(&self) -> Result<(), FramingError> {
         match self.state {
@@ -221,7 +286,7 @@ impl PartSplitter {
             State::Preamble => Err(FramingError::NoParts {
                 boundary: self.boundary.clone(),
             }),
-            State::InPart => Err(FramingError::Truncated {
+            State::InPart | State::Between => Err(FramingError::Truncated {
                 part: self.parts,
                 boundary: self.boundary.clone(),
             }),
@@ -266,6 +331,7 @@ impl PartSplitter {
     /// `line_end` is the index of the `\n` ending the delimiter line; it becomes `buf[0]`.
     fn enter_part(&mut self, line_end: usize) {
         self.buf.advance(line_end);
+        self.dropped += line_end as u64;
         self.scan_from = 0;
         self.state = State::InPart;
     }
@@ -424,6 +490,28 @@ mod tests {
                 vec![Bytes::from_static(b"0123456789")],
                 "chunk {chunk}"
             );
+        }
+    }
+
+    #[test]
+    fn part_offsets_point_into_the_body_however_it_is_chunked() {
+        let body = b"preamble\r\n--b\r\nA: 1\r\n\r\nhello\r\n--b\r\n\r\nsecond\r\n--b\n\n--b--\r\n";
+        let text = std::str::from_utf8(body).unwrap();
+        let first = text.find("A: 1").unwrap() as u64;
+        let second = text.find("\r\nsecond").unwrap() as u64;
+        let third = text.rfind("\n--b--").unwrap() as u64;
+        for chunk in 1..body.len() {
+            let mut s = PartSplitter::new("b", 1 << 20);
+            let mut offsets = Vec::new();
+            for piece in body.chunks(chunk) {
+                s.push(piece);
+                while let Some(p) = s.next_part().unwrap() {
+                    let at = s.part_offset() as usize;
+                    assert_eq!(&body[at..at + p.len()], &p[..], "chunk {chunk}");
+                    offsets.push(s.part_offset());
+                }
+            }
+            assert_eq!(offsets, vec![first, second, third], "chunk {chunk}");
         }
     }
 

@@ -131,6 +131,51 @@ pub enum ReplyError {
 }
 
 impl ReplyPart {
+    /// The length of a reply part whose bytes so far are `part`, if they hold all of it: its part headers,
+    /// a complete response head with a `Content-Length`, and that many body bytes. `None` when more bytes
+    /// are needed or the head has no length (a 204; then the next delimiter ends the part). For
+    /// [`PartSplitter::next_part_with`](super::PartSplitter::next_part_with): a HEAD or 304 answer keeps a
+    /// `Content-Length` without a body, but its delimiter line then follows the head at once, which the
+    /// splitter sees first.
+    pub fn complete_len(part: &[u8]) -> Option<usize> {
+        // The part headers: whole lines up to a blank one, or none when the part opens with the status line.
+        let mut pos = 0;
+        loop {
+            let end = pos + memchr::memchr(b'\n', &part[pos..])?;
+            let line = part[pos..end]
+                .strip_suffix(b"\r")
+                .unwrap_or(&part[pos..end]);
+            if line.is_empty() {
+                pos = end + 1;
+                break;
+            }
+            if line.starts_with(b"HTTP/") {
+                break;
+            }
+            pos = end + 1;
+        }
+        let content = &part[pos..];
+        let mut slots = [httparse::EMPTY_HEADER; 128];
+        let mut response = httparse::Response::new(&mut slots);
+        let head = match response.parse(content) {
+            Ok(httparse::Status::Complete(n)) => n,
+            _ => return None,
+        };
+        let length = response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| {
+                std::str::from_utf8(h.value)
+                    .ok()?
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+            })?;
+        let total = pos.checked_add(head)?.checked_add(length)?;
+        (total <= part.len()).then_some(total)
+    }
+
     /// Parses one part as cut by the splitter. `index` is only used in error messages.
     pub fn parse(part: &[u8], index: usize) -> Result<ReplyPart, ReplyError> {
         let malformed = |reason: String| ReplyError::Malformed { index, reason };
@@ -257,6 +302,110 @@ HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}
             assert_eq!(p.headers["x-a"], "1");
             assert_eq!(p.body, format!("body {i}\r\n--not-a-delimiter"));
         }
+    }
+
+    /// A reply with a part of every kind: Content-Length framed, a 204 without one, a HEAD answer that keeps
+    /// its upstream's Content-Length without a body, one without part headers, and an empty body.
+    fn mixed_reply() -> BytesMut {
+        let mut out = BytesMut::new();
+        let mut json = HeaderMap::new();
+        json.insert("content-type", HeaderValue::from_static("application/json"));
+        let id = ContentId::parse("<a>");
+        write_reply_part(
+            &mut out,
+            "bnd",
+            Some(&id),
+            StatusCode::OK,
+            &json,
+            b"{\"x\":\"\r\n--bnd\"}",
+        );
+        write_reply(
+            &mut out,
+            "bnd",
+            None,
+            StatusCode::NO_CONTENT,
+            &HeaderMap::new(),
+            [],
+            Framing::AsIs,
+        );
+        let mut head = HeaderMap::new();
+        head.insert(CONTENT_LENGTH, HeaderValue::from_static("1234"));
+        write_reply(
+            &mut out,
+            "bnd",
+            None,
+            StatusCode::OK,
+            &head,
+            [],
+            Framing::AsIs,
+        );
+        write_reply_part(
+            &mut out,
+            "bnd",
+            None,
+            StatusCode::NOT_FOUND,
+            &HeaderMap::new(),
+            b"",
+        );
+        out.extend_from_slice(b"--bnd\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc\r\n");
+        write_close(&mut out, "bnd");
+        out
+    }
+
+    #[test]
+    fn parts_cut_by_length_are_the_parts_cut_by_delimiters_however_the_reply_is_chunked() {
+        let reply = mixed_reply();
+        let whole = split(&reply, "bnd");
+        assert_eq!(whole.len(), 5);
+        for chunk in 1..reply.len() {
+            let mut s = PartSplitter::new("bnd", 1 << 20);
+            let mut parts = Vec::new();
+            let mut offsets = Vec::new();
+            for piece in reply.chunks(chunk) {
+                s.push(piece);
+                while let Some(p) = s.next_part_with(ReplyPart::complete_len).unwrap() {
+                    offsets.push(s.part_offset() as usize);
+                    parts.push(p);
+                }
+            }
+            s.finish().unwrap();
+            assert_eq!(parts, whole, "chunk {chunk}");
+            for (p, at) in parts.iter().zip(offsets) {
+                assert_eq!(&reply[at..at + p.len()], &p[..], "chunk {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_part_with_a_length_is_cut_before_the_next_delimiter_arrives() {
+        let reply = mixed_reply();
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        // Everything up to the second delimiter, whose bytes have not come yet.
+        let second = text.find("\r\n--bnd\r\n").unwrap();
+        let mut s = PartSplitter::new("bnd", 1 << 20);
+        s.push(&reply[..second + 2]);
+        assert_eq!(
+            s.next_part().unwrap(),
+            None,
+            "the delimiter alone cannot tell"
+        );
+        let first = s.next_part_with(ReplyPart::complete_len).unwrap().unwrap();
+        assert_eq!(
+            ReplyPart::parse(&first, 0).unwrap().body,
+            "{\"x\":\"\r\n--bnd\"}"
+        );
+        // Without its line break the part may still go on.
+        let mut s = PartSplitter::new("bnd", 1 << 20);
+        s.push(&reply[..second]);
+        assert_eq!(s.next_part_with(ReplyPart::complete_len).unwrap(), None);
+        // Truncated after a part cut by length is still truncated.
+        let mut s = PartSplitter::new("bnd", 1 << 20);
+        s.push(&reply[..second + 2]);
+        assert!(s.next_part_with(ReplyPart::complete_len).unwrap().is_some());
+        assert!(matches!(
+            s.finish(),
+            Err(crate::wire::FramingError::Truncated { part: 1, .. })
+        ));
     }
 
     #[test]

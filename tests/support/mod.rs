@@ -702,6 +702,11 @@ impl TestCa {
         }
     }
 
+    /// The CA's own certificate, for clients to trust.
+    pub fn ca_der(&self) -> rustls::pki_types::CertificateDer<'static> {
+        self.issuer.der().clone()
+    }
+
     /// A client configuration that trusts this CA only and offers `alpn`.
     pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
@@ -1010,4 +1015,57 @@ impl TestAdmin {
         let _ = self.stop.take().unwrap().send(());
         (&mut self.task).await.unwrap();
     }
+}
+
+/// A raw HTTP/1.1 server that answers every request (its head, then `Content-Length` body bytes) with
+/// exactly `reply`, then closes the connection: for replies no real server would send.
+pub async fn canned_server(reply: Vec<u8>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reply = Arc::new(reply);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let head_len = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let mut slots = [httparse::EMPTY_HEADER; 64];
+                let mut request = httparse::Request::new(&mut slots);
+                let _ = request.parse(&buf[..head_len]);
+                let length = request
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| {
+                        std::str::from_utf8(h.value)
+                            .ok()?
+                            .trim()
+                            .parse::<usize>()
+                            .ok()
+                    })
+                    .unwrap_or(0);
+                while buf.len() < head_len + length {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = stream.write_all(&reply).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    addr
 }

@@ -1,0 +1,292 @@
+//! Building a batch: its parts, their ids, the headers they all get.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
+
+use super::ClientError;
+use crate::wire::{ContentId, EmbeddedRequest, write_close, write_request_part};
+
+/// The parts of one batch, in order.
+///
+/// Each part is an `http::Request<Bytes>`: any method, its headers, its body (sent with a `Content-Length`).
+/// Its URI is the part's target: a path and query (`/mail/v1/messages/1?format=full`), or an absolute URL,
+/// which batchgate routes by its authority.
+///
+/// **Ids.** A part pushed with [`push_with_id`](Self::push_with_id) carries `Content-ID: <id>`, and its reply
+/// part is matched to it by that id; ids must be unique within the batch. A part without an id is matched by
+/// its position in the reply (batchgate and Google answer in request order).
+///
+/// **Default headers** ([`default_header`](Self::default_header)) are written into every part that does not
+/// set that header itself. They go into the parts, not onto the batch request, so that they reach every part
+/// exactly as given whatever the batch endpoint's inheritance rules are (batchgate, for one, never passes the
+/// batch's `Content-*` or `Accept-Encoding` headers on to parts). Headers meant for the batch request itself,
+/// authorization for instance, are set on the [`BatchClient`](super::BatchClient); batchgate and Google pass
+/// those on to every part.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    boundary: String,
+    parts: Vec<Part>,
+    /// Content-ID (without brackets) to part index.
+    ids: HashMap<String, usize>,
+    defaults: HeaderMap,
+}
+
+#[derive(Debug)]
+struct Part {
+    id: Option<ContentId>,
+    request: EmbeddedRequest,
+}
+
+/// A batch as it goes on the wire, and what the reader needs to match replies to parts.
+#[derive(Debug)]
+pub(crate) struct Rendered {
+    pub content_type: String,
+    pub body: Bytes,
+    pub ids: HashMap<String, usize>,
+    pub parts: usize,
+}
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        BatchBuilder::new()
+    }
+}
+
+impl BatchBuilder {
+    /// An empty batch with a random boundary (32 alphanumerics): no body can contain it by accident.
+    pub fn new() -> BatchBuilder {
+        use rand::Rng;
+        let token: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(32)
+            .map(char::from)
+            .collect();
+        BatchBuilder::with_boundary(&format!("batch_{token}"))
+    }
+
+    /// An empty batch with this boundary (tests, byte-exact fixtures).
+    pub fn with_boundary(boundary: &str) -> BatchBuilder {
+        BatchBuilder {
+            boundary: boundary.to_owned(),
+            parts: Vec::new(),
+            ids: HashMap::new(),
+            defaults: HeaderMap::new(),
+        }
+    }
+
+    /// A header every part gets unless it sets that header itself (all values of a repeated one).
+    pub fn default_header(&mut self, name: HeaderName, value: HeaderValue) -> &mut Self {
+        self.defaults.append(name, value);
+        self
+    }
+
+    /// Adds a part without a `Content-ID`; returns its index. Its reply is matched by position.
+    pub fn push(&mut self, request: Request<Bytes>) -> usize {
+        self.push_part(None, embedded(request))
+    }
+
+    /// Adds a part with `Content-ID: <id>`; returns its index. Refuses an id another part already has, an
+    /// empty one, and one with control characters.
+    pub fn push_with_id(
+        &mut self,
+        id: &str,
+        request: Request<Bytes>,
+    ) -> Result<usize, ClientError> {
+        self.push_embedded(Some(id), embedded(request))
+    }
+
+    /// Adds a part given as the wire type, with an optional id (see [`push_with_id`](Self::push_with_id)).
+    pub fn push_embedded(
+        &mut self,
+        id: Option<&str>,
+        request: EmbeddedRequest,
+    ) -> Result<usize, ClientError> {
+        let id = match id {
+            None => None,
+            Some(id) => {
+                if id.is_empty() || id.chars().any(char::is_control) {
+                    return Err(ClientError::InvalidBatch(format!(
+                        "Content-ID {id:?} must be non-empty and without control characters"
+                    )));
+                }
+                if let Some(&first) = self.ids.get(id) {
+                    return Err(ClientError::DuplicateId {
+                        id: id.to_owned(),
+                        first,
+                    });
+                }
+                self.ids.insert(id.to_owned(), self.parts.len());
+                Some(ContentId::new(id, true))
+            }
+        };
+        Ok(self.push_part(id, request))
+    }
+
+    /// Adds a `GET` of `target` with the id `id`.
+    pub fn get(&mut self, id: &str, target: &str) -> Result<usize, ClientError> {
+        let uri: Uri = target
+            .parse()
+            .map_err(|e| ClientError::InvalidBatch(format!("target {target:?}: {e}")))?;
+        let mut request = Request::new(Bytes::new());
+        *request.uri_mut() = uri;
+        self.push_with_id(id, request)
+    }
+
+    fn push_part(&mut self, id: Option<ContentId>, request: EmbeddedRequest) -> usize {
+        self.parts.push(Part { id, request });
+        self.parts.len() - 1
+    }
+
+    /// Parts so far.
+    pub fn len(&self) -> usize {
+        self.parts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// The boundary the body will use.
+    pub fn boundary(&self) -> &str {
+        &self.boundary
+    }
+
+    /// The `Content-Type` and body of the batch request, to send it some other way.
+    pub fn finish(self) -> (String, Bytes) {
+        let rendered = self.render();
+        (rendered.content_type, rendered.body)
+    }
+
+    pub(crate) fn render(self) -> Rendered {
+        let size: usize = self
+            .parts
+            .iter()
+            .map(|p| p.request.body.len() + p.request.target.len() + 256)
+            .sum();
+        let mut body = BytesMut::with_capacity(size + 64);
+        let parts = self.parts.len();
+        for mut part in self.parts {
+            for name in self.defaults.keys() {
+                if !part.request.headers.contains_key(name) {
+                    for value in self.defaults.get_all(name) {
+                        part.request.headers.append(name.clone(), value.clone());
+                    }
+                }
+            }
+            write_request_part(&mut body, &self.boundary, part.id.as_ref(), &part.request);
+        }
+        write_close(&mut body, &self.boundary);
+        Rendered {
+            content_type: format!("multipart/mixed; boundary={}", self.boundary),
+            body: body.freeze(),
+            ids: self.ids,
+            parts,
+        }
+    }
+}
+
+/// An `http::Request` as a part: its target is the path and query, or the whole URI if it is absolute.
+pub(crate) fn embedded(request: Request<Bytes>) -> EmbeddedRequest {
+    let (head, body) = request.into_parts();
+    let target = if head.uri.scheme().is_some() {
+        head.uri.to_string()
+    } else {
+        head.uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned())
+    };
+    EmbeddedRequest {
+        method: head.method,
+        target,
+        headers: head.headers,
+        body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{PartLimits, PartSplitter, parse_part};
+    use http::Method;
+
+    fn parts_of(batch: BatchBuilder) -> Vec<crate::wire::ParsedPart> {
+        let (content_type, body) = batch.finish();
+        let boundary = crate::wire::boundary_from_content_type(&content_type).unwrap();
+        let mut splitter = PartSplitter::new(&boundary, u64::MAX);
+        splitter.push(&body);
+        let mut out = Vec::new();
+        while let Some(raw) = splitter.next_part().unwrap() {
+            out.push(parse_part(
+                &raw,
+                PartLimits {
+                    max_headers: 64,
+                    max_header_bytes: 8192,
+                },
+            ));
+        }
+        splitter.finish().unwrap();
+        out
+    }
+
+    #[test]
+    fn any_method_headers_body_and_defaults() {
+        let mut batch = BatchBuilder::with_boundary("b");
+        batch.default_header(
+            HeaderName::from_static("x-tenant"),
+            HeaderValue::from_static("t1"),
+        );
+        batch.default_header(
+            HeaderName::from_static("accept"),
+            HeaderValue::from_static("a/b"),
+        );
+        batch
+            .push_with_id(
+                "p",
+                Request::patch("/r/1?x=y")
+                    .header("accept", "text/plain")
+                    .body(Bytes::from_static(b"{\"a\":1}"))
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(
+            batch.push(
+                Request::delete("http://api.example/r/2")
+                    .body(Bytes::new())
+                    .unwrap()
+            ),
+            1
+        );
+        let parts = parts_of(batch);
+        let first = parts[0].request.as_ref().unwrap();
+        assert_eq!(parts[0].content_id, Some(ContentId::parse("<p>")));
+        assert_eq!(first.method, Method::PATCH);
+        assert_eq!(first.target, "/r/1?x=y");
+        assert_eq!(first.headers["accept"], "text/plain", "the part's own wins");
+        assert_eq!(first.headers["x-tenant"], "t1");
+        assert_eq!(&first.body[..], b"{\"a\":1}");
+        let second = parts[1].request.as_ref().unwrap();
+        assert_eq!(parts[1].content_id, None);
+        assert_eq!(second.method, Method::DELETE);
+        assert_eq!(second.target, "http://api.example/r/2");
+        assert_eq!(second.headers["accept"], "a/b");
+    }
+
+    #[test]
+    fn duplicate_and_bad_ids_are_refused() {
+        let mut batch = BatchBuilder::new();
+        assert_eq!(batch.get("a", "/1").unwrap(), 0);
+        match batch.get("a", "/2") {
+            Err(ClientError::DuplicateId { id, first }) => {
+                assert_eq!((id.as_str(), first), ("a", 0))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            batch.get("x\r\ny", "/3"),
+            Err(ClientError::InvalidBatch(_))
+        ));
+        assert_eq!(batch.len(), 1);
+    }
+}

@@ -1,0 +1,101 @@
+//! What can go wrong, said so that the reader knows what to change.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+
+/// Why building, sending or reading a batch failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The batch cannot be built or sent as it is (no parts, an id with control characters).
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+    /// Two parts of one batch have the same `Content-ID`: the reply could not tell them apart.
+    #[error(
+        "Content-ID {id:?} is already the id of part {first} of this batch; each part needs its own id"
+    )]
+    DuplicateId { id: String, first: usize },
+    /// The client's own settings are unusable (a URL that is not http or https, a bad header or CA).
+    #[error("invalid client setting: {0}")]
+    Config(String),
+    /// No TCP connection to the batch URL's host.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
+    /// The TLS handshake failed, most often over the server's certificate.
+    #[error(
+        "TLS handshake with {url} failed: {reason} (if the certificate is signed by a private CA, \
+         trust it with BatchClientBuilder::add_root_certificate)"
+    )]
+    Tls { url: String, reason: String },
+    /// A time limit ran out: `setting` names the one (`connect_timeout` or `timeout`).
+    #[error("{url}: {what} took longer than {limit:?} ({setting})")]
+    Timeout {
+        url: String,
+        what: String,
+        limit: Duration,
+        setting: &'static str,
+    },
+    /// The batch endpoint refused the batch as a whole: any status but 200. `code` and `message` come from a
+    /// JSON error body (`{"error":{"code":413,"message":"..."}}`, what batchgate and Google send); without
+    /// one, `message` is the start of the body.
+    #[error("{url} refused the batch with {status}: {message}")]
+    Status {
+        url: String,
+        status: StatusCode,
+        code: Option<u16>,
+        message: String,
+        body: Bytes,
+    },
+    /// Sending the batch or reading the response head failed after the connection was made.
+    #[error("sending the batch to {url} failed: {reason}")]
+    Transport { url: String, reason: String },
+    /// The reply is not a batch reply this client can read; `offset` is where in the reply body (for a part:
+    /// where the part begins).
+    #[error("the batch reply is malformed at byte {offset} of its body: {reason}")]
+    MalformedReply { offset: u64, reason: String },
+    /// The reply ended, or its connection failed, before the closing delimiter: the `parts` before it were
+    /// delivered.
+    #[error(
+        "the batch reply broke off after {parts} complete parts, at byte {offset} of its body: {reason}"
+    )]
+    BrokenOff {
+        parts: usize,
+        offset: u64,
+        reason: String,
+    },
+}
+
+/// Why a [`Batcher`](super::Batcher) call got no response of its own. A part that failed (a 404, a
+/// gateway's 502 or 504 part) is not an error here: it is the caller's `Response`, with that status and the
+/// JSON error body, as a direct call would have been.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// The batch carrying this call failed as a whole; every call in it still waiting gets this.
+    #[error("the batch carrying this call failed: {0}")]
+    Batch(Arc<ClientError>),
+    /// The batcher was shut down, or all its handles dropped, before the call could be queued.
+    #[error("the batcher is shut down: the call was not sent")]
+    Shutdown,
+    /// The batch ended without an answer for this call (its task was cancelled or panicked).
+    #[error("the batch carrying this call ended without an answer for it")]
+    NoAnswer,
+}
+
+/// The messages of an error and of its sources, `a: b: c`, without repeats.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}
