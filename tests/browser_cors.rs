@@ -182,15 +182,8 @@ async fn dump_dom(url: &str) -> String {
         90,
         "chromium to dump the DOM",
         tokio::process::Command::new("chromium")
+            .args(HEADLESS_CHROMIUM)
             .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
                 &format!("--user-data-dir={}", profile.path.display()),
                 "--virtual-time-budget=8000",
                 "--dump-dom",
@@ -212,15 +205,6 @@ async fn dump_dom(url: &str) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     dom
-}
-
-fn chromium_installed() -> bool {
-    std::process::Command::new("sh")
-        .args(["-c", "command -v chromium"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// The `<li class="part">` elements of the dumped DOM: (status, subject) from their data attributes.

@@ -1,5 +1,5 @@
 //! The gateway's endpoints: the batch endpoint (with CORS when `[cors]` is set), `/healthz` (liveness),
-//! `/readyz` (readiness) and `/metrics`.
+//! `/readyz` (readiness) and `/metrics`; with `--demo`, the inbox page at `/` and `/batchgate.js`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,6 +61,11 @@ pub async fn dispatch(
     }
     if path == "/readyz" && matches!(*request.method(), Method::GET | Method::HEAD) {
         return readiness(gateway, draining);
+    }
+    if let Some(site) = &served.demo_site
+        && let Some(page) = site.answer(request.method(), path)
+    {
+        return page.map(full);
     }
     let error = BatchError::NotFound(path.to_owned(), gateway.config.batch_path.clone());
     refuse(gateway, error, peer)

@@ -854,3 +854,25 @@ pub async fn live_gateway(toml: &str) -> (TestGateway, Arc<server::Live>) {
 pub fn build_gateway(toml: &str) -> Gateway {
     Gateway::new(Config::from_toml(toml).unwrap()).unwrap()
 }
+
+/// Flags for a headless Chromium that talks to nothing but the pages it is given.
+pub const HEADLESS_CHROMIUM: [&str; 8] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
+
+/// Whether `chromium` is on PATH (browser tests skip, saying so, when it is not).
+pub fn chromium_installed() -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", "command -v chromium"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
