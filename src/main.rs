@@ -136,13 +136,27 @@ async fn run(args: Args, file: Option<Result<Config, ConfigError>>) -> Result<()
             ),
         };
     let mut demo_addr = None;
+    let mut demo_site = None;
     if args.demo {
         let upstream = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| format!("demo service: {e}"))?;
         let addr = upstream.local_addr().map_err(|e| e.to_string())?;
-        tokio::spawn(demo::serve(upstream, args.demo_latency));
+        // The inbox page at / compares one batch with one plain fetch per mail straight to the service,
+        // from the gateway's origin: the service lets any origin read its answers.
+        tokio::spawn(demo::serve_with(
+            upstream,
+            demo::DemoOptions {
+                latency: args.demo_latency,
+                allow_origin: Some("*".into()),
+                ..demo::DemoOptions::default()
+            },
+        ));
         demo_addr = Some(addr);
+        demo_site = Some(Arc::new(demo::DemoSite::new(
+            &format!("http://{addr}"),
+            args.demo_latency,
+        )));
         tracing::info!(%addr, latency = ?args.demo_latency, "demo mail service running; /mail/ routes to it");
     }
     let overrides = Overrides {
@@ -157,7 +171,7 @@ async fn run(args: Args, file: Option<Result<Config, ConfigError>>) -> Result<()
     let admin_listen = config.admin.as_ref().map(|admin| admin.listen);
     let gateway = Arc::new(Gateway::new(config).map_err(|e| e.to_string())?);
     // Reads `[tls]`'s certificate and key: a bad file is a startup error naming tls.cert or tls.key.
-    let live = Live::new(gateway).map_err(|e| e.to_string())?;
+    let live = Live::with_demo_site(gateway, demo_site).map_err(|e| e.to_string())?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -183,6 +197,8 @@ async fn run(args: Args, file: Option<Result<Config, ConfigError>>) -> Result<()
         tokio::spawn(admin::serve(listener, admin, std::future::pending()));
     }
     if args.demo {
+        tracing::info!("inbox demo page: {scheme}://{local}/");
+        println!("Open {scheme}://{local}/ for the inbox demo in a browser.");
         println!("{}", demo_curl(scheme, local, &batch_path));
     }
     #[cfg(unix)]

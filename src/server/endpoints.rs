@@ -1,5 +1,6 @@
 //! The gateway's endpoints: the batch endpoint (with CORS when `[cors]` is set), `/healthz` (liveness),
-//! `/readyz` (readiness) and `/metrics` (also served by the admin listener, [`super::admin`]).
+//! `/readyz` (readiness) and `/metrics` (also served by the admin listener, [`super::admin`]); with `--demo`, the
+//! inbox page at `/` and `/batchgate.js`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,6 +57,11 @@ pub async fn dispatch(
     }
     if path == "/readyz" && matches!(*request.method(), Method::GET | Method::HEAD) {
         return readiness(gateway, draining);
+    }
+    if let Some(site) = &served.demo_site
+        && let Some(page) = site.answer(request.method(), path)
+    {
+        return page.map(full);
     }
     let error = BatchError::NotFound(path.to_owned(), gateway.config.batch_path.clone());
     refuse(gateway, error, peer)

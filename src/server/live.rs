@@ -19,6 +19,7 @@ use rustls::ServerConfig;
 
 use super::cors::Cors;
 use crate::config::{Config, ConfigError, LogFormat};
+use crate::demo::DemoSite;
 use crate::gateway::Gateway;
 
 /// A gateway and what the server derives from its config, swapped together.
@@ -29,6 +30,8 @@ pub struct Served {
     pub cors: Option<Cors>,
     /// `[tls]`'s certificate and key, read when this was built.
     pub tls: Option<Arc<ServerConfig>>,
+    /// `--demo`'s pages (`/`, `/batchgate.js`), when served; kept across reloads.
+    pub demo_site: Option<Arc<DemoSite>>,
 }
 
 impl Served {
@@ -41,7 +44,12 @@ impl Served {
             .map(crate::tls::server_config)
             .transpose()?;
         let cors = gateway.config.cors.as_ref().map(Cors::new);
-        Ok(Served { gateway, cors, tls })
+        Ok(Served {
+            gateway,
+            cors,
+            tls,
+            demo_site: None,
+        })
     }
 }
 
@@ -76,12 +84,24 @@ pub struct Live {
     /// `[admin]`'s address, and the log format: the process set them up at startup.
     admin: Option<SocketAddr>,
     log_format: LogFormat,
+    /// Served with every gateway (`--demo`).
+    demo_site: Option<Arc<DemoSite>>,
 }
 
 impl Live {
     /// Serves `gateway`, reading `[tls]`'s certificate and key now.
     pub fn new(gateway: Arc<Gateway>) -> Result<Arc<Live>, ConfigError> {
-        let served = Served::new(gateway)?;
+        Live::with_demo_site(gateway, None)
+    }
+
+    /// Serves `gateway`, and `demo_site`'s pages (`batchgate --demo`) with it and every gateway that
+    /// replaces it.
+    pub fn with_demo_site(
+        gateway: Arc<Gateway>,
+        demo_site: Option<Arc<DemoSite>>,
+    ) -> Result<Arc<Live>, ConfigError> {
+        let mut served = Served::new(gateway)?;
+        served.demo_site = demo_site.clone();
         let config = &served.gateway.config;
         Ok(Arc::new(Live {
             listen: config.listen,
@@ -89,6 +109,7 @@ impl Live {
             tls: config.tls.is_some(),
             admin: config.admin.as_ref().map(|a| a.listen),
             log_format: config.log_format,
+            demo_site,
             current: RwLock::new(Arc::new(served)),
         }))
     }
@@ -156,7 +177,9 @@ impl Live {
                 show(self.log_format)
             ));
         }
-        let served = Arc::new(Served::new(gateway)?);
+        let mut served = Served::new(gateway)?;
+        served.demo_site = self.demo_site.clone();
+        let served = Arc::new(served);
         for note in &replaced.needs_restart {
             tracing::warn!("reload: {note}");
         }

@@ -860,7 +860,19 @@ pub fn build_gateway(toml: &str) -> Gateway {
     Gateway::new(Config::from_toml(toml).unwrap()).unwrap()
 }
 
-/// Whether headless Chromium (`chromium`) is on PATH. Browser tests without it print why and pass.
+/// Flags for a headless Chromium that talks to nothing but the pages it is given.
+pub const HEADLESS_CHROMIUM: [&str; 8] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
+
+/// Whether `chromium` is on PATH (browser tests skip, saying so, when it is not).
 pub fn chromium_installed() -> bool {
     std::process::Command::new("sh")
         .args(["-c", "command -v chromium"])
@@ -876,17 +888,8 @@ pub async fn chromium(url: &str, args: &[String]) -> String {
     let profile = TempDir::new("chromium");
     let mut command = tokio::process::Command::new("chromium");
     command
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-        ])
+        .args(HEADLESS_CHROMIUM)
+        .arg("--hide-scrollbars")
         .arg(format!("--user-data-dir={}", profile.path.display()))
         .args(args)
         .arg(url)
