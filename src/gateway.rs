@@ -116,6 +116,7 @@ impl Gateway {
                     http2_prior_knowledge: route.http2,
                     max_response_bytes: limits.max_response_bytes,
                     metrics: metrics.clone(),
+                    route: Arc::from(route.prefix.as_str()),
                 },
             );
             let label: Vec<String> = origins.iter().map(ToString::to_string).collect();
@@ -141,6 +142,7 @@ impl Gateway {
                     origins,
                 },
                 retries: route.retries,
+                metrics: metrics.clone(),
                 retry_backoff: config.upstream.retry_backoff,
                 budget: Budget::new(
                     config.upstream.retry_budget,

@@ -194,6 +194,14 @@ async fn metrics_are_exact_after_a_known_workload() {
         ),
         2
     );
+    assert_eq!(
+        metric(
+            &text,
+            "batchgate_queue_wait_seconds_count",
+            &[("route", "/ok/")]
+        ),
+        14
+    );
     assert_eq!(metric(&text, "batchgate_batch_parts_count", &[]), 2);
     assert_eq!(metric(&text, "batchgate_batch_parts_sum", &[]), 22);
     assert_eq!(metric(&text, "batchgate_batches_served_total", &[]), 2);
@@ -262,4 +270,42 @@ async fn a_route_whose_parts_queue_for_permits_is_reported_as_the_bottleneck() {
         );
         assert_eq!(part["status"], 200);
     }
+}
+
+/// Retries and ejections are counted per route: a GET to a route whose first upstream answers 503 is retried
+/// once on the other, and the failing upstream is ejected after its one failure.
+#[tokio::test]
+async fn retries_and_ejections_are_counted_by_route() {
+    let sick = upstream(|_| async { text(StatusCode::SERVICE_UNAVAILABLE, "down") }).await;
+    let good = echo_upstream(Duration::ZERO).await;
+    let gw = gateway(&format!(
+        "[upstream]\neject_after = 1\n[[routes]]\nprefix = \"/up/\"\n\
+         upstreams = [\"http://{}\", \"http://{}\"]\nbalance = \"round_robin\"\nretries = 1\n",
+        sick.addr, good.addr
+    ))
+    .await;
+    let parts = gw
+        .post(
+            "multipart/mixed; boundary=b",
+            get_batch("b", &["/up/x".to_owned()]),
+        )
+        .await
+        .parts();
+    assert_eq!(parts[0].status, StatusCode::OK);
+    assert_eq!(sick.seen().len(), 1, "round robin starts with the sick one");
+    let text = String::from_utf8(
+        gw.request(http::Method::GET, "/metrics", &[], bytes::Bytes::new())
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    assert_eq!(
+        metric(&text, "batchgate_retries_total", &[("route", "/up/")]),
+        1
+    );
+    assert_eq!(
+        metric(&text, "batchgate_ejections_total", &[("route", "/up/")]),
+        1
+    );
 }

@@ -439,6 +439,10 @@ fn answer(
             saturated: telemetry.global.available_permits() == 0,
         },
     );
+    if !route.is_empty() {
+        let waited = Duration::from_micros(u64::from(timeline.waited_micros()));
+        telemetry.metrics.queue_wait(route, waited);
+    }
     match result {
         Ok(response) => {
             telemetry

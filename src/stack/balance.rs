@@ -223,6 +223,8 @@ impl Service<PartRequest> for Balancer {
                     ),
                 };
                 if let Some(period) = endpoint.record(failed, &this.shared.settings.upstream) {
+                    let settings = &this.shared.settings;
+                    settings.metrics.ejection(&settings.route);
                     tracing::warn!(upstream = %endpoint.label, ?period, "upstream ejected after failing");
                 }
                 match result {
@@ -369,6 +371,7 @@ mod tests {
             http2_prior_knowledge: false,
             max_response_bytes: 1 << 20,
             metrics: Arc::new(Metrics::default()),
+            route: Arc::from("/"),
         };
         let addresses: Vec<(usize, SocketAddr)> = addresses.iter().map(|&a| (0, a)).collect();
         Balancer::with_addresses(

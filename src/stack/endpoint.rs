@@ -36,6 +36,8 @@ pub struct EndpointSettings {
     pub http2_prior_knowledge: bool,
     pub max_response_bytes: u64,
     pub metrics: Arc<Metrics>,
+    /// The route's prefix, labelling its metrics.
+    pub route: Arc<str>,
 }
 
 /// One address of one upstream.

@@ -183,6 +183,8 @@ pub struct RouteStack {
     pub retries: u32,
     pub retry_backoff: Duration,
     pub budget: retry::Budget,
+    /// Where retries are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Sub-requests in flight to this route, across all batches.
     pub route_limit: RouteLimit,
     /// Sub-requests in flight across the gateway.
@@ -195,6 +197,7 @@ pub struct RouteStack {
 
 impl RouteStack {
     pub fn build(self) -> PartService {
+        let route: Arc<str> = Arc::from(self.mapping.prefix.as_str());
         let service = ServiceBuilder::new()
             .option_layer(self.rate_limit.map(RateLimitLayer::new))
             .layer(policy::PolicyLayer::new(self.strip_cookies))
@@ -207,6 +210,7 @@ impl RouteStack {
                 self.retries,
                 self.retry_backoff,
                 self.budget,
+                (self.metrics, route),
             ))
             .option_layer(match &self.route_limit {
                 RouteLimit::Fixed(permits) => Some(limit::InflightLayer::new(permits.clone())),

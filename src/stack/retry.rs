@@ -21,6 +21,7 @@ use tower::{Layer, Service, ServiceExt};
 use super::balance::Tried;
 use super::{PartRequest, UpstreamResponse};
 use crate::error::PartError;
+use crate::metrics::Metrics;
 
 /// How recent "recent requests" are.
 const WINDOW: Duration = Duration::from_secs(10);
@@ -30,14 +31,22 @@ pub struct RetryLayer {
     retries: u32,
     backoff: Duration,
     budget: Arc<Budget>,
+    /// Where retries are counted, under the route's label.
+    counted: (Arc<Metrics>, Arc<str>),
 }
 
 impl RetryLayer {
-    pub fn new(retries: u32, backoff: Duration, budget: Budget) -> RetryLayer {
+    pub fn new(
+        retries: u32,
+        backoff: Duration,
+        budget: Budget,
+        counted: (Arc<Metrics>, Arc<str>),
+    ) -> RetryLayer {
         RetryLayer {
             retries,
             backoff,
             budget: Arc::new(budget),
+            counted,
         }
     }
 }
@@ -51,6 +60,7 @@ impl<S> Layer<S> for RetryLayer {
             retries: self.retries,
             backoff: self.backoff,
             budget: self.budget.clone(),
+            counted: self.counted.clone(),
         }
     }
 }
@@ -61,6 +71,7 @@ pub struct Retry<S> {
     retries: u32,
     backoff: Duration,
     budget: Arc<Budget>,
+    counted: (Arc<Metrics>, Arc<str>),
 }
 
 impl<S> Service<PartRequest> for Retry<S>
@@ -86,6 +97,7 @@ where
             return Box::pin(inner.oneshot(request));
         }
         let (retries, backoff, budget) = (self.retries, self.backoff, self.budget.clone());
+        let (metrics, route) = self.counted.clone();
         let tried = Arc::new(Tried::default());
         request.tried = Some(tried);
         Box::pin(async move {
@@ -99,6 +111,7 @@ where
                 if !worth_retrying(&result) || !budget.withdraw() {
                     return result;
                 }
+                metrics.retry(&route);
                 tracing::debug!(part = next.index, attempt, "retrying an idempotent part");
                 // Full jitter: tries of many parts after one failure do not arrive together.
                 let pause = rand::rng().random_range(Duration::ZERO..=wait);
