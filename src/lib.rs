@@ -62,6 +62,8 @@ pub mod server;
 pub mod stack;
 #[cfg(feature = "server")]
 pub mod tls;
+#[cfg(any(feature = "client", feature = "server"))]
+pub mod transport;
 pub mod wire;
 
 #[cfg(feature = "server")]

@@ -3,24 +3,17 @@
 //! installed explicitly so that no other can be picked at run time.
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use rustls::RootCertStore;
 use rustls::client::ClientConfig;
-use rustls::crypto::CryptoProvider;
 use rustls::server::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{ConfigError, TlsConfig};
+use crate::transport::system_roots;
 
-/// The crypto provider every TLS configuration of the gateway uses.
-pub fn provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
-        .clone()
-}
+pub use crate::transport::provider;
 
 /// Reads a PEM certificate chain; `key` names the config key in errors.
 pub fn load_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
@@ -41,21 +34,6 @@ pub fn load_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, Config
     let pem = std::fs::read(path).map_err(|e| bad(format!("cannot be read: {e}")))?;
     PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| bad(format!("holds no usable private key: {e}")))
-}
-
-/// The system's trust roots, read once.
-fn system_roots() -> &'static RootCertStore {
-    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
-    ROOTS.get_or_init(|| {
-        let found = rustls_native_certs::load_native_certs();
-        for error in &found.errors {
-            tracing::warn!("reading the system's trust roots: {error}");
-        }
-        let mut roots = RootCertStore::empty();
-        let (added, ignored) = roots.add_parsable_certificates(found.certs);
-        tracing::debug!(added, ignored, "system trust roots");
-        roots
-    })
 }
 
 /// What a route's https upstreams are trusted with and asked for.
