@@ -1,4 +1,8 @@
-//! The `batchgate` binary: a thin shell over the library (config, logging, signals, the admin listener).
+//! The `batchgate` binary: a thin shell over the library (config, logging, signals, the admin listener),
+//! and `batchgate send`, a command-line batch client.
+
+#[cfg(feature = "client")]
+mod send;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -15,9 +19,14 @@ use tokio::net::TcpListener;
 
 /// HTTP batch gateway: POST /batch with a multipart/mixed body of embedded requests; get one ordered
 /// multipart reply.
+///
+/// Without a command it runs the gateway (--config or --demo).
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[cfg(feature = "client")]
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Configuration file (TOML); see config.toml for every key and its default.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -35,8 +44,19 @@ struct Args {
     demo_latency: Duration,
 }
 
+#[cfg(feature = "client")]
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Send requests (one a line, from a file or stdin) as one batch; print each reply part.
+    Send(send::SendArgs),
+}
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    #[cfg(feature = "client")]
+    if let Some(Command::Send(send)) = args.command {
+        return send::main(send);
+    }
     // Read before logging starts: it says how log lines look. An unreadable file is reported by `run`.
     let file = args.config.as_deref().map(Config::from_file);
     let (log_format, otlp_endpoint) = match &file {

@@ -707,6 +707,11 @@ impl TestCa {
         self.issuer.der().clone()
     }
 
+    /// The CA's own certificate as PEM, for clients that read a file (`batchgate send --cacert`).
+    pub fn ca_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
     /// A client configuration that trusts this CA only and offers `alpn`.
     pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();

@@ -1,0 +1,323 @@
+//! A batch request of given bytes, and its reply read as bytes: for a raw multipart input, which goes out
+//! exactly as it was read, and for `--raw`, which prints the reply exactly as it came. HTTP/1.1 on a
+//! connection of its own (TLS offering only `http/1.1` in ALPN). Failures are the client library's
+//! [`ClientError`]s, worded as `batchgate::client` words them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchgate::client::ClientError;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use rustls::RootCertStore;
+use rustls::client::ClientConfig;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// The longest a connection may take to open, TCP and TLS (the client library's default too).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest error body read from a refused batch.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Where batches go.
+#[derive(Debug)]
+pub struct Endpoint {
+    uri: Uri,
+    url: String,
+    host: String,
+    port: u16,
+    /// The `Host` header.
+    authority: String,
+    tls: Option<Arc<ClientConfig>>,
+}
+
+impl Endpoint {
+    /// An `http://` or `https://` batch URL; for https, the system's roots and `extra_roots` are trusted.
+    pub fn new(
+        url: &str,
+        extra_roots: &[CertificateDer<'static>],
+    ) -> Result<Endpoint, ClientError> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| ClientError::Config(format!("the batch URL does not parse: {e}")))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => {
+                return Err(ClientError::Config(format!(
+                    "the batch URL {uri} must start with http:// or https://"
+                )));
+            }
+        };
+        let Some(authority) = uri.authority() else {
+            return Err(ClientError::Config(format!(
+                "the batch URL {uri} has no host"
+            )));
+        };
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let authority = authority
+            .as_str()
+            .rsplit('@')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let tls = if https {
+            Some(tls_config(extra_roots).map_err(ClientError::Config)?)
+        } else {
+            None
+        };
+        Ok(Endpoint {
+            url: uri.to_string(),
+            uri,
+            host,
+            port,
+            authority,
+            tls,
+        })
+    }
+
+    /// POSTs `body` as it is, with these headers and `content_type`, within `timeout` if any (from now until
+    /// the last byte of the reply). A status other than 200 is [`ClientError::Status`], with the JSON error's
+    /// code and message.
+    pub async fn post(
+        &self,
+        headers: &HeaderMap,
+        content_type: &str,
+        body: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<Reply, ClientError> {
+        let deadline = timeout.map(|limit| Instant::now() + limit);
+        let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut request = Request::post(path)
+            .header(CONTENT_LENGTH, body.len())
+            .body(Full::new(body))
+            .map_err(|e| ClientError::InvalidBatch(e.to_string()))?;
+        for (name, value) in headers {
+            request.headers_mut().append(name, value.clone());
+        }
+        if !headers.contains_key(HOST) {
+            let host = HeaderValue::from_str(&self.authority)
+                .map_err(|e| ClientError::Config(format!("the batch URL's host: {e}")))?;
+            request.headers_mut().insert(HOST, host);
+        }
+        let content_type = HeaderValue::from_str(content_type)
+            .map_err(|e| ClientError::InvalidBatch(format!("Content-Type: {e}")))?;
+        request.headers_mut().insert(CONTENT_TYPE, content_type);
+        let exchange = async {
+            let tcp = self.connect().await?;
+            match &self.tls {
+                None => self.send(tcp, request).await,
+                Some(config) => {
+                    let name =
+                        ServerName::try_from(self.host.clone()).map_err(|e| ClientError::Tls {
+                            url: self.url.clone(),
+                            reason: format!("{:?} is not a server name: {e}", self.host),
+                        })?;
+                    let handshake =
+                        tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp);
+                    let tls = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+                        .await
+                        .map_err(|_| self.connect_timed_out())?
+                        .map_err(|e| ClientError::Tls {
+                            url: self.url.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    self.send(tls, request).await
+                }
+            }
+        };
+        let response = match deadline {
+            None => exchange.await?,
+            Some(at) => tokio::time::timeout_at(at, exchange)
+                .await
+                .map_err(|_| self.timed_out(timeout, "the response head"))??,
+        };
+        let (head, body) = response.into_parts();
+        let reply = Reply {
+            url: self.url.clone(),
+            headers: head.headers,
+            body,
+            deadline,
+            timeout,
+            received: 0,
+        };
+        if head.status != StatusCode::OK {
+            return Err(reply.refused(head.status).await);
+        }
+        Ok(reply)
+    }
+
+    async fn connect(&self) -> Result<TcpStream, ClientError> {
+        let connect = TcpStream::connect((self.host.as_str(), self.port));
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| self.connect_timed_out())?
+            .map_err(|e| ClientError::Connect {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            })?;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+
+    /// Sends the request on a new HTTP/1.1 connection over `io` and returns the response head.
+    async fn send<IO>(
+        &self,
+        io: IO,
+        request: Request<Full<Bytes>>,
+    ) -> Result<http::Response<Incoming>, ClientError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let failed = |e: hyper::Error| ClientError::Transport {
+            url: self.url.clone(),
+            reason: e.to_string(),
+        };
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(failed)?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        sender.send_request(request).await.map_err(failed)
+    }
+
+    fn connect_timed_out(&self) -> ClientError {
+        ClientError::Timeout {
+            url: self.url.clone(),
+            what: "connecting (TCP and TLS)".to_owned(),
+            limit: CONNECT_TIMEOUT,
+            setting: "connect_timeout",
+        }
+    }
+
+    fn timed_out(&self, limit: Option<Duration>, what: &str) -> ClientError {
+        timed_out(&self.url, limit, what)
+    }
+}
+
+fn timed_out(url: &str, limit: Option<Duration>, what: &str) -> ClientError {
+    ClientError::Timeout {
+        url: url.to_owned(),
+        what: format!("the batch, waiting for {what},"),
+        limit: limit.unwrap_or_default(),
+        setting: "timeout",
+    }
+}
+
+/// The system's roots and `extra`, ALPN `http/1.1` only (this connection speaks HTTP/1.1).
+fn tls_config(extra: &[CertificateDer<'static>]) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    for cert in extra {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("an extra root certificate is unusable: {e}"))?;
+    }
+    let mut config = ClientConfig::builder_with_provider(batchgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A 200 reply whose body is being read.
+#[derive(Debug)]
+pub struct Reply {
+    url: String,
+    pub headers: HeaderMap,
+    body: Incoming,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    /// Body bytes read so far.
+    pub received: u64,
+}
+
+impl Reply {
+    /// The next bytes of the body, `None` at its end. A failure on the connection is
+    /// [`ClientError::BrokenOff`] after `parts` complete parts.
+    pub async fn chunk(&mut self, parts: usize) -> Result<Option<Bytes>, ClientError> {
+        loop {
+            let frame = match self.deadline {
+                None => self.body.frame().await,
+                Some(at) => tokio::time::timeout_at(at, self.body.frame())
+                    .await
+                    .map_err(|_| {
+                        timed_out(
+                            &self.url,
+                            self.timeout,
+                            &format!("the reply ({parts} parts in)"),
+                        )
+                    })?,
+            };
+            match frame {
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    return Err(ClientError::BrokenOff {
+                        parts,
+                        offset: self.received,
+                        reason: format!("reading the reply failed: {e}"),
+                    });
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.received += data.len() as u64;
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The error for a refused batch: the JSON error's code and message when the body has one.
+    async fn refused(self, status: StatusCode) -> ClientError {
+        let limited = Limited::new(self.body, MAX_ERROR_BODY).collect();
+        let body = match self.deadline {
+            None => limited.await.ok(),
+            Some(at) => tokio::time::timeout_at(at, limited)
+                .await
+                .ok()
+                .and_then(Result::ok),
+        }
+        .map(|collected| collected.to_bytes())
+        .unwrap_or_default();
+        let json = serde_json::from_slice::<serde_json::Value>(&body).ok();
+        let error = json.as_ref().map(|v| &v["error"]);
+        let code = error
+            .and_then(|e| e["code"].as_u64())
+            .and_then(|c| u16::try_from(c).ok());
+        let message = match error.and_then(|e| e["message"].as_str()) {
+            Some(message) => message.to_owned(),
+            None if body.is_empty() => "(no body)".to_owned(),
+            None => {
+                let text = String::from_utf8_lossy(&body);
+                let mut cut: String = text.chars().take(500).collect();
+                if cut.len() < text.len() {
+                    cut.push_str("...");
+                }
+                cut
+            }
+        };
+        ClientError::Status {
+            url: self.url,
+            status,
+            code,
+            message,
+            body,
+        }
+    }
+}
