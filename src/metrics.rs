@@ -2,8 +2,9 @@
 //! linkerd2-proxy uses): batches, parts by route and outcome, latencies, queueing, upstream errors, retries,
 //! ejections, and gauges read at scrape time.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -68,6 +69,16 @@ pub struct Metrics {
     sub_requests_in_flight: Gauge<i64, AtomicI64>,
     /// Serialises scrapes: the gauges are set, then encoded.
     scrape: Mutex<()>,
+    /// Each route's series, resolved once: counting a part then allocates nothing.
+    routes: RwLock<HashMap<String, Arc<RouteSeries>>>,
+}
+
+/// One route's counters and histograms, by outcome and by status class.
+#[derive(Debug, Default)]
+struct RouteSeries {
+    parts: RwLock<HashMap<&'static str, Counter>>,
+    durations: RwLock<HashMap<&'static str, Histogram>>,
+    queue_wait: OnceLock<Histogram>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -96,6 +107,7 @@ impl Default for Metrics {
             batches_in_flight: Gauge::default(),
             sub_requests_in_flight: Gauge::default(),
             scrape: Mutex::new(()),
+            routes: RwLock::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -209,13 +221,39 @@ impl Metrics {
         self.batch_duration.observe(elapsed.as_secs_f64());
     }
 
-    fn count(&self, route: &str, outcome: &str, n: u64) {
-        self.parts
-            .get_or_create(&OutcomeLabels {
-                route: route.to_owned(),
-                outcome: outcome.to_owned(),
-            })
-            .inc_by(n);
+    fn series(&self, route: &str) -> Arc<RouteSeries> {
+        if let Some(series) = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(route)
+        {
+            return series.clone();
+        }
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        routes.entry(route.to_owned()).or_default().clone()
+    }
+
+    fn count(&self, route: &str, outcome: &'static str, n: u64) {
+        let series = self.series(route);
+        let known = series
+            .parts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(outcome)
+            .cloned();
+        let counter = known.unwrap_or_else(|| {
+            let counter = self
+                .parts
+                .get_or_create(&OutcomeLabels {
+                    route: route.to_owned(),
+                    outcome: outcome.to_owned(),
+                })
+                .clone();
+            let mut parts = series.parts.write().unwrap_or_else(|e| e.into_inner());
+            parts.entry(outcome).or_insert(counter).clone()
+        });
+        counter.inc_by(n);
     }
 
     /// A part its upstream answered: counted by the class of the upstream's status.
@@ -251,13 +289,26 @@ impl Metrics {
         }
     }
 
-    fn duration(&self, route: &str, class: &str, elapsed: Duration) {
-        self.part_duration
-            .get_or_create(&DurationLabels {
-                route: route.to_owned(),
-                status: class.to_owned(),
-            })
-            .observe(elapsed.as_secs_f64());
+    fn duration(&self, route: &str, class: &'static str, elapsed: Duration) {
+        let series = self.series(route);
+        let known = series
+            .durations
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(class)
+            .cloned();
+        let histogram = known.unwrap_or_else(|| {
+            let histogram = self
+                .part_duration
+                .get_or_create(&DurationLabels {
+                    route: route.to_owned(),
+                    status: class.to_owned(),
+                })
+                .clone();
+            let mut durations = series.durations.write().unwrap_or_else(|e| e.into_inner());
+            durations.entry(class).or_insert(histogram).clone()
+        });
+        histogram.observe(elapsed.as_secs_f64());
     }
 
     fn upstream_error(&self, route: &str, kind: &str) {
@@ -277,11 +328,15 @@ impl Metrics {
     }
 
     pub fn queue_wait(&self, route: &str, waited: Duration) {
-        self.queue_wait
-            .get_or_create(&RouteLabel {
-                route: route.to_owned(),
-            })
-            .observe(waited.as_secs_f64());
+        let series = self.series(route);
+        let histogram = series.queue_wait.get_or_init(|| {
+            self.queue_wait
+                .get_or_create(&RouteLabel {
+                    route: route.to_owned(),
+                })
+                .clone()
+        });
+        histogram.observe(waited.as_secs_f64());
     }
 
     pub fn retry(&self, route: &str) {

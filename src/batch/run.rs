@@ -242,10 +242,10 @@ impl Scheduler {
     fn seat(&mut self, seat: mpsc::OwnedPermit<Bytes>, mut job: Job) {
         let route = job.route.clone();
         let method = match &job.work {
-            Work::Forward { request, .. } => request.method.as_str(),
-            Work::Refused(_) => "",
+            Work::Forward { request, .. } => Some(request.method.clone()),
+            Work::Refused(_) => None,
         };
-        let timeline = self.shared.telemetry.batch.part(&route, method);
+        let timeline = self.shared.telemetry.batch.part(route.clone(), method);
         if let Work::Forward { request, .. } = &mut job.work {
             request.timeline = Some(timeline.clone());
         }
@@ -308,7 +308,8 @@ impl Scheduler {
         let shared = self.shared.clone();
         let concurrency = self.concurrency.clone();
         let timeline = request.timeline.clone();
-        let span = tracing::info_span!(
+        // At debug: a span per part costs more than the part's own work at info's volume.
+        let span = tracing::debug_span!(
             parent: &self.shared.telemetry.span,
             "part",
             index,
@@ -353,7 +354,7 @@ impl Scheduler {
                         &route,
                         content_id.as_ref(),
                         result,
-                        &shared.telemetry.batch.part(&route, ""),
+                        &shared.telemetry.batch.part(route.clone(), None),
                     ),
                 };
                 (index, bytes)

@@ -102,6 +102,9 @@ impl Observer {
 
     fn window(&self, route: &str) -> Arc<RouteWindow> {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(window) = routes.get(route) {
+            return window.clone();
+        }
         routes.entry(route.to_owned()).or_default().clone()
     }
 

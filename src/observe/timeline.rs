@@ -3,10 +3,11 @@
 //! waterfall read them.
 
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use http::Method;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -17,8 +18,9 @@ const UNSET: u32 = u32::MAX;
 #[derive(Debug)]
 pub struct PartTimeline {
     arrival: Instant,
-    route: String,
-    method: String,
+    route: Arc<str>,
+    /// `None` for a part refused before its request was read.
+    method: Option<Method>,
     queued: AtomicU32,
     sent: AtomicU32,
     first_byte: AtomicU32,
@@ -45,11 +47,11 @@ pub enum Mark {
 }
 
 impl PartTimeline {
-    fn new(arrival: Instant, route: &str, method: &str) -> PartTimeline {
+    fn new(arrival: Instant, route: Arc<str>, method: Option<Method>) -> PartTimeline {
         PartTimeline {
             arrival,
-            route: route.to_owned(),
-            method: method.to_owned(),
+            route,
+            method,
             queued: AtomicU32::new(UNSET),
             sent: AtomicU32::new(UNSET),
             first_byte: AtomicU32::new(UNSET),
@@ -109,8 +111,12 @@ impl PartTimeline {
         let status = self.status.load(Ordering::Relaxed);
         PartView {
             index,
-            route: self.route.clone(),
-            method: self.method.clone(),
+            route: self.route.to_string(),
+            method: self
+                .method
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             status: (status != 0).then_some(status),
             queued: ms(&self.queued),
             sent: ms(&self.sent),
@@ -149,7 +155,7 @@ impl BatchTimeline {
     }
 
     /// A part's timeline, added in request order.
-    pub fn part(&self, route: &str, method: &str) -> std::sync::Arc<PartTimeline> {
+    pub fn part(&self, route: Arc<str>, method: Option<Method>) -> std::sync::Arc<PartTimeline> {
         let part = std::sync::Arc::new(PartTimeline::new(self.arrival, route, method));
         self.lock().push(part.clone());
         part

@@ -109,6 +109,16 @@ impl Balancer {
     /// upstream's addresses not tried yet (an address failed to connect: the part takes another of them).
     fn pick(&self, tried: &[SocketAddr], origin: Option<&Origin>) -> Option<Arc<Endpoint>> {
         let all = self.shared.endpoints();
+        // The common case, one address, healthy: no choice to make.
+        if let [only] = &all[..]
+            && tried.is_empty()
+            && origin.is_none()
+        {
+            let now = Instant::now();
+            if only.available(now) && only.claim(now, self.shared.settings.upstream.eject_for) {
+                return Some(only.clone());
+            }
+        }
         let all: Vec<&Arc<Endpoint>> = all
             .iter()
             .filter(|e| origin.is_none_or(|o| e.origin == *o))

@@ -91,9 +91,12 @@ where
     }
 
     fn call(&mut self, mut request: PartRequest) -> Self::Future {
-        self.budget.deposit();
         let inner = self.inner.clone();
-        if self.retries == 0 || !idempotent(&request) {
+        if self.retries == 0 {
+            return Box::pin(inner.oneshot(request));
+        }
+        self.budget.deposit();
+        if !idempotent(&request) {
             return Box::pin(inner.oneshot(request));
         }
         let (retries, backoff, budget) = (self.retries, self.backoff, self.budget.clone());
