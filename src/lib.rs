@@ -11,18 +11,22 @@
 //! - [`codec`]: the batch format behind one seam (reading parts, rendering reply parts); [`wire`] is the
 //!   multipart format itself, pure and without I/O.
 //! - [`route`]: which route a part goes to, after normalising its target.
-//! - [`stack`]: the per-route tower `Service` stack a part goes through upstream (header policy, in-flight
-//!   limits, timeout, response rules, the connection pools).
+//! - [`stack`]: the per-route tower `Service` stack a part goes through upstream (rate limit, header policy,
+//!   rewrite, timeout, retries, in-flight limits fixed or adaptive, response rules, balancing and passive
+//!   health, the pools per upstream address).
 //!
 //! Around it: [`gateway`] (the shared state), [`headers`] (hop-by-hop, inheritance, forwarding headers),
 //! [`compress`] (reply compression), [`response`] (the gateway's own responses), [`error`] (batch-level and
-//! part-level errors), [`metrics`], [`config`], [`client`] (for client authors) and [`demo`] (the example mail
-//! service).
+//! part-level errors), [`metrics`] (`/metrics`), [`observe`] (per-route windows, bottlenecks, tuning history,
+//! batch timelines, trace context: `/admin/stats`), [`tls`] and [`transport`] (certificates, TCP/TLS
+//! connections), [`config`], [`client`] (for client authors) and [`demo`] (the example mail service and its
+//! inbox page). With the `otel` feature, `otel` exports spans over OTLP.
 //!
 //! # Features
 //! - `server` (default): the gateway, its configuration, compression, metrics and the demo service.
 //! - `client` (default): [`client`], the Rust batch client and micro-batcher. On its own
 //!   (`default-features = false, features = ["client"]`) it builds none of the server's dependencies.
+//! - `otel`: OTLP/gRPC span export (`[tracing] otlp_endpoint`).
 //!
 //! [`wire`] is always there.
 
