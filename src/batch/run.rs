@@ -423,13 +423,14 @@ fn answer(
         Err(error) => (error.status(), error.fault() != Fault::Client),
     };
     timeline.set_status(status.as_u16());
-    let span = tracing::Span::current();
-    span.record("status", status.as_u16());
-    span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
-    if let Ok(response) = &result
-        && let Some(peer) = response.peer
-    {
-        span.record("upstream", tracing::field::display(peer));
+    if let Some(span) = crate::observe::trace::part_span() {
+        span.record("status", status.as_u16());
+        span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+        if let Ok(response) = &result
+            && let Some(peer) = response.peer
+        {
+            span.record("upstream", tracing::field::display(peer));
+        }
     }
     telemetry.observer.record(
         route,

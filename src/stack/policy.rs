@@ -59,15 +59,17 @@ where
         request.headers = request.batch.headers.for_part(own, self.strip_cookies);
         // The part is a span of the batch's trace: its upstream's spans hang under it.
         let trace = &request.batch.trace;
-        let current = tracing::Span::current();
+        let part = crate::observe::trace::part_span();
         #[cfg(feature = "otel")]
-        let (span, traceparent) = match crate::otel::span_id(&current) {
+        let (span, traceparent) = match part.as_ref().and_then(crate::otel::span_id) {
             Some(id) => (id, trace.traceparent(id)),
             None => trace.child(),
         };
         #[cfg(not(feature = "otel"))]
         let (span, traceparent) = trace.child();
-        current.record("span_id", hex(&span));
+        if let Some(part) = part {
+            part.record("span_id", hex(&span));
+        }
         request.headers.insert(TRACEPARENT, traceparent);
         match &trace.state {
             Some(state) => request.headers.insert(TRACESTATE, state.clone()),
