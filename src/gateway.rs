@@ -18,7 +18,7 @@ use crate::stack::endpoint::{Endpoint, EndpointSettings};
 use crate::stack::ratelimit::RateLimiter;
 use crate::stack::retry::Budget;
 use crate::stack::rewrite::Mapping;
-use crate::stack::{PartService, RouteLimit, RouteStack};
+use crate::stack::{PartService, Permits, RouteLimit, RouteStack};
 use crate::tls::ClientTls;
 use crate::wire::PartLimits;
 
@@ -190,6 +190,11 @@ impl Gateway {
     /// The service stack parts routed to `route` go through.
     pub fn service(&self, route: &Route) -> PartService {
         self.services[route.id].clone()
+    }
+
+    /// The permits parts routed to `route` take before entering its stack.
+    pub fn permits(&self, route: &Route) -> Permits {
+        self.route_limits[route.id].1.permits()
     }
 
     /// One of `limits.max_batches`, or the batch is refused with 503.

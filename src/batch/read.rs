@@ -144,6 +144,7 @@ impl Read<'_> {
             destination.route.name.clone(),
             Work::Forward {
                 service: self.gateway.service(&destination.route),
+                permits: self.gateway.permits(&destination.route),
                 request: Box::new(PartRequest {
                     index,
                     method: request.method,

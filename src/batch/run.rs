@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::observe::Observer;
 use crate::observe::timeline::{BatchTimeline, Mark, PartTimeline};
 use crate::observe::window::Sample;
-use crate::stack::{PartRequest, PartService};
+use crate::stack::{PartRequest, PartService, Permits};
 use crate::wire::ContentId;
 
 /// One part, as the read stage hands it over.
@@ -49,10 +49,11 @@ pub struct Job {
 pub enum Work {
     /// Refused before going anywhere (parsing, routing): answered with this error.
     Refused(PartError),
-    /// Sent upstream through its route's stack.
+    /// Sent upstream through its route's stack, once it holds these permits.
     Forward {
         request: Box<PartRequest>,
         service: PartService,
+        permits: Permits,
     },
 }
 
@@ -260,8 +261,19 @@ impl Scheduler {
             Work::Forward { ref request, .. } if !self.committed && !request.is_safe() => {
                 SlotState::Held(Box::new(job))
             }
-            Work::Forward { request, service } => {
-                self.start(job.index, job.content_id, job.route, request, service);
+            Work::Forward {
+                request,
+                service,
+                permits,
+            } => {
+                self.start(
+                    job.index,
+                    job.content_id,
+                    job.route,
+                    request,
+                    service,
+                    permits,
+                );
                 SlotState::Running
             }
         };
@@ -291,8 +303,13 @@ impl Scheduler {
                 route,
                 work,
             } = *job;
-            if let Work::Forward { request, service } = work {
-                self.start(index, content_id, route, request, service);
+            if let Work::Forward {
+                request,
+                service,
+                permits,
+            } = work
+            {
+                self.start(index, content_id, route, request, service, permits);
             }
         }
     }
@@ -304,6 +321,7 @@ impl Scheduler {
         route: Arc<str>,
         request: Box<PartRequest>,
         service: PartService,
+        permits: Permits,
     ) {
         let shared = self.shared.clone();
         let concurrency = self.concurrency.clone();
@@ -336,6 +354,27 @@ impl Scheduler {
                                 index,
                                 reason: e.to_string(),
                             })?;
+                    // Then the route's and the gateway's, in that order for every part, so that batches
+                    // cannot deadlock each other, and parts queued for a saturated route hold no
+                    // gateway-wide permit.
+                    let _held = match permits {
+                        Permits::RouteAndGlobal(route) => {
+                            let internal = |e: tokio::sync::AcquireError| PartError::Internal {
+                                index,
+                                reason: e.to_string(),
+                            };
+                            let route = route.acquire_owned().await.map_err(internal)?;
+                            let global = shared
+                                .telemetry
+                                .global
+                                .clone()
+                                .acquire_owned()
+                                .await
+                                .map_err(internal)?;
+                            Some((route, global))
+                        }
+                        Permits::InStack => None,
+                    };
                     if let Some(t) = &request.timeline {
                         t.waited(started.elapsed());
                     }
@@ -582,6 +621,7 @@ mod tests {
                     timeline: None,
                 }),
                 service: service.clone(),
+                permits: Permits::InStack,
             },
         }
     }

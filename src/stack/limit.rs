@@ -1,7 +1,7 @@
-//! In-flight limits: a part waits for a permit before it goes upstream and gives it back as soon as its
-//! answer is in, whether or not the client is reading the reply. One layer per limit (the route's, then the
-//! gateway's), always taken in that order so that batches cannot deadlock each other, and so that parts
-//! queued for a saturated route do not hold the gateway-wide permits other routes need.
+//! An in-flight limit as a layer: a part waits for a permit before it goes further and gives it back as soon
+//! as its answer is in, whether or not the client is reading the reply. On routes with a tuned limit it holds
+//! the gateway-wide permits below the adaptive layer; elsewhere the scheduler takes the route's and the
+//! gateway's permits itself, in that order (cheaper than a layer each, and the same order for every part).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};

@@ -7,8 +7,8 @@
 //! - [`rewrite`]: the route's path mapping, and `Location` answers mapped back;
 //! - [`timeout`]: the route's time limit for the part, all its tries included;
 //! - [`retry`]: idempotent parts tried again elsewhere, within a budget;
-//! - [`limit`] or [`adaptive`]: sub-requests in flight to this route (a fixed or a tuned limit), then
-//!   across the gateway;
+//! - [`adaptive`]: on routes with a tuned limit, sub-requests in flight to the route, then (with [`limit`])
+//!   across the gateway; on the others the scheduler takes both permits before the part enters the stack;
 //! - [`rules`]: HTTP semantics of the answer (1xx, 204, HEAD and 304 lengths, unrequested compression);
 //! - [`balance`]: which upstream address takes the part, and their passive health;
 //! - [`endpoint`]: one address's keep-alive pool ([`connect`]: TCP, TLS), and the response size limits.
@@ -162,7 +162,24 @@ pub enum RouteLimit {
     Adaptive(Arc<adaptive::AdaptiveLimiter>),
 }
 
+/// The permits a part takes before it enters its route's stack, besides its batch's concurrency.
+#[derive(Debug, Clone)]
+pub enum Permits {
+    /// The route's fixed limit, then the gateway-wide one.
+    RouteAndGlobal(Arc<Semaphore>),
+    /// The route's limit is tuned, in the stack, which also takes the gateway-wide one.
+    InStack,
+}
+
 impl RouteLimit {
+    /// What the scheduler takes for a part of this route.
+    pub fn permits(&self) -> Permits {
+        match self {
+            RouteLimit::Fixed(permits) => Permits::RouteAndGlobal(permits.clone()),
+            RouteLimit::Adaptive(_) => Permits::InStack,
+        }
+    }
+
     /// Sub-requests in flight under it, and the limit now; `fixed` is the fixed limit's size.
     pub fn gauge(&self, fixed: usize) -> (usize, usize) {
         match self {
@@ -206,23 +223,23 @@ impl RouteStack {
                 self.timeout,
                 self.upstream.clone(),
             ))
-            .layer(retry::RetryLayer::new(
-                self.retries,
-                self.retry_backoff,
-                self.budget,
-                (self.metrics, route),
-            ))
+            .option_layer((self.retries > 0).then(|| {
+                retry::RetryLayer::new(
+                    self.retries,
+                    self.retry_backoff,
+                    self.budget,
+                    (self.metrics, route),
+                )
+            }))
+            // A fixed limit and the gateway-wide one are taken by the scheduler, before the part enters the
+            // stack (see `Permits`); a tuned limit is a layer, with the gateway-wide one below it.
             .option_layer(match &self.route_limit {
-                RouteLimit::Fixed(permits) => Some(limit::InflightLayer::new(permits.clone())),
-                RouteLimit::Adaptive(_) => None,
-            })
-            .option_layer(match &self.route_limit {
-                RouteLimit::Adaptive(limiter) => {
-                    Some(adaptive::AdaptiveLayer::new(limiter.clone()))
-                }
+                RouteLimit::Adaptive(limiter) => Some((
+                    adaptive::AdaptiveLayer::new(limiter.clone()),
+                    limit::InflightLayer::new(self.global_inflight.clone()),
+                )),
                 RouteLimit::Fixed(_) => None,
             })
-            .layer(limit::InflightLayer::new(self.global_inflight))
             .layer(rules::RulesLayer::new(
                 self.upstream,
                 self.max_response_bytes,
