@@ -8,7 +8,9 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use hyper_util::client::legacy::connect::{Connected, Connection};
+use rustls::client::ClientConfig;
 use rustls::{RootCertStore, crypto::CryptoProvider};
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -28,6 +30,26 @@ pub fn system_roots() -> &'static RootCertStore {
         roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
         roots
     })
+}
+
+/// A client configuration trusting the system's roots and `extra`, offering `alpn` in that order.
+pub fn client_config(
+    extra: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = system_roots().clone();
+    for cert in extra {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("an extra root certificate is unusable: {e}"))?;
+    }
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
 }
 
 /// A connection to an HTTP server, plain or TLS; with TLS, ALPN tells hyper whether to speak HTTP/2.

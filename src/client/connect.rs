@@ -14,7 +14,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::transport::{Conn, provider, system_roots};
+use crate::transport::{Conn, client_config};
 
 /// Why a connection could not be made; the sender turns it into a [`ClientError`](super::ClientError).
 #[derive(Debug, thiserror::Error)]
@@ -95,17 +95,5 @@ impl Connector {
 
 /// The client's TLS configuration: the system roots plus `extra`, ALPN h2 then http/1.1.
 pub(crate) fn tls_config(extra: &[CertificateDer<'static>]) -> Result<Arc<ClientConfig>, String> {
-    let mut roots = system_roots().clone();
-    for cert in extra {
-        roots
-            .add(cert.clone())
-            .map_err(|e| format!("an extra root certificate is unusable: {e}"))?;
-    }
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    client_config(extra, &[b"h2", b"http/1.1"])
 }

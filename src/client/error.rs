@@ -99,3 +99,37 @@ pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+impl ClientError {
+    /// The error for a batch refused with `status` and this (at most [`MAX_ERROR_BODY`]) body: the JSON
+    /// error's code and message when the body has one (`{"error":{"code":..,"message":..}}`), else its start.
+    pub fn refusal(url: String, status: StatusCode, body: Bytes) -> ClientError {
+        let json = serde_json::from_slice::<serde_json::Value>(&body).ok();
+        let error = json.as_ref().map(|v| &v["error"]);
+        let code = error
+            .and_then(|e| e["code"].as_u64())
+            .and_then(|c| u16::try_from(c).ok());
+        let message = match error.and_then(|e| e["message"].as_str()) {
+            Some(message) => message.to_owned(),
+            None if body.is_empty() => "(no body)".to_owned(),
+            None => {
+                let text = String::from_utf8_lossy(&body);
+                let mut cut: String = text.chars().take(500).collect();
+                if cut.len() < text.len() {
+                    cut.push_str("...");
+                }
+                cut
+            }
+        };
+        ClientError::Status {
+            url,
+            status,
+            code,
+            message,
+            body,
+        }
+    }
+}
+
+/// The longest body of a refused batch that is read for its error, and kept in [`ClientError::Status`].
+pub const MAX_ERROR_BODY: usize = 64 * 1024;

@@ -57,7 +57,7 @@ mod send;
 
 pub use batch::BatchBuilder;
 pub use batcher::{Batcher, BatcherBuilder, BatcherStats};
-pub use error::{BatchError, ClientError};
+pub use error::{BatchError, ClientError, MAX_ERROR_BODY};
 pub use send::{BatchClient, BatchClientBuilder, ReplyPart, ReplyStream};
 
 use crate::wire::{PartSplitter, boundary_from_content_type};

@@ -26,9 +26,6 @@ use super::error::chain;
 use crate::wire::request::split_mime_headers;
 use crate::wire::{ContentId, FramingError, PartSplitter, boundary_from_content_type};
 
-/// The longest error body kept in [`ClientError::Status`].
-const MAX_ERROR_BODY: usize = 64 * 1024;
-
 /// Bytes after the close delimiter read so that the connection can go back to the pool.
 const MAX_EPILOGUE: u64 = 64 * 1024;
 
@@ -628,33 +625,10 @@ async fn refused(
     body: Incoming,
     deadline: Option<Instant>,
 ) -> ClientError {
-    let limited = http_body_util::Limited::new(body, MAX_ERROR_BODY);
+    let limited = http_body_util::Limited::new(body, super::MAX_ERROR_BODY);
     let body = match within(deadline, limited.collect()).await {
         Some(Ok(collected)) => collected.to_bytes(),
         _ => Bytes::new(),
     };
-    let json = serde_json::from_slice::<serde_json::Value>(&body).ok();
-    let error = json.as_ref().map(|v| &v["error"]);
-    let code = error
-        .and_then(|e| e["code"].as_u64())
-        .and_then(|c| u16::try_from(c).ok());
-    let message = match error.and_then(|e| e["message"].as_str()) {
-        Some(message) => message.to_owned(),
-        None if body.is_empty() => "(no body)".to_owned(),
-        None => {
-            let text = String::from_utf8_lossy(&body);
-            let mut cut: String = text.chars().take(500).collect();
-            if cut.len() < text.len() {
-                cut.push_str("...");
-            }
-            cut
-        }
-    };
-    ClientError::Status {
-        url: inner.url_text.clone(),
-        status,
-        code,
-        message,
-        body,
-    }
+    ClientError::refusal(inner.url_text.clone(), status, body)
 }

@@ -13,7 +13,6 @@ use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use rustls::RootCertStore;
 use rustls::client::ClientConfig;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,9 +21,6 @@ use tokio::time::Instant;
 
 /// The longest a connection may take to open, TCP and TLS (the client library's default too).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The longest error body read from a refused batch.
-const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// Where batches go.
 #[derive(Debug)]
@@ -219,20 +215,7 @@ fn timed_out(url: &str, limit: Option<Duration>, what: &str) -> ClientError {
 
 /// The system's roots and `extra`, ALPN `http/1.1` only (this connection speaks HTTP/1.1).
 fn tls_config(extra: &[CertificateDer<'static>]) -> Result<Arc<ClientConfig>, String> {
-    let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    for cert in extra {
-        roots
-            .add(cert.clone())
-            .map_err(|e| format!("an extra root certificate is unusable: {e}"))?;
-    }
-    let mut config = ClientConfig::builder_with_provider(batchgate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    batchgate::transport::client_config(extra, &[b"http/1.1"])
 }
 
 /// A 200 reply whose body is being read.
@@ -285,7 +268,7 @@ impl Reply {
 
     /// The error for a refused batch: the JSON error's code and message when the body has one.
     async fn refused(self, status: StatusCode) -> ClientError {
-        let limited = Limited::new(self.body, MAX_ERROR_BODY).collect();
+        let limited = Limited::new(self.body, batchgate::client::MAX_ERROR_BODY).collect();
         let body = match self.deadline {
             None => limited.await.ok(),
             Some(at) => tokio::time::timeout_at(at, limited)
@@ -295,29 +278,6 @@ impl Reply {
         }
         .map(|collected| collected.to_bytes())
         .unwrap_or_default();
-        let json = serde_json::from_slice::<serde_json::Value>(&body).ok();
-        let error = json.as_ref().map(|v| &v["error"]);
-        let code = error
-            .and_then(|e| e["code"].as_u64())
-            .and_then(|c| u16::try_from(c).ok());
-        let message = match error.and_then(|e| e["message"].as_str()) {
-            Some(message) => message.to_owned(),
-            None if body.is_empty() => "(no body)".to_owned(),
-            None => {
-                let text = String::from_utf8_lossy(&body);
-                let mut cut: String = text.chars().take(500).collect();
-                if cut.len() < text.len() {
-                    cut.push_str("...");
-                }
-                cut
-            }
-        };
-        ClientError::Status {
-            url: self.url,
-            status,
-            code,
-            message,
-            body,
-        }
+        ClientError::refusal(self.url, status, body)
     }
 }
