@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use support::*;
 
-const MP: &str = "multipart/mixed; boundary=b";
 const APP: &str = "https://app.example.com";
 
 fn body() -> String {

@@ -14,19 +14,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 
-const MP: &str = "multipart/mixed; boundary=b";
-
-/// A CRLF part with `Content-ID: <id>` carrying `request` (request line, headers, blank line, body).
-fn part(id: &str, request: &str) -> String {
-    format!("--b\r\nContent-Type: application/http\r\nContent-ID: <{id}>\r\n\r\n{request}\r\n")
-}
-
-fn batch(parts: &[String]) -> String {
-    let mut body = parts.concat();
-    body.push_str("--b--\r\n");
-    body
-}
-
 /// A raw `POST /batch` with a Content-Length, `extra` header lines (each ending in CRLF) and `body`.
 fn raw_post(extra: &str, body: &[u8]) -> Vec<u8> {
     let mut out = format!(

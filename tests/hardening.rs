@@ -17,18 +17,6 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
 
-const MP: &str = "multipart/mixed; boundary=b";
-
-fn part(id: &str, request: &str) -> String {
-    format!("--b\r\nContent-Type: application/http\r\nContent-ID: <{id}>\r\n\r\n{request}\r\n")
-}
-
-fn batch(parts: &[String]) -> String {
-    let mut body: String = parts.concat();
-    body.push_str("--b--\r\n");
-    body
-}
-
 /// A raw TCP upstream: reads a request head, then lets `act` do anything with the socket.
 async fn raw_upstream<F, Fut>(act: F) -> SocketAddr
 where

@@ -25,18 +25,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-const MP: &str = "multipart/mixed; boundary=b";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-fn part(id: &str, request: &str) -> String {
-    format!("--b\r\nContent-Type: application/http\r\nContent-ID: <{id}>\r\n\r\n{request}\r\n")
-}
-
-fn batch(parts: &[String]) -> String {
-    let mut body: String = parts.concat();
-    body.push_str("--b--\r\n");
-    body
-}
 
 /// `n` GET parts for `{prefix}{i}`.
 fn gets(prefix: &str, n: usize) -> String {

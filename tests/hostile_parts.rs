@@ -16,18 +16,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-const MP: &str = "multipart/mixed; boundary=b";
-
-fn part(id: &str, request: &str) -> String {
-    format!("--b\r\nContent-Type: application/http\r\nContent-ID: <{id}>\r\n\r\n{request}\r\n")
-}
-
-fn batch(parts: &[String]) -> String {
-    let mut body: String = parts.concat();
-    body.push_str("--b--\r\n");
-    body
-}
-
 /// Opens a `POST /batch` with a chunked body; the test writes the body's pieces when it chooses.
 async fn open_upload(addr: SocketAddr) -> TcpStream {
     let mut client = TcpStream::connect(addr).await.unwrap();

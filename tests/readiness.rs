@@ -8,8 +8,6 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use support::*;
 
-const MP: &str = "multipart/mixed; boundary=b";
-
 async fn readyz(gw: &TestGateway, method: Method) -> Reply {
     gw.request(method, "/readyz", &[], Bytes::new()).await
 }

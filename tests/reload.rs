@@ -17,8 +17,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 
-const MP: &str = "multipart/mixed; boundary=b";
-
 fn svc_batch(path: &str) -> String {
     get_batch("b", &[path.to_owned()])
 }

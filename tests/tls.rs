@@ -15,8 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-const MP: &str = "multipart/mixed; boundary=b";
-
 /// A CA, a first certificate written where `[tls]` points, and the config's `[tls]` section.
 struct Tls {
     ca: TestCa,

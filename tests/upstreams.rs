@@ -27,21 +27,15 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-const MP: &str = "multipart/mixed; boundary=b";
-
-fn part(id: &str, request: &str) -> String {
-    format!("--b\r\nContent-Type: application/http\r\nContent-ID: <{id}>\r\n\r\n{request}\r\n")
-}
-
 fn get(id: &str, target: &str) -> String {
     part(id, &format!("GET {target} HTTP/1.1\r\n"))
 }
 
 /// Sends one batch of these parts and returns the reply's parts, in order.
 async fn run(gw: &TestGateway, parts: &[String]) -> Vec<ReplyPart> {
-    let mut body: String = parts.concat();
-    body.push_str("--b--\r\n");
-    let parts = within(10, "the batch", gw.post(MP, body)).await.parts();
+    let parts = within(10, "the batch", gw.post(MP, batch(parts)))
+        .await
+        .parts();
     assert!(parts.iter().all(|p| p.content_id.is_some()));
     parts
 }

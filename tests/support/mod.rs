@@ -1077,3 +1077,18 @@ pub async fn canned_server(reply: Vec<u8>) -> SocketAddr {
     });
     addr
 }
+
+/// The content type of the batches tests send: boundary `b`.
+pub const MP: &str = "multipart/mixed; boundary=b";
+
+/// A CRLF part with `Content-ID: <id>` carrying `request` (request line, headers, blank line, body).
+pub fn part(id: &str, request: &str) -> String {
+    format!("--b\r\nContent-Type: application/http\r\nContent-ID: <{id}>\r\n\r\n{request}\r\n")
+}
+
+/// `parts` joined and closed: a batch body for [`MP`].
+pub fn batch(parts: &[String]) -> String {
+    let mut body = parts.concat();
+    body.push_str("--b--\r\n");
+    body
+}
