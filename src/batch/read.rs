@@ -10,7 +10,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use super::run::{Feed, Job, Work};
+use super::run::{Feed, Forward, Job, Work};
 use crate::codec::PartReader;
 use crate::error::{BatchError, PartError};
 use crate::gateway::Gateway;
@@ -142,7 +142,7 @@ impl Read<'_> {
         }
         Ok((
             destination.route.name.clone(),
-            Work::Forward {
+            Work::Forward(Forward {
                 service: self.gateway.service(&destination.route),
                 permits: self.gateway.permits(&destination.route),
                 request: Box::new(PartRequest {
@@ -155,8 +155,9 @@ impl Read<'_> {
                     accepts: None,
                     tried: None,
                     timeline: None,
+                    span: tracing::Span::none(),
                 }),
-            },
+            }),
         ))
     }
 }

@@ -7,6 +7,9 @@
 //! taken its answer. A slow first part therefore stalls new starts instead of letting answers pile up, and a
 //! client that stops reading holds at most its own window, until `limits.write_timeout` cuts it off.
 //!
+//! The batch's deadline (`limits.batch_timeout`) is one timer here, not one per part: when it passes, the
+//! parts still running are cancelled and every part not answered yet is answered with a 504.
+//!
 //! Parts with side effects wait for [`Feed::commit`]: a batch refused as a whole (truncated, too large, a
 //! duplicate Content-ID...) has run only safe methods (GET, HEAD, OPTIONS).
 
@@ -19,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tower::ServiceExt;
 use tracing::Instrument;
@@ -31,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::observe::Observer;
 use crate::observe::timeline::{BatchTimeline, Mark, PartTimeline};
 use crate::observe::window::Sample;
-use crate::stack::{PartRequest, PartService, Permits};
+use crate::stack::{PartRequest, PartService, Permits, UpstreamResponse};
 use crate::wire::ContentId;
 
 /// One part, as the read stage hands it over.
@@ -49,12 +52,16 @@ pub struct Job {
 pub enum Work {
     /// Refused before going anywhere (parsing, routing): answered with this error.
     Refused(PartError),
-    /// Sent upstream through its route's stack, once it holds these permits.
-    Forward {
-        request: Box<PartRequest>,
-        service: PartService,
-        permits: Permits,
-    },
+    /// Sent upstream through its route's stack.
+    Forward(Forward),
+}
+
+/// A routed part: its request, its route's stack, and the permits it takes first.
+#[derive(Debug)]
+pub struct Forward {
+    pub request: Box<PartRequest>,
+    pub service: PartService,
+    pub permits: Permits,
 }
 
 /// A batch's scheduling limits.
@@ -116,6 +123,7 @@ pub fn start(
 ) -> (Feed, mpsc::Receiver<Bytes>) {
     let (input, input_rx) = mpsc::unbounded_channel();
     let (out, out_rx) = mpsc::channel(settings.window);
+    let span = telemetry.span.clone();
     let scheduler = Scheduler {
         input: input_rx,
         out,
@@ -126,13 +134,11 @@ pub fn start(
         concurrency: Arc::new(Semaphore::new(settings.concurrency)),
         committed: false,
         input_open: true,
-        shared: Arc::new(Shared {
-            writer,
-            telemetry,
-            settings,
-        }),
+        expired: false,
+        writer,
+        telemetry,
+        settings,
     };
-    let span = scheduler.shared.telemetry.span.clone();
     tokio::spawn(scheduler.run().instrument(span));
     (Feed { input }, out_rx)
 }
@@ -149,25 +155,24 @@ pub struct Telemetry {
     pub span: tracing::Span,
 }
 
-/// What every part future of the batch needs.
-struct Shared {
-    writer: ReplyWriter,
-    telemetry: Telemetry,
-    settings: Settings,
-}
+/// A running part: its index, and its route's answer.
+type PartFuture =
+    Pin<Box<dyn Future<Output = (usize, Result<UpstreamResponse, PartError>)> + Send>>;
 
-type PartFuture = Pin<Box<dyn Future<Output = (usize, Bytes)> + Send>>;
-
-/// A seat in the window, in request order.
+/// A seat in the window, in request order, and what the part's answer is rendered with.
 struct Slot {
     seat: mpsc::OwnedPermit<Bytes>,
     route: Arc<str>,
+    content_id: Option<ContentId>,
+    timeline: Arc<PartTimeline>,
+    /// The part's span: disabled unless part spans are on (`batchgate=debug`).
+    span: tracing::Span,
     state: SlotState,
 }
 
 enum SlotState {
     /// Has side effects; waits for the commit.
-    Held(Box<Job>),
+    Held(Forward),
     Running,
     Done(Bytes),
 }
@@ -185,29 +190,35 @@ struct Scheduler {
     concurrency: Arc<Semaphore>,
     committed: bool,
     input_open: bool,
-    shared: Arc<Shared>,
+    /// `limits.batch_timeout` has passed: every part not answered yet is answered with that.
+    expired: bool,
+    writer: ReplyWriter,
+    telemetry: Telemetry,
+    settings: Settings,
 }
 
 impl Scheduler {
     async fn run(mut self) {
-        let gone = self.out.clone();
+        // Both made once: a new `closed()` each turn would register with the channel each turn.
+        let writer = self.out.clone();
+        let gone = writer.closed();
+        // One timer for the batch, rather than one per part.
+        let deadline = tokio::time::sleep_until(self.settings.deadline);
+        tokio::pin!(gone, deadline);
         loop {
             self.seat_waiting();
             if !self.input_open && self.waiting.is_empty() && self.slots.is_empty() {
-                let settings = &self.shared.settings;
-                let elapsed = settings.arrival.elapsed();
-                self.shared
-                    .telemetry
-                    .metrics
-                    .batch_finished(self.sent, elapsed);
+                let elapsed = self.settings.arrival.elapsed();
+                self.telemetry.metrics.batch_finished(self.sent, elapsed);
                 return;
             }
             let want_seat = !self.waiting.is_empty();
             tokio::select! {
                 biased;
-                () = gone.closed() => return,
-                Some((index, bytes)) = self.running.next(), if !self.running.is_empty() => {
-                    self.done(index, bytes);
+                () = &mut gone => return,
+                () = &mut deadline, if !self.expired => self.expire(),
+                Some((index, result)) = self.running.next(), if !self.running.is_empty() => {
+                    self.done(index, result);
                 }
                 input = self.input.recv(), if self.input_open => match input {
                     Some(Input::Part(job)) => self.waiting.push_back(job),
@@ -240,170 +251,96 @@ impl Scheduler {
         }
     }
 
-    fn seat(&mut self, seat: mpsc::OwnedPermit<Bytes>, mut job: Job) {
-        let route = job.route.clone();
-        let method = match &job.work {
-            Work::Forward { request, .. } => Some(request.method.clone()),
+    fn seat(&mut self, seat: mpsc::OwnedPermit<Bytes>, job: Job) {
+        let Job {
+            index,
+            content_id,
+            route,
+            work,
+        } = job;
+        let method = match &work {
+            Work::Forward(forward) => Some(forward.request.method.clone()),
             Work::Refused(_) => None,
         };
-        let timeline = self.shared.telemetry.batch.part(route.clone(), method);
-        if let Work::Forward { request, .. } = &mut job.work {
-            request.timeline = Some(timeline.clone());
-        }
-        let state = match job.work {
-            Work::Refused(error) => SlotState::Done(answer(
-                &self.shared,
-                &job.route,
-                job.content_id.as_ref(),
-                Err(error),
-                &timeline,
-            )),
-            Work::Forward { ref request, .. } if !self.committed && !request.is_safe() => {
-                SlotState::Held(Box::new(job))
+        let timeline = self.telemetry.batch.part(route.clone(), method);
+        let mut slot = Slot {
+            seat,
+            route,
+            content_id,
+            timeline,
+            span: tracing::Span::none(),
+            state: SlotState::Running,
+        };
+        let refused = match work {
+            Work::Refused(error) => Some(error),
+            Work::Forward(_) if self.expired => Some(self.past_deadline(index)),
+            Work::Forward(forward) if !self.committed && !forward.request.is_safe() => {
+                slot.state = SlotState::Held(forward);
+                None
             }
-            Work::Forward {
-                request,
-                service,
-                permits,
-            } => {
-                self.start(
-                    job.index,
-                    job.content_id,
-                    job.route,
-                    request,
-                    service,
-                    permits,
-                );
-                SlotState::Running
+            Work::Forward(forward) => {
+                self.start(index, &mut slot, forward);
+                None
             }
         };
-        self.slots.push_back(Slot { seat, route, state });
+        if let Some(error) = refused {
+            slot.state = SlotState::Done(self.answer(&slot, Err(error)));
+        }
+        self.slots.push_back(slot);
         self.send_ready();
     }
 
     fn commit(&mut self) {
         self.committed = true;
-        let held: Vec<Box<Job>> = self
-            .slots
-            .iter_mut()
-            .filter_map(
-                |slot| match std::mem::replace(&mut slot.state, SlotState::Running) {
-                    SlotState::Held(job) => Some(job),
-                    other => {
-                        slot.state = other;
-                        None
-                    }
-                },
-            )
-            .collect();
-        for job in held {
-            let Job {
-                index,
-                content_id,
-                route,
-                work,
-            } = *job;
-            if let Work::Forward {
-                request,
-                service,
-                permits,
-            } = work
+        for at in 0..self.slots.len() {
+            let slot = &mut self.slots[at];
+            if let SlotState::Held(_) = slot.state
+                && let SlotState::Held(forward) =
+                    std::mem::replace(&mut slot.state, SlotState::Running)
             {
-                self.start(index, content_id, route, request, service, permits);
+                let call = launch(
+                    &self.concurrency,
+                    &self.telemetry,
+                    self.sent + at,
+                    slot,
+                    forward,
+                );
+                self.running.push(call);
             }
         }
     }
 
-    fn start(
-        &mut self,
-        index: usize,
-        content_id: Option<ContentId>,
-        route: Arc<str>,
-        request: Box<PartRequest>,
-        service: PartService,
-        permits: Permits,
-    ) {
-        let shared = self.shared.clone();
-        let concurrency = self.concurrency.clone();
-        let timeline = request.timeline.clone();
-        // At debug: a span per part costs more than the part's own work at info's volume.
-        let span = tracing::debug_span!(
-            parent: &self.shared.telemetry.span,
-            "part",
-            index,
-            route = %route,
-            method = %request.method,
-            span_id = tracing::field::Empty,
-            status = tracing::field::Empty,
-            latency_ms = tracing::field::Empty,
-            upstream = tracing::field::Empty,
-        );
-        self.running.push(Box::pin(
-            async move {
-                let settings = &shared.settings;
-                let started = Instant::now();
-                if let Some(t) = &timeline {
-                    t.mark(Mark::Queued);
-                }
-                let call = async {
-                    let _permit: OwnedSemaphorePermit =
-                        concurrency
-                            .acquire_owned()
-                            .await
-                            .map_err(|e| PartError::Internal {
-                                index,
-                                reason: e.to_string(),
-                            })?;
-                    // Then the route's and the gateway's, in that order for every part, so that batches
-                    // cannot deadlock each other, and parts queued for a saturated route hold no
-                    // gateway-wide permit.
-                    let _held = match permits {
-                        Permits::RouteAndGlobal(route) => {
-                            let internal = |e: tokio::sync::AcquireError| PartError::Internal {
-                                index,
-                                reason: e.to_string(),
-                            };
-                            let route = route.acquire_owned().await.map_err(internal)?;
-                            let global = shared
-                                .telemetry
-                                .global
-                                .clone()
-                                .acquire_owned()
-                                .await
-                                .map_err(internal)?;
-                            Some((route, global))
-                        }
-                        Permits::InStack => None,
-                    };
-                    if let Some(t) = &request.timeline {
-                        t.waited(started.elapsed());
-                    }
-                    service.oneshot(*request).await
-                };
-                let result = tokio::time::timeout_at(settings.deadline, call)
-                    .await
-                    .unwrap_or(Err(PartError::BatchDeadline {
-                        index,
-                        after: settings.batch_timeout,
-                    }));
-                let bytes = match &timeline {
-                    Some(t) => answer(&shared, &route, content_id.as_ref(), result, t),
-                    None => answer(
-                        &shared,
-                        &route,
-                        content_id.as_ref(),
-                        result,
-                        &shared.telemetry.batch.part(route.clone(), None),
-                    ),
-                };
-                (index, bytes)
-            }
-            .instrument(span),
-        ));
+    fn start(&mut self, index: usize, slot: &mut Slot, forward: Forward) {
+        let call = launch(&self.concurrency, &self.telemetry, index, slot, forward);
+        self.running.push(call);
     }
 
-    fn done(&mut self, index: usize, bytes: Bytes) {
-        self.slots[index - self.sent].state = SlotState::Done(bytes);
+    /// `limits.batch_timeout` has passed: the parts running are cancelled, and every part not answered is
+    /// answered with that.
+    fn expire(&mut self) {
+        self.expired = true;
+        self.running = FuturesUnordered::new();
+        for at in 0..self.slots.len() {
+            if !matches!(self.slots[at].state, SlotState::Done(_)) {
+                let error = self.past_deadline(self.sent + at);
+                let bytes = self.answer(&self.slots[at], Err(error));
+                self.slots[at].state = SlotState::Done(bytes);
+            }
+        }
+        self.send_ready();
+    }
+
+    fn past_deadline(&self, index: usize) -> PartError {
+        PartError::BatchDeadline {
+            index,
+            after: self.settings.batch_timeout,
+        }
+    }
+
+    fn done(&mut self, index: usize, result: Result<UpstreamResponse, PartError>) {
+        let at = index - self.sent;
+        let bytes = self.answer(&self.slots[at], result);
+        self.slots[at].state = SlotState::Done(bytes);
         self.send_ready();
     }
 
@@ -422,6 +359,72 @@ impl Scheduler {
             self.sent += 1;
         }
     }
+
+    /// Renders a part's outcome, counting, timing and logging it.
+    fn answer(&self, slot: &Slot, result: Result<UpstreamResponse, PartError>) -> Bytes {
+        answer(&self.telemetry, &self.writer, slot, result)
+    }
+}
+
+/// Sends a seated part up its route's stack, within the batch's concurrency and the route's and
+/// gateway's limits.
+fn launch(
+    concurrency: &Arc<Semaphore>,
+    telemetry: &Telemetry,
+    index: usize,
+    slot: &mut Slot,
+    forward: Forward,
+) -> PartFuture {
+    let Forward {
+        mut request,
+        service,
+        permits,
+    } = forward;
+    // At debug: a span per part costs more than the part's own work at info's volume.
+    slot.span = tracing::debug_span!(
+        parent: &telemetry.span,
+        "part",
+        index,
+        route = %slot.route,
+        method = %request.method,
+        span_id = tracing::field::Empty,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+        upstream = tracing::field::Empty,
+    );
+    request.span = slot.span.clone();
+    request.timeline = Some(slot.timeline.clone());
+    let timeline = slot.timeline.clone();
+    let concurrency = concurrency.clone();
+    let global = telemetry.global.clone();
+    let span = slot.span.clone();
+    Box::pin(
+        async move {
+            let started = Instant::now();
+            timeline.mark(Mark::Queued);
+            let internal = |e: tokio::sync::AcquireError| PartError::Internal {
+                index,
+                reason: e.to_string(),
+            };
+            let call = async {
+                let _permit = concurrency.acquire_owned().await.map_err(internal)?;
+                // Then the route's and the gateway's, in that order for every part, so that batches
+                // cannot deadlock each other, and parts queued for a saturated route hold no
+                // gateway-wide permit.
+                let _held = match permits {
+                    Permits::RouteAndGlobal(route) => {
+                        let route = route.acquire_owned().await.map_err(internal)?;
+                        Some((route, global.acquire_owned().await.map_err(internal)?))
+                    }
+                    Permits::InStack => None,
+                };
+                timeline.waited(started.elapsed());
+                service.oneshot(*request).await
+            };
+            (index, call.await)
+        }
+        .instrument(span),
+    )
 }
 
 impl Drop for Scheduler {
@@ -441,28 +444,34 @@ impl Drop for Scheduler {
             }
         }
         for (route, n) in counts {
-            self.shared.telemetry.metrics.parts_cancelled(route, n);
+            self.telemetry.metrics.parts_cancelled(route, n);
         }
     }
 }
 
 /// Renders a part's outcome, counting, timing and logging it.
 fn answer(
-    shared: &Shared,
-    route: &str,
-    content_id: Option<&ContentId>,
-    result: Result<crate::stack::UpstreamResponse, PartError>,
-    timeline: &PartTimeline,
+    telemetry: &Telemetry,
+    writer: &ReplyWriter,
+    slot: &Slot,
+    result: Result<UpstreamResponse, PartError>,
 ) -> Bytes {
+    let Slot {
+        route,
+        content_id,
+        timeline,
+        span,
+        ..
+    } = slot;
+    let content_id = content_id.as_ref();
     timeline.mark(Mark::Done);
-    let telemetry = &shared.telemetry;
     let elapsed = timeline.elapsed_since_queued();
     let (status, error) = match &result {
         Ok(response) => (response.status, response.status.is_server_error()),
         Err(error) => (error.status(), error.fault() != Fault::Client),
     };
     timeline.set_status(status.as_u16());
-    if let Some(span) = crate::observe::trace::part_span() {
+    if !span.is_disabled() {
         span.record("status", status.as_u16());
         span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
         if let Ok(response) = &result
@@ -489,10 +498,12 @@ fn answer(
             telemetry
                 .metrics
                 .part_answered(route, response.status, elapsed);
-            shared.writer.response(content_id, &response)
+            writer.response(content_id, &response)
         }
         Err(error) => {
             telemetry.metrics.part_failed(route, &error, elapsed);
+            // Under the part's span when part spans are on; under the batch's otherwise.
+            let _part = span.enter();
             match error.fault() {
                 Fault::Client => tracing::debug!(kind = error.kind(), "{error}"),
                 _ => tracing::warn!(
@@ -501,7 +512,7 @@ fn answer(
                     "{error}"
                 ),
             }
-            shared.writer.error(content_id, &error)
+            writer.error(content_id, &error)
         }
     }
 }
@@ -608,7 +619,7 @@ mod tests {
             index,
             content_id: None,
             route: Arc::from("/p/"),
-            work: Work::Forward {
+            work: Work::Forward(Forward {
                 request: Box::new(PartRequest {
                     index,
                     method,
@@ -619,21 +630,30 @@ mod tests {
                     accepts: None,
                     tried: None,
                     timeline: None,
+                    span: tracing::Span::none(),
                 }),
                 service: service.clone(),
                 permits: Permits::InStack,
-            },
+            }),
         }
     }
 
     fn scheduler(window: usize, concurrency: usize) -> (Feed, mpsc::Receiver<Bytes>, Arc<Metrics>) {
+        scheduler_within(window, concurrency, Duration::from_secs(3600))
+    }
+
+    fn scheduler_within(
+        window: usize,
+        concurrency: usize,
+        batch_timeout: Duration,
+    ) -> (Feed, mpsc::Receiver<Bytes>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let settings = Settings {
             window,
             concurrency,
             arrival: Instant::now(),
-            deadline: Instant::now() + Duration::from_secs(3600),
-            batch_timeout: Duration::from_secs(3600),
+            deadline: Instant::now() + batch_timeout,
+            batch_timeout,
         };
         let telemetry = Telemetry {
             metrics: metrics.clone(),
@@ -795,5 +815,34 @@ mod tests {
         })
         .await;
         assert_eq!(upstream.started(), ["/p0"], "the PUT never ran");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parts_unanswered_at_the_batch_deadline_are_answered_with_it_and_cancelled() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let (feed, mut out, metrics) = scheduler_within(1, 1, Duration::from_secs(10));
+        feed.push(job(0, Method::GET, &service));
+        feed.push(job(1, Method::GET, &service));
+        feed.commit();
+        upstream.until_started(1).await;
+        // Nothing answers: the paused clock runs on to the deadline.
+        let first = String::from_utf8_lossy(&out.recv().await.unwrap()).into_owned();
+        assert!(first.contains("504"), "{first}");
+        assert!(first.contains("limits.batch_timeout"), "{first}");
+        assert_eq!(
+            upstream.in_flight.load(Ordering::SeqCst),
+            0,
+            "the call was cancelled"
+        );
+        let second = String::from_utf8_lossy(&out.recv().await.unwrap()).into_owned();
+        assert!(second.contains("limits.batch_timeout"), "{second}");
+        assert_eq!(
+            upstream.started(),
+            ["/p0"],
+            "a part seated after the deadline never starts"
+        );
+        assert!(out.recv().await.is_none());
+        assert!(rendered(&metrics).contains("batch_deadline"));
     }
 }

@@ -75,16 +75,6 @@ impl TraceContext {
     }
 }
 
-/// The part's span, when part spans are enabled (`batchgate=debug`) and one is current. Without it the
-/// current span is the batch's, which must not collect every part's fields.
-pub fn part_span() -> Option<tracing::Span> {
-    let current = tracing::Span::current();
-    current
-        .metadata()
-        .is_some_and(|m| m.name() == "part")
-        .then_some(current)
-}
-
 /// `00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero (W3C Trace Context, version 00; later versions are read
 /// by the same prefix).
 fn parse(value: &str) -> Option<([u8; 16], [u8; 8], u8)> {

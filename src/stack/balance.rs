@@ -107,8 +107,12 @@ impl Balancer {
 
     /// Chooses the endpoint for a part that has already tried `tried`. With `origin`, only among that
     /// upstream's addresses not tried yet (an address failed to connect: the part takes another of them).
-    fn pick(&self, tried: &[SocketAddr], origin: Option<&Origin>) -> Option<Arc<Endpoint>> {
-        let all = self.shared.endpoints();
+    fn pick(
+        &self,
+        all: &Endpoints,
+        tried: &[SocketAddr],
+        origin: Option<&Origin>,
+    ) -> Option<Arc<Endpoint>> {
         // The common case, one address, healthy: no choice to make.
         if let [only] = &all[..]
             && tried.is_empty()
@@ -191,8 +195,10 @@ impl Service<PartRequest> for Balancer {
     fn call(&mut self, mut request: PartRequest) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            // One snapshot for the part: a re-resolution meanwhile applies to the next parts.
+            let all = this.shared.endpoints();
             let mut tried = request.tried.as_ref().map(|t| t.list()).unwrap_or_default();
-            let Some(mut endpoint) = this.pick(&tried, None) else {
+            let Some(mut endpoint) = this.pick(&all, &tried, None) else {
                 let names: Vec<String> = this
                     .shared
                     .upstreams
@@ -211,9 +217,7 @@ impl Service<PartRequest> for Balancer {
                 }
                 tried.push(endpoint.addr);
                 // A copy for another address of the same upstream, should this one not connect.
-                let spare = this
-                    .shared
-                    .endpoints()
+                let spare = all
                     .iter()
                     .any(|e| e.origin == endpoint.origin && !tried.contains(&e.addr))
                     .then(|| request.try_clone());
@@ -239,7 +243,7 @@ impl Service<PartRequest> for Balancer {
                 }
                 match result {
                     Err(e) if e.unconnected => {
-                        let next = spare.zip(this.pick(&tried, Some(&endpoint.origin)));
+                        let next = spare.zip(this.pick(&all, &tried, Some(&endpoint.origin)));
                         let Some((next_request, next)) = next else {
                             return Err(e.error);
                         };

@@ -13,6 +13,9 @@
 //! - [`balance`]: which upstream address takes the part, and their passive health;
 //! - [`endpoint`]: one address's keep-alive pool ([`connect`]: TCP, TLS), and the response size limits.
 //!
+//! A layer's future is a type of its own rather than a boxed one: a part's call is boxed once, where the
+//! route's stack is type-erased (and once more in the balancer, which awaits in a loop).
+//!
 //! Caching and metrics wrap the same call: they are layers to add here. The scheduler knows nothing of HTTP
 //! beyond calling a route's [`PartService`].
 
@@ -72,6 +75,8 @@ pub struct PartRequest {
     pub tried: Option<Arc<Tried>>,
     /// Where the part's marks go (sent, first byte), for the batch's timeline.
     pub timeline: Option<Arc<PartTimeline>>,
+    /// The part's span, disabled unless part spans are on (`batchgate=debug`).
+    pub span: tracing::Span,
 }
 
 impl PartRequest {
@@ -87,6 +92,7 @@ impl PartRequest {
             accepts: self.accepts.clone(),
             tried: self.tried.clone(),
             timeline: self.timeline.clone(),
+            span: self.span.clone(),
         }
     }
 
@@ -279,6 +285,7 @@ pub(crate) mod tests {
             accepts: None,
             tried: None,
             timeline: None,
+            span: tracing::Span::none(),
         }
     }
 }

@@ -59,9 +59,9 @@ where
         request.headers = request.batch.headers.for_part(own, self.strip_cookies);
         // The part is a span of the batch's trace: its upstream's spans hang under it.
         let trace = &request.batch.trace;
-        let part = crate::observe::trace::part_span();
+        let part = (!request.span.is_disabled()).then_some(&request.span);
         #[cfg(feature = "otel")]
-        let (span, traceparent) = match part.as_ref().and_then(crate::otel::span_id) {
+        let (span, traceparent) = match part.and_then(crate::otel::span_id) {
             Some(id) => (id, trace.traceparent(id)),
             None => trace.child(),
         };

@@ -3,10 +3,11 @@
 //! turned back into the gateway's view (`https://mail-1.internal:8443/api/v1/x` -> `/mail/x`), so internal
 //! addresses do not leak to clients.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use futures_util::future::BoxFuture;
 use http::header::LOCATION;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Uri};
@@ -122,11 +123,10 @@ pub struct Rewrite<S> {
 impl<S> Service<PartRequest> for Rewrite<S>
 where
     S: Service<PartRequest, Response = UpstreamResponse, Error = PartError>,
-    S::Future: Send + 'static,
 {
     type Response = UpstreamResponse;
     type Error = PartError;
-    type Future = BoxFuture<'static, Result<UpstreamResponse, PartError>>;
+    type Future = RewriteFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PartError>> {
         self.inner.poll_ready(cx)
@@ -136,18 +136,38 @@ where
         if let Some(path) = self.mapping.forward(&request.path) {
             request.path = path;
         }
-        let mapping = self.mapping.clone();
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = call.await?;
-            let location = response.headers.get(LOCATION).and_then(|v| v.to_str().ok());
-            if let Some(back) = location.and_then(|l| mapping.back(l, response.peer))
-                && let Ok(value) = HeaderValue::from_str(&back)
-            {
-                response.headers.insert(LOCATION, value);
-            }
-            Ok(response)
-        })
+        RewriteFuture {
+            call: self.inner.call(request),
+            mapping: self.mapping.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner call, its `Location` mapped back.
+    pub struct RewriteFuture<F> {
+        #[pin]
+        call: F,
+        mapping: Arc<Mapping>,
+    }
+}
+
+impl<F> Future for RewriteFuture<F>
+where
+    F: Future<Output = Result<UpstreamResponse, PartError>>,
+{
+    type Output = Result<UpstreamResponse, PartError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = ready!(this.call.poll(cx))?;
+        let location = response.headers.get(LOCATION).and_then(|v| v.to_str().ok());
+        if let Some(back) = location.and_then(|l| this.mapping.back(l, response.peer))
+            && let Ok(value) = HeaderValue::from_str(&back)
+        {
+            response.headers.insert(LOCATION, value);
+        }
+        Poll::Ready(Ok(response))
     }
 }
 

@@ -7,9 +7,11 @@
 //!   `Accept-Encoding`) is decoded, unless the part's own `Accept-Encoding` accepts that coding: clients such
 //!   as google-api-python-client cannot decode a compressed part.
 
+use std::future::Future;
 use std::io::Read;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -17,7 +19,7 @@ use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
 use http::{HeaderValue, Method, StatusCode};
 use tower::{Layer, Service};
 
-use super::{PartRequest, UpstreamResponse};
+use super::{BatchScope, PartRequest, UpstreamResponse};
 use crate::compress::quality;
 use crate::error::PartError;
 use crate::wire::Framing;
@@ -59,60 +61,126 @@ pub struct Rules<S> {
 impl<S> Service<PartRequest> for Rules<S>
 where
     S: Service<PartRequest, Response = UpstreamResponse, Error = PartError>,
-    S::Future: Send + 'static,
 {
     type Response = UpstreamResponse;
     type Error = PartError;
-    type Future = BoxFuture<'static, Result<UpstreamResponse, PartError>>;
+    type Future = RulesFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PartError>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: PartRequest) -> Self::Future {
-        let index = request.index;
-        let head = request.method == Method::HEAD;
-        let accepts = request.accepts.clone();
-        let batch = request.batch.clone();
-        let upstream = self.upstream.clone();
-        let limit = self.max_response_bytes;
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = call.await?;
-            if response.status.is_informational() {
-                return Err(PartError::Informational {
-                    index,
-                    upstream: upstream.to_string(),
-                    status: response.status,
-                });
+        let check = Check {
+            index: request.index,
+            head: request.method == Method::HEAD,
+            accepts: request.accepts.clone(),
+            batch: request.batch.clone(),
+            upstream: self.upstream.clone(),
+            limit: self.max_response_bytes,
+        };
+        RulesFuture {
+            call: self.inner.call(request),
+            check: Some(check),
+            decoding: None,
+        }
+    }
+}
+
+type Answer = Result<UpstreamResponse, PartError>;
+
+pin_project_lite::pin_project! {
+    /// The inner call, then the rules applied to its answer. Only decoding an unrequested coding, which runs
+    /// on the blocking pool, is a future of its own.
+    pub struct RulesFuture<F> {
+        #[pin]
+        call: F,
+        check: Option<Check>,
+        decoding: Option<BoxFuture<'static, Answer>>,
+    }
+}
+
+impl<F> Future for RulesFuture<F>
+where
+    F: Future<Output = Answer>,
+{
+    type Output = Answer;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        let this = self.project();
+        if let Some(decoding) = this.decoding {
+            return decoding.as_mut().poll(cx);
+        }
+        let answer = ready!(this.call.poll(cx));
+        let check = this
+            .check
+            .take()
+            .expect("RulesFuture polled after it completed");
+        match check.apply(answer) {
+            Ok(answer) => Poll::Ready(answer),
+            Err(mut decoding) => {
+                let poll = decoding.as_mut().poll(cx);
+                *this.decoding = Some(decoding);
+                poll
             }
-            if response.status == StatusCode::NO_CONTENT {
-                response.headers.remove(CONTENT_LENGTH);
-                response.framing = Framing::AsIs;
-            } else if head || response.status == StatusCode::NOT_MODIFIED {
-                response.framing = Framing::AsIs;
-            } else if let Some(codings) = unrequested_coding(&response, accepts.as_ref()) {
+        }
+    }
+}
+
+/// What the rules need to know of the part.
+struct Check {
+    index: usize,
+    head: bool,
+    accepts: Option<HeaderValue>,
+    batch: Arc<BatchScope>,
+    upstream: Arc<str>,
+    limit: u64,
+}
+
+impl Check {
+    /// The answer as the client gets it, or (`Err`) the decoding that makes it.
+    fn apply(self, answer: Answer) -> Result<Answer, BoxFuture<'static, Answer>> {
+        let mut response = match answer {
+            Ok(response) => response,
+            Err(error) => return Ok(Err(error)),
+        };
+        let index = self.index;
+        if response.status.is_informational() {
+            return Ok(Err(PartError::Informational {
+                index,
+                upstream: self.upstream.to_string(),
+                status: response.status,
+            }));
+        }
+        if response.status == StatusCode::NO_CONTENT {
+            response.headers.remove(CONTENT_LENGTH);
+            response.framing = Framing::AsIs;
+        } else if self.head || response.status == StatusCode::NOT_MODIFIED {
+            response.framing = Framing::AsIs;
+        } else if let Some(codings) = unrequested_coding(&response, self.accepts.as_ref()) {
+            return Err(Box::pin(async move {
                 let encoded = response.body_len;
-                let decoded = decode(codings, std::mem::take(&mut response.body), limit)
+                let decoded = decode(codings, std::mem::take(&mut response.body), self.limit)
                     .await
                     .map_err(|reason| PartError::Decode {
                         index,
-                        upstream: upstream.to_string(),
+                        upstream: self.upstream.to_string(),
                         reason,
                     })?;
                 let grown = (decoded.len() as u64).saturating_sub(encoded);
-                if !batch.budget.take(grown) {
+                if !self.batch.budget.take(grown) {
                     return Err(PartError::BatchResponseBudget {
                         index,
-                        limit: batch.budget.limit(),
+                        limit: self.batch.budget.limit(),
                     });
                 }
                 response.headers.remove(CONTENT_ENCODING);
                 response.body_len = decoded.len() as u64;
                 response.body = vec![decoded];
-            }
-            Ok(response)
-        })
+                Ok(response)
+            }));
+        }
+        Ok(Ok(response))
     }
 }
 

@@ -1,10 +1,11 @@
 //! The route's time limit on one sub-request: from sending it until its whole answer is in.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use tower::{Layer, Service};
 
 use super::{PartRequest, UpstreamResponse};
@@ -45,11 +46,10 @@ pub struct Timeout<S> {
 impl<S> Service<PartRequest> for Timeout<S>
 where
     S: Service<PartRequest, Response = UpstreamResponse, Error = PartError>,
-    S::Future: Send + 'static,
 {
     type Response = UpstreamResponse;
     type Error = PartError;
-    type Future = BoxFuture<'static, Result<UpstreamResponse, PartError>>;
+    type Future = TimeoutFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PartError>> {
         self.inner.poll_ready(cx)
@@ -57,17 +57,40 @@ where
 
     fn call(&mut self, request: PartRequest) -> Self::Future {
         let index = request.index;
-        let after = self.after;
-        let upstream = self.upstream.clone();
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            tokio::time::timeout(after, call).await.unwrap_or_else(|_| {
-                Err(PartError::Timeout {
-                    index,
-                    upstream: upstream.to_string(),
-                    after,
-                })
+        TimeoutFuture {
+            call: tokio::time::timeout(self.after, self.inner.call(request)),
+            index,
+            after: self.after,
+            upstream: self.upstream.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner call, or [`PartError::Timeout`] once `after` has passed. Not boxed: the stack boxes once.
+    pub struct TimeoutFuture<F> {
+        #[pin]
+        call: tokio::time::Timeout<F>,
+        index: usize,
+        after: Duration,
+        upstream: Arc<str>,
+    }
+}
+
+impl<F> Future for TimeoutFuture<F>
+where
+    F: Future<Output = Result<UpstreamResponse, PartError>>,
+{
+    type Output = Result<UpstreamResponse, PartError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(ready!(this.call.poll(cx)).unwrap_or_else(|_| {
+            Err(PartError::Timeout {
+                index: *this.index,
+                upstream: this.upstream.to_string(),
+                after: *this.after,
             })
-        })
+        }))
     }
 }
