@@ -353,6 +353,51 @@ async fn post_bodies_arrive_byte_exact_with_or_without_content_length() {
     gw.stop().await;
 }
 
+/// A body of `len` bytes whose every position is told apart from its neighbours (so a piece out of place or
+/// twice shows).
+fn patterned(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn answer_bodies_of_every_size_arrive_byte_exact_plain_and_compressed() {
+    // Small ones are copied into the reply; large ones go out as the upstream sent them, piece by piece.
+    const SIZES: [usize; 6] = [0, 100, 4 * 1024, 16 * 1024 - 1, 16 * 1024, 300 * 1024 + 7];
+    let up = upstream(|seen| async move {
+        let len: usize = seen.uri.path().rsplit('/').next().unwrap().parse().unwrap();
+        text(StatusCode::OK, patterned(len))
+    })
+    .await;
+    let gw = gateway(&routes(&[("/r/", up.addr)])).await;
+    let targets: Vec<String> = SIZES.iter().map(|n| format!("/r/{n}")).collect();
+    let check = |reply: &Reply| {
+        let parts = reply.parts();
+        assert_eq!(parts.len(), SIZES.len());
+        for (part, &len) in parts.iter().zip(&SIZES) {
+            assert_eq!(part.status, StatusCode::OK);
+            assert_eq!(part.headers["content-length"], len.to_string().as_str());
+            assert!(
+                part.body[..] == patterned(len)[..],
+                "the {len}-byte body differs"
+            );
+        }
+    };
+    check(&gw.post(MP, get_batch("b", &targets)).await);
+
+    let mut zstd = gw
+        .request(
+            Method::POST,
+            "/batch",
+            &[("content-type", MP), ("accept-encoding", "zstd")],
+            get_batch("b", &targets).into(),
+        )
+        .await;
+    assert_eq!(zstd.headers["content-encoding"], "zstd");
+    zstd.body = zstd::stream::decode_all(&zstd.body[..]).unwrap().into();
+    check(&zstd);
+    gw.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Per-part errors: the part fails, the batch goes on.
 

@@ -4,12 +4,14 @@
 //! Parts that finish together go out together: when the next part is not ready, the body waits up to
 //! `compression.flush_delay` for it before handing what it has to the connection. Each hand-over is a write
 //! (and, on a slow link, packets counted against the congestion window), so one per part would cost a syscall
-//! per sub-request. Large uncompressed parts are passed on as they are, without a copy. Compression runs on
-//! the blocking pool, so a large part at a high level never stalls other batches on the runtime.
+//! per sub-request. Large uncompressed bodies are passed on as their upstreams sent them, without a copy.
+//! Compression runs on the blocking pool, so a large part at a high level never stalls other batches on the
+//! runtime.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::Response;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, VARY};
 use http_body::Frame;
@@ -18,23 +20,24 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use std::sync::Arc;
 
-use crate::codec::ReplyWriter;
+use crate::codec::{Rendered, ReplyWriter};
 use crate::compress::{Coding, CompressionConfig, Encoder};
 use crate::observe::timeline::{BatchTimeline, Mark};
-use crate::response::{BoxError, ReplyBody};
+use crate::response::{BoxError, Chunk, ReplyBody};
 
 /// Input bytes gathered before a frame is sent regardless of what is ready.
 const MAX_FRAME: usize = 64 * 1024;
 
-/// An uncompressed part at least this large is sent as its own frame rather than copied into one.
-const ZERO_COPY_PART: usize = 16 * 1024;
+/// An uncompressed piece at least this large (a part, or a piece of a large body as its upstream sent it)
+/// goes into its frame as it is, one more buffer of a vectored write, rather than copied.
+const ZERO_COPY_PIECE: usize = 4 * 1024;
 
 /// What the reply is made of.
 #[derive(Debug)]
 pub struct Reply {
     pub writer: ReplyWriter,
     /// Answers in request order, from the scheduler.
-    pub parts: mpsc::Receiver<Bytes>,
+    pub parts: mpsc::Receiver<Rendered>,
     /// How many answers make the whole reply: fewer means the scheduler failed, and the reply is cut off
     /// rather than closed as if complete.
     pub total: usize,
@@ -69,7 +72,7 @@ pub fn respond(reply: Reply, compression: &CompressionConfig) -> Response<ReplyB
             input: Vec::new(),
             pending: 0,
         },
-        None => Output::Identity(BytesMut::new()),
+        None => Output::Identity(Gathered::default()),
     };
     let body = Body {
         close: reply.writer.close(),
@@ -86,8 +89,8 @@ pub fn respond(reply: Reply, compression: &CompressionConfig) -> Response<ReplyB
     };
     let frames = futures_util::stream::unfold(body, |mut body| async move {
         let frame = body.next_frame().await?;
-        if let Ok(bytes) = &frame {
-            body.bytes_out += bytes.len() as u64;
+        if let Ok(chunk) = &frame {
+            body.bytes_out += chunk.remaining() as u64;
         }
         if body.output.is_none() {
             body.log_access(frame.is_ok());
@@ -101,11 +104,11 @@ pub fn respond(reply: Reply, compression: &CompressionConfig) -> Response<ReplyB
 
 struct Body {
     close: Bytes,
-    parts: mpsc::Receiver<Bytes>,
+    parts: mpsc::Receiver<Rendered>,
     received: usize,
     total: usize,
     /// A part taken off the channel while gathering, not yet written.
-    carried: Option<Bytes>,
+    carried: Option<Rendered>,
     /// `None` once the reply has ended.
     output: Option<Output>,
     flush_delay: Duration,
@@ -145,7 +148,7 @@ impl Body {
         });
     }
 
-    async fn next_frame(&mut self) -> Option<Result<Bytes, BoxError>> {
+    async fn next_frame(&mut self) -> Option<Result<Chunk, BoxError>> {
         loop {
             let output = self.output.as_mut()?;
             let part = match self.carried.take() {
@@ -167,9 +170,7 @@ impl Body {
             };
             self.timeline.mark(self.received, Mark::Written);
             self.received += 1;
-            if let Some(large) = output.write(part) {
-                return Some(Ok(large));
-            }
+            output.write(part);
             if output.pending() < MAX_FRAME {
                 self.carried = match self.parts.try_recv() {
                     Ok(next) => Some(next),
@@ -185,7 +186,7 @@ impl Body {
             }
             let frame = output.flush().await;
             match frame {
-                Ok(frame) if frame.is_empty() => continue,
+                Ok(frame) if !frame.has_remaining() => continue,
                 frame => return Some(frame),
             }
         }
@@ -194,7 +195,7 @@ impl Body {
 
 /// Where reply bytes gather until the next frame: plain, or on their way to the compressor.
 enum Output {
-    Identity(BytesMut),
+    Identity(Gathered),
     Encoded {
         /// Lent to the blocking pool while it compresses.
         encoder: Option<Encoder>,
@@ -204,18 +205,19 @@ enum Output {
 }
 
 impl Output {
-    /// Takes a part; returns it back as a frame of its own when it is large and nothing is gathered.
-    fn write(&mut self, part: Bytes) -> Option<Bytes> {
-        match self {
-            Output::Identity(buf) if buf.is_empty() && part.len() >= ZERO_COPY_PART => Some(part),
-            Output::Identity(buf) => {
-                buf.extend_from_slice(&part);
-                None
+    fn write(&mut self, part: Rendered) {
+        match (self, part) {
+            (Output::Identity(gathered), Rendered::Whole(part)) => gathered.push(part),
+            (Output::Identity(gathered), Rendered::Pieces(pieces)) => {
+                pieces.into_iter().for_each(|piece| gathered.push(piece));
             }
-            Output::Encoded { input, pending, .. } => {
+            (Output::Encoded { input, pending, .. }, Rendered::Whole(part)) => {
                 *pending += part.len();
                 input.push(part);
-                None
+            }
+            (Output::Encoded { input, pending, .. }, Rendered::Pieces(pieces)) => {
+                *pending += pieces.iter().map(Bytes::len).sum::<usize>();
+                input.extend(pieces);
             }
         }
     }
@@ -223,14 +225,14 @@ impl Output {
     /// Input bytes gathered since the last frame.
     fn pending(&self) -> usize {
         match self {
-            Output::Identity(buf) => buf.len(),
+            Output::Identity(gathered) => gathered.len,
             Output::Encoded { pending, .. } => *pending,
         }
     }
 
-    async fn flush(&mut self) -> Result<Bytes, BoxError> {
+    async fn flush(&mut self) -> Result<Chunk, BoxError> {
         match self {
-            Output::Identity(buf) => Ok(buf.split().freeze()),
+            Output::Identity(gathered) => Ok(gathered.take()),
             Output::Encoded {
                 encoder,
                 input,
@@ -248,28 +250,66 @@ impl Output {
                 })
                 .await?;
                 *encoder = Some(lent);
-                Ok(frame)
+                Ok(Chunk::One(frame))
             }
         }
     }
 
-    async fn finish(self, close: Bytes) -> Result<Bytes, BoxError> {
+    async fn finish(self, close: Bytes) -> Result<Chunk, BoxError> {
         match self {
-            Output::Identity(mut buf) => {
-                buf.extend_from_slice(&close);
-                Ok(buf.freeze())
+            Output::Identity(mut gathered) => {
+                gathered.push(close);
+                Ok(gathered.take())
             }
             Output::Encoded { encoder, input, .. } => {
                 let mut encoder = encoder.ok_or("the compressor was lost")?;
-                Ok(tokio::task::spawn_blocking(move || {
-                    for piece in &input {
-                        encoder.write(piece);
-                    }
-                    encoder.write(&close);
-                    encoder.finish()
-                })
-                .await?)
+                Ok(Chunk::One(
+                    tokio::task::spawn_blocking(move || {
+                        for piece in &input {
+                            encoder.write(piece);
+                        }
+                        encoder.write(&close);
+                        encoder.finish()
+                    })
+                    .await?,
+                ))
             }
         }
+    }
+}
+
+/// Uncompressed reply bytes gathered for the next frame: small pieces copied together, large ones (a large
+/// part, or a piece of a large body as its upstream sent it) kept as they are.
+#[derive(Default)]
+struct Gathered {
+    pieces: VecDeque<Bytes>,
+    /// Small pieces since the last large one.
+    buf: BytesMut,
+    len: usize,
+}
+
+impl Gathered {
+    fn push(&mut self, piece: Bytes) {
+        self.len += piece.len();
+        if piece.len() < ZERO_COPY_PIECE {
+            self.buf.extend_from_slice(&piece);
+            return;
+        }
+        if !self.buf.is_empty() {
+            self.pieces.push_back(self.buf.split().freeze());
+        }
+        self.pieces.push_back(piece);
+    }
+
+    /// What was gathered, as one frame.
+    fn take(&mut self) -> Chunk {
+        self.len = 0;
+        if self.pieces.is_empty() {
+            return Chunk::One(self.buf.split().freeze());
+        }
+        if !self.buf.is_empty() {
+            self.pieces.push_back(self.buf.split().freeze());
+        }
+        Chunk::many(std::mem::take(&mut self.pieces))
     }
 }

@@ -19,7 +19,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Semaphore, mpsc};
@@ -27,7 +26,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use crate::codec::ReplyWriter;
+use crate::codec::{Rendered, ReplyWriter};
 use crate::config::Limits;
 use crate::error::{Fault, PartError};
 use crate::metrics::Metrics;
@@ -120,7 +119,7 @@ pub fn start(
     settings: Settings,
     writer: ReplyWriter,
     telemetry: Telemetry,
-) -> (Feed, mpsc::Receiver<Bytes>) {
+) -> (Feed, mpsc::Receiver<Rendered>) {
     let (input, input_rx) = mpsc::unbounded_channel();
     let (out, out_rx) = mpsc::channel(settings.window);
     let span = telemetry.span.clone();
@@ -161,7 +160,7 @@ type PartFuture =
 
 /// A seat in the window, in request order, and what the part's answer is rendered with.
 struct Slot {
-    seat: mpsc::OwnedPermit<Bytes>,
+    seat: mpsc::OwnedPermit<Rendered>,
     route: Arc<str>,
     content_id: Option<ContentId>,
     timeline: Arc<PartTimeline>,
@@ -174,12 +173,12 @@ enum SlotState {
     /// Has side effects; waits for the commit.
     Held(Forward),
     Running,
-    Done(Bytes),
+    Done(Rendered),
 }
 
 struct Scheduler {
     input: mpsc::UnboundedReceiver<Input>,
-    out: mpsc::Sender<Bytes>,
+    out: mpsc::Sender<Rendered>,
     /// Seated parts from the next one to send on.
     slots: VecDeque<Slot>,
     /// Parts handed over but not yet seated.
@@ -251,7 +250,7 @@ impl Scheduler {
         }
     }
 
-    fn seat(&mut self, seat: mpsc::OwnedPermit<Bytes>, job: Job) {
+    fn seat(&mut self, seat: mpsc::OwnedPermit<Rendered>, job: Job) {
         let Job {
             index,
             content_id,
@@ -361,7 +360,7 @@ impl Scheduler {
     }
 
     /// Renders a part's outcome, counting, timing and logging it.
-    fn answer(&self, slot: &Slot, result: Result<UpstreamResponse, PartError>) -> Bytes {
+    fn answer(&self, slot: &Slot, result: Result<UpstreamResponse, PartError>) -> Rendered {
         answer(&self.telemetry, &self.writer, slot, result)
     }
 }
@@ -455,7 +454,7 @@ fn answer(
     writer: &ReplyWriter,
     slot: &Slot,
     result: Result<UpstreamResponse, PartError>,
-) -> Bytes {
+) -> Rendered {
     let Slot {
         route,
         content_id,
@@ -520,6 +519,8 @@ fn answer(
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
+
+    use bytes::Bytes;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -638,7 +639,10 @@ mod tests {
         }
     }
 
-    fn scheduler(window: usize, concurrency: usize) -> (Feed, mpsc::Receiver<Bytes>, Arc<Metrics>) {
+    fn scheduler(
+        window: usize,
+        concurrency: usize,
+    ) -> (Feed, mpsc::Receiver<Rendered>, Arc<Metrics>) {
         scheduler_within(window, concurrency, Duration::from_secs(3600))
     }
 
@@ -646,7 +650,7 @@ mod tests {
         window: usize,
         concurrency: usize,
         batch_timeout: Duration,
-    ) -> (Feed, mpsc::Receiver<Bytes>, Arc<Metrics>) {
+    ) -> (Feed, mpsc::Receiver<Rendered>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let settings = Settings {
             window,
@@ -674,8 +678,16 @@ mod tests {
         metrics.render(&crate::metrics::Gauges::default())
     }
 
-    fn body_of(part: &Bytes) -> String {
-        let text = String::from_utf8_lossy(part);
+    fn text_of(part: &Rendered) -> String {
+        let bytes: Vec<u8> = match part {
+            Rendered::Whole(bytes) => bytes.to_vec(),
+            Rendered::Pieces(pieces) => pieces.concat(),
+        };
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn body_of(part: &Rendered) -> String {
+        let text = text_of(part);
         text.trim_end().rsplit("\r\n").next().unwrap().to_owned()
     }
 
@@ -827,7 +839,7 @@ mod tests {
         feed.commit();
         upstream.until_started(1).await;
         // Nothing answers: the paused clock runs on to the deadline.
-        let first = String::from_utf8_lossy(&out.recv().await.unwrap()).into_owned();
+        let first = text_of(&out.recv().await.unwrap());
         assert!(first.contains("504"), "{first}");
         assert!(first.contains("limits.batch_timeout"), "{first}");
         assert_eq!(
@@ -835,7 +847,7 @@ mod tests {
             0,
             "the call was cancelled"
         );
-        let second = String::from_utf8_lossy(&out.recv().await.unwrap()).into_owned();
+        let second = text_of(&out.recv().await.unwrap());
         assert!(second.contains("limits.batch_timeout"), "{second}");
         assert_eq!(
             upstream.started(),

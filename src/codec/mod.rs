@@ -6,6 +6,8 @@
 
 pub mod multipart;
 
+use bytes::Bytes;
+
 use crate::error::BatchError;
 use crate::wire::PartLimits;
 
@@ -20,4 +22,13 @@ pub fn open(
     let content_type = content_type.ok_or(BatchError::NoContentType)?;
     let reader = PartReader::new(content_type, max_part_bytes, part_limits)?;
     Ok((reader, ReplyWriter::new()))
+}
+
+/// A rendered reply part, in the order its bytes go out.
+#[derive(Debug)]
+pub enum Rendered {
+    /// In one buffer.
+    Whole(Bytes),
+    /// A large body as its upstream sent it, not copied: the part's head, the body's pieces, the part's end.
+    Pieces(Vec<Bytes>),
 }

@@ -7,12 +7,17 @@ use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
+use super::Rendered;
 use crate::error::{BatchError, PartError};
 use crate::stack::UpstreamResponse;
 use crate::wire::{
-    ContentId, Framing, FramingError, ParsedPart, PartLimits, PartSplitter,
-    boundary_from_content_type, parse_part, write_close, write_reply,
+    ContentId, Framing, FramingError, PART_END, ParsedPart, PartLimits, PartSplitter,
+    boundary_from_content_type, parse_part, write_close, write_reply, write_reply_head,
 };
+
+/// A body at least this large goes out as its upstream sent it, rather than copied into its part: a copy
+/// would cost as much memory again for every such part in the window.
+const ZERO_COPY_BODY: usize = 16 * 1024;
 
 /// Reads parts out of a request body as its bytes arrive.
 #[derive(Debug)]
@@ -89,8 +94,29 @@ impl ReplyWriter {
     }
 
     /// One part answered by its upstream.
-    pub fn response(&self, content_id: Option<&ContentId>, response: &UpstreamResponse) -> Bytes {
+    pub fn response(
+        &self,
+        content_id: Option<&ContentId>,
+        response: &UpstreamResponse,
+    ) -> Rendered {
+        let body_len: usize = response.body.iter().map(Bytes::len).sum();
         let mut out = BytesMut::new();
+        if body_len >= ZERO_COPY_BODY {
+            write_reply_head(
+                &mut out,
+                &self.boundary,
+                content_id,
+                response.status,
+                &response.headers,
+                body_len,
+                response.framing,
+            );
+            let mut pieces = Vec::with_capacity(response.body.len() + 2);
+            pieces.push(out.freeze());
+            pieces.extend(response.body.iter().cloned());
+            pieces.push(Bytes::from_static(PART_END));
+            return Rendered::Pieces(pieces);
+        }
         write_reply(
             &mut out,
             &self.boundary,
@@ -100,11 +126,11 @@ impl ReplyWriter {
             response.body.iter().map(|piece| &piece[..]),
             response.framing,
         );
-        out.freeze()
+        Rendered::Whole(out.freeze())
     }
 
     /// One failed part, with its JSON error body.
-    pub fn error(&self, content_id: Option<&ContentId>, error: &PartError) -> Bytes {
+    pub fn error(&self, content_id: Option<&ContentId>, error: &PartError) -> Rendered {
         let mut headers = HeaderMap::with_capacity(2);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(wait) = error.retry_after() {
@@ -123,7 +149,7 @@ impl ReplyWriter {
             [&body[..]],
             Framing::Exact,
         );
-        out.freeze()
+        Rendered::Whole(out.freeze())
     }
 
     /// What ends the reply.

@@ -17,14 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::io::WriteWatch;
 use super::live::Served;
-use crate::response::{BoxError, ReplyBody};
+use crate::response::{BoxError, Chunk, ReplyBody};
 
 /// Every open client connection.
 #[derive(Debug, Default)]
@@ -237,13 +236,13 @@ impl std::fmt::Debug for Tracked {
 }
 
 impl Body for Tracked {
-    type Data = Bytes;
+    type Data = Chunk;
     type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Chunk>, BoxError>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 

@@ -9,7 +9,9 @@ pub mod reply;
 pub mod request;
 
 pub use multipart::{ContentTypeError, FramingError, PartSplitter, boundary_from_content_type};
-pub use reply::{Framing, ReplyPart, write_close, write_reply, write_reply_part};
+pub use reply::{
+    Framing, PART_END, ReplyPart, write_close, write_reply, write_reply_head, write_reply_part,
+};
 pub use request::{
     EmbeddedRequest, ParsedPart, PartLimits, RequestError, parse_part, write_request_part,
 };

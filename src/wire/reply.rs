@@ -30,15 +30,40 @@ pub fn write_reply<'a>(
     framing: Framing,
 ) {
     let body_len: usize = body.clone().into_iter().map(<[u8]>::len).sum();
-    out.reserve(8 + boundary.len() + entity_head_len(content_id, headers) + body_len);
+    out.reserve(head_len(boundary, content_id, headers) + body_len + 2);
+    write_reply_head(
+        out, boundary, content_id, status, headers, body_len, framing,
+    );
+    for piece in body {
+        out.put_slice(piece);
+    }
+    out.put_slice(PART_END);
+}
+
+/// What follows a reply part's body: the line break before the next delimiter.
+pub const PART_END: &[u8] = b"\r\n";
+
+/// Writes what precedes a reply part's `body_len` bytes of body (delimiter, part headers, status line,
+/// headers), for a writer that sends the body without copying it; [`PART_END`] follows the body.
+pub fn write_reply_head(
+    out: &mut BytesMut,
+    boundary: &str,
+    content_id: Option<&ContentId>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body_len: usize,
+    framing: Framing,
+) {
+    out.reserve(head_len(boundary, content_id, headers));
     out.put_slice(b"--");
     out.put_slice(boundary.as_bytes());
     out.put_slice(b"\r\n");
     write_entity_head(out, content_id, status, headers, body_len, framing);
-    for piece in body {
-        out.put_slice(piece);
-    }
-    out.put_slice(b"\r\n");
+}
+
+/// A generous estimate of what [`write_reply_head`] writes, to size buffers once.
+fn head_len(boundary: &str, content_id: Option<&ContentId>, headers: &HeaderMap) -> usize {
+    6 + boundary.len() + entity_head_len(content_id, headers)
 }
 
 /// [`write_reply`] for a body in one piece, with an exact `Content-Length`.
