@@ -130,18 +130,18 @@ impl Drop for Body {
 impl Body {
     /// One line per served batch, at info: who, how many parts and with what statuses, bytes, time.
     fn log_access(&self, complete: bool) {
-        let view = self.timeline.view();
+        // Not the timeline's whole view: the line needs two figures, not every part's marks.
         let statuses = self.timeline.status_counts();
         self.access.span.in_scope(|| {
             tracing::info!(
                 target: "batchgate::access",
-                id = view.id,
+                id = self.timeline.id,
                 peer = %self.access.peer,
                 parts = self.total,
                 %statuses,
                 bytes_in = self.access.bytes_in,
                 bytes_out = self.bytes_out,
-                duration_ms = view.duration_ms.unwrap_or_default(),
+                duration_ms = self.timeline.duration_ms().unwrap_or_default(),
                 complete,
                 "batch"
             )

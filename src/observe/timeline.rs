@@ -198,8 +198,13 @@ impl BatchTimeline {
         out
     }
 
-    pub fn view(&self) -> BatchView {
+    /// Milliseconds from arrival until the reply's last byte was handed over, once it has been.
+    pub fn duration_ms(&self) -> Option<f64> {
         let finished = self.finished.load(Ordering::Relaxed);
+        (finished != 0).then(|| finished as f64 / 1000.0)
+    }
+
+    pub fn view(&self) -> BatchView {
         let status = self.status.load(Ordering::Relaxed);
         BatchView {
             id: self.id,
@@ -209,7 +214,7 @@ impl BatchTimeline {
                 .map_or(0, |d| d.as_millis() as u64),
             peer: self.peer.to_string(),
             status: (status != 0).then_some(status),
-            duration_ms: (finished != 0).then(|| finished as f64 / 1000.0),
+            duration_ms: self.duration_ms(),
             parts: self
                 .lock()
                 .iter()

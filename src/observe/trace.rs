@@ -65,13 +65,12 @@ impl TraceContext {
 
     /// The `traceparent` naming `span` in this trace.
     pub fn traceparent(&self, span: [u8; 8]) -> HeaderValue {
-        let value = format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&span),
-            self.flags
-        );
-        HeaderValue::from_str(&value).expect("hex digits")
+        // Written in place, once per part: no formatting machinery, no intermediate strings.
+        let mut value = *b"00-________________________________-________________-__";
+        hex_into(&mut value[3..35], &self.trace_id);
+        hex_into(&mut value[36..52], &span);
+        hex_into(&mut value[53..55], &[self.flags]);
+        HeaderValue::from_bytes(&value).expect("hex digits")
     }
 }
 
@@ -103,13 +102,18 @@ fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0; bytes.len() * 2];
+    hex_into(&mut out, bytes);
+    String::from_utf8(out).expect("hex digits")
+}
+
+/// Lower-case hex of `bytes` into `out`, two digits a byte.
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
     }
-    out
 }
 
 fn nonzero<const N: usize>(mut draw: impl FnMut() -> [u8; N]) -> [u8; N] {
