@@ -6,7 +6,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +13,8 @@ use batchgate::server::admin::{Admin, AdminLimits, DASHBOARD_HTML};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use support::*;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 /// The JSON error of an admin answer: `{"error":{"code":..,"message":..}}`, its code the status.
 fn admin_error(reply: &Reply) -> String {
@@ -517,63 +515,6 @@ async fn connections_past_the_cap_get_503() {
     gw.stop().await;
 }
 
-/// The real binary's stderr, line by line.
-struct Stderr {
-    lines: mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Stderr {
-    fn of(child: &mut tokio::process::Child) -> Stderr {
-        let (tx, lines) = mpsc::unbounded_channel();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = stderr.next_line().await {
-                let _ = tx.send(line);
-            }
-        });
-        Stderr {
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line containing `text`; returns it.
-    async fn wait_for(&mut self, text: &str) -> String {
-        within(20, text, async {
-            loop {
-                let line =
-                    self.lines.recv().await.unwrap_or_else(|| {
-                        panic!("stderr ended before {text:?}: {:#?}", self.seen)
-                    });
-                self.seen.push(line.clone());
-                if line.contains(text) {
-                    return line;
-                }
-            }
-        })
-        .await
-    }
-
-    /// Every line until the process closes stderr.
-    async fn rest(&mut self) {
-        within(20, "stderr to end", async {
-            while let Some(line) = self.lines.recv().await {
-                self.seen.push(line);
-            }
-        })
-        .await;
-    }
-}
-
-fn terminate(child: &tokio::process::Child) {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// The real binary with `log_format = "json"` and `[admin]`: every stderr line is one JSON object (no colour
 /// codes), the listening messages among them; the admin listener serves the stats and reloads the `--config`
 /// file with the command line's `--listen` still applied (so nothing "needs a restart").
@@ -587,38 +528,27 @@ async fn the_binary_logs_json_and_serves_admin() {
         "log_format = \"json\"\nlisten = \"127.0.0.1:9\"\n[admin]\nlisten = \"127.0.0.1:0\"",
     );
     std::fs::write(&path, &file).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchgate"))
-        .args([
+    let mut gw = Binary::spawn(
+        &[
             "--config",
             path.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
-        ])
-        .env("BATCHGATE_LOG", "batchgate=info")
-        .env_remove("NO_COLOR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut log = Stderr::of(&mut child);
+        ],
+        &[
+            ("BATCHGATE_LOG", Some("batchgate=info")),
+            ("NO_COLOR", None),
+        ],
+    );
     let json = |line: &str| -> serde_json::Value {
         serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"))
     };
-    let listening = json(&log.wait_for("listening on http://").await);
+    let listening = json(&gw.log.wait_for("listening on http://").await);
     assert_eq!(listening["level"], "INFO");
     assert!(listening["timestamp"].is_string(), "{listening}");
     let message = listening["message"].as_str().unwrap();
-    let main: SocketAddr = message
-        .split("listening on http://")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let admin_line = json(&log.wait_for("admin endpoints on http://").await);
+    let (_, main) = listening_on(message).unwrap();
+    let admin_line = json(&gw.log.wait_for("admin endpoints on http://").await);
     let admin: SocketAddr = admin_line["addr"].as_str().unwrap().parse().unwrap();
     assert_ne!(admin, main);
     let admin_url = |path: &str| format!("http://{admin}{path}");
@@ -655,14 +585,14 @@ async fn the_binary_logs_json_and_serves_admin() {
         serde_json::json!([]),
         "--listen applies on reload too"
     );
-    json(&log.wait_for("config reloaded").await);
+    json(&gw.log.wait_for("config reloaded").await);
 
-    terminate(&child);
-    let status = within(10, "the exit", child.wait()).await.unwrap();
+    gw.signal("-TERM");
+    let status = within(10, "the exit", gw.child.wait()).await.unwrap();
     assert!(status.success(), "exit status {status:?}");
-    log.rest().await;
-    assert!(log.seen.len() >= 4, "{:#?}", log.seen);
-    for line in &log.seen {
+    gw.log.rest().await;
+    assert!(gw.log.seen.len() >= 4, "{:#?}", gw.log.seen);
+    for line in &gw.log.seen {
         assert!(!line.contains('\u{1b}'), "a colour code: {line:?}");
         assert!(json(line).is_object(), "{line}");
     }
@@ -672,23 +602,20 @@ async fn the_binary_logs_json_and_serves_admin() {
 /// terminal (here a pipe), `NO_COLOR` or not.
 #[tokio::test]
 async fn pretty_logs_have_no_colour_codes_on_a_pipe() {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchgate"))
-        .args(["--demo", "--listen", "127.0.0.1:0"])
-        .env("BATCHGATE_LOG", "batchgate=info")
-        .env_remove("NO_COLOR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut log = Stderr::of(&mut child);
-    let line = log.wait_for("listening on http://").await;
+    let mut gw = Binary::spawn(
+        &["--demo", "--listen", "127.0.0.1:0"],
+        &[
+            ("BATCHGATE_LOG", Some("batchgate=info")),
+            ("NO_COLOR", None),
+        ],
+    );
+    let line = gw.log.wait_for("listening on http://").await;
     assert!(line.contains(" INFO "), "{line}");
     assert!(serde_json::from_str::<serde_json::Value>(&line).is_err());
-    terminate(&child);
-    within(10, "the exit", child.wait()).await.unwrap();
-    log.rest().await;
-    for line in &log.seen {
+    gw.signal("-TERM");
+    within(10, "the exit", gw.child.wait()).await.unwrap();
+    gw.log.rest().await;
+    for line in &gw.log.seen {
         assert!(!line.contains('\u{1b}'), "a colour code: {line:?}");
     }
 }

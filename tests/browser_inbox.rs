@@ -30,44 +30,25 @@ use tokio::process::{Child, Command};
 /// The real binary with `--demo`, on a free port.
 struct Demo {
     addr: SocketAddr,
-    _child: Child,
+    _gateway: Binary,
 }
 
 impl Demo {
     async fn start(latency: &str) -> Demo {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_batchgate"))
-            .args([
+        let mut gateway = Binary::spawn(
+            &[
                 "--demo",
                 "--listen",
                 "127.0.0.1:0",
                 "--demo-latency",
                 latency,
-            ])
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr: SocketAddr = within(30, "the gateway to log its address", async {
-            loop {
-                let line = log
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .expect("gateway logged its address");
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    break rest.split('/').next().unwrap().parse().unwrap();
-                }
-            }
-        })
-        .await;
-        // Keep reading the log so that the gateway never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+            ],
+            &[("NO_COLOR", Some("1"))],
+        );
+        let (_, addr) = gateway.listening().await;
         Demo {
             addr,
-            _child: child,
+            _gateway: gateway,
         }
     }
 

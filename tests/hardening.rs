@@ -5,7 +5,6 @@ mod support;
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -526,32 +525,20 @@ async fn replies_are_compressed_as_negotiated() {
 /// The real binary: SIGTERM lets the in-flight batch finish, then the process exits 0.
 #[tokio::test]
 async fn sigterm_drains_in_flight_batches_then_exits_zero() {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchgate"))
-        .args([
+    let mut gw = Binary::spawn(
+        &[
             "--demo",
             "--demo-latency",
             "400ms",
             "--listen",
             "127.0.0.1:0",
-        ])
-        .env("BATCHGATE_LOG", "batchgate=debug")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
-        let line = log
-            .next_line()
-            .await
-            .unwrap()
-            .expect("gateway logged its address");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split('/').next().unwrap().parse().unwrap();
-        }
-    };
+        ],
+        &[
+            ("BATCHGATE_LOG", Some("batchgate=debug")),
+            ("NO_COLOR", Some("1")),
+        ],
+    );
+    let (_, addr) = gw.listening().await;
     let targets: Vec<String> = (1..=5).map(|i| format!("/mail/v1/messages/{i}")).collect();
     let body = get_batch("b", &targets);
     let mut client = TcpStream::connect(addr).await.unwrap();
@@ -567,23 +554,8 @@ async fn sigterm_drains_in_flight_batches_then_exits_zero() {
         reply
     });
     // The gateway logs this once the batch is parsed; its parts take 400 ms each at the demo service.
-    loop {
-        let line = log
-            .next_line()
-            .await
-            .unwrap()
-            .expect("gateway logs the batch");
-        if line.contains("batch streaming") {
-            break;
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
-    let pid = child.id().unwrap().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    gw.log.wait_for("batch streaming").await;
+    gw.signal("-TERM");
     let reply = tokio::time::timeout(Duration::from_secs(10), reply)
         .await
         .unwrap()
@@ -596,7 +568,7 @@ async fn sigterm_drains_in_flight_batches_then_exits_zero() {
         6,
         "every part of the in-flight batch was answered"
     );
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(10), gw.child.wait())
         .await
         .unwrap()
         .unwrap();

@@ -11,7 +11,6 @@ mod support;
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use support::*;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -494,51 +493,16 @@ async fn slow_readers_do_not_hold_up_other_clients() {
 /// The real binary logs and ignores SIGHUP, still answers `/healthz`, and exits 0 on SIGTERM.
 #[tokio::test]
 async fn the_binary_ignores_sighup() {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchgate"))
-        .args(["--demo", "--listen", "127.0.0.1:0"])
-        .env("BATCHGATE_LOG", "batchgate=info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: SocketAddr = within(10, "the listening address", async {
-        loop {
-            let line = log
-                .next_line()
-                .await
-                .unwrap()
-                .expect("gateway logged its address");
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                break rest.split('/').next().unwrap().parse().unwrap();
-            }
-        }
-    })
-    .await;
-    let pid = child.id().unwrap().to_string();
-    let signal = |name: &str| {
-        let status = std::process::Command::new("kill")
-            .args([name, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {name}");
-    };
-    signal("-HUP");
-    within(10, "the SIGHUP log line", async {
-        loop {
-            let line = log
-                .next_line()
-                .await
-                .unwrap()
-                .expect("the gateway logs SIGHUP before it ends");
-            if line.contains("SIGHUP ignored") {
-                break;
-            }
-        }
-    })
-    .await;
+    let mut gw = Binary::spawn(
+        &["--demo", "--listen", "127.0.0.1:0"],
+        &[
+            ("BATCHGATE_LOG", Some("batchgate=info")),
+            ("NO_COLOR", Some("1")),
+        ],
+    );
+    let (_, addr) = gw.listening().await;
+    gw.signal("-HUP");
+    gw.log.wait_for("SIGHUP ignored").await;
     let health = send_raw(
         addr,
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -546,8 +510,7 @@ async fn the_binary_ignores_sighup() {
     .await;
     assert_eq!(health.status, StatusCode::OK);
     assert_eq!(health.body, "{\"status\":\"ok\"}");
-    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
-    signal("-TERM");
-    let status = within(10, "the exit", child.wait()).await.unwrap();
+    gw.signal("-TERM");
+    let status = within(10, "the exit", gw.child.wait()).await.unwrap();
     assert!(status.success(), "exit status {status:?}");
 }

@@ -4,7 +4,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,6 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use support::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 
@@ -144,31 +142,6 @@ async fn a_changed_listen_or_max_connections_needs_a_restart() {
     gw.stop().await;
 }
 
-/// The binary's log, line by line, as it comes.
-struct Log {
-    lines: mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Log {
-    /// Waits for a line containing `text`; returns it.
-    async fn wait_for(&mut self, text: &str) -> String {
-        within(20, text, async {
-            loop {
-                let line =
-                    self.lines.recv().await.unwrap_or_else(|| {
-                        panic!("the log ended before {text:?}: {:#?}", self.seen)
-                    });
-                self.seen.push(line.clone());
-                if line.contains(text) {
-                    return line;
-                }
-            }
-        })
-        .await
-    }
-}
-
 fn route_file(prefix_upstream: SocketAddr, extra: &str) -> String {
     // `listen` here is overridden by --listen, on start and on every reload.
     format!(
@@ -185,54 +158,23 @@ async fn sighup_reloads_the_config_file_and_keeps_the_old_one_when_the_new_is_ba
     let dir = TempDir::new("reload");
     let path = dir.join("gateway.toml");
     std::fs::write(&path, route_file(first.addr, "")).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchgate"))
-        .args([
+    let mut gw = Binary::spawn(
+        &[
             "--config",
             path.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
-        ])
-        .env("BATCHGATE_LOG", "batchgate=info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let (tx, lines) = mpsc::unbounded_channel();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = stderr.next_line().await {
-            let _ = tx.send(line);
-        }
-    });
-    let mut log = Log {
-        lines,
-        seen: Vec::new(),
-    };
-    let line = log.wait_for("listening on http://").await;
-    let addr: SocketAddr = line
-        .split("listening on http://")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+        ],
+        &[
+            ("BATCHGATE_LOG", Some("batchgate=info")),
+            ("NO_COLOR", Some("1")),
+        ],
+    );
+    let (_, addr) = gw.listening().await;
     let batch = |path: &str| {
         let bytes = post_bytes(&svc_batch(path));
         async move { send_raw(addr, bytes.as_bytes()).await.reply() }
     };
-    let pid = child.id().unwrap().to_string();
-    let hangup = || {
-        let status = std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-
     assert_eq!(batch("/svc/1").await.parts()[0].body, "/svc/1");
     assert_eq!(first.seen().len(), 1);
 
@@ -242,17 +184,17 @@ async fn sighup_reloads_the_config_file_and_keeps_the_old_one_when_the_new_is_ba
         route_file(second.addr, "[limits]\nmax_connections = 77\n"),
     )
     .unwrap();
-    hangup();
-    let restart = log.wait_for("needs a restart").await;
+    gw.signal("-HUP");
+    let restart = gw.log.wait_for("needs a restart").await;
     assert!(
         restart.contains("limits.max_connections changed to 77"),
         "{restart}"
     );
-    log.wait_for("config reloaded").await;
+    gw.log.wait_for("config reloaded").await;
     assert!(
-        !log.seen.iter().any(|l| l.contains("listen changed")),
+        !gw.log.seen.iter().any(|l| l.contains("listen changed")),
         "--listen still overrides the file's listen: {:#?}",
-        log.seen
+        gw.log.seen
     );
     assert_eq!(batch("/svc/2").await.parts()[0].body, "/svc/2");
     assert_eq!(first.seen().len(), 1);
@@ -264,24 +206,20 @@ async fn sighup_reloads_the_config_file_and_keeps_the_old_one_when_the_new_is_ba
         "[[routes]]\nprefix = \"/svc/\"\nupstream = \"ftp://127.0.0.1:21\"\n",
     )
     .unwrap();
-    hangup();
-    let refused = log.wait_for("config reload refused").await;
+    gw.signal("-HUP");
+    let refused = gw.log.wait_for("config reload refused").await;
     assert!(refused.contains("routes[0]"), "{refused}");
     assert!(refused.contains("ftp"), "{refused}");
     // And one that is not TOML.
     std::fs::write(&path, "[[routes]\n").unwrap();
-    hangup();
-    let refused = log.wait_for("config reload refused").await;
+    gw.signal("-HUP");
+    let refused = gw.log.wait_for("config reload refused").await;
     assert!(refused.contains(path.to_str().unwrap()), "{refused}");
     assert_eq!(batch("/svc/3").await.parts()[0].body, "/svc/3");
     assert_eq!(first.seen().len(), 1);
     assert_eq!(second.seen().len(), 2);
 
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = within(10, "the exit", child.wait()).await.unwrap();
+    gw.signal("-TERM");
+    let status = within(10, "the exit", gw.child.wait()).await.unwrap();
     assert!(status.success(), "exit status {status:?}");
 }

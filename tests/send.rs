@@ -13,14 +13,14 @@ use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
 use support::*;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_batchgate");
 
 /// A gateway running as a child process, killed when dropped.
 struct Gateway {
-    _child: Child,
+    _gateway: Binary,
     addr: SocketAddr,
     scheme: &'static str,
 }
@@ -28,38 +28,15 @@ struct Gateway {
 impl Gateway {
     /// `batchgate ARGS --listen 127.0.0.1:0`; its address is read from its log.
     async fn start(args: &[&str]) -> Gateway {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .args(["--listen", "127.0.0.1:0"])
-            .env("NO_COLOR", "1")
-            .env_remove("BATCHGATE_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (scheme, addr) = within(30, "the gateway's address in its log", async {
-            loop {
-                let line = log
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .expect("the gateway logs its address");
-                for scheme in ["http", "https"] {
-                    if let Some(rest) = line.split(&format!("listening on {scheme}://")).nth(1) {
-                        let addr: SocketAddr = rest.split('/').next().unwrap().parse().unwrap();
-                        return (scheme, addr);
-                    }
-                }
-            }
-        })
-        .await;
-        // Keeps reading the log so that the gateway never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+        let args: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(["--listen", "127.0.0.1:0"])
+            .collect();
+        let mut gateway = Binary::spawn(&args, &[("NO_COLOR", Some("1")), ("BATCHGATE_LOG", None)]);
+        let (scheme, addr) = gateway.listening().await;
         Gateway {
-            _child: child,
+            _gateway: gateway,
             addr,
             scheme,
         }
