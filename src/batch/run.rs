@@ -270,6 +270,7 @@ impl Scheduler {
             span: tracing::Span::none(),
             state: SlotState::Running,
         };
+        let mut run = None;
         let refused = match work {
             Work::Refused(error) => Some(error),
             Work::Forward(_) if self.expired => Some(self.past_deadline(index)),
@@ -278,7 +279,7 @@ impl Scheduler {
                 None
             }
             Work::Forward(forward) => {
-                self.start(index, &mut slot, forward);
+                run = Some(forward);
                 None
             }
         };
@@ -286,31 +287,34 @@ impl Scheduler {
             slot.state = SlotState::Done(self.answer(&slot, Err(error)));
         }
         self.slots.push_back(slot);
+        if let Some(forward) = run {
+            self.start(self.slots.len() - 1, forward);
+        }
         self.send_ready();
     }
 
     fn commit(&mut self) {
         self.committed = true;
         for at in 0..self.slots.len() {
-            let slot = &mut self.slots[at];
-            if let SlotState::Held(_) = slot.state
+            if let SlotState::Held(_) = self.slots[at].state
                 && let SlotState::Held(forward) =
-                    std::mem::replace(&mut slot.state, SlotState::Running)
+                    std::mem::replace(&mut self.slots[at].state, SlotState::Running)
             {
-                let call = launch(
-                    &self.concurrency,
-                    &self.telemetry,
-                    self.sent + at,
-                    slot,
-                    forward,
-                );
-                self.running.push(call);
+                self.start(at, forward);
             }
         }
     }
 
-    fn start(&mut self, index: usize, slot: &mut Slot, forward: Forward) {
-        let call = launch(&self.concurrency, &self.telemetry, index, slot, forward);
+    /// Starts the part seated at `at` in the window.
+    fn start(&mut self, at: usize, forward: Forward) {
+        let slot = &mut self.slots[at];
+        let call = launch(
+            &self.concurrency,
+            &self.telemetry,
+            self.sent + at,
+            slot,
+            forward,
+        );
         self.running.push(call);
     }
 
@@ -361,7 +365,66 @@ impl Scheduler {
 
     /// Renders a part's outcome, counting, timing and logging it.
     fn answer(&self, slot: &Slot, result: Result<UpstreamResponse, PartError>) -> Rendered {
-        answer(&self.telemetry, &self.writer, slot, result)
+        let (telemetry, writer) = (&self.telemetry, &self.writer);
+        let Slot {
+            route,
+            content_id,
+            timeline,
+            span,
+            ..
+        } = slot;
+        let content_id = content_id.as_ref();
+        timeline.mark(Mark::Done);
+        let elapsed = timeline.elapsed_since_queued();
+        let (status, error) = match &result {
+            Ok(response) => (response.status, response.status.is_server_error()),
+            Err(error) => (error.status(), error.fault() != Fault::Client),
+        };
+        timeline.set_status(status.as_u16());
+        if !span.is_disabled() {
+            span.record("status", status.as_u16());
+            span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+            if let Ok(response) = &result
+                && let Some(peer) = response.peer
+            {
+                span.record("upstream", tracing::field::display(peer));
+            }
+        }
+        telemetry.observer.record(
+            route,
+            Sample {
+                elapsed_us: elapsed.as_micros() as u64,
+                queued_us: u64::from(timeline.waited_micros()),
+                error,
+                saturated: telemetry.global.available_permits() == 0,
+            },
+        );
+        if !route.is_empty() {
+            let waited = Duration::from_micros(u64::from(timeline.waited_micros()));
+            telemetry.metrics.queue_wait(route, waited);
+        }
+        match result {
+            Ok(response) => {
+                telemetry
+                    .metrics
+                    .part_answered(route, response.status, elapsed);
+                writer.response(content_id, &response)
+            }
+            Err(error) => {
+                telemetry.metrics.part_failed(route, &error, elapsed);
+                // Under the part's span when part spans are on; under the batch's otherwise.
+                let _part = span.enter();
+                match error.fault() {
+                    Fault::Client => tracing::debug!(kind = error.kind(), "{error}"),
+                    _ => tracing::warn!(
+                        kind = error.kind(),
+                        retryable = error.retryable(),
+                        "{error}"
+                    ),
+                }
+                writer.error(content_id, &error)
+            }
+        }
     }
 }
 
@@ -444,74 +507,6 @@ impl Drop for Scheduler {
         }
         for (route, n) in counts {
             self.telemetry.metrics.parts_cancelled(route, n);
-        }
-    }
-}
-
-/// Renders a part's outcome, counting, timing and logging it.
-fn answer(
-    telemetry: &Telemetry,
-    writer: &ReplyWriter,
-    slot: &Slot,
-    result: Result<UpstreamResponse, PartError>,
-) -> Rendered {
-    let Slot {
-        route,
-        content_id,
-        timeline,
-        span,
-        ..
-    } = slot;
-    let content_id = content_id.as_ref();
-    timeline.mark(Mark::Done);
-    let elapsed = timeline.elapsed_since_queued();
-    let (status, error) = match &result {
-        Ok(response) => (response.status, response.status.is_server_error()),
-        Err(error) => (error.status(), error.fault() != Fault::Client),
-    };
-    timeline.set_status(status.as_u16());
-    if !span.is_disabled() {
-        span.record("status", status.as_u16());
-        span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
-        if let Ok(response) = &result
-            && let Some(peer) = response.peer
-        {
-            span.record("upstream", tracing::field::display(peer));
-        }
-    }
-    telemetry.observer.record(
-        route,
-        Sample {
-            elapsed_us: elapsed.as_micros() as u64,
-            queued_us: u64::from(timeline.waited_micros()),
-            error,
-            saturated: telemetry.global.available_permits() == 0,
-        },
-    );
-    if !route.is_empty() {
-        let waited = Duration::from_micros(u64::from(timeline.waited_micros()));
-        telemetry.metrics.queue_wait(route, waited);
-    }
-    match result {
-        Ok(response) => {
-            telemetry
-                .metrics
-                .part_answered(route, response.status, elapsed);
-            writer.response(content_id, &response)
-        }
-        Err(error) => {
-            telemetry.metrics.part_failed(route, &error, elapsed);
-            // Under the part's span when part spans are on; under the batch's otherwise.
-            let _part = span.enter();
-            match error.fault() {
-                Fault::Client => tracing::debug!(kind = error.kind(), "{error}"),
-                _ => tracing::warn!(
-                    kind = error.kind(),
-                    retryable = error.retryable(),
-                    "{error}"
-                ),
-            }
-            writer.error(content_id, &error)
         }
     }
 }
