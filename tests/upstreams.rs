@@ -847,6 +847,50 @@ async fn rewrite_maps_paths_and_locations() {
     );
 }
 
+/// A `Location` mapped back to the client never becomes a scheme-relative URL to another host, however the
+/// upstream spells its path (`//host`, `///host`, `/\\host`).
+#[tokio::test]
+async fn mapped_locations_never_leave_the_gateways_origin() {
+    let own: Arc<OnceLock<SocketAddr>> = Arc::default();
+    let me = own.clone();
+    let up = upstream(move |seen| {
+        let me = *me.get().unwrap();
+        async move {
+            let path = match seen.uri.path() {
+                "/mail/a" => "//evil.example/x",
+                "/mail/b" => "///evil.example",
+                _ => "/\\evil.example",
+            };
+            let mut response = text(StatusCode::FOUND, "");
+            response
+                .headers_mut()
+                .insert("location", format!("http://{me}{path}").parse().unwrap());
+            response
+        }
+    })
+    .await;
+    own.set(up.addr).unwrap();
+    let gw = gateway(&routes(&[("/mail/", up.addr)])).await;
+    let parts = run(
+        &gw,
+        &[
+            get("a", "/mail/a"),
+            get("b", "/mail/b"),
+            get("c", "/mail/c"),
+        ],
+    )
+    .await;
+    assert_eq!(statuses(&parts), [302, 302, 302]);
+    let locations: Vec<&str> = parts
+        .iter()
+        .map(|p| p.headers["location"].to_str().unwrap())
+        .collect();
+    assert_eq!(
+        locations,
+        ["/evil.example/x", "/evil.example", "/evil.example"]
+    );
+}
+
 /// An upstream named `localhost` serves every part, without retries, before and after re-resolution.
 #[tokio::test]
 async fn an_upstream_named_localhost_is_reached() {

@@ -58,13 +58,25 @@ impl Mapping {
             // Relative references other than absolute paths are left to the client to resolve.
             return None;
         }
-        match &self.rewrite {
+        let mapped = match &self.rewrite {
             Some(rewrite) => {
-                Some(swap_prefix(path, rewrite, &self.prefix).unwrap_or_else(|| path.to_owned()))
+                swap_prefix(path, rewrite, &self.prefix).unwrap_or_else(|| path.to_owned())
             }
-            None => Some(path.to_owned()),
-        }
+            None => path.to_owned(),
+        };
+        Some(same_origin(mapped))
     }
+}
+
+/// `path` made safe to send as a `Location` on the gateway's origin: a mapped value starting with `//` or `/\`
+/// would be a scheme-relative URL to another host (browsers read `\\` as `/`), so the leading run of slashes
+/// and backslashes becomes one `/`.
+fn same_origin(path: String) -> String {
+    let rest = path.trim_start_matches(['/', '\\']);
+    if rest.len() + 1 >= path.len() {
+        return path;
+    }
+    format!("/{rest}")
 }
 
 /// `path` with `from` (matched on a segment boundary; `/a/` also matches the bare `/a`) replaced by `to`.
@@ -225,6 +237,37 @@ mod tests {
             "/v2/posts"
         );
         let kept = mapping("/mail/", None);
+        for (upstream_sent, mapped) in [
+            (
+                "https://mail-1.internal:8443//evil.example/x",
+                "/evil.example/x",
+            ),
+            (
+                "https://mail-1.internal:8443///evil.example",
+                "/evil.example",
+            ),
+            (
+                "https://mail-1.internal:8443/\\evil.example",
+                "/evil.example",
+            ),
+            (
+                "https://mail-1.internal:8443/%5Cevil.example",
+                "/%5Cevil.example",
+            ),
+            ("/\\evil.example", "/evil.example"),
+        ] {
+            assert_eq!(
+                kept.back(upstream_sent, None).as_deref(),
+                Some(mapped),
+                "{upstream_sent}"
+            );
+        }
+        assert_eq!(
+            m.back("https://mail-1.internal:8443/api/v1//evil.example", None)
+                .unwrap(),
+            "/mail//evil.example",
+            "doubled slashes inside the path are not scheme-relative"
+        );
         assert!(kept.forward(&"/mail/x".parse().unwrap()).is_none());
         assert_eq!(
             kept.back("https://mail-1.internal:8443/mail/x", None)
