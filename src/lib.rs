@@ -70,6 +70,13 @@ pub mod tls;
 pub mod transport;
 pub mod wire;
 
+/// The checks behind the fuzz targets that reach past the public surface (`fuzz/`); not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::route::fuzz::route;
+}
+
 #[cfg(feature = "server")]
 pub use config::Config;
 #[cfg(feature = "server")]

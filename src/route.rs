@@ -6,6 +6,9 @@
 //! upper-cased, raw non-ASCII characters are percent-encoded as UTF-8, and dot segments are removed. What the
 //! upstream receives is this normalised path, with the query as sent (non-ASCII encoded, nothing else).
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
+
 use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery};
