@@ -328,7 +328,7 @@ pub enum AccessLog {
     /// One line per batch: who, how many parts with which statuses, bytes, time.
     #[default]
     Batches,
-    /// The batch's line and one line per part (method, target, route, upstream address, status, duration),
+    /// The batch's line and one line per part (method, path, route, upstream address, status, duration),
     /// for teams that must see which paths were called.
     Parts,
 }
@@ -367,10 +367,11 @@ impl Config {
 
     /// Parts of each recent batch the observer keeps for `/admin/stats` (its default without `[admin]`).
     pub fn stats_parts_per_batch(&self) -> usize {
-        self.admin.as_ref().map_or(
-            AdminConfig::default_stats_parts_per_batch(),
-            |admin| admin.stats_parts_per_batch,
-        )
+        self.admin
+            .as_ref()
+            .map_or(AdminConfig::default_stats_parts_per_batch(), |admin| {
+                admin.stats_parts_per_batch
+            })
     }
 }
 
@@ -1925,6 +1926,57 @@ upstream = "http://127.0.0.1:9001"
             "hosts = [\"api.example.com\", \"api.example.com:8443\"]",
         ))
         .unwrap();
+    }
+
+    /// `[admin]`'s keys as config.toml documents them (commented out) are the defaults; bad values name the key.
+    #[test]
+    fn admin_keys_default_as_documented_and_are_checked() {
+        let text = include_str!("../config.toml");
+        let section: String = text
+            .lines()
+            .skip_while(|l| *l != "# [admin]")
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.starts_with(' '))
+            .map(|l| format!("{}\n", l.split(" #").next().unwrap()))
+            .collect();
+        let shipped = Config::from_toml(&section).unwrap();
+        let admin = shipped.admin.as_ref().unwrap();
+        assert!(admin.allowed_hosts.is_empty() && !admin.public_metrics);
+        assert_eq!(
+            admin.stats_parts_per_batch,
+            AdminConfig::default_stats_parts_per_batch()
+        );
+        assert_eq!(
+            shipped.stats_parts_per_batch(),
+            Config::default().stats_parts_per_batch()
+        );
+        assert!(!shipped.public_metrics() && Config::default().public_metrics());
+
+        let admin = |extra: &str| format!("[admin]\nlisten = \"127.0.0.1:9901\"\n{extra}");
+        refused(
+            &admin("stats_parts_per_batch = 10001"),
+            "admin.stats_parts_per_batch",
+            &["0 to 10000"],
+        );
+        for host in ["", "u@h", "bad host", "h/x"] {
+            refused(
+                &admin(&format!("allowed_hosts = [\"ok\", {host:?}]")),
+                "admin.allowed_hosts[1]",
+                &[],
+            );
+        }
+        Config::from_toml(&admin(
+            "allowed_hosts = [\"admin.internal\", \"10.0.0.5:9901\", \"[fd00::1]:9901\"]",
+        ))
+        .unwrap();
+        refused("access_log = \"paths\"", "access_log", &[]);
+        assert_eq!(
+            Config::from_toml("access_log = \"parts\"")
+                .unwrap()
+                .access_log,
+            AccessLog::Parts
+        );
     }
 
     #[test]

@@ -306,7 +306,8 @@ where
             tracing_subscriber::fmt::format::Writer::new(&mut line),
             event,
         )?;
-        let Ok(mut object) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&line)
+        let Ok(mut object) =
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&line)
         else {
             return writer.write_str(&line);
         };

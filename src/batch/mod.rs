@@ -44,10 +44,9 @@ where
 {
     let arrival = Instant::now();
     let (head, body) = request.into_parts();
-    let timeline =
-        gateway
-            .observer
-            .batch(peer, arrival, gateway.config.stats_parts_per_batch());
+    let timeline = gateway
+        .observer
+        .batch(peer, arrival, gateway.config.stats_parts_per_batch());
     let span = tracing::info_span!(
         "batch",
         id = timeline.id,

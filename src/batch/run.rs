@@ -413,15 +413,16 @@ impl Scheduler {
         }
         if let Some(access) = access {
             let upstream = result.as_ref().ok().and_then(|r| r.peer);
-            let (method, target) = match &access.request {
-                Some((method, target)) => (method.as_str(), target.as_str()),
+            let (method, path) = match &access.request {
+                Some((method, path)) => (method.as_str(), path.as_str()),
                 None => ("-", "-"),
             };
+            // `path`, not `target`: a JSON line's `target` is the log target's.
             tracing::info!(
                 target: "batchgate::access",
                 index = access.index,
                 method,
-                target,
+                path,
                 route = &**route,
                 upstream = upstream.map_or_else(|| "-".to_owned(), |a| a.to_string()),
                 status = status.as_u16(),

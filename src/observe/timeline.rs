@@ -291,3 +291,25 @@ pub struct PartView {
     pub done: Option<f64>,
     pub written: Option<f64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past `keep`, parts are timed but not kept: the view holds `keep` parts and counts the rest, and the
+    /// access line's status counts still cover every part.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_keeps_its_first_parts_and_counts_the_rest() {
+        let batch = BatchTimeline::new(1, Instant::now(), IpAddr::from([127, 0, 0, 1]), 2);
+        let parts: Vec<_> = (0..5)
+            .map(|_| batch.part(Arc::from("/a/"), Some(Method::GET)))
+            .collect();
+        for (part, status) in parts.iter().zip([200, 404, 200, 503]) {
+            part.set_status(status);
+        }
+        let view = batch.view();
+        assert_eq!(view.parts.len(), 2);
+        assert_eq!(view.parts_omitted, 3);
+        assert_eq!(batch.status_counts(), "2xx=2 4xx=1 5xx=1 unanswered=1");
+    }
+}

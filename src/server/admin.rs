@@ -422,7 +422,10 @@ fn check_host(
 
 fn host_allowed(name: &Authority, local: SocketAddr, allowed: &[String]) -> bool {
     let host = name.host();
-    let ip = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok();
+    let ip = host
+        .trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .ok();
     if host.eq_ignore_ascii_case("localhost") || ip.is_some_and(|ip| ip.is_loopback()) {
         return true;
     }
