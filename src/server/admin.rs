@@ -1,9 +1,10 @@
 //! The operators' listener (`[admin]`): plain HTTP/1.1 on an address of its own, apart from the batch
 //! endpoint's, serving
 //!
-//! - `GET /metrics`: the same OpenMetrics text as the main listener's `/metrics`;
-//! - `GET /admin/stats`: [`crate::observe::Stats`] as JSON (per-route figures and series, bottlenecks, the
-//!   tuning history, the last batches' timelines);
+//! - `GET /metrics`: the OpenMetrics text (the main listener serves it too only without `[admin]`, or with
+//!   `admin.public_metrics`);
+//! - `GET /admin/stats`: [`crate::observe::Stats`] as JSON (per-route figures and series, each upstream
+//!   address's health, bottlenecks, the tuning history, the last batches' timelines);
 //! - `GET /admin/dashboard`: one self-contained HTML page that polls `/admin/stats` every second and draws it;
 //! - `POST /admin/reload`: reloads the config file like SIGHUP does, and says what happened;
 //! - `GET /healthz`: 200 while the process serves.
