@@ -232,6 +232,12 @@ impl Gateway {
                 route: prefix.clone(),
                 in_flight: limit.gauge(fixed).0,
                 adaptive: matches!(limit, RouteLimit::Adaptive(_)),
+                upstreams: self
+                    .balancers
+                    .iter()
+                    .find(|(route, _)| route == prefix)
+                    .map(|(_, balancer)| balancer.health())
+                    .unwrap_or_default(),
             })
             .collect();
         self.observer.stats(

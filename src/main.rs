@@ -123,7 +123,13 @@ fn init_logging(format: LogFormat, otlp_endpoint: &str) -> Result<Exporter, Stri
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("batchgate=info"));
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = match format {
-        LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).boxed(),
+        LogFormat::Json => logs
+            .event_format(ListFields(
+                tracing_subscriber::fmt::format().json().flatten_event(true),
+            ))
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .with_ansi(false)
+            .boxed(),
         LogFormat::Pretty => {
             let colour = std::io::stderr().is_terminal()
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
@@ -266,7 +272,53 @@ impl Overrides {
 fn log_routes(config: &Config) {
     for route in &config.routes {
         let upstreams: Vec<&String> = route.upstream.iter().chain(&route.upstreams).collect();
-        tracing::info!(prefix = %route.prefix, ?upstreams, http2 = route.http2, "route");
+        let upstreams = serde_json::to_string(&upstreams).unwrap_or_default();
+        tracing::info!(prefix = %route.prefix, %upstreams, http2 = route.http2, "route");
+    }
+}
+
+/// Log fields that hold a list, written as JSON text (`%serde_json::to_string(..)`): a JSON log line has
+/// them as arrays. tracing records a field as a string or a number, never a list.
+const LIST_FIELDS: [&str; 2] = ["upstreams", "routes"];
+
+/// The JSON event format, with the [`LIST_FIELDS`] of an event turned from strings into arrays.
+struct ListFields<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for ListFields<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let fields = event.metadata().fields();
+        if !LIST_FIELDS.iter().any(|name| fields.field(name).is_some()) {
+            return self.0.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.0.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        let Ok(mut object) =
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&line)
+        else {
+            return writer.write_str(&line);
+        };
+        for name in LIST_FIELDS {
+            if let Some(serde_json::Value::String(text)) = object.get(name)
+                && let Ok(list @ serde_json::Value::Array(_)) = serde_json::from_str(text)
+            {
+                object.insert(name.to_owned(), list);
+            }
+        }
+        writeln!(writer, "{}", serde_json::Value::Object(object))
     }
 }
 

@@ -402,7 +402,7 @@ async fn request_bodies_over_1_kib_are_refused() {
     // Refused on its Content-Length alone (nothing of the body is sent here, nothing is waited for).
     let reply = send_raw(
         admin.addr,
-        b"POST /admin/reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 1025\r\n\r\n",
+        b"POST /admin/reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1025\r\n\r\n",
     )
     .await;
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
@@ -411,7 +411,7 @@ async fn request_bodies_over_1_kib_are_refused() {
 
     // Chunked: refused once more than 1 KiB has come (the body's end never does).
     let mut chunked =
-        b"POST /admin/reload HTTP/1.1\r\nHost: admin\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"POST /admin/reload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
             .to_vec();
     for _ in 0..3 {
         chunked.extend_from_slice(b"200\r\n");
@@ -453,7 +453,7 @@ async fn silent_and_idle_connections_are_closed() {
     assert!(waited >= timeout - Duration::from_millis(50), "{waited:?}");
 
     let mut idle = TcpStream::connect(admin.addr).await.unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let reply = within(10, "/healthz", read_response(&mut idle)).await;
@@ -488,7 +488,7 @@ async fn connections_past_the_cap_get_503() {
     three.read_to_end(&mut rest).await.unwrap();
     assert!(rest.is_empty());
     // The two in are served as usual.
-    two.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+    two.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     assert_eq!(read_response(&mut two).await.status, StatusCode::OK);
@@ -497,7 +497,7 @@ async fn connections_past_the_cap_get_503() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let mut next = TcpStream::connect(admin.addr).await.unwrap();
-        next.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+        next.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await
             .unwrap();
         let reply = within(10, "an answer", read_response(&mut next)).await;
@@ -525,7 +525,8 @@ async fn the_binary_logs_json_and_serves_admin() {
     let path = dir.join("gateway.toml");
     let file = svc_file(
         up.addr,
-        "log_format = \"json\"\nlisten = \"127.0.0.1:9\"\n[admin]\nlisten = \"127.0.0.1:0\"",
+        "log_format = \"json\"\naccess_log = \"parts\"\nlisten = \"127.0.0.1:9\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"",
     );
     std::fs::write(&path, &file).unwrap();
     let mut gw = Binary::spawn(
@@ -543,6 +544,13 @@ async fn the_binary_logs_json_and_serves_admin() {
     let json = |line: &str| -> serde_json::Value {
         serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"))
     };
+    // A route's upstreams are a JSON array, not a string holding one.
+    let route = json(&gw.log.wait_for("\"message\":\"route\"").await);
+    assert_eq!(
+        route["upstreams"],
+        serde_json::json!([format!("http://{}", up.addr)]),
+        "{route}"
+    );
     let listening = json(&gw.log.wait_for("listening on http://").await);
     assert_eq!(listening["level"], "INFO");
     assert!(listening["timestamp"].is_string(), "{listening}");
@@ -561,6 +569,45 @@ async fn the_binary_logs_json_and_serves_admin() {
     assert_eq!(
         send_raw(main, batch.as_bytes()).await.reply().parts()[0].body,
         "/svc/1"
+    );
+    // `access_log = "parts"`: a line for the part, then the batch's.
+    let part = json(&gw.log.wait_for("\"message\":\"part\"").await);
+    assert_eq!(part["target"], "batchgate::access", "{part}");
+    assert_eq!(part["level"], "INFO");
+    assert_eq!(part["index"], 0);
+    assert_eq!(part["method"], "GET");
+    assert_eq!(part["path"], "/svc/1");
+    assert_eq!(part["route"], "/svc/");
+    assert_eq!(part["upstream"], up.addr.to_string());
+    assert_eq!(part["status"], 200);
+    assert!(part["duration_ms"].as_f64().unwrap() > 0.0, "{part}");
+    json(&gw.log.wait_for("\"message\":\"batch\"").await);
+    // With [admin], the main listener keeps its metrics to itself.
+    let metrics = http_request(
+        &format!("http://{main}/metrics"),
+        Method::GET,
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(metrics.status, StatusCode::NOT_FOUND);
+    // A request naming another host is refused, and the refusal logged.
+    let evil = http_request(
+        &admin_url("/admin/stats"),
+        Method::GET,
+        &[("host", "evil.example")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(evil.status, StatusCode::MISDIRECTED_REQUEST);
+    let refused = json(&gw.log.wait_for("admin: request refused").await);
+    assert_eq!(refused["level"], "WARN");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("evil.example"),
+        "{refused}"
     );
     let stats = http_request(&admin_url("/admin/stats"), Method::GET, &[], Bytes::new()).await;
     assert_eq!(stats.status, StatusCode::OK);
@@ -585,7 +632,12 @@ async fn the_binary_logs_json_and_serves_admin() {
         serde_json::json!([]),
         "--listen applies on reload too"
     );
-    json(&gw.log.wait_for("config reloaded").await);
+    let reloaded = json(&gw.log.wait_for("config reloaded").await);
+    assert_eq!(
+        reloaded["routes"],
+        serde_json::json!(["/svc/"]),
+        "{reloaded}"
+    );
 
     gw.signal("-TERM");
     let status = within(10, "the exit", gw.child.wait()).await.unwrap();
@@ -618,4 +670,242 @@ async fn pretty_logs_have_no_colour_codes_on_a_pipe() {
     for line in &gw.log.seen {
         assert!(!line.contains('\u{1b}'), "a colour code: {line:?}");
     }
+}
+
+/// `[admin]` for a test gateway: a free port, and `extra` keys.
+fn admin_section(extra: &str) -> String {
+    format!("[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n")
+}
+
+/// The admin listener answers only requests that name it: its own address, a loopback name (any port) or an
+/// `allowed_hosts` entry (a name: any port; `name:port`: that port). Any other `Host` (a DNS-rebinding page's
+/// name), an absolute-form target naming another host, or no `Host` at all gets a JSON 421, for every endpoint,
+/// and the connection is closed; a refused `POST /admin/reload` reloads nothing.
+#[tokio::test]
+async fn requests_naming_another_host_are_refused() {
+    let up = svc_upstream().await;
+    let dir = TempDir::new("admin-hosts");
+    let path = dir.join("gateway.toml");
+    let file = format!(
+        "{}{}",
+        admin_section("allowed_hosts = [\"admin.internal\", \"ops.internal:9901\"]"),
+        routes(&[("/svc/", up.addr)])
+    );
+    std::fs::write(&path, &file).unwrap();
+    let (gw, live) = live_gateway(&file).await;
+    let admin = start_admin(Admin::new(live.clone()).config_file(&path, |_| {})).await;
+    let port = admin.addr.port();
+    let request = |method: &str, target: &str, host: Option<&str>| {
+        let host = host.map_or(String::new(), |h| format!("Host: {h}\r\n"));
+        let length = if method == "POST" {
+            "Content-Length: 0\r\n"
+        } else {
+            ""
+        };
+        format!("{method} {target} HTTP/1.1\r\n{host}{length}\r\n")
+    };
+    let endpoints = [
+        ("GET", "/admin/stats"),
+        ("GET", "/admin/dashboard"),
+        ("GET", "/metrics"),
+        ("POST", "/admin/reload"),
+        ("GET", "/healthz"),
+    ];
+    let evil_absolute = format!("http://evil.example:{port}/admin/stats");
+    for (method, target) in endpoints {
+        for (target, host) in [
+            (target, Some("evil.example".to_owned())),
+            (target, Some(format!("evil.example:{port}"))),
+            (target, Some("127.0.0.1.evil.example".to_owned())),
+            (target, Some(format!("admin.internal.evil.example:{port}"))),
+            (target, Some("ops.internal:9902".to_owned())),
+            (target, Some(format!("10.9.9.9:{port}"))),
+            (target, Some("user@127.0.0.1".to_owned())),
+            (evil_absolute.as_str(), Some(format!("127.0.0.1:{port}"))),
+            (target, None),
+        ] {
+            let reply = send_raw(
+                admin.addr,
+                request(method, target, host.as_deref()).as_bytes(),
+            )
+            .await;
+            assert_eq!(
+                reply.status,
+                StatusCode::MISDIRECTED_REQUEST,
+                "{method} {target} Host {host:?}: {}",
+                reply.head
+            );
+            assert_eq!(reply.headers["connection"], "close");
+            let message = admin_error(&reply.reply());
+            assert!(message.contains("Host"), "{message}");
+        }
+    }
+    assert_eq!(gw.gateway.config.routes.len(), 1);
+    assert!(
+        Arc::ptr_eq(&live.gateway(), &gw.gateway),
+        "a refused reload reloaded"
+    );
+
+    for host in [
+        format!("127.0.0.1:{port}"),
+        "127.0.0.1".to_owned(),
+        "localhost".to_owned(),
+        "LocalHost:8080".to_owned(),
+        format!("[::1]:{port}"),
+        "[::1]".to_owned(),
+        "admin.internal".to_owned(),
+        "Admin.Internal:1234".to_owned(),
+        "ops.internal:9901".to_owned(),
+    ] {
+        for (method, target) in endpoints {
+            if method == "POST" {
+                continue;
+            }
+            let reply = send_raw(admin.addr, request(method, target, Some(&host)).as_bytes()).await;
+            assert_eq!(reply.status, StatusCode::OK, "{target} Host {host}");
+        }
+    }
+    // A reload with an allowed name goes through.
+    let reply = send_raw(
+        admin.addr,
+        request("POST", "/admin/reload", Some("admin.internal")).as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert!(!Arc::ptr_eq(&live.gateway(), &gw.gateway));
+    admin.stop().await;
+    gw.stop().await;
+}
+
+/// With `[admin]`, `/metrics` is the admin listener's: the main listener answers it 404 (JSON), unless
+/// `public_metrics = true`. Without `[admin]` the main listener serves it (`stats_after_a_known_workload`).
+#[tokio::test]
+async fn metrics_move_to_the_admin_listener_unless_public() {
+    let up = svc_upstream().await;
+    for public in [false, true] {
+        let file = format!(
+            "{}{}",
+            admin_section(&format!("public_metrics = {public}")),
+            routes(&[("/svc/", up.addr)])
+        );
+        let (gw, live) = live_gateway(&file).await;
+        let admin = start_admin(Admin::new(live)).await;
+        gw.post(MULTIPART, get_batch("b", &["/svc/1".to_owned()]))
+            .await
+            .parts();
+        let on_admin = admin.get("/metrics").await;
+        assert_eq!(on_admin.status, StatusCode::OK);
+        let text = std::str::from_utf8(&on_admin.body).unwrap();
+        assert_eq!(
+            metric(text, "batchgate_parts_total", &[("route", "/svc/")]),
+            1
+        );
+        let on_main = gw.request(Method::GET, "/metrics", &[], Bytes::new()).await;
+        if public {
+            assert_eq!(on_main.status, StatusCode::OK);
+            assert_eq!(on_main.body, on_admin.body);
+        } else {
+            assert_eq!(on_main.status, StatusCode::NOT_FOUND);
+            assert_eq!(on_main.headers["content-type"], "application/json");
+            assert!(!on_main.body.windows(10).any(|w| w == b"batchgate_"));
+        }
+        admin.stop().await;
+        gw.stop().await;
+    }
+}
+
+/// A batch of 1000 parts keeps only `stats_parts_per_batch` part timelines: `/admin/stats` shows 10 and
+/// counts the other 990 in `parts_omitted`, and its answer stays small (a few KiB, not one entry per part).
+#[tokio::test]
+async fn a_big_batchs_stats_stay_within_the_bound() {
+    let up = svc_upstream().await;
+    let file = format!(
+        "[limits]\nmax_parts = 1000\nwindow = 1000\n{}{}",
+        admin_section("stats_parts_per_batch = 10"),
+        routes(&[("/svc/", up.addr)])
+    );
+    let (gw, live) = live_gateway(&file).await;
+    let admin = start_admin(Admin::new(live)).await;
+    let targets: Vec<String> = (0..1000).map(|i| format!("/svc/{i}")).collect();
+    let parts = gw.post(MULTIPART, get_batch("b", &targets)).await.parts();
+    assert_eq!(parts.len(), 1000);
+
+    let reply = admin.get("/admin/stats").await;
+    let stats: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    let batch = &stats["batches"][0];
+    assert_eq!(batch["parts"].as_array().unwrap().len(), 10, "{batch}");
+    assert_eq!(batch["parts_omitted"], 990);
+    assert_eq!(batch["parts"][9]["index"], 9);
+    assert_eq!(
+        stats["routes"][0]["requests"], 1000,
+        "every part still counts"
+    );
+    // The route's 120-second series is most of it; 1000 parts' timelines would be over 100 KiB.
+    assert!(reply.body.len() < 24 * 1024, "{} bytes", reply.body.len());
+    admin.stop().await;
+    gw.stop().await;
+}
+
+/// `/admin/stats` shows each address of a route's upstreams: the one that refuses connections is ejected after
+/// `eject_after` failures, with why and from when until when; the other stays healthy.
+#[tokio::test]
+async fn stats_show_which_address_is_ejected_and_why() {
+    let up = svc_upstream().await;
+    let dead = dead_addr().await;
+    let file = format!(
+        "[upstream]\neject_after = 2\neject_for = \"30s\"\neject_max = \"60s\"\n{}\
+         [[routes]]\nprefix = \"/svc/\"\nupstreams = [\"http://{}\", \"http://{dead}\"]\n",
+        admin_section(""),
+        up.addr
+    );
+    let (gw, live) = live_gateway(&file).await;
+    let admin = start_admin(Admin::new(live)).await;
+    let upstreams = |stats: &serde_json::Value| stats["routes"][0]["upstreams"].clone();
+    let before = upstreams(&admin.stats().await);
+    assert_eq!(before.as_array().unwrap().len(), 2, "{before}");
+    for address in before.as_array().unwrap() {
+        assert_eq!(address["state"], "healthy", "{address}");
+        assert!(address["reason"].is_null());
+    }
+
+    let targets: Vec<String> = (0..4).map(|i| format!("/svc/{i}")).collect();
+    let statuses: Vec<u16> = gw
+        .post(MULTIPART, get_batch("b", &targets))
+        .await
+        .parts()
+        .iter()
+        .map(|p| p.status.as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 502).count(),
+        2,
+        "{statuses:?}"
+    );
+
+    let after = upstreams(&admin.stats().await);
+    let find = |addr: SocketAddr| {
+        after
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["address"] == addr.to_string())
+            .unwrap_or_else(|| panic!("{addr} not in {after}"))
+            .clone()
+    };
+    let healthy = find(up.addr);
+    assert_eq!(healthy["state"], "healthy", "{healthy}");
+    assert_eq!(healthy["upstream"], up.addr.to_string());
+    let ejected = find(dead);
+    assert_eq!(ejected["state"], "ejected", "{ejected}");
+    assert_eq!(ejected["ejections"], 1);
+    let reason = ejected["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("failed 2 times in a row") && reason.contains("30s"),
+        "{reason}"
+    );
+    let since = ejected["since_unix_ms"].as_u64().unwrap();
+    let until = ejected["until_unix_ms"].as_u64().unwrap();
+    assert!((29_000..=31_000).contains(&(until - since)), "{ejected}");
+    admin.stop().await;
+    gw.stop().await;
 }

@@ -2,7 +2,8 @@
 //! fixed limit and a few 503s, one with adaptive concurrency held low enough that parts queue for it), Debian's headless Chromium loads
 //! `/admin/dashboard` from the admin listener and lets it poll `/admin/stats` a few times; the DOM it dumps
 //! must show each route's charts with data, the tuning history, the bottlenecks section and the waterfall of a
-//! finished batch: 20 parts, each with its queued → sent → first byte → done → written segments.
+//! finished batch: 20 parts, each with its queued → sent → first byte → done → written segments; and each
+//! upstream address's health: `/search/` has a second address that refuses connections, shown ejected and why.
 //!
 //! It also takes a 1280x1000 screenshot; with `BATCHGATE_SCREENSHOT=path` set it is copied there (the README's
 //! `docs/dashboard.png` comes from `BATCHGATE_SCREENSHOT=docs/dashboard.png cargo test --test
@@ -118,8 +119,12 @@ async fn the_dashboard_draws_routes_tuning_and_a_waterfall() {
     }
     let search_slowdown = Arc::new(AtomicU64::new(0));
     let (mail, search) = upstreams(search_slowdown.clone()).await;
+    // Ejected after its first three parts, for longer than the test runs: no probe of it turns up in the
+    // batch the waterfall shows.
+    let dead = dead_addr().await;
     let config = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n{}[[routes]]\nprefix = \"/search/\"\nupstream = \"http://{}\"\n\
+        "[upstream]\neject_for = \"5m\"\neject_max = \"5m\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\
+         [[routes]]\nprefix = \"/search/\"\nupstreams = [\"http://{}\", \"http://{dead}\"]\n\
          adaptive_concurrency = {{ min = 2, max = 4 }}\n",
         routes(&[("/mail/", mail.addr)]),
         search.addr
@@ -242,7 +247,41 @@ async fn the_dashboard_draws_routes_tuning_and_a_waterfall() {
             "{name}: a line is drawn: {card}"
         );
     }
+    // Each address of each route, with its state; the dead one of /search/ ejected, saying why.
+    let search_card = routes_html.split("class=\"route\"").nth(2).unwrap();
+    let addresses = tags(search_card, "class=\"address\"");
+    let states: Vec<(String, String)> = addresses
+        .iter()
+        .map(|t| {
+            (
+                attr(t, "data-address").unwrap(),
+                attr(t, "data-state").unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (search.addr.to_string(), "healthy".to_owned()),
+            (dead.to_string(), "ejected".to_owned())
+        ],
+        "{search_card}"
+    );
+    let ejected = search_card.split("class=\"address\"").nth(2).unwrap();
+    let reason = inside(ejected, "class=\"reason\"", "</span>");
+    assert!(
+        reason.contains("failed 3 times in a row") && reason.contains(" until "),
+        "{reason}"
+    );
     let mail_card = routes_html.split("class=\"route\"").nth(1).unwrap();
+    assert_eq!(
+        tags(mail_card, "class=\"address\"")
+            .iter()
+            .map(|t| attr(t, "data-state").unwrap())
+            .collect::<Vec<_>>(),
+        ["healthy"],
+        "{mail_card}"
+    );
     let errors = tags(mail_card, "data-metric=\"errors\"");
     assert!(
         number(errors[0], "data-total") >= 1.0,
@@ -298,7 +337,8 @@ async fn the_dashboard_draws_routes_tuning_and_a_waterfall() {
         let route = attr(head, "data-route").unwrap();
         assert_eq!(route, if i % 10 < 7 { "/mail/" } else { "/search/" });
         let status = attr(head, "data-status").unwrap();
-        assert!(status == "200" || status == "503", "{head}");
+        // 503: the mail upstream's own; 502: a part the dead /search/ address took before its ejection.
+        assert!(["200", "503", "502"].contains(&status.as_str()), "{head}");
         let body = &part[..part.find("</g>").unwrap()];
         let segments: Vec<String> = tags(body, "class=\"seg ")
             .iter()

@@ -25,6 +25,7 @@ use http_body::Body;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::config::AccessLog;
 use crate::error::BatchError;
 use crate::gateway::Gateway;
 use crate::observe::trace::TraceContext;
@@ -43,7 +44,9 @@ where
 {
     let arrival = Instant::now();
     let (head, body) = request.into_parts();
-    let timeline = gateway.observer.batch(peer, arrival);
+    let timeline = gateway
+        .observer
+        .batch(peer, arrival, gateway.config.stats_parts_per_batch());
     let span = tracing::info_span!(
         "batch",
         id = timeline.id,
@@ -70,6 +73,7 @@ where
         batch: timeline.clone(),
         global: gateway.global_inflight(),
         span: span.clone(),
+        access_parts: gateway.config.access_log == AccessLog::Parts,
     };
     let (feed, answers) = run::start(
         run::Settings::new(limits, arrival),

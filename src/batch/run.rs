@@ -152,6 +152,8 @@ pub struct Telemetry {
     pub global: Arc<Semaphore>,
     /// The batch's span: each part's is a child of it.
     pub span: tracing::Span,
+    /// `access_log = "parts"`: an access line per part.
+    pub access_parts: bool,
 }
 
 /// A running part: its index, and its route's answer.
@@ -167,6 +169,14 @@ struct Slot {
     /// The part's span: disabled unless part spans are on (`batchgate=debug`).
     span: tracing::Span,
     state: SlotState,
+    /// With `access_log = "parts"`: what the part's access line names besides its outcome.
+    access: Option<PartAccess>,
+}
+
+/// A part's place and request (`None`: refused before its request was read), for its access line.
+struct PartAccess {
+    index: usize,
+    request: Option<(http::Method, http::uri::PathAndQuery)>,
 }
 
 enum SlotState {
@@ -261,6 +271,15 @@ impl Scheduler {
             Work::Forward(forward) => Some(forward.request.method.clone()),
             Work::Refused(_) => None,
         };
+        let access = self.telemetry.access_parts.then(|| PartAccess {
+            index,
+            request: match &work {
+                Work::Forward(forward) => {
+                    Some((forward.request.method.clone(), forward.request.path.clone()))
+                }
+                Work::Refused(_) => None,
+            },
+        });
         let timeline = self.telemetry.batch.part(route.clone(), method);
         let mut slot = Slot {
             seat,
@@ -269,6 +288,7 @@ impl Scheduler {
             timeline,
             span: tracing::Span::none(),
             state: SlotState::Running,
+            access,
         };
         let mut run = None;
         let refused = match work {
@@ -371,6 +391,7 @@ impl Scheduler {
             content_id,
             timeline,
             span,
+            access,
             ..
         } = slot;
         let content_id = content_id.as_ref();
@@ -389,6 +410,25 @@ impl Scheduler {
             {
                 span.record("upstream", tracing::field::display(peer));
             }
+        }
+        if let Some(access) = access {
+            let upstream = result.as_ref().ok().and_then(|r| r.peer);
+            let (method, path) = match &access.request {
+                Some((method, path)) => (method.as_str(), path.as_str()),
+                None => ("-", "-"),
+            };
+            // `path`, not `target`: a JSON line's `target` is the log target's.
+            tracing::info!(
+                target: "batchgate::access",
+                index = access.index,
+                method,
+                path,
+                route = &**route,
+                upstream = upstream.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+                status = status.as_u16(),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                "part"
+            );
         }
         telemetry.observer.record(
             route,
@@ -661,9 +701,11 @@ mod tests {
                 1,
                 Instant::now(),
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
+                usize::MAX,
             )),
             global: Arc::new(Semaphore::new(16)),
             span: tracing::Span::none(),
+            access_parts: false,
         };
         let (feed, out) = start(settings, ReplyWriter::new(), telemetry);
         (feed, out, metrics)

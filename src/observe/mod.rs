@@ -1,8 +1,10 @@
 //! What the gateway knows about its own recent behaviour, for operators: per-route windows of the last two
 //! minutes ([`window`]), the bottlenecks they show ([`detect`]), the concurrency limit's changes, and the last
-//! batches with a timeline per part ([`timeline`]). `/admin/stats` and `/admin/dashboard` read it.
+//! batches with a timeline per part ([`timeline`]), each upstream address's passive health ([`health`]).
+//! `/admin/stats` and `/admin/dashboard` read it.
 
 pub mod detect;
+pub mod health;
 pub mod timeline;
 pub mod trace;
 pub mod window;
@@ -16,6 +18,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use health::AddressHealth;
 use timeline::{BatchTimeline, BatchView};
 use window::{Point, RouteWindow, Sample, Summary};
 
@@ -74,6 +77,8 @@ pub struct RouteStats {
     pub bottleneck: Option<detect::Bottleneck>,
     /// The last 120 seconds, oldest first.
     pub series: Vec<Point>,
+    /// Each address of the route's upstreams: in rotation or ejected, and why.
+    pub upstreams: Vec<AddressHealth>,
 }
 
 /// What a route is, for its stats.
@@ -82,6 +87,7 @@ pub struct RouteState {
     pub route: String,
     pub in_flight: usize,
     pub adaptive: bool,
+    pub upstreams: Vec<AddressHealth>,
 }
 
 /// The whole of `/admin/stats`.
@@ -120,10 +126,10 @@ impl Observer {
         self.window(route).set_limit(limit);
     }
 
-    /// A new batch's timeline, kept among the recent ones.
-    pub fn batch(&self, peer: IpAddr, arrival: Instant) -> Arc<BatchTimeline> {
+    /// A new batch's timeline, kept among the recent ones with its first `keep_parts` parts'.
+    pub fn batch(&self, peer: IpAddr, arrival: Instant, keep_parts: usize) -> Arc<BatchTimeline> {
         let id = self.next_batch.fetch_add(1, Ordering::Relaxed);
-        let batch = Arc::new(BatchTimeline::new(id, arrival, peer));
+        let batch = Arc::new(BatchTimeline::new(id, arrival, peer, keep_parts));
         let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
         if batches.len() == RECENT_BATCHES {
             batches.pop_front();
@@ -185,6 +191,7 @@ impl Observer {
                     in_flight: state.in_flight,
                     bottleneck,
                     series: window.series(now, window::SECONDS as u64),
+                    upstreams: state.upstreams.clone(),
                 }
             })
             .collect();

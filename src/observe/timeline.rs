@@ -1,6 +1,10 @@
 //! Where each part of a recent batch spent its time: queued, sent, first byte, done and written, in
 //! microseconds from the batch's arrival. The stages set their own mark; `/admin/stats` and the dashboard's
 //! waterfall read them.
+//!
+//! A batch keeps the timelines of its first `admin.stats_parts_per_batch` parts only, so the recent batches
+//! hold bounded memory and `/admin/stats` answers a bounded size whatever `limits.max_parts` is; the others
+//! are counted, and their statuses still count in the access line.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
@@ -29,7 +33,12 @@ pub struct PartTimeline {
     status: AtomicU16,
     /// Microseconds spent waiting for permits (the batch's concurrency, the route's and the gateway's).
     waited: AtomicU32,
+    /// The batch's count of parts by status class, which this part's status joins.
+    statuses: Arc<StatusClasses>,
 }
+
+/// Parts answered, by status class (`[0]` unused, `[1]` 1xx ... `[5]` 5xx and above).
+type StatusClasses = [AtomicU32; 6];
 
 /// The stages a part goes through.
 #[derive(Debug, Clone, Copy)]
@@ -47,8 +56,14 @@ pub enum Mark {
 }
 
 impl PartTimeline {
-    fn new(arrival: Instant, route: Arc<str>, method: Option<Method>) -> PartTimeline {
+    fn new(
+        arrival: Instant,
+        route: Arc<str>,
+        method: Option<Method>,
+        statuses: Arc<StatusClasses>,
+    ) -> PartTimeline {
         PartTimeline {
+            statuses,
             arrival,
             route,
             method,
@@ -75,8 +90,11 @@ impl PartTimeline {
         let _ = slot.compare_exchange(UNSET, micros, Ordering::Relaxed, Ordering::Relaxed);
     }
 
+    /// The status the client got; set once, when the part is answered.
     pub fn set_status(&self, status: u16) {
         self.status.store(status, Ordering::Relaxed);
+        let class = usize::from(status / 100).clamp(1, 5);
+        self.statuses[class].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Time from the part's start (`Queued`) until now.
@@ -134,7 +152,12 @@ pub struct BatchTimeline {
     arrival: Instant,
     arrived_at: SystemTime,
     peer: IpAddr,
+    /// The first `keep` parts' timelines.
     parts: Mutex<Vec<std::sync::Arc<PartTimeline>>>,
+    keep: usize,
+    /// Parts past `keep`: timed while they run, not kept.
+    omitted: AtomicU32,
+    statuses: Arc<StatusClasses>,
     /// Microseconds from arrival until the reply's last byte was handed over; 0 while in progress.
     finished: AtomicU64,
     /// The outer status: 200, or a refusal's.
@@ -142,22 +165,36 @@ pub struct BatchTimeline {
 }
 
 impl BatchTimeline {
-    pub fn new(id: u64, arrival: Instant, peer: IpAddr) -> BatchTimeline {
+    /// A batch that keeps the timelines of its first `keep` parts.
+    pub fn new(id: u64, arrival: Instant, peer: IpAddr, keep: usize) -> BatchTimeline {
         BatchTimeline {
             id,
             arrival,
             arrived_at: SystemTime::now(),
             peer,
             parts: Mutex::new(Vec::new()),
+            keep,
+            omitted: AtomicU32::new(0),
+            statuses: Arc::default(),
             finished: AtomicU64::new(0),
             status: AtomicU16::new(0),
         }
     }
 
-    /// A part's timeline, added in request order.
+    /// A part's timeline, added in request order (kept among the batch's if there is room).
     pub fn part(&self, route: Arc<str>, method: Option<Method>) -> std::sync::Arc<PartTimeline> {
-        let part = std::sync::Arc::new(PartTimeline::new(self.arrival, route, method));
-        self.lock().push(part.clone());
+        let part = std::sync::Arc::new(PartTimeline::new(
+            self.arrival,
+            route,
+            method,
+            self.statuses.clone(),
+        ));
+        let mut parts = self.lock();
+        if parts.len() < self.keep {
+            parts.push(part.clone());
+        } else {
+            self.omitted.fetch_add(1, Ordering::Relaxed);
+        }
         part
     }
 
@@ -178,13 +215,15 @@ impl BatchTimeline {
         self.parts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The parts' statuses by class, as `2xx=18 4xx=2`.
+    /// The parts' statuses by class, as `2xx=18 4xx=2` (all parts, kept or not).
     pub fn status_counts(&self) -> String {
-        let mut counts = [0usize; 6];
-        for part in self.lock().iter() {
-            let status = part.status.load(Ordering::Relaxed) as usize;
-            counts[(status / 100).min(5)] += 1;
-        }
+        let mut counts: Vec<u32> = self
+            .statuses
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect();
+        let started = self.lock().len() as u32 + self.omitted.load(Ordering::Relaxed);
+        counts[0] = started.saturating_sub(counts.iter().sum());
         let mut out = String::new();
         for (class, n) in counts.iter().enumerate().skip(1).filter(|(_, n)| **n > 0) {
             if !out.is_empty() {
@@ -213,6 +252,7 @@ impl BatchTimeline {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             peer: self.peer.to_string(),
+            parts_omitted: self.omitted.load(Ordering::Relaxed),
             status: (status != 0).then_some(status),
             duration_ms: self.duration_ms(),
             parts: self
@@ -231,6 +271,8 @@ pub struct BatchView {
     pub id: u64,
     pub arrived_unix_ms: u64,
     pub peer: String,
+    /// Parts past `admin.stats_parts_per_batch`, not in `parts`.
+    pub parts_omitted: u32,
     pub status: Option<u16>,
     pub duration_ms: Option<f64>,
     pub parts: Vec<PartView>,
@@ -248,4 +290,26 @@ pub struct PartView {
     pub first_byte: Option<f64>,
     pub done: Option<f64>,
     pub written: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past `keep`, parts are timed but not kept: the view holds `keep` parts and counts the rest, and the
+    /// access line's status counts still cover every part.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_keeps_its_first_parts_and_counts_the_rest() {
+        let batch = BatchTimeline::new(1, Instant::now(), IpAddr::from([127, 0, 0, 1]), 2);
+        let parts: Vec<_> = (0..5)
+            .map(|_| batch.part(Arc::from("/a/"), Some(Method::GET)))
+            .collect();
+        for (part, status) in parts.iter().zip([200, 404, 200, 503]) {
+            part.set_status(status);
+        }
+        let view = batch.view();
+        assert_eq!(view.parts.len(), 2);
+        assert_eq!(view.parts_omitted, 3);
+        assert_eq!(batch.status_counts(), "2xx=2 4xx=1 5xx=1 unanswered=1");
+    }
 }

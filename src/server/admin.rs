@@ -1,15 +1,21 @@
 //! The operators' listener (`[admin]`): plain HTTP/1.1 on an address of its own, apart from the batch
 //! endpoint's, serving
 //!
-//! - `GET /metrics`: the same OpenMetrics text as the main listener's `/metrics`;
-//! - `GET /admin/stats`: [`crate::observe::Stats`] as JSON (per-route figures and series, bottlenecks, the
-//!   tuning history, the last batches' timelines);
+//! - `GET /metrics`: the OpenMetrics text (the main listener serves it too only without `[admin]`, or with
+//!   `admin.public_metrics`);
+//! - `GET /admin/stats`: [`crate::observe::Stats`] as JSON (per-route figures and series, each upstream
+//!   address's health, bottlenecks, the tuning history, the last batches' timelines);
 //! - `GET /admin/dashboard`: one self-contained HTML page that polls `/admin/stats` every second and draws it;
 //! - `POST /admin/reload`: reloads the config file like SIGHUP does, and says what happened;
 //! - `GET /healthz`: 200 while the process serves.
 //!
 //! Anything else is a JSON 404 (a known path with another method, 405). Every request reads the gateway
 //! current then (a reload swaps it, the admin listener follows).
+//!
+//! A request must name this listener in its `Host`: the address the client connected to, a loopback name
+//! (`localhost`, `127.0.0.1`, `[::1]`, any port) or one of `admin.allowed_hosts`; any other is answered 421
+//! and logged. So a page under a DNS-rebinding name, which the browser sends as `Host`, cannot read the stats
+//! or reload the gateway.
 //!
 //! It is small and bounded on purpose: [`AdminLimits`] caps connections (one over the cap gets a 503 and is
 //! closed), the time to send a request head or body, the time a stalled write may take, and request bodies
@@ -18,6 +24,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +33,7 @@ use bytes::Bytes;
 use http::header::{
     ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, ORIGIN,
 };
+use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -186,6 +194,10 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Ou
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // The address this client reached: the listener's own, even when it is bound to 0.0.0.0.
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
         let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
         let builder = builder.clone();
         let admin = admin.clone();
@@ -193,7 +205,7 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Ou
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(request).await) }
+                async move { Ok::<_, Infallible>(admin.handle(request, peer, local).await) }
             });
             let connection = builder.serve_connection(io, service);
             tokio::pin!(connection);
@@ -224,8 +236,24 @@ retry-after: 1\r\nconnection: close\r\ncontent-length: 89\r\n\r\n\
 {\"error\":{\"code\":503,\"message\":\"the admin listener has all its connections busy; retry\"}}";
 
 impl Admin {
-    async fn handle(&self, request: Request<Incoming>) -> Response<ReplyBody> {
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Response<ReplyBody> {
         let (head, body) = request.into_parts();
+        let gateway = self.live.gateway();
+        let allowed: &[String] = gateway
+            .config
+            .admin
+            .as_ref()
+            .map_or(&[], |admin| &admin.allowed_hosts);
+        if let Err(refused) = check_host(&head, local, allowed) {
+            tracing::warn!(%peer, path = head.uri.path(), "admin: request refused: {refused}");
+            return closing(error(StatusCode::MISDIRECTED_REQUEST, refused));
+        }
+        drop(gateway);
         // No admin endpoint takes a body: read what there is (within bounds) so the connection can be reused.
         let max = self.limits.max_body_bytes;
         let declared = head
@@ -331,7 +359,7 @@ impl Admin {
                     .collect();
                 tracing::info!(
                     %path,
-                    ?routes,
+                    routes = %serde_json::to_string(&routes).unwrap_or_default(),
                     "config reloaded: new batches and connections use it; batches in flight finish as they began"
                 );
                 json(
@@ -361,6 +389,58 @@ impl Admin {
             }
         }
     }
+}
+
+/// Checks the names a request gives for this listener (its `Host`, and the authority of an absolute-form
+/// target): each must be the address the client connected to, a loopback name, or in `allowed`
+/// (`admin.allowed_hosts`). A DNS-rebinding page reaches the listener under a name of its own, which the
+/// browser sends as `Host`: refusing it keeps that page from reading the stats or reloading.
+fn check_host(
+    head: &http::request::Parts,
+    local: SocketAddr,
+    allowed: &[String],
+) -> Result<(), String> {
+    let Some(host) = head.headers.get(HOST) else {
+        return Err("a Host header is required".to_owned());
+    };
+    let host = host.to_str().ok().and_then(|h| h.parse::<Authority>().ok());
+    let Some(host) = host.filter(|h| !h.as_str().contains('@')) else {
+        return Err(format!(
+            "Host {:?} is not a host name",
+            String::from_utf8_lossy(head.headers[HOST].as_bytes())
+        ));
+    };
+    for name in std::iter::once(&host).chain(head.uri.authority()) {
+        if !host_allowed(name, local, allowed) {
+            return Err(format!(
+                "Host {name} is not this admin listener's address, a loopback name or one of \
+                 admin.allowed_hosts"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn host_allowed(name: &Authority, local: SocketAddr, allowed: &[String]) -> bool {
+    let host = name.host();
+    let ip = host
+        .trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .ok();
+    if host.eq_ignore_ascii_case("localhost") || ip.is_some_and(|ip| ip.is_loopback()) {
+        return true;
+    }
+    if ip == Some(local.ip()) && name.port_u16().is_none_or(|port| port == local.port()) {
+        return true;
+    }
+    allowed.iter().any(|entry| {
+        entry.parse::<Authority>().is_ok_and(|entry| {
+            entry.host().eq_ignore_ascii_case(host)
+                && entry
+                    .port_u16()
+                    .is_none_or(|port| name.port_u16() == Some(port))
+        })
+    })
 }
 
 /// A `POST` a page on another origin made the browser send (a form, a `fetch` in `no-cors` mode): refused

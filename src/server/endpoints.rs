@@ -1,6 +1,6 @@
 //! The gateway's endpoints: the batch endpoint (with CORS when `[cors]` is set), `/healthz` (liveness),
-//! `/readyz` (readiness) and `/metrics` (also served by the admin listener, [`super::admin`]); with `--demo`, the
-//! inbox page at `/` and `/batchgate.js`.
+//! `/readyz` (readiness) and `/metrics` (also served by the admin listener, [`super::admin`]; with `[admin]`,
+//! only there unless `admin.public_metrics`); with `--demo`, the inbox page at `/` and `/batchgate.js`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,7 +39,9 @@ pub async fn dispatch(
         cors.decorate(origin.as_ref(), response.headers_mut());
         return response;
     }
-    if path == "/metrics" && request.method() == Method::GET {
+    // With `[admin]`, metrics are the operators' (the admin listener's) unless `admin.public_metrics`: they
+    // name routes and show traffic. Otherwise a 404, as for any path the gateway does not serve.
+    if path == "/metrics" && request.method() == Method::GET && gateway.config.public_metrics() {
         return metrics(gateway);
     }
     if path == "/healthz" && matches!(*request.method(), Method::GET | Method::HEAD) {

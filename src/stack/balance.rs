@@ -338,6 +338,27 @@ fn is_ip(host: &str) -> bool {
         .is_ok()
 }
 
+impl Balancer {
+    /// Each address's passive health now, for `/admin/stats` (read-only).
+    pub fn health(&self) -> Vec<crate::observe::health::AddressHealth> {
+        let now = Instant::now();
+        self.shared
+            .endpoints()
+            .iter()
+            .map(|e| {
+                crate::observe::health::AddressHealth::describe(
+                    &e.label,
+                    e.addr,
+                    e.health_view(),
+                    e.in_flight.load(Ordering::Relaxed),
+                    &self.shared.settings.upstream,
+                    now,
+                )
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;

@@ -344,3 +344,16 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+impl Endpoint {
+    /// A copy of its passive health now, for `/admin/stats` (read-only).
+    pub fn health_view(&self) -> crate::observe::health::HealthView {
+        let health = self.health();
+        crate::observe::health::HealthView {
+            failures: health.failures,
+            ejections: health.ejections,
+            ejected_until: health.ejected_until,
+            probing: health.probing,
+        }
+    }
+}
