@@ -388,6 +388,21 @@ pub enum Balance {
     RoundRobin,
 }
 
+/// The HTTP version a route speaks to its upstreams (`http_version`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum HttpVersion {
+    /// Over http, HTTP/1.1; over https, ALPN offers h2 and HTTP/1.1 and the upstream chooses.
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// HTTP/1.1 only; over https, ALPN offers only `http/1.1` (for upstreams whose HTTP/2 misbehaves).
+    #[serde(rename = "1.1")]
+    Http1,
+    /// HTTP/2 only: with prior knowledge over http, as the only ALPN offer over https.
+    #[serde(rename = "2")]
+    Http2,
+}
+
 /// Which outer (batch) headers every part inherits. Hop-by-hop headers, `Content-*`, `Host`, `Expect`,
 /// `Accept-Encoding` and the forwarding headers are never inherited, whatever these lists say.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -427,10 +442,9 @@ pub struct RouteConfig {
     /// Extra tries for idempotent parts, within the retry budget.
     #[serde(default)]
     pub retries: u32,
-    /// Speak HTTP/2 to this route's upstreams: with prior knowledge over http, as the only ALPN offer over
-    /// https (which otherwise offers h2 and HTTP/1.1 and lets the upstream choose).
+    /// The HTTP version spoken to this route's upstreams.
     #[serde(default)]
-    pub http2: bool,
+    pub http_version: HttpVersion,
     /// Overrides `limits.part_timeout` for this route.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub timeout: Option<Duration>,

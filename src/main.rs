@@ -266,7 +266,7 @@ impl Overrides {
 fn log_routes(config: &Config) {
     for route in &config.routes {
         let upstreams: Vec<&String> = route.upstream.iter().chain(&route.upstreams).collect();
-        tracing::info!(prefix = %route.prefix, ?upstreams, http2 = route.http2, "route");
+        tracing::info!(prefix = %route.prefix, ?upstreams, http_version = ?route.http_version, "route");
     }
 }
 

@@ -625,6 +625,7 @@ mod tests {
                     batch: scope,
                     accepts: None,
                     tried: None,
+                    deadline: None,
                     timeline: None,
                     span: tracing::Span::none(),
                 }),
