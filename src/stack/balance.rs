@@ -249,6 +249,13 @@ impl Service<PartRequest> for Balancer {
                         .any(|e| e.origin == endpoint.origin && !tried.contains(&e.addr)))
                 .then(|| request.try_clone());
                 let (index, deadline) = (request.index, request.deadline.clone());
+                // Its time already spent before it could be sent (waiting for a permit): that says nothing
+                // about the address, which is not tried.
+                if let Some(deadline) = &deadline
+                    && deadline.at <= Instant::now()
+                {
+                    return Err(deadline.elapsed(index, endpoint.label.to_string()));
+                }
                 let attempt = Attempt::new(&this.shared, &endpoint, deadline.as_ref());
                 let sent = endpoint.send(request);
                 let result = match &deadline {
