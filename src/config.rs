@@ -437,6 +437,21 @@ pub enum Balance {
     RoundRobin,
 }
 
+/// The HTTP version a route speaks to its upstreams (`http_version`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum HttpVersion {
+    /// Over http, HTTP/1.1; over https, ALPN offers h2 and HTTP/1.1 and the upstream chooses.
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// HTTP/1.1 only; over https, ALPN offers only `http/1.1` (for upstreams whose HTTP/2 misbehaves).
+    #[serde(rename = "1.1")]
+    Http1,
+    /// HTTP/2 only: with prior knowledge over http, as the only ALPN offer over https.
+    #[serde(rename = "2")]
+    Http2,
+}
+
 /// Which outer (batch) headers every part inherits. Hop-by-hop headers, `Content-*`, `Host`, `Expect`,
 /// `Accept-Encoding` and the forwarding headers are never inherited, whatever these lists say.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -476,10 +491,12 @@ pub struct RouteConfig {
     /// Extra tries for idempotent parts, within the retry budget.
     #[serde(default)]
     pub retries: u32,
-    /// Speak HTTP/2 to this route's upstreams: with prior knowledge over http, as the only ALPN offer over
-    /// https (which otherwise offers h2 and HTTP/1.1 and lets the upstream choose).
+    /// The HTTP version spoken to this route's upstreams.
     #[serde(default)]
-    pub http2: bool,
+    pub http_version: HttpVersion,
+    /// The key `http_version` replaced: read only to refuse it with a message saying what to write instead.
+    #[serde(default)]
+    http2: Option<bool>,
     /// Overrides `limits.part_timeout` for this route.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub timeout: Option<Duration>,
@@ -934,6 +951,12 @@ impl Config {
     fn validate_routes(&self) -> Result<(), ConfigError> {
         for (i, route) in self.routes.iter().enumerate() {
             check_path(&format!("routes[{i}].prefix"), &route.prefix)?;
+            if let Some(http2) = route.http2 {
+                let instead = if http2 { "\"2\"" } else { "\"auto\"" };
+                return Err(invalid(format!(
+                    "routes[{i}].http2 was replaced by http_version: write http_version = {instead}"
+                )));
+            }
             if self.routes[..i].iter().any(|r| r.prefix == route.prefix) {
                 return Err(invalid(format!(
                     "routes[{i}].prefix {:?} is configured twice",
@@ -1502,6 +1525,11 @@ upstream = "http://127.0.0.1:9001"
     #[test]
     fn bad_values_name_their_key() {
         refused("[limits]\nconcurrency = 0", "limits.concurrency", &[]);
+        refused(
+            "[[routes]]\nprefix = \"/a/\"\nupstream = \"http://a\"\nhttp2 = true",
+            "routes[0].http2",
+            &["http_version = \"2\""],
+        );
         refused(
             "[[routes]]\nprefix = \"/a/\"\nupstream = \"gopher://x\"",
             "routes[0].upstream",

@@ -141,11 +141,13 @@ pub enum PartError {
         upstream: String,
         reason: String,
     },
-    #[error("part {index}: upstream {upstream} did not answer within {after:?} (part_timeout)")]
+    #[error("part {index}: upstream {upstream} did not answer within {after:?} ({key})")]
     Timeout {
         index: usize,
         upstream: String,
         after: Duration,
+        /// The key whose time ran out (`routes[2].timeout`, `limits.part_timeout`), or a try's share of it.
+        key: String,
     },
     #[error(
         "part {index}: upstream {upstream} response is larger than limits.max_response_bytes = {limit}"

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, HttpVersion};
 use crate::error::BatchError;
 use crate::headers::HeaderRules;
 use crate::metrics::{Gauges, Metrics};
@@ -51,9 +51,22 @@ impl Gateway {
         Gateway::build(config, Arc::default(), Arc::default())
     }
 
-    /// A gateway for a reloaded config that goes on counting into `previous`'s metrics and observations.
+    /// A gateway for a reloaded config that goes on counting into `previous`'s metrics and observations, and
+    /// keeps the passive health of the upstream addresses that stay.
     pub fn succeeding(config: Config, previous: &Gateway) -> Result<Gateway, ConfigError> {
-        Gateway::build(config, previous.metrics.clone(), previous.observer.clone())
+        let next = Gateway::build(config, previous.metrics.clone(), previous.observer.clone())?;
+        next.carry_health(previous);
+        Ok(next)
+    }
+
+    /// Each route's balancer takes over the health of the same route's addresses in `previous` (by prefix):
+    /// an ejected address stays ejected, an address on probation stays so.
+    fn carry_health(&self, previous: &Gateway) {
+        for (prefix, balancer) in &self.balancers {
+            if let Some((_, before)) = previous.balancers.iter().find(|(p, _)| p == prefix) {
+                balancer.carry_health(before);
+            }
+        }
     }
 
     fn build(
@@ -86,7 +99,7 @@ impl Gateway {
                         key: &key,
                         ca_file,
                         client_cert,
-                        http2_only: route.http2,
+                        http_version: route.http_version,
                     }
                     .config()?,
                 )
@@ -113,7 +126,7 @@ impl Gateway {
                 route.balance,
                 EndpointSettings {
                     upstream: config.upstream.clone(),
-                    http2_prior_knowledge: route.http2,
+                    http2_prior_knowledge: route.http_version == HttpVersion::Http2,
                     max_response_bytes: limits.max_response_bytes,
                     metrics: metrics.clone(),
                     route: Arc::from(route.prefix.as_str()),
@@ -135,6 +148,10 @@ impl Gateway {
             let service = RouteStack {
                 upstream: Arc::from(label.join(", ")),
                 timeout: route.timeout.unwrap_or(limits.part_timeout),
+                timeout_key: Arc::from(match route.timeout {
+                    Some(_) => format!("routes[{i}].timeout"),
+                    None => "limits.part_timeout".to_owned(),
+                }),
                 strip_cookies: route.strip_cookies,
                 mapping: Mapping {
                     prefix: route.prefix.clone(),

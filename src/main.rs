@@ -273,7 +273,7 @@ fn log_routes(config: &Config) {
     for route in &config.routes {
         let upstreams: Vec<&String> = route.upstream.iter().chain(&route.upstreams).collect();
         let upstreams = serde_json::to_string(&upstreams).unwrap_or_default();
-        tracing::info!(prefix = %route.prefix, %upstreams, http2 = route.http2, "route");
+        tracing::info!(prefix = %route.prefix, %upstreams, http_version = ?route.http_version, "route");
     }
 }
 

@@ -10,7 +10,7 @@ use rustls::server::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{ConfigError, TlsConfig};
+use crate::config::{ConfigError, HttpVersion, TlsConfig};
 use crate::transport::system_roots;
 
 pub use crate::transport::provider;
@@ -43,8 +43,8 @@ pub struct ClientTls<'a> {
     pub key: &'a str,
     pub ca_file: Option<&'a Path>,
     pub client_cert: Option<(&'a Path, &'a Path)>,
-    /// Offer only h2 in ALPN; otherwise h2 and HTTP/1.1, the upstream choosing.
-    pub http2_only: bool,
+    /// What ALPN offers: h2, http/1.1, or both with the upstream choosing.
+    pub http_version: HttpVersion,
 }
 
 impl ClientTls<'_> {
@@ -74,10 +74,10 @@ impl ClientTls<'_> {
                     ConfigError::Invalid(format!("{}.client_cert and client_key: {e}", self.key))
                 })?,
         };
-        config.alpn_protocols = if self.http2_only {
-            vec![b"h2".to_vec()]
-        } else {
-            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        config.alpn_protocols = match self.http_version {
+            HttpVersion::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            HttpVersion::Http1 => vec![b"http/1.1".to_vec()],
+            HttpVersion::Http2 => vec![b"h2".to_vec()],
         };
         Ok(Arc::new(config))
     }

@@ -15,10 +15,20 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+/// The one crypto provider, passed to every configuration explicitly rather than installed process-wide, so
+/// that a dependent that installs another (or enables rustls's aws-lc-rs too) changes nothing here.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .get_or_init(|| {
+            // rustls 0.23.48 deprecates this constructor ("no support for post-quantum algorithms") without
+            // a replacement for ring: the provider's random source and key loader are private, so it cannot
+            // be assembled from public parts. The only non-deprecated providers are aws-lc-rs, or the
+            // process default chosen from crate features, which panics when a dependent enables both.
+            #[allow(deprecated)]
+            let ring = rustls::crypto::ring::default_provider();
+            Arc::new(ring)
+        })
         .clone()
 }
 

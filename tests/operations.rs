@@ -144,7 +144,11 @@ async fn h2_upstream() -> std::net::SocketAddr {
 #[tokio::test]
 async fn a_route_can_speak_http2_to_its_upstream() {
     let up = h2_upstream().await;
-    let gw = gateway(&format!("{}http2 = true\n", routes(&[("/h2/", up)]))).await;
+    let gw = gateway(&format!(
+        "{}http_version = \"2\"\n",
+        routes(&[("/h2/", up)])
+    ))
+    .await;
     let targets: Vec<String> = (0..10).map(|i| format!("/h2/{i}")).collect();
     let parts = gw
         .post("multipart/mixed; boundary=b", get_batch("b", &targets))

@@ -1,6 +1,6 @@
 //! Upstreams end to end over loopback: HTTPS (SNI, ALPN, certificate checks, mTLS) with certificates made
-//! here by a test CA, absolute-form https targets, balancing, passive health, retries and their budget, path
-//! rewriting, host names and the route timeout.
+//! here by a test CA, absolute-form https targets, the HTTP version per route, balancing, passive health (also
+//! over a reload), retries and their budget, path rewriting, host names and the route timeout and its tries.
 
 mod support;
 
@@ -915,40 +915,173 @@ async fn an_upstream_named_localhost_is_reached() {
     assert!(gw.gateway.unready_routes().is_empty());
 }
 
-/// The route `timeout` bounds all tries together: hanging or slow-503 upstreams give a 504 at the timeout.
-#[tokio::test]
-async fn the_route_timeout_bounds_all_tries() {
+/// The route `timeout` bounds all tries together, shared evenly: three tries at an upstream that never answers
+/// take 100 ms, about 100 ms and the rest, and the part is a 504 at 300 ms naming the key.
+#[tokio::test(start_paused = true)]
+async fn the_route_timeout_bounds_all_tries_and_each_try_has_a_share() {
     let hanging = upstream(|_| std::future::pending()).await;
-    let slow_503 = upstream(|_| async {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        text(StatusCode::SERVICE_UNAVAILABLE, "later")
-    })
-    .await;
     let gw = gateway(&format!(
         "[upstream]\neject_after = 1000\nretry_backoff = \"1ms\"\n\
-         [[routes]]\nprefix = \"/hang/\"\nupstream = \"http://{}\"\nretries = 2\ntimeout = \"300ms\"\n\
-         [[routes]]\nprefix = \"/slow/\"\nupstream = \"http://{}\"\nretries = 2\ntimeout = \"500ms\"\n",
-        hanging.addr, slow_503.addr
+         [[routes]]\nprefix = \"/hang/\"\nupstream = \"http://{}\"\nretries = 2\ntimeout = \"300ms\"\n",
+        hanging.addr
     ))
     .await;
-    let start = Instant::now();
+    let start = tokio::time::Instant::now();
     let parts = run(&gw, &[get("a", "/hang/x")]).await;
-    let took = start.elapsed();
+    assert_eq!(start.elapsed(), Duration::from_millis(300));
     assert_eq!(statuses(&parts), [504]);
+    assert_eq!(hanging.seen().len(), 3, "three tries");
+    let message = part_error(&parts[0]);
     assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
-        "{took:?}"
+        message.contains("within 300ms (routes[0].timeout)"),
+        "{message}"
     );
-    assert_eq!(hanging.seen().len(), 1);
+}
 
-    let start = Instant::now();
-    let parts = run(&gw, &[get("b", "/slow/x")]).await;
+/// An upstream that accepts and never answers, next to a healthy one: each try there runs out of its share of
+/// the route's timeout (half, with `retries = 1`), counts as a failure, and the part goes to the healthy one.
+/// After `eject_after` such tries the hanging one is ejected: later parts go straight to the healthy one, and
+/// the route stays ready.
+#[tokio::test(start_paused = true)]
+async fn a_hanging_upstream_is_ejected_and_its_parts_tried_elsewhere() {
+    let hanging = upstream(|_| std::future::pending()).await;
+    let good = echo_upstream(Duration::ZERO).await;
+    let gw = gateway(&format!(
+        "[limits]\nconcurrency = 1\n\
+         [upstream]\neject_after = 2\neject_for = \"60s\"\neject_max = \"60s\"\nretry_backoff = \"1ms\"\n{}",
+        two_upstreams(
+            "/h/",
+            hanging.addr,
+            good.addr,
+            "balance = \"round_robin\"\nretries = 1\ntimeout = \"4s\""
+        ),
+    ))
+    .await;
+    let targets: Vec<String> = (0..8)
+        .map(|i| get(&format!("p{i}"), &format!("/h/{i}")))
+        .collect();
+    let start = tokio::time::Instant::now();
+    let parts = run(&gw, &targets).await;
     let took = start.elapsed();
-    assert_eq!(statuses(&parts), [504]);
-    // Three tries of 400 ms each would take 1.2 s.
+    assert_eq!(statuses(&parts), [200; 8]);
+    // Round robin, one part at a time: parts 0 and 2 tried the hanging upstream first, 2 s each (plus a
+    // backoff of at most 1 ms); then it was out.
     assert!(
-        took >= Duration::from_millis(500) && took < Duration::from_millis(1100),
+        took >= Duration::from_secs(4) && took <= Duration::from_millis(4002),
         "{took:?}"
     );
-    assert!(slow_503.seen().len() <= 2, "no third try");
+    assert_eq!(hanging.seen().len(), 2);
+    assert_eq!(good.seen().len(), 8);
+    assert!(gw.gateway.unready_routes().is_empty());
+    let metrics = gw
+        .request(http::Method::GET, "/metrics", &[], bytes::Bytes::new())
+        .await;
+    let metrics = String::from_utf8(metrics.body.to_vec()).unwrap();
+    assert_eq!(
+        metric(&metrics, "batchgate_ejections_total", &[("route", "/h/")]),
+        1
+    );
+}
+
+/// A part out of time is a 504 naming the key that ran out: the route's `timeout`, or `limits.part_timeout`
+/// for a route without one. Each such part counts against the address, POSTs (never retried) too, so a route
+/// whose only upstream hangs is ejected and `/readyz` says so.
+#[tokio::test(start_paused = true)]
+async fn a_part_out_of_time_names_the_key_and_counts_against_the_address() {
+    let hanging = upstream(|_| std::future::pending()).await;
+    let gw = gateway(&format!(
+        "[limits]\npart_timeout = \"3s\"\n\
+         [upstream]\neject_after = 2\neject_for = \"60s\"\neject_max = \"60s\"\n\
+         [[routes]]\nprefix = \"/r/\"\nupstream = \"http://{0}\"\nretries = 1\ntimeout = \"2s\"\n\
+         [[routes]]\nprefix = \"/p/\"\nupstream = \"http://{0}\"\n",
+        hanging.addr
+    ))
+    .await;
+    let post = |id: &str, target: &str| {
+        part(
+            id,
+            &format!("POST {target} HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"),
+        )
+    };
+    let start = tokio::time::Instant::now();
+    let parts = run(&gw, &[post("a", "/r/1"), get("b", "/p/1")]).await;
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(statuses(&parts), [504, 504]);
+    let (r, p) = (part_error(&parts[0]), part_error(&parts[1]));
+    assert!(r.contains("within 2s (routes[0].timeout)"), "{r}");
+    assert!(p.contains("within 3s (limits.part_timeout)"), "{p}");
+    assert_eq!(hanging.seen().len(), 2, "the POST was not retried");
+    assert!(gw.gateway.unready_routes().is_empty(), "one failure each");
+
+    let parts = run(&gw, &[post("c", "/r/2"), get("d", "/p/2")]).await;
+    assert_eq!(statuses(&parts), [504, 504]);
+    assert_eq!(gw.gateway.unready_routes(), ["/r/", "/p/"]);
+    let ready = gw
+        .request(http::Method::GET, "/readyz", &[], bytes::Bytes::new())
+        .await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// `http_version = "1.1"` on an https route: ALPN offers only http/1.1, so an upstream that would choose h2
+/// speaks HTTP/1.1; `"2"` offers only h2.
+#[tokio::test]
+async fn an_https_route_can_force_http1_or_http2() {
+    let pki = Pki::new("versions");
+    let leaf = pki.server("server");
+    let forced_1 = https_upstream(&leaf, &[b"h2", b"http/1.1"], None).await;
+    let forced_2 = https_upstream(&leaf, &[b"h2", b"http/1.1"], None).await;
+    let ca = pki.ca_file();
+    let gw = gateway(&format!(
+        "[[routes]]\nprefix = \"/one/\"\nupstream = \"https://localhost:{}\"\nca_file = {ca}\nhttp_version = \"1.1\"\n\
+         [[routes]]\nprefix = \"/two/\"\nupstream = \"https://localhost:{}\"\nca_file = {ca}\nhttp_version = \"2\"\n",
+        forced_1.port, forced_2.port
+    ))
+    .await;
+    let parts = run(&gw, &[get("a", "/one/a"), get("b", "/two/b")]).await;
+    assert_eq!(statuses(&parts), [200, 200]);
+    assert_eq!(forced_1.alpn(), [Some(b"http/1.1".to_vec())]);
+    assert_eq!(
+        forced_1.versions(),
+        [(Version::HTTP_11, "/one/a".to_owned())]
+    );
+    assert_eq!(forced_2.alpn(), [Some(b"h2".to_vec())]);
+    assert_eq!(
+        forced_2.versions(),
+        [(Version::HTTP_2, "/two/b".to_owned())]
+    );
+
+    let bad = batchgate::Config::from_toml(
+        "[[routes]]\nprefix = \"/x/\"\nupstream = \"https://localhost\"\nhttp_version = \"3\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(bad.contains("http_version"), "{bad}");
+}
+
+/// A reload keeps passive health: an address ejected before it is still out after it (and `/readyz` still
+/// unready), while the route and its address stay in the config.
+#[tokio::test]
+async fn a_reload_keeps_an_ejected_address_out() {
+    let live_up = echo_upstream(Duration::ZERO).await;
+    let dead = dead_addr().await;
+    let toml = format!(
+        "[upstream]\neject_after = 1\neject_for = \"60s\"\neject_max = \"60s\"\n{}",
+        routes(&[("/live/", live_up.addr), ("/dead/", dead)])
+    );
+    let (gw, live) = live_gateway(&toml).await;
+    let parts = run(&gw, &[get("a", "/dead/1"), get("b", "/live/1")]).await;
+    assert_eq!(statuses(&parts), [502, 200]);
+    assert_eq!(gw.gateway.unready_routes(), ["/dead/"]);
+
+    let config =
+        batchgate::Config::from_toml(&format!("{toml}[limits]\nmax_batches = 100\n")).unwrap();
+    let next = batchgate::Gateway::succeeding(config, &live.gateway()).unwrap();
+    assert_eq!(next.unready_routes(), ["/dead/"], "still ejected");
+    live.replace(next).unwrap();
+    let ready = gw
+        .request(http::Method::GET, "/readyz", &[], bytes::Bytes::new())
+        .await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    let parts = run(&gw, &[get("c", "/live/2")]).await;
+    assert_eq!(statuses(&parts), [200]);
 }

@@ -154,6 +154,7 @@ impl Read<'_> {
                     batch: self.scope.clone(),
                     accepts: None,
                     tried: None,
+                    deadline: None,
                     timeline: None,
                     span: tracing::Span::none(),
                 }),

@@ -665,6 +665,7 @@ mod tests {
                     batch: scope,
                     accepts: None,
                     tried: None,
+                    deadline: None,
                     timeline: None,
                     span: tracing::Span::none(),
                 }),

@@ -1,8 +1,11 @@
 //! Spreading a route's parts over its upstreams: every address every upstream name resolves to is an
 //! endpoint; names are resolved again periodically. An endpoint that fails `eject_after` times in a row is
-//! ejected for a back-off period, then let back in by one probe (passive health). A part that cannot connect
-//! to an address goes to another address of the same upstream, if it has one: nothing was sent, so this is
-//! no retry (any method, no budget), just what connecting to a name means.
+//! ejected for a back-off period, then let back in by one probe (passive health); a try that runs out of time
+//! (see [`super::timeout`]) is a failure like any other. Two kinds of part certainly did not run, and go
+//! again whatever their method, without being a retry (no budget): one that cannot connect to an address goes
+//! to another address of the same upstream, if it has one (what connecting to a name means); one whose
+//! HTTP/2 stream the upstream refused unprocessed (GOAWAY, REFUSED_STREAM) goes again to the same address on
+//! another connection, and the refusal counts neither way for health.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +19,8 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::connect::TlsTarget;
-use super::endpoint::{Endpoint, EndpointSettings, InFlight};
+use super::endpoint::{Endpoint, EndpointSettings, SendError, Unsent};
+use super::timeout::Deadline;
 use super::{PartRequest, UpstreamResponse};
 use crate::config::{Balance, Origin};
 use crate::error::PartError;
@@ -29,6 +33,12 @@ pub struct Upstream {
 }
 
 type Endpoints = Arc<[Arc<Endpoint>]>;
+
+/// Times one part is sent again after HTTP/2 upstreams refused its stream unprocessed. Each refusal is one
+/// connection closing with a GOAWAY, so this many let the parts of a large batch drain through an upstream
+/// that takes only a few requests per connection, while one that refuses every stream is not sent a part
+/// again and again until its deadline.
+const REFUSALS: u32 = 32;
 
 /// A route's endpoints and how to choose among them. Cloned into every part's call.
 #[derive(Debug, Clone)]
@@ -97,6 +107,20 @@ impl Balancer {
             runtime.spawn(resolve_periodically(Arc::downgrade(&shared)));
         }
         Balancer { shared }
+    }
+
+    /// Takes over the passive health of `previous`'s endpoints at the same addresses of the same upstreams:
+    /// a reload does not let an ejected address back in early.
+    pub fn carry_health(&self, previous: &Balancer) {
+        let before = previous.shared.endpoints();
+        for endpoint in self.shared.endpoints().iter() {
+            if let Some(old) = before
+                .iter()
+                .find(|e| e.origin == endpoint.origin && e.addr == endpoint.addr)
+            {
+                endpoint.carry_health(old);
+            }
+        }
     }
 
     /// Whether some endpoint can take parts now (not ejected).
@@ -211,54 +235,134 @@ impl Service<PartRequest> for Balancer {
                     reason: "no address: the upstream names did not resolve".to_owned(),
                 });
             };
+            let mut refusals = 0;
             loop {
                 if let Some(t) = &request.tried {
                     t.add(endpoint.addr);
                 }
                 tried.push(endpoint.addr);
-                // A copy for another address of the same upstream, should this one not connect.
-                let spare = all
-                    .iter()
-                    .any(|e| e.origin == endpoint.origin && !tried.contains(&e.addr))
-                    .then(|| request.try_clone());
-                let in_flight = InFlight::new(endpoint.clone());
-                let result = endpoint.send(request).await;
-                drop(in_flight);
-                let failed = match &result {
-                    Err(e) => matches!(
-                        e.error,
-                        PartError::Connect { .. } | PartError::NoResponse { .. }
+                // A copy to send again, should nothing run: at another address of the same upstream if this one
+                // does not connect, or on another connection if an HTTP/2 upstream refuses the stream.
+                let spare = (endpoint.may_refuse
+                    || all
+                        .iter()
+                        .any(|e| e.origin == endpoint.origin && !tried.contains(&e.addr)))
+                .then(|| request.try_clone());
+                let (index, deadline) = (request.index, request.deadline.clone());
+                // Its time already spent before it could be sent (waiting for a permit): that says nothing
+                // about the address, which is not tried.
+                if let Some(deadline) = &deadline
+                    && deadline.at <= Instant::now()
+                {
+                    return Err(deadline.elapsed(index, endpoint.label.to_string()));
+                }
+                let attempt = Attempt::new(&this.shared, &endpoint, deadline.as_ref());
+                let sent = endpoint.send(request);
+                let result = match &deadline {
+                    None => sent.await,
+                    Some(deadline) => match tokio::time::timeout_at(deadline.at, sent).await {
+                        Ok(result) => result,
+                        // Dropped after its deadline, the attempt counts as a failure.
+                        Err(_) => return Err(deadline.elapsed(index, endpoint.label.to_string())),
+                    },
+                };
+                let (failed, next) = match &result {
+                    Err(SendError {
+                        unsent: Some(Unsent::Refused),
+                        ..
+                    }) if refusals < REFUSALS => {
+                        refusals += 1;
+                        (None, spare.map(|r| (r, endpoint.clone())))
+                    }
+                    Err(SendError {
+                        unsent: Some(Unsent::NoConnection),
+                        ..
+                    }) => (
+                        Some(true),
+                        spare.zip(this.pick(&all, &tried, Some(&endpoint.origin))),
                     ),
-                    Ok(response) => matches!(
-                        response.status,
-                        StatusCode::BAD_GATEWAY
-                            | StatusCode::SERVICE_UNAVAILABLE
-                            | StatusCode::GATEWAY_TIMEOUT
+                    Err(e) => (
+                        Some(matches!(
+                            e.error,
+                            PartError::Connect { .. } | PartError::NoResponse { .. }
+                        )),
+                        None,
+                    ),
+                    Ok(response) => (
+                        Some(matches!(
+                            response.status,
+                            StatusCode::BAD_GATEWAY
+                                | StatusCode::SERVICE_UNAVAILABLE
+                                | StatusCode::GATEWAY_TIMEOUT
+                        )),
+                        None,
                     ),
                 };
-                if let Some(period) = endpoint.record(failed, &this.shared.settings.upstream) {
-                    let settings = &this.shared.settings;
-                    settings.metrics.ejection(&settings.route);
-                    tracing::warn!(upstream = %endpoint.label, ?period, "upstream ejected after failing");
-                }
-                match result {
-                    Err(e) if e.unconnected => {
-                        let next = spare.zip(this.pick(&all, &tried, Some(&endpoint.origin)));
-                        let Some((next_request, next)) = next else {
-                            return Err(e.error);
-                        };
+                attempt.finish(failed);
+                match (result, next) {
+                    (Err(_), Some((next_request, next))) => {
                         tracing::debug!(
                             from = %endpoint.label,
                             to = %next.label,
-                            "no connection; trying another address of the upstream"
+                            "nothing ran; sending the part again"
                         );
                         request = next_request;
                         endpoint = next;
                     }
-                    result => return result.map_err(|e| e.error),
+                    (result, _) => return result.map_err(|e| e.error),
                 }
             }
         })
+    }
+}
+
+impl Shared {
+    /// Notes how a try at `endpoint` went, and says so when that ejected it.
+    fn record(&self, endpoint: &Endpoint, failed: bool) {
+        if let Some(period) = endpoint.record(failed, &self.settings.upstream) {
+            self.settings.metrics.ejection(&self.settings.route);
+            tracing::warn!(upstream = %endpoint.label, ?period, "upstream ejected after failing");
+        }
+    }
+}
+
+/// One try at an endpoint: counted in its in-flight load while it lasts. Dropped unfinished once its deadline
+/// has passed, it ran out of time, whichever timer noticed first (the balancer's, or the timeout layer's
+/// above it that cancelled it): that is a failure of the address for passive health. Dropped earlier (the
+/// batch or its client went away), it says nothing about the address.
+struct Attempt<'a> {
+    shared: &'a Shared,
+    endpoint: &'a Endpoint,
+    deadline: Option<Instant>,
+    finished: bool,
+}
+
+impl<'a> Attempt<'a> {
+    fn new(shared: &'a Shared, endpoint: &'a Endpoint, deadline: Option<&Deadline>) -> Attempt<'a> {
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        Attempt {
+            shared,
+            endpoint,
+            deadline: deadline.map(|d| d.at),
+            finished: false,
+        }
+    }
+
+    /// Records its outcome: failed or not, or `None` for one that tells nothing (a refused stream).
+    fn finish(mut self, failed: Option<bool>) {
+        self.finished = true;
+        if let Some(failed) = failed {
+            self.shared.record(self.endpoint, failed);
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.finished && self.deadline.is_some_and(|at| Instant::now() >= at) {
+            self.shared.record(self.endpoint, true);
+        }
     }
 }
 
@@ -489,7 +593,7 @@ mod tests {
             key: "routes[0]",
             ca_file: None,
             client_cert: None,
-            http2_only: false,
+            http_version: crate::config::HttpVersion::Auto,
         }
         .config()
         .unwrap();

@@ -2,7 +2,7 @@
 //! balancer, and its passive health.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,6 +55,8 @@ pub struct Endpoint {
     metrics: Arc<Metrics>,
     pub in_flight: AtomicUsize,
     health: Mutex<Health>,
+    /// It may speak HTTP/2 (prior knowledge, or h2 offered in ALPN), and so refuse streams unprocessed.
+    pub may_refuse: bool,
 }
 
 impl Endpoint {
@@ -83,6 +85,10 @@ impl Endpoint {
             origin.authority.clone()
         };
         let up = &settings.upstream;
+        let may_refuse = settings.http2_prior_knowledge
+            || tls
+                .as_ref()
+                .is_some_and(|t| t.config.alpn_protocols.iter().any(|p| p == b"h2"));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(up.pool_idle_timeout)
             .pool_max_idle_per_host(up.pool_max_idle_per_host)
@@ -107,6 +113,7 @@ impl Endpoint {
             metrics: settings.metrics.clone(),
             in_flight: AtomicUsize::new(0),
             health: Mutex::new(Health::default()),
+            may_refuse,
         }
     }
 
@@ -152,11 +159,20 @@ impl Endpoint {
             let reason = innermost(&e);
             if e.is_connect() {
                 SendError {
-                    unconnected: caused_by::<TcpError>(&e),
+                    unsent: caused_by::<TcpError>(&e).then_some(Unsent::NoConnection),
                     error: PartError::Connect {
                         index,
                         upstream: upstream(),
                         reason,
+                    },
+                }
+            } else if refused(&e) {
+                SendError {
+                    unsent: Some(Unsent::Refused),
+                    error: PartError::NoResponse {
+                        index,
+                        upstream: upstream(),
+                        reason: format!("the upstream refused the stream unprocessed: {reason}"),
                     },
                 }
             } else {
@@ -270,13 +286,19 @@ impl Endpoint {
         Some(period)
     }
 
+    /// Takes over `previous`'s passive health: the same address in the config before a reload.
+    pub fn carry_health(&self, previous: &Endpoint) {
+        let health = previous.health().clone();
+        *self.health() = health;
+    }
+
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
         self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 /// Passive health: failures in a row, and the ejection they led to.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Health {
     failures: u32,
     /// Ejections in a row without a success in between: each doubles the next one's length.
@@ -286,22 +308,48 @@ struct Health {
     probing: bool,
 }
 
-/// A part this address did not answer, and whether it never left the gateway.
+/// A part this address did not answer, and whether it certainly did not run there.
 #[derive(Debug)]
 pub struct SendError {
     pub error: PartError,
-    /// No TCP connection could be made (refused, unreachable, not within `connect_timeout`): nothing was
-    /// sent, so another address of the same upstream may take the part, whatever its method.
-    pub unconnected: bool,
+    /// Set when nothing ran: the part may be sent again, whatever its method, without being a retry.
+    pub unsent: Option<Unsent>,
+}
+
+/// Why a part certainly did not run at an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsent {
+    /// No TCP connection could be made (refused, unreachable, not within `connect_timeout`): another address
+    /// of the same upstream may take the part.
+    NoConnection,
+    /// An HTTP/2 upstream closed the stream without processing it: above the last stream id of its GOAWAY
+    /// (it is closing the connection, after `keepalive_requests` say), or reset with REFUSED_STREAM (RFC 9113
+    /// 6.8, 8.7). The address is fine; the part goes again on another connection.
+    Refused,
 }
 
 impl From<PartError> for SendError {
     fn from(error: PartError) -> SendError {
         SendError {
             error,
-            unconnected: false,
+            unsent: None,
         }
     }
+}
+
+/// Whether the upstream closed this request's HTTP/2 stream unprocessed (see [`Unsent::Refused`]). hyper
+/// reports it as the stream's `h2::Error`; it does not send such requests again itself (hyper-util's
+/// `retry_canceled_requests` covers only requests never handed to a connection).
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(h2) = c.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Whether an `E` is among the causes of `e`, `e` included.
@@ -314,23 +362,6 @@ fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stati
         cause = c.source();
     }
     false
-}
-
-/// Counts a part in flight on an endpoint while alive.
-#[derive(Debug)]
-pub struct InFlight(pub Arc<Endpoint>);
-
-impl InFlight {
-    pub fn new(endpoint: Arc<Endpoint>) -> InFlight {
-        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(endpoint)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// The innermost cause, which is the one a user can act on ("Connection refused", "invalid peer

@@ -5,7 +5,7 @@
 //! - [`ratelimit`]: the per-client limit, a token per part;
 //! - [`policy`]: the headers the upstream sees (inherited from the batch, forwarding headers, cookies);
 //! - [`rewrite`]: the route's path mapping, and `Location` answers mapped back;
-//! - [`timeout`]: the route's time limit for the part, all its tries included;
+//! - [`timeout`]: the route's time limit for the part, all its tries included (each try gets a share);
 //! - [`retry`]: idempotent parts tried again elsewhere, within a budget;
 //! - [`adaptive`]: on routes with a tuned limit, sub-requests in flight to the route, then (with [`limit`])
 //!   across the gateway; on the others the scheduler takes both permits before the part enters the stack;
@@ -51,6 +51,7 @@ use crate::observe::trace::TraceContext;
 use crate::wire::Framing;
 use balance::{Balancer, Tried};
 use ratelimit::{ClientKey, RateLimitLayer, RateLimiter};
+use timeout::Deadline;
 
 /// A route's whole stack, type-erased so that every route's can be held and called alike.
 pub type PartService = BoxCloneSyncService<PartRequest, UpstreamResponse, PartError>;
@@ -73,6 +74,8 @@ pub struct PartRequest {
     pub accepts: Option<HeaderValue>,
     /// Where earlier tries of this part went, when it may be tried again.
     pub tried: Option<Arc<Tried>>,
+    /// When this try's time is up: set by the timeout layer, a try's share of it set by the retry layer.
+    pub deadline: Option<Deadline>,
     /// Where the part's marks go (sent, first byte), for the batch's timeline.
     pub timeline: Option<Arc<PartTimeline>>,
     /// The part's span, disabled unless part spans are on (`batchgate=debug`).
@@ -91,6 +94,7 @@ impl PartRequest {
             batch: self.batch.clone(),
             accepts: self.accepts.clone(),
             tried: self.tried.clone(),
+            deadline: self.deadline.clone(),
             timeline: self.timeline.clone(),
             span: self.span.clone(),
         }
@@ -201,6 +205,8 @@ pub struct RouteStack {
     /// Named in error messages: the route's upstreams.
     pub upstream: Arc<str>,
     pub timeout: Duration,
+    /// The key `timeout` comes from, named when it runs out: `routes[2].timeout` or `limits.part_timeout`.
+    pub timeout_key: Arc<str>,
     pub strip_cookies: bool,
     pub mapping: rewrite::Mapping,
     pub retries: u32,
@@ -227,6 +233,7 @@ impl RouteStack {
             .layer(rewrite::RewriteLayer::new(self.mapping))
             .layer(timeout::TimeoutLayer::new(
                 self.timeout,
+                self.timeout_key,
                 self.upstream.clone(),
             ))
             .option_layer((self.retries > 0).then(|| {
@@ -284,6 +291,7 @@ pub(crate) mod tests {
             }),
             accepts: None,
             tried: None,
+            deadline: None,
             timeline: None,
             span: tracing::Span::none(),
         }

@@ -1,10 +1,11 @@
 //! Retries of idempotent parts: GET, HEAD, OPTIONS, PUT, DELETE, or any part carrying an `Idempotency-Key`.
-//! A part is tried again when it could not connect, the connection broke before any response byte, or the
-//! upstream answered 502, 503 or 504 (without `Retry-After`: an upstream asking to wait gets its answer
-//! passed on). The next try goes to another upstream address when there is one, after a jittered backoff,
-//! within the part's own deadline (the timeout layer above). A budget per route, a fraction of its recent
-//! requests plus a small floor, keeps a sick upstream from being stormed. A non-idempotent part is never
-//! sent twice.
+//! A part is tried again when it could not connect, the connection broke before any response byte, its try
+//! ran out of time, or the upstream answered 502, 503 or 504 (without `Retry-After`: an upstream asking to
+//! wait gets its answer passed on). The next try goes to another upstream address when there is one, after a
+//! jittered backoff, within the part's own deadline (the timeout layer above): each try gets an equal share
+//! of the time left, so that one that hangs leaves room for the others. A budget per route, a fraction of its
+//! recent requests plus a small floor, keeps a sick upstream from being stormed. A non-idempotent part is
+//! never sent twice, and has all the part's time.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -105,7 +106,11 @@ where
         request.tried = Some(tried);
         Box::pin(async move {
             let mut wait = backoff;
+            let part = request.deadline.clone();
             for attempt in 0.. {
+                if let Some(part) = &part {
+                    request.deadline = Some(part.share(retries + 1 - attempt));
+                }
                 let again = (attempt < retries).then(|| request.try_clone());
                 let result = inner.clone().oneshot(request).await;
                 let Some(next) = again else {
@@ -136,7 +141,9 @@ fn idempotent(request: &PartRequest) -> bool {
 
 fn worth_retrying(result: &Result<UpstreamResponse, PartError>) -> bool {
     match result {
-        Err(PartError::Connect { .. } | PartError::NoResponse { .. }) => true,
+        Err(
+            PartError::Connect { .. } | PartError::NoResponse { .. } | PartError::Timeout { .. },
+        ) => true,
         Ok(response) => {
             matches!(
                 response.status,

@@ -1,4 +1,7 @@
-//! The route's time limit on one sub-request: from sending it until its whole answer is in.
+//! The route's time limit on one part, all its tries included: from entering this layer until its whole answer
+//! is in. The limit goes down the stack with the part as its [`Deadline`]: the retry layer gives each try a
+//! share of it, and the balancer ends a try at its own deadline, so that a try that runs out of time counts
+//! against the address that did not answer (passive health) and can be tried again elsewhere.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -6,20 +9,75 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::{PartRequest, UpstreamResponse};
 use crate::error::PartError;
 
+/// When a try's time is up, and whose time it is, for the 504's message.
+#[derive(Debug, Clone)]
+pub struct Deadline {
+    pub at: Instant,
+    /// The time this try was given.
+    pub after: Duration,
+    /// The key that set the part's time: `routes[2].timeout` or `limits.part_timeout`.
+    pub key: Arc<str>,
+    /// The tries the part's time left was shared among when this try began (1: it has it all).
+    pub shared_by: u32,
+}
+
+impl Deadline {
+    /// This deadline shared among `tries` tries from now: the next one's deadline, an equal share of what is
+    /// left. With one try left, all of it.
+    pub fn share(&self, tries: u32) -> Deadline {
+        if tries <= 1 {
+            return Deadline {
+                shared_by: 1,
+                ..self.clone()
+            };
+        }
+        let now = Instant::now();
+        let after = self.at.saturating_duration_since(now) / tries;
+        Deadline {
+            at: now + after,
+            after,
+            key: self.key.clone(),
+            shared_by: tries,
+        }
+    }
+
+    /// The part's error when its try ran out of this time.
+    pub fn elapsed(&self, index: usize, upstream: String) -> PartError {
+        let key = if self.shared_by > 1 {
+            format!("1/{} of what was left of {}", self.shared_by, self.key)
+        } else {
+            self.key.to_string()
+        };
+        PartError::Timeout {
+            index,
+            upstream,
+            after: self.after,
+            key,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TimeoutLayer {
     after: Duration,
+    /// Named in the 504: which key set `after`.
+    key: Arc<str>,
     upstream: Arc<str>,
 }
 
 impl TimeoutLayer {
-    pub fn new(after: Duration, upstream: Arc<str>) -> TimeoutLayer {
-        TimeoutLayer { after, upstream }
+    pub fn new(after: Duration, key: Arc<str>, upstream: Arc<str>) -> TimeoutLayer {
+        TimeoutLayer {
+            after,
+            key,
+            upstream,
+        }
     }
 }
 
@@ -30,16 +88,20 @@ impl<S> Layer<S> for TimeoutLayer {
         Timeout {
             inner,
             after: self.after,
+            key: self.key.clone(),
             upstream: self.upstream.clone(),
         }
     }
 }
 
 /// Turns an answer slower than `after` into [`PartError::Timeout`]; dropping the call cancels the request.
+/// The balancer below ends the try at the same deadline and reports it itself, naming the address; this
+/// one covers the part's whole time (waits for a permit, backoffs between tries).
 #[derive(Debug, Clone)]
 pub struct Timeout<S> {
     inner: S,
     after: Duration,
+    key: Arc<str>,
     upstream: Arc<str>,
 }
 
@@ -55,24 +117,31 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: PartRequest) -> Self::Future {
+    fn call(&mut self, mut request: PartRequest) -> Self::Future {
         let index = request.index;
-        TimeoutFuture {
-            call: tokio::time::timeout(self.after, self.inner.call(request)),
-            index,
+        let deadline = Deadline {
+            at: Instant::now() + self.after,
             after: self.after,
+            key: self.key.clone(),
+            shared_by: 1,
+        };
+        request.deadline = Some(deadline.clone());
+        TimeoutFuture {
+            call: tokio::time::timeout_at(deadline.at, self.inner.call(request)),
+            index,
+            deadline,
             upstream: self.upstream.clone(),
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The inner call, or [`PartError::Timeout`] once `after` has passed. Not boxed: the stack boxes once.
+    /// The inner call, or [`PartError::Timeout`] once the deadline has passed. Not boxed: the stack boxes once.
     pub struct TimeoutFuture<F> {
         #[pin]
         call: tokio::time::Timeout<F>,
         index: usize,
-        after: Duration,
+        deadline: Deadline,
         upstream: Arc<str>,
     }
 }
@@ -86,11 +155,41 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         Poll::Ready(ready!(this.call.poll(cx)).unwrap_or_else(|_| {
-            Err(PartError::Timeout {
-                index: *this.index,
-                upstream: this.upstream.to_string(),
-                after: *this.after,
-            })
+            Err(this
+                .deadline
+                .elapsed(*this.index, this.upstream.to_string()))
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each try gets an equal share of what is left; the last one all of it; the message says which.
+    #[tokio::test(start_paused = true)]
+    async fn tries_share_what_is_left_of_the_deadline() {
+        let part = Deadline {
+            at: Instant::now() + Duration::from_secs(9),
+            after: Duration::from_secs(9),
+            key: Arc::from("routes[0].timeout"),
+            shared_by: 1,
+        };
+        let first = part.share(3);
+        assert_eq!(first.after, Duration::from_secs(3));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let second = part.share(2);
+        assert_eq!(second.after, Duration::from_secs(3));
+        assert_eq!(second.at, first.at + Duration::from_secs(3));
+        let last = part.share(1);
+        assert_eq!((last.at, last.after), (part.at, part.after));
+        assert_eq!(
+            second.elapsed(4, "u".into()).to_string(),
+            "part 4: upstream u did not answer within 3s (1/2 of what was left of routes[0].timeout)"
+        );
+        assert_eq!(
+            last.elapsed(4, "u".into()).to_string(),
+            "part 4: upstream u did not answer within 9s (routes[0].timeout)"
+        );
     }
 }
