@@ -496,7 +496,7 @@ pub struct RouteConfig {
     pub http_version: HttpVersion,
     /// The key `http_version` replaced: read only to refuse it with a message saying what to write instead.
     #[serde(default)]
-    http2: Option<bool>,
+    pub http2: Option<bool>,
     /// Overrides `limits.part_timeout` for this route.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub timeout: Option<Duration>,
