@@ -20,13 +20,15 @@
 //! part-level errors), [`metrics`] (`/metrics`), [`observe`] (per-route windows, bottlenecks, tuning history,
 //! batch timelines, trace context: `/admin/stats`), [`tls`] and [`transport`] (certificates, TCP/TLS
 //! connections), [`config`], [`client`] (for client authors) and [`demo`] (the example mail service and its
-//! inbox page). With the `otel` feature, `otel` exports spans over OTLP.
+//! inbox page). With the `otel` feature, `otel` exports spans over OTLP. With the `testing` feature,
+//! `testing` starts the mail service and a gateway in-process for another crate's tests.
 //!
 //! # Features
 //! - `server` (default): the gateway, its configuration, compression, metrics and the demo service.
 //! - `client` (default): [`client`], the Rust batch client and micro-batcher. On its own
 //!   (`default-features = false, features = ["client"]`) it builds none of the server's dependencies.
 //! - `otel`: OTLP/gRPC span export (`[tracing] otlp_endpoint`).
+//! - `testing`: `testing::{MailUpstream, TestGateway}`, for crates that test against batchgate.
 //!
 //! [`wire`] is always there.
 
@@ -64,6 +66,8 @@ pub mod route;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod stack;
+#[cfg(feature = "testing")]
+pub mod testing;
 #[cfg(feature = "server")]
 pub mod tls;
 #[cfg(any(feature = "client", feature = "server"))]

@@ -1,5 +1,5 @@
 //! The `batchgate` binary: a thin shell over the library (config, logging, signals, the admin listener),
-//! and `batchgate send`, a command-line batch client.
+//! `batchgate send`, a command-line batch client, and `batchgate demo-upstream`, the demo mail service alone.
 
 #[cfg(feature = "client")]
 mod send;
@@ -26,16 +26,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// HTTP batch gateway: POST /batch with a multipart/mixed body of embedded requests; get one ordered
 /// multipart reply.
 ///
-/// Without a command it runs the gateway (--config or --demo).
+/// Without a command it runs the gateway (--config, --route or --demo).
 #[derive(Debug, Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]
 struct Args {
-    #[cfg(feature = "client")]
     #[command(subcommand)]
     command: Option<Command>,
     /// Configuration file (TOML); see config.toml for every key and its default.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Route paths under PREFIX to the upstream URL, on top of the config file's routes (replacing one with
+    /// the same prefix) or of the defaults without one; repeatable (e.g. --route /mail/=http://127.0.0.1:9001).
+    #[arg(long = "route", value_name = "PREFIX=URL", value_parser = parse_route)]
+    routes: Vec<RouteConfig>,
+    /// Print the gateway's base URL (e.g. http://127.0.0.1:PORT; batches go to it plus the config's
+    /// batch_path, /batch by default) as the one line on stdout once it listens; logs stay on stderr.
+    #[arg(long)]
+    print_address: bool,
     /// Address to listen on, overriding the config's `listen` (e.g. 127.0.0.1:0 for any free port).
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -50,19 +57,37 @@ struct Args {
     demo_latency: Duration,
 }
 
-#[cfg(feature = "client")]
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Send requests (one a line, from a file or stdin) as one batch; print each reply part.
+    #[cfg(feature = "client")]
     Send(send::SendArgs),
+    /// Run the demo mail service alone (GET /mail/v1/messages/unread, GET /mail/v1/messages/{id},
+    /// POST /mail/v1/messages), for a gateway or a test to talk to, until SIGINT or SIGTERM.
+    DemoUpstream(DemoUpstreamArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoUpstreamArgs {
+    /// Address to listen on (127.0.0.1:0 for any free port).
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    listen: SocketAddr,
+    /// Print the service's URL (http://127.0.0.1:PORT) as the one line on stdout once it listens.
+    #[arg(long)]
+    print_address: bool,
+    /// Time the service takes per request (e.g. 50ms).
+    #[arg(long, value_parser = parse_duration, default_value = "0ms")]
+    latency: Duration,
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    #[cfg(feature = "client")]
-    if let Some(Command::Send(send)) = args.command {
-        return send::main(send);
-    }
+    let mut args = Args::parse();
+    let demo_upstream_args = match args.command.take() {
+        #[cfg(feature = "client")]
+        Some(Command::Send(send)) => return send::main(send),
+        Some(Command::DemoUpstream(demo)) => Some(demo),
+        None => None,
+    };
     // Read before logging starts: it says how log lines look. An unreadable file is reported by `run`.
     let file = args.config.as_deref().map(Config::from_file);
     let (log_format, otlp_endpoint) = match &file {
@@ -85,7 +110,12 @@ fn main() -> std::process::ExitCode {
             }
         }
     };
-    let outcome = runtime.block_on(run(args, file));
+    let outcome = runtime.block_on(async {
+        match demo_upstream_args {
+            Some(demo) => demo_upstream(demo).await,
+            None => run(args, file).await,
+        }
+    });
     exporter.flush();
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -161,9 +191,9 @@ async fn run(args: Args, file: Option<Result<Config, ConfigError>>) -> Result<()
     let mut config =
         match file {
             Some(config) => config.map_err(|e| e.to_string())?,
-            None if args.demo => Config::default(),
+            None if args.demo || !args.routes.is_empty() => Config::default(),
             None => return Err(
-                "give --config PATH (see config.toml), or --demo to try it with a built-in service"
+                "give --config PATH (see config.toml), --route PREFIX=URL, or --demo to try it with a built-in service"
                     .into(),
             ),
         };
@@ -194,6 +224,7 @@ async fn run(args: Args, file: Option<Result<Config, ConfigError>>) -> Result<()
     let overrides = Overrides {
         listen: args.listen,
         demo: demo_addr,
+        routes: args.routes.clone(),
     };
     overrides.apply(&mut config);
     config.validate().map_err(|e| e.to_string())?;
@@ -219,6 +250,7 @@ async fn run(args: Args, file: Option<Result<Config, ConfigError>>) -> Result<()
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let mut admin = Admin::new(live.clone());
         if let Some(path) = &args.config {
+            let overrides = overrides.clone();
             admin = admin.config_file(path.clone(), move |config| overrides.apply(config));
         }
         tracing::info!(
@@ -230,8 +262,16 @@ async fn run(args: Args, file: Option<Result<Config, ConfigError>>) -> Result<()
     }
     if args.demo {
         tracing::info!("inbox demo page: {scheme}://{local}/");
-        println!("Open {scheme}://{local}/ for the inbox demo in a browser.");
-        println!("{}", demo_curl(scheme, local, &batch_path));
+        let hint = format!(
+            "Open {scheme}://{local}/ for the inbox demo in a browser.\n{}",
+            demo_curl(scheme, local, &batch_path)
+        );
+        // With --print-address, stdout holds the address alone.
+        if args.print_address {
+            eprintln!("{hint}");
+        } else {
+            println!("{hint}");
+        }
     }
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(
@@ -240,17 +280,73 @@ async fn run(args: Args, file: Option<Result<Config, ConfigError>>) -> Result<()
         args.config.clone(),
         overrides,
     ));
+    // Last, once nothing else can fail: a reader of stdout may take the line as "it is up".
+    if args.print_address {
+        print_address(&format!("{scheme}://{local}"))?;
+    }
     server::serve(listener, live, shutdown_signal()).await;
     Ok(())
 }
 
+/// `batchgate demo-upstream`: the demo mail service alone, until SIGINT or SIGTERM.
+async fn demo_upstream(args: DemoUpstreamArgs) -> Result<(), String> {
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(latency = ?args.latency, "demo mail service listening on http://{addr}");
+    if args.print_address {
+        print_address(&format!("http://{addr}"))?;
+    }
+    tokio::select! {
+        () = demo::serve(listener, args.latency) => {}
+        () = shutdown_signal() => {}
+    }
+    Ok(())
+}
+
+/// `--print-address`: the URL as one line on stdout, flushed at once (a test or script reads it from a pipe).
+fn print_address(url: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{url}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("--print-address: cannot write to stdout: {e}"))
+}
+
+/// One `--route PREFIX=URL`, checked as the config checks a `[[routes]]` entry.
+fn parse_route(text: &str) -> Result<RouteConfig, String> {
+    let (prefix, url) = text
+        .split_once('=')
+        .ok_or("expected PREFIX=URL, as in /mail/=http://127.0.0.1:9001")?;
+    let route = RouteConfig {
+        prefix: prefix.into(),
+        upstream: Some(url.into()),
+        ..RouteConfig::default()
+    };
+    let alone = Config {
+        routes: vec![route.clone()],
+        ..Config::default()
+    };
+    match alone.validate() {
+        Ok(()) => Ok(route),
+        // The message names `routes[0].prefix` or `routes[0].upstream`: the flag's PREFIX or URL.
+        Err(ConfigError::Invalid(why)) => {
+            Err(why.strip_prefix("routes[0].").unwrap_or(&why).to_owned())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// What the command line changes in the config file, at startup and on every reload.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Overrides {
     /// `--listen`.
     listen: Option<SocketAddr>,
     /// `--demo`: the demo service's address, which `/mail/` routes to.
     demo: Option<SocketAddr>,
+    /// `--route`s, applied after `--demo`'s: the command line's explicit routes win.
+    routes: Vec<RouteConfig>,
 }
 
 impl Overrides {
@@ -258,13 +354,14 @@ impl Overrides {
         if let Some(listen) = self.listen {
             config.listen = listen;
         }
-        if let Some(addr) = self.demo {
-            config.routes.retain(|r| r.prefix != "/mail/");
-            config.routes.push(RouteConfig {
-                prefix: "/mail/".into(),
-                upstream: Some(format!("http://{addr}")),
-                ..RouteConfig::default()
-            });
+        let demo = self.demo.map(|addr| RouteConfig {
+            prefix: "/mail/".into(),
+            upstream: Some(format!("http://{addr}")),
+            ..RouteConfig::default()
+        });
+        for route in demo.iter().chain(&self.routes) {
+            config.routes.retain(|r| r.prefix != route.prefix);
+            config.routes.push(route.clone());
         }
     }
 }
@@ -372,11 +469,12 @@ async fn reload_on_sighup(
     while hangups.recv().await.is_some() {
         let Some(path) = &path else {
             tracing::info!(
-                "SIGHUP ignored: no --config file to reload (--demo runs on built-in defaults)"
+                "SIGHUP ignored: no --config file to reload (--demo and --route run on built-in defaults)"
             );
             continue;
         };
         tracing::info!(path = %path.display(), "SIGHUP: reloading the config");
+        let overrides = overrides.clone();
         match live
             .reload_file(path, move |config| overrides.apply(config))
             .await

@@ -1,5 +1,5 @@
-// Starts a real gateway for a test file: `target/debug/batchgate --demo --listen 127.0.0.1:0` (built with
-// `cargo build --bin batchgate` first if it is missing), its address read from its log.
+// Starts a real gateway for a test file: `target/debug/batchgate --demo --listen 127.0.0.1:0 --print-address`
+// (built with `cargo build --bin batchgate` first if it is missing), its address read from its stdout.
 
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -25,43 +25,42 @@ function binary() {
   return bin;
 }
 
-const ANSI = /\x1b\[[0-9;]*m/g;
-const LISTENING = /batchgate listening on (http:\/\/\S+)/;
-
 /**
- * Spawns the demo gateway. Resolves to `{url, origin, stop}`: `url` is its batch endpoint
- * (`http://127.0.0.1:PORT/batch`), `stop()` kills it and waits for it to exit.
+ * Spawns the demo gateway with `--print-address`, which writes its base URL (`http://127.0.0.1:PORT`) as the
+ * one line on stdout once it listens, and exits non-zero before that if it cannot. Resolves to
+ * `{url, origin, log, stop}`: `url` is its batch endpoint (the base URL plus the default `batch_path`, `/batch`),
+ * `log()` its stderr so far, `stop()` sends SIGTERM and waits for it to exit.
  */
 export async function startGateway(args = []) {
-  const child = spawn(binary(), ['--demo', '--listen', '127.0.0.1:0', ...args], {
+  const child = spawn(binary(), ['--demo', '--listen', '127.0.0.1:0', '--print-address', ...args], {
     cwd: root,
-    stdio: ['ignore', 'ignore', 'pipe'],
+    stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, NO_COLOR: '1' },
   });
   const killOnExit = () => child.kill('SIGKILL');
   process.once('exit', killOnExit);
   const exited = new Promise((resolve) => child.once('exit', resolve));
   let log = '';
-  const url = await new Promise((resolve, reject) => {
-    let found = false;
-    child.stderr.setEncoding('utf8');
-    // Read the log to its end for as long as the gateway runs, so it never blocks on a full pipe.
-    child.stderr.on('data', (chunk) => {
-      log += chunk;
-      const match = !found && LISTENING.exec(log.replace(ANSI, ''));
-      if (match) {
-        found = true;
-        resolve(match[1]);
-      }
+  child.stderr.setEncoding('utf8');
+  // Read the log for as long as the gateway runs, so that it never blocks on a full pipe.
+  child.stderr.on('data', (chunk) => {
+    log += chunk;
+  });
+  const origin = await new Promise((resolve, reject) => {
+    let stdout = '';
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (chunk) => {
+      stdout += chunk;
+      const end = stdout.indexOf('\n');
+      if (end >= 0) resolve(stdout.slice(0, end));
     });
     child.once('error', reject);
-    exited.then((code) => {
-      if (!found) reject(new Error(`batchgate exited (${code}) before listening:\n${log}`));
-    });
+    // 'close' comes after the last of stderr, so the rejection carries the whole log.
+    child.once('close', (code) => reject(new Error(`batchgate exited (${code}) before listening:\n${log}`)));
   });
   return {
-    url,
-    origin: new URL(url).origin,
+    url: `${origin}/batch`,
+    origin,
     log: () => log,
     async stop() {
       process.removeListener('exit', killOnExit);
