@@ -2,8 +2,9 @@
 //! answer or a typed [`PartError`].
 //!
 //! Each concern is a layer of its own, outermost first:
-//! - [`ratelimit`]: the per-client limit, a token per part;
 //! - [`policy`]: the headers the upstream sees (inherited from the batch, forwarding headers, cookies);
+//! - [`ratelimit`]: the per-client limit, a token per part (below the policy: a part is keyed by the
+//!   credential it is sent with);
 //! - [`rewrite`]: the route's path mapping, and `Location` answers mapped back;
 //! - [`timeout`]: the route's time limit for the part, all its tries included;
 //! - [`retry`]: idempotent parts tried again elsewhere, within a budget;
@@ -122,7 +123,8 @@ pub struct UpstreamResponse {
 pub struct BatchScope {
     pub headers: BatchHeaders,
     pub budget: ResponseBudget,
-    /// Who sent the batch, for the rate limit.
+    /// Who sent the batch, for the rate limit: its address key (a part sent with credentials may be keyed by
+    /// them instead).
     pub client: ClientKey,
     /// The trace the batch belongs to; each part is a span of it.
     pub trace: TraceContext,
@@ -222,8 +224,8 @@ impl RouteStack {
     pub fn build(self) -> PartService {
         let route: Arc<str> = Arc::from(self.mapping.prefix.as_str());
         let service = ServiceBuilder::new()
-            .option_layer(self.rate_limit.map(RateLimitLayer::new))
             .layer(policy::PolicyLayer::new(self.strip_cookies))
+            .option_layer(self.rate_limit.map(RateLimitLayer::new))
             .layer(rewrite::RewriteLayer::new(self.mapping))
             .layer(timeout::TimeoutLayer::new(
                 self.timeout,
