@@ -163,10 +163,12 @@ impl ResponseBudget {
     }
 }
 
-/// A route's in-flight limit: fixed (`limits.max_inflight_per_upstream`) or tuned from its latency.
+/// A route's in-flight limit: fixed (`limits.max_inflight_per_upstream`) or tuned from its latency. Either
+/// is kept across a reload that keeps the route (prefix and upstreams), and takes the new config's size or
+/// bounds.
 #[derive(Debug, Clone)]
 pub enum RouteLimit {
-    Fixed(Arc<Semaphore>),
+    Fixed(Arc<limit::Capacity>),
     Adaptive(Arc<adaptive::AdaptiveLimiter>),
 }
 
@@ -183,15 +185,15 @@ impl RouteLimit {
     /// What the scheduler takes for a part of this route.
     pub fn permits(&self) -> Permits {
         match self {
-            RouteLimit::Fixed(permits) => Permits::RouteAndGlobal(permits.clone()),
+            RouteLimit::Fixed(capacity) => Permits::RouteAndGlobal(capacity.permits().clone()),
             RouteLimit::Adaptive(_) => Permits::InStack,
         }
     }
 
-    /// Sub-requests in flight under it, and the limit now; `fixed` is the fixed limit's size.
-    pub fn gauge(&self, fixed: usize) -> (usize, usize) {
+    /// Sub-requests in flight under it, and the limit now.
+    pub fn gauge(&self) -> (usize, usize) {
         match self {
-            RouteLimit::Fixed(permits) => (fixed - permits.available_permits(), fixed),
+            RouteLimit::Fixed(capacity) => (capacity.in_use(), capacity.size()),
             RouteLimit::Adaptive(limiter) => (limiter.in_flight(), limiter.limit()),
         }
     }
