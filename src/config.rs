@@ -393,6 +393,9 @@ pub struct RateLimitConfig {
     pub burst: u32,
     /// Who a client is.
     pub key: RateLimitKey,
+    /// IPv6 clients are one client per network of this prefix length: a single host is commonly given a
+    /// whole /64, so one bucket per address would give it 2^64 of them.
+    pub ipv6_prefix: u8,
     /// Clients tracked at once; the least recently seen are forgotten past it.
     pub max_clients: usize,
 }
@@ -403,6 +406,7 @@ impl Default for RateLimitConfig {
             parts_per_second: 100.0,
             burst: 200,
             key: RateLimitKey::ClientIp,
+            ipv6_prefix: 64,
             max_clients: 100_000,
         }
     }
@@ -415,7 +419,8 @@ pub enum RateLimitKey {
     /// The peer's address (or, from a trusted proxy, the client address it forwards).
     #[default]
     ClientIp,
-    /// A hash of the batch's `Authorization` header (batches without one share the peer's address key).
+    /// A hash of the `Authorization` header each part is sent upstream with, its own or the one it inherits
+    /// from the batch (parts sent without one are keyed by the client's address).
     Authorization,
 }
 
@@ -892,6 +897,12 @@ impl Config {
             }
             check_count("rate_limit.burst", limit.burst as usize, 1, MAX_PERMITS)?;
             check_count("rate_limit.max_clients", limit.max_clients, 1, 10_000_000)?;
+            check_count(
+                "rate_limit.ipv6_prefix",
+                usize::from(limit.ipv6_prefix),
+                32,
+                128,
+            )?;
         }
         for (i, route) in self.routes.iter().enumerate() {
             if let Some(a) = route.adaptive_concurrency
@@ -2073,6 +2084,20 @@ upstream = "http://127.0.0.1:9001"
                 &format!("trusted_proxies = [\"192.168.0.0/16\", {entry:?}]"),
                 "trusted_proxies[1]",
                 &[why, entry],
+            );
+        }
+    }
+
+    #[test]
+    fn the_ipv6_prefix_of_the_rate_limit_is_a_network_size() {
+        let c = Config::from_toml("[rate_limit]\nipv6_prefix = 48").unwrap();
+        assert_eq!(c.rate_limit.unwrap().ipv6_prefix, 48);
+        assert_eq!(RateLimitConfig::default().ipv6_prefix, 64);
+        for bad in ["31", "129", "0"] {
+            refused(
+                &format!("[rate_limit]\nipv6_prefix = {bad}"),
+                "rate_limit.ipv6_prefix",
+                &["32 to 128"],
             );
         }
     }

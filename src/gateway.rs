@@ -15,6 +15,7 @@ use crate::stack::adaptive::AdaptiveLimiter;
 use crate::stack::balance::{Balancer, Upstream};
 use crate::stack::connect::TlsTarget;
 use crate::stack::endpoint::{Endpoint, EndpointSettings};
+use crate::stack::limit::Capacity;
 use crate::stack::ratelimit::RateLimiter;
 use crate::stack::retry::Budget;
 use crate::stack::rewrite::Mapping;
@@ -30,31 +31,35 @@ pub struct Gateway {
     services: Vec<PartService>,
     /// Each route's balancer, by prefix: readiness reads their endpoints' health.
     balancers: Vec<(String, Balancer)>,
-    /// Each route's in-flight limit, by prefix, for the gauges and stats.
-    route_limits: Vec<(String, RouteLimit)>,
+    /// Each route's in-flight limit, by prefix and upstreams (the route's identity across reloads), for the
+    /// scheduler, the gauges and stats.
+    route_limits: Vec<(String, Arc<str>, RouteLimit)>,
     pub metrics: Arc<Metrics>,
     pub observer: Arc<Observer>,
-    /// The per-client limit on parts, shared by every route's stack.
+    /// The per-client limit on parts, shared by every route's stack (and kept by a reload that names clients
+    /// the same way).
     pub rate_limit: Option<Arc<RateLimiter>>,
     pub headers: HeaderRules,
     pub part_limits: PartLimits,
-    /// Sub-requests in flight across all batches.
-    inflight: Arc<Semaphore>,
-    /// Batches being served; a batch over the limit is refused at once with 503.
-    batches: Arc<Semaphore>,
+    /// Sub-requests in flight across all batches, shared with the gateways this one succeeds.
+    inflight: Arc<Capacity>,
+    /// Batches being served, likewise; a batch over the limit is refused at once with 503.
+    batches: Arc<Capacity>,
 }
 
 impl Gateway {
     /// Builds the gateway from a validated config. Fails on what only building can find: certificate and key
     /// files that cannot be read or used.
     pub fn new(config: Config) -> Result<Gateway, ConfigError> {
-        Gateway::build(config, Arc::default(), Arc::default())
+        Gateway::build(config, None)
     }
 
     /// A gateway for a reloaded config that goes on counting into `previous`'s metrics and observations, and
-    /// keeps the passive health of the upstream addresses that stay.
+    /// shares its in-flight limits and rate-limit buckets (batches still running on `previous` count against
+    /// this one's limits; the new sizes apply when it is served, [`Gateway::take_over_limits`]), and keeps the
+    /// passive health of the upstream addresses that stay.
     pub fn succeeding(config: Config, previous: &Gateway) -> Result<Gateway, ConfigError> {
-        let next = Gateway::build(config, previous.metrics.clone(), previous.observer.clone())?;
+        let next = Gateway::build(config, Some(previous))?;
         next.carry_health(previous);
         Ok(next)
     }
@@ -69,17 +74,22 @@ impl Gateway {
         }
     }
 
-    fn build(
-        config: Config,
-        metrics: Arc<Metrics>,
-        observer: Arc<Observer>,
-    ) -> Result<Gateway, ConfigError> {
+    fn build(config: Config, previous: Option<&Gateway>) -> Result<Gateway, ConfigError> {
+        let metrics = previous.map_or_else(Arc::default, |p| p.metrics.clone());
+        let observer = previous.map_or_else(Arc::default, |p| p.observer.clone());
         let limits = &config.limits;
-        let rate_limit = config
-            .rate_limit
-            .as_ref()
-            .map(|c| Arc::new(RateLimiter::new(c)));
-        let inflight = Arc::new(Semaphore::new(limits.max_inflight));
+        let rate_limit = config.rate_limit.as_ref().map(|c| {
+            match previous.and_then(|p| p.rate_limit.as_ref()) {
+                Some(kept) if kept.keys_like(c) => kept.clone(),
+                _ => Arc::new(RateLimiter::new(c)),
+            }
+        });
+        let capacity = |kept: Option<&Arc<Capacity>>, size: usize| {
+            kept.cloned()
+                .unwrap_or_else(|| Arc::new(Capacity::new(size)))
+        };
+        let inflight = capacity(previous.map(|p| &p.inflight), limits.max_inflight);
+        let batches = capacity(previous.map(|p| &p.batches), limits.max_batches);
         let mut services = Vec::with_capacity(config.routes.len());
         let mut balancers = Vec::with_capacity(config.routes.len());
         let mut route_limits = Vec::with_capacity(config.routes.len());
@@ -133,20 +143,29 @@ impl Gateway {
                 },
             );
             let label: Vec<String> = origins.iter().map(ToString::to_string).collect();
-            let route_limit = match route.adaptive_concurrency {
-                Some(bounds) => RouteLimit::Adaptive(Arc::new(AdaptiveLimiter::new(
+            let upstream: Arc<str> = Arc::from(label.join(", "));
+            let kept = previous.and_then(|p| {
+                p.route_limits
+                    .iter()
+                    .find(|(prefix, up, _)| *prefix == route.prefix && *up == upstream)
+                    .map(|(_, _, limit)| limit)
+            });
+            let route_limit = match (route.adaptive_concurrency, kept) {
+                (Some(_), Some(kept @ RouteLimit::Adaptive(_)))
+                | (None, Some(kept @ RouteLimit::Fixed(_))) => kept.clone(),
+                (Some(bounds), _) => RouteLimit::Adaptive(Arc::new(AdaptiveLimiter::new(
                     Arc::from(route.prefix.as_str()),
                     bounds,
                     observer.clone(),
                 ))),
-                None => {
+                (None, _) => {
                     observer.set_limit(&route.prefix, limits.max_inflight_per_upstream);
-                    RouteLimit::Fixed(Arc::new(Semaphore::new(limits.max_inflight_per_upstream)))
+                    RouteLimit::Fixed(Arc::new(Capacity::new(limits.max_inflight_per_upstream)))
                 }
             };
-            route_limits.push((route.prefix.clone(), route_limit.clone()));
+            route_limits.push((route.prefix.clone(), upstream.clone(), route_limit.clone()));
             let service = RouteStack {
-                upstream: Arc::from(label.join(", ")),
+                upstream,
                 timeout: route.timeout.unwrap_or(limits.part_timeout),
                 timeout_key: Arc::from(match route.timeout {
                     Some(_) => format!("routes[{i}].timeout"),
@@ -166,7 +185,7 @@ impl Gateway {
                     config.upstream.retry_budget_min,
                 ),
                 route_limit,
-                global_inflight: inflight.clone(),
+                global_inflight: inflight.permits().clone(),
                 max_response_bytes: limits.max_response_bytes,
                 balancer: balancer.clone(),
                 rate_limit: rate_limit.clone(),
@@ -190,9 +209,36 @@ impl Gateway {
                     .unwrap_or(usize::MAX),
             },
             inflight,
-            batches: Arc::new(Semaphore::new(limits.max_batches)),
+            batches,
             config,
         })
+    }
+
+    /// Sets the limits this gateway shares with the gateways it succeeds to its own config's: the in-flight
+    /// limits are resized, tuned limits take the new bounds, and the rate limit its new rate and burst. Called
+    /// as it is swapped in, so that a reload refused after building it changes nothing.
+    pub fn take_over_limits(&self) {
+        let limits = &self.config.limits;
+        self.inflight.resize(limits.max_inflight);
+        self.batches.resize(limits.max_batches);
+        for ((prefix, _, limit), route) in self.route_limits.iter().zip(&self.config.routes) {
+            match limit {
+                RouteLimit::Adaptive(limiter) => {
+                    // Built from this route: it has bounds.
+                    if let Some(bounds) = route.adaptive_concurrency {
+                        limiter.set_bounds(bounds);
+                    }
+                }
+                RouteLimit::Fixed(capacity) => {
+                    capacity.resize(limits.max_inflight_per_upstream);
+                    self.observer
+                        .set_limit(prefix, limits.max_inflight_per_upstream);
+                }
+            }
+        }
+        if let (Some(limiter), Some(config)) = (&self.rate_limit, &self.config.rate_limit) {
+            limiter.reconfigure(config);
+        }
     }
 
     /// Routes none of whose upstreams can take parts now (all ejected, or none resolved), by prefix.
@@ -211,12 +257,13 @@ impl Gateway {
 
     /// The permits parts routed to `route` take before entering its stack.
     pub fn permits(&self, route: &Route) -> Permits {
-        self.route_limits[route.id].1.permits()
+        self.route_limits[route.id].2.permits()
     }
 
     /// One of `limits.max_batches`, or the batch is refused with 503.
     pub fn admit_batch(&self) -> Result<OwnedSemaphorePermit, BatchError> {
         self.batches
+            .permits()
             .clone()
             .try_acquire_owned()
             .map_err(|_| BatchError::Overloaded(self.config.limits.max_batches))
@@ -224,15 +271,14 @@ impl Gateway {
 
     /// The gauges `/metrics` reads at scrape time.
     pub fn gauges(&self) -> Gauges {
-        let fixed = self.config.limits.max_inflight_per_upstream;
         Gauges {
             batches: self.batches_in_flight(),
             sub_requests: self.sub_requests_in_flight(),
             routes: self
                 .route_limits
                 .iter()
-                .map(|(prefix, limit)| {
-                    let (in_flight, limit) = limit.gauge(fixed);
+                .map(|(prefix, _, limit)| {
+                    let (in_flight, limit) = limit.gauge();
                     (prefix.clone(), in_flight, limit)
                 })
                 .collect(),
@@ -241,13 +287,12 @@ impl Gateway {
 
     /// What `/admin/stats` shows.
     pub fn stats(&self) -> Stats {
-        let fixed = self.config.limits.max_inflight_per_upstream;
         let routes: Vec<RouteState> = self
             .route_limits
             .iter()
-            .map(|(prefix, limit)| RouteState {
+            .map(|(prefix, _, limit)| RouteState {
                 route: prefix.clone(),
-                in_flight: limit.gauge(fixed).0,
+                in_flight: limit.gauge().0,
                 adaptive: matches!(limit, RouteLimit::Adaptive(_)),
                 upstreams: self
                     .balancers
@@ -267,16 +312,17 @@ impl Gateway {
 
     /// The gateway-wide in-flight permits.
     pub fn global_inflight(&self) -> Arc<Semaphore> {
-        self.inflight.clone()
+        self.inflight.permits().clone()
     }
 
-    /// Sub-requests in flight right now, across all batches.
+    /// Sub-requests in flight right now, across all batches (and the gateways this one succeeds).
     pub fn sub_requests_in_flight(&self) -> usize {
-        self.config.limits.max_inflight - self.inflight.available_permits()
+        self.inflight.in_use()
     }
 
-    /// Batches being served right now (from arrival until the last reply byte is out or the client is gone).
+    /// Batches being served right now (from arrival until the last reply byte is out or the client is gone),
+    /// likewise.
     pub fn batches_in_flight(&self) -> usize {
-        self.config.limits.max_batches - self.batches.available_permits()
+        self.batches.in_use()
     }
 }

@@ -23,6 +23,11 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Names one request, never a batch of different ones: inherited, it would give every part the same key, and
+/// an upstream that honours it would answer the second POST with the first one's answer (and the retry layer
+/// would take them all for retryable). A part's own key is passed on as usual.
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
 /// Headers that tell an upstream who the client is or what it asked for, as seen by a proxy. Only the
 /// gateway sets them: a client's copies are removed from the batch's headers and from every part's.
 ///
@@ -102,8 +107,8 @@ impl HeaderRules {
     }
 
     /// The per-batch context: what every part inherits from the batch's outer headers (all but hop-by-hop,
-    /// `Content-*`, `Host`, `Expect`, `Accept-Encoding`, forwarding headers and whatever the policy
-    /// excludes), and the forwarding headers the gateway adds. `peer` is the TCP peer; `tls` whether the
+    /// `Content-*`, `Host`, `Expect`, `Accept-Encoding`, `Idempotency-Key`, forwarding headers and whatever
+    /// the policy excludes), and the forwarding headers the gateway adds. `peer` is the TCP peer; `tls` whether the
     /// client connection was HTTPS.
     pub fn batch(&self, outer: &HeaderMap, peer: IpAddr, tls: bool) -> BatchHeaders {
         BatchHeaders {
@@ -113,26 +118,35 @@ impl HeaderRules {
     }
 
     /// The client a batch comes from: the peer, or, when the peer is a trusted proxy, the nearest address in
-    /// its `X-Forwarded-For` chain that is not itself a trusted proxy.
+    /// its `X-Forwarded-For` chain that is not itself a trusted proxy. Each entry is the address the hop to
+    /// its right saw; an entry that names no address (`unknown`, an obfuscated name, garbage) ends the walk
+    /// at that hop, the last trusted one: whatever is left of it is only what the client claims.
     pub fn client(&self, outer: &HeaderMap, peer: IpAddr) -> IpAddr {
-        let peer = peer.to_canonical();
         let trusted = |ip: IpAddr| self.trusted_proxies.iter().any(|net| net.contains(ip));
-        if !trusted(peer) {
-            return peer;
+        let mut hop = peer.to_canonical();
+        if !trusted(hop) {
+            return hop;
         }
-        let chain: Vec<IpAddr> = outer
+        let values: Vec<&str> = outer
             .get_all(&X_FORWARDED_FOR)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-            .map(|a| a.to_canonical())
+            .map(|v| v.to_str().unwrap_or("unknown"))
             .collect();
-        chain
-            .into_iter()
+        let entries = values
+            .iter()
             .rev()
-            .find(|&a| !trusted(a))
-            .unwrap_or(peer)
+            .flat_map(|v| v.rsplit(','))
+            .map(str::trim)
+            // Empty list elements are allowed by the list syntax (RFC 9110 5.6.1) and name no one.
+            .filter(|entry| !entry.is_empty());
+        for entry in entries {
+            match forwarded_address(entry) {
+                Some(address) if trusted(address) => hop = address,
+                Some(address) => return address,
+                None => return hop,
+            }
+        }
+        hop
     }
 
     fn inherited(&self, outer: &HeaderMap) -> HeaderMap {
@@ -145,6 +159,7 @@ impl HeaderRules {
                     || *n == header::HOST
                     || *n == header::EXPECT
                     || *n == header::ACCEPT_ENCODING
+                    || *n == IDEMPOTENCY_KEY
                     || FORWARDING.contains(n)
                     || self.deny.contains(n)
                     || (!self.only.is_empty() && !self.only.contains(n))
@@ -207,6 +222,29 @@ impl HeaderRules {
         }
         out
     }
+}
+
+/// The address in one `X-Forwarded-For` entry: `192.0.2.1`, `192.0.2.1:4711`, `2001:db8::1`,
+/// `[2001:db8::1]` or `[2001:db8::1]:4711` (proxies such as Azure's and some nginx setups add the port).
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let address = if let Some(rest) = entry.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let port_ok = after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|p| p.parse::<u16>().is_ok());
+        if !port_ok {
+            return None;
+        }
+        IpAddr::V6(inside.parse().ok()?)
+    } else if let Ok(address) = entry.parse::<IpAddr>() {
+        address
+    } else {
+        let (host, port) = entry.rsplit_once(':')?;
+        port.parse::<u16>().ok()?;
+        IpAddr::V4(host.parse().ok()?)
+    };
+    Some(address.to_canonical())
 }
 
 /// Whether a `Host` value is a plain `host[:port]`, fit to be passed on as `X-Forwarded-Host`.
@@ -346,6 +384,7 @@ mod tests {
             ("connection", "x-hop"),
             ("x-hop", "h"),
             ("te", "trailers"),
+            ("idempotency-key", "batch-1"),
         ]);
         let batch = rules("[headers]\ninherit_deny = [\"X-Trace\"]").batch(
             &outer,
@@ -397,9 +436,19 @@ mod tests {
         // Cookies stay for routes that do not strip them.
         assert_eq!(all(&batch.for_part(part, false), "cookie"), ["c=1"]);
 
-        let only = rules("[headers]\ninherit_only = [\"Authorization\", \"x-forwarded-for\"]")
-            .batch(
-                &spoofed(&[("authorization", "a"), ("accept", "x")]),
+        // A part's own key goes through; the batch's never does, not even when listed.
+        let keyed = batch.for_part(map(&[("idempotency-key", "part-1")]), false);
+        assert_eq!(all(&keyed, "idempotency-key"), ["part-1"]);
+
+        let only = rules(
+            "[headers]\ninherit_only = [\"Authorization\", \"x-forwarded-for\", \"Idempotency-Key\"]",
+        )
+        .batch(
+            &spoofed(&[
+                ("authorization", "a"),
+                ("accept", "x"),
+                ("idempotency-key", "k"),
+            ]),
                 "10.0.0.9".parse().unwrap(),
                 false,
             );
@@ -484,5 +533,61 @@ mod tests {
         assert_eq!(all(&up, "x-forwarded-for"), ["::1"]);
         assert_eq!(all(&up, "x-forwarded-proto"), ["https"]);
         assert_eq!(all(&up, "x-forwarded-host"), ["gw.internal"]);
+    }
+
+    #[test]
+    fn the_client_is_the_nearest_untrusted_hop_in_any_address_form() {
+        let rules = rules("trusted_proxies = [\"10.0.0.0/8\", \"2001:db8:ffff::/48\"]");
+        let proxy: IpAddr = "10.1.2.3".parse().unwrap();
+        let client = |chain: &[&str]| {
+            let pairs: Vec<(&str, &str)> = chain.iter().map(|v| ("x-forwarded-for", *v)).collect();
+            rules.client(&map(&pairs), proxy).to_string()
+        };
+        // Bare addresses, with ports, bracketed IPv6 with and without a port; the client's own claims to the
+        // left never count.
+        assert_eq!(client(&["6.6.6.6, 203.0.113.5"]), "203.0.113.5");
+        assert_eq!(client(&["6.6.6.6, 203.0.113.5:4711"]), "203.0.113.5");
+        assert_eq!(client(&["6.6.6.6, [2001:db8::7]:4711"]), "2001:db8::7");
+        assert_eq!(client(&["6.6.6.6, [2001:db8::7]"]), "2001:db8::7");
+        assert_eq!(client(&["6.6.6.6, 2001:db8::7"]), "2001:db8::7");
+        assert_eq!(client(&["6.6.6.6, [::ffff:203.0.113.5]:1"]), "203.0.113.5");
+        // Trusted hops are walked through, whatever their form, and over several header lines.
+        assert_eq!(
+            client(&[
+                "6.6.6.6, 203.0.113.5:80, 10.9.9.9:1234",
+                "[2001:db8:ffff::1]:443,"
+            ]),
+            "203.0.113.5"
+        );
+        // A hop that names nobody: the proxy that wrote it is the client, never what is left of it.
+        for unnamed in [
+            "unknown",
+            "_hidden",
+            "203.0.113.5:99999",
+            "[2001:db8::7",
+            "[2001:db8::7]x",
+            "2001:db8::7:80x",
+            "host.example",
+        ] {
+            assert_eq!(
+                client(&[&format!("6.6.6.6, {unnamed}")]),
+                "10.1.2.3",
+                "{unnamed}"
+            );
+        }
+        assert_eq!(client(&["6.6.6.6, unknown, 10.9.9.9"]), "10.9.9.9");
+        // All trusted, or nothing said: the nearest trusted hop.
+        assert_eq!(client(&["10.7.7.7, 10.8.8.8"]), "10.7.7.7");
+        assert_eq!(client(&[]), "10.1.2.3");
+        // An untrusted peer is the client, whatever it says.
+        assert_eq!(
+            rules
+                .client(
+                    &map(&[("x-forwarded-for", "203.0.113.5")]),
+                    "192.0.2.1".parse().unwrap()
+                )
+                .to_string(),
+            "192.0.2.1"
+        );
     }
 }

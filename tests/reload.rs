@@ -7,13 +7,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use batchgate::server::Live;
+use batchgate::{Config, Gateway};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use support::*;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 fn svc_batch(path: &str) -> String {
     get_batch("b", &[path.to_owned()])
@@ -118,6 +120,122 @@ fn post_bytes(body: &str) -> String {
         "POST /batch HTTP/1.1\r\nHost: gw\r\nContent-Type: {MP}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
+}
+
+/// Reloads `toml` the way SIGHUP does: a gateway succeeding the one served.
+fn reload(live: &Live, toml: &str) {
+    let next = Gateway::succeeding(Config::from_toml(toml).unwrap(), &live.gateway()).unwrap();
+    live.replace(next).unwrap();
+}
+
+/// Reloads do not multiply limits: parts of batches still running on an old config count against the new
+/// one's `max_inflight_per_upstream`, and their batches against `max_batches`. Three batches of four parts
+/// over two reloads, against an upstream that holds every request until released one at a time: it never
+/// sees more than two at once, and a fourth batch is refused.
+#[tokio::test]
+async fn limits_hold_across_reloads() {
+    let release = Arc::new(Semaphore::new(0));
+    let (arrived, mut arrivals) = mpsc::unbounded_channel();
+    let up = {
+        let release = release.clone();
+        upstream(move |seen| {
+            let (arrived, release) = (arrived.clone(), release.clone());
+            async move {
+                let _ = arrived.send(());
+                release.acquire().await.unwrap().forget();
+                text(StatusCode::OK, seen.uri.path().to_owned())
+            }
+        })
+        .await
+    };
+    let toml = format!(
+        "[limits]\nmax_inflight_per_upstream = 2\nmax_batches = 3\n{}",
+        routes(&[("/svc/", up.addr)])
+    );
+    let (gw, live) = live_gateway(&toml).await;
+    let send = |batch: usize| {
+        let targets: Vec<String> = (0..4).map(|i| format!("/svc/{batch}-{i}")).collect();
+        let bytes = post_bytes(&get_batch("b", &targets));
+        let addr = gw.addr;
+        tokio::spawn(async move { send_raw(addr, bytes.as_bytes()).await })
+    };
+    let mut batches = vec![send(0)];
+    for _ in 0..2 {
+        within(10, "a part at the upstream", arrivals.recv()).await;
+    }
+    for batch in 1..3 {
+        reload(&live, &toml);
+        batches.push(send(batch));
+        let admitted = batch + 1;
+        eventually(&format!("{admitted} batches counted"), || {
+            live.gateway().batches_in_flight() == admitted
+        })
+        .await;
+    }
+    let refused = gw.post(MP, svc_batch("/svc/over")).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.error_message().contains("limits.max_batches"));
+
+    // Each part released lets exactly one waiting part through, whichever gateway its batch started on.
+    for arrived in 2..12 {
+        release.add_permits(1);
+        within(
+            10,
+            format!("part {arrived} at the upstream").as_str(),
+            arrivals.recv(),
+        )
+        .await;
+        assert_eq!(live.gateway().sub_requests_in_flight(), 2);
+    }
+    release.add_permits(2);
+    for batch in batches {
+        let reply = within(10, "a batch", batch).await.unwrap().reply();
+        assert!(reply.parts().iter().all(|p| p.status == StatusCode::OK));
+    }
+    assert_eq!(up.seen().len(), 12);
+    assert_eq!(up.peak_concurrency(), 2, "max_inflight_per_upstream = 2");
+    assert_eq!(live.gateway().batches_in_flight(), 0);
+    gw.stop().await;
+}
+
+/// A client at its rate limit stays there across reloads that keep how clients are named, even when the
+/// rate or burst changes; the buckets start again when `key` changes.
+#[tokio::test]
+async fn rate_limit_buckets_survive_a_reload() {
+    let up = echo_upstream(Duration::ZERO).await;
+    // One token in 1000 s: a spent bucket stays spent for the test.
+    let toml = |extra: &str| {
+        format!(
+            "[rate_limit]\nparts_per_second = 0.001\nburst = 2\n{extra}\n{}",
+            routes(&[("/svc/", up.addr)])
+        )
+    };
+    let (gw, live) = live_gateway(&toml("")).await;
+    let statuses = |n: usize| {
+        let targets: Vec<String> = (0..n).map(|i| format!("/svc/{i}")).collect();
+        let gw = &gw;
+        async move {
+            let reply = gw.post(MP, get_batch("b", &targets)).await;
+            reply
+                .parts()
+                .iter()
+                .map(|p| p.status.as_u16())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(statuses(3).await, [200, 200, 429]);
+    reload(&live, &toml(""));
+    assert_eq!(statuses(1).await, [429], "the same settings");
+    reload(&live, &toml("max_clients = 10"));
+    reload(&live, &toml("").replace("burst = 2", "burst = 5"));
+    assert_eq!(
+        statuses(1).await,
+        [429],
+        "a larger burst, the same empty bucket"
+    );
+    reload(&live, &toml("key = \"authorization\""));
+    assert_eq!(statuses(2).await, [200, 200], "clients named another way");
+    gw.stop().await;
 }
 
 /// What needs a restart is reported and otherwise ignored; the rest of the new config applies.

@@ -71,7 +71,7 @@ pub fn admit(
         .or_else(|| head.uri.authority().map(|a| a.to_string()));
     let client = gateway.headers.client(&head.headers, peer);
     let client = match &gateway.rate_limit {
-        Some(limiter) => limiter.key(client, &head.headers),
+        Some(limiter) => limiter.address_key(client),
         None => ClientKey::Ip(client),
     };
     let scope = Arc::new(BatchScope {

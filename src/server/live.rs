@@ -6,6 +6,12 @@
 //! builds a whole new `Served` and swaps it in: new batches and handshakes get it, batches in flight finish
 //! on the gateway they started with, and no connection is dropped.
 //!
+//! A reloaded gateway ([`Gateway::succeeding`]) keeps the previous one's limits: `max_batches`,
+//! `max_inflight` and each route's in-flight limit (for a route with the same prefix and upstreams) are the
+//! same permits, resized as the new gateway is swapped in, so batches still running on the old config count
+//! against the new limits; and the rate limit keeps every client's bucket unless `key` or `ipv6_prefix`
+//! changed. A route whose limit switches between fixed and adaptive starts a new one.
+//!
 //! What is fixed for the life of the listener and cannot change by a reload: `listen`, `limits.max_connections`,
 //! `[admin]`'s `listen` and `log_format` (logged as needing a restart, otherwise ignored), and whether `[tls]` is on (a reload that turns it on or
 //! off is refused). Other connection limits (timeouts, HTTP/2 settings) apply to connections accepted after
@@ -183,7 +189,10 @@ impl Live {
         for note in &replaced.needs_restart {
             tracing::warn!("reload: {note}");
         }
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = served;
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        // Under the lock: of two reloads at once, the limits are those of the one served.
+        served.gateway.take_over_limits();
+        *current = served;
         Ok(replaced)
     }
 

@@ -41,7 +41,6 @@ const MIN_RTT_INTERVAL: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct AdaptiveLimiter {
     route: Arc<str>,
-    bounds: AdaptiveConcurrency,
     state: Mutex<State>,
     room: Notify,
     observer: Arc<Observer>,
@@ -49,6 +48,8 @@ pub struct AdaptiveLimiter {
 
 #[derive(Debug)]
 struct State {
+    /// The route's `adaptive_concurrency`, which a reload may change.
+    bounds: AdaptiveConcurrency,
     limit: usize,
     in_flight: usize,
     samples: Vec<Duration>,
@@ -70,8 +71,8 @@ impl AdaptiveLimiter {
         observer.set_limit(&route, bounds.min);
         AdaptiveLimiter {
             route,
-            bounds,
             state: Mutex::new(State {
+                bounds,
                 // Start where the minimum latency is measured: at the bottom.
                 limit: bounds.min,
                 in_flight: 0,
@@ -96,6 +97,30 @@ impl AdaptiveLimiter {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a reloaded route's bounds: the limit (and the one to go back to after measuring) is moved
+    /// inside them; parts in flight stay counted.
+    pub fn set_bounds(&self, bounds: AdaptiveConcurrency) {
+        let mut state = self.lock();
+        state.bounds = bounds;
+        let from = state.limit;
+        state.limit = from.clamp(bounds.min, bounds.max);
+        state.measuring = state.measuring.map(|l| l.clamp(bounds.min, bounds.max));
+        let to = state.limit;
+        drop(state);
+        if to != from {
+            self.observer.set_limit(&self.route, to);
+            self.observer.tuned(
+                &self.route,
+                from,
+                to,
+                format!("reloaded with min = {}, max = {}", bounds.min, bounds.max),
+            );
+            if to > from {
+                self.room.notify_waiters();
+            }
+        }
     }
 
     /// Waits for room under the limit.
@@ -130,16 +155,16 @@ impl AdaptiveLimiter {
             state.min_rtt = Some(sample_rtt);
             let jitter = rand::rng().random_range(0.0..0.25);
             state.remeasure_at = now + MIN_RTT_INTERVAL.mul_f64(1.0 - jitter);
-            let to = if state.min_rtt.is_some() && restore > self.bounds.min {
+            let to = if state.min_rtt.is_some() && restore > state.bounds.min {
                 restore
             } else {
-                self.bounds.min
+                state.bounds.min
             };
             (to, format!("minimum latency measured: {sample_rtt:?}"))
         } else if now >= state.remeasure_at {
             state.measuring = Some(state.limit);
             (
-                self.bounds.min,
+                state.bounds.min,
                 "measuring the minimum latency again, at the lowest limit".to_owned(),
             )
         } else {
@@ -150,7 +175,7 @@ impl AdaptiveLimiter {
             let limit = from as f64;
             let next = (gradient * limit + limit.sqrt()).round() as usize;
             (
-                next.clamp(self.bounds.min, self.bounds.max),
+                next.clamp(state.bounds.min, state.bounds.max),
                 format!(
                     "median latency {sample_rtt:?} against a minimum of {min_rtt:?} (gradient {gradient:.2})"
                 ),
@@ -334,5 +359,27 @@ mod tests {
                 .all(|e| e.route == "/mail/" && e.from != e.to)
         );
         assert!(history.iter().any(|e| e.to < e.from) && history.iter().any(|e| e.to > e.from));
+    }
+
+    #[tokio::test]
+    async fn reloaded_bounds_move_the_limit_and_keep_the_parts_in_flight() {
+        let observer = Arc::new(Observer::default());
+        let limiter = Arc::new(AdaptiveLimiter::new(
+            Arc::from("/mail/"),
+            AdaptiveConcurrency { min: 2, max: 200 },
+            observer.clone(),
+        ));
+        let held = (limiter.acquire().await, limiter.acquire().await);
+        limiter.set_bounds(AdaptiveConcurrency { min: 5, max: 10 });
+        assert_eq!((limiter.limit(), limiter.in_flight()), (5, 2));
+        limiter.set_bounds(AdaptiveConcurrency { min: 1, max: 3 });
+        assert_eq!((limiter.limit(), limiter.in_flight()), (3, 2));
+        drop(held);
+        assert_eq!(limiter.in_flight(), 0);
+        let history = observer.stats(&[], 0, 0, 0).tuning;
+        assert_eq!(
+            history.iter().map(|e| (e.from, e.to)).collect::<Vec<_>>(),
+            [(2, 5), (5, 3)]
+        );
     }
 }

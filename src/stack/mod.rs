@@ -2,8 +2,9 @@
 //! answer or a typed [`PartError`].
 //!
 //! Each concern is a layer of its own, outermost first:
-//! - [`ratelimit`]: the per-client limit, a token per part;
 //! - [`policy`]: the headers the upstream sees (inherited from the batch, forwarding headers, cookies);
+//! - [`ratelimit`]: the per-client limit, a token per part (below the policy: a part is keyed by the
+//!   credential it is sent with);
 //! - [`rewrite`]: the route's path mapping, and `Location` answers mapped back;
 //! - [`timeout`]: the route's time limit for the part, all its tries included (each try gets a share);
 //! - [`retry`]: idempotent parts tried again elsewhere, within a budget;
@@ -126,7 +127,8 @@ pub struct UpstreamResponse {
 pub struct BatchScope {
     pub headers: BatchHeaders,
     pub budget: ResponseBudget,
-    /// Who sent the batch, for the rate limit.
+    /// Who sent the batch, for the rate limit: its address key (a part sent with credentials may be keyed by
+    /// them instead).
     pub client: ClientKey,
     /// The trace the batch belongs to; each part is a span of it.
     pub trace: TraceContext,
@@ -165,10 +167,12 @@ impl ResponseBudget {
     }
 }
 
-/// A route's in-flight limit: fixed (`limits.max_inflight_per_upstream`) or tuned from its latency.
+/// A route's in-flight limit: fixed (`limits.max_inflight_per_upstream`) or tuned from its latency. Either
+/// is kept across a reload that keeps the route (prefix and upstreams), and takes the new config's size or
+/// bounds.
 #[derive(Debug, Clone)]
 pub enum RouteLimit {
-    Fixed(Arc<Semaphore>),
+    Fixed(Arc<limit::Capacity>),
     Adaptive(Arc<adaptive::AdaptiveLimiter>),
 }
 
@@ -185,15 +189,15 @@ impl RouteLimit {
     /// What the scheduler takes for a part of this route.
     pub fn permits(&self) -> Permits {
         match self {
-            RouteLimit::Fixed(permits) => Permits::RouteAndGlobal(permits.clone()),
+            RouteLimit::Fixed(capacity) => Permits::RouteAndGlobal(capacity.permits().clone()),
             RouteLimit::Adaptive(_) => Permits::InStack,
         }
     }
 
-    /// Sub-requests in flight under it, and the limit now; `fixed` is the fixed limit's size.
-    pub fn gauge(&self, fixed: usize) -> (usize, usize) {
+    /// Sub-requests in flight under it, and the limit now.
+    pub fn gauge(&self) -> (usize, usize) {
         match self {
-            RouteLimit::Fixed(permits) => (fixed - permits.available_permits(), fixed),
+            RouteLimit::Fixed(capacity) => (capacity.in_use(), capacity.size()),
             RouteLimit::Adaptive(limiter) => (limiter.in_flight(), limiter.limit()),
         }
     }
@@ -228,8 +232,8 @@ impl RouteStack {
     pub fn build(self) -> PartService {
         let route: Arc<str> = Arc::from(self.mapping.prefix.as_str());
         let service = ServiceBuilder::new()
-            .option_layer(self.rate_limit.map(RateLimitLayer::new))
             .layer(policy::PolicyLayer::new(self.strip_cookies))
+            .option_layer(self.rate_limit.map(RateLimitLayer::new))
             .layer(rewrite::RewriteLayer::new(self.mapping))
             .layer(timeout::TimeoutLayer::new(
                 self.timeout,
