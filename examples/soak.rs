@@ -29,9 +29,10 @@
 //! - `--slow-readers`: each pipelines a few batches of large answers (more than the socket buffers hold),
 //!   then stops reading; the gateway must cut the connection mid-reply after `write_timeout`;
 //! - `--silent`: each connects and sends nothing, or half a request head; the gateway must close it after
-//!   `header_read_timeout`, or sooner to make room: `max_connections` leaves room for every other client but
-//!   only half of these, so the gateway is full and evicts idle connections all the time (`--max-connections`
-//!   overrides it, e.g. to run without eviction);
+//!   `header_read_timeout`, or (one that sent nothing) sooner to make room: `max_connections` leaves room for
+//!   every other client and the half heads (which are mid-request, and never closed to make room) but only
+//!   half of those that send nothing, so the gateway is full and evicts them all the time
+//!   (`--max-connections` overrides it, e.g. to run without eviction);
 //! - `--drips`: each sends a batch body a few bytes at a time, slower in total than `upload_timeout` (but
 //!   each pause shorter than `body_read_timeout`); the gateway must answer 408 with a JSON error.
 //!
@@ -81,8 +82,8 @@ struct Args {
     /// Clients that upload a batch body a few bytes at a time, slower than `upload_timeout`.
     #[arg(long, default_value_t = 4)]
     drips: usize,
-    /// The gateway's `max_connections`. By default room for every client but half the silent sockets, so
-    /// that the gateway is full, and evicts, all run long.
+    /// The gateway's `max_connections`. By default room for every client but half the silent sockets that
+    /// send nothing, so that the gateway is full, and evicts, all run long.
     #[arg(long)]
     max_connections: Option<usize>,
 }
@@ -117,10 +118,11 @@ async fn main() -> std::process::ExitCode {
     let good = start_http_upstream(seen.clone(), false).await;
     let slow = start_http_upstream(seen.clone(), true).await;
     let faulty = start_faulty_upstream(seen.clone()).await;
-    // Room for every client but half the silent sockets: the gateway is full, and evicts, all run long.
+    // Room for every client but half the silent sockets that send nothing (the other half of them send half a
+    // head): the gateway is full, and evicts, all run long.
     let max_connections = args
         .max_connections
-        .unwrap_or(args.conns + args.slow_readers + args.drips + args.silent / 2)
+        .unwrap_or(args.conns + args.slow_readers + args.drips + args.silent / 2 + args.silent / 4)
         .max(1);
     let config = Config::from_toml(&format!(
         r#"
@@ -755,6 +757,8 @@ async fn client(id: usize, gateway: SocketAddr, deadline: Instant, mut rng: StdR
             Ok(Ok(reply)) if reply.0 == StatusCode::SERVICE_UNAVAILABLE => {
                 stats.refusal(&planned, format!("503 ({on})"));
                 sender = None;
+                // Retry-After says 1 s; a tenth of it keeps the load up without spinning.
+                tokio::time::sleep(RECONNECT_PAUSE).await;
                 continue;
             }
             Ok(Ok(reply)) => reply,
@@ -1096,6 +1100,8 @@ struct Hostile {
     drip_refused: u64,
     /// Answered 503 on connecting: every connection was busy.
     drip_busy: u64,
+    /// Closed unanswered before a byte of the body went out: closed to make room before the head was read.
+    drip_closed_unread: u64,
     /// From the head sent to the 408, in milliseconds.
     drip_waits: Vec<u32>,
     /// Outcomes that must not happen, by what happened.
@@ -1123,6 +1129,7 @@ impl Hostile {
         self.drip_rounds += other.drip_rounds;
         self.drip_refused += other.drip_refused;
         self.drip_busy += other.drip_busy;
+        self.drip_closed_unread += other.drip_closed_unread;
         self.drip_waits.extend(other.drip_waits);
         for (what, n) in other.anomalies {
             *self.anomalies.entry(what).or_default() += n;
@@ -1401,9 +1408,11 @@ async fn drip_upload(
             continue;
         }
         let sent = Instant::now();
+        let body_sent = std::sync::atomic::AtomicBool::new(false);
         let drip = async {
             for piece in &pieces {
                 tokio::time::sleep(DRIP_EVERY).await;
+                body_sent.store(true, Ordering::Relaxed);
                 if writer.write_all(piece).await.is_err() {
                     break;
                 }
@@ -1436,6 +1445,8 @@ async fn drip_upload(
         let waited = sent.elapsed();
         match outcome {
             Err(_) => seen.anomaly(format!("drip upload: no answer within {DRIP_BOUND:?}")),
+            // `DRIP_EVERY` after the head, the gateway has read it: closing now would be closing mid-request.
+            Ok(Err(_)) if !body_sent.load(Ordering::Relaxed) => seen.drip_closed_unread += 1,
             Ok(Err(why)) => seen.anomaly(format!(
                 "drip upload: {why}, {:.1} s after the head",
                 waited.as_secs_f64()
@@ -1975,8 +1986,8 @@ them within {AT_ONCE:?} of connecting); the gateway wrote them {answers}",
     );
     println!(
         "  drip uploads:   {} rounds; refused with 408 (upload_timeout) {}, {fastest}..{slowest} ms after the head; \
-answered 503 on connecting {}",
-        h.drip_rounds, h.drip_refused, h.drip_busy
+answered 503 on connecting {}, closed unanswered before the body began {}",
+        h.drip_rounds, h.drip_refused, h.drip_busy, h.drip_closed_unread
     );
     let drip_unsafe = seen.drip_unsafe.load(Ordering::Relaxed);
     println!(
