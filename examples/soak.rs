@@ -2,6 +2,10 @@
 //! with every reply part checked. Not a test: it runs for `--secs`, reports, and exits non-zero if any part
 //! was lost or answered wrongly.
 //!
+//! A batch refused before anything ran is not lost: answered 503, or its connection closed before any byte of
+//! an answer (the gateway closes a connection unanswered only before reading a byte of a request). The report
+//! counts those apart, and checks with the upstreams that no part of them ran.
+//!
 //! ```text
 //! cargo run --release --example soak                       # 20 s, 16 connections
 //! cargo run --release --example soak -- --secs 60 --conns 32 --seed 7
@@ -25,9 +29,10 @@
 //! - `--slow-readers`: each pipelines a few batches of large answers (more than the socket buffers hold),
 //!   then stops reading; the gateway must cut the connection mid-reply after `write_timeout`;
 //! - `--silent`: each connects and sends nothing, or half a request head; the gateway must close it after
-//!   `header_read_timeout`, or sooner to make room: `max_connections` leaves room for every other client but
-//!   only half of these, so the gateway is full and evicts idle connections all the time (`--max-connections`
-//!   overrides it, e.g. to run without eviction);
+//!   `header_read_timeout`, or (one that sent nothing) sooner to make room: `max_connections` leaves room for
+//!   every other client and the half heads (which are mid-request, and never closed to make room) but only
+//!   half of those that send nothing, so the gateway is full and evicts them all the time
+//!   (`--max-connections` overrides it, e.g. to run without eviction);
 //! - `--drips`: each sends a batch body a few bytes at a time, slower in total than `upload_timeout` (but
 //!   each pause shorter than `body_read_timeout`); the gateway must answer 408 with a JSON error.
 //!
@@ -77,8 +82,8 @@ struct Args {
     /// Clients that upload a batch body a few bytes at a time, slower than `upload_timeout`.
     #[arg(long, default_value_t = 4)]
     drips: usize,
-    /// The gateway's `max_connections`. By default room for every client but half the silent sockets, so
-    /// that the gateway is full, and evicts, all run long.
+    /// The gateway's `max_connections`. By default room for every client but half the silent sockets that
+    /// send nothing, so that the gateway is full, and evicts, all run long.
     #[arg(long)]
     max_connections: Option<usize>,
 }
@@ -113,10 +118,11 @@ async fn main() -> std::process::ExitCode {
     let good = start_http_upstream(seen.clone(), false).await;
     let slow = start_http_upstream(seen.clone(), true).await;
     let faulty = start_faulty_upstream(seen.clone()).await;
-    // Room for every client but half the silent sockets: the gateway is full, and evicts, all run long.
+    // Room for every client but half the silent sockets that send nothing (the other half of them send half a
+    // head): the gateway is full, and evicts, all run long.
     let max_connections = args
         .max_connections
-        .unwrap_or(args.conns + args.slow_readers + args.drips + args.silent / 2)
+        .unwrap_or(args.conns + args.slow_readers + args.drips + args.silent / 2 + args.silent / 4)
         .max(1);
     let config = Config::from_toml(&format!(
         r#"
@@ -643,8 +649,14 @@ struct Stats {
     by_kind: BTreeMap<Kind, BTreeMap<u16, u64>>,
     /// Outer statuses of batches refused whole, by what was wrong with them.
     by_batch: BTreeMap<WholeBatch, BTreeMap<u16, u64>>,
-    /// Batches that got no readable answer, by reason.
+    /// Batches that got no readable answer, by reason: lost.
     failures: BTreeMap<String, u64>,
+    /// Batches refused before anything ran (a 503, or the connection closed before any byte of an answer:
+    /// the gateway closes a connection unanswered only before it has read a byte of the request), by reason.
+    refused: BTreeMap<String, u64>,
+    /// Their tags, to check with the upstreams that none of their parts ran; and their parts.
+    refused_tags: Vec<String>,
+    parts_refused: u64,
     /// The first few mismatches, to show what went wrong.
     examples: Vec<String>,
     /// Wall time of each well-formed batch, in microseconds.
@@ -677,6 +689,11 @@ impl Stats {
         for (reason, n) in other.failures {
             *self.failures.entry(reason).or_default() += n;
         }
+        for (reason, n) in other.refused {
+            *self.refused.entry(reason).or_default() += n;
+        }
+        self.refused_tags.extend(other.refused_tags);
+        self.parts_refused += other.parts_refused;
         for example in other.examples {
             if self.examples.len() < 10 {
                 self.examples.push(example);
@@ -694,6 +711,12 @@ impl Stats {
 
     fn failure(&mut self, reason: String) {
         *self.failures.entry(reason).or_default() += 1;
+    }
+
+    fn refusal(&mut self, planned: &Planned, reason: String) {
+        *self.refused.entry(reason).or_default() += 1;
+        self.refused_tags.push(planned.tag.clone());
+        self.parts_refused += planned.parts.len() as u64;
     }
 }
 
@@ -725,14 +748,26 @@ async fn client(id: usize, gateway: SocketAddr, deadline: Instant, mut rng: StdR
         let started = Instant::now();
         let reply = tokio::time::timeout(REPLY_TIMEOUT, send(conn, gateway, &planned)).await;
         let elapsed = started.elapsed();
+        let on = if fresh {
+            "first batch on a new connection"
+        } else {
+            "batch on a reused connection"
+        };
         let (status, content_type, body) = match reply {
+            Ok(Ok(reply)) if reply.0 == StatusCode::SERVICE_UNAVAILABLE => {
+                stats.refusal(&planned, format!("503 ({on})"));
+                sender = None;
+                // Retry-After says 1 s; a tenth of it keeps the load up without spinning.
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+                continue;
+            }
             Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => {
-                let on = if fresh {
-                    "first batch on a new connection"
-                } else {
-                    "batch on a reused connection"
-                };
+            Ok(Err(Failed::Unanswered(e))) => {
+                stats.refusal(&planned, format!("closed before any answer ({on}): {e}"));
+                sender = None;
+                continue;
+            }
+            Ok(Err(Failed::Answering(e))) => {
                 stats.failure(format!("transport ({on}): {e}"));
                 stats.parts_lost += planned.parts.len() as u64;
                 sender = None;
@@ -777,22 +812,32 @@ async fn connect(gateway: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String
     Ok(sender)
 }
 
+/// Why a batch got no whole reply.
+enum Failed {
+    /// The connection ended before any byte of an answer: the gateway read nothing of the batch.
+    Unanswered(String),
+    /// It ended in the middle of the answer.
+    Answering(String),
+}
+
 /// Sends one batch and reads the whole reply.
 async fn send(
     conn: &mut SendRequest<Full<Bytes>>,
     gateway: SocketAddr,
     planned: &Planned,
-) -> Result<(StatusCode, String, Bytes), String> {
+) -> Result<(StatusCode, String, Bytes), Failed> {
     let request = Request::post("/batch")
         .header(HOST, gateway.to_string())
         .header(CONTENT_TYPE, &planned.content_type)
         .body(Full::new(planned.body.clone()))
-        .map_err(|e| e.to_string())?;
-    conn.ready().await.map_err(|e| error_chain(&e))?;
+        .expect("a valid request");
+    conn.ready()
+        .await
+        .map_err(|e| Failed::Unanswered(error_chain(&e)))?;
     let response = conn
         .send_request(request)
         .await
-        .map_err(|e| error_chain(&e))?;
+        .map_err(|e| Failed::Unanswered(error_chain(&e)))?;
     let status = response.status();
     let content_type = response
         .headers()
@@ -804,7 +849,7 @@ async fn send(
         .into_body()
         .collect()
         .await
-        .map_err(|e| format!("reading the reply: {}", error_chain(&e)))?
+        .map_err(|e| Failed::Answering(format!("reading the reply: {}", error_chain(&e))))?
         .to_bytes();
     Ok((status, content_type, body))
 }
@@ -1033,6 +1078,8 @@ struct Hostile {
     slow_between: u64,
     /// Every reply arrived whole: the buffers held it all and no write ever stalled.
     slow_whole: u64,
+    /// Answered 503 on connecting: every connection was busy.
+    slow_refused: u64,
     /// Control rounds (a hold shorter than `write_timeout`): every reply whole, or not.
     slow_control_whole: u64,
     slow_control_cut: u64,
@@ -1051,6 +1098,10 @@ struct Hostile {
     drip_rounds: u64,
     /// Answered 408 with a JSON error naming `upload_timeout`.
     drip_refused: u64,
+    /// Answered 503 on connecting: every connection was busy.
+    drip_busy: u64,
+    /// Closed unanswered before a byte of the body went out: closed to make room before the head was read.
+    drip_closed_unread: u64,
     /// From the head sent to the 408, in milliseconds.
     drip_waits: Vec<u32>,
     /// Outcomes that must not happen, by what happened.
@@ -1063,6 +1114,7 @@ impl Hostile {
         self.slow_cut += other.slow_cut;
         self.slow_between += other.slow_between;
         self.slow_whole += other.slow_whole;
+        self.slow_refused += other.slow_refused;
         self.slow_control_whole += other.slow_control_whole;
         self.slow_control_cut += other.slow_control_cut;
         self.slow_replies += other.slow_replies;
@@ -1076,6 +1128,8 @@ impl Hostile {
         }
         self.drip_rounds += other.drip_rounds;
         self.drip_refused += other.drip_refused;
+        self.drip_busy += other.drip_busy;
+        self.drip_closed_unread += other.drip_closed_unread;
         self.drip_waits.extend(other.drip_waits);
         for (what, n) in other.anomalies {
             *self.anomalies.entry(what).or_default() += n;
@@ -1167,6 +1221,7 @@ async fn slow_reader(
         // the soak's own buffers do not blur the gateway's memory use).
         let mut buf = Vec::new();
         let mut whole = 0usize;
+        let mut refused = false;
         let read = tokio::time::timeout(REPLY_TIMEOUT, async {
             loop {
                 buf.reserve(64 * 1024);
@@ -1176,6 +1231,10 @@ async fn slow_reader(
                 }
                 let (replies, used, _) = parse_responses(&buf);
                 for reply in &replies {
+                    if whole == 0 && reply.status == 503 {
+                        refused = true;
+                        continue;
+                    }
                     whole += 1;
                     if let Err(why) = check_big_reply(reply) {
                         seen.anomaly(format!("slow reader: a whole reply is wrong: {why}"));
@@ -1195,7 +1254,12 @@ async fn slow_reader(
         if let Some(status) = parse_responses(&buf).2.filter(|&status| status != 200) {
             seen.anomaly(format!("slow reader: a reply began with status {status}"));
         }
-        if control {
+        if refused {
+            seen.slow_refused += 1;
+            if whole > 0 || !buf.is_empty() {
+                seen.anomaly("slow reader: more after a 503".to_owned());
+            }
+        } else if control {
             if whole == SLOW_BATCHES {
                 seen.slow_control_whole += 1;
             } else {
@@ -1344,9 +1408,11 @@ async fn drip_upload(
             continue;
         }
         let sent = Instant::now();
+        let body_sent = std::sync::atomic::AtomicBool::new(false);
         let drip = async {
             for piece in &pieces {
                 tokio::time::sleep(DRIP_EVERY).await;
+                body_sent.store(true, Ordering::Relaxed);
                 if writer.write_all(piece).await.is_err() {
                     break;
                 }
@@ -1379,6 +1445,8 @@ async fn drip_upload(
         let waited = sent.elapsed();
         match outcome {
             Err(_) => seen.anomaly(format!("drip upload: no answer within {DRIP_BOUND:?}")),
+            // `DRIP_EVERY` after the head, the gateway has read it: closing now would be closing mid-request.
+            Ok(Err(_)) if !body_sent.load(Ordering::Relaxed) => seen.drip_closed_unread += 1,
             Ok(Err(why)) => seen.anomaly(format!(
                 "drip upload: {why}, {:.1} s after the head",
                 waited.as_secs_f64()
@@ -1386,6 +1454,12 @@ async fn drip_upload(
             Ok(Ok(reply)) => {
                 let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::IM_A_TEAPOT);
                 match json_error(status, &reply.body) {
+                    Ok(message)
+                        if status == StatusCode::SERVICE_UNAVAILABLE
+                            && message.contains("limits.max_connections") =>
+                    {
+                        seen.drip_busy += 1;
+                    }
                     Ok(message)
                         if status == StatusCode::REQUEST_TIMEOUT
                             && message.contains("upload_timeout") =>
@@ -1516,6 +1590,8 @@ struct Seen {
     drip_safe: AtomicU64,
     /// Unsafe (POST) parts of drip uploads: they wait for the whole body, so there must be none.
     drip_unsafe: AtomicU64,
+    /// The batch clients' batches (`c{client}b{n}`) of which some part reached an upstream.
+    batches: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Seen {
@@ -1538,6 +1614,19 @@ impl Seen {
             &self.faulty
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        let tag = path.split('/').find(|segment| {
+            segment.strip_prefix('c').is_some_and(|rest| {
+                rest.split_once('b').is_some_and(|(client, n)| {
+                    [client, n]
+                        .iter()
+                        .all(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                })
+            })
+        });
+        if let Some(tag) = tag {
+            let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
+            batches.insert(tag.to_owned());
+        }
     }
 }
 
@@ -1717,15 +1806,20 @@ fn report(stats: &Stats, seen: &Seen, elapsed: Duration, shutdown: Duration) -> 
 
     println!();
     println!(
-        "batches: sent {}, answered {} ({} well-formed, {} hostile as a whole)",
+        "batches: sent {}, answered {} ({} well-formed, {} hostile as a whole), refused before anything ran {}",
         stats.batches_sent,
         stats.batches_answered,
         stats.batches_answered - stats.hostile_batches,
-        stats.hostile_batches
+        stats.hostile_batches,
+        stats.refused_tags.len()
     );
     println!(
-        "parts:   sent {}, answered {}, lost {}, mismatched {}",
-        stats.parts_sent, stats.parts_answered, stats.parts_lost, stats.mismatched
+        "parts:   sent {}, answered {}, refused before anything ran {}, lost {}, mismatched {}",
+        stats.parts_sent,
+        stats.parts_answered,
+        stats.parts_refused,
+        stats.parts_lost,
+        stats.mismatched
     );
     println!(
         "throughput over {secs:.1}s: {:.0} batches/s, {:.0} parts/s, {:.1} MiB/s sent, {:.1} MiB/s received",
@@ -1769,10 +1863,35 @@ from refused batches {}, hostile {hostile_seen}",
         seen.faulty.load(Ordering::Relaxed),
         seen.refused.load(Ordering::Relaxed),
     );
-    if stats.failures.is_empty() {
-        println!("batches without a readable answer: none");
+    if stats.refused.is_empty() {
+        println!("batches refused before anything ran: none");
     } else {
-        println!("batches without a readable answer:");
+        println!("batches refused before anything ran (the client may send them again):");
+        for (reason, n) in &stats.refused {
+            println!("  {n:>6}  {reason}");
+        }
+    }
+    // A refusal is only one if it is true: no part of a refused batch may have reached an upstream.
+    let ran = {
+        let batches = seen.batches.lock().unwrap_or_else(|e| e.into_inner());
+        stats
+            .refused_tags
+            .iter()
+            .filter(|tag| batches.contains(*tag))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    if !ran.is_empty() {
+        println!(
+            "FAIL: {} batches counted as refused had parts that ran: {}",
+            ran.len(),
+            ran.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    if stats.failures.is_empty() {
+        println!("batches without a readable answer (lost): none");
+    } else {
+        println!("batches without a readable answer (lost):");
         for (reason, n) in &stats.failures {
             println!("  {n:>6}  {reason}");
         }
@@ -1797,6 +1916,7 @@ from refused batches {}, hostile {hostile_seen}",
     stats.parts_lost > 0
         || stats.mismatched > 0
         || !stats.failures.is_empty()
+        || !ran.is_empty()
         || hostile_seen > 0
         || !exactly_once
 }
@@ -1829,12 +1949,13 @@ fn report_hostile(h: &Hostile, seen: &Seen) -> bool {
     println!("\nhostile clients:");
     println!(
         "  slow readers:   {} rounds holding {SLOW_HOLD:?}: cut mid-reply {}, closed between replies {}, \
-never stalled {}; {} control rounds holding {CONTROL_HOLD:?}: all replies {}, cut {}; {} whole replies \
+never stalled {}, answered 503 {}; {} control rounds holding {CONTROL_HOLD:?}: all replies {}, cut {}; {} whole replies \
 checked, {:.1} MiB read after the holds",
         h.slow_rounds,
         h.slow_cut,
         h.slow_between,
         h.slow_whole,
+        h.slow_refused,
         h.slow_control_whole + h.slow_control_cut,
         h.slow_control_whole,
         h.slow_control_cut,
@@ -1864,8 +1985,9 @@ them within {AT_ONCE:?} of connecting); the gateway wrote them {answers}",
         h.drip_waits.iter().max().copied().unwrap_or(0),
     );
     println!(
-        "  drip uploads:   {} rounds; refused with 408 (upload_timeout) {}, {fastest}..{slowest} ms after the head",
-        h.drip_rounds, h.drip_refused
+        "  drip uploads:   {} rounds; refused with 408 (upload_timeout) {}, {fastest}..{slowest} ms after the head; \
+answered 503 on connecting {}, closed unanswered before the body began {}",
+        h.drip_rounds, h.drip_refused, h.drip_busy, h.drip_closed_unread
     );
     let drip_unsafe = seen.drip_unsafe.load(Ordering::Relaxed);
     println!(

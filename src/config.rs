@@ -549,19 +549,48 @@ impl fmt::Display for Origin {
 }
 
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file. Its relative file paths are taken from the file's folder.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_toml(&text).map_err(|e| match e {
+        let mut config = Config::from_toml(&text).map_err(|e| match e {
             ConfigError::Parse { source, .. } => ConfigError::Parse {
                 path: path.display().to_string(),
                 source,
             },
             other => other,
-        })
+        })?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new("")));
+        Ok(config)
+    }
+
+    /// Joins the relative file paths (`[tls]` cert and key; a route's `ca_file`, `client_cert`, `client_key`)
+    /// to `dir`, the config file's folder: a file that names `certs/gateway.pem` next to it must mean the same
+    /// file whatever directory the gateway is started (or reloaded) from.
+    fn resolve_paths(&mut self, dir: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = dir.join(&*path);
+            }
+        };
+        if let Some(tls) = &mut self.tls {
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+        }
+        for route in &mut self.routes {
+            for path in [
+                &mut route.ca_file,
+                &mut route.client_cert,
+                &mut route.client_key,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                resolve(path);
+            }
+        }
     }
 
     /// Parses and validates TOML text.
@@ -1393,6 +1422,53 @@ fn de_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A config file in a folder of its own names its certificate files relative to that folder; loaded from
+    /// another working directory (the tests run in the crate's), they are found there, and an absolute path
+    /// stays as written.
+    #[test]
+    fn relative_paths_are_taken_from_the_config_files_folder() {
+        let dir =
+            std::env::temp_dir().join(format!("batchgate-config-paths-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("certs")).unwrap();
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(dir.join("certs/gw.pem"), certified.cert.pem()).unwrap();
+        std::fs::write(
+            dir.join("certs/gw.key"),
+            certified.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        let absolute = dir.join("certs/gw.pem");
+        let text = format!(
+            "[tls]\ncert = \"certs/gw.pem\"\nkey = \"certs/gw.key\"\n\n[[routes]]\nprefix = \"/a/\"\n\
+             upstream = \"https://a\"\nca_file = \"certs/gw.pem\"\nclient_cert = {absolute:?}\n\
+             client_key = \"../gw.key\"\n"
+        );
+        let file = dir.join("gateway.toml");
+        std::fs::write(&file, text).unwrap();
+        assert_ne!(std::env::current_dir().unwrap(), dir);
+
+        let config = Config::from_file(&file).unwrap();
+        let tls = config.tls.as_ref().unwrap();
+        assert_eq!(tls.cert, dir.join("certs/gw.pem"));
+        assert_eq!(tls.key, dir.join("certs/gw.key"));
+        crate::tls::server_config(tls)
+            .expect("the certificate and key are read from the file's folder");
+        let route = &config.routes[0];
+        assert_eq!(
+            route.ca_file.as_deref(),
+            Some(dir.join("certs/gw.pem").as_path())
+        );
+        assert_eq!(route.client_cert.as_deref(), Some(absolute.as_path()));
+        assert_eq!(
+            route.client_key.as_deref(),
+            Some(dir.join("../gw.key").as_path())
+        );
+        // Text has no folder: its paths are left as written.
+        let from_text = Config::from_toml("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n").unwrap();
+        assert_eq!(from_text.tls.unwrap().cert, PathBuf::from("c.pem"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// The error for this TOML text, which must be refused.
     fn error(text: &str) -> String {

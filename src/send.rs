@@ -59,11 +59,11 @@ Content-Type: multipart/mixed; boundary=<the rest of that line>.
 
 Output: for each reply part as it arrives, `[N] <Content-ID> STATUS REASON`, then its body indented: JSON
 pretty-printed (keys in their order), other text as it is, anything else as <N bytes>. With --raw, the
-reply body exactly as received instead.
+reply body exactly as received instead (and a line break after it if it does not end in one).
 
 Exit status: 0 when every part is 2xx; 1 when any part is not; 2 when the batch itself failed (connection,
-TLS, timeout, a refused batch: the gateway's error message is printed, a malformed reply) or the input or
-an option cannot be used (the message names the input line).";
+TLS, timeout, a refused batch: the gateway's error message is printed, a malformed reply, a reply with fewer
+or more parts than were sent) or the input or an option cannot be used (the message names the input line).";
 
 /// Send requests to a batch endpoint as one batch and print the reply parts.
 #[derive(Debug, clap::Args)]
@@ -169,6 +169,13 @@ pub fn main(args: SendArgs) -> ExitCode {
 
 async fn run(args: SendArgs) -> Result<Outcome, Failure> {
     let headers = outer_headers(&args.headers)?;
+    // `host:port/batch` does not parse as a URL at all, and the parser's own word for it is "invalid format".
+    if !args.url.contains("://") {
+        return Err(Failure::Usage(format!(
+            "the batch URL {:?} has no scheme: use http://HOST:PORT/batch or https://HOST/batch",
+            args.url
+        )));
+    }
     let roots = match &args.cacert {
         Some(path) => read_roots(path)?,
         None => Vec::new(),
@@ -187,17 +194,38 @@ async fn run(args: SendArgs) -> Result<Outcome, Failure> {
     let client = client.build()?;
     let input = input::parse(&read_input(args.file.as_deref())?).map_err(Failure::Input)?;
     let mut printer = Printer::new(io::stdout().lock());
+    let sent = send(&args, &headers, &roots, client, input, &mut printer).await;
+    // What follows (the summary, an error) goes to stderr: on a terminal it must not run into a reply that
+    // `--raw` printed without a final line break.
+    let ended = printer.end_line();
+    sent?;
+    ended?;
+    Ok(Outcome {
+        parts: printer.parts,
+        failed: printer.failed,
+    })
+}
+
+/// Sends the batch and shows its reply parts as they arrive.
+async fn send<W: Write>(
+    args: &SendArgs,
+    headers: &HeaderMap,
+    roots: &[CertificateDer<'static>],
+    client: BatchClient,
+    input: Input,
+    printer: &mut Printer<W>,
+) -> Result<(), Failure> {
     match input {
         Input::Requests(requests) => {
             let expected = requests.len();
             let batch = batch(requests)?;
             if args.raw {
                 let (content_type, body) = batch.finish();
-                let endpoint = raw::Endpoint::new(&args.url, &roots)?;
+                let endpoint = raw::Endpoint::new(&args.url, roots)?;
                 let reply = endpoint
-                    .post(&headers, &content_type, body, args.timeout)
+                    .post(headers, &content_type, body, args.timeout)
                     .await?;
-                read_raw(reply, Some(expected), true, &mut printer).await?;
+                read_raw(reply, Some(expected), true, printer).await?;
             } else {
                 let mut parts = client.send_stream(batch);
                 while let Some(part) = parts.next().await {
@@ -213,17 +241,29 @@ async fn run(args: SendArgs) -> Result<Outcome, Failure> {
             }
         }
         Input::Raw { content_type, body } => {
-            let endpoint = raw::Endpoint::new(&args.url, &roots)?;
+            let expected = parts_in(&content_type, &body);
+            let endpoint = raw::Endpoint::new(&args.url, roots)?;
             let reply = endpoint
-                .post(&headers, &content_type, body, args.timeout)
+                .post(headers, &content_type, body, args.timeout)
                 .await?;
-            read_raw(reply, None, args.raw, &mut printer).await?;
+            read_raw(reply, expected, args.raw, printer).await?;
         }
     }
-    Ok(Outcome {
-        parts: printer.parts,
-        failed: printer.failed,
-    })
+    Ok(())
+}
+
+/// How many parts a raw multipart input holds, when it splits cleanly (otherwise the batch endpoint is the
+/// judge of it): a reply with fewer or more parts is malformed, as for requests given one a line.
+fn parts_in(content_type: &str, body: &Bytes) -> Option<usize> {
+    let boundary = boundary_from_content_type(content_type).ok()?;
+    let mut splitter = PartSplitter::new(&boundary, u64::MAX);
+    splitter.push(body);
+    let mut parts = 0;
+    while splitter.next_part().ok()?.is_some() {
+        parts += 1;
+    }
+    splitter.finish().ok()?;
+    Some(parts)
 }
 
 /// `-H` values: `Name: value`. The batch's own framing headers are send's to set, and the reply must not be

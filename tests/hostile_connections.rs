@@ -285,7 +285,24 @@ async fn silent_sockets_at_max_connections_never_lock_clients_out() {
     );
 }
 
-/// A busy connection (batch running, or its reply still going out) is not evicted; the next client waits.
+/// A new client that finds every connection taken and none quiet gets 503 with Retry-After and a JSON error.
+fn assert_refused_as_busy(reply: &RawReply) {
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.head
+    );
+    assert_eq!(reply.headers["retry-after"], "1");
+    assert_eq!(reply.headers["content-type"], "application/json");
+    let error: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(error["error"]["code"], 503);
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("limits.max_connections"), "{message}");
+}
+
+/// A busy connection (batch running, or its reply still going out) is not evicted; a new client is answered
+/// 503 meanwhile, and once the reply is out, the connection (now between requests) makes room for the next.
 #[tokio::test]
 async fn a_busy_connection_is_not_evicted_to_make_room() {
     // 10 x 40 KiB: more than the socket buffers hold, less than they and the connection's write buffer do,
@@ -317,28 +334,15 @@ async fn a_busy_connection_is_not_evicted_to_make_room() {
             .await
             .unwrap();
     }
-    let mut second = TcpStream::connect(gw.addr).await.unwrap();
-    second
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let waiting = Duration::from_millis(300);
-    let early = tokio::time::timeout(waiting, read_response(&mut second)).await;
-    assert!(
-        early.is_err(),
-        "served while the batch waited on its upstream"
-    );
+    let health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_refused_as_busy(&send_raw(gw.addr, health).await);
     release.notify_waiters();
     // The whole reply is handed over (the batch's slot goes with its last byte), but not yet read.
     eventually("the reply is handed over", || {
         gw.gateway.batches_in_flight() == 0
     })
     .await;
-    let early = tokio::time::timeout(waiting, read_response(&mut second)).await;
-    assert!(
-        early.is_err(),
-        "served while the batch's reply was going out"
-    );
+    assert_refused_as_busy(&send_raw(gw.addr, health).await);
     let reply = within(10, "the batch's reply", read_response(&mut busy)).await;
     let parts = reply.reply().parts();
     assert_eq!(parts.len(), PARTS);
@@ -346,8 +350,68 @@ async fn a_busy_connection_is_not_evicted_to_make_room() {
         assert_eq!(part.status, StatusCode::OK);
         assert_eq!(part.body.len(), SIZE);
     }
-    let health = within(5, "the second client", read_response(&mut second)).await;
+    let next = send_raw(gw.addr, health).await;
+    assert_eq!(next.status, StatusCode::OK);
+}
+
+/// To make room, the gateway closes a connection idle between requests, never one in the middle of a request
+/// head, although that one has been idle longer; and the client whose connection was closed can tell that
+/// nothing it sent ran: the connection ends before any byte of an answer, and its batch never reached the
+/// upstream.
+#[tokio::test]
+async fn eviction_takes_a_connection_between_requests_not_one_mid_request() {
+    let up = echo_upstream(Duration::ZERO).await;
+    let gw = gateway(&format!(
+        "[limits]\nmax_connections = 2\nheader_read_timeout = \"30s\"\nidle_timeout = \"60s\"\n{}",
+        routes(&[("/up/", up.addr)])
+    ))
+    .await;
+    // The older connection is in the middle of a request head.
+    let mut mid_request = TcpStream::connect(gw.addr).await.unwrap();
+    mid_request
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // The newer one has been answered and waits between requests.
+    let mut between = TcpStream::connect(gw.addr).await.unwrap();
+    between
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = within(5, "the first answer", read_response(&mut between)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+
+    // A third client finds the house full: the connection between requests makes room for it.
+    let health = within(
+        5,
+        "/healthz on a full house",
+        gw.request(http::Method::GET, "/healthz", &[], Bytes::new()),
+    )
+    .await;
     assert_eq!(health.status, StatusCode::OK);
+
+    // The evicted client sends its next request: the connection ends without a byte of an answer, and the
+    // batch never ran.
+    let body = gets("/up/", 2);
+    let request = format!(
+        "POST /batch HTTP/1.1\r\nHost: gw\r\nContent-Type: {MP}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // The write may already fail: the gateway has closed its end.
+    let _ = between.write_all(request.as_bytes()).await;
+    let got = within(
+        5,
+        "the evicted connection closed",
+        read_until_closed(&mut between),
+    )
+    .await;
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+
+    // The connection mid-request was left alone: the rest of its head gets its answer.
+    mid_request.write_all(b"\r\n").await.unwrap();
+    let reply = within(5, "the mid-request answer", read_response(&mut mid_request)).await;
+    assert_eq!(reply.status, StatusCode::OK);
 }
 
 /// A body trickled in within `body_read_timeout` is refused 408 at `upload_timeout`, freeing its batch slot.

@@ -406,6 +406,37 @@ Content-Type: application/http\n\
 GET /mail/v1/messages/6\n\
 --b=1--\n";
 
+/// A batch endpoint that answers any batch with one 204 part per Content-ID in `ids` (none for ""), its
+/// close delimiter followed by `epilogue`.
+async fn batch_endpoint(ids: &[&str], epilogue: &str) -> Upstream {
+    let boundary = "r";
+    let mut reply = String::new();
+    for id in ids {
+        reply.push_str(&format!(
+            "--{boundary}\r\nContent-Type: application/http\r\n"
+        ));
+        if !id.is_empty() {
+            reply.push_str(&format!("Content-ID: {id}\r\n"));
+        }
+        reply.push_str("\r\nHTTP/1.1 204 No Content\r\n\r\n\r\n");
+    }
+    reply.push_str(&format!("--{boundary}--{epilogue}"));
+    upstream(move |_| {
+        let reply = reply.clone();
+        async move {
+            let mut response = Response::new(Full::new(Bytes::from(reply)));
+            response.headers_mut().insert(
+                "content-type",
+                format!("multipart/mixed; boundary={boundary}")
+                    .parse()
+                    .unwrap(),
+            );
+            response
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_raw_multipart_input_is_sent_as_it_is() {
     let gw = Gateway::demo().await;
@@ -424,22 +455,7 @@ async fn a_raw_multipart_input_is_sent_as_it_is() {
     );
 
     // Byte for byte, with the boundary of its first line, as a batch endpoint that records it sees it.
-    let endpoint = upstream(|_| async move {
-        let boundary = "r";
-        let reply = format!(
-            "--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <response-first>\r\n\r\n\
-             HTTP/1.1 204 No Content\r\n\r\n\r\n--{boundary}--\r\n"
-        );
-        let mut response = Response::new(Full::new(Bytes::from(reply)));
-        response.headers_mut().insert(
-            "content-type",
-            format!("multipart/mixed; boundary={boundary}")
-                .parse()
-                .unwrap(),
-        );
-        response
-    })
-    .await;
+    let endpoint = batch_endpoint(&["<response-first>", "response-bare", ""], "\r\n").await;
     // Blank lines before the first delimiter are its preamble, and go too.
     let file = input(&dir, &format!("\r\n\n{RAW_BATCH}"));
     let sent = send(
@@ -448,7 +464,10 @@ async fn a_raw_multipart_input_is_sent_as_it_is() {
     )
     .await;
     assert_eq!(sent.code, 0, "{sent:?}");
-    assert_eq!(sent.stdout, "[1] <response-first> 204 No Content\n");
+    assert_eq!(
+        sent.stdout,
+        "[1] <response-first> 204 No Content\n[2] response-bare 204 No Content\n[3] 204 No Content\n"
+    );
     let seen = endpoint.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].uri.path(), "/batch");
@@ -564,4 +583,79 @@ async fn unusable_options_exit_2() {
         .await
         .unwrap();
     assert_eq!(sent.status.code(), Some(2));
+}
+
+/// A raw multipart input whose reply has fewer parts than it sent exits 2, as for requests one a line (it
+/// used to exit 0, the missing parts unmentioned); one part too many is malformed too.
+#[tokio::test]
+async fn a_reply_with_fewer_parts_than_a_raw_input_sent_exits_2() {
+    let dir = TempDir::new("send-n");
+    let file = input(&dir, RAW_BATCH);
+    let short = batch_endpoint(&["<response-first>"], "\r\n").await;
+    let url = format!("http://{}/batch", short.addr);
+    for raw in [false, true] {
+        let mut args = vec![url.as_str(), path(&file)];
+        if raw {
+            args.push("--raw");
+        }
+        let sent = send(&args, None).await;
+        assert_eq!(sent.code, 2, "--raw {raw}: {sent:?}");
+        assert!(
+            sent.stderr
+                .starts_with("batchgate send: the batch reply is malformed")
+                && sent
+                    .stderr
+                    .ends_with("the reply closed after 1 parts but the batch has 3\n"),
+            "--raw {raw}: {sent:?}"
+        );
+    }
+    let long = batch_endpoint(&["<response-first>", "a", "b", "c"], "\r\n").await;
+    let sent = send(&[&format!("http://{}/batch", long.addr), path(&file)], None).await;
+    assert_eq!(sent.code, 2, "{sent:?}");
+    assert!(
+        sent.stderr
+            .ends_with("reply part 3 is one too many: the batch has 3 parts\n"),
+        "{sent:?}"
+    );
+}
+
+/// `--raw` output that does not end in a line break gets one, so that the summary (or an error) printed
+/// after it starts a line of its own.
+#[tokio::test]
+async fn raw_output_ends_its_last_line() {
+    let dir = TempDir::new("send-o");
+    let file = input(&dir, RAW_BATCH);
+    let endpoint = batch_endpoint(&["<response-first>", "response-bare", ""], "").await;
+    let sent = send(
+        &[
+            "--raw",
+            &format!("http://{}/batch", endpoint.addr),
+            path(&file),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(sent.code, 0, "{sent:?}");
+    assert!(sent.stdout.ends_with("\r\n--r--\n"), "{sent:?}");
+}
+
+/// A URL without a scheme says what is wrong and what to write, rather than the parser's "invalid format".
+#[tokio::test]
+async fn a_url_without_a_scheme_says_so() {
+    let dir = TempDir::new("send-p");
+    let file = input(&dir, "GET /mail/v1/messages/1\n");
+    for url in ["127.0.0.1:8080/batch", "localhost:8080/batch", "localhost"] {
+        let sent = send(&[url, path(&file)], None).await;
+        assert_eq!(
+            (sent.code, sent.stderr.as_str()),
+            (
+                2,
+                format!(
+                    "batchgate send: the batch URL {url:?} has no scheme: use http://HOST:PORT/batch or \
+                     https://HOST/batch\n"
+                )
+                .as_str()
+            )
+        );
+    }
 }

@@ -570,12 +570,22 @@ async function* streamBatch(url, prepared, options) {
 
   const answered = new Array(prepared.length).fill(false);
   let next = 0;
-  /** The request a reply part answers: by its Content-ID, else the reply's position, else the first open. */
+  /**
+   * The request a reply part answers: by its Content-ID, else the reply's position, else the first open. A
+   * Content-ID naming a request already answered is malformed (as in the Rust client): taking it by position
+   * instead would hand one caller's response to another.
+   */
   const indexFor = (contentId, position) => {
     const match = contentId === null ? null : /^<?response-(\d+)>?$/.exec(contentId.trim());
     if (match) {
       const i = Number(match[1]);
-      if (i < prepared.length && !answered[i]) return i;
+      if (i < prepared.length) {
+        if (answered[i]) {
+          const why = `Content-ID ${contentId} answers request ${i}, which an earlier reply part already answered`;
+          throw malformed(position, why);
+        }
+        return i;
+      }
     }
     if (position < prepared.length && !answered[position]) return position;
     while (next < prepared.length && answered[next]) next++;

@@ -16,6 +16,8 @@ pub struct Printer<W: Write> {
     pub parts: usize,
     /// Parts whose status is not 2xx.
     pub failed: usize,
+    /// The output so far ends in the middle of a line (`--raw` bytes without a final line break).
+    mid_line: bool,
 }
 
 impl<W: Write> Printer<W> {
@@ -24,6 +26,7 @@ impl<W: Write> Printer<W> {
             out,
             parts: 0,
             failed: 0,
+            mid_line: false,
         }
     }
 
@@ -44,8 +47,20 @@ impl<W: Write> Printer<W> {
 
     /// Writes reply bytes as they are (`--raw`).
     pub fn raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let Some(&last) = bytes.last() {
+            self.mid_line = last != b'\n';
+        }
         self.out.write_all(bytes)?;
         self.out.flush()
+    }
+
+    /// Ends the output's last line if `--raw` bytes left it open, so that what is printed next starts a line.
+    pub fn end_line(&mut self) -> io::Result<()> {
+        if std::mem::take(&mut self.mid_line) {
+            self.out.write_all(b"\n")?;
+            self.out.flush()?;
+        }
+        Ok(())
     }
 
     /// Counts a part without showing it (`--raw` shows the bytes instead).

@@ -3,25 +3,37 @@
 //!
 //! A connection that has not yet sent a complete request head (nothing at all, part of a head, or only the
 //! HTTP/2 preface) is closed after `limits.header_read_timeout`; one that has served requests and sits idle,
-//! after `limits.idle_timeout`. When all `limits.max_connections` are taken, the connection idle the longest
-//! is closed to make room, so silent sockets can never lock other clients out.
+//! after `limits.idle_timeout`.
 //!
-//! A connection is idle when no request is in progress and no write is blocked: a reply whose body is done
-//! may still wait in the connection's write buffer for a slow client, and closing the connection then would
-//! cut the reply short.
+//! When all `limits.max_connections` are taken, the quiet connection idle the longest is closed to make room,
+//! so silent sockets can never lock other clients out. Quiet means: no request in progress, no write blocked
+//! (a reply whose body is done may still wait in the write buffer for a slow client), and not a byte of a
+//! request read since it opened or since its last request ended and a read found nothing more. The choice is
+//! made against the reads themselves ([`Watch`]): once a connection is chosen it reads no more, so the gateway
+//! never closes one to make room after reading a byte of a request, and a client whose connection closes
+//! before any byte of an answer knows that nothing it sent ran. (A pipelining client that sent part of its
+//! next head with the previous request, and the rest later, is the one case a read cannot see.) With no quiet
+//! connection, the new one is answered 503 ([`refuse`]) instead.
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::io::WriteWatch;
+use super::io::Watch;
 use super::live::Served;
 use crate::response::{BoxError, Chunk, ReplyBody};
 
@@ -30,9 +42,18 @@ use crate::response::{BoxError, Chunk, ReplyBody};
 pub struct Registry {
     connections: Mutex<HashMap<u64, Arc<Conn>>>,
     next_id: AtomicU64,
-    /// Set while a new client waits for a connection slot: the next connection to go idle closes at once.
-    pressure: AtomicBool,
 }
+
+/// What a connection has read of its next request: [`Conn::next`].
+const QUIET: u8 = 0;
+/// A read is being tried on a quiet connection: it cannot be chosen until the read says what it brought.
+const READING: u8 = 1;
+/// Bytes of a request were read: a request is in progress, or its head is on its way.
+const HEARD: u8 = 2;
+/// Its last request ended; quiet once a read finds nothing more (a pipelined head may already be buffered).
+const ENDED: u8 = 3;
+/// Chosen to make room: reads end the stream, and the connection closes.
+const EVICTED: u8 = 4;
 
 impl Registry {
     pub fn open(self: &Arc<Self>) -> Registered {
@@ -42,6 +63,7 @@ impl Registry {
             served: AtomicU64::new(0),
             idle_since: Mutex::new(Some(Instant::now())),
             writing: AtomicBool::new(false),
+            next: AtomicU8::new(QUIET),
             changed: Notify::new(),
             evict: Notify::new(),
         });
@@ -53,22 +75,28 @@ impl Registry {
         }
     }
 
-    /// The house is full: closes the connection idle the longest, if any, and has the next one to go idle
-    /// close too, until `relieved`.
-    pub fn make_room(&self) {
-        self.pressure.store(true, Ordering::Relaxed);
-        let oldest = self
+    /// The house is full: closes the quiet connection idle the longest. `false` when none is quiet.
+    pub fn make_room(&self) -> bool {
+        let mut quiet: Vec<(Instant, Arc<Conn>)> = self
             .lock()
             .values()
+            .filter(|conn| conn.next.load(Ordering::Acquire) == QUIET)
             .filter_map(|conn| Some((conn.idle_since()?, conn.clone())))
-            .min_by_key(|(since, _)| *since);
-        if let Some((_, conn)) = oldest {
-            conn.evict.notify_one();
+            .collect();
+        quiet.sort_unstable_by_key(|(since, _)| *since);
+        // One that began a read since it was looked at is passed over for the next.
+        let chosen = quiet.into_iter().find(|(_, conn)| {
+            conn.next
+                .compare_exchange(QUIET, EVICTED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        });
+        match chosen {
+            Some((_, conn)) => {
+                conn.evict.notify_one();
+                true
+            }
+            None => false,
         }
-    }
-
-    pub fn relieved(&self) {
-        self.pressure.store(false, Ordering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
@@ -88,6 +116,9 @@ pub struct Conn {
     idle_since: Mutex<Option<Instant>>,
     /// A write is blocked: what was written has not all gone out to the client yet.
     writing: AtomicBool,
+    /// What it has read of its next request (`QUIET`, `READING`, `HEARD`, `ENDED`, `EVICTED`): only a quiet
+    /// connection may be closed to make room.
+    next: AtomicU8,
     changed: Notify,
     evict: Notify,
 }
@@ -104,6 +135,13 @@ impl Conn {
     /// Marks a request begun; the guard ends it when dropped.
     pub fn begin(self: &Arc<Self>) -> Active {
         self.served.fetch_add(1, Ordering::Relaxed);
+        // Heard until it ends, although its head may have come with the one before (pipelined) and been read
+        // then: the buffer it came from may hold yet another.
+        let _ = self
+            .next
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                (state != EVICTED).then_some(HEARD)
+            });
         if self.active.fetch_add(1, Ordering::AcqRel) == 0 {
             *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
             self.changed.notify_one();
@@ -112,7 +150,26 @@ impl Conn {
     }
 }
 
-impl WriteWatch for Conn {
+impl Watch for Conn {
+    fn before_read(&self) -> bool {
+        match self
+            .next
+            .compare_exchange(QUIET, READING, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state != EVICTED,
+        }
+    }
+
+    fn after_read(&self, bytes: bool, pending: bool) {
+        let state = self.next.load(Ordering::Acquire);
+        if bytes {
+            self.next.store(HEARD, Ordering::Release);
+        } else if state == READING || (state == ENDED && pending) {
+            self.next.store(QUIET, Ordering::Release);
+        }
+    }
+
     fn blocked(&self, blocked: bool) {
         if self.writing.swap(blocked, Ordering::AcqRel) && !blocked {
             // All out: without a request in progress, the connection is idle from now.
@@ -136,6 +193,11 @@ pub struct Active(Arc<Conn>);
 impl Drop for Active {
     fn drop(&mut self) {
         if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Not quiet yet: what was read with this request may hold the next one's head.
+            let _ = self
+                .0
+                .next
+                .compare_exchange(HEARD, ENDED, Ordering::AcqRel, Ordering::Acquire);
             *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             self.0.changed.notify_one();
         }
@@ -172,23 +234,15 @@ impl Registered {
         loop {
             let changed = conn.changed.notified();
             let evicted = conn.evict.notified();
+            if conn.next.load(Ordering::Acquire) == EVICTED {
+                return;
+            }
             let Some(since) = conn.idle_since() else {
                 tokio::select! {
                     () = changed => continue,
-                    () = evicted => {
-                        // Only idle connections make room; this one got busy in between.
-                        continue;
-                    }
+                    () = evicted => continue,
                 }
             };
-            // Under pressure, a connection that goes idle after a request closes at once. One that has served
-            // none has not gone idle: it is new, its request head may be on its way, and closing it would only
-            // trade one new client for another.
-            if conn.served.load(Ordering::Relaxed) > 0
-                && self.registry.pressure.load(Ordering::Relaxed)
-            {
-                return;
-            }
             let limit = if conn.served.load(Ordering::Relaxed) == 0 {
                 idle.first_request
             } else {
@@ -201,14 +255,48 @@ impl Registered {
                     }
                 }
                 () = changed => {}
-                () = evicted => {
-                    if conn.idle_since().is_some() {
-                        return;
-                    }
-                }
+                () = evicted => {}
             }
         }
     }
+}
+
+/// Answers a connection that found every slot taken and none quiet: 503 with `Retry-After` and a JSON error to
+/// its first request (HTTP/1.1), rather than a reset the client could not tell from a lost request. Then it
+/// closes so that the client can read that answer: its write side first, then what the client still sends is
+/// read and dropped (closing with unread bytes would reset the connection, and the answer with it). All of it
+/// by `until`.
+pub async fn refuse<S>(io: S, max_connections: usize, until: Instant)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |_request| async move {
+        let message = format!(
+            "the gateway is serving its limit of {max_connections} connections (limits.max_connections), \
+             each of them busy; retry shortly"
+        );
+        let body = serde_json::json!({ "error": { "code": 503, "message": message } }).to_string();
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let refused = async {
+        let connection = hyper::server::conn::http1::Builder::new()
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(io), service)
+            .without_shutdown();
+        let Ok(parts) = connection.await else {
+            return;
+        };
+        let mut io = parts.io.into_inner();
+        let _ = io.shutdown().await;
+        let mut sink = [0u8; 4096];
+        while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    let _ = tokio::time::timeout_at(until, refused).await;
 }
 
 /// A response body that keeps its request counted as in progress until it is done or dropped, and keeps the

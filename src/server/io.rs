@@ -1,8 +1,10 @@
 //! Connection I/O with a write deadline: a client that stops reading its reply cannot pin a batch's memory
 //! and tasks forever. Reads are not timed here (hyper times the request head; the gateway times body reads).
 //!
-//! It also tells a [`WriteWatch`] when writes block and when they move again: a reply the service is done
-//! with may still sit in the connection's write buffer, and the connection is not idle until it is out.
+//! It also tells a [`Watch`] when writes block and when they move again (a reply the service is done with may
+//! still sit in the connection's write buffer, and the connection is not idle until it is out), and what each
+//! read brought: whether a client has begun a request is known here, before any parser has a whole head, and
+//! a connection closed to make room must be closed before it reads a byte of one.
 
 use std::io;
 use std::pin::Pin;
@@ -13,9 +15,14 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-/// Told when a connection's writes block (the client is not reading fast enough) and when they move again.
-pub trait WriteWatch: std::fmt::Debug + Send + Sync {
+/// Told when a connection's writes block (the client is not reading fast enough) and when they move again,
+/// and asked before each read.
+pub trait Watch: std::fmt::Debug + Send + Sync {
     fn blocked(&self, blocked: bool);
+    /// A read is about to be tried; `false` ends the stream instead (the connection was closed to make room).
+    fn before_read(&self) -> bool;
+    /// The read was tried: whether it brought bytes, and whether it is pending (nothing there yet).
+    fn after_read(&self, bytes: bool, pending: bool);
 }
 
 /// Fails a write (or flush) that has made no progress for `timeout`.
@@ -25,7 +32,7 @@ pub struct WriteDeadline<S> {
     timeout: Duration,
     /// Armed while a write is blocked; disarmed by any progress.
     stalled: Option<Pin<Box<Sleep>>>,
-    watch: Option<Arc<dyn WriteWatch>>,
+    watch: Option<Arc<dyn Watch>>,
 }
 
 impl<S> WriteDeadline<S> {
@@ -38,8 +45,8 @@ impl<S> WriteDeadline<S> {
         }
     }
 
-    /// Reports to `watch` each time writes block and each time they move again.
-    pub fn watched(mut self, watch: Arc<dyn WriteWatch>) -> WriteDeadline<S> {
+    /// Reports to `watch` each time writes block and each time they move again, and asks it before each read.
+    pub fn watched(mut self, watch: Arc<dyn Watch>) -> WriteDeadline<S> {
         self.watch = Some(watch);
         self
     }
@@ -80,7 +87,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        let Some(watch) = &this.watch else {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        };
+        if !watch.before_read() {
+            return Poll::Ready(Ok(()));
+        }
+        let filled = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        watch.after_read(buf.filled().len() > filled, polled.is_pending());
+        polled
     }
 }
 

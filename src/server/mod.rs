@@ -32,6 +32,7 @@ use crate::gateway::Gateway;
 use conn::{Conn, Idle, Registry, Tracked};
 use io::WriteDeadline;
 pub use live::{Live, ReloadError, Replaced, Served};
+use tokio::net::TcpStream;
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then lets in-flight batches finish for up to
 /// `limits.shutdown_grace`. For a gateway that is never reloaded (tests, examples); see [`serve`].
@@ -92,6 +93,8 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future<Output = ()>) {
     let max_connections = live.gateway().config.limits.max_connections;
     let slots = Arc::new(Semaphore::new(max_connections));
+    // Connections being answered 503 because every slot is busy.
+    let refusing = Arc::new(Semaphore::new(max_connections));
     let registry = Arc::new(Registry::default());
     let draining = Arc::new(AtomicBool::new(false));
     let graceful = GracefulShutdown::new();
@@ -117,16 +120,17 @@ pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future
         // waiting for its slot.
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
+            // Full: close the quiet connection idle the longest (it closes at once, freeing its slot) rather
+            // than leave the new client waiting behind sockets that send nothing.
+            Err(_) if registry.make_room() => tokio::select! {
+                slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+                () = &mut shutdown => break,
+            },
+            // None is quiet: the new client hears so rather than wait behind busy connections.
             Err(_) => {
-                // Full: close the connection idle the longest rather than leave the new client waiting
-                // behind sockets that send nothing.
-                registry.make_room();
-                let slot = tokio::select! {
-                    slot = slots.clone().acquire_owned() => slot.expect("never closed"),
-                    () = &mut shutdown => break,
-                };
-                registry.relieved();
-                slot
+                let deadline = settings.idle.first_request;
+                refuse(stream, &live, &refusing, max_connections, deadline);
+                continue;
             }
         };
         let _ = stream.set_nodelay(true);
@@ -190,6 +194,35 @@ pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future
         () = graceful.shutdown() => tracing::info!("all connections finished"),
         () = tokio::time::sleep(limits.shutdown_grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
+}
+
+/// Answers `stream` 503 in a task of its own, within `deadline` ([`conn::refuse`]), as many at once as
+/// `refusing` allows; beyond that it is closed unread.
+fn refuse(
+    stream: TcpStream,
+    live: &Live,
+    refusing: &Arc<Semaphore>,
+    max_connections: usize,
+    deadline: std::time::Duration,
+) {
+    let Ok(permit) = refusing.clone().try_acquire_owned() else {
+        return;
+    };
+    let tls = live.current().tls.clone();
+    let until = tokio::time::Instant::now() + deadline;
+    tokio::spawn(async move {
+        let _permit = permit;
+        match tls {
+            None => conn::refuse(stream, max_connections, until).await,
+            Some(config) => {
+                let accepted =
+                    tokio::time::timeout_at(until, TlsAcceptor::from(config).accept(stream)).await;
+                if let Ok(Ok(stream)) = accepted {
+                    conn::refuse(stream, max_connections, until).await;
+                }
+            }
+        }
+    });
 }
 
 /// What a connection's requests are served with.

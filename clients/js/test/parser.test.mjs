@@ -249,6 +249,32 @@ test('without Content-IDs, reply parts are matched by order', async () => {
   assert.deepEqual(await Promise.all(responses.map((r) => r.text())), ['first', 'second']);
 });
 
+test('a Content-ID that answers a request twice rejects the reply as malformed', async () => {
+  // Taken by position, the second <response-1> would have resolved request 0 with request 1's answer.
+  const reply =
+    part(B, { id: '<response-1>', body: 'one' }) + part(B, { id: '<response-1>', body: 'not zero' }) + close(B);
+  const requests = [{ url: '/a' }, { url: '/b' }];
+  const { fetch } = fakeGateway([reply]);
+  await assert.rejects(batch('http://gateway.test/batch', requests, { fetch }), (error) => {
+    assert.ok(error instanceof BatchError);
+    assert.equal(error.status, 200);
+    assert.match(
+      error.message,
+      /reply part 1: Content-ID <response-1> answers request 1, which an earlier reply part already answered/,
+    );
+    return true;
+  });
+
+  // Streaming: the first part is delivered, the duplicate rejects; request 0 never gets an answer.
+  const arrivals = [];
+  await assert.rejects(async () => {
+    for await (const { index, contentId } of batchStream('http://gateway.test/batch', requests, { fetch })) {
+      arrivals.push([index, contentId]);
+    }
+  }, /already answered/);
+  assert.deepEqual(arrivals, [[1, '<response-1>']]);
+});
+
 test('request encoding: headers, Content-Length for bodies, absolute-form for other origins', async () => {
   const { fetch, sent } = fakeGateway([part(B, {}) + part(B, {}) + part(B, {}) + close(B)]);
   await batch(
