@@ -188,6 +188,7 @@ async fn run(args: Args, file: Option<Result<Config, ConfigError>>) -> Result<()
     // Handled from the start, so that a SIGHUP during startup neither kills the process nor goes unseen.
     #[cfg(unix)]
     let hangups = hangups()?;
+    let shutdown = shutdown_signal()?;
     let mut config =
         match file {
             Some(config) => config.map_err(|e| e.to_string())?,
@@ -284,12 +285,13 @@ async fn run(args: Args, file: Option<Result<Config, ConfigError>>) -> Result<()
     if args.print_address {
         print_address(&format!("{scheme}://{local}"))?;
     }
-    server::serve(listener, live, shutdown_signal()).await;
+    server::serve(listener, live, shutdown).await;
     Ok(())
 }
 
 /// `batchgate demo-upstream`: the demo mail service alone, until SIGINT or SIGTERM.
 async fn demo_upstream(args: DemoUpstreamArgs) -> Result<(), String> {
+    let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -300,7 +302,7 @@ async fn demo_upstream(args: DemoUpstreamArgs) -> Result<(), String> {
     }
     tokio::select! {
         () = demo::serve(listener, args.latency) => {}
-        () = shutdown_signal() => {}
+        () = shutdown => {}
     }
     Ok(())
 }
@@ -431,21 +433,32 @@ Content-Type: application/json\\r\\nContent-Length: 17\\r\\n\\r\\n{\"title\":\"h
     )
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Handles SIGINT (Ctrl-C) and SIGTERM from now on, and resolves on the first of them. The handlers are in place
+/// when this returns, before the gateway says it listens: a signal sent as soon as it does drains it rather than
+/// killing it.
+fn shutdown_signal() -> Result<impl Future<Output = ()>, String> {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = interrupt => {}
-            _ = term.recv() => {}
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let handle = |kind, name| signal(kind).map_err(|e| format!("cannot handle {name}: {e}"));
+        (
+            handle(SignalKind::interrupt(), "SIGINT")?,
+            handle(SignalKind::terminate(), "SIGTERM")?,
+        )
+    };
+    Ok(async move {
+        #[cfg(unix)]
+        {
+            let (mut interrupt, mut term) = signals;
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = term.recv() => {}
+            }
         }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
-    tracing::info!("signal received");
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("signal received");
+    })
 }
 
 /// SIGHUP's default action would terminate the process (as when its terminal closes). Handling it replaces
