@@ -2,16 +2,14 @@
 //! servers for replies no gateway sends: any-method batches, default and authorization headers as the upstream
 //! sees them, duplicate ids, every error kind, replies streamed part by part, and a reply that breaks off.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use batchgate::client::{BatchBuilder, BatchClient, ClientError, ReplyPart};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Request, StatusCode};
-use support::*;
 use tokio::sync::Semaphore;
 
 fn client(gw: &TestGateway) -> BatchClient {

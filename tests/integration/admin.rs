@@ -3,16 +3,14 @@
 //! bounds (bodies, silent and idle connections, the connection cap), and the real binary: the admin listener
 //! started from `[admin]`, and `log_format` (JSON lines; no colour codes when stderr is not a terminal).
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use batchgate::server::admin::{Admin, AdminLimits, DASHBOARD_HTML};
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -50,7 +48,7 @@ async fn stats_after_a_known_workload() {
     second[3] = "/svc/missing".to_owned();
     gw.post(MULTIPART, get_batch("b", &first)).await.parts();
     let parts = gw.post(MULTIPART, get_batch("b", &second)).await.parts();
-    let statuses: Vec<u16> = parts.iter().map(|p| p.status.as_u16()).collect();
+    let statuses = statuses(&parts);
     assert_eq!(statuses[3], 404);
     assert_eq!(statuses.iter().filter(|&&s| s == 200).count(), 9);
 

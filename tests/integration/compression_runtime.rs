@@ -1,16 +1,14 @@
 //! Compression never stalls the runtime: a large part compressed at the highest level the config allows is
 //! compressed off the reactor, so the runtime keeps serving everything else meanwhile.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use batchgate::compress::{Coding, CompressionConfig};
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use support::*;
 
 /// About 2 MiB of text that compresses, but not trivially: words from a small vocabulary in a pseudo-random
 /// order.
