@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 use http::{Request, StatusCode, Version};
@@ -22,6 +22,7 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 /// How many requests an upstream saw for this path.
@@ -384,7 +385,7 @@ async fn a_bad_upstream_certificate_is_a_502_part_naming_it() {
 }
 
 /// `connect_timeout` bounds the TLS handshake: a silent https upstream is a 502 naming it, not a 504.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_silent_tls_handshake_fails_within_connect_timeout() {
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = silent.local_addr().unwrap().port();
@@ -406,10 +407,7 @@ async fn a_silent_tls_handshake_fails_within_connect_timeout() {
     assert_eq!(statuses(&parts), [502]);
     let message = part_error(&parts[0]);
     assert!(message.contains("connect_timeout"), "{message}");
-    assert!(
-        took >= Duration::from_millis(200) && took < Duration::from_millis(2000),
-        "{took:?}"
-    );
+    at_limit("the 502", took, Duration::from_millis(200));
     assert_eq!(held.lock().unwrap().len(), 1);
 }
 
@@ -494,7 +492,7 @@ async fn mtls_client_certificates_are_presented() {
 }
 
 /// Round robin alternates exactly between two upstreams; least requests sends most parts to the fast one.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn parts_are_spread_over_upstreams() {
     let a = echo_upstream(Duration::ZERO).await;
     let b = echo_upstream(Duration::ZERO).await;
@@ -532,7 +530,7 @@ async fn parts_are_spread_over_upstreams() {
 }
 
 /// Failing `eject_after` times ejects an upstream for `eject_for`; then it is probed back in and takes parts.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failing_upstream_is_ejected_then_probed_back_in() {
     let eject_for = Duration::from_millis(300);
     let good = echo_upstream(Duration::ZERO).await;
@@ -570,7 +568,7 @@ async fn a_failing_upstream_is_ejected_then_probed_back_in() {
     let parts = gw.send_parts(&batch(4, 6)).await;
     assert!(
         Instant::now() < sent + eject_for,
-        "the machine was too slow to check within the ejection"
+        "still within the ejection (paused clock)"
     );
     assert_eq!(statuses(&parts), [200; 6]);
     assert_eq!(sick.seen().len(), 2, "no part while ejected");
@@ -578,7 +576,7 @@ async fn a_failing_upstream_is_ejected_then_probed_back_in() {
 
     healthy.store(true, Ordering::SeqCst);
     let over = ejected + eject_for + Duration::from_millis(20);
-    tokio::time::sleep_until(over.into()).await;
+    tokio::time::sleep_until(over).await;
     // Let back in: the round robin goes on where it was (good, then sick), every part answered.
     let parts = gw.send_parts(&batch(10, 4)).await;
     assert_eq!(statuses(&parts), [200; 4]);
@@ -593,7 +591,7 @@ async fn a_failing_upstream_is_ejected_then_probed_back_in() {
 }
 
 /// Concurrent failures eject once (not doubled each), one part probes, a failed probe doubles the ejection.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_burst_ejects_once_and_one_part_probes() {
     let eject_for = Duration::from_millis(250);
     let good = echo_upstream(Duration::ZERO).await;
@@ -623,7 +621,7 @@ async fn a_burst_ejects_once_and_one_part_probes() {
             .map(|i| get_part(&format!("p{i}"), &format!("/h/{i}")))
             .collect()
     };
-    let wait_until = |at: Instant| tokio::time::sleep_until(at.into());
+    let wait_until = |at: Instant| tokio::time::sleep_until(at);
     // Four parts fail together: the second failure ejects the upstream, the other two were sent before.
     let parts = gw.send_parts(&batch(0, 8)).await;
     let ejected = Instant::now();
@@ -643,7 +641,7 @@ async fn a_burst_ejects_once_and_one_part_probes() {
     let parts = gw.send_parts(&batch(16, 4)).await;
     assert!(
         Instant::now() < probed + 2 * eject_for - Duration::from_millis(50),
-        "the machine was too slow to check within the ejection"
+        "still within the ejection (paused clock)"
     );
     assert_eq!(statuses(&parts), [200; 4]);
     assert_eq!(sick.seen().len(), 5, "out for twice eject_for");
@@ -874,7 +872,7 @@ async fn an_upstream_named_localhost_is_reached() {
     assert_eq!(statuses(&parts), [200; 10]);
     // Past a few re-resolutions, the same.
     let later = Instant::now() + Duration::from_millis(200);
-    tokio::time::sleep_until(later.into()).await;
+    tokio::time::sleep_until(later).await;
     let parts = gw.send_parts(&batch).await;
     assert_eq!(statuses(&parts), [200; 10]);
     assert_eq!(up.seen().len(), 20);
@@ -892,7 +890,7 @@ async fn the_route_timeout_bounds_all_tries_and_each_try_has_a_share() {
         hanging.addr
     ))
     .await;
-    let start = tokio::time::Instant::now();
+    let start = Instant::now();
     let parts = gw.send_parts(&[get_part("a", "/hang/x")]).await;
     assert_eq!(start.elapsed(), Duration::from_millis(300));
     assert_eq!(statuses(&parts), [504]);
@@ -926,7 +924,7 @@ async fn a_hanging_upstream_is_ejected_and_its_parts_tried_elsewhere() {
     let targets: Vec<String> = (0..8)
         .map(|i| get_part(&format!("p{i}"), &format!("/h/{i}")))
         .collect();
-    let start = tokio::time::Instant::now();
+    let start = Instant::now();
     let parts = gw.send_parts(&targets).await;
     let took = start.elapsed();
     assert_eq!(statuses(&parts), [200; 8]);
@@ -969,7 +967,7 @@ async fn a_part_out_of_time_names_the_key_and_counts_against_the_address() {
             &format!("POST {target} HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"),
         )
     };
-    let start = tokio::time::Instant::now();
+    let start = Instant::now();
     let parts = gw
         .send_parts(&[post("a", "/r/1"), get_part("b", "/p/1")])
         .await;
