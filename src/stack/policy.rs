@@ -150,8 +150,7 @@ mod tests {
             .oneshot(part)
             .await
             .unwrap();
-        let request = seen.lock().unwrap().take().expect("the part went on");
-        request
+        seen.lock().unwrap().take().expect("the part went on")
     }
 
     /// The batch's headers are inherited, the part's own override them name by name, and the part cannot
