@@ -388,3 +388,143 @@ impl Endpoint {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http::{Response, StatusCode};
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::stack::ResponseBudget;
+    use crate::stack::tests::part_request;
+
+    /// A real HTTP/1.1 server on port 0 that answers `GET /N` with N bytes and a `Connection`-listed header.
+    async fn sized_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let service =
+                        service_fn(|request: Request<hyper::body::Incoming>| async move {
+                            let size: usize = request.uri().path()[1..].parse().unwrap();
+                            let response = Response::builder()
+                                .header("connection", "x-hop")
+                                .header("x-hop", "per connection")
+                                .header("x-end", "kept")
+                                .body(Full::new(Bytes::from(vec![b'x'; size])))
+                                .unwrap();
+                            Ok::<_, Infallible>(response)
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// The endpoint for `addr`, plain http, with responses limited to `max_response_bytes`.
+    fn endpoint(addr: SocketAddr, max_response_bytes: u64) -> Endpoint {
+        let origin = Origin {
+            scheme: Scheme::HTTP,
+            authority: addr.to_string().parse().unwrap(),
+        };
+        let settings = EndpointSettings {
+            upstream: UpstreamSettings::default(),
+            http2_prior_knowledge: false,
+            max_response_bytes,
+            metrics: Arc::new(Metrics::default()),
+            route: Arc::from("/"),
+        };
+        Endpoint::new(&origin, addr, None, &settings)
+    }
+
+    /// `GET /size` for a batch with `budget` response bytes left.
+    fn get(size: usize, budget: u64) -> PartRequest {
+        let mut part = part_request(2);
+        part.path = format!("/{size}").parse().unwrap();
+        let scope = Arc::get_mut(&mut part.batch).expect("the part's own scope");
+        scope.budget = ResponseBudget::new(budget);
+        part
+    }
+
+    /// An answer of exactly `max_response_bytes` is read whole (without hop-by-hop headers) and taken from
+    /// the batch's budget; one byte more is refused naming the limit.
+    #[tokio::test]
+    async fn an_answer_over_max_response_bytes_is_refused_naming_the_limit() {
+        let endpoint = endpoint(sized_server().await, 100);
+        let part = get(100, u64::MAX);
+        let batch = part.batch.clone();
+        let answer = endpoint.send(part).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!((answer.body_len, answer.body.concat().len()), (100, 100));
+        assert_eq!(answer.headers["x-end"], "kept");
+        assert!(
+            !answer.headers.contains_key("x-hop") && !answer.headers.contains_key("connection")
+        );
+        assert_eq!(answer.peer, Some(endpoint.addr));
+        assert_eq!(batch.budget.left(), u64::MAX - 100);
+
+        let error = endpoint.send(get(101, u64::MAX)).await.unwrap_err();
+        assert!(error.unsent.is_none());
+        assert!(
+            matches!(
+                error.error,
+                PartError::ResponseTooLarge {
+                    index: 2,
+                    limit: 100,
+                    ..
+                }
+            ),
+            "{:?}",
+            error.error
+        );
+        assert_eq!(error.error.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    /// What is left of the batch's response budget bounds an answer below `max_response_bytes`, and the
+    /// error then names the batch's limit.
+    #[tokio::test]
+    async fn the_batchs_response_budget_bounds_each_answer() {
+        let endpoint = endpoint(sized_server().await, 1000);
+        let error = endpoint.send(get(60, 50)).await.unwrap_err();
+        assert!(
+            matches!(
+                error.error,
+                PartError::BatchResponseBudget {
+                    index: 2,
+                    limit: 50
+                }
+            ),
+            "{:?}",
+            error.error
+        );
+        assert_eq!(endpoint.send(get(50, 50)).await.unwrap().body_len, 50);
+    }
+
+    /// An address nothing listens on: a connect error, and the part certainly did not run there.
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error_and_unsent() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let error = endpoint(dead, 100)
+            .send(get(1, u64::MAX))
+            .await
+            .unwrap_err();
+        assert_eq!(error.unsent, Some(Unsent::NoConnection));
+        assert!(
+            matches!(error.error, PartError::Connect { index: 2, .. }),
+            "{:?}",
+            error.error
+        );
+    }
+}

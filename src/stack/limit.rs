@@ -140,7 +140,105 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::{HeaderMap, StatusCode};
+    use tokio::sync::Notify;
+    use tower::service_fn;
+    use tower::util::BoxCloneSyncService;
+
     use super::*;
+    use crate::stack::tests::part_request;
+    use crate::wire::Framing;
+
+    /// An in-flight layer over `permits` whose inner calls each wait for `release`; `entered` counts the
+    /// calls that got past the layer.
+    fn held(
+        permits: &Arc<Semaphore>,
+        release: &Arc<Notify>,
+        entered: &Arc<AtomicUsize>,
+    ) -> BoxCloneSyncService<PartRequest, UpstreamResponse, PartError> {
+        let (release, entered) = (release.clone(), entered.clone());
+        let inner = service_fn(move |_: PartRequest| {
+            let release = release.clone();
+            entered.fetch_add(1, Ordering::SeqCst);
+            async move {
+                release.notified().await;
+                Ok::<_, PartError>(UpstreamResponse {
+                    status: StatusCode::OK,
+                    headers: HeaderMap::new(),
+                    body: Vec::new(),
+                    body_len: 0,
+                    framing: Framing::Exact,
+                    peer: None,
+                })
+            }
+        });
+        BoxCloneSyncService::new(InflightLayer::new(permits.clone()).layer(inner))
+    }
+
+    /// A part holds a permit while its call runs and gives it back once answered; the next waits for it.
+    #[tokio::test]
+    async fn a_part_holds_its_permit_until_answered_and_the_next_waits_for_it() {
+        let permits = Arc::new(Semaphore::new(1));
+        let (release, entered) = (Arc::new(Notify::new()), Arc::new(AtomicUsize::new(0)));
+        let service = held(&permits, &release, &entered);
+        let first = tokio::spawn(service.clone().oneshot(part_request(0)));
+        let second = tokio::spawn(service.oneshot(part_request(1)));
+        while entered.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(entered.load(Ordering::SeqCst), 1, "the second waits");
+        assert_eq!(permits.available_permits(), 0);
+
+        release.notify_one();
+        while entered.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        release.notify_one();
+        assert!(first.await.unwrap().is_ok());
+        assert!(second.await.unwrap().is_ok());
+        assert_eq!(permits.available_permits(), 1, "every permit came back");
+    }
+
+    /// A part cancelled while it runs, or while it waits, leaves no permit behind.
+    #[tokio::test]
+    async fn a_cancelled_part_gives_its_permit_back() {
+        let permits = Arc::new(Semaphore::new(1));
+        let (release, entered) = (Arc::new(Notify::new()), Arc::new(AtomicUsize::new(0)));
+        let service = held(&permits, &release, &entered);
+        let running = tokio::spawn(service.clone().oneshot(part_request(0)));
+        let waiting = tokio::spawn(service.oneshot(part_request(1)));
+        while entered.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        waiting.abort();
+        running.abort();
+        assert!(running.await.unwrap_err().is_cancelled());
+        assert!(waiting.await.unwrap_err().is_cancelled());
+        assert_eq!(entered.load(Ordering::SeqCst), 1);
+        assert_eq!(permits.available_permits(), 1);
+    }
+
+    /// A closed semaphore is an internal error naming the part, not a hang.
+    #[tokio::test]
+    async fn a_closed_limit_is_an_error() {
+        let permits = Arc::new(Semaphore::new(0));
+        permits.close();
+        let (release, entered) = (Arc::new(Notify::new()), Arc::new(AtomicUsize::new(0)));
+        let error = held(&permits, &release, &entered)
+            .oneshot(part_request(4))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, PartError::Internal { index: 4, .. }),
+            "{error:?}"
+        );
+        assert_eq!(entered.load(Ordering::SeqCst), 0);
+    }
 
     #[tokio::test]
     async fn a_capacity_grows_at_once_and_shrinks_as_permits_come_back() {

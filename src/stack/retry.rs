@@ -208,3 +208,142 @@ impl Budget {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::HeaderMap;
+    use tower::service_fn;
+
+    use super::*;
+    use crate::stack::tests::part_request;
+    use crate::wire::Framing;
+
+    fn answer(status: StatusCode) -> UpstreamResponse {
+        UpstreamResponse {
+            status,
+            headers: HeaderMap::new(),
+            body: Vec::new(),
+            body_len: 0,
+            framing: Framing::Exact,
+            peer: None,
+        }
+    }
+
+    /// A retry layer (`retries`, `budget`) over an inner service that answers the `n`th call with
+    /// `answers(n)`; the calls are counted in `calls`.
+    fn retrying(
+        retries: u32,
+        budget: Budget,
+        calls: Arc<AtomicUsize>,
+        answers: fn(usize) -> Result<UpstreamResponse, PartError>,
+    ) -> impl Service<PartRequest, Response = UpstreamResponse, Error = PartError> + Clone {
+        let inner = service_fn(move |_: PartRequest| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move { answers(n) }
+        });
+        let counted = (Arc::new(Metrics::default()), Arc::from("/r/"));
+        RetryLayer::new(retries, Duration::from_millis(25), budget, counted).layer(inner)
+    }
+
+    fn request(method: Method) -> PartRequest {
+        PartRequest {
+            method,
+            ..part_request(0)
+        }
+    }
+
+    /// A GET answered 502, then unreachable, then 200 is retried twice and gets the 200.
+    #[tokio::test(start_paused = true)]
+    async fn an_idempotent_part_is_retried_until_it_succeeds() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let service = retrying(2, Budget::new(0.2, 10), calls.clone(), |n| match n {
+            0 => Ok(answer(StatusCode::BAD_GATEWAY)),
+            1 => Err(PartError::Connect {
+                index: 0,
+                upstream: "up".into(),
+                reason: "refused".into(),
+            }),
+            _ => Ok(answer(StatusCode::OK)),
+        });
+        let response = service.oneshot(request(Method::GET)).await.unwrap();
+        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    /// Out of retries, the last try's answer is the part's.
+    #[tokio::test(start_paused = true)]
+    async fn the_last_tries_answer_is_passed_on() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let service = retrying(2, Budget::new(0.2, 10), calls.clone(), |_| {
+            Ok(answer(StatusCode::SERVICE_UNAVAILABLE))
+        });
+        let response = service.oneshot(request(Method::PUT)).await.unwrap();
+        assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "one try and two retries");
+    }
+
+    /// A POST is never sent twice; with an `Idempotency-Key` it may be.
+    #[tokio::test(start_paused = true)]
+    async fn a_post_is_not_retried_unless_it_has_an_idempotency_key() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let service = retrying(2, Budget::new(0.2, 10), calls.clone(), |_| {
+            Ok(answer(StatusCode::BAD_GATEWAY))
+        });
+        let response = service.clone().oneshot(request(Method::POST)).await;
+        assert_eq!(response.unwrap().status, StatusCode::BAD_GATEWAY);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        let mut keyed = request(Method::POST);
+        keyed
+            .headers
+            .insert("idempotency-key", "k1".parse().unwrap());
+        service.oneshot(keyed).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 4, "one try and two retries");
+    }
+
+    /// An answer that is not worth another try is passed on at once: a 4xx, a 503 asking to wait, an error
+    /// after the upstream answered.
+    #[tokio::test(start_paused = true)]
+    async fn only_failures_that_another_try_may_fix_are_retried() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let service = retrying(2, Budget::new(0.2, 10), calls.clone(), |n| match n {
+            0 => Ok(answer(StatusCode::NOT_FOUND)),
+            1 => {
+                let mut wait = answer(StatusCode::SERVICE_UNAVAILABLE);
+                wait.headers.insert(RETRY_AFTER, "1".parse().unwrap());
+                Ok(wait)
+            }
+            _ => Err(PartError::ResponseTooLarge {
+                index: 0,
+                upstream: "up".into(),
+                limit: 1,
+            }),
+        });
+        for expected in 1..=3 {
+            let _ = service.clone().oneshot(request(Method::GET)).await;
+            assert_eq!(calls.load(Ordering::SeqCst), expected);
+        }
+    }
+
+    /// With no ratio, the budget is its floor: ten retries a second over ten seconds (100). The 101st
+    /// failing part is not retried; ten seconds later the window has moved on and it is again.
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_runs_out_and_refills_as_the_window_moves() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let service = retrying(1, Budget::new(0.0, 10), calls.clone(), |_| {
+            Ok(answer(StatusCode::BAD_GATEWAY))
+        });
+        for _ in 0..100 {
+            service.clone().oneshot(request(Method::GET)).await.unwrap();
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 200, "each part retried once");
+        service.clone().oneshot(request(Method::GET)).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 201, "the budget is spent");
+
+        tokio::time::advance(WINDOW).await;
+        service.oneshot(request(Method::GET)).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 203, "retried again");
+    }
+}

@@ -244,3 +244,169 @@ fn decode_one(coding: &str, data: &[u8], limit: u64) -> Result<Vec<u8>, String> 
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use http::HeaderMap;
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+    use crate::stack::tests::part_request;
+
+    /// The upstream's answer: `status`, `headers` (name, value), `body` as one piece.
+    fn answer(status: u16, headers: &[(&str, &str)], body: &[u8]) -> UpstreamResponse {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        UpstreamResponse {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: map,
+            body: vec![Bytes::copy_from_slice(body)],
+            body_len: body.len() as u64,
+            framing: Framing::Exact,
+            peer: None,
+        }
+    }
+
+    /// `request` through the rules (at most `limit` decoded bytes) over an upstream that answers `response`.
+    async fn apply(request: PartRequest, response: UpstreamResponse, limit: u64) -> Answer {
+        let response = std::sync::Mutex::new(Some(response));
+        let inner = service_fn(move |_: PartRequest| {
+            let response = response.lock().unwrap().take().expect("called once");
+            async move { Ok::<_, PartError>(response) }
+        });
+        RulesLayer::new(Arc::from("up:80"), limit)
+            .layer(inner)
+            .oneshot(request)
+            .await
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_204_loses_its_content_length() {
+        let response = answer(204, &[("content-length", "0"), ("x-done", "yes")], b"");
+        let out = apply(part_request(0), response, 1 << 20).await.unwrap();
+        assert!(!out.headers.contains_key(CONTENT_LENGTH));
+        assert_eq!(out.headers["x-done"], "yes");
+        assert_eq!(out.framing, Framing::AsIs);
+    }
+
+    /// HEAD and 304 answers keep the length of the body they do not carry.
+    #[tokio::test]
+    async fn head_and_304_answers_keep_their_content_length() {
+        let head = PartRequest {
+            method: Method::HEAD,
+            ..part_request(0)
+        };
+        let out = apply(
+            head,
+            answer(200, &[("content-length", "1234")], b""),
+            1 << 20,
+        )
+        .await;
+        let out = out.unwrap();
+        assert_eq!(
+            (out.headers[CONTENT_LENGTH].as_bytes(), out.framing),
+            (&b"1234"[..], Framing::AsIs)
+        );
+
+        let response = answer(304, &[("content-length", "1234"), ("etag", "\"v1\"")], b"");
+        let out = apply(part_request(0), response, 1 << 20).await.unwrap();
+        assert_eq!(
+            (out.headers[CONTENT_LENGTH].as_bytes(), out.framing),
+            (&b"1234"[..], Framing::AsIs)
+        );
+
+        let out = apply(
+            part_request(0),
+            answer(200, &[("content-length", "2")], b"ok"),
+            1 << 20,
+        )
+        .await;
+        assert_eq!(
+            out.unwrap().framing,
+            Framing::Exact,
+            "a plain 200 is framed anew"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_1xx_final_answer_is_an_error_naming_it() {
+        let error = apply(
+            part_request(3),
+            answer(101, &[("upgrade", "websocket")], b""),
+            1 << 20,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(error, PartError::Informational { index: 3, .. }),
+            "{error:?}"
+        );
+        assert!(
+            error.to_string().contains("101 Switching Protocols"),
+            "{error}"
+        );
+        assert_eq!(error.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    /// A body compressed although the part did not ask for it is decoded; one the part accepts is kept.
+    #[tokio::test]
+    async fn unrequested_compression_is_decoded_and_accepted_compression_kept() {
+        let plain = b"a body the upstream compressed although nobody asked it to".repeat(20);
+        let zipped = gzip(&plain);
+        let gzipped = || answer(200, &[("content-encoding", "gzip")], &zipped);
+
+        let out = apply(part_request(0), gzipped(), 1 << 20).await.unwrap();
+        assert!(!out.headers.contains_key(CONTENT_ENCODING));
+        assert_eq!(out.body.concat(), plain);
+        assert_eq!(out.body_len, plain.len() as u64);
+
+        let accepting = PartRequest {
+            accepts: Some(HeaderValue::from_static("gzip, br")),
+            ..part_request(0)
+        };
+        let out = apply(accepting, gzipped(), 1 << 20).await.unwrap();
+        assert_eq!(out.headers[CONTENT_ENCODING], "gzip");
+        assert_eq!(out.body.concat(), zipped);
+    }
+
+    /// Decoding is bounded by `max_response_bytes`; a coding the gateway cannot undo, or a corrupt body, is a
+    /// 502 part saying so.
+    #[tokio::test]
+    async fn a_body_that_cannot_be_decoded_within_the_limit_is_an_error() {
+        let zipped = gzip(&[b'x'; 10_000]);
+        let too_big = answer(200, &[("content-encoding", "gzip")], &zipped);
+        let error = apply(part_request(1), too_big, 9_999).await.unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("limits.max_response_bytes = 9999"),
+            "{error}"
+        );
+
+        let unknown = answer(200, &[("content-encoding", "compress")], b"data");
+        let error = apply(part_request(1), unknown, 1 << 20).await.unwrap_err();
+        assert!(
+            matches!(error, PartError::Decode { index: 1, .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("\"compress\""), "{error}");
+
+        let corrupt = answer(200, &[("content-encoding", "gzip")], b"not gzip");
+        let error = apply(part_request(1), corrupt, 1 << 20).await.unwrap_err();
+        assert!(error.to_string().contains("corrupt"), "{error}");
+        assert_eq!(error.status(), StatusCode::BAD_GATEWAY);
+    }
+}

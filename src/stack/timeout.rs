@@ -164,7 +164,77 @@ where
 
 #[cfg(test)]
 mod tests {
+    use http::StatusCode;
+    use tower::{ServiceExt, service_fn};
+
     use super::*;
+    use crate::stack::tests::part_request;
+    use crate::wire::Framing;
+
+    /// A timeout of `after` from `routes[1].timeout` over an inner service that answers 200 after `delay`,
+    /// having recorded the deadline it was given.
+    async fn call_taking(
+        delay: Duration,
+        after: Duration,
+    ) -> (Result<UpstreamResponse, PartError>, Option<Deadline>) {
+        let given = Arc::new(std::sync::Mutex::new(None));
+        let seen = given.clone();
+        let inner = service_fn(move |request: PartRequest| {
+            *seen.lock().unwrap() = request.deadline.clone();
+            async move {
+                tokio::time::sleep(delay).await;
+                Ok::<_, PartError>(UpstreamResponse {
+                    status: StatusCode::OK,
+                    headers: http::HeaderMap::new(),
+                    body: Vec::new(),
+                    body_len: 0,
+                    framing: Framing::Exact,
+                    peer: None,
+                })
+            }
+        });
+        let layer = TimeoutLayer::new(after, Arc::from("routes[1].timeout"), Arc::from("up:80"));
+        let result = layer.layer(inner).oneshot(part_request(7)).await;
+        let deadline = given.lock().unwrap().clone();
+        (result, deadline)
+    }
+
+    /// An answer within the limit passes unchanged; the part carries its deadline down the stack.
+    #[tokio::test(start_paused = true)]
+    async fn a_fast_answer_passes_with_the_deadline_set() {
+        let start = Instant::now();
+        let (result, deadline) =
+            call_taking(Duration::from_millis(999), Duration::from_secs(1)).await;
+        assert_eq!(result.unwrap().status, StatusCode::OK);
+        let deadline = deadline.expect("the part carries its deadline");
+        assert_eq!(deadline.at, start + Duration::from_secs(1));
+        assert_eq!(
+            (&*deadline.key, deadline.shared_by),
+            ("routes[1].timeout", 1)
+        );
+    }
+
+    /// An answer slower than the limit is a timeout at the limit, naming the part, the upstream and the key.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_answer_becomes_a_timeout_naming_its_key() {
+        let start = Instant::now();
+        let (result, _) = call_taking(Duration::from_secs(60), Duration::from_secs(1)).await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(1),
+            "ended at the limit"
+        );
+        let error = result.unwrap_err();
+        assert!(
+            matches!(&error, PartError::Timeout { index: 7, key, .. } if key == "routes[1].timeout"),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "part 7: upstream up:80 did not answer within 1s (routes[1].timeout)"
+        );
+        assert_eq!(error.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
 
     /// Each try gets an equal share of what is left; the last one all of it; the message says which.
     #[tokio::test(start_paused = true)]

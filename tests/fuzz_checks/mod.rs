@@ -1,5 +1,5 @@
 //! The checks behind the fuzz targets (`fuzz/fuzz_targets/*.rs`) and their regression tests
-//! (`tests/fuzz_regressions.rs`): one function per target, taking the raw fuzzer input. Each decodes its
+//! (`tests/integration/fuzz_regressions.rs`): one function per target, taking the raw fuzzer input. Each decodes its
 //! parameters from the first bytes, runs the wire code and panics when an invariant breaks. Plain std and
 //! batchgate only, so `cargo test` runs them without any fuzzing dependency.
 

@@ -3,15 +3,13 @@
 //! stream id were never processed, and go again on another connection, whatever their method, without a
 //! retry and without counting against the upstream's health. Skipped, saying so, without nginx on PATH.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use support::*;
 
 /// Requests nginx serves on one connection before it sends GOAWAY.
 const REQUESTS_PER_CONNECTION: usize = 10;

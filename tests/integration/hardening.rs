@@ -1,17 +1,15 @@
 //! Hostile clients, faulty upstreams and exhaustion: each fault stays in its part or its batch, nothing
 //! reaches what it should not, and nothing is left behind.
 
-mod support;
-
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use batchgate::wire::boundary_from_content_type;
 use bytes::Bytes;
 use http::StatusCode;
-use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
@@ -88,7 +86,7 @@ async fn upstream_faults_stay_in_their_part() {
         part("g", "GET /good/2"),
     ]);
     let parts = gw.post(MP, body).await.parts();
-    let statuses: Vec<u16> = parts.iter().map(|p| p.status.as_u16()).collect();
+    let statuses = statuses(&parts);
     assert_eq!(statuses, [200, 502, 502, 504, 503, 502, 200]);
     assert_eq!(parts[0].body, "/good/1");
     assert_eq!(parts[6].body, "/good/2");
@@ -223,7 +221,7 @@ async fn batch_response_budget_fails_the_parts_past_it() {
         .map(|i| part(&format!("p{i}"), "GET /big/x"))
         .collect();
     let replies = gw.post(MP, batch(&parts)).await.parts();
-    let statuses: Vec<u16> = replies.iter().map(|p| p.status.as_u16()).collect();
+    let statuses = statuses(&replies);
     assert_eq!(statuses, [200, 200, 502, 502]);
     assert!(part_error(&replies[2]).contains("max_batch_response_bytes = 10000"));
 }
@@ -303,18 +301,6 @@ async fn over_max_batches_is_503_at_once() {
     assert!(second.error_message().contains("max_batches"));
     release.notify_one();
     assert_eq!(first.await.unwrap().parts()[0].body, "late");
-}
-
-/// Opens a connection and sends a whole batch on it; the reply is left for the caller to read (or not).
-async fn send_batch(addr: SocketAddr, body: &str) -> TcpStream {
-    let mut client = TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST /batch HTTP/1.1\r\nHost: gw\r\nContent-Type: {MP}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    client.write_all(head.as_bytes()).await.unwrap();
-    client.write_all(body.as_bytes()).await.unwrap();
-    client
 }
 
 /// No batch, no sub-request and no permit is left behind.

@@ -7,18 +7,15 @@
 //! before it and not long after, in virtual time and without waiting for it. Tests where bytes must keep
 //! flowing while a timer runs use short real timeouts instead.
 
-mod support;
-
 use std::io::ErrorKind;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
@@ -46,51 +43,12 @@ async fn gateway_small_buffers(toml: &str) -> TestGateway {
     gateway_on(socket.listen(16).unwrap(), toml).await
 }
 
-/// Opens a connection with a small receive buffer and sends a whole batch on it; the reply is left for the
-/// caller to read (or not).
-async fn send_batch(addr: SocketAddr, body: &str) -> TcpStream {
+/// A client socket with a small receive buffer, for [`send_batch_from`]: a reader that stops reading fills it
+/// soon.
+fn small_receive_buffer() -> TcpSocket {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(SMALL_BUFFER).unwrap();
-    let mut client = socket.connect(addr).await.unwrap();
-    let head = format!(
-        "POST /batch HTTP/1.1\r\nHost: gw\r\nContent-Type: {MP}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    client.write_all((head + body).as_bytes()).await.unwrap();
-    client
-}
-
-/// Reads until the peer closes the connection (EOF or reset); returns what arrived before.
-async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        match stream.read(&mut chunk).await {
-            Ok(0) => return out,
-            Ok(n) => out.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
-                ) =>
-            {
-                return out;
-            }
-            Err(e) => panic!("reading failed: {e}"),
-        }
-    }
-}
-
-/// Asserts that `elapsed` is `limit` or a little more: what happened was that limit's timer, not another.
-fn at_limit(what: &str, elapsed: Duration, limit: Duration) {
-    assert!(
-        elapsed >= limit,
-        "{what} after {elapsed:?}, before the limit of {limit:?}"
-    );
-    assert!(
-        elapsed < limit + Duration::from_millis(500),
-        "{what} after {elapsed:?}, long after the limit of {limit:?}"
-    );
+    socket
 }
 
 /// Connections that send nothing, part of a head, or only the HTTP/2 preface close at `header_read_timeout`.
@@ -328,7 +286,7 @@ async fn a_busy_connection_is_not_evicted_to_make_room() {
         routes(&[("/up/", up.addr)])
     ))
     .await;
-    let mut busy = send_batch(gw.addr, &gets("/up/", PARTS)).await;
+    let mut busy = send_batch_from(small_receive_buffer(), gw.addr, &gets("/up/", PARTS)).await;
     for _ in 0..PARTS {
         within(5, "the parts upstream", arrived.recv())
             .await
@@ -499,7 +457,7 @@ async fn slow_readers_do_not_hold_up_other_clients() {
         routes(&[("/up/", big.addr)])
     ))
     .await;
-    let stalled = send_batch(gw.addr, &gets("/up/a/", PARTS)).await;
+    let stalled = send_batch_from(small_receive_buffer(), gw.addr, &gets("/up/a/", PARTS)).await;
     // Its first answer fills the socket buffers and the connection's write buffer; two more fill its window.
     // From then on it is stuck, with its answers in: it should hold no permit.
     eventually("the reader that stopped is stuck", || {
@@ -538,7 +496,8 @@ async fn slow_readers_do_not_hold_up_other_clients() {
     ))
     .await;
     let start = std::time::Instant::now();
-    let mut stalled = send_batch(gw.addr, &gets("/up/c/", PARTS)).await;
+    let mut stalled =
+        send_batch_from(small_receive_buffer(), gw.addr, &gets("/up/c/", PARTS)).await;
     eventually("the batch is in", || gw.gateway.batches_in_flight() == 1).await;
     eventually("the stalled batch is dropped", || {
         gw.gateway.batches_in_flight() == 0

@@ -15,14 +15,12 @@
 //!
 //! Needs `chromium` on PATH (`.ci/run` installs it); without it the browser test says so and passes.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -100,7 +98,7 @@ async fn only_the_demo_serves_the_inbox_page_and_the_browser_client() {
     );
     assert_eq!(
         body_text(&client),
-        include_str!("../clients/js/batchgate.js")
+        include_str!("../../clients/js/batchgate.js")
     );
 
     // The page's one-request-per-mail comparison goes straight to the demo service, from the gateway's

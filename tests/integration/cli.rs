@@ -2,14 +2,12 @@
 //! listening; nothing on stdout and a non-zero exit when it cannot listen), `--route PREFIX=URL` without a
 //! config file, and `batchgate demo-upstream`.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::process::{ExitStatus, Stdio};
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdout};
 

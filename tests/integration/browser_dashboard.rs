@@ -11,15 +11,13 @@
 //!
 //! Needs `chromium` on PATH (`.ci/run` installs it); without it the test says so and passes.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::*;
 use batchgate::server::admin::Admin;
 use http::StatusCode;
-use support::*;
 
 const PARTS: usize = 20;
 

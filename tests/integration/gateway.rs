@@ -1,15 +1,12 @@
 //! The core gateway over real HTTP: ordering, Content-ID echo, header rules, bodies, per-part and whole-batch
 //! errors, the concurrency cap, cancellation, pooling and streaming. Every server is real and bound on port 0.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use batchgate::wire::boundary_from_content_type;
+use crate::support::*;
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
@@ -33,29 +30,6 @@ fn chunk(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The reply's parts as raw text, each from just after its delimiter (`\r\n` included) to just before the
-/// next one: what a client's multipart parser sees.
-fn raw_parts(reply: &Reply) -> Vec<String> {
-    let boundary =
-        boundary_from_content_type(reply.headers["content-type"].to_str().unwrap()).unwrap();
-    let body = std::str::from_utf8(&reply.body).unwrap();
-    let pieces: Vec<&str> = body.split(&format!("--{boundary}")).collect();
-    assert_eq!(
-        pieces.first(),
-        Some(&""),
-        "the reply opens with a delimiter"
-    );
-    assert_eq!(
-        pieces.last(),
-        Some(&"--\r\n"),
-        "the reply ends with the close delimiter"
-    );
-    pieces[1..pieces.len() - 1]
-        .iter()
-        .map(|p| p.to_string())
-        .collect()
-}
-
 fn header<'a>(seen: &'a Seen, name: &str) -> Option<&'a str> {
     seen.headers.get(name).map(|v| v.to_str().unwrap())
 }
@@ -68,7 +42,6 @@ fn seen_at(up: &Upstream, path: &str) -> Seen {
     found.into_iter().next().unwrap()
 }
 
-/// An address where nothing listens: bound, then released.
 // ---------------------------------------------------------------------------------------------------------
 // Ordering and Content-ID
 
@@ -128,7 +101,7 @@ async fn content_ids_are_echoed_in_the_form_they_were_sent() {
     );
     let reply = gw.post(MP, body).await;
 
-    let raw = raw_parts(&reply);
+    let raw: Vec<String> = raw_parts(&reply).iter().map(RawPart::text).collect();
     assert_eq!(raw.len(), 4);
     let expected_heads = [
         "\r\nContent-Type: application/http\r\nContent-ID: <response-a>\r\n\r\nHTTP/1.1 200 OK\r\n",
@@ -702,7 +675,8 @@ async fn the_upstream_never_sees_more_than_concurrency_parts_of_a_batch_at_once(
     gw.stop().await;
 }
 
-#[tokio::test]
+/// On the paused clock: 100 parts of 50 ms, 16 at a time, take seven rounds (serially, 5 s).
+#[tokio::test(start_paused = true)]
 async fn a_hundred_parts_of_50ms_run_sixteen_at_a_time() {
     let up = echo_upstream(Duration::from_millis(50)).await;
     let gw = gateway(&format!(
@@ -713,7 +687,7 @@ async fn a_hundred_parts_of_50ms_run_sixteen_at_a_time() {
     let targets: Vec<String> = (1..=100)
         .map(|i| format!("/mail/v1/messages/{i}"))
         .collect();
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let reply = gw.post(MP, get_batch("b", &targets)).await;
     let elapsed = started.elapsed();
 
@@ -724,10 +698,9 @@ async fn a_hundred_parts_of_50ms_run_sixteen_at_a_time() {
         assert_eq!(p.body, targets[i]);
     }
     assert_eq!(up.peak_concurrency(), 16);
-    // Serially this is 5 s; 16 at a time about 350 ms. The bound is generous on purpose.
-    assert!(
-        elapsed < Duration::from_millis(100 * 50 / 3),
-        "took {elapsed:?}"
+    assert_eq!(
+        elapsed,
+        Duration::from_millis(100_usize.div_ceil(16) as u64 * 50)
     );
     gw.stop().await;
 }

@@ -1,13 +1,11 @@
 //! CORS on the batch endpoint (`[cors]`), over real loopback sockets: preflights and actual requests from
 //! allowed and other origins, wildcard, credentials, errors, and nothing at all without `[cors]`.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
-use support::*;
 
 const APP: &str = "https://app.example.com";
 

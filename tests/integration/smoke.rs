@@ -1,7 +1,7 @@
-mod support;
+//! The smallest end-to-end check: the demo mail service behind the gateway, one batch of three GETs.
 
+use crate::support::*;
 use std::time::Duration;
-use support::*;
 
 #[tokio::test]
 async fn demo_batch_round_trip() {

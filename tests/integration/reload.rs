@@ -1,51 +1,32 @@
 //! Reload: a new gateway swapped in while the server runs. In process (`Live::replace`) under load, and end to
 //! end on the real binary with SIGHUP.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use batchgate::server::Live;
 use batchgate::{Config, Gateway};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use support::*;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, Semaphore, mpsc};
 
 fn svc_batch(path: &str) -> String {
     get_batch("b", &[path.to_owned()])
-}
-
-/// An upstream that tells when a request arrives and answers only when released.
-async fn held_upstream() -> (Upstream, mpsc::UnboundedReceiver<()>, Arc<Notify>) {
-    let (arrived, arrivals) = mpsc::unbounded_channel();
-    let release = Arc::new(Notify::new());
-    let up = {
-        let release = release.clone();
-        upstream(move |seen| {
-            let arrived = arrived.clone();
-            let release = release.clone();
-            async move {
-                let _ = arrived.send(());
-                release.notified().await;
-                text(StatusCode::OK, format!("old {}", seen.uri.path()))
-            }
-        })
-        .await
-    };
-    (up, arrivals, release)
 }
 
 /// A batch in flight finishes on the gateway it started with; the next batch, on a new connection or on one
 /// opened before the reload, takes the new route.
 #[tokio::test]
 async fn a_batch_in_flight_keeps_its_route_while_the_next_takes_the_new_one() {
-    let (old, mut arrivals, release) = held_upstream().await;
+    let HeldUpstream {
+        upstream: old,
+        mut arrivals,
+        release,
+    } = held_upstream("/svc/").await;
     let new =
         upstream(|seen| async move { text(StatusCode::OK, format!("new {}", seen.uri.path())) })
             .await;
@@ -69,9 +50,9 @@ async fn a_batch_in_flight_keeps_its_route_while_the_next_takes_the_new_one() {
     assert_eq!(response.status(), StatusCode::OK);
     // Its part reached the old upstream, which holds it: release it and read the reply.
     within(10, "the warm-up part at the old upstream", arrivals.recv()).await;
-    release.notify_one();
+    release.add_permits(1);
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    assert!(String::from_utf8_lossy(&body).contains("old /svc/warm"));
+    assert!(String::from_utf8_lossy(&body).contains("\r\n\r\n/svc/warm"));
 
     // The batch in flight: its part waits at the old upstream.
     let in_flight = {
@@ -100,11 +81,11 @@ async fn a_batch_in_flight_keeps_its_route_while_the_next_takes_the_new_one() {
     );
 
     // The batch in flight finishes where it began.
-    release.notify_one();
+    release.add_permits(1);
     let slow = within(10, "the batch in flight", in_flight).await.unwrap();
     let parts = slow.reply().parts();
     assert_eq!(parts[0].status, StatusCode::OK);
-    assert_eq!(parts[0].body, "old /svc/slow");
+    assert_eq!(parts[0].body, "/svc/slow");
     let old_paths: Vec<String> = old.seen().iter().map(|s| s.uri.path().to_owned()).collect();
     assert_eq!(old_paths, ["/svc/warm", "/svc/slow"]);
     let new_paths: Vec<String> = new.seen().iter().map(|s| s.uri.path().to_owned()).collect();
@@ -134,20 +115,11 @@ fn reload(live: &Live, toml: &str) {
 /// sees more than two at once, and a fourth batch is refused.
 #[tokio::test]
 async fn limits_hold_across_reloads() {
-    let release = Arc::new(Semaphore::new(0));
-    let (arrived, mut arrivals) = mpsc::unbounded_channel();
-    let up = {
-        let release = release.clone();
-        upstream(move |seen| {
-            let (arrived, release) = (arrived.clone(), release.clone());
-            async move {
-                let _ = arrived.send(());
-                release.acquire().await.unwrap().forget();
-                text(StatusCode::OK, seen.uri.path().to_owned())
-            }
-        })
-        .await
-    };
+    let HeldUpstream {
+        upstream: up,
+        release,
+        mut arrivals,
+    } = held_upstream("/svc/").await;
     let toml = format!(
         "[limits]\nmax_inflight_per_upstream = 2\nmax_batches = 3\n{}",
         routes(&[("/svc/", up.addr)])

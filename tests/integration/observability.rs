@@ -1,12 +1,10 @@
 //! What operators see and set: the per-client rate limit, `/admin/stats` figures and bottlenecks, the access
 //! log's figures and exact metrics after a known workload.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use http::StatusCode;
-use support::*;
 
 /// Three batches of 50 parts against 100 parts/s with a burst of 100: exactly the 50 parts past the burst
 /// are 429 parts, with Retry-After; the clock is paused, so no token trickles in meanwhile.

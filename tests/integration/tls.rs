@@ -2,15 +2,13 @@
 //! HTTP/1.1 and HTTP/2 (ALPN), `X-Forwarded-Proto: https` upstream, the handshake under the first-request
 //! deadline, a certificate swapped by reload, and bad certificate files at startup.
 
-mod support;
-
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::*;
 use batchgate::server::{Live, ReloadError};
 use batchgate::{Config, Gateway};
 use http::{Method, StatusCode};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -115,28 +113,6 @@ async fn plain_http_batches_tell_the_upstream_http() {
     for request in up.seen() {
         assert_eq!(request.headers["x-forwarded-proto"], "http");
     }
-}
-
-async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return out,
-            Ok(n) => out.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-fn at_limit(what: &str, elapsed: Duration, limit: Duration) {
-    assert!(
-        elapsed >= limit,
-        "{what} after {elapsed:?}, before {limit:?}"
-    );
-    assert!(
-        elapsed < limit + Duration::from_secs(1),
-        "{what} after {elapsed:?}, long after {limit:?}"
-    );
 }
 
 /// The handshake counts against `header_read_timeout` like a silent plain socket: a client that sends

@@ -3,17 +3,13 @@
 //! failure reaches each of its callers, a caller that gives up is left out, backpressure with one batch in
 //! flight, flushing by size and by time (on tokio's paused clock), and shutdown.
 
-mod support;
-
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use batchgate::client::{BatchClient, BatchError, Batcher, ClientError};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use support::*;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -30,23 +26,6 @@ fn spawn_call(batcher: &Batcher, path: &str) -> JoinHandle<Result<Response<Bytes
     let batcher = batcher.clone();
     let request = get(path);
     tokio::spawn(async move { batcher.call(request).await })
-}
-
-/// An upstream that echoes the path, holding every request whose path contains `held` until released.
-async fn held_upstream() -> (Upstream, Arc<Semaphore>) {
-    let release = Arc::new(Semaphore::new(0));
-    let gate = release.clone();
-    let up = upstream(move |seen| {
-        let gate = gate.clone();
-        async move {
-            if seen.uri.path().contains("held") {
-                let _permit = gate.acquire().await.unwrap();
-            }
-            text(StatusCode::OK, seen.uri.path().to_owned())
-        }
-    })
-    .await;
-    (up, release)
 }
 
 fn seen_paths(up: &Upstream) -> Vec<String> {
@@ -184,7 +163,11 @@ async fn a_caller_that_gives_up_before_its_batch_is_sent_is_left_out() {
 
 #[tokio::test]
 async fn with_one_batch_in_flight_the_next_is_not_sent_and_its_callers_wait() {
-    let (up, release) = held_upstream().await;
+    let HeldUpstream {
+        upstream: up,
+        release,
+        ..
+    } = held_upstream("/held/").await;
     let gw = gateway(&routes(&[("/up/", up.addr)])).await;
     let batcher = Batcher::builder(client(gw.addr))
         .max_size(2)
@@ -243,7 +226,11 @@ async fn with_one_batch_in_flight_the_next_is_not_sent_and_its_callers_wait() {
 
 #[tokio::test]
 async fn shutdown_sends_pending_calls_and_waits_for_the_batches_in_flight() {
-    let (up, release) = held_upstream().await;
+    let HeldUpstream {
+        upstream: up,
+        release,
+        ..
+    } = held_upstream("/held/").await;
     let gw = gateway(&routes(&[("/up/", up.addr)])).await;
     let batcher = Batcher::builder(client(gw.addr))
         .max_size(10)

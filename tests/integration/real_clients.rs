@@ -4,18 +4,16 @@
 //! to a gateway as it is, and the reply is read back the way that client's own parser reads it: a reply that
 //! one of these checks refuses is a reply that client cannot use.
 
-mod support;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::*;
 use batchgate::demo;
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
-use support::*;
 
 /// google-api-python-client 2.202.0 (`BatchHttpRequest`, httplib2 0.32.1, Python 3.11), as captured off the
 /// wire: a batch built from a discovery document for the demo mail API with OAuth credentials. Outer head

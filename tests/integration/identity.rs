@@ -2,10 +2,8 @@
 //! sent with, by the client a trusted proxy names in any address form, and an IPv6 client by its network; a
 //! batch's `Idempotency-Key` is never copied into its parts.
 
-mod support;
-
+use crate::support::*;
 use http::{Method, StatusCode};
-use support::*;
 
 /// A rate limit that refills one token in 1000 s: within a test, a spent bucket stays spent.
 fn limited(extra: &str, up: std::net::SocketAddr) -> String {
@@ -16,21 +14,19 @@ fn limited(extra: &str, up: std::net::SocketAddr) -> String {
 }
 
 /// One batch of raw parts (`application/http` bodies) with these outer headers; the statuses of its parts.
-async fn statuses(gw: &TestGateway, outer: &[(&str, &str)], parts: &[&str]) -> Vec<u16> {
-    let mut body = String::new();
-    for (i, part) in parts.iter().enumerate() {
-        body.push_str(&format!(
-            "--b\r\nContent-Type: application/http\r\nContent-ID: <p{i}>\r\n\r\n{part}\r\n"
-        ));
-    }
-    body.push_str("--b--\r\n");
+async fn batch_statuses(gw: &TestGateway, outer: &[(&str, &str)], parts: &[&str]) -> Vec<u16> {
+    let parts: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, request)| part(&format!("p{i}"), request))
+        .collect();
     let mut headers = vec![("content-type", MP)];
     headers.extend_from_slice(outer);
     let reply = gw
-        .request(Method::POST, "/batch", &headers, body.into())
+        .request(Method::POST, "/batch", &headers, batch(&parts).into())
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    reply.parts().iter().map(|p| p.status.as_u16()).collect()
+    statuses(&reply.parts())
 }
 
 const GET: &str = "GET /up/x HTTP/1.1\r\n\r\n";
@@ -55,7 +51,7 @@ async fn parts_are_limited_by_the_credential_they_are_sent_with() {
         let gw = &gw;
         async move {
             let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-            statuses(gw, &[("authorization", &outer)], &parts).await
+            batch_statuses(gw, &[("authorization", &outer)], &parts).await
         }
     };
     assert_eq!(run(rotated(1), vec![token.clone()]).await, [200]);
@@ -71,7 +67,7 @@ async fn parts_are_limited_by_the_credential_they_are_sent_with() {
     );
     assert_eq!(run(rotated(3), vec![GET.to_owned()]).await, [429]);
     // Sent without any credential: the client's address, one bucket for all such parts.
-    let statuses_plain = statuses(&gw, &[], &[GET, GET]).await;
+    let statuses_plain = batch_statuses(&gw, &[], &[GET, GET]).await;
     assert_eq!(statuses_plain, [200, 429]);
     let tokens: Vec<String> = up
         .seen()
@@ -115,7 +111,7 @@ async fn a_proxys_hop_in_any_form_names_the_client() {
     let gw = gateway(&limited("trusted_proxies = [\"127.0.0.0/8\"]", up.addr)).await;
     let from = |chain: String| {
         let gw = &gw;
-        async move { statuses(gw, &[("x-forwarded-for", &chain)], &[GET]).await[0] }
+        async move { batch_statuses(gw, &[("x-forwarded-for", &chain)], &[GET]).await[0] }
     };
     let mut decoy = 0;
     let mut forged = |proxy_hop: &str| {
@@ -133,7 +129,7 @@ async fn a_proxys_hop_in_any_form_names_the_client() {
     // `unknown` made the proxy (this test's 127.0.0.1) the client: it is now limited, whatever it names.
     assert_eq!(from("203.0.113.77".to_owned()).await, 200);
     assert_eq!(from(forged("garbage!")).await, 429);
-    assert_eq!(statuses(&gw, &[], &[GET]).await, [429]);
+    assert_eq!(batch_statuses(&gw, &[], &[GET]).await, [429]);
 }
 
 /// IPv6 clients are limited per network: by /64 by default, per address with `ipv6_prefix = 128`.
@@ -148,7 +144,7 @@ async fn ipv6_clients_share_their_networks_bucket() {
         .await;
         let from = |client: &'static str| {
             let gw = &gw;
-            async move { statuses(gw, &[("x-forwarded-for", client)], &[GET]).await[0] }
+            async move { batch_statuses(gw, &[("x-forwarded-for", client)], &[GET]).await[0] }
         };
         assert_eq!(from("2001:db8:1:2::a").await, 200);
         assert_eq!(
@@ -177,7 +173,7 @@ async fn the_batchs_idempotency_key_is_not_copied_into_parts() {
         a.addr, b.addr
     ))
     .await;
-    let statuses = statuses(
+    let statuses = batch_statuses(
         &gw,
         &[("idempotency-key", "batch-key")],
         &[

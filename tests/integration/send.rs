@@ -3,16 +3,14 @@
 //! its input in a temp file or on stdin. Checks what it prints and its exit status: 0 every part 2xx, 1 some
 //! part not, 2 the batch failed or the input could not be used.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
-use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -345,7 +343,7 @@ async fn raw_prints_the_multipart_reply_as_received() {
         sent.stdout.as_bytes(),
     )
     .unwrap();
-    let statuses: Vec<u16> = parts.iter().map(|p| p.status.as_u16()).collect();
+    let statuses = statuses(&parts);
     assert_eq!(statuses, [200, 404, 200]);
     assert_eq!(parts[0].body, batchgate::demo::message(1));
     assert_eq!(parts[2].body, batchgate::demo::message(2));

@@ -1,12 +1,10 @@
 //! `/readyz`: ready while every route has an upstream that is not ejected; `/healthz` stays liveness.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use support::*;
 
 async fn readyz(gw: &TestGateway, method: Method) -> Reply {
     gw.request(method, "/readyz", &[], Bytes::new()).await

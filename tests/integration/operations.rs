@@ -1,18 +1,11 @@
 //! What operators configure and see: `/metrics` (batches, parts by outcome, upstream connection reuse),
 //! `batch_timeout`, HTTP/2 routes, header inheritance policy.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use support::*;
-
-/// A metric's value, summed over its label sets.
-fn sample(text: &str, name: &str) -> u64 {
-    metric(text, name, &[])
-}
 
 #[tokio::test]
 async fn metrics_count_batches_parts_and_connection_reuse() {
@@ -105,7 +98,7 @@ async fn batch_timeout_answers_what_is_late_with_504_parts() {
         .post("multipart/mixed; boundary=b", get_batch("b", &targets))
         .await
         .parts();
-    let statuses: Vec<u16> = parts.iter().map(|p| p.status.as_u16()).collect();
+    let statuses = statuses(&parts);
     assert_eq!(statuses, [200, 504, 200]);
     assert!(
         part_error(&parts[1]).contains("batch_timeout"),

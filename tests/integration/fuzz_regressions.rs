@@ -1,6 +1,8 @@
 //! Replays the saved fuzz inputs (`tests/fixtures/fuzz/<target>/*`: crashers the fuzzers found, plus
 //! hand-made hostile inputs) through the same checks the fuzz targets run. See `fuzz/README.md`.
 
+/// Shared with the fuzz targets, which include the same file (`fuzz/fuzz_targets/*.rs`).
+#[path = "../fuzz_checks/mod.rs"]
 mod fuzz_checks;
 
 use std::panic;

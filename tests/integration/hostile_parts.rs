@@ -1,17 +1,14 @@
 //! Hostile batches and parts, end to end over loopback: what each one makes the gateway send upstream (read
 //! off recording upstreams, byte for byte where it matters) and what the client gets back.
 
-mod support;
-
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use batchgate::wire::{PartSplitter, boundary_from_content_type};
+use crate::support::*;
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
-use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -42,62 +39,10 @@ fn outcome(text: &str, outcome: &str) -> u64 {
     metric(text, "batchgate_parts_total", &[("outcome", outcome)])
 }
 
-/// A gauge's value.
-fn sample(text: &str, name: &str) -> u64 {
-    metric(text, name, &[])
-}
-
 async fn scrape(gw: &TestGateway) -> String {
     let reply = gw.request(Method::GET, "/metrics", &[], Bytes::new()).await;
     assert_eq!(reply.status, StatusCode::OK);
     String::from_utf8(reply.body.to_vec()).unwrap()
-}
-
-/// One reply part read without interpreting its framing: the embedded status, its header lines as sent
-/// (`name: value`), and every byte up to the next delimiter.
-#[derive(Debug)]
-struct RawPart {
-    status: u16,
-    lines: Vec<String>,
-    body: Bytes,
-}
-
-impl RawPart {
-    /// The values of the header lines named `name` (any letter case), in order.
-    fn values(&self, name: &str) -> Vec<String> {
-        self.lines
-            .iter()
-            .filter_map(|l| {
-                let (n, v) = l.split_once(':')?;
-                n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-            })
-            .collect()
-    }
-}
-
-fn raw_parts(reply: &Reply) -> Vec<RawPart> {
-    assert_eq!(reply.status, StatusCode::OK);
-    let ct = reply.headers["content-type"].to_str().unwrap();
-    let boundary = boundary_from_content_type(ct).unwrap();
-    let mut splitter = PartSplitter::new(&boundary, u64::MAX);
-    splitter.push(&reply.body);
-    let mut parts = Vec::new();
-    while let Some(raw) = splitter.next_part().unwrap() {
-        let blank = |b: &[u8]| b.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        let content = &raw[blank(&raw)..];
-        let head_len = blank(content);
-        let head = std::str::from_utf8(&content[..head_len - 4]).unwrap();
-        let mut lines = head.split("\r\n").map(str::to_owned);
-        let status_line = lines.next().unwrap();
-        let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
-        parts.push(RawPart {
-            status,
-            lines: lines.collect(),
-            body: Bytes::copy_from_slice(&content[head_len..]),
-        });
-    }
-    splitter.finish().unwrap();
-    parts
 }
 
 /// A batch's parts with side effects first, then a safe one. The last is complete only once the next
@@ -698,7 +643,7 @@ async fn metrics_count_upstream_statuses_and_cancelled_parts() {
         )
         .await
         .parts();
-    let statuses: Vec<u16> = parts.iter().map(|p| p.status.as_u16()).collect();
+    let statuses = statuses(&parts);
     assert_eq!(statuses, [503, 404, 200, 404]);
     let text = scrape(&gw).await;
     assert_eq!(outcome(&text, "5xx"), 1, "{text}");
