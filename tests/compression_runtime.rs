@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use batchgate::compress::{Coding, CompressionConfig};
+use batchgate::config::{Coding, CompressionConfig};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use support::*;
