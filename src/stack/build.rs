@@ -11,9 +11,9 @@ use tower::util::BoxCloneSyncService;
 use super::adaptive::{AdaptiveLayer, AdaptiveLimiter};
 use super::balance::{Balancer, Upstream};
 use super::connect::TlsTarget;
-use super::endpoint::{Endpoint, EndpointSettings};
 use super::limit::{Capacity, InflightLayer};
 use super::policy::PolicyLayer;
+use super::pool::{Pool, PoolSettings};
 use super::ratelimit::{RateLimitLayer, RateLimiter};
 use super::retry::{Budget, RetryLayer};
 use super::rewrite::{Mapping, RewriteLayer};
@@ -52,7 +52,7 @@ pub struct RouteStack {
     /// across reloads.
     upstream: Arc<str>,
     service: PartService,
-    /// Readiness and stats read its endpoints' health; a reload carries that health over.
+    /// Readiness and stats read its pools' health; a reload carries that health over.
     balancer: Balancer,
     /// Sub-requests in flight to this route, across all batches (and the gateways this one succeeds).
     limit: RouteLimit,
@@ -99,7 +99,7 @@ impl RouteStack {
                 None => None,
                 Some(config) => Some(TlsTarget {
                     config: config.clone(),
-                    server_name: Endpoint::server_name(origin)
+                    server_name: Pool::server_name(origin)
                         .map_err(|why| ConfigError::Invalid(format!("{key}: {why}")))?,
                 }),
             };
@@ -112,7 +112,7 @@ impl RouteStack {
         let balancer = Balancer::new(
             upstreams,
             route.balance,
-            EndpointSettings {
+            PoolSettings {
                 upstream: shared.upstream.clone(),
                 http2_prior_knowledge: route.http_version == HttpVersion::Http2,
                 max_response_bytes: limits.max_response_bytes,

@@ -12,7 +12,7 @@
 //!   across the gateway; on the others the scheduler takes both permits before the part enters the stack;
 //! - [`rules`]: HTTP semantics of the answer (1xx, 204, HEAD and 304 lengths, unrequested compression);
 //! - [`balance`]: which upstream address takes the part, and their passive health;
-//! - [`endpoint`]: one address's keep-alive pool ([`connect`]: TCP, TLS), and the response size limits.
+//! - [`pool`]: one address's keep-alive pool ([`connect`]: TCP, TLS), and the response size limits.
 //!
 //! [`RouteStack`] builds a route's stack from its `[[routes]]` entry, layers in the order above, and holds it
 //! with its balancer and in-flight limit as one handle (`build.rs`).
@@ -27,9 +27,9 @@ pub mod adaptive;
 pub mod balance;
 mod build;
 pub mod connect;
-pub mod endpoint;
 pub mod limit;
 pub mod policy;
+pub mod pool;
 pub mod ratelimit;
 pub mod retry;
 pub mod rewrite;
@@ -65,7 +65,7 @@ pub struct PartRequest {
     /// The part's position in its batch: every error names it.
     pub index: usize,
     pub method: Method,
-    /// Path and query; the upstream's scheme and authority come from the endpoint that takes it.
+    /// Path and query; the upstream's scheme and authority come from the pool that takes it.
     pub path: PathAndQuery,
     /// The part's own headers; the policy layer turns them into what the upstream sees.
     pub headers: HeaderMap,

@@ -28,9 +28,9 @@ use crate::wire::Framing;
 /// to the largest body they ever read; body pieces are copied out once, into the reply part.
 const READ_BUF: usize = 16 * 1024;
 
-/// What every endpoint of a route is built with.
+/// What every pool of a route is built with.
 #[derive(Debug, Clone)]
-pub struct EndpointSettings {
+pub struct PoolSettings {
     pub upstream: UpstreamSettings,
     /// Speak HTTP/2 with prior knowledge (plain http only; over TLS, ALPN decides).
     pub http2_prior_knowledge: bool,
@@ -40,9 +40,9 @@ pub struct EndpointSettings {
     pub route: Arc<str>,
 }
 
-/// One address of one upstream.
+/// One address of one upstream: its keep-alive connection pool, in-flight count and passive health.
 #[derive(Debug)]
-pub struct Endpoint {
+pub struct Pool {
     pub origin: Origin,
     pub addr: SocketAddr,
     /// Named in errors and logs: `mail-1.internal:8443 (10.0.0.5:8443)`, or just the address.
@@ -59,13 +59,13 @@ pub struct Endpoint {
     pub may_refuse: bool,
 }
 
-impl Endpoint {
+impl Pool {
     pub fn new(
         origin: &Origin,
         addr: SocketAddr,
         tls: Option<TlsTarget>,
-        settings: &EndpointSettings,
-    ) -> Endpoint {
+        settings: &PoolSettings,
+    ) -> Pool {
         let host = origin.authority.host();
         let label = if host.parse::<std::net::IpAddr>().is_ok()
             || host
@@ -102,7 +102,7 @@ impl Endpoint {
                 tls,
                 metrics: settings.metrics.clone(),
             });
-        Endpoint {
+        Pool {
             origin: origin.clone(),
             addr,
             label: label.into(),
@@ -238,7 +238,7 @@ impl Endpoint {
         self.health().ejected_until.is_none_or(|until| until <= now)
     }
 
-    /// Claims this endpoint for a part the balancer chose among the available ones. One whose ejection is
+    /// Claims this pool for a part the balancer chose among the available ones. One whose ejection is
     /// over takes a single part, the probe: until its outcome is recorded, or `hold` passes without one (the
     /// probe was cancelled), it stays out for the others. False if another part took the probe first.
     pub fn claim(&self, now: Instant, hold: Duration) -> bool {
@@ -254,7 +254,7 @@ impl Endpoint {
         }
     }
 
-    /// Notes how a part went; returns how long the endpoint is now ejected for, if this ejected it.
+    /// Notes how a part went; returns how long the pool is now ejected for, if this ejected it.
     pub fn record(&self, failed: bool, settings: &UpstreamSettings) -> Option<Duration> {
         let mut health = self.health();
         if !failed {
@@ -287,7 +287,7 @@ impl Endpoint {
     }
 
     /// Takes over `previous`'s passive health: the same address in the config before a reload.
-    pub fn carry_health(&self, previous: &Endpoint) {
+    pub fn carry_health(&self, previous: &Pool) {
         let health = previous.health().clone();
         *self.health() = health;
     }
@@ -376,7 +376,7 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-impl Endpoint {
+impl Pool {
     /// A copy of its passive health now, for `/admin/stats` (read-only).
     pub fn health_view(&self) -> crate::observe::health::HealthView {
         let health = self.health();
