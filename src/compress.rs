@@ -3,57 +3,10 @@
 //! The stream is flushed whenever the next part is not ready yet, so the reply still streams part by part.
 
 use std::io::Write;
-use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Deserialize;
 
-/// A content coding the gateway can produce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Coding {
-    Zstd,
-    Br,
-    Gzip,
-}
-
-impl Coding {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Coding::Zstd => "zstd",
-            Coding::Br => "br",
-            Coding::Gzip => "gzip",
-        }
-    }
-}
-
-/// `[compression]` in the config.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CompressionConfig {
-    pub enabled: bool,
-    /// Preference among codings the client accepts with equal q-value.
-    pub order: Vec<Coding>,
-    pub gzip_level: u32,
-    pub zstd_level: i32,
-    pub brotli_quality: u32,
-    /// How long the compressed stream waits for the next part before flushing what it has.
-    #[serde(deserialize_with = "crate::config::de_duration")]
-    pub flush_delay: Duration,
-}
-
-impl Default for CompressionConfig {
-    fn default() -> Self {
-        CompressionConfig {
-            enabled: true,
-            order: vec![Coding::Zstd, Coding::Br, Coding::Gzip],
-            gzip_level: 6,
-            zstd_level: 6,
-            brotli_quality: 6,
-            flush_delay: Duration::from_millis(2),
-        }
-    }
-}
+use crate::config::{Coding, CompressionConfig};
 
 impl CompressionConfig {
     /// The coding for a request's `Accept-Encoding`: the highest q-value wins, ties go to `order`.

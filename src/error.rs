@@ -93,11 +93,6 @@ impl BatchError {
             _ => Fault::Client,
         }
     }
-
-    /// The JSON error body.
-    pub fn body(&self) -> Bytes {
-        error_json(self.status(), &self.to_string(), None)
-    }
 }
 
 /// One part failed; the others are unaffected. The reply part carries this status and message.
@@ -276,7 +271,7 @@ impl PartError {
 
     /// The JSON body of the error part.
     pub fn body(&self) -> Bytes {
-        error_json(
+        error_body(
             self.status(),
             &self.to_string(),
             Some((self.index(), self.fault())),
@@ -284,8 +279,9 @@ impl PartError {
     }
 }
 
-/// `{"error":{"code":N,"message":"...","part":i,"fault":"..."}}`
-fn error_json(status: StatusCode, message: &str, part: Option<(usize, Fault)>) -> Bytes {
+/// The body of every error the gateway answers itself: `{"error":{"code":N,"message":"..."}}`, with
+/// `"part":i,"fault":"..."` for a part's error.
+pub fn error_body(status: StatusCode, message: &str, part: Option<(usize, Fault)>) -> Bytes {
     let mut error = serde_json::json!({ "code": status.as_u16(), "message": message });
     if let Some((index, fault)) = part {
         error["part"] = index.into();

@@ -9,7 +9,7 @@ use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 
-use crate::error::BatchError;
+use crate::error::{BatchError, error_body};
 
 /// Why a reply body broke off (the client sees a truncated reply, never a falsely complete one).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -96,13 +96,19 @@ impl Buf for Chunk {
     }
 }
 
-/// A JSON error response for a refused batch.
-pub fn error_response(error: &BatchError) -> Response<ReplyBody> {
-    let mut response = Response::new(full(error.body()));
-    *response.status_mut() = error.status();
+/// A JSON error response ([`error_body`]) the gateway writes itself.
+pub fn json_error(status: StatusCode, message: &str) -> Response<ReplyBody> {
+    let mut response = Response::new(full(error_body(status, message, None)));
+    *response.status_mut() = status;
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A JSON error response for a refused batch.
+pub fn error_response(error: &BatchError) -> Response<ReplyBody> {
+    let mut response = json_error(error.status(), &error.to_string());
     if matches!(error, BatchError::MethodNotAllowed(_)) {
         response
             .headers_mut()

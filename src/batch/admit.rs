@@ -9,7 +9,7 @@ use http::request::Parts;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::codec::{self, PartReader, ReplyWriter};
-use crate::compress::Coding;
+use crate::config::Coding;
 use crate::error::BatchError;
 use crate::gateway::Gateway;
 use crate::observe::trace::TraceContext;

@@ -21,7 +21,8 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use std::sync::Arc;
 
 use crate::codec::{Rendered, ReplyWriter};
-use crate::compress::{Coding, CompressionConfig, Encoder};
+use crate::compress::Encoder;
+use crate::config::{Coding, CompressionConfig};
 use crate::observe::timeline::{BatchTimeline, Mark};
 use crate::response::{BoxError, Chunk, ReplyBody};
 

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::config::UpstreamSettings;
 
-/// A copy of an upstream address's passive health (the balancer's endpoint makes it).
+/// A copy of an upstream address's passive health (the balancer's pool makes it).
 #[derive(Debug, Clone, Copy)]
 pub struct HealthView {
     /// Failures in a row since the last success.
@@ -56,7 +56,7 @@ pub struct AddressHealth {
 }
 
 impl AddressHealth {
-    /// Describes an endpoint's health `view` at `now`.
+    /// Describes a pool's health `view` at `now`.
     pub fn describe(
         upstream: &str,
         address: SocketAddr,

@@ -42,13 +42,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
+use super::accept::Acceptor;
 use super::endpoints;
 use super::io::WriteDeadline;
 use super::live::{Live, ReloadError};
 use crate::config::Config;
-use crate::response::{ReplyBody, full};
+use crate::error::error_body;
+use crate::response::{ReplyBody, full, json_error};
 
 /// The dashboard: one HTML file with its script and styles inline; it loads nothing from anywhere else.
 pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
@@ -155,9 +157,7 @@ impl Admin {
 /// connection finish the request it is serving (within `write_timeout`) and returns.
 pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()>) {
     let limits = admin.limits;
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    // Connections turned away with a 503: each is given a moment to read it, a few at a time.
-    let refusals = Arc::new(Semaphore::new(limits.max_connections));
+    let mut acceptor = Acceptor::new(listener, shutdown, limits.max_connections, "admin: ");
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -166,25 +166,14 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Ou
         .max_buf_size(16 * 1024);
     let builder = Arc::new(builder);
     let (stopping, stop) = watch::channel(false);
-    tokio::pin!(shutdown);
-    loop {
-        let (mut stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!("admin: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+    while let Some((mut stream, peer)) = acceptor.next().await {
+        let Some(slot) = acceptor.try_slot() else {
             tracing::warn!(%peer, max = limits.max_connections, "admin: connection refused, all slots taken");
-            if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+            // Turned away with a 503, each given a moment to read it, a few at a time.
+            if let Some(refusal) = acceptor.refusal() {
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                        stream.write_all(BUSY).await?;
+                        stream.write_all(&busy()).await?;
                         stream.shutdown().await
                     })
                     .await;
@@ -230,10 +219,23 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Ou
     let _ = stopping.send(true);
 }
 
-/// The answer to a connection over [`AdminLimits::max_connections`].
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-retry-after: 1\r\nconnection: close\r\ncontent-length: 89\r\n\r\n\
-{\"error\":{\"code\":503,\"message\":\"the admin listener has all its connections busy; retry\"}}";
+/// The answer to a connection over [`AdminLimits::max_connections`], written before its request is read.
+fn busy() -> Vec<u8> {
+    let status = StatusCode::SERVICE_UNAVAILABLE;
+    let body = error_body(
+        status,
+        "the admin listener has all its connections busy; retry",
+        None,
+    );
+    let mut answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&body);
+    answer
+}
 
 impl Admin {
     async fn handle(
@@ -493,12 +495,13 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<ReplyBody> {
     response
 }
 
-/// `{"error":{"code":..,"message":..}}`, like the gateway's own errors.
+/// `{"error":{"code":..,"message":..}}`, like the gateway's own errors, not to be cached.
 fn error(status: StatusCode, message: String) -> Response<ReplyBody> {
-    json(
-        status,
-        &serde_json::json!({ "error": { "code": status.as_u16(), "message": message } }),
-    )
+    let mut response = json_error(status, &message);
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn not_allowed(method: &Method, path: &str, allow: &'static str) -> Response<ReplyBody> {
@@ -533,7 +536,8 @@ mod tests {
 
     #[test]
     fn the_busy_answer_is_well_formed() {
-        let text = std::str::from_utf8(BUSY).unwrap();
+        let busy = busy();
+        let text = std::str::from_utf8(&busy).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let length: usize = head
             .lines()

@@ -22,11 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
-use http::{Response, StatusCode};
+use http::StatusCode;
+use http::header::{HeaderValue, RETRY_AFTER};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -35,7 +33,7 @@ use tokio::time::Instant;
 
 use super::io::Watch;
 use super::live::Served;
-use crate::response::{BoxError, Chunk, ReplyBody};
+use crate::response::{BoxError, Chunk, ReplyBody, json_error};
 
 /// Every open client connection.
 #[derive(Debug, Default)]
@@ -275,12 +273,10 @@ where
             "the gateway is serving its limit of {max_connections} connections (limits.max_connections), \
              each of them busy; retry shortly"
         );
-        let body = serde_json::json!({ "error": { "code": 503, "message": message } }).to_string();
-        let mut response = Response::new(Full::new(Bytes::from(body)));
-        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, &message);
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
         Ok::<_, std::convert::Infallible>(response)
     });
     let refused = async {

@@ -18,12 +18,12 @@
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
-    ACCESS_CONTROL_REQUEST_METHOD, CONTENT_TYPE, HeaderMap, HeaderValue, ORIGIN, VARY,
+    ACCESS_CONTROL_REQUEST_METHOD, HeaderMap, HeaderValue, ORIGIN, VARY,
 };
 use http::{Method, Request, Response, StatusCode};
 
 use crate::config::CorsConfig;
-use crate::response::{ReplyBody, full};
+use crate::response::{ReplyBody, full, json_error};
 
 /// The `[cors]` rules, ready to apply.
 #[derive(Debug, Clone)]
@@ -104,11 +104,8 @@ impl Cors {
             tracing::info!(origin = %shown, "CORS preflight refused: origin not in cors.allow_origins");
             let message =
                 format!("CORS preflight refused: origin {shown:?} is not in cors.allow_origins");
-            let body = serde_json::json!({ "error": { "code": 403, "message": message } });
-            let mut response = Response::new(full(body.to_string()));
-            *response.status_mut() = StatusCode::FORBIDDEN;
+            let mut response = json_error(StatusCode::FORBIDDEN, &message);
             let h = response.headers_mut();
-            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             h.append(VARY, HeaderValue::from_static(VARY_PREFLIGHT));
             return response;
         };
@@ -185,6 +182,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use http::header::CONTENT_TYPE;
 
     fn cors(origins: &[&str], credentials: bool) -> Cors {
         Cors::new(&CorsConfig {

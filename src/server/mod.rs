@@ -6,6 +6,7 @@
 //! connection's own task and counts against `limits.header_read_timeout`, like a silent plain socket.
 //! [`admin`] is the operators' listener (`[admin]`): metrics, stats, the dashboard and reload, apart from it.
 
+mod accept;
 pub mod admin;
 mod conn;
 pub mod cors;
@@ -24,11 +25,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
 use crate::gateway::Gateway;
+use accept::Acceptor;
 use conn::{Conn, Idle, Registry, Tracked};
 use io::WriteDeadline;
 pub use live::{Live, ReloadError, Replaced, Served};
@@ -92,44 +94,31 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// each connection gets the connection limits current when it is accepted.
 pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future<Output = ()>) {
     let max_connections = live.gateway().config.limits.max_connections;
-    let slots = Arc::new(Semaphore::new(max_connections));
-    // Connections being answered 503 because every slot is busy.
-    let refusing = Arc::new(Semaphore::new(max_connections));
+    let mut acceptor = Acceptor::new(listener, shutdown, max_connections, "");
     let registry = Arc::new(Registry::default());
     let draining = Arc::new(AtomicBool::new(false));
     let graceful = GracefulShutdown::new();
     // Tells connections still in their TLS handshake (not yet watched by `graceful`) to give up.
     let (stopping, stop) = watch::channel(false);
     let mut settings = ConnSettings::new(live.gateway());
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
+    while let Some((stream, peer)) = acceptor.next().await {
         // A slot is sought once a client is there, not before: making room ahead of time would close the
         // connection just accepted (idle only because its request head is still on its way) with no one
         // waiting for its slot.
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
+        let slot = match acceptor.try_slot() {
+            Some(slot) => slot,
             // Full: close the quiet connection idle the longest (it closes at once, freeing its slot) rather
             // than leave the new client waiting behind sockets that send nothing.
-            Err(_) if registry.make_room() => tokio::select! {
-                slot = slots.clone().acquire_owned() => slot.expect("never closed"),
-                () = &mut shutdown => break,
+            None if registry.make_room() => match acceptor.slot().await {
+                Some(slot) => slot,
+                None => break,
             },
             // None is quiet: the new client hears so rather than wait behind busy connections.
-            Err(_) => {
-                let deadline = settings.idle.first_request;
-                refuse(stream, &live, &refusing, max_connections, deadline);
+            None => {
+                if let Some(permit) = acceptor.refusal() {
+                    let deadline = settings.idle.first_request;
+                    refuse(stream, &live, permit, max_connections, deadline);
+                }
                 continue;
             }
         };
@@ -187,7 +176,7 @@ pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future
     }
     draining.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = stopping.send(true);
-    drop(listener);
+    drop(acceptor);
     let limits = live.gateway().config.limits.clone();
     tracing::info!(grace = ?limits.shutdown_grace, "shutting down: no new connections; finishing in-flight batches");
     tokio::select! {
@@ -196,18 +185,15 @@ pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future
     }
 }
 
-/// Answers `stream` 503 in a task of its own, within `deadline` ([`conn::refuse`]), as many at once as
-/// `refusing` allows; beyond that it is closed unread.
+/// Answers `stream` 503 in a task of its own, within `deadline` ([`conn::refuse`]), holding `permit` (one of
+/// the refusals the acceptor allows at once) meanwhile.
 fn refuse(
     stream: TcpStream,
     live: &Live,
-    refusing: &Arc<Semaphore>,
+    permit: OwnedSemaphorePermit,
     max_connections: usize,
     deadline: std::time::Duration,
 ) {
-    let Ok(permit) = refusing.clone().try_acquire_owned() else {
-        return;
-    };
     let tls = live.current().tls.clone();
     let until = tokio::time::Instant::now() + deadline;
     tokio::spawn(async move {

@@ -1,5 +1,5 @@
-//! Spreading a route's parts over its upstreams: every address every upstream name resolves to is an
-//! endpoint; names are resolved again periodically. An endpoint that fails `eject_after` times in a row is
+//! Spreading a route's parts over its upstreams: every address every upstream name resolves to has a
+//! [`Pool`]; names are resolved again periodically. A pool that fails `eject_after` times in a row is
 //! ejected for a back-off period, then let back in by one probe (passive health); a try that runs out of time
 //! (see [`super::timeout`]) is a failure like any other. Two kinds of part certainly did not run, and go
 //! again whatever their method, without being a retry (no budget): one that cannot connect to an address goes
@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::connect::TlsTarget;
-use super::endpoint::{Endpoint, EndpointSettings, SendError, Unsent};
+use super::pool::{Pool, PoolSettings, SendError, Unsent};
 use super::timeout::Deadline;
 use super::{PartRequest, UpstreamResponse};
 use crate::config::{Balance, Origin};
@@ -32,7 +32,7 @@ pub struct Upstream {
     pub tls: Option<TlsTarget>,
 }
 
-type Endpoints = Arc<[Arc<Endpoint>]>;
+type Pools = Arc<[Arc<Pool>]>;
 
 /// Times one part is sent again after HTTP/2 upstreams refused its stream unprocessed. Each refusal is one
 /// connection closing with a GOAWAY, so this many let the parts of a large batch drain through an upstream
@@ -40,7 +40,7 @@ type Endpoints = Arc<[Arc<Endpoint>]>;
 /// again and again until its deadline.
 const REFUSALS: u32 = 32;
 
-/// A route's endpoints and how to choose among them. Cloned into every part's call.
+/// A route's pools and how to choose among them. Cloned into every part's call.
 #[derive(Debug, Clone)]
 pub struct Balancer {
     shared: Arc<Shared>,
@@ -50,15 +50,15 @@ pub struct Balancer {
 struct Shared {
     upstreams: Vec<Upstream>,
     policy: Balance,
-    settings: EndpointSettings,
-    endpoints: RwLock<Endpoints>,
+    settings: PoolSettings,
+    pools: RwLock<Pools>,
     next: AtomicUsize,
 }
 
 impl Balancer {
     /// Resolves the upstreams (blocking, once, at build) and starts re-resolving host names every
     /// `upstream.resolve_every` while the balancer lives.
-    pub fn new(upstreams: Vec<Upstream>, policy: Balance, settings: EndpointSettings) -> Balancer {
+    pub fn new(upstreams: Vec<Upstream>, policy: Balance, settings: PoolSettings) -> Balancer {
         let mut addresses = Vec::new();
         for (i, upstream) in upstreams.iter().enumerate() {
             let origin = &upstream.origin;
@@ -77,14 +77,14 @@ impl Balancer {
     fn with_addresses(
         upstreams: Vec<Upstream>,
         policy: Balance,
-        settings: EndpointSettings,
+        settings: PoolSettings,
         addresses: &[(usize, SocketAddr)],
     ) -> Balancer {
-        let endpoints: Vec<Arc<Endpoint>> = addresses
+        let pools: Vec<Arc<Pool>> = addresses
             .iter()
             .map(|&(i, addr)| {
                 let upstream = &upstreams[i];
-                Arc::new(Endpoint::new(
+                Arc::new(Pool::new(
                     &upstream.origin,
                     addr,
                     upstream.tls.clone(),
@@ -96,7 +96,7 @@ impl Balancer {
             upstreams,
             policy,
             settings,
-            endpoints: RwLock::new(endpoints.into()),
+            pools: RwLock::new(pools.into()),
             next: AtomicUsize::new(0),
         });
         let names = shared
@@ -109,34 +109,34 @@ impl Balancer {
         Balancer { shared }
     }
 
-    /// Takes over the passive health of `previous`'s endpoints at the same addresses of the same upstreams:
+    /// Takes over the passive health of `previous`'s pools at the same addresses of the same upstreams:
     /// a reload does not let an ejected address back in early.
     pub fn carry_health(&self, previous: &Balancer) {
-        let before = previous.shared.endpoints();
-        for endpoint in self.shared.endpoints().iter() {
+        let before = previous.shared.pools();
+        for pool in self.shared.pools().iter() {
             if let Some(old) = before
                 .iter()
-                .find(|e| e.origin == endpoint.origin && e.addr == endpoint.addr)
+                .find(|e| e.origin == pool.origin && e.addr == pool.addr)
             {
-                endpoint.carry_health(old);
+                pool.carry_health(old);
             }
         }
     }
 
-    /// Whether some endpoint can take parts now (not ejected).
+    /// Whether some pool can take parts now (not ejected).
     pub fn ready(&self) -> bool {
         let now = Instant::now();
-        self.shared.endpoints().iter().any(|e| e.available(now))
+        self.shared.pools().iter().any(|e| e.available(now))
     }
 
-    /// Chooses the endpoint for a part that has already tried `tried`. With `origin`, only among that
+    /// Chooses the pool for a part that has already tried `tried`. With `origin`, only among that
     /// upstream's addresses not tried yet (an address failed to connect: the part takes another of them).
     fn pick(
         &self,
-        all: &Endpoints,
+        all: &Pools,
         tried: &[SocketAddr],
         origin: Option<&Origin>,
-    ) -> Option<Arc<Endpoint>> {
+    ) -> Option<Arc<Pool>> {
         // The common case, one address, healthy: no choice to make.
         if let [only] = &all[..]
             && tried.is_empty()
@@ -147,15 +147,15 @@ impl Balancer {
                 return Some(only.clone());
             }
         }
-        let all: Vec<&Arc<Endpoint>> = all
+        let all: Vec<&Arc<Pool>> = all
             .iter()
             .filter(|e| origin.is_none_or(|o| e.origin == *o))
             .collect();
         let now = Instant::now();
-        let fresh = |e: &&&Arc<Endpoint>| !tried.contains(&e.addr);
+        let fresh = |e: &&&Arc<Pool>| !tried.contains(&e.addr);
         let mut lost: Vec<SocketAddr> = Vec::new();
         loop {
-            let candidates: Vec<&Arc<Endpoint>> = all
+            let candidates: Vec<&Arc<Pool>> = all
                 .iter()
                 .filter(|e| e.available(now) && !lost.contains(&e.addr))
                 .filter(fresh)
@@ -165,15 +165,15 @@ impl Balancer {
                 break;
             }
             let chosen = self.choose(&candidates);
-            // An endpoint whose ejection is over takes one part, its probe; if another part took it
+            // A pool whose ejection is over takes one part, its probe; if another part took it
             // first, this one chooses again.
             if chosen.claim(now, self.shared.settings.upstream.eject_for) {
                 return Some(chosen.clone());
             }
             lost.push(chosen.addr);
         }
-        // Every untried one is ejected: an ejected endpoint is still better than none (fail open).
-        let mut candidates: Vec<&Arc<Endpoint>> = all.iter().filter(fresh).copied().collect();
+        // Every untried one is ejected: an ejected pool is still better than none (fail open).
+        let mut candidates: Vec<&Arc<Pool>> = all.iter().filter(fresh).copied().collect();
         if candidates.is_empty() && origin.is_none() {
             candidates = all;
         }
@@ -181,7 +181,7 @@ impl Balancer {
     }
 
     /// One of `candidates` (not empty), as the policy says.
-    fn choose<'a>(&self, candidates: &[&'a Arc<Endpoint>]) -> &'a Arc<Endpoint> {
+    fn choose<'a>(&self, candidates: &[&'a Arc<Pool>]) -> &'a Arc<Pool> {
         match (candidates.len(), self.shared.policy) {
             (1, _) => candidates[0],
             (n, Balance::RoundRobin) => {
@@ -199,11 +199,8 @@ impl Balancer {
 }
 
 impl Shared {
-    fn endpoints(&self) -> Endpoints {
-        self.endpoints
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn pools(&self) -> Pools {
+        self.pools.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -220,9 +217,9 @@ impl Service<PartRequest> for Balancer {
         let this = self.clone();
         Box::pin(async move {
             // One snapshot for the part: a re-resolution meanwhile applies to the next parts.
-            let all = this.shared.endpoints();
+            let all = this.shared.pools();
             let mut tried = request.tried.as_ref().map(|t| t.list()).unwrap_or_default();
-            let Some(mut endpoint) = this.pick(&all, &tried, None) else {
+            let Some(mut pool) = this.pick(&all, &tried, None) else {
                 let names: Vec<String> = this
                     .shared
                     .upstreams
@@ -238,15 +235,15 @@ impl Service<PartRequest> for Balancer {
             let mut refusals = 0;
             loop {
                 if let Some(t) = &request.tried {
-                    t.add(endpoint.addr);
+                    t.add(pool.addr);
                 }
-                tried.push(endpoint.addr);
+                tried.push(pool.addr);
                 // A copy to send again, should nothing run: at another address of the same upstream if this one
                 // does not connect, or on another connection if an HTTP/2 upstream refuses the stream.
-                let spare = (endpoint.may_refuse
+                let spare = (pool.may_refuse
                     || all
                         .iter()
-                        .any(|e| e.origin == endpoint.origin && !tried.contains(&e.addr)))
+                        .any(|e| e.origin == pool.origin && !tried.contains(&e.addr)))
                 .then(|| request.try_clone());
                 let (index, deadline) = (request.index, request.deadline.clone());
                 // Its time already spent before it could be sent (waiting for a permit): that says nothing
@@ -254,16 +251,16 @@ impl Service<PartRequest> for Balancer {
                 if let Some(deadline) = &deadline
                     && deadline.at <= Instant::now()
                 {
-                    return Err(deadline.elapsed(index, endpoint.label.to_string()));
+                    return Err(deadline.elapsed(index, pool.label.to_string()));
                 }
-                let attempt = Attempt::new(&this.shared, &endpoint, deadline.as_ref());
-                let sent = endpoint.send(request);
+                let attempt = Attempt::new(&this.shared, &pool, deadline.as_ref());
+                let sent = pool.send(request);
                 let result = match &deadline {
                     None => sent.await,
                     Some(deadline) => match tokio::time::timeout_at(deadline.at, sent).await {
                         Ok(result) => result,
                         // Dropped after its deadline, the attempt counts as a failure.
-                        Err(_) => return Err(deadline.elapsed(index, endpoint.label.to_string())),
+                        Err(_) => return Err(deadline.elapsed(index, pool.label.to_string())),
                     },
                 };
                 let (failed, next) = match &result {
@@ -272,14 +269,14 @@ impl Service<PartRequest> for Balancer {
                         ..
                     }) if refusals < REFUSALS => {
                         refusals += 1;
-                        (None, spare.map(|r| (r, endpoint.clone())))
+                        (None, spare.map(|r| (r, pool.clone())))
                     }
                     Err(SendError {
                         unsent: Some(Unsent::NoConnection),
                         ..
                     }) => (
                         Some(true),
-                        spare.zip(this.pick(&all, &tried, Some(&endpoint.origin))),
+                        spare.zip(this.pick(&all, &tried, Some(&pool.origin))),
                     ),
                     Err(e) => (
                         Some(matches!(
@@ -302,12 +299,12 @@ impl Service<PartRequest> for Balancer {
                 match (result, next) {
                     (Err(_), Some((next_request, next))) => {
                         tracing::debug!(
-                            from = %endpoint.label,
+                            from = %pool.label,
                             to = %next.label,
                             "nothing ran; sending the part again"
                         );
                         request = next_request;
-                        endpoint = next;
+                        pool = next;
                     }
                     (result, _) => return result.map_err(|e| e.error),
                 }
@@ -317,32 +314,32 @@ impl Service<PartRequest> for Balancer {
 }
 
 impl Shared {
-    /// Notes how a try at `endpoint` went, and says so when that ejected it.
-    fn record(&self, endpoint: &Endpoint, failed: bool) {
-        if let Some(period) = endpoint.record(failed, &self.settings.upstream) {
+    /// Notes how a try at `pool` went, and says so when that ejected it.
+    fn record(&self, pool: &Pool, failed: bool) {
+        if let Some(period) = pool.record(failed, &self.settings.upstream) {
             self.settings.metrics.ejection(&self.settings.route);
-            tracing::warn!(upstream = %endpoint.label, ?period, "upstream ejected after failing");
+            tracing::warn!(upstream = %pool.label, ?period, "upstream ejected after failing");
         }
     }
 }
 
-/// One try at an endpoint: counted in its in-flight load while it lasts. Dropped unfinished once its deadline
+/// One try at a pool: counted in its in-flight load while it lasts. Dropped unfinished once its deadline
 /// has passed, it ran out of time, whichever timer noticed first (the balancer's, or the timeout layer's
 /// above it that cancelled it): that is a failure of the address for passive health. Dropped earlier (the
 /// batch or its client went away), it says nothing about the address.
 struct Attempt<'a> {
     shared: &'a Shared,
-    endpoint: &'a Endpoint,
+    pool: &'a Pool,
     deadline: Option<Instant>,
     finished: bool,
 }
 
 impl<'a> Attempt<'a> {
-    fn new(shared: &'a Shared, endpoint: &'a Endpoint, deadline: Option<&Deadline>) -> Attempt<'a> {
-        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+    fn new(shared: &'a Shared, pool: &'a Pool, deadline: Option<&Deadline>) -> Attempt<'a> {
+        pool.in_flight.fetch_add(1, Ordering::Relaxed);
         Attempt {
             shared,
-            endpoint,
+            pool,
             deadline: deadline.map(|d| d.at),
             finished: false,
         }
@@ -352,16 +349,16 @@ impl<'a> Attempt<'a> {
     fn finish(mut self, failed: Option<bool>) {
         self.finished = true;
         if let Some(failed) = failed {
-            self.shared.record(self.endpoint, failed);
+            self.shared.record(self.pool, failed);
         }
     }
 }
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
-        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.pool.in_flight.fetch_sub(1, Ordering::Relaxed);
         if !self.finished && self.deadline.is_some_and(|at| Instant::now() >= at) {
-            self.shared.record(self.endpoint, true);
+            self.shared.record(self.pool, true);
         }
     }
 }
@@ -380,7 +377,7 @@ impl Tried {
     }
 }
 
-/// Re-resolves the upstreams' host names while the balancer lives; endpoints whose address stays keep
+/// Re-resolves the upstreams' host names while the balancer lives; pools whose address stays keep
 /// their pool and health.
 async fn resolve_periodically(shared: Weak<Shared>) {
     loop {
@@ -391,8 +388,8 @@ async fn resolve_periodically(shared: Weak<Shared>) {
         let Some(this) = shared.upgrade() else {
             return;
         };
-        let current = this.endpoints();
-        let mut next: Vec<Arc<Endpoint>> = Vec::with_capacity(current.len());
+        let current = this.pools();
+        let mut next: Vec<Arc<Pool>> = Vec::with_capacity(current.len());
         for upstream in &this.upstreams {
             let origin = &upstream.origin;
             let host = origin.authority.host().trim_matches(['[', ']']).to_owned();
@@ -413,7 +410,7 @@ async fn resolve_periodically(shared: Weak<Shared>) {
                     .find(|e| e.origin == *origin && e.addr == addr);
                 next.push(kept.cloned().unwrap_or_else(|| {
                     tracing::info!(%origin, %addr, "new upstream address");
-                    Arc::new(Endpoint::new(
+                    Arc::new(Pool::new(
                         origin,
                         addr,
                         upstream.tls.clone(),
@@ -422,7 +419,7 @@ async fn resolve_periodically(shared: Weak<Shared>) {
                 }));
             }
         }
-        *this.endpoints.write().unwrap_or_else(|e| e.into_inner()) = next.into();
+        *this.pools.write().unwrap_or_else(|e| e.into_inner()) = next.into();
     }
 }
 
@@ -447,7 +444,7 @@ impl Balancer {
     pub fn health(&self) -> Vec<crate::observe::health::AddressHealth> {
         let now = Instant::now();
         self.shared
-            .endpoints()
+            .pools()
             .iter()
             .map(|e| {
                 crate::observe::health::AddressHealth::describe(
@@ -503,9 +500,9 @@ mod tests {
         };
         let tls = tls.map(|config| TlsTarget {
             config,
-            server_name: Endpoint::server_name(&origin).unwrap(),
+            server_name: Pool::server_name(&origin).unwrap(),
         });
-        let settings = EndpointSettings {
+        let settings = PoolSettings {
             upstream: UpstreamSettings::default(),
             http2_prior_knowledge: false,
             max_response_bytes: 1 << 20,
@@ -563,9 +560,9 @@ mod tests {
             );
         }
         assert_eq!(served.load(Ordering::SeqCst), 6);
-        let endpoints = two.shared.endpoints();
-        assert!(endpoints[0].available(Instant::now()));
-        assert!(!endpoints[1].available(Instant::now()), "ejected");
+        let pools = two.shared.pools();
+        assert!(pools[0].available(Instant::now()));
+        assert!(!pools[1].available(Instant::now()), "ejected");
 
         let mut none = balancer(&[refusing, dead()], None);
         let error = none.call(post(0)).await.unwrap_err();

@@ -12,7 +12,10 @@
 //!   across the gateway; on the others the scheduler takes both permits before the part enters the stack;
 //! - [`rules`]: HTTP semantics of the answer (1xx, 204, HEAD and 304 lengths, unrequested compression);
 //! - [`balance`]: which upstream address takes the part, and their passive health;
-//! - [`endpoint`]: one address's keep-alive pool ([`connect`]: TCP, TLS), and the response size limits.
+//! - [`pool`]: one address's keep-alive pool ([`connect`]: TCP, TLS), and the response size limits.
+//!
+//! [`RouteStack`] builds a route's stack from its `[[routes]]` entry, layers in the order above, and holds it
+//! with its balancer and in-flight limit as one handle (`build.rs`).
 //!
 //! A layer's future is a type of its own rather than a boxed one: a part's call is boxed once, where the
 //! route's stack is type-erased (and once more in the balancer, which awaits in a loop).
@@ -22,27 +25,25 @@
 
 pub mod adaptive;
 pub mod balance;
+mod build;
 pub mod connect;
-pub mod endpoint;
 pub mod limit;
 pub mod policy;
+pub mod pool;
 pub mod ratelimit;
 pub mod retry;
 pub mod rewrite;
 pub mod rules;
 pub mod timeout;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
-use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::sync::Semaphore;
-use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
 use crate::error::PartError;
@@ -50,8 +51,9 @@ use crate::headers::BatchHeaders;
 use crate::observe::timeline::PartTimeline;
 use crate::observe::trace::TraceContext;
 use crate::wire::Framing;
-use balance::{Balancer, Tried};
-use ratelimit::{ClientKey, RateLimitLayer, RateLimiter};
+use balance::Tried;
+pub use build::{RouteStack, Shared};
+use ratelimit::ClientKey;
 use timeout::Deadline;
 
 /// A route's whole stack, type-erased so that every route's can be held and called alike.
@@ -63,7 +65,7 @@ pub struct PartRequest {
     /// The part's position in its batch: every error names it.
     pub index: usize,
     pub method: Method,
-    /// Path and query; the upstream's scheme and authority come from the endpoint that takes it.
+    /// Path and query; the upstream's scheme and authority come from the pool that takes it.
     pub path: PathAndQuery,
     /// The part's own headers; the policy layer turns them into what the upstream sees.
     pub headers: HeaderMap,
@@ -200,69 +202,6 @@ impl RouteLimit {
             RouteLimit::Fixed(capacity) => (capacity.in_use(), capacity.size()),
             RouteLimit::Adaptive(limiter) => (limiter.in_flight(), limiter.limit()),
         }
-    }
-}
-
-/// What one route's stack is built from.
-#[derive(Debug)]
-pub struct RouteStack {
-    /// Named in error messages: the route's upstreams.
-    pub upstream: Arc<str>,
-    pub timeout: Duration,
-    /// The key `timeout` comes from, named when it runs out: `routes[2].timeout` or `limits.part_timeout`.
-    pub timeout_key: Arc<str>,
-    pub strip_cookies: bool,
-    pub mapping: rewrite::Mapping,
-    pub retries: u32,
-    pub retry_backoff: Duration,
-    pub budget: retry::Budget,
-    /// Where retries are counted.
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// Sub-requests in flight to this route, across all batches.
-    pub route_limit: RouteLimit,
-    /// Sub-requests in flight across the gateway.
-    pub global_inflight: Arc<Semaphore>,
-    pub max_response_bytes: u64,
-    pub balancer: Balancer,
-    /// The gateway's per-client limit, shared by every route.
-    pub rate_limit: Option<Arc<RateLimiter>>,
-}
-
-impl RouteStack {
-    pub fn build(self) -> PartService {
-        let route: Arc<str> = Arc::from(self.mapping.prefix.as_str());
-        let service = ServiceBuilder::new()
-            .layer(policy::PolicyLayer::new(self.strip_cookies))
-            .option_layer(self.rate_limit.map(RateLimitLayer::new))
-            .layer(rewrite::RewriteLayer::new(self.mapping))
-            .layer(timeout::TimeoutLayer::new(
-                self.timeout,
-                self.timeout_key,
-                self.upstream.clone(),
-            ))
-            .option_layer((self.retries > 0).then(|| {
-                retry::RetryLayer::new(
-                    self.retries,
-                    self.retry_backoff,
-                    self.budget,
-                    (self.metrics, route),
-                )
-            }))
-            // A fixed limit and the gateway-wide one are taken by the scheduler, before the part enters the
-            // stack (see `Permits`); a tuned limit is a layer, with the gateway-wide one below it.
-            .option_layer(match &self.route_limit {
-                RouteLimit::Adaptive(limiter) => Some((
-                    adaptive::AdaptiveLayer::new(limiter.clone()),
-                    limit::InflightLayer::new(self.global_inflight.clone()),
-                )),
-                RouteLimit::Fixed(_) => None,
-            })
-            .layer(rules::RulesLayer::new(
-                self.upstream,
-                self.max_response_bytes,
-            ))
-            .service(self.balancer);
-        BoxCloneSyncService::new(service)
     }
 }
 

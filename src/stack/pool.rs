@@ -28,9 +28,9 @@ use crate::wire::Framing;
 /// to the largest body they ever read; body pieces are copied out once, into the reply part.
 const READ_BUF: usize = 16 * 1024;
 
-/// What every endpoint of a route is built with.
+/// What every pool of a route is built with.
 #[derive(Debug, Clone)]
-pub struct EndpointSettings {
+pub struct PoolSettings {
     pub upstream: UpstreamSettings,
     /// Speak HTTP/2 with prior knowledge (plain http only; over TLS, ALPN decides).
     pub http2_prior_knowledge: bool,
@@ -40,9 +40,9 @@ pub struct EndpointSettings {
     pub route: Arc<str>,
 }
 
-/// One address of one upstream.
+/// One address of one upstream: its keep-alive connection pool, in-flight count and passive health.
 #[derive(Debug)]
-pub struct Endpoint {
+pub struct Pool {
     pub origin: Origin,
     pub addr: SocketAddr,
     /// Named in errors and logs: `mail-1.internal:8443 (10.0.0.5:8443)`, or just the address.
@@ -59,13 +59,13 @@ pub struct Endpoint {
     pub may_refuse: bool,
 }
 
-impl Endpoint {
+impl Pool {
     pub fn new(
         origin: &Origin,
         addr: SocketAddr,
         tls: Option<TlsTarget>,
-        settings: &EndpointSettings,
-    ) -> Endpoint {
+        settings: &PoolSettings,
+    ) -> Pool {
         let host = origin.authority.host();
         let label = if host.parse::<std::net::IpAddr>().is_ok()
             || host
@@ -102,7 +102,7 @@ impl Endpoint {
                 tls,
                 metrics: settings.metrics.clone(),
             });
-        Endpoint {
+        Pool {
             origin: origin.clone(),
             addr,
             label: label.into(),
@@ -238,7 +238,7 @@ impl Endpoint {
         self.health().ejected_until.is_none_or(|until| until <= now)
     }
 
-    /// Claims this endpoint for a part the balancer chose among the available ones. One whose ejection is
+    /// Claims this pool for a part the balancer chose among the available ones. One whose ejection is
     /// over takes a single part, the probe: until its outcome is recorded, or `hold` passes without one (the
     /// probe was cancelled), it stays out for the others. False if another part took the probe first.
     pub fn claim(&self, now: Instant, hold: Duration) -> bool {
@@ -254,7 +254,7 @@ impl Endpoint {
         }
     }
 
-    /// Notes how a part went; returns how long the endpoint is now ejected for, if this ejected it.
+    /// Notes how a part went; returns how long the pool is now ejected for, if this ejected it.
     pub fn record(&self, failed: bool, settings: &UpstreamSettings) -> Option<Duration> {
         let mut health = self.health();
         if !failed {
@@ -287,7 +287,7 @@ impl Endpoint {
     }
 
     /// Takes over `previous`'s passive health: the same address in the config before a reload.
-    pub fn carry_health(&self, previous: &Endpoint) {
+    pub fn carry_health(&self, previous: &Pool) {
         let health = previous.health().clone();
         *self.health() = health;
     }
@@ -376,7 +376,7 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-impl Endpoint {
+impl Pool {
     /// A copy of its passive health now, for `/admin/stats` (read-only).
     pub fn health_view(&self) -> crate::observe::health::HealthView {
         let health = self.health();
@@ -430,20 +430,20 @@ mod tests {
         addr
     }
 
-    /// The endpoint for `addr`, plain http, with responses limited to `max_response_bytes`.
-    fn endpoint(addr: SocketAddr, max_response_bytes: u64) -> Endpoint {
+    /// The pool for `addr`, plain http, with responses limited to `max_response_bytes`.
+    fn pool(addr: SocketAddr, max_response_bytes: u64) -> Pool {
         let origin = Origin {
             scheme: Scheme::HTTP,
             authority: addr.to_string().parse().unwrap(),
         };
-        let settings = EndpointSettings {
+        let settings = PoolSettings {
             upstream: UpstreamSettings::default(),
             http2_prior_knowledge: false,
             max_response_bytes,
             metrics: Arc::new(Metrics::default()),
             route: Arc::from("/"),
         };
-        Endpoint::new(&origin, addr, None, &settings)
+        Pool::new(&origin, addr, None, &settings)
     }
 
     /// `GET /size` for a batch with `budget` response bytes left.
@@ -459,20 +459,20 @@ mod tests {
     /// the batch's budget; one byte more is refused naming the limit.
     #[tokio::test]
     async fn an_answer_over_max_response_bytes_is_refused_naming_the_limit() {
-        let endpoint = endpoint(sized_server().await, 100);
+        let pool = pool(sized_server().await, 100);
         let part = get(100, u64::MAX);
         let batch = part.batch.clone();
-        let answer = endpoint.send(part).await.unwrap();
+        let answer = pool.send(part).await.unwrap();
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!((answer.body_len, answer.body.concat().len()), (100, 100));
         assert_eq!(answer.headers["x-end"], "kept");
         assert!(
             !answer.headers.contains_key("x-hop") && !answer.headers.contains_key("connection")
         );
-        assert_eq!(answer.peer, Some(endpoint.addr));
+        assert_eq!(answer.peer, Some(pool.addr));
         assert_eq!(batch.budget.left(), u64::MAX - 100);
 
-        let error = endpoint.send(get(101, u64::MAX)).await.unwrap_err();
+        let error = pool.send(get(101, u64::MAX)).await.unwrap_err();
         assert!(error.unsent.is_none());
         assert!(
             matches!(
@@ -493,8 +493,8 @@ mod tests {
     /// error then names the batch's limit.
     #[tokio::test]
     async fn the_batchs_response_budget_bounds_each_answer() {
-        let endpoint = endpoint(sized_server().await, 1000);
-        let error = endpoint.send(get(60, 50)).await.unwrap_err();
+        let pool = pool(sized_server().await, 1000);
+        let error = pool.send(get(60, 50)).await.unwrap_err();
         assert!(
             matches!(
                 error.error,
@@ -506,7 +506,7 @@ mod tests {
             "{:?}",
             error.error
         );
-        assert_eq!(endpoint.send(get(50, 50)).await.unwrap().body_len, 50);
+        assert_eq!(pool.send(get(50, 50)).await.unwrap().body_len, 50);
     }
 
     /// An address nothing listens on: a connect error, and the part certainly did not run there.
@@ -516,10 +516,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let error = endpoint(dead, 100)
-            .send(get(1, u64::MAX))
-            .await
-            .unwrap_err();
+        let error = pool(dead, 100).send(get(1, u64::MAX)).await.unwrap_err();
         assert_eq!(error.unsent, Some(Unsent::NoConnection));
         assert!(
             matches!(error.error, PartError::Connect { index: 2, .. }),
