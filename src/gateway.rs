@@ -21,7 +21,7 @@ use crate::stack::retry::Budget;
 use crate::stack::rewrite::Mapping;
 use crate::stack::{PartService, Permits, RouteLimit, RouteStack};
 use crate::tls::ClientTls;
-use crate::wire::PartLimits;
+use batchgate_wire::PartLimits;
 
 #[derive(Debug)]
 pub struct Gateway {

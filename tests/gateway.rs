@@ -6,7 +6,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use batchgate::wire::boundary_from_content_type;
+use batchgate_wire::boundary_from_content_type;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use support::*;

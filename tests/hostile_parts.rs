@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use batchgate::wire::{PartSplitter, boundary_from_content_type};
+use batchgate_wire::{PartSplitter, boundary_from_content_type};
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;

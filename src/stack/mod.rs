@@ -49,8 +49,8 @@ use crate::error::PartError;
 use crate::headers::BatchHeaders;
 use crate::observe::timeline::PartTimeline;
 use crate::observe::trace::TraceContext;
-use crate::wire::Framing;
 use balance::{Balancer, Tried};
+use batchgate_wire::Framing;
 use ratelimit::{ClientKey, RateLimitLayer, RateLimiter};
 use timeout::Deadline;
 

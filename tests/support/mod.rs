@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use batchgate::client::parse_reply;
-use batchgate::wire::ReplyPart;
 use batchgate::{Config, Gateway, server};
+use batchgate_client::parse_reply;
+use batchgate_wire::ReplyPart;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
