@@ -206,3 +206,43 @@ impl AsyncWrite for MaybeTlsStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A listener that accepts but never answers the handshake: the same limit as for TCP ends the wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_tls_server_is_a_handshake_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move { listener.accept().await.map(|(tcp, _)| tcp) });
+        let tls = TlsTarget {
+            config: client_config(&[], &[b"http/1.1"]).unwrap(),
+            server_name: ServerName::try_from("localhost").unwrap(),
+        };
+        let limit = Duration::from_secs(3);
+        let error = connect(addr, Some(tls), limit).await.unwrap_err();
+        assert!(
+            matches!(error, ConnectError::TlsTimeout(l) if l == limit),
+            "{error:?}"
+        );
+        assert_eq!(error.to_string(), "no handshake within 3s");
+        drop(held);
+    }
+
+    /// A port nobody listens on: refused, worded as the operating system words it.
+    #[tokio::test]
+    async fn a_closed_port_is_a_tcp_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let error = connect(addr, None, CONNECT_TIMEOUT).await.unwrap_err();
+        let ConnectError::Tcp(cause) = &error else {
+            panic!("{error:?}")
+        };
+        assert_eq!(cause.kind(), io::ErrorKind::ConnectionRefused);
+        assert_eq!(error.to_string(), cause.to_string());
+    }
+}
