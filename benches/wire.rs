@@ -14,7 +14,7 @@
 
 use std::hint::black_box;
 
-use batchgate::wire::{
+use batchgate_wire::{
     ContentId, EmbeddedRequest, PartLimits, PartSplitter, parse_part, write_close,
     write_reply_part, write_request_part,
 };

@@ -20,7 +20,7 @@
 //!   preflight first) and shows which instance answered each.
 //!
 //! `--check` does what the page does without a browser: the preflight the browser would send, then one
-//! batch of 20 through `batchgate::client`, and checks that every part is the right mail and that both
+//! batch of 20 through `batchgate_client`, and checks that every part is the right mail and that both
 //! instances answered.
 
 use std::collections::BTreeMap;
@@ -29,10 +29,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use batchgate::client::{BatchBuilder, BatchClient};
 use batchgate::config::parse_duration;
 use batchgate::demo::{self, DemoOptions};
 use batchgate::{Config, Gateway, server};
+use batchgate_client::{BatchBuilder, BatchClient};
 use bytes::Bytes;
 use clap::Parser;
 use http::{Method, Request, StatusCode};

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! It lists the unread ids, then fetches every message twice and times both:
-//! - through the gateway with `batchgate::client::Batcher`: one `batcher.call(request)` per message, all
+//! - through the gateway with `batchgate_client::Batcher`: one `batcher.call(request)` per message, all
 //!   concurrent, as a client without batching would write them; the batcher sends them as ONE batch, which
 //!   the gateway runs `concurrency` parts at a time over pooled upstream connections;
 //! - one request per id, sequentially over a single keep-alive connection straight to the upstream, the
@@ -18,9 +18,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use batchgate::client::{BatchClient, Batcher};
 use batchgate::config::{RouteConfig, parse_duration};
 use batchgate::{Config, Gateway, demo, server};
+use batchgate_client::{BatchClient, Batcher};
 use bytes::Bytes;
 use clap::Parser;
 use http::{Request, StatusCode, Uri};

@@ -46,8 +46,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use batchgate::wire::{PartSplitter, ReplyPart, boundary_from_content_type};
 use batchgate::{Config, Gateway, server};
+use batchgate_wire::{PartSplitter, ReplyPart, boundary_from_content_type};
 use bytes::{Bytes, BytesMut};
 use clap::Parser;
 use http::header::{CONTENT_TYPE, HOST};

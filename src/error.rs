@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::StatusCode;
 
 use crate::route::RouteError;
-use crate::wire::{ContentTypeError, FramingError, RequestError};
+use batchgate_wire::{ContentTypeError, FramingError, RequestError};
 
 /// Whose fault a failure was: decides how it is logged and counted, and whether a retry can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use crate::route::{Route, Router};
 use crate::stack::limit::Capacity;
 use crate::stack::ratelimit::RateLimiter;
 use crate::stack::{PartService, Permits, RouteStack, Shared};
-use crate::wire::PartLimits;
+use batchgate_wire::PartLimits;
 
 #[derive(Debug)]
 pub struct Gateway {

@@ -11,9 +11,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{ConfigError, HttpVersion, TlsConfig};
-use crate::transport::system_roots;
+use batchgate_transport::system_roots;
 
-pub use crate::transport::provider;
+pub use batchgate_transport::provider;
 
 /// Reads a PEM certificate chain; `key` names the config key in errors.
 pub fn load_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {

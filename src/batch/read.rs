@@ -15,7 +15,7 @@ use crate::codec::PartReader;
 use crate::error::{BatchError, PartError};
 use crate::gateway::Gateway;
 use crate::stack::{BatchScope, PartRequest};
-use crate::wire::{ContentId, ParsedPart};
+use batchgate_wire::{ContentId, ParsedPart};
 
 /// What reading one batch's body needs.
 #[derive(Debug)]
@@ -120,7 +120,7 @@ impl Read<'_> {
     fn work(
         &self,
         index: usize,
-        request: Result<crate::wire::EmbeddedRequest, crate::wire::RequestError>,
+        request: Result<batchgate_wire::EmbeddedRequest, batchgate_wire::RequestError>,
     ) -> Result<(Arc<str>, Work), PartError> {
         let request = request.map_err(|source| PartError::Request { index, source })?;
         let destination = self

@@ -34,7 +34,7 @@ use crate::observe::Observer;
 use crate::observe::timeline::{BatchTimeline, Mark, PartTimeline};
 use crate::observe::window::Sample;
 use crate::stack::{PartRequest, PartService, Permits, UpstreamResponse};
-use crate::wire::ContentId;
+use batchgate_wire::ContentId;
 
 /// One part, as the read stage hands it over.
 #[derive(Debug)]
@@ -567,7 +567,7 @@ mod tests {
     use crate::Config;
     use crate::headers::HeaderRules;
     use crate::stack::{BatchScope, ResponseBudget, UpstreamResponse};
-    use crate::wire::Framing;
+    use batchgate_wire::Framing;
 
     /// A call held until released: its path, and the sender that releases it.
     type Waiting = (String, oneshot::Sender<()>);

@@ -9,7 +9,7 @@ pub mod multipart;
 use bytes::Bytes;
 
 use crate::error::BatchError;
-use crate::wire::PartLimits;
+use batchgate_wire::PartLimits;
 
 pub use multipart::{PartReader, ReplyWriter};
 

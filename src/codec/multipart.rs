@@ -10,7 +10,7 @@ use rand::distr::Alphanumeric;
 use super::Rendered;
 use crate::error::{BatchError, PartError};
 use crate::stack::UpstreamResponse;
-use crate::wire::{
+use batchgate_wire::{
     ContentId, Framing, FramingError, PART_END, ParsedPart, PartLimits, PartSplitter,
     boundary_from_content_type, parse_part, write_close, write_reply, write_reply_head,
 };

@@ -60,6 +60,7 @@ pub async fn dispatch(
     if path == "/readyz" && matches!(*request.method(), Method::GET | Method::HEAD) {
         return readiness(gateway, draining);
     }
+    #[cfg(feature = "demo")]
     if let Some(site) = &served.demo_site
         && let Some(page) = site.answer(request.method(), path)
     {

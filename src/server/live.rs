@@ -25,6 +25,7 @@ use rustls::ServerConfig;
 
 use super::cors::Cors;
 use crate::config::{Config, ConfigError, LogFormat};
+#[cfg(feature = "demo")]
 use crate::demo::DemoSite;
 use crate::gateway::Gateway;
 
@@ -37,6 +38,7 @@ pub struct Served {
     /// `[tls]`'s certificate and key, read when this was built.
     pub tls: Option<Arc<ServerConfig>>,
     /// `--demo`'s pages (`/`, `/batchgate.js`), when served; kept across reloads.
+    #[cfg(feature = "demo")]
     pub demo_site: Option<Arc<DemoSite>>,
 }
 
@@ -54,6 +56,7 @@ impl Served {
             gateway,
             cors,
             tls,
+            #[cfg(feature = "demo")]
             demo_site: None,
         })
     }
@@ -91,33 +94,43 @@ pub struct Live {
     admin: Option<SocketAddr>,
     log_format: LogFormat,
     /// Served with every gateway (`--demo`).
+    #[cfg(feature = "demo")]
     demo_site: Option<Arc<DemoSite>>,
 }
 
 impl Live {
     /// Serves `gateway`, reading `[tls]`'s certificate and key now.
     pub fn new(gateway: Arc<Gateway>) -> Result<Arc<Live>, ConfigError> {
-        Live::with_demo_site(gateway, None)
+        Ok(Arc::new(Live::serving(Served::new(gateway)?)))
     }
 
     /// Serves `gateway`, and `demo_site`'s pages (`batchgate --demo`) with it and every gateway that
     /// replaces it.
+    #[cfg(feature = "demo")]
     pub fn with_demo_site(
         gateway: Arc<Gateway>,
         demo_site: Option<Arc<DemoSite>>,
     ) -> Result<Arc<Live>, ConfigError> {
         let mut served = Served::new(gateway)?;
         served.demo_site = demo_site.clone();
-        let config = &served.gateway.config;
         Ok(Arc::new(Live {
+            demo_site,
+            ..Live::serving(served)
+        }))
+    }
+
+    fn serving(served: Served) -> Live {
+        let config = &served.gateway.config;
+        Live {
             listen: config.listen,
             max_connections: config.limits.max_connections,
             tls: config.tls.is_some(),
             admin: config.admin.as_ref().map(|a| a.listen),
             log_format: config.log_format,
-            demo_site,
+            #[cfg(feature = "demo")]
+            demo_site: None,
             current: RwLock::new(Arc::new(served)),
-        }))
+        }
     }
 
     /// What a new request or connection is served with now.
@@ -183,8 +196,12 @@ impl Live {
                 show(self.log_format)
             ));
         }
-        let mut served = Served::new(gateway)?;
-        served.demo_site = self.demo_site.clone();
+        let served = Served::new(gateway)?;
+        #[cfg(feature = "demo")]
+        let served = Served {
+            demo_site: self.demo_site.clone(),
+            ..served
+        };
         let served = Arc::new(served);
         for note in &replaced.needs_restart {
             tracing::warn!("reload: {note}");

@@ -278,7 +278,7 @@ mod tests {
 
     use super::*;
     use crate::stack::PartService;
-    use crate::wire::Framing;
+    use batchgate_wire::Framing;
 
     /// An upstream that takes 10 ms while at most `knee` parts are in flight, and proportionally longer
     /// beyond: latency climbs with concurrency past the knee.

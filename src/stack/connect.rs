@@ -1,6 +1,6 @@
-//! Connections to one upstream address: TCP with `TCP_NODELAY`, then TLS with SNI and ALPN for https
-//! upstreams, both within `upstream.connect_timeout`. Each address has its own connector, so the pool in
-//! front of it is that address's own.
+//! Connections to one upstream address (`batchgate_transport::connect`: TCP with `TCP_NODELAY`, then TLS
+//! with SNI and ALPN for https upstreams), both within `upstream.connect_timeout`. Each address has its own
+//! connector, so the pool in front of it is that address's own.
 
 use std::future::Future;
 use std::io;
@@ -10,45 +10,29 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+pub use batchgate_transport::TlsTarget;
+use batchgate_transport::{ConnectError, MaybeTlsStream, connect};
 use http::Uri;
 use hyper_util::rt::TokioIo;
-use rustls::client::ClientConfig;
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tower::Service;
 
 use crate::metrics::Metrics;
 use crate::response::BoxError;
-use crate::transport::Conn;
-
-/// How to reach an https upstream: its TLS configuration and the name its certificate must carry.
-#[derive(Clone)]
-pub struct TlsTarget {
-    pub config: Arc<ClientConfig>,
-    pub server_name: ServerName<'static>,
-}
-
-impl std::fmt::Debug for TlsTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TlsTarget({:?})", self.server_name)
-    }
-}
 
 /// Connects to one address, whatever the request's URI says (the URI carries the upstream's name for the
 /// `Host` header and the pool; the balancer has already chosen the address).
 #[derive(Debug, Clone)]
-pub struct Connector {
+pub struct AddrConnector {
     pub addr: SocketAddr,
     pub connect_timeout: Duration,
     pub tls: Option<TlsTarget>,
     pub metrics: Arc<Metrics>,
 }
 
-impl Service<Uri> for Connector {
-    type Response = TokioIo<Conn>;
+impl Service<Uri> for AddrConnector {
+    type Response = TokioIo<MaybeTlsStream>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<TokioIo<Conn>, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
@@ -58,38 +42,22 @@ impl Service<Uri> for Connector {
         let this = self.clone();
         Box::pin(async move {
             this.metrics.upstream_connect();
-            // One deadline for TCP and the TLS handshake: a listener that never answers the handshake is
-            // no more of a connection than one that never accepts.
-            let deadline = tokio::time::Instant::now() + this.connect_timeout;
-            let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(this.addr))
+            let limit = this.connect_timeout;
+            let conn = connect(this.addr, this.tls, limit)
                 .await
-                .unwrap_or_else(|_| {
-                    Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "no connection within {:?} (upstream.connect_timeout)",
-                            this.connect_timeout
-                        ),
-                    ))
-                })
-                .map_err(TcpError)?;
-            let _ = tcp.set_nodelay(true);
-            let conn = match this.tls {
-                None => Conn::Plain(tcp),
-                Some(tls) => {
-                    let handshake = TlsConnector::from(tls.config).connect(tls.server_name, tcp);
-                    let stream = tokio::time::timeout_at(deadline, handshake)
-                        .await
-                        .map_err(|_| {
-                            TlsError(format!(
-                                "no handshake within {:?} (upstream.connect_timeout)",
-                                this.connect_timeout
-                            ))
-                        })?
-                        .map_err(|e| TlsError(e.to_string()))?;
-                    Conn::Tls(Box::new(stream))
-                }
-            };
+                .map_err(|e| -> BoxError {
+                    match e {
+                        ConnectError::Tcp(e) => Box::new(TcpError(e)),
+                        ConnectError::TcpTimeout(_) => Box::new(TcpError(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no connection within {limit:?} (upstream.connect_timeout)"),
+                        ))),
+                        ConnectError::Tls(e) => Box::new(TlsError(e.to_string())),
+                        ConnectError::TlsTimeout(_) => Box::new(TlsError(format!(
+                            "no handshake within {limit:?} (upstream.connect_timeout)"
+                        ))),
+                    }
+                })?;
             Ok(TokioIo::new(conn))
         })
     }

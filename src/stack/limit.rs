@@ -149,7 +149,7 @@ mod tests {
 
     use super::*;
     use crate::stack::tests::part_request;
-    use crate::wire::Framing;
+    use batchgate_wire::Framing;
 
     /// An in-flight layer over `permits` whose inner calls each wait for `release`; `entered` counts the
     /// calls that got past the layer.

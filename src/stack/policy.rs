@@ -95,7 +95,7 @@ mod tests {
     use crate::stack::ratelimit::ClientKey;
     use crate::stack::tests::part_request;
     use crate::stack::{BatchScope, ResponseBudget};
-    use crate::wire::Framing;
+    use batchgate_wire::Framing;
 
     const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 

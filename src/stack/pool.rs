@@ -15,14 +15,14 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::time::Instant;
 
-use super::connect::{Connector, TcpError, TlsTarget};
+use super::connect::{AddrConnector, TcpError, TlsTarget};
 use super::{PartRequest, UpstreamResponse};
 use crate::config::{Origin, UpstreamSettings};
 use crate::error::PartError;
 use crate::headers::strip_hop_by_hop;
 use crate::metrics::Metrics;
 use crate::observe::timeline::Mark;
-use crate::wire::Framing;
+use batchgate_wire::Framing;
 
 /// Read buffer of each upstream connection. A fixed size keeps pooled connections from each growing theirs
 /// to the largest body they ever read; body pieces are copied out once, into the reply part.
@@ -50,7 +50,7 @@ pub struct Pool {
     /// Scheme and authority the requests name: the upstream's own, for `Host` and for its certificate.
     scheme: Scheme,
     authority: Authority,
-    client: Client<Connector, Full<Bytes>>,
+    client: Client<AddrConnector, Full<Bytes>>,
     max_response_bytes: u64,
     metrics: Arc<Metrics>,
     pub in_flight: AtomicUsize,
@@ -96,7 +96,7 @@ impl Pool {
             .timer(TokioTimer::new())
             .http2_only(settings.http2_prior_knowledge && tls.is_none())
             .http1_read_buf_exact_size(READ_BUF)
-            .build(Connector {
+            .build(AddrConnector {
                 addr,
                 connect_timeout: up.connect_timeout,
                 tls,

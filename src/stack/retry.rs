@@ -218,7 +218,7 @@ mod tests {
 
     use super::*;
     use crate::stack::tests::part_request;
-    use crate::wire::Framing;
+    use batchgate_wire::Framing;
 
     fn answer(status: StatusCode) -> UpstreamResponse {
         UpstreamResponse {

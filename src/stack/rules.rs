@@ -22,7 +22,7 @@ use tower::{Layer, Service};
 use super::{BatchScope, PartRequest, UpstreamResponse};
 use crate::compress::quality;
 use crate::error::PartError;
-use crate::wire::Framing;
+use batchgate_wire::Framing;
 
 #[derive(Debug, Clone)]
 pub struct RulesLayer {

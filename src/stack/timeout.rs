@@ -169,7 +169,7 @@ mod tests {
 
     use super::*;
     use crate::stack::tests::part_request;
-    use crate::wire::Framing;
+    use batchgate_wire::Framing;
 
     /// A timeout of `after` from `routes[1].timeout` over an inner service that answers 200 after `delay`,
     /// having recorded the deadline it was given.

@@ -3,7 +3,7 @@
 //! parameters from the first bytes, runs the wire code and panics when an invariant breaks. Plain std and
 //! batchgate only, so `cargo test` runs them without any fuzzing dependency.
 
-use batchgate::wire::{
+use batchgate_wire::{
     ContentId, FramingError, PartLimits, PartSplitter, boundary_from_content_type, parse_part,
     write_close, write_request_part,
 };

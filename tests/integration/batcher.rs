@@ -1,4 +1,4 @@
-//! The micro-batcher (`batchgate::client::Batcher`) against a real gateway started in-process: many concurrent
+//! The micro-batcher (`batchgate_client::Batcher`) against a real gateway started in-process: many concurrent
 //! callers each get their own response in few batches, a part's failure stays with its caller, a batch's
 //! failure reaches each of its callers, a caller that gives up is left out, backpressure with one batch in
 //! flight, flushing by size and by time (on tokio's paused clock), and shutdown.
@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::support::*;
-use batchgate::client::{BatchClient, BatchError, Batcher, ClientError};
+use batchgate_client::{BatchClient, Batcher, CallError, ClientError};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use tokio::task::JoinHandle;
@@ -22,7 +22,7 @@ fn client(addr: SocketAddr) -> BatchClient {
 }
 
 /// Starts `batcher.call(GET path)` on a task of its own.
-fn spawn_call(batcher: &Batcher, path: &str) -> JoinHandle<Result<Response<Bytes>, BatchError>> {
+fn spawn_call(batcher: &Batcher, path: &str) -> JoinHandle<Result<Response<Bytes>, CallError>> {
     let batcher = batcher.clone();
     let request = get(path);
     tokio::spawn(async move { batcher.call(request).await })
@@ -114,7 +114,7 @@ async fn a_whole_batch_failure_reaches_every_caller_of_that_batch() {
         .collect();
     for call in calls {
         match within(10, "a call", call).await.unwrap() {
-            Err(BatchError::Batch(error)) => {
+            Err(CallError::Batch(error)) => {
                 assert!(matches!(*error, ClientError::Connect { .. }), "{error:?}")
             }
             other => panic!("expected the batch's connect error, got {other:?}"),
@@ -262,7 +262,7 @@ async fn shutdown_sends_pending_calls_and_waits_for_the_batches_in_flight() {
     }
     assert!(matches!(
         batcher.call(get("/up/late")).await,
-        Err(BatchError::Shutdown)
+        Err(CallError::Shutdown)
     ));
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
-use batchgate::wire::boundary_from_content_type;
+use batchgate_wire::boundary_from_content_type;
 use bytes::Bytes;
 use http::StatusCode;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -474,7 +474,7 @@ async fn replies_are_compressed_as_negotiated() {
     let plain = gw.post(MP, body.clone()).await;
     assert!(plain.headers.get("content-encoding").is_none());
     // Parts as (id, status, body): the upstream's Date header may differ between two requests.
-    let essence = |parts: Vec<batchgate::wire::ReplyPart>| {
+    let essence = |parts: Vec<batchgate_wire::ReplyPart>| {
         parts
             .into_iter()
             .map(|p| (p.content_id, p.status, p.body))
@@ -503,7 +503,7 @@ async fn replies_are_compressed_as_negotiated() {
         );
         let decoded = decode(expect, &reply.body);
         let ct = reply.headers["content-type"].to_str().unwrap();
-        let parts = batchgate::client::parse_reply(ct, &decoded).unwrap();
+        let parts = batchgate_client::parse_reply(ct, &decoded).unwrap();
         assert_eq!(essence(parts), plain_parts);
     }
 }

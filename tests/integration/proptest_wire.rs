@@ -1,8 +1,8 @@
 //! Properties of the wire format: what the writers produce, the readers give back unchanged, however the
 //! bytes are chunked on the way.
 
-use batchgate::client::parse_reply;
-use batchgate::wire::{
+use batchgate_client::parse_reply;
+use batchgate_wire::{
     ContentId, EmbeddedRequest, Framing, FramingError, PartLimits, PartSplitter, parse_part,
     write_close, write_reply, write_reply_part, write_request_part,
 };

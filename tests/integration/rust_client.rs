@@ -1,4 +1,4 @@
-//! The Rust client (`batchgate::client`) against a real gateway started in-process, and against raw fake
+//! The Rust client (`batchgate_client`) against a real gateway started in-process, and against raw fake
 //! servers for replies no gateway sends: any-method batches, default and authorization headers as the upstream
 //! sees them, duplicate ids, every error kind, replies streamed part by part, and a reply that breaks off.
 
@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
-use batchgate::client::{BatchBuilder, BatchClient, ClientError, ReplyPart};
+use batchgate_client::{BatchBuilder, BatchClient, ClientError, PartResponse};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Request, StatusCode};
@@ -321,7 +321,7 @@ async fn replies_are_matched_by_content_id_then_by_position() {
     let client = BatchClient::new(format!("http://{addr}/batch")).unwrap();
     let mut batch = two_parts();
     batch.get("c", "/c").unwrap();
-    let streamed: Vec<ReplyPart> = client
+    let streamed: Vec<PartResponse> = client
         .send_stream(batch)
         .map(Result::unwrap)
         .collect()
@@ -375,7 +375,7 @@ async fn a_reply_that_breaks_off_yields_the_parts_read_then_the_error() {
     let client = BatchClient::new(format!("http://{addr}/batch")).unwrap();
     let mut batch = two_parts();
     batch.get("c", "/c").unwrap();
-    let items: Vec<Result<ReplyPart, ClientError>> =
+    let items: Vec<Result<PartResponse, ClientError>> =
         within(10, "the stream", client.send_stream(batch).collect()).await;
     assert_eq!(items.len(), 3, "{items:?}");
     assert_eq!(items[0].as_ref().unwrap().body, "A");

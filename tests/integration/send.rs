@@ -338,7 +338,7 @@ async fn raw_prints_the_multipart_reply_as_received() {
     // It is the reply body: the boundary of its first line reads it back, part for part.
     let boundary = sent.stdout.lines().next().unwrap().trim_start_matches('-');
     assert!(sent.stdout.ends_with(&format!("\r\n--{boundary}--\r\n")));
-    let parts = batchgate::client::parse_reply(
+    let parts = batchgate_client::parse_reply(
         &format!("multipart/mixed; boundary={boundary}"),
         sent.stdout.as_bytes(),
     )

@@ -7,7 +7,7 @@ import { parseReply, batch, batchStream, BatchError } from '../batchgate.js';
 
 const encoder = new TextEncoder();
 
-/** A reply part as the gateway writes it (src/wire/reply.rs): CRLF, exact Content-Length unless `asIs`. */
+/** A reply part as the gateway writes it (crates/wire/src/reply.rs): CRLF, exact Content-Length unless `asIs`. */
 function part(boundary, { id = null, status = 200, reason = 'OK', headers = [], body = '', asIs = false }) {
   let text = `--${boundary}\r\nContent-Type: application/http\r\n`;
   if (id !== null) text += `Content-ID: ${id}\r\n`;

@@ -1,8 +1,8 @@
 //! A test of another crate against batchgate: the example mail upstream and a gateway routed to it, both
 //! in-process on free ports, and real batches through them with batchgate's Rust client.
 
-use batchgate::client::{BatchBuilder, BatchClient};
 use batchgate::testing::{MailUpstream, TestGateway};
+use batchgate_client::{BatchBuilder, BatchClient};
 use http::StatusCode;
 
 #[tokio::test]

@@ -4,10 +4,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use batchgate::client::parse_reply;
-use batchgate::wire::ReplyPart;
-use batchgate::wire::boundary_from_content_type;
 use batchgate::{Config, Gateway, server};
+use batchgate_client::parse_reply;
+use batchgate_wire::ReplyPart;
+use batchgate_wire::boundary_from_content_type;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};

@@ -258,7 +258,7 @@ impl ReplyPart {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{EmbeddedRequest, PartLimits, PartSplitter, parse_part, write_request_part};
+    use crate::{EmbeddedRequest, PartLimits, PartSplitter, parse_part, write_request_part};
     use http::{HeaderValue, Method};
 
     fn split(body: &[u8], boundary: &str) -> Vec<Bytes> {
@@ -429,7 +429,7 @@ HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}
         assert!(s.next_part_with(ReplyPart::complete_len).unwrap().is_some());
         assert!(matches!(
             s.finish(),
-            Err(crate::wire::FramingError::Truncated { part: 1, .. })
+            Err(crate::FramingError::Truncated { part: 1, .. })
         ));
     }
 

@@ -19,9 +19,9 @@ use http::{Request, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{BatchBuilder, BatchClient, BatchError};
+use super::{BatchBuilder, BatchClient, CallError};
 
-type Answer = Result<Response<Bytes>, BatchError>;
+type Answer = Result<Response<Bytes>, CallError>;
 
 /// Batches concurrent calls: `batcher.call(request).await` gives that request's response, as a direct call
 /// would, while the requests of many callers travel in one batch.
@@ -154,17 +154,17 @@ impl Batcher {
 
     /// Sends `request` in the next batch and returns its response. The URI is the part's target (a path, or
     /// an absolute URL). Waits while the batcher is full.
-    pub async fn call(&self, request: Request<Bytes>) -> Result<Response<Bytes>, BatchError> {
+    pub async fn call(&self, request: Request<Bytes>) -> Result<Response<Bytes>, CallError> {
         let (answer, answered) = oneshot::channel();
         self.queue
             .send(Message::Call(Job { request, answer }))
             .await
-            .map_err(|_| BatchError::Shutdown)?;
-        answered.await.unwrap_or(Err(BatchError::NoAnswer))
+            .map_err(|_| CallError::Shutdown)?;
+        answered.await.unwrap_or(Err(CallError::NoAnswer))
     }
 
     /// Sends every call already made (pending or queued), waits until every batch in flight has finished,
-    /// then stops the collector: later calls get [`BatchError::Shutdown`]. Returns at once if the batcher is
+    /// then stops the collector: later calls get [`CallError::Shutdown`]. Returns at once if the batcher is
     /// already shut down.
     pub async fn shutdown(&self) {
         let (done, finished) = oneshot::channel();
@@ -315,12 +315,12 @@ async fn send_batch(client: BatchClient, jobs: Vec<Job>, _slot: InFlight) {
             Err(error) => {
                 let error = Arc::new(error);
                 for answer in waiting.iter_mut().filter_map(Option::take) {
-                    let _ = answer.send(Err(BatchError::Batch(error.clone())));
+                    let _ = answer.send(Err(CallError::Batch(error.clone())));
                 }
             }
         }
     }
     for answer in waiting.into_iter().flatten() {
-        let _ = answer.send(Err(BatchError::NoAnswer));
+        let _ = answer.send(Err(CallError::NoAnswer));
     }
 }

@@ -2,7 +2,7 @@
 //! part printed as it arrives. The exit status says how it went: 0 every part 2xx, 1 some part not, 2 the
 //! batch itself failed or the input could not be used.
 //!
-//! Requests in the line format go through `batchgate::client` ([`BatchClient::send_stream`]); a raw
+//! Requests in the line format go through `batchgate_client` ([`BatchClient::send_stream`]); a raw
 //! multipart input, and `--raw`, which prints the reply's bytes, go through [`raw`], which sends and reads
 //! bytes as they are.
 
@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use batchgate::client::{BatchBuilder, BatchClient, ClientError};
 use batchgate::config::parse_duration;
-use batchgate::wire::{self, FramingError, PartSplitter, boundary_from_content_type};
+use batchgate_client::{BatchBuilder, BatchClient, ClientError};
+use batchgate_wire::{self as wire, FramingError, PartSplitter, boundary_from_content_type};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::header::{

@@ -1,22 +1,21 @@
 //! The Rust client: build batches, send them to batchgate or any Google-style batch endpoint, read the
 //! replies as they stream in, and a micro-batcher that turns concurrent single calls into batches.
 //!
-//! Built with the `client` cargo feature, which needs none of the server's dependencies:
-//! `batchgate = { version = "0.1", default-features = false, features = ["client"] }`.
+//! A crate of its own, which needs none of the gateway's dependencies: `batchgate-client = "0.1"`.
 //!
 //! - [`BatchBuilder`]: the parts of one batch, each an `http::Request<Bytes>` of any method with its headers and
 //!   body, with an optional `Content-ID` (duplicates are refused) and default headers every part inherits.
 //! - [`BatchClient`]: one batch URL (`http://` or `https://`, rustls with the system's roots plus any extra CA),
 //!   the headers every batch carries (authorization), the connect and whole-batch timeouts, a keep-alive pool.
-//!   [`BatchClient::send_stream`] yields each [`ReplyPart`] as soon as it has arrived; [`BatchClient::send`]
+//!   [`BatchClient::send_stream`] yields each [`PartResponse`] as soon as it has arrived; [`BatchClient::send`]
 //!   collects them in request order.
 //! - [`Batcher`]: `batcher.call(request).await` from as many tasks as you like; calls are sent together, up to
 //!   `max_size` a batch and after at most `max_wait`, with at most `max_in_flight` batches at once.
 //! - [`ClientError`] says what failed (connect, TLS, timeout, a refused batch with the server's JSON error, a
-//!   malformed reply with the byte offset, a reply that broke off); [`BatchError`] is what a batcher call gets.
+//!   malformed reply with the byte offset, a reply that broke off); [`CallError`] is what a batcher call gets.
 //!
 //! ```no_run
-//! use batchgate::client::{BatchBuilder, BatchClient, Batcher};
+//! use batchgate_client::{BatchBuilder, BatchClient, Batcher};
 //! use bytes::Bytes;
 //! use std::time::Duration;
 //!
@@ -50,24 +49,24 @@
 //! ```
 
 mod batch;
+mod batch_client;
 mod batcher;
 mod connect;
 mod error;
-mod send;
 
 pub use batch::BatchBuilder;
+pub use batch_client::{BatchClient, BatchClientBuilder, PartResponse, ReplyStream};
 pub use batcher::{Batcher, BatcherBuilder, BatcherStats};
-pub use error::{BatchError, ClientError, MAX_ERROR_BODY};
-pub use send::{BatchClient, BatchClientBuilder, ReplyPart, ReplyStream};
+pub use error::{CallError, ClientError, MAX_ERROR_BODY};
 
-use crate::wire::{PartSplitter, boundary_from_content_type};
+use batchgate_wire::{PartSplitter, boundary_from_content_type};
 
 /// Splits a whole batch reply, already read, into its parts in the order they came (no correlation: see
 /// [`BatchClient::send`] for that).
 pub fn parse_reply(
     content_type: &str,
     body: &[u8],
-) -> Result<Vec<crate::wire::ReplyPart>, ClientError> {
+) -> Result<Vec<batchgate_wire::ReplyPart>, ClientError> {
     let boundary =
         boundary_from_content_type(content_type).map_err(|e| ClientError::MalformedReply {
             offset: 0,
@@ -84,7 +83,7 @@ pub fn parse_reply(
             reason: e.to_string(),
         })?
     {
-        let part = crate::wire::ReplyPart::parse(&raw, parts.len()).map_err(|e| {
+        let part = batchgate_wire::ReplyPart::parse(&raw, parts.len()).map_err(|e| {
             ClientError::MalformedReply {
                 offset: splitter.part_offset(),
                 reason: e.to_string(),

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use batchgate_transport::ConnectError;
 use bytes::Bytes;
 use http::StatusCode;
 
@@ -73,7 +74,7 @@ pub enum ClientError {
 /// JSON error body, as a direct call would have been.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
-pub enum BatchError {
+pub enum CallError {
     /// The batch carrying this call failed as a whole; every call in it still waiting gets this.
     #[error("the batch carrying this call failed: {0}")]
     Batch(Arc<ClientError>),
@@ -101,6 +102,40 @@ pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl ClientError {
+    /// The error for a connection to `url` that could not be made: [`Connect`](Self::Connect),
+    /// [`Tls`](Self::Tls), or a [`Timeout`](Self::Timeout) of `connect_timeout`.
+    pub fn connect_failed(url: String, failure: &ConnectError) -> ClientError {
+        match failure {
+            ConnectError::Tcp(e) => ClientError::Connect {
+                url,
+                reason: e.to_string(),
+            },
+            ConnectError::Tls(e) => ClientError::Tls {
+                url,
+                reason: chain(e),
+            },
+            ConnectError::TcpTimeout(limit) | ConnectError::TlsTimeout(limit) => {
+                ClientError::Timeout {
+                    url,
+                    what: "connecting (TCP and TLS)".to_owned(),
+                    limit: *limit,
+                    setting: "connect_timeout",
+                }
+            }
+        }
+    }
+
+    /// The error for a batch to `url` whose `timeout` (if any: else zero) ran out while waiting for `what`
+    /// ("the response head").
+    pub fn timed_out(url: String, limit: Option<Duration>, what: &str) -> ClientError {
+        ClientError::Timeout {
+            url,
+            what: format!("the batch, waiting for {what},"),
+            limit: limit.unwrap_or_default(),
+            setting: "timeout",
+        }
+    }
+
     /// The error for a batch refused with `status` and this (at most [`MAX_ERROR_BODY`]) body: the JSON
     /// error's code and message when the body has one (`{"error":{"code":..,"message":..}}`), else its start.
     pub fn refusal(url: String, status: StatusCode, body: Bytes) -> ClientError {

@@ -125,15 +125,12 @@ fn is_application_http(content_type: &str) -> bool {
     mime.eq_ignore_ascii_case("application/http")
 }
 
+/// A part's MIME headers, unfolded, in order.
+pub type MimeHeaders = Vec<(String, String)>;
+
 /// Splits the part's MIME header block (unfolded, RFC 5322) from its content. A part whose first line is not
 /// a header line has no header block at all.
-/// A part's MIME headers, unfolded, in order.
-pub(crate) type MimeHeaders = Vec<(String, String)>;
-
-pub(crate) fn split_mime_headers(
-    part: &[u8],
-    max: usize,
-) -> Result<(MimeHeaders, &[u8]), RequestError> {
+pub fn split_mime_headers(part: &[u8], max: usize) -> Result<(MimeHeaders, &[u8]), RequestError> {
     let mut headers: Vec<(String, String)> = Vec::new();
     let mut pos = 0;
     loop {

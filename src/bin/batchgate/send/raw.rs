@@ -1,12 +1,13 @@
 //! A batch request of given bytes, and its reply read as bytes: for a raw multipart input, which goes out
 //! exactly as it was read, and for `--raw`, which prints the reply exactly as it came. HTTP/1.1 on a
 //! connection of its own (TLS offering only `http/1.1` in ALPN). Failures are the client library's
-//! [`ClientError`]s, worded as `batchgate::client` words them.
+//! [`ClientError`]s, worded as `batchgate_client` words them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use batchgate::client::ClientError;
+use batchgate_client::ClientError;
+use batchgate_transport::{CONNECT_TIMEOUT, MaybeTlsStream, TlsTarget, connect};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
@@ -15,12 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rustls::client::ClientConfig;
 use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-
-/// The longest a connection may take to open, TCP and TLS (the client library's default too).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where batches go.
 #[derive(Debug)]
@@ -112,33 +108,28 @@ impl Endpoint {
             .map_err(|e| ClientError::InvalidBatch(format!("Content-Type: {e}")))?;
         request.headers_mut().insert(CONTENT_TYPE, content_type);
         let exchange = async {
-            let tcp = self.connect().await?;
-            match &self.tls {
-                None => self.send(tcp, request).await,
-                Some(config) => {
-                    let name =
-                        ServerName::try_from(self.host.clone()).map_err(|e| ClientError::Tls {
+            let tls = match &self.tls {
+                None => None,
+                Some(config) => Some(TlsTarget {
+                    config: config.clone(),
+                    server_name: ServerName::try_from(self.host.clone()).map_err(|e| {
+                        ClientError::Tls {
                             url: self.url.clone(),
                             reason: format!("{:?} is not a server name: {e}", self.host),
-                        })?;
-                    let handshake =
-                        tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp);
-                    let tls = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
-                        .await
-                        .map_err(|_| self.connect_timed_out())?
-                        .map_err(|e| ClientError::Tls {
-                            url: self.url.clone(),
-                            reason: e.to_string(),
-                        })?;
-                    self.send(tls, request).await
-                }
-            }
+                        }
+                    })?,
+                }),
+            };
+            let io = connect((self.host.as_str(), self.port), tls, CONNECT_TIMEOUT)
+                .await
+                .map_err(|e| ClientError::connect_failed(self.url.clone(), &e))?;
+            self.send(io, request).await
         };
         let response = match deadline {
             None => exchange.await?,
-            Some(at) => tokio::time::timeout_at(at, exchange)
-                .await
-                .map_err(|_| self.timed_out(timeout, "the response head"))??,
+            Some(at) => tokio::time::timeout_at(at, exchange).await.map_err(|_| {
+                ClientError::timed_out(self.url.clone(), timeout, "the response head")
+            })??,
         };
         let (head, body) = response.into_parts();
         let reply = Reply {
@@ -155,28 +146,12 @@ impl Endpoint {
         Ok(reply)
     }
 
-    async fn connect(&self) -> Result<TcpStream, ClientError> {
-        let connect = TcpStream::connect((self.host.as_str(), self.port));
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-            .await
-            .map_err(|_| self.connect_timed_out())?
-            .map_err(|e| ClientError::Connect {
-                url: self.url.clone(),
-                reason: e.to_string(),
-            })?;
-        let _ = tcp.set_nodelay(true);
-        Ok(tcp)
-    }
-
     /// Sends the request on a new HTTP/1.1 connection over `io` and returns the response head.
-    async fn send<IO>(
+    async fn send(
         &self,
-        io: IO,
+        io: MaybeTlsStream,
         request: Request<Full<Bytes>>,
-    ) -> Result<http::Response<Incoming>, ClientError>
-    where
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    ) -> Result<http::Response<Incoming>, ClientError> {
         let failed = |e: hyper::Error| ClientError::Transport {
             url: self.url.clone(),
             reason: e.to_string(),
@@ -189,33 +164,11 @@ impl Endpoint {
         });
         sender.send_request(request).await.map_err(failed)
     }
-
-    fn connect_timed_out(&self) -> ClientError {
-        ClientError::Timeout {
-            url: self.url.clone(),
-            what: "connecting (TCP and TLS)".to_owned(),
-            limit: CONNECT_TIMEOUT,
-            setting: "connect_timeout",
-        }
-    }
-
-    fn timed_out(&self, limit: Option<Duration>, what: &str) -> ClientError {
-        timed_out(&self.url, limit, what)
-    }
-}
-
-fn timed_out(url: &str, limit: Option<Duration>, what: &str) -> ClientError {
-    ClientError::Timeout {
-        url: url.to_owned(),
-        what: format!("the batch, waiting for {what},"),
-        limit: limit.unwrap_or_default(),
-        setting: "timeout",
-    }
 }
 
 /// The system's roots and `extra`, ALPN `http/1.1` only (this connection speaks HTTP/1.1).
 fn tls_config(extra: &[CertificateDer<'static>]) -> Result<Arc<ClientConfig>, String> {
-    batchgate::transport::client_config(extra, &[b"http/1.1"])
+    batchgate_transport::client_config(extra, &[b"http/1.1"])
 }
 
 /// A 200 reply whose body is being read.
@@ -240,8 +193,8 @@ impl Reply {
                 Some(at) => tokio::time::timeout_at(at, self.body.frame())
                     .await
                     .map_err(|_| {
-                        timed_out(
-                            &self.url,
+                        ClientError::timed_out(
+                            self.url.clone(),
                             self.timeout,
                             &format!("the reply ({parts} parts in)"),
                         )
@@ -268,7 +221,7 @@ impl Reply {
 
     /// The error for a refused batch: the JSON error's code and message when the body has one.
     async fn refused(self, status: StatusCode) -> ClientError {
-        let limited = Limited::new(self.body, batchgate::client::MAX_ERROR_BODY).collect();
+        let limited = Limited::new(self.body, batchgate_client::MAX_ERROR_BODY).collect();
         let body = match self.deadline {
             None => limited.await.ok(),
             Some(at) => tokio::time::timeout_at(at, limited)

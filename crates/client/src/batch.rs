@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 
 use super::ClientError;
-use crate::wire::{ContentId, EmbeddedRequest, write_close, write_request_part};
+use batchgate_wire::{ContentId, EmbeddedRequest, write_close, write_request_part};
 
 /// The parts of one batch, in order.
 ///
@@ -208,12 +208,12 @@ pub(crate) fn embedded(request: Request<Bytes>) -> EmbeddedRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{PartLimits, PartSplitter, parse_part};
+    use batchgate_wire::{PartLimits, PartSplitter, parse_part};
     use http::Method;
 
-    fn parts_of(batch: BatchBuilder) -> Vec<crate::wire::ParsedPart> {
+    fn parts_of(batch: BatchBuilder) -> Vec<batchgate_wire::ParsedPart> {
         let (content_type, body) = batch.finish();
-        let boundary = crate::wire::boundary_from_content_type(&content_type).unwrap();
+        let boundary = batchgate_wire::boundary_from_content_type(&content_type).unwrap();
         let mut splitter = PartSplitter::new(&boundary, u64::MAX);
         splitter.push(&body);
         let mut out = Vec::new();

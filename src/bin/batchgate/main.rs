@@ -1,7 +1,6 @@
 //! The `batchgate` binary: a thin shell over the library (config, logging, signals, the admin listener),
 //! `batchgate send`, a command-line batch client, and `batchgate demo-upstream`, the demo mail service alone.
 
-#[cfg(feature = "client")]
 mod send;
 
 use std::io::IsTerminal;
@@ -60,7 +59,6 @@ struct Args {
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Send requests (one a line, from a file or stdin) as one batch; print each reply part.
-    #[cfg(feature = "client")]
     Send(send::SendArgs),
     /// Run the demo mail service alone (GET /mail/v1/messages/unread, GET /mail/v1/messages/{id},
     /// POST /mail/v1/messages), for a gateway or a test to talk to, until SIGINT or SIGTERM.
@@ -83,7 +81,6 @@ struct DemoUpstreamArgs {
 fn main() -> std::process::ExitCode {
     let mut args = Args::parse();
     let demo_upstream_args = match args.command.take() {
-        #[cfg(feature = "client")]
         Some(Command::Send(send)) => return send::main(send),
         Some(Command::DemoUpstream(demo)) => Some(demo),
         None => None,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use batchgate_transport::{CONNECT_TIMEOUT, ConnectError};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
@@ -16,25 +17,21 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use tokio::time::Instant;
 
 use super::ClientError;
 use super::batch::{BatchBuilder, Rendered};
-use super::connect::{ConnectFailure, Connector, tls_config};
+use super::connect::{UriConnector, tls_config};
 use super::error::chain;
-use crate::wire::request::split_mime_headers;
-use crate::wire::{ContentId, FramingError, PartSplitter, boundary_from_content_type};
+use batchgate_wire::request::split_mime_headers;
+use batchgate_wire::{ContentId, FramingError, PartSplitter, boundary_from_content_type};
 
 /// Bytes after the close delimiter read so that the connection can go back to the pool.
 const MAX_EPILOGUE: u64 = 64 * 1024;
 
-/// The default `connect_timeout`.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// One embedded response of a batch reply, matched to the part it answers.
+/// The response to one part of a batch: an embedded response of the reply, matched to the part it answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplyPart {
+pub struct PartResponse {
     /// The index, in the batch, of the part this answers: found by `Content-ID`, else by position.
     pub index: usize,
     /// The request's id this reply names (the `response-` prefix removed), if it carried a `Content-ID`.
@@ -46,7 +43,7 @@ pub struct ReplyPart {
     pub body: Bytes,
 }
 
-impl ReplyPart {
+impl PartResponse {
     /// The embedded response as an `http::Response` (HTTP/1.1, its status, headers and body).
     pub fn into_response(self) -> Response<Bytes> {
         let mut response = Response::new(self.body);
@@ -69,7 +66,7 @@ struct Inner {
     url_text: String,
     headers: HeaderMap,
     timeout: Option<Duration>,
-    http: Client<Connector, Full<Bytes>>,
+    http: Client<UriConnector, Full<Bytes>>,
 }
 
 /// Settings of a [`BatchClient`]; errors in them are reported by [`build`](Self::build).
@@ -132,18 +129,6 @@ impl BatchClientBuilder {
         self
     }
 
-    /// Trusts the CA certificates in this PEM text besides the system's roots, for https URLs.
-    pub fn add_root_certificates_pem(mut self, pem: &[u8]) -> Self {
-        match CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>() {
-            Ok(certs) if !certs.is_empty() => self.roots.extend(certs),
-            Ok(_) => self
-                .errors
-                .push("root certificates: the PEM holds no CERTIFICATE".to_owned()),
-            Err(e) => self.errors.push(format!("root certificates: {e}")),
-        }
-        self
-    }
-
     pub fn build(self) -> Result<BatchClient, ClientError> {
         if let Some(first) = self.errors.into_iter().next() {
             return Err(ClientError::Config(first));
@@ -168,7 +153,7 @@ impl BatchClientBuilder {
         } else {
             None
         };
-        let connector = Connector {
+        let connector = UriConnector {
             tls,
             connect_timeout: self.connect_timeout,
         };
@@ -250,8 +235,8 @@ impl BatchClient {
     }
 
     /// Sends the batch and returns one reply part per part, in request order (`parts[i].index == i`).
-    pub async fn send(&self, batch: BatchBuilder) -> Result<Vec<ReplyPart>, ClientError> {
-        let mut slots: Vec<Option<ReplyPart>> = vec![None; batch.len()];
+    pub async fn send(&self, batch: BatchBuilder) -> Result<Vec<PartResponse>, ClientError> {
+        let mut slots: Vec<Option<PartResponse>> = vec![None; batch.len()];
         let mut stream = self.send_stream(batch);
         while let Some(part) = stream.next().await {
             let part = part?;
@@ -265,7 +250,7 @@ impl BatchClient {
 
 /// The reply parts of one batch as they arrive; see [`BatchClient::send_stream`].
 pub struct ReplyStream {
-    inner: Pin<Box<dyn Stream<Item = Result<ReplyPart, ClientError>> + Send>>,
+    inner: Pin<Box<dyn Stream<Item = Result<PartResponse, ClientError>> + Send>>,
 }
 
 impl std::fmt::Debug for ReplyStream {
@@ -275,7 +260,7 @@ impl std::fmt::Debug for ReplyStream {
 }
 
 impl Stream for ReplyStream {
-    type Item = Result<ReplyPart, ClientError>;
+    type Item = Result<PartResponse, ClientError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inner.as_mut().poll_next(cx)
@@ -378,7 +363,7 @@ impl Reader {
     }
 
     /// The next reply part, the error that ends the reply, or `None` after the last part.
-    async fn next(&mut self) -> Option<Result<ReplyPart, ClientError>> {
+    async fn next(&mut self) -> Option<Result<PartResponse, ClientError>> {
         if self.done {
             return None;
         }
@@ -389,11 +374,11 @@ impl Reader {
         item
     }
 
-    async fn read(&mut self) -> Option<Result<ReplyPart, ClientError>> {
+    async fn read(&mut self) -> Option<Result<PartResponse, ClientError>> {
         loop {
             match self
                 .splitter
-                .next_part_with(crate::wire::ReplyPart::complete_len)
+                .next_part_with(batchgate_wire::ReplyPart::complete_len)
             {
                 Err(e) => {
                     return Some(Err(ClientError::MalformedReply {
@@ -455,12 +440,12 @@ impl Reader {
     }
 
     /// Parses one raw part and matches it to its request.
-    fn part(&mut self, raw: &[u8]) -> Result<ReplyPart, ClientError> {
+    fn part(&mut self, raw: &[u8]) -> Result<PartResponse, ClientError> {
         let offset = self.splitter.part_offset();
         let malformed = |reason: String| ClientError::MalformedReply { offset, reason };
         let position = self.matcher.seen;
-        let parsed =
-            crate::wire::ReplyPart::parse(raw, position).map_err(|e| malformed(e.to_string()))?;
+        let parsed = batchgate_wire::ReplyPart::parse(raw, position)
+            .map_err(|e| malformed(e.to_string()))?;
         let raw_content_id = split_mime_headers(raw, raw.len())
             .ok()
             .and_then(|(mime, _)| {
@@ -472,7 +457,7 @@ impl Reader {
             .matcher
             .place(parsed.content_id.as_ref())
             .map_err(malformed)?;
-        Ok(ReplyPart {
+        Ok(PartResponse {
             index,
             content_id: parsed.content_id,
             raw_content_id,
@@ -572,12 +557,7 @@ async fn within<F: std::future::Future>(deadline: Option<Instant>, future: F) ->
 }
 
 fn timed_out(inner: &Inner, what: &str) -> ClientError {
-    ClientError::Timeout {
-        url: inner.url_text.clone(),
-        what: format!("the batch, waiting for {what},"),
-        limit: inner.timeout.unwrap_or_default(),
-        setting: "timeout",
-    }
+    ClientError::timed_out(inner.url_text.clone(), inner.timeout, what)
 }
 
 /// What a failed request was: connect, TLS, connect timeout, or a failure on the connection.
@@ -585,23 +565,8 @@ fn request_error(inner: &Inner, error: &hyper_util::client::legacy::Error) -> Cl
     let url = inner.url_text.clone();
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
-        if let Some(failure) = e.downcast_ref::<ConnectFailure>() {
-            return match failure {
-                ConnectFailure::Tcp(reason) => ClientError::Connect {
-                    url,
-                    reason: reason.clone(),
-                },
-                ConnectFailure::Tls(reason) => ClientError::Tls {
-                    url,
-                    reason: reason.clone(),
-                },
-                ConnectFailure::Timeout(limit) => ClientError::Timeout {
-                    url,
-                    what: "connecting (TCP and TLS)".to_owned(),
-                    limit: *limit,
-                    setting: "connect_timeout",
-                },
-            };
+        if let Some(failure) = e.downcast_ref::<ConnectError>() {
+            return ClientError::connect_failed(url, failure);
         }
         source = e.source();
     }
