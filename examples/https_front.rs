@@ -81,7 +81,7 @@ async fn run(args: Args, dir: &TempDir) -> Result<(), String> {
     let (ca_pem, leaf_der, key_der) = certificates()?;
     let ca_file = dir.path.join("ca.pem");
     std::fs::write(&ca_file, ca_pem).map_err(|e| format!("writing {}: {e}", ca_file.display()))?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(batchgate::tls::provider())
+    let mut tls = rustls::ServerConfig::builder_with_provider(batchgate_transport::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()

@@ -12,7 +12,7 @@ use batchgate_wire::{ContentTypeError, FramingError, RequestError};
 
 /// Whose fault a failure was: decides how it is logged and counted, and whether a retry can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// The batch or part as sent is wrong; sending it again will fail again.
     Client,
     /// The upstream failed or was too slow.
@@ -22,7 +22,7 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Fault::Client => "client",
             Fault::Upstream => "upstream",
@@ -33,7 +33,7 @@ impl Fault {
 
 /// The whole batch is refused: the client gets this status instead of a multipart reply.
 #[derive(Debug, thiserror::Error)]
-pub enum BatchError {
+pub(crate) enum BatchError {
     #[error("no endpoint at {0:?}; the batch endpoint is {1:?}")]
     NotFound(String, String),
     #[error("method {0} is not allowed on the batch endpoint; use POST")]
@@ -67,7 +67,7 @@ pub enum BatchError {
 }
 
 impl BatchError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             BatchError::NotFound(..) => StatusCode::NOT_FOUND,
             BatchError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -87,7 +87,7 @@ impl BatchError {
         }
     }
 
-    pub fn fault(&self) -> Fault {
+    pub(crate) fn fault(&self) -> Fault {
         match self {
             BatchError::Overloaded(_) => Fault::Gateway,
             _ => Fault::Client,
@@ -97,7 +97,7 @@ impl BatchError {
 
 /// One part failed; the others are unaffected. The reply part carries this status and message.
 #[derive(Debug, thiserror::Error)]
-pub enum PartError {
+pub(crate) enum PartError {
     #[error("part {index}: {source}")]
     Request { index: usize, source: RequestError },
     #[error("part {index}: {source}")]
@@ -165,7 +165,7 @@ pub enum PartError {
 }
 
 impl PartError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             PartError::Request { .. } | PartError::NestedBody { .. } => StatusCode::BAD_REQUEST,
             PartError::Route {
@@ -188,7 +188,7 @@ impl PartError {
         }
     }
 
-    pub fn fault(&self) -> Fault {
+    pub(crate) fn fault(&self) -> Fault {
         match self {
             PartError::Request { .. }
             | PartError::Route { .. }
@@ -208,7 +208,7 @@ impl PartError {
     }
 
     /// Whether sending the same part again might succeed.
-    pub fn retryable(&self) -> bool {
+    pub(crate) fn retryable(&self) -> bool {
         matches!(
             self,
             PartError::Connect { .. }
@@ -219,7 +219,7 @@ impl PartError {
     }
 
     /// How long the client should wait before sending the part again, when the gateway knows.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             PartError::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
@@ -227,7 +227,7 @@ impl PartError {
     }
 
     /// A short name for logs and metrics.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             PartError::Request { .. } => "bad_request",
             PartError::Route {
@@ -270,7 +270,7 @@ impl PartError {
     }
 
     /// The JSON body of the error part.
-    pub fn body(&self) -> Bytes {
+    pub(crate) fn body(&self) -> Bytes {
         error_body(
             self.status(),
             &self.to_string(),
@@ -281,7 +281,7 @@ impl PartError {
 
 /// The body of every error the gateway answers itself: `{"error":{"code":N,"message":"..."}}`, with
 /// `"part":i,"fault":"..."` for a part's error.
-pub fn error_body(status: StatusCode, message: &str, part: Option<(usize, Fault)>) -> Bytes {
+pub(crate) fn error_body(status: StatusCode, message: &str, part: Option<(usize, Fault)>) -> Bytes {
     let mut error = serde_json::json!({ "code": status.as_u16(), "message": message });
     if let Some((index, fault)) = part {
         error["part"] = index.into();

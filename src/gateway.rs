@@ -19,16 +19,16 @@ use batchgate_wire::PartLimits;
 #[derive(Debug)]
 pub struct Gateway {
     pub config: Config,
-    pub router: Router,
+    pub(crate) router: Router,
     /// One stack per route, indexed by `Route::id`.
     routes: Vec<RouteStack>,
-    pub metrics: Arc<Metrics>,
-    pub observer: Arc<Observer>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) observer: Arc<Observer>,
     /// The per-client limit on parts, shared by every route's stack (and kept by a reload that names clients
     /// the same way).
-    pub rate_limit: Option<Arc<RateLimiter>>,
-    pub headers: HeaderRules,
-    pub part_limits: PartLimits,
+    pub(crate) rate_limit: Option<Arc<RateLimiter>>,
+    pub(crate) headers: HeaderRules,
+    pub(crate) part_limits: PartLimits,
     /// Sub-requests in flight across all batches, shared with the gateways this one succeeds.
     inflight: Arc<Capacity>,
     /// Batches being served, likewise; a batch over the limit is refused at once with 503.
@@ -44,7 +44,7 @@ impl Gateway {
 
     /// A gateway for a reloaded config that goes on counting into `previous`'s metrics and observations, and
     /// shares its in-flight limits and rate-limit buckets (batches still running on `previous` count against
-    /// this one's limits; the new sizes apply when it is served, [`Gateway::take_over_limits`]), and keeps the
+    /// this one's limits; the new sizes apply when [`server::Live`](crate::server::Live) serves it), and keeps the
     /// passive health of the upstream addresses that stay (each route's, by prefix: an ejected address stays
     /// ejected, an address on probation stays so).
     pub fn succeeding(config: Config, previous: &Gateway) -> Result<Gateway, ConfigError> {
@@ -106,7 +106,7 @@ impl Gateway {
     /// Sets the limits this gateway shares with the gateways it succeeds to its own config's: the in-flight
     /// limits are resized, tuned limits take the new bounds, and the rate limit its new rate and burst. Called
     /// as it is swapped in, so that a reload refused after building it changes nothing.
-    pub fn take_over_limits(&self) {
+    pub(crate) fn take_over_limits(&self) {
         let limits = &self.config.limits;
         self.inflight.resize(limits.max_inflight);
         self.batches.resize(limits.max_batches);
@@ -128,17 +128,17 @@ impl Gateway {
     }
 
     /// The service stack parts routed to `route` go through.
-    pub fn service(&self, route: &Route) -> PartService {
+    pub(crate) fn service(&self, route: &Route) -> PartService {
         self.routes[route.id].service()
     }
 
     /// The permits parts routed to `route` take before entering its stack.
-    pub fn permits(&self, route: &Route) -> Permits {
+    pub(crate) fn permits(&self, route: &Route) -> Permits {
         self.routes[route.id].permits()
     }
 
     /// One of `limits.max_batches`, or the batch is refused with 503.
-    pub fn admit_batch(&self) -> Result<OwnedSemaphorePermit, BatchError> {
+    pub(crate) fn admit_batch(&self) -> Result<OwnedSemaphorePermit, BatchError> {
         self.batches
             .permits()
             .clone()
@@ -147,7 +147,7 @@ impl Gateway {
     }
 
     /// The gauges `/metrics` reads at scrape time.
-    pub fn gauges(&self) -> Gauges {
+    pub(crate) fn gauges(&self) -> Gauges {
         Gauges {
             batches: self.batches_in_flight(),
             sub_requests: self.sub_requests_in_flight(),
@@ -162,8 +162,19 @@ impl Gateway {
         }
     }
 
+    /// The Prometheus/OpenMetrics text `/metrics` serves: for a program that embeds the gateway and serves
+    /// its metrics itself.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render(&self.gauges())
+    }
+
+    /// The JSON document `/admin/stats` serves (routes, tuning, recent batches).
+    pub fn stats_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.stats()).unwrap_or_default()
+    }
+
     /// What `/admin/stats` shows.
-    pub fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> Stats {
         let routes: Vec<RouteState> = self.routes.iter().map(RouteStack::state).collect();
         self.observer.stats(
             &routes,
@@ -174,7 +185,7 @@ impl Gateway {
     }
 
     /// The gateway-wide in-flight permits.
-    pub fn global_inflight(&self) -> Arc<Semaphore> {
+    pub(crate) fn global_inflight(&self) -> Arc<Semaphore> {
         self.inflight.permits().clone()
     }
 

@@ -54,7 +54,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Removes hop-by-hop headers, including the ones a `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -78,7 +78,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// What parts inherit from their batch, and whose forwarding headers are believed. Built once from a
 /// validated config.
 #[derive(Debug, Clone)]
-pub struct HeaderRules {
+pub(crate) struct HeaderRules {
     only: Vec<HeaderName>,
     deny: Vec<HeaderName>,
     trusted_proxies: Vec<Cidr>,
@@ -86,14 +86,14 @@ pub struct HeaderRules {
 
 /// The headers every part of one batch starts from, and the forwarding headers the gateway sets on each.
 #[derive(Debug, Clone)]
-pub struct BatchHeaders {
+pub(crate) struct BatchHeaders {
     inherited: HeaderMap,
     forwarding: HeaderMap,
 }
 
 impl HeaderRules {
     /// The config must be validated: its header names are expected to parse.
-    pub fn new(config: &Config) -> HeaderRules {
+    pub(crate) fn new(config: &Config) -> HeaderRules {
         let names = |list: &[String]| {
             list.iter()
                 .map(|n| HeaderName::from_bytes(n.as_bytes()).expect("validated header name"))
@@ -110,7 +110,7 @@ impl HeaderRules {
     /// `Content-*`, `Host`, `Expect`, `Accept-Encoding`, `Idempotency-Key`, forwarding headers and whatever
     /// the policy excludes), and the forwarding headers the gateway adds. `peer` is the TCP peer; `tls` whether the
     /// client connection was HTTPS.
-    pub fn batch(&self, outer: &HeaderMap, peer: IpAddr, tls: bool) -> BatchHeaders {
+    pub(crate) fn batch(&self, outer: &HeaderMap, peer: IpAddr, tls: bool) -> BatchHeaders {
         BatchHeaders {
             inherited: self.inherited(outer),
             forwarding: self.forwarding(outer, peer, tls),
@@ -121,7 +121,7 @@ impl HeaderRules {
     /// its `X-Forwarded-For` chain that is not itself a trusted proxy. Each entry is the address the hop to
     /// its right saw; an entry that names no address (`unknown`, an obfuscated name, garbage) ends the walk
     /// at that hop, the last trusted one: whatever is left of it is only what the client claims.
-    pub fn client(&self, outer: &HeaderMap, peer: IpAddr) -> IpAddr {
+    pub(crate) fn client(&self, outer: &HeaderMap, peer: IpAddr) -> IpAddr {
         let trusted = |ip: IpAddr| self.trusted_proxies.iter().any(|net| net.contains(ip));
         let mut hop = peer.to_canonical();
         if !trusted(hop) {
@@ -261,7 +261,7 @@ impl BatchHeaders {
     /// The headers sent upstream for one part: inherited ones overridden name by name by the part's own,
     /// minus hop-by-hop, `Host`, `Expect`, `Content-Length` and `Accept-Encoding`, minus `Cookie` if
     /// `strip_cookies`, with the gateway's forwarding headers set last. `Host` comes from the URI.
-    pub fn for_part(&self, mut part: HeaderMap, strip_cookies: bool) -> HeaderMap {
+    pub(crate) fn for_part(&self, mut part: HeaderMap, strip_cookies: bool) -> HeaderMap {
         strip_hop_by_hop(&mut part);
         part.remove(header::HOST);
         part.remove(header::EXPECT);

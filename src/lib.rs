@@ -2,31 +2,39 @@
 //! embedded HTTP requests; the gateway runs them against upstream services over pooled keep-alive
 //! connections and streams back one embedded response per part, in request order.
 //!
+//! # What a program uses
+//! - [`Config`] (and [`config`]): the configuration, read from TOML ([`Config::from_file`],
+//!   [`Config::from_toml`]) and range-checked ([`Config::validate`]); the shipped `config.toml` documents every
+//!   key.
+//! - [`Gateway`]: the state one config makes; [`server::run`] serves it on a bound listener until a shutdown
+//!   future resolves, [`server::serve`] does the same for a [`server::Live`] gateway that reloads.
+//! - [`server::admin`]: the operators' listener (metrics, stats, dashboard, reload).
+//! - With the `testing` feature, `testing`: the example mail service and a gateway in-process on port 0, for
+//!   another crate's tests. With the `demo` feature (default), `demo`: that mail service and its inbox page.
+//!
+//! Clients use the `batchgate-client` crate, the format alone is `batchgate-wire`.
+//!
 //! # Layout
 //! The workspace: this crate is the gateway (library and the `batchgate` binary, `src/bin/batchgate/`);
 //! `batchgate-wire` (`crates/wire`) is the multipart format itself, pure and without I/O; `batchgate-client`
 //! (`crates/client`) is the Rust client and micro-batcher; `batchgate-transport` (`crates/transport`) is the
 //! TCP/TLS connection plumbing the client and the gateway's upstream side share.
 //!
-//! The data path, in the order a batch takes it:
-//! - [`server`]: connections (limits, idle and silent clients, the write deadline), the endpoints, graceful
+//! Inside this crate (internal modules, `pub(crate)`), the data path in the order a batch takes it:
+//! - `server`: connections (limits, idle and silent clients, the write deadline), the endpoints, graceful
 //!   shutdown.
-//! - [`batch`]: one batch in four stages, a module each: `admit` → `read` → `run` (the scheduler) →
-//!   `respond`.
-//! - [`codec`]: the batch format behind one seam (reading parts, rendering reply parts), over
-//!   `batchgate_wire`.
-//! - [`route`]: which route a part goes to, after normalising its target.
-//! - [`stack`]: the per-route tower `Service` stack a part goes through upstream (rate limit, header policy,
+//! - `batch`: one batch in four stages, a module each: `admit` → `read` → `run` (the scheduler) → `respond`.
+//! - `codec`: the batch format behind one seam (reading parts, rendering reply parts), over `batchgate_wire`.
+//! - `route`: which route a part goes to, after normalising its target.
+//! - `stack`: the per-route tower `Service` stack a part goes through upstream (rate limit, header policy,
 //!   rewrite, timeout, retries, in-flight limits fixed or adaptive, response rules, balancing and passive
-//!   health, the pools per upstream address).
+//!   health, the pools per upstream address), built per route as one `RouteStack`.
 //!
-//! Around it: [`gateway`] (the shared state), [`headers`] (hop-by-hop, inheritance, forwarding headers),
-//! [`compress`] (reply compression), [`response`] (the gateway's own responses), [`error`] (batch-level and
-//! part-level errors), [`metrics`] (`/metrics`), [`observe`] (per-route windows, bottlenecks, tuning history,
-//! batch timelines, trace context: `/admin/stats`), [`tls`] (certificates), [`config`], and, with the `demo`
-//! feature, `demo` (the example mail service and its inbox page). With the `otel` feature, `otel` exports
-//! spans over OTLP. With the `testing` feature, `testing` starts the mail service and a gateway in-process
-//! for another crate's tests.
+//! Around it: `gateway` (the shared state), `headers` (hop-by-hop, inheritance, forwarding headers),
+//! `compress` (reply compression), `response` (the gateway's own responses), `error` (batch-level and
+//! part-level errors), `metrics` (`/metrics`), `observe` (per-route windows, bottlenecks, tuning history,
+//! batch timelines, trace context: `/admin/stats`), `tls` (certificates), `config` (a file per section). With
+//! the `otel` feature, `otel` exports spans over OTLP. `docs/architecture.md` draws the whole.
 //!
 //! # Features
 //! - `demo` (default): `demo`, the example mail service (`batchgate --demo`, `batchgate demo-upstream`).
@@ -36,26 +44,26 @@
 
 #![forbid(unsafe_code)]
 
-pub mod batch;
-pub mod codec;
-pub mod compress;
+pub(crate) mod batch;
+pub(crate) mod codec;
+pub(crate) mod compress;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
-pub mod error;
-pub mod gateway;
-pub mod headers;
-pub mod metrics;
-pub mod observe;
+pub(crate) mod error;
+pub(crate) mod gateway;
+pub(crate) mod headers;
+pub(crate) mod metrics;
+pub(crate) mod observe;
 #[cfg(feature = "otel")]
 pub mod otel;
-pub mod response;
-pub mod route;
+pub(crate) mod response;
+pub(crate) mod route;
 pub mod server;
-pub mod stack;
+pub(crate) mod stack;
 #[cfg(feature = "testing")]
 pub mod testing;
-pub mod tls;
+pub(crate) mod tls;
 
 /// The checks behind the fuzz targets that reach past the public surface (`fuzz/`); not an API.
 #[cfg(feature = "fuzzing")]

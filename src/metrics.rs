@@ -48,7 +48,7 @@ struct ErrorLabels {
 
 /// Every metric of the gateway. One per process: a reload keeps counting into the same one.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     batches_served: Counter,
     batches_refused: Family<StatusLabel, Counter>,
@@ -192,7 +192,7 @@ impl Default for Metrics {
 }
 
 /// The class of a status: `2xx`..`5xx`.
-pub fn status_class(status: StatusCode) -> &'static str {
+pub(crate) fn status_class(status: StatusCode) -> &'static str {
     match status.as_u16() {
         100..=199 => "1xx",
         200..=299 => "2xx",
@@ -203,11 +203,11 @@ pub fn status_class(status: StatusCode) -> &'static str {
 }
 
 impl Metrics {
-    pub fn batch_served(&self) {
+    pub(crate) fn batch_served(&self) {
         self.batches_served.inc();
     }
 
-    pub fn batch_refused(&self, status: StatusCode) {
+    pub(crate) fn batch_refused(&self, status: StatusCode) {
         self.batches_refused
             .get_or_create(&StatusLabel {
                 status: status.as_u16(),
@@ -216,7 +216,7 @@ impl Metrics {
     }
 
     /// A served batch's last part was answered.
-    pub fn batch_finished(&self, parts: usize, elapsed: Duration) {
+    pub(crate) fn batch_finished(&self, parts: usize, elapsed: Duration) {
         self.batch_parts.observe(parts as f64);
         self.batch_duration.observe(elapsed.as_secs_f64());
     }
@@ -257,7 +257,7 @@ impl Metrics {
     }
 
     /// A part its upstream answered: counted by the class of the upstream's status.
-    pub fn part_answered(&self, route: &str, status: StatusCode, elapsed: Duration) {
+    pub(crate) fn part_answered(&self, route: &str, status: StatusCode, elapsed: Duration) {
         let class = status_class(status);
         self.count(route, class, 1);
         self.duration(route, class, elapsed);
@@ -267,7 +267,7 @@ impl Metrics {
     }
 
     /// A part that failed: counted by its kind; upstream faults also by error kind.
-    pub fn part_failed(&self, route: &str, error: &PartError, elapsed: Duration) {
+    pub(crate) fn part_failed(&self, route: &str, error: &PartError, elapsed: Duration) {
         self.count(route, error.kind(), 1);
         if route.is_empty() {
             return;
@@ -321,13 +321,13 @@ impl Metrics {
     }
 
     /// Parts that ended without an answer: their batch was refused or their client went away.
-    pub fn parts_cancelled(&self, route: &str, n: usize) {
+    pub(crate) fn parts_cancelled(&self, route: &str, n: usize) {
         if n > 0 {
             self.count(route, "cancelled", n as u64);
         }
     }
 
-    pub fn queue_wait(&self, route: &str, waited: Duration) {
+    pub(crate) fn queue_wait(&self, route: &str, waited: Duration) {
         let series = self.series(route);
         let histogram = series.queue_wait.get_or_init(|| {
             self.queue_wait
@@ -339,7 +339,7 @@ impl Metrics {
         histogram.observe(waited.as_secs_f64());
     }
 
-    pub fn retry(&self, route: &str) {
+    pub(crate) fn retry(&self, route: &str) {
         self.retries
             .get_or_create(&RouteLabel {
                 route: route.to_owned(),
@@ -347,7 +347,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn ejection(&self, route: &str) {
+    pub(crate) fn ejection(&self, route: &str) {
         self.ejections
             .get_or_create(&RouteLabel {
                 route: route.to_owned(),
@@ -355,16 +355,16 @@ impl Metrics {
             .inc();
     }
 
-    pub fn upstream_request(&self) {
+    pub(crate) fn upstream_request(&self) {
         self.upstream_requests.inc();
     }
 
-    pub fn upstream_connect(&self) {
+    pub(crate) fn upstream_connect(&self) {
         self.upstream_connects.inc();
     }
 
     /// The exposition text, with the gauges read now.
-    pub fn render(&self, gauges: &Gauges) -> String {
+    pub(crate) fn render(&self, gauges: &Gauges) -> String {
         let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         self.batches_in_flight.set(gauges.batches as i64);
         self.sub_requests_in_flight.set(gauges.sub_requests as i64);
@@ -388,7 +388,7 @@ impl Metrics {
 
 /// Values read at scrape time.
 #[derive(Debug, Default)]
-pub struct Gauges {
+pub(crate) struct Gauges {
     pub batches: usize,
     pub sub_requests: usize,
     /// Per route: (prefix, sub-requests in flight, concurrency limit).

@@ -12,10 +12,10 @@ use http_body_util::combinators::UnsyncBoxBody;
 use crate::error::{BatchError, error_body};
 
 /// Why a reply body broke off (the client sees a truncated reply, never a falsely complete one).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Body of every response the gateway writes.
-pub type ReplyBody = UnsyncBoxBody<Chunk, BoxError>;
+pub(crate) type ReplyBody = UnsyncBoxBody<Chunk, BoxError>;
 
 /// What a response body hands the connection at once: one buffer, or pieces that go out together (one
 /// HTTP/1.1 chunk, one vectored write) without being copied into one, such as large upstream bodies.
@@ -97,7 +97,7 @@ impl Buf for Chunk {
 }
 
 /// A JSON error response ([`error_body`]) the gateway writes itself.
-pub fn json_error(status: StatusCode, message: &str) -> Response<ReplyBody> {
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<ReplyBody> {
     let mut response = Response::new(full(error_body(status, message, None)));
     *response.status_mut() = status;
     response
@@ -107,7 +107,7 @@ pub fn json_error(status: StatusCode, message: &str) -> Response<ReplyBody> {
 }
 
 /// A JSON error response for a refused batch.
-pub fn error_response(error: &BatchError) -> Response<ReplyBody> {
+pub(crate) fn error_response(error: &BatchError) -> Response<ReplyBody> {
     let mut response = json_error(error.status(), &error.to_string());
     if matches!(error, BatchError::MethodNotAllowed(_)) {
         response
@@ -123,7 +123,7 @@ pub fn error_response(error: &BatchError) -> Response<ReplyBody> {
 }
 
 /// A complete body.
-pub fn full(bytes: impl Into<Bytes>) -> ReplyBody {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> ReplyBody {
     let chunk = Chunk::One(bytes.into());
     BodyExt::boxed_unsync(http_body_util::Full::new(chunk).map_err(|never| match never {}))
 }

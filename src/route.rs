@@ -7,17 +7,17 @@
 //! upstream receives is this normalised path, with the query as sent (non-ASCII encoded, nothing else).
 
 #[cfg(any(test, feature = "fuzzing"))]
-pub mod fuzz;
+pub(crate) mod fuzz;
 
 use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery};
 
-use crate::config::{Config, Origin, RouteConfig};
+use crate::config::{Config, RouteConfig};
 
 /// One configured route, ready to serve.
 #[derive(Debug)]
-pub struct Route {
+pub(crate) struct Route {
     /// Position in the config's `[[routes]]`: indexes the route's service stack.
     pub id: usize,
     /// Matched on segment boundaries: `/posts` serves `/posts` and `/posts/...`, never `/postsecret`; a
@@ -26,8 +26,6 @@ pub struct Route {
     pub prefix: String,
     /// The prefix again, shared: it labels the route's metrics and logs.
     pub name: Arc<str>,
-    /// The upstreams parts routed here go to (the stack picks one per part).
-    pub origins: Vec<Origin>,
     /// Whether an absolute-form `https://` target may come here: its upstreams speak https, or the route
     /// accepts such targets over plain http.
     pub tls: bool,
@@ -37,7 +35,7 @@ pub struct Route {
 
 /// Where a part goes.
 #[derive(Debug, Clone)]
-pub struct Destination {
+pub(crate) struct Destination {
     pub route: Arc<Route>,
     /// The normalised path and the query as sent (raw non-ASCII percent-encoded), no fragment. Which upstream
     /// it goes to, and under which prefix, the route's stack decides.
@@ -46,7 +44,7 @@ pub struct Destination {
 
 /// Why a target cannot be routed. Nothing is sent anywhere for such a part.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouteError {
+pub(crate) enum RouteError {
     #[error("no route for path {0:?}")]
     NoRoute(String),
     #[error("absolute-form target names {0:?}, which is no configured route's upstream or host")]
@@ -88,7 +86,7 @@ pub enum RouteError {
 
 /// All routes, longest prefix first.
 #[derive(Debug)]
-pub struct Router {
+pub(crate) struct Router {
     routes: Vec<Arc<Route>>,
     /// The batch endpoint, normalised like a target.
     batch_path: String,
@@ -96,7 +94,7 @@ pub struct Router {
 
 impl Router {
     /// Builds the routes of a validated config.
-    pub fn new(config: &Config) -> Router {
+    pub(crate) fn new(config: &Config) -> Router {
         let mut routes: Vec<Arc<Route>> = config
             .routes
             .iter()
@@ -115,7 +113,7 @@ impl Router {
     ///
     /// The target is normalised first (see the module documentation); a route is then chosen for the
     /// normalised path by the longest prefix that matches it on a segment boundary (see [`Route::prefix`]).
-    pub fn route(
+    pub(crate) fn route(
         &self,
         target: &str,
         gateway_host: Option<&str>,
@@ -211,7 +209,6 @@ impl Route {
             prefix: r.prefix.clone(),
             name: Arc::from(r.prefix.as_str()),
             tls: origins[0].is_tls() || r.accept_https_targets,
-            origins,
             hosts,
         }
     }
@@ -455,8 +452,14 @@ fn collapse_slashes(raw: &str) -> String {
 mod tests {
     use super::*;
 
-    fn router() -> Router {
-        let config = Config::from_toml(
+    /// Where a destination goes, as `upstream + path`: the route's first upstream in `config`.
+    fn upstream_of(config: &Config, d: Destination) -> String {
+        let route = &config.routes[d.route.id];
+        format!("{}{}", route.upstream.as_deref().unwrap(), d.path)
+    }
+
+    fn config() -> Config {
+        Config::from_toml(
             r#"
 [[routes]]
 prefix = "/mail/"
@@ -470,14 +473,18 @@ prefix = "/files/"
 upstream = "http://127.0.0.1:9003"
 "#,
         )
-        .unwrap();
-        Router::new(&config)
+        .unwrap()
+    }
+
+    fn router() -> Router {
+        Router::new(&config())
     }
 
     fn to(target: &str) -> Result<String, RouteError> {
-        router()
+        let config = config();
+        Router::new(&config)
             .route(target, Some("gw.local:8080"))
-            .map(|d| format!("{}{}", d.route.origins[0], d.path))
+            .map(|d| upstream_of(&config, d))
     }
 
     #[test]
@@ -601,8 +608,8 @@ upstream = "http://127.0.0.1:9003"
         }
     }
 
-    fn posts_router() -> Router {
-        let config = Config::from_toml(
+    fn posts_config() -> Config {
+        Config::from_toml(
             r#"
 [[routes]]
 prefix = "/posts"
@@ -621,14 +628,14 @@ prefix = "/tags/"
 upstream = "http://127.0.0.1:9006"
 "#,
         )
-        .unwrap();
-        Router::new(&config)
+        .unwrap()
     }
 
     fn posts(target: &str) -> Result<String, RouteError> {
-        posts_router()
+        let config = posts_config();
+        Router::new(&config)
             .route(target, None)
-            .map(|d| format!("{}{}", d.route.origins[0], d.path))
+            .map(|d| upstream_of(&config, d))
     }
 
     #[test]

@@ -13,10 +13,13 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::config::{ConfigError, HttpVersion, TlsConfig};
 use batchgate_transport::system_roots;
 
-pub use batchgate_transport::provider;
+pub(crate) use batchgate_transport::provider;
 
 /// Reads a PEM certificate chain; `key` names the config key in errors.
-pub fn load_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+pub(crate) fn load_certs(
+    key: &str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let bad = |why: String| ConfigError::Invalid(format!("{key} {}: {why}", path.display()));
     let pem = std::fs::read(path).map_err(|e| bad(format!("cannot be read: {e}")))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
@@ -29,7 +32,7 @@ pub fn load_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>
 }
 
 /// Reads a PEM private key (PKCS#8, PKCS#1 or SEC1).
-pub fn load_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
+pub(crate) fn load_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
     let bad = |why: String| ConfigError::Invalid(format!("{key} {}: {why}", path.display()));
     let pem = std::fs::read(path).map_err(|e| bad(format!("cannot be read: {e}")))?;
     PrivateKeyDer::from_pem_slice(&pem)
@@ -38,7 +41,7 @@ pub fn load_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, Config
 
 /// What a route's https upstreams are trusted with and asked for.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientTls<'a> {
+pub(crate) struct ClientTls<'a> {
     /// For error messages: `routes[2]`.
     pub key: &'a str,
     pub ca_file: Option<&'a Path>,
@@ -49,7 +52,7 @@ pub struct ClientTls<'a> {
 
 impl ClientTls<'_> {
     /// The client configuration: the system roots plus `ca_file`, ALPN, and the client certificate.
-    pub fn config(&self) -> Result<Arc<ClientConfig>, ConfigError> {
+    pub(crate) fn config(&self) -> Result<Arc<ClientConfig>, ConfigError> {
         let mut roots = system_roots().clone();
         if let Some(path) = self.ca_file {
             let key = format!("{}.ca_file", self.key);
@@ -85,11 +88,11 @@ impl ClientTls<'_> {
 
 /// The ALPN protocols the HTTPS listener offers, preferred first: the connection serves whichever the client
 /// picks (hyper-util's auto builder serves both).
-pub const SERVER_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+pub(crate) const SERVER_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// The HTTPS listener's configuration: `[tls] cert` and `key`, read now (errors name `tls.cert` or
 /// `tls.key`), ALPN `h2` and `http/1.1`, no client certificates.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, ConfigError> {
+pub(crate) fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, ConfigError> {
     let certs = load_certs("tls.cert", &tls.cert)?;
     let key = load_key("tls.key", &tls.key)?;
     let mut config = ServerConfig::builder_with_provider(provider())

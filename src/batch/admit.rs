@@ -18,7 +18,7 @@ use crate::stack::{BatchScope, ResponseBudget};
 
 /// A batch let in.
 #[derive(Debug)]
-pub struct Admitted {
+pub(crate) struct Admitted {
     /// One of `limits.max_batches`, held until the reply is out.
     pub permit: OwnedSemaphorePermit,
     pub reader: PartReader,
@@ -31,7 +31,7 @@ pub struct Admitted {
     pub gateway_host: Option<String>,
 }
 
-pub fn admit(
+pub(crate) fn admit(
     gateway: &Gateway,
     head: &Parts,
     peer: IpAddr,

@@ -11,10 +11,10 @@
 //! The reply's `200` is committed only once the whole body is in, so a truncated, oversized or over-long batch
 //! still gets its 400/408/413. Safe parts run meanwhile; the rest wait for the commit.
 
-pub mod admit;
-pub mod read;
-pub mod respond;
-pub mod run;
+pub(crate) mod admit;
+pub(crate) mod read;
+pub(crate) mod respond;
+pub(crate) mod run;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use crate::observe::trace::TraceContext;
 use crate::response::ReplyBody;
 
 /// Serves one `POST` to the batch endpoint. `tls` says whether the client's connection is HTTPS.
-pub async fn serve<B>(
+pub(crate) async fn serve<B>(
     gateway: &Arc<Gateway>,
     request: Request<B>,
     peer: IpAddr,

@@ -19,7 +19,7 @@ use batchgate_wire::{ContentId, ParsedPart};
 
 /// What reading one batch's body needs.
 #[derive(Debug)]
-pub struct Read<'a> {
+pub(crate) struct Read<'a> {
     pub gateway: &'a Gateway,
     pub scope: &'a Arc<BatchScope>,
     pub gateway_host: Option<&'a str>,
@@ -29,7 +29,7 @@ pub struct Read<'a> {
 impl Read<'_> {
     /// Reads the whole body; returns how many parts and bytes it held. Bounded in bytes (`max_batch_bytes`), in parts
     /// (`max_parts`), in pauses (`body_read_timeout`) and in total time (`upload_timeout`).
-    pub async fn body<B>(
+    pub(crate) async fn body<B>(
         &self,
         mut reader: PartReader,
         mut body: B,

@@ -35,7 +35,7 @@ const ZERO_COPY_PIECE: usize = 4 * 1024;
 
 /// What the reply is made of.
 #[derive(Debug)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub writer: ReplyWriter,
     /// Answers in request order, from the scheduler.
     pub parts: mpsc::Receiver<Rendered>,
@@ -52,14 +52,14 @@ pub struct Reply {
 
 /// What the access log line of a served batch says, besides its timeline.
 #[derive(Debug)]
-pub struct Access {
+pub(crate) struct Access {
     pub span: tracing::Span,
     pub peer: std::net::IpAddr,
     pub bytes_in: u64,
 }
 
 /// The `200` response streaming the reply.
-pub fn respond(reply: Reply, compression: &CompressionConfig) -> Response<ReplyBody> {
+pub(crate) fn respond(reply: Reply, compression: &CompressionConfig) -> Response<ReplyBody> {
     let mut response = Response::builder().header(CONTENT_TYPE, reply.writer.content_type());
     if compression.enabled {
         response = response.header(VARY, HeaderValue::from_static("accept-encoding"));

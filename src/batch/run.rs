@@ -38,7 +38,7 @@ use batchgate_wire::ContentId;
 
 /// One part, as the read stage hands it over.
 #[derive(Debug)]
-pub struct Job {
+pub(crate) struct Job {
     pub index: usize,
     pub content_id: Option<ContentId>,
     /// The route's prefix, labelling its metrics; empty for a part never routed.
@@ -48,7 +48,7 @@ pub struct Job {
 
 /// What a part needs done.
 #[derive(Debug)]
-pub enum Work {
+pub(crate) enum Work {
     /// Refused before going anywhere (parsing, routing): answered with this error.
     Refused(PartError),
     /// Sent upstream through its route's stack.
@@ -57,7 +57,7 @@ pub enum Work {
 
 /// A routed part: its request, its route's stack, and the permits it takes first.
 #[derive(Debug)]
-pub struct Forward {
+pub(crate) struct Forward {
     pub request: Box<PartRequest>,
     pub service: PartService,
     pub permits: Permits,
@@ -65,7 +65,7 @@ pub struct Forward {
 
 /// A batch's scheduling limits.
 #[derive(Debug, Clone, Copy)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Parts started but not yet taken by the writer.
     pub window: usize,
     /// Parts of this batch talking to upstreams at once.
@@ -77,7 +77,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn new(limits: &Limits, arrival: Instant) -> Settings {
+    pub(crate) fn new(limits: &Limits, arrival: Instant) -> Settings {
         Settings {
             window: limits.window,
             concurrency: limits.concurrency,
@@ -96,26 +96,26 @@ enum Input {
 
 /// The read stage's end of a running batch.
 #[derive(Debug)]
-pub struct Feed {
+pub(crate) struct Feed {
     input: mpsc::UnboundedSender<Input>,
 }
 
 impl Feed {
     /// Hands over the next part, in request order. The channel needs no bound of its own: the read stage
     /// stops at `limits.max_parts`.
-    pub fn push(&self, job: Job) {
+    pub(crate) fn push(&self, job: Job) {
         let _ = self.input.send(Input::Part(job));
     }
 
     /// Accepts the batch. Dropping the feed without committing refuses it: the scheduler stops, cancelling
     /// what it started.
-    pub fn commit(self) {
+    pub(crate) fn commit(self) {
         let _ = self.input.send(Input::Commit);
     }
 }
 
 /// Starts a batch's scheduler. Its answers, rendered by `writer`, come out of the receiver in request order.
-pub fn start(
+pub(crate) fn start(
     settings: Settings,
     writer: ReplyWriter,
     telemetry: Telemetry,
@@ -144,7 +144,7 @@ pub fn start(
 
 /// Where a batch's parts are counted and timed.
 #[derive(Debug, Clone)]
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     pub metrics: Arc<Metrics>,
     pub observer: Arc<Observer>,
     pub batch: Arc<BatchTimeline>,

@@ -4,17 +4,17 @@
 //! `multipart/mixed` (the Google APIs batch format) is the one format today; a JSON batch format will be a
 //! second module here, chosen by [`open`] from the request's `Content-Type`.
 
-pub mod multipart;
+pub(crate) mod multipart;
 
 use bytes::Bytes;
 
 use crate::error::BatchError;
 use batchgate_wire::PartLimits;
 
-pub use multipart::{PartReader, ReplyWriter};
+pub(crate) use multipart::{PartReader, ReplyWriter};
 
 /// The reader and writer for a batch whose `Content-Type` is `content_type`.
-pub fn open(
+pub(crate) fn open(
     content_type: Option<&str>,
     max_part_bytes: u64,
     part_limits: PartLimits,
@@ -26,7 +26,7 @@ pub fn open(
 
 /// A rendered reply part, in the order its bytes go out.
 #[derive(Debug)]
-pub enum Rendered {
+pub(crate) enum Rendered {
     /// In one buffer.
     Whole(Bytes),
     /// A large body as its upstream sent it, not copied: the part's head, the body's pieces, the part's end.

@@ -21,14 +21,14 @@ const ZERO_COPY_BODY: usize = 16 * 1024;
 
 /// Reads parts out of a request body as its bytes arrive.
 #[derive(Debug)]
-pub struct PartReader {
+pub(crate) struct PartReader {
     splitter: PartSplitter,
     limits: PartLimits,
 }
 
 impl PartReader {
     /// A reader for a body of this `Content-Type`: `multipart/mixed` with a boundary, or the batch is refused.
-    pub fn new(
+    pub(crate) fn new(
         content_type: &str,
         max_part_bytes: u64,
         limits: PartLimits,
@@ -41,12 +41,12 @@ impl PartReader {
     }
 
     /// Takes the next piece of the body.
-    pub fn push(&mut self, bytes: &[u8]) {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
         self.splitter.push(bytes);
     }
 
     /// The next complete part, parsed; `None` when more bytes are needed or the body is closed.
-    pub fn next_part(&mut self) -> Result<Option<ParsedPart>, FramingError> {
+    pub(crate) fn next_part(&mut self) -> Result<Option<ParsedPart>, FramingError> {
         Ok(self
             .splitter
             .next_part()?
@@ -54,12 +54,12 @@ impl PartReader {
     }
 
     /// Whether the body's end (the close delimiter) has been read.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.splitter.is_closed()
     }
 
     /// Checks that the body ended where a batch may end.
-    pub fn finish(&self) -> Result<(), FramingError> {
+    pub(crate) fn finish(&self) -> Result<(), FramingError> {
         self.splitter.finish()
     }
 }
@@ -67,7 +67,7 @@ impl PartReader {
 /// Renders reply parts under a boundary drawn at random for each reply (from the thread's CSPRNG, about
 /// 190 bits), so that no upstream body can contain it and forge parts.
 #[derive(Debug, Clone)]
-pub struct ReplyWriter {
+pub(crate) struct ReplyWriter {
     boundary: String,
 }
 
@@ -78,7 +78,7 @@ impl Default for ReplyWriter {
 }
 
 impl ReplyWriter {
-    pub fn new() -> ReplyWriter {
+    pub(crate) fn new() -> ReplyWriter {
         let boundary = rand::rng()
             .sample_iter(Alphanumeric)
             .take(32)
@@ -88,13 +88,13 @@ impl ReplyWriter {
     }
 
     /// The reply's `Content-Type`.
-    pub fn content_type(&self) -> HeaderValue {
+    pub(crate) fn content_type(&self) -> HeaderValue {
         HeaderValue::from_str(&format!("multipart/mixed; boundary={}", self.boundary))
             .expect("an alphanumeric boundary")
     }
 
     /// One part answered by its upstream.
-    pub fn response(
+    pub(crate) fn response(
         &self,
         content_id: Option<&ContentId>,
         response: &UpstreamResponse,
@@ -130,7 +130,7 @@ impl ReplyWriter {
     }
 
     /// One failed part, with its JSON error body.
-    pub fn error(&self, content_id: Option<&ContentId>, error: &PartError) -> Rendered {
+    pub(crate) fn error(&self, content_id: Option<&ContentId>, error: &PartError) -> Rendered {
         let mut headers = HeaderMap::with_capacity(2);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(wait) = error.retry_after() {
@@ -153,7 +153,7 @@ impl ReplyWriter {
     }
 
     /// What ends the reply.
-    pub fn close(&self) -> Bytes {
+    pub(crate) fn close(&self) -> Bytes {
         let mut out = BytesMut::new();
         write_close(&mut out, &self.boundary);
         out.freeze()

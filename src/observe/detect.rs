@@ -12,7 +12,7 @@ const MIN_BASELINE: u64 = 20;
 
 /// A bottleneck found, and what to do about it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Bottleneck {
+pub(crate) struct Bottleneck {
     pub kind: &'static str,
     pub detail: String,
     pub recommendation: String,
@@ -20,7 +20,7 @@ pub struct Bottleneck {
 
 /// What the detectors look at for one route.
 #[derive(Debug)]
-pub struct Figures<'a> {
+pub(crate) struct Figures<'a> {
     pub route: &'a str,
     /// The last ten seconds.
     pub recent: Summary,
@@ -32,7 +32,7 @@ pub struct Figures<'a> {
 }
 
 /// The most pressing bottleneck of a route, if any.
-pub fn detect(f: &Figures<'_>) -> Option<Bottleneck> {
+pub(crate) fn detect(f: &Figures<'_>) -> Option<Bottleneck> {
     let (recent, baseline, route) = (&f.recent, &f.baseline, f.route);
     if recent.parts < MIN_RECENT {
         return None;

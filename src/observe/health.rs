@@ -11,7 +11,7 @@ use crate::config::UpstreamSettings;
 
 /// A copy of an upstream address's passive health (the balancer's pool makes it).
 #[derive(Debug, Clone, Copy)]
-pub struct HealthView {
+pub(crate) struct HealthView {
     /// Failures in a row since the last success.
     pub failures: u32,
     /// Ejections in a row without a success in between.
@@ -25,7 +25,7 @@ pub struct HealthView {
 /// Whether the balancer sends an address parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum AddressState {
+pub(crate) enum AddressState {
     /// In rotation (it may have failed fewer than `upstream.eject_after` times in a row).
     Healthy,
     /// Out until `ejected_until_unix_ms`.
@@ -38,7 +38,7 @@ pub enum AddressState {
 
 /// One address of a route's upstreams.
 #[derive(Debug, Clone, Serialize)]
-pub struct AddressHealth {
+pub(crate) struct AddressHealth {
     /// The upstream as configured, with the address when it is a name (`api.internal:80 (10.0.0.5:80)`).
     pub upstream: String,
     pub address: SocketAddr,
@@ -57,7 +57,7 @@ pub struct AddressHealth {
 
 impl AddressHealth {
     /// Describes a pool's health `view` at `now`.
-    pub fn describe(
+    pub(crate) fn describe(
         upstream: &str,
         address: SocketAddr,
         view: HealthView,

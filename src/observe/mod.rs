@@ -3,11 +3,11 @@
 //! batches with a timeline per part ([`timeline`]), each upstream address's passive health ([`health`]).
 //! `/admin/stats` and `/admin/dashboard` read it.
 
-pub mod detect;
-pub mod health;
-pub mod timeline;
-pub mod trace;
-pub mod window;
+pub(crate) mod detect;
+pub(crate) mod health;
+pub(crate) mod timeline;
+pub(crate) mod trace;
+pub(crate) mod window;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -29,7 +29,7 @@ const TUNING_HISTORY: usize = 200;
 
 /// One per process: a reload keeps what was observed.
 #[derive(Debug)]
-pub struct Observer {
+pub(crate) struct Observer {
     start: Instant,
     routes: Mutex<HashMap<String, Arc<RouteWindow>>>,
     batches: Mutex<VecDeque<Arc<BatchTimeline>>>,
@@ -51,7 +51,7 @@ impl Default for Observer {
 
 /// A change of a route's concurrency limit.
 #[derive(Debug, Clone, Serialize)]
-pub struct TuningEvent {
+pub(crate) struct TuningEvent {
     /// Unix time in milliseconds.
     pub at: u64,
     pub route: String,
@@ -62,7 +62,7 @@ pub struct TuningEvent {
 
 /// One route in `/admin/stats`.
 #[derive(Debug, Serialize)]
-pub struct RouteStats {
+pub(crate) struct RouteStats {
     pub route: String,
     /// The last 60 seconds.
     pub requests: u64,
@@ -83,7 +83,7 @@ pub struct RouteStats {
 
 /// What a route is, for its stats.
 #[derive(Debug)]
-pub struct RouteState {
+pub(crate) struct RouteState {
     pub route: String,
     pub in_flight: usize,
     pub adaptive: bool,
@@ -92,7 +92,7 @@ pub struct RouteState {
 
 /// The whole of `/admin/stats`.
 #[derive(Debug, Serialize)]
-pub struct Stats {
+pub(crate) struct Stats {
     pub routes: Vec<RouteStats>,
     pub in_flight: usize,
     pub max_inflight: usize,
@@ -115,19 +115,24 @@ impl Observer {
     }
 
     /// Counts a finished part of `route`.
-    pub fn record(&self, route: &str, sample: Sample) {
+    pub(crate) fn record(&self, route: &str, sample: Sample) {
         if !route.is_empty() {
             self.window(route).record(self.now(), sample);
         }
     }
 
     /// Notes a route's concurrency limit now (at build, and when it is tuned).
-    pub fn set_limit(&self, route: &str, limit: usize) {
+    pub(crate) fn set_limit(&self, route: &str, limit: usize) {
         self.window(route).set_limit(limit);
     }
 
     /// A new batch's timeline, kept among the recent ones with its first `keep_parts` parts'.
-    pub fn batch(&self, peer: IpAddr, arrival: Instant, keep_parts: usize) -> Arc<BatchTimeline> {
+    pub(crate) fn batch(
+        &self,
+        peer: IpAddr,
+        arrival: Instant,
+        keep_parts: usize,
+    ) -> Arc<BatchTimeline> {
         let id = self.next_batch.fetch_add(1, Ordering::Relaxed);
         let batch = Arc::new(BatchTimeline::new(id, arrival, peer, keep_parts));
         let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
@@ -139,7 +144,7 @@ impl Observer {
     }
 
     /// Notes a change of a route's concurrency limit.
-    pub fn tuned(&self, route: &str, from: usize, to: usize, reason: String) {
+    pub(crate) fn tuned(&self, route: &str, from: usize, to: usize, reason: String) {
         let at = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -157,7 +162,7 @@ impl Observer {
     }
 
     /// The stats of these routes now.
-    pub fn stats(
+    pub(crate) fn stats(
         &self,
         routes: &[RouteState],
         in_flight: usize,

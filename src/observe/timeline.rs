@@ -20,7 +20,7 @@ const UNSET: u32 = u32::MAX;
 
 /// One part's marks.
 #[derive(Debug)]
-pub struct PartTimeline {
+pub(crate) struct PartTimeline {
     arrival: Instant,
     route: Arc<str>,
     /// `None` for a part refused before its request was read.
@@ -42,7 +42,7 @@ type StatusClasses = [AtomicU32; 6];
 
 /// The stages a part goes through.
 #[derive(Debug, Clone, Copy)]
-pub enum Mark {
+pub(crate) enum Mark {
     /// Started: waiting for permits.
     Queued,
     /// Its request went to an upstream (the first try).
@@ -78,7 +78,7 @@ impl PartTimeline {
     }
 
     /// Sets `mark` to now, unless it is set already (a retry keeps the first `sent`).
-    pub fn mark(&self, mark: Mark) {
+    pub(crate) fn mark(&self, mark: Mark) {
         let micros = u32::try_from(self.arrival.elapsed().as_micros()).unwrap_or(UNSET - 1);
         let slot = match mark {
             Mark::Queued => &self.queued,
@@ -91,14 +91,14 @@ impl PartTimeline {
     }
 
     /// The status the client got; set once, when the part is answered.
-    pub fn set_status(&self, status: u16) {
+    pub(crate) fn set_status(&self, status: u16) {
         self.status.store(status, Ordering::Relaxed);
         let class = usize::from(status / 100).clamp(1, 5);
         self.statuses[class].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Time from the part's start (`Queued`) until now.
-    pub fn elapsed_since_queued(&self) -> std::time::Duration {
+    pub(crate) fn elapsed_since_queued(&self) -> std::time::Duration {
         let queued = self.queued.load(Ordering::Relaxed);
         let start = if queued == UNSET { 0 } else { queued };
         self.arrival
@@ -107,7 +107,7 @@ impl PartTimeline {
     }
 
     /// Adds time spent waiting for a permit.
-    pub fn waited(&self, wait: std::time::Duration) {
+    pub(crate) fn waited(&self, wait: std::time::Duration) {
         let micros = u32::try_from(wait.as_micros()).unwrap_or(u32::MAX);
         let _ = self
             .waited
@@ -117,7 +117,7 @@ impl PartTimeline {
     }
 
     /// Microseconds the part waited for permits.
-    pub fn waited_micros(&self) -> u32 {
+    pub(crate) fn waited_micros(&self) -> u32 {
         self.waited.load(Ordering::Relaxed)
     }
 
@@ -147,7 +147,7 @@ impl PartTimeline {
 
 /// One batch: who sent it, when, and its parts' timelines.
 #[derive(Debug)]
-pub struct BatchTimeline {
+pub(crate) struct BatchTimeline {
     pub id: u64,
     arrival: Instant,
     arrived_at: SystemTime,
@@ -166,7 +166,7 @@ pub struct BatchTimeline {
 
 impl BatchTimeline {
     /// A batch that keeps the timelines of its first `keep` parts.
-    pub fn new(id: u64, arrival: Instant, peer: IpAddr, keep: usize) -> BatchTimeline {
+    pub(crate) fn new(id: u64, arrival: Instant, peer: IpAddr, keep: usize) -> BatchTimeline {
         BatchTimeline {
             id,
             arrival,
@@ -182,7 +182,11 @@ impl BatchTimeline {
     }
 
     /// A part's timeline, added in request order (kept among the batch's if there is room).
-    pub fn part(&self, route: Arc<str>, method: Option<Method>) -> std::sync::Arc<PartTimeline> {
+    pub(crate) fn part(
+        &self,
+        route: Arc<str>,
+        method: Option<Method>,
+    ) -> std::sync::Arc<PartTimeline> {
         let part = std::sync::Arc::new(PartTimeline::new(
             self.arrival,
             route,
@@ -199,13 +203,13 @@ impl BatchTimeline {
     }
 
     /// Marks the `index`th part (in request order).
-    pub fn mark(&self, index: usize, mark: Mark) {
+    pub(crate) fn mark(&self, index: usize, mark: Mark) {
         if let Some(part) = self.lock().get(index) {
             part.mark(mark);
         }
     }
 
-    pub fn finish(&self, status: u16) {
+    pub(crate) fn finish(&self, status: u16) {
         self.status.store(status, Ordering::Relaxed);
         let micros = u64::try_from(self.arrival.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.finished.store(micros.max(1), Ordering::Relaxed);
@@ -216,7 +220,7 @@ impl BatchTimeline {
     }
 
     /// The parts' statuses by class, as `2xx=18 4xx=2` (all parts, kept or not).
-    pub fn status_counts(&self) -> String {
+    pub(crate) fn status_counts(&self) -> String {
         let mut counts: Vec<u32> = self
             .statuses
             .iter()
@@ -238,12 +242,12 @@ impl BatchTimeline {
     }
 
     /// Milliseconds from arrival until the reply's last byte was handed over, once it has been.
-    pub fn duration_ms(&self) -> Option<f64> {
+    pub(crate) fn duration_ms(&self) -> Option<f64> {
         let finished = self.finished.load(Ordering::Relaxed);
         (finished != 0).then(|| finished as f64 / 1000.0)
     }
 
-    pub fn view(&self) -> BatchView {
+    pub(crate) fn view(&self) -> BatchView {
         let status = self.status.load(Ordering::Relaxed);
         BatchView {
             id: self.id,
@@ -267,7 +271,7 @@ impl BatchTimeline {
 
 /// A batch as `/admin/stats` shows it.
 #[derive(Debug, Serialize)]
-pub struct BatchView {
+pub(crate) struct BatchView {
     pub id: u64,
     pub arrived_unix_ms: u64,
     pub peer: String,
@@ -280,7 +284,7 @@ pub struct BatchView {
 
 /// A part's marks, in milliseconds from its batch's arrival.
 #[derive(Debug, Serialize)]
-pub struct PartView {
+pub(crate) struct PartView {
     pub index: usize,
     pub route: String,
     pub method: String,

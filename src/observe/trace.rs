@@ -6,16 +6,20 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use rand::Rng;
 
-pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The trace a batch belongs to.
 #[derive(Debug, Clone)]
-pub struct TraceContext {
+pub(crate) struct TraceContext {
     pub trace_id: [u8; 16],
     /// The batch's own span.
     pub span_id: [u8; 8],
-    /// The caller's span, when the batch joined a trace.
+    /// The caller's span, when the batch joined a trace: the exported batch span's parent.
+    #[cfg_attr(
+        not(feature = "otel"),
+        allow(dead_code, reason = "read by the OTLP exporter (the otel feature)")
+    )]
     pub parent: Option<[u8; 8]>,
     pub flags: u8,
     /// The caller's `tracestate`, passed on as it came.
@@ -24,7 +28,7 @@ pub struct TraceContext {
 
 impl TraceContext {
     /// Joins the trace of a valid `traceparent` among `headers`, or starts a new, sampled one.
-    pub fn from_headers(headers: &HeaderMap) -> TraceContext {
+    pub(crate) fn from_headers(headers: &HeaderMap) -> TraceContext {
         let mut rng = rand::rng();
         let span_id = nonzero(|| rng.random());
         let joined = headers
@@ -49,22 +53,22 @@ impl TraceContext {
         }
     }
 
-    pub fn trace_id_hex(&self) -> String {
+    pub(crate) fn trace_id_hex(&self) -> String {
         hex(&self.trace_id)
     }
 
-    pub fn span_id_hex(&self) -> String {
+    pub(crate) fn span_id_hex(&self) -> String {
         hex(&self.span_id)
     }
 
     /// A new span of the trace for one part, and the `traceparent` its upstream gets.
-    pub fn child(&self) -> ([u8; 8], HeaderValue) {
+    pub(crate) fn child(&self) -> ([u8; 8], HeaderValue) {
         let span: [u8; 8] = nonzero(|| rand::rng().random());
         (span, self.traceparent(span))
     }
 
     /// The `traceparent` naming `span` in this trace.
-    pub fn traceparent(&self, span: [u8; 8]) -> HeaderValue {
+    pub(crate) fn traceparent(&self, span: [u8; 8]) -> HeaderValue {
         // Written in place, once per part: no formatting machinery, no intermediate strings.
         let mut value = *b"00-________________________________-________________-__";
         hex_into(&mut value[3..35], &self.trace_id);
@@ -101,7 +105,7 @@ fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     let mut out = vec![0; bytes.len() * 2];
     hex_into(&mut out, bytes);
     String::from_utf8(out).expect("hex digits")

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde::Serialize;
 
 /// Seconds kept.
-pub const SECONDS: usize = 120;
+pub(crate) const SECONDS: usize = 120;
 /// Latency buckets: bucket `i` holds latencies below 2^(i+1) microseconds (the last: everything above).
 const LATENCY_BUCKETS: usize = 26;
 
@@ -28,7 +28,7 @@ struct Second {
 
 /// One route's window.
 #[derive(Debug)]
-pub struct RouteWindow {
+pub(crate) struct RouteWindow {
     seconds: Mutex<Vec<Second>>,
     /// The route's concurrency limit now; each second records the one in force.
     limit: AtomicUsize,
@@ -45,7 +45,7 @@ impl Default for RouteWindow {
 
 /// One finished part, as the window counts it.
 #[derive(Debug, Clone, Copy)]
-pub struct Sample {
+pub(crate) struct Sample {
     pub elapsed_us: u64,
     pub queued_us: u64,
     pub error: bool,
@@ -55,7 +55,7 @@ pub struct Sample {
 
 /// Figures over a span of seconds.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub parts: u64,
     /// Parts per second over the span.
     pub rate: f64,
@@ -71,7 +71,7 @@ pub struct Summary {
 
 /// One second of the series the dashboard draws.
 #[derive(Debug, Clone, Copy, Serialize)]
-pub struct Point {
+pub(crate) struct Point {
     /// Seconds before now (0 is the current second).
     pub ago: u64,
     pub parts: u64,
@@ -81,15 +81,15 @@ pub struct Point {
 }
 
 impl RouteWindow {
-    pub fn set_limit(&self, limit: usize) {
+    pub(crate) fn set_limit(&self, limit: usize) {
         self.limit.store(limit, Ordering::Relaxed);
     }
 
-    pub fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         self.limit.load(Ordering::Relaxed)
     }
 
-    pub fn record(&self, now: u64, sample: Sample) {
+    pub(crate) fn record(&self, now: u64, sample: Sample) {
         let mut seconds = self.lock();
         let slot = &mut seconds[(now % SECONDS as u64) as usize];
         if slot.at != now || slot.parts == 0 {
@@ -108,7 +108,7 @@ impl RouteWindow {
     }
 
     /// Figures over the seconds `from_ago..to_ago` before `now` (0 is the current second; `to_ago` excluded).
-    pub fn summary(&self, now: u64, from_ago: u64, to_ago: u64) -> Summary {
+    pub(crate) fn summary(&self, now: u64, from_ago: u64, to_ago: u64) -> Summary {
         let seconds = self.lock();
         let mut total = Second::default();
         for ago in from_ago..to_ago {
@@ -143,7 +143,7 @@ impl RouteWindow {
     }
 
     /// The last `n` seconds, oldest first.
-    pub fn series(&self, now: u64, n: u64) -> Vec<Point> {
+    pub(crate) fn series(&self, now: u64, n: u64) -> Vec<Point> {
         let current_limit = self.limit();
         let seconds = self.lock();
         (0..n.min(SECONDS as u64))

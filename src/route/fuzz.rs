@@ -34,7 +34,7 @@ upstream = "http://127.0.0.1:9004"
 /// - the route's prefix matches it on a segment boundary;
 /// - for an origin-form target, an upstream that decodes every escape (`%2F` included), reads `\` as `/` and
 ///   resolves dot segments still lands in the same route, or in none of the others.
-pub fn route(data: &[u8]) {
+pub(crate) fn route(data: &[u8]) {
     let [flags, target @ ..] = data else {
         return;
     };

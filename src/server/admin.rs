@@ -3,7 +3,7 @@
 //!
 //! - `GET /metrics`: the OpenMetrics text (the main listener serves it too only without `[admin]`, or with
 //!   `admin.public_metrics`);
-//! - `GET /admin/stats`: [`crate::observe::Stats`] as JSON (per-route figures and series, each upstream
+//! - `GET /admin/stats`: the observations as JSON ([`Gateway::stats_json`](crate::Gateway::stats_json)) (per-route figures and series, each upstream
 //!   address's health, bottlenecks, the tuning history, the last batches' timelines);
 //! - `GET /admin/dashboard`: one self-contained HTML page that polls `/admin/stats` every second and draws it;
 //! - `POST /admin/reload`: reloads the config file like SIGHUP does, and says what happened;

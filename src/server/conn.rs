@@ -37,7 +37,7 @@ use crate::response::{BoxError, Chunk, ReplyBody, json_error};
 
 /// Every open client connection.
 #[derive(Debug, Default)]
-pub struct Registry {
+pub(super) struct Registry {
     connections: Mutex<HashMap<u64, Arc<Conn>>>,
     next_id: AtomicU64,
 }
@@ -54,7 +54,7 @@ const ENDED: u8 = 3;
 const EVICTED: u8 = 4;
 
 impl Registry {
-    pub fn open(self: &Arc<Self>) -> Registered {
+    pub(super) fn open(self: &Arc<Self>) -> Registered {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn {
             active: AtomicUsize::new(0),
@@ -74,7 +74,7 @@ impl Registry {
     }
 
     /// The house is full: closes the quiet connection idle the longest. `false` when none is quiet.
-    pub fn make_room(&self) -> bool {
+    pub(super) fn make_room(&self) -> bool {
         let mut quiet: Vec<(Instant, Arc<Conn>)> = self
             .lock()
             .values()
@@ -104,7 +104,7 @@ impl Registry {
 
 /// One connection's state.
 #[derive(Debug)]
-pub struct Conn {
+pub(super) struct Conn {
     /// Requests in progress, from the head read until the response body is done or dropped.
     active: AtomicUsize,
     /// Requests begun so far.
@@ -131,7 +131,7 @@ impl Conn {
     }
 
     /// Marks a request begun; the guard ends it when dropped.
-    pub fn begin(self: &Arc<Self>) -> Active {
+    pub(super) fn begin(self: &Arc<Self>) -> Active {
         self.served.fetch_add(1, Ordering::Relaxed);
         // Heard until it ends, although its head may have come with the one before (pipelined) and been read
         // then: the buffer it came from may hold yet another.
@@ -186,7 +186,7 @@ impl Watch for Conn {
 
 /// A request in progress on its connection.
 #[derive(Debug)]
-pub struct Active(Arc<Conn>);
+pub(super) struct Active(Arc<Conn>);
 
 impl Drop for Active {
     fn drop(&mut self) {
@@ -204,7 +204,7 @@ impl Drop for Active {
 
 /// A connection's entry in the registry, removed when dropped.
 #[derive(Debug)]
-pub struct Registered {
+pub(super) struct Registered {
     registry: Arc<Registry>,
     id: u64,
     pub conn: Arc<Conn>,
@@ -218,7 +218,7 @@ impl Drop for Registered {
 
 /// How long connections may stay without a request in progress.
 #[derive(Debug, Clone, Copy)]
-pub struct Idle {
+pub(super) struct Idle {
     /// Before the first request head is complete.
     pub first_request: Duration,
     /// Between requests.
@@ -227,7 +227,7 @@ pub struct Idle {
 
 impl Registered {
     /// Resolves when the connection should be closed for idling, or to make room for another client.
-    pub async fn expired(&self, idle: Idle) {
+    pub(super) async fn expired(&self, idle: Idle) {
         let conn = &self.conn;
         loop {
             let changed = conn.changed.notified();
@@ -264,7 +264,7 @@ impl Registered {
 /// closes so that the client can read that answer: its write side first, then what the client still sends is
 /// read and dropped (closing with unread bytes would reset the connection, and the answer with it). All of it
 /// by `until`.
-pub async fn refuse<S>(io: S, max_connections: usize, until: Instant)
+pub(super) async fn refuse<S>(io: S, max_connections: usize, until: Instant)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -297,14 +297,14 @@ where
 
 /// A response body that keeps its request counted as in progress until it is done or dropped, and keeps the
 /// gateway that serves it (a reload swaps in another one for new requests only).
-pub struct Tracked {
+pub(super) struct Tracked {
     inner: ReplyBody,
     _active: Active,
     _served: Arc<Served>,
 }
 
 impl Tracked {
-    pub fn new(inner: ReplyBody, active: Active, served: Arc<Served>) -> Tracked {
+    pub(super) fn new(inner: ReplyBody, active: Active, served: Arc<Served>) -> Tracked {
         Tracked {
             inner,
             _active: active,

@@ -155,7 +155,7 @@ impl Cors {
 
 /// An origin as browsers serialise it: lowercase scheme and host, the port only when it is not the scheme's
 /// default, no trailing slash. `None` for what is not an `http(s)://host[:port]` origin (`null`, say).
-pub fn canonical_origin(origin: &str) -> Option<String> {
+pub(crate) fn canonical_origin(origin: &str) -> Option<String> {
     let uri: http::Uri = origin.trim_end_matches('/').parse().ok()?;
     let scheme = uri.scheme_str()?.to_ascii_lowercase();
     let default_port = match scheme.as_str() {

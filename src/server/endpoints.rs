@@ -18,7 +18,7 @@ use crate::gateway::Gateway;
 use crate::response::{ReplyBody, error_response, full};
 
 /// Answers one request; `tls` says whether it came over HTTPS.
-pub async fn dispatch(
+pub(super) async fn dispatch(
     served: &Served,
     request: Request<Incoming>,
     peer: SocketAddr,
@@ -71,8 +71,8 @@ pub async fn dispatch(
 }
 
 /// `GET /metrics`, on the main listener and on the admin one: the OpenMetrics text of the counters and gauges.
-pub fn metrics(gateway: &Gateway) -> Response<ReplyBody> {
-    let mut response = Response::new(full(gateway.metrics.render(&gateway.gauges())));
+pub(super) fn metrics(gateway: &Gateway) -> Response<ReplyBody> {
+    let mut response = Response::new(full(gateway.metrics_text()));
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

@@ -17,7 +17,7 @@ use tokio::time::Sleep;
 
 /// Told when a connection's writes block (the client is not reading fast enough) and when they move again,
 /// and asked before each read.
-pub trait Watch: std::fmt::Debug + Send + Sync {
+pub(crate) trait Watch: std::fmt::Debug + Send + Sync {
     fn blocked(&self, blocked: bool);
     /// A read is about to be tried; `false` ends the stream instead (the connection was closed to make room).
     fn before_read(&self) -> bool;
@@ -27,7 +27,7 @@ pub trait Watch: std::fmt::Debug + Send + Sync {
 
 /// Fails a write (or flush) that has made no progress for `timeout`.
 #[derive(Debug)]
-pub struct WriteDeadline<S> {
+pub(crate) struct WriteDeadline<S> {
     inner: S,
     timeout: Duration,
     /// Armed while a write is blocked; disarmed by any progress.
@@ -36,7 +36,7 @@ pub struct WriteDeadline<S> {
 }
 
 impl<S> WriteDeadline<S> {
-    pub fn new(inner: S, timeout: Duration) -> WriteDeadline<S> {
+    pub(crate) fn new(inner: S, timeout: Duration) -> WriteDeadline<S> {
         WriteDeadline {
             inner,
             timeout,
@@ -46,7 +46,7 @@ impl<S> WriteDeadline<S> {
     }
 
     /// Reports to `watch` each time writes block and each time they move again, and asks it before each read.
-    pub fn watched(mut self, watch: Arc<dyn Watch>) -> WriteDeadline<S> {
+    pub(crate) fn watched(mut self, watch: Arc<dyn Watch>) -> WriteDeadline<S> {
         self.watch = Some(watch);
         self
     }

@@ -9,10 +9,10 @@
 mod accept;
 pub mod admin;
 mod conn;
-pub mod cors;
+pub(crate) mod cors;
 mod endpoints;
-pub mod io;
-pub mod live;
+pub(crate) mod io;
+mod live;
 
 use std::convert::Infallible;
 use std::future::Future;

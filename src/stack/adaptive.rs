@@ -39,7 +39,7 @@ const MIN_RTT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// One route's limit and the parts it lets through.
 #[derive(Debug)]
-pub struct AdaptiveLimiter {
+pub(crate) struct AdaptiveLimiter {
     route: Arc<str>,
     state: Mutex<State>,
     room: Notify,
@@ -62,7 +62,7 @@ struct State {
 }
 
 impl AdaptiveLimiter {
-    pub fn new(
+    pub(crate) fn new(
         route: Arc<str>,
         bounds: AdaptiveConcurrency,
         observer: Arc<Observer>,
@@ -87,11 +87,11 @@ impl AdaptiveLimiter {
         }
     }
 
-    pub fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         self.lock().limit
     }
 
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.lock().in_flight
     }
 
@@ -101,7 +101,7 @@ impl AdaptiveLimiter {
 
     /// Takes a reloaded route's bounds: the limit (and the one to go back to after measuring) is moved
     /// inside them; parts in flight stay counted.
-    pub fn set_bounds(&self, bounds: AdaptiveConcurrency) {
+    pub(crate) fn set_bounds(&self, bounds: AdaptiveConcurrency) {
         let mut state = self.lock();
         state.bounds = bounds;
         let from = state.limit;
@@ -205,12 +205,12 @@ impl Drop for Slot {
 }
 
 #[derive(Debug, Clone)]
-pub struct AdaptiveLayer {
+pub(crate) struct AdaptiveLayer {
     limiter: Arc<AdaptiveLimiter>,
 }
 
 impl AdaptiveLayer {
-    pub fn new(limiter: Arc<AdaptiveLimiter>) -> AdaptiveLayer {
+    pub(crate) fn new(limiter: Arc<AdaptiveLimiter>) -> AdaptiveLayer {
         AdaptiveLayer { limiter }
     }
 }
@@ -227,7 +227,7 @@ impl<S> Layer<S> for AdaptiveLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct Adaptive<S> {
+pub(crate) struct Adaptive<S> {
     inner: S,
     limiter: Arc<AdaptiveLimiter>,
 }

@@ -27,7 +27,7 @@ use crate::error::PartError;
 
 /// One configured upstream: its origin and how to reach it over TLS.
 #[derive(Debug, Clone)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub origin: Origin,
     pub tls: Option<TlsTarget>,
 }
@@ -42,7 +42,7 @@ const REFUSALS: u32 = 32;
 
 /// A route's pools and how to choose among them. Cloned into every part's call.
 #[derive(Debug, Clone)]
-pub struct Balancer {
+pub(crate) struct Balancer {
     shared: Arc<Shared>,
 }
 
@@ -58,7 +58,11 @@ struct Shared {
 impl Balancer {
     /// Resolves the upstreams (blocking, once, at build) and starts re-resolving host names every
     /// `upstream.resolve_every` while the balancer lives.
-    pub fn new(upstreams: Vec<Upstream>, policy: Balance, settings: PoolSettings) -> Balancer {
+    pub(crate) fn new(
+        upstreams: Vec<Upstream>,
+        policy: Balance,
+        settings: PoolSettings,
+    ) -> Balancer {
         let mut addresses = Vec::new();
         for (i, upstream) in upstreams.iter().enumerate() {
             let origin = &upstream.origin;
@@ -111,7 +115,7 @@ impl Balancer {
 
     /// Takes over the passive health of `previous`'s pools at the same addresses of the same upstreams:
     /// a reload does not let an ejected address back in early.
-    pub fn carry_health(&self, previous: &Balancer) {
+    pub(crate) fn carry_health(&self, previous: &Balancer) {
         let before = previous.shared.pools();
         for pool in self.shared.pools().iter() {
             if let Some(old) = before
@@ -124,7 +128,7 @@ impl Balancer {
     }
 
     /// Whether some pool can take parts now (not ejected).
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         let now = Instant::now();
         self.shared.pools().iter().any(|e| e.available(now))
     }
@@ -365,7 +369,7 @@ impl Drop for Attempt<'_> {
 
 /// The addresses a part has been sent to, so that a retry goes elsewhere when it can.
 #[derive(Debug, Default)]
-pub struct Tried(Mutex<Vec<SocketAddr>>);
+pub(crate) struct Tried(Mutex<Vec<SocketAddr>>);
 
 impl Tried {
     fn list(&self) -> Vec<SocketAddr> {
@@ -441,7 +445,7 @@ fn is_ip(host: &str) -> bool {
 
 impl Balancer {
     /// Each address's passive health now, for `/admin/stats` (read-only).
-    pub fn health(&self) -> Vec<crate::observe::health::AddressHealth> {
+    pub(crate) fn health(&self) -> Vec<crate::observe::health::AddressHealth> {
         let now = Instant::now();
         self.shared
             .pools()

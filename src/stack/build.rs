@@ -30,7 +30,7 @@ use crate::tls::ClientTls;
 /// What every route's stack is built with besides its own entry: the gateway's settings, and the state its
 /// routes share (and a reload keeps).
 #[derive(Debug, Clone, Copy)]
-pub struct Shared<'a> {
+pub(crate) struct Shared<'a> {
     pub limits: &'a Limits,
     pub upstream: &'a UpstreamSettings,
     /// Where retries, upstream errors and response sizes are counted.
@@ -46,7 +46,7 @@ pub struct Shared<'a> {
 /// One route's stack and what the gateway asks of it besides calls: its permits, readiness, gauges and the
 /// state a reload carries over.
 #[derive(Debug)]
-pub struct RouteStack {
+pub(crate) struct RouteStack {
     prefix: String,
     /// The route's upstreams as one label: named in error messages and, with the prefix, the route's identity
     /// across reloads.
@@ -65,7 +65,7 @@ impl RouteStack {
     /// succeeds: its addresses' passive health is carried over, and its in-flight limit kept (shared) when the
     /// upstreams and the kind of limit are unchanged. Fails on certificate and key files that cannot be read
     /// or used.
-    pub fn build(
+    pub(crate) fn build(
         index: usize,
         route: &RouteConfig,
         shared: Shared<'_>,
@@ -195,32 +195,32 @@ impl RouteStack {
     }
 
     /// The route's prefix, as configured.
-    pub fn prefix(&self) -> &str {
+    pub(crate) fn prefix(&self) -> &str {
         &self.prefix
     }
 
     /// The stack parts routed here go through.
-    pub fn service(&self) -> PartService {
+    pub(crate) fn service(&self) -> PartService {
         self.service.clone()
     }
 
     /// The permits parts routed here take before entering the stack.
-    pub fn permits(&self) -> Permits {
+    pub(crate) fn permits(&self) -> Permits {
         self.limit.permits()
     }
 
     /// Whether some upstream address can take parts now (not all ejected, some resolved).
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.balancer.ready()
     }
 
     /// Sub-requests in flight to the route, and its limit now.
-    pub fn gauge(&self) -> (usize, usize) {
+    pub(crate) fn gauge(&self) -> (usize, usize) {
         self.limit.gauge()
     }
 
     /// The route as `/admin/stats` shows it.
-    pub fn state(&self) -> RouteState {
+    pub(crate) fn state(&self) -> RouteState {
         RouteState {
             route: self.prefix.clone(),
             in_flight: self.limit.gauge().0,
@@ -231,7 +231,7 @@ impl RouteStack {
 
     /// Sets the limit this route may share with the gateways this one succeeds to its own entry's: a tuned
     /// limit takes its bounds, a fixed one `max_inflight_per_upstream`.
-    pub fn take_over_limit(&self, limits: &Limits, observer: &Observer) {
+    pub(crate) fn take_over_limit(&self, limits: &Limits, observer: &Observer) {
         match &self.limit {
             RouteLimit::Adaptive(limiter) => {
                 // Built from this route: it has bounds.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-pub use batchgate_transport::TlsTarget;
+pub(crate) use batchgate_transport::TlsTarget;
 use batchgate_transport::{ConnectError, MaybeTlsStream, connect};
 use http::Uri;
 use hyper_util::rt::TokioIo;
@@ -22,7 +22,7 @@ use crate::response::BoxError;
 /// Connects to one address, whatever the request's URI says (the URI carries the upstream's name for the
 /// `Host` header and the pool; the balancer has already chosen the address).
 #[derive(Debug, Clone)]
-pub struct AddrConnector {
+pub(crate) struct AddrConnector {
     pub addr: SocketAddr,
     pub connect_timeout: Duration,
     pub tls: Option<TlsTarget>,
@@ -66,7 +66,7 @@ impl Service<Uri> for AddrConnector {
 /// No TCP connection: refused, unreachable, or not within `connect_timeout`; nothing was sent. Worded as
 /// its cause is ("Connection refused (os error 111)").
 #[derive(Debug)]
-pub struct TcpError(pub io::Error);
+pub(crate) struct TcpError(pub io::Error);
 
 impl std::fmt::Display for TcpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,7 +79,7 @@ impl std::error::Error for TcpError {}
 /// A failed TLS handshake: its message always says "certificate" where the certificate was the problem,
 /// as rustls words it ("invalid peer certificate: UnknownIssuer").
 #[derive(Debug)]
-pub struct TlsError(String);
+pub(crate) struct TlsError(String);
 
 impl std::fmt::Display for TlsError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -19,37 +19,37 @@ use crate::error::PartError;
 /// A fixed limit (`limits.max_inflight`, `max_batches`, a route's `max_inflight_per_upstream`) that a reload
 /// resizes in place: every gateway built since shares its semaphore.
 #[derive(Debug)]
-pub struct Capacity {
+pub(crate) struct Capacity {
     permits: Arc<Semaphore>,
     size: Mutex<usize>,
 }
 
 impl Capacity {
-    pub fn new(size: usize) -> Capacity {
+    pub(crate) fn new(size: usize) -> Capacity {
         Capacity {
             permits: Arc::new(Semaphore::new(size)),
             size: Mutex::new(size),
         }
     }
 
-    pub fn permits(&self) -> &Arc<Semaphore> {
+    pub(crate) fn permits(&self) -> &Arc<Semaphore> {
         &self.permits
     }
 
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         *self.size.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Permits held, as counted against the size: while a smaller size waits for permits to come back, it
     /// reads as full.
-    pub fn in_use(&self) -> usize {
+    pub(crate) fn in_use(&self) -> usize {
         self.size().saturating_sub(self.permits.available_permits())
     }
 
     /// Grows at once. Shrinks by forgetting free permits and, for those still held, by a task that waits
     /// first in line for them and forgets them as they come back: nobody new starts until fewer than `size`
     /// are held. Needs a Tokio runtime (a reload runs in one).
-    pub fn resize(&self, size: usize) {
+    pub(crate) fn resize(&self, size: usize) {
         let mut current = self.size.lock().unwrap_or_else(|e| e.into_inner());
         if size > *current {
             self.permits.add_permits(size - *current);
@@ -72,12 +72,12 @@ impl Capacity {
 }
 
 #[derive(Debug, Clone)]
-pub struct InflightLayer {
+pub(crate) struct InflightLayer {
     permits: Arc<Semaphore>,
 }
 
 impl InflightLayer {
-    pub fn new(permits: Arc<Semaphore>) -> InflightLayer {
+    pub(crate) fn new(permits: Arc<Semaphore>) -> InflightLayer {
         InflightLayer { permits }
     }
 }
@@ -95,7 +95,7 @@ impl<S> Layer<S> for InflightLayer {
 
 /// Holds one of `permits` for the duration of the inner call.
 #[derive(Debug, Clone)]
-pub struct Inflight<S> {
+pub(crate) struct Inflight<S> {
     inner: S,
     permits: Arc<Semaphore>,
 }

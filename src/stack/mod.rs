@@ -23,18 +23,18 @@
 //! Caching and metrics wrap the same call: they are layers to add here. The scheduler knows nothing of HTTP
 //! beyond calling a route's [`PartService`].
 
-pub mod adaptive;
-pub mod balance;
+pub(crate) mod adaptive;
+pub(crate) mod balance;
 mod build;
-pub mod connect;
-pub mod limit;
-pub mod policy;
-pub mod pool;
-pub mod ratelimit;
-pub mod retry;
-pub mod rewrite;
-pub mod rules;
-pub mod timeout;
+pub(crate) mod connect;
+pub(crate) mod limit;
+pub(crate) mod policy;
+pub(crate) mod pool;
+pub(crate) mod ratelimit;
+pub(crate) mod retry;
+pub(crate) mod rewrite;
+pub(crate) mod rules;
+pub(crate) mod timeout;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,16 +52,16 @@ use crate::observe::timeline::PartTimeline;
 use crate::observe::trace::TraceContext;
 use balance::Tried;
 use batchgate_wire::Framing;
-pub use build::{RouteStack, Shared};
+pub(crate) use build::{RouteStack, Shared};
 use ratelimit::ClientKey;
 use timeout::Deadline;
 
 /// A route's whole stack, type-erased so that every route's can be held and called alike.
-pub type PartService = BoxCloneSyncService<PartRequest, UpstreamResponse, PartError>;
+pub(crate) type PartService = BoxCloneSyncService<PartRequest, UpstreamResponse, PartError>;
 
 /// One routed part on its way upstream.
 #[derive(Debug)]
-pub struct PartRequest {
+pub(crate) struct PartRequest {
     /// The part's position in its batch: every error names it.
     pub index: usize,
     pub method: Method,
@@ -105,14 +105,14 @@ impl PartRequest {
 
     /// Safe methods (RFC 9110 9.2.1) may run before the whole batch is in: if the batch is then refused,
     /// nothing they did can have changed anything.
-    pub fn is_safe(&self) -> bool {
+    pub(crate) fn is_safe(&self) -> bool {
         matches!(self.method, Method::GET | Method::HEAD | Method::OPTIONS)
     }
 }
 
 /// An upstream's complete answer to one part.
 #[derive(Debug)]
-pub struct UpstreamResponse {
+pub(crate) struct UpstreamResponse {
     pub status: StatusCode,
     /// Without hop-by-hop headers. A `Content-Length` here is used only when `framing` is `AsIs`.
     pub headers: HeaderMap,
@@ -126,7 +126,7 @@ pub struct UpstreamResponse {
 
 /// What every part of one batch shares on its way upstream.
 #[derive(Debug)]
-pub struct BatchScope {
+pub(crate) struct BatchScope {
     pub headers: BatchHeaders,
     pub budget: ResponseBudget,
     /// Who sent the batch, for the rate limit: its address key (a part sent with credentials may be keyed by
@@ -138,29 +138,29 @@ pub struct BatchScope {
 
 /// Response bytes one batch may still receive from upstreams (`limits.max_batch_response_bytes`).
 #[derive(Debug)]
-pub struct ResponseBudget {
+pub(crate) struct ResponseBudget {
     left: AtomicU64,
     limit: u64,
 }
 
 impl ResponseBudget {
-    pub fn new(limit: u64) -> ResponseBudget {
+    pub(crate) fn new(limit: u64) -> ResponseBudget {
         ResponseBudget {
             left: AtomicU64::new(limit),
             limit,
         }
     }
 
-    pub fn left(&self) -> u64 {
+    pub(crate) fn left(&self) -> u64 {
         self.left.load(Ordering::Relaxed)
     }
 
-    pub fn limit(&self) -> u64 {
+    pub(crate) fn limit(&self) -> u64 {
         self.limit
     }
 
     /// Takes `n` bytes from the budget; false (and nothing taken) if fewer are left.
-    pub fn take(&self, n: u64) -> bool {
+    pub(crate) fn take(&self, n: u64) -> bool {
         self.left
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
                 left.checked_sub(n)
@@ -173,14 +173,14 @@ impl ResponseBudget {
 /// is kept across a reload that keeps the route (prefix and upstreams), and takes the new config's size or
 /// bounds.
 #[derive(Debug, Clone)]
-pub enum RouteLimit {
+pub(crate) enum RouteLimit {
     Fixed(Arc<limit::Capacity>),
     Adaptive(Arc<adaptive::AdaptiveLimiter>),
 }
 
 /// The permits a part takes before it enters its route's stack, besides its batch's concurrency.
 #[derive(Debug, Clone)]
-pub enum Permits {
+pub(crate) enum Permits {
     /// The route's fixed limit, then the gateway-wide one.
     RouteAndGlobal(Arc<Semaphore>),
     /// The route's limit is tuned, in the stack, which also takes the gateway-wide one.
@@ -189,7 +189,7 @@ pub enum Permits {
 
 impl RouteLimit {
     /// What the scheduler takes for a part of this route.
-    pub fn permits(&self) -> Permits {
+    pub(crate) fn permits(&self) -> Permits {
         match self {
             RouteLimit::Fixed(capacity) => Permits::RouteAndGlobal(capacity.permits().clone()),
             RouteLimit::Adaptive(_) => Permits::InStack,
@@ -197,7 +197,7 @@ impl RouteLimit {
     }
 
     /// Sub-requests in flight under it, and the limit now.
-    pub fn gauge(&self) -> (usize, usize) {
+    pub(crate) fn gauge(&self) -> (usize, usize) {
         match self {
             RouteLimit::Fixed(capacity) => (capacity.in_use(), capacity.size()),
             RouteLimit::Adaptive(limiter) => (limiter.in_flight(), limiter.limit()),
@@ -214,7 +214,7 @@ pub(crate) mod tests {
     use crate::headers::HeaderRules;
 
     /// A GET part of a batch from localhost, as the read stage would make it.
-    pub fn part_request(index: usize) -> PartRequest {
+    pub(crate) fn part_request(index: usize) -> PartRequest {
         let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
         PartRequest {
             index,

@@ -13,12 +13,12 @@ use crate::observe::trace::{TRACEPARENT, TRACESTATE, hex};
 
 /// Applies the batch's [`BatchHeaders`](crate::headers::BatchHeaders) to each part.
 #[derive(Debug, Clone)]
-pub struct PolicyLayer {
+pub(crate) struct PolicyLayer {
     strip_cookies: bool,
 }
 
 impl PolicyLayer {
-    pub fn new(strip_cookies: bool) -> PolicyLayer {
+    pub(crate) fn new(strip_cookies: bool) -> PolicyLayer {
         PolicyLayer { strip_cookies }
     }
 }
@@ -35,7 +35,7 @@ impl<S> Layer<S> for PolicyLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct Policy<S> {
+pub(crate) struct Policy<S> {
     inner: S,
     strip_cookies: bool,
 }

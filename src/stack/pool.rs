@@ -30,7 +30,7 @@ const READ_BUF: usize = 16 * 1024;
 
 /// What every pool of a route is built with.
 #[derive(Debug, Clone)]
-pub struct PoolSettings {
+pub(crate) struct PoolSettings {
     pub upstream: UpstreamSettings,
     /// Speak HTTP/2 with prior knowledge (plain http only; over TLS, ALPN decides).
     pub http2_prior_knowledge: bool,
@@ -42,7 +42,7 @@ pub struct PoolSettings {
 
 /// One address of one upstream: its keep-alive connection pool, in-flight count and passive health.
 #[derive(Debug)]
-pub struct Pool {
+pub(crate) struct Pool {
     pub origin: Origin,
     pub addr: SocketAddr,
     /// Named in errors and logs: `mail-1.internal:8443 (10.0.0.5:8443)`, or just the address.
@@ -60,7 +60,7 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(
+    pub(crate) fn new(
         origin: &Origin,
         addr: SocketAddr,
         tls: Option<TlsTarget>,
@@ -118,14 +118,14 @@ impl Pool {
     }
 
     /// The name an https upstream's certificate must carry.
-    pub fn server_name(origin: &Origin) -> Result<ServerName<'static>, String> {
+    pub(crate) fn server_name(origin: &Origin) -> Result<ServerName<'static>, String> {
         let host = origin.authority.host().trim_matches(['[', ']']);
         ServerName::try_from(host.to_owned()).map_err(|e| format!("{host:?}: {e}"))
     }
 
     /// Sends one part and reads its whole answer, at most `max_response_bytes` and what is left of the
     /// batch's response budget.
-    pub async fn send(&self, part: PartRequest) -> Result<UpstreamResponse, SendError> {
+    pub(crate) async fn send(&self, part: PartRequest) -> Result<UpstreamResponse, SendError> {
         let PartRequest {
             index,
             method,
@@ -234,14 +234,14 @@ impl Pool {
 
     /// Whether the balancer may send here now: not ejected, or its ejection is over (then the next part is
     /// the probe that lets it back in, or ejects it again for longer).
-    pub fn available(&self, now: Instant) -> bool {
+    pub(crate) fn available(&self, now: Instant) -> bool {
         self.health().ejected_until.is_none_or(|until| until <= now)
     }
 
     /// Claims this pool for a part the balancer chose among the available ones. One whose ejection is
     /// over takes a single part, the probe: until its outcome is recorded, or `hold` passes without one (the
     /// probe was cancelled), it stays out for the others. False if another part took the probe first.
-    pub fn claim(&self, now: Instant, hold: Duration) -> bool {
+    pub(crate) fn claim(&self, now: Instant, hold: Duration) -> bool {
         let mut health = self.health();
         match health.ejected_until {
             None => true,
@@ -255,7 +255,7 @@ impl Pool {
     }
 
     /// Notes how a part went; returns how long the pool is now ejected for, if this ejected it.
-    pub fn record(&self, failed: bool, settings: &UpstreamSettings) -> Option<Duration> {
+    pub(crate) fn record(&self, failed: bool, settings: &UpstreamSettings) -> Option<Duration> {
         let mut health = self.health();
         if !failed {
             *health = Health::default();
@@ -287,7 +287,7 @@ impl Pool {
     }
 
     /// Takes over `previous`'s passive health: the same address in the config before a reload.
-    pub fn carry_health(&self, previous: &Pool) {
+    pub(crate) fn carry_health(&self, previous: &Pool) {
         let health = previous.health().clone();
         *self.health() = health;
     }
@@ -310,7 +310,7 @@ struct Health {
 
 /// A part this address did not answer, and whether it certainly did not run there.
 #[derive(Debug)]
-pub struct SendError {
+pub(crate) struct SendError {
     pub error: PartError,
     /// Set when nothing ran: the part may be sent again, whatever its method, without being a retry.
     pub unsent: Option<Unsent>,
@@ -318,7 +318,7 @@ pub struct SendError {
 
 /// Why a part certainly did not run at an address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unsent {
+pub(crate) enum Unsent {
     /// No TCP connection could be made (refused, unreachable, not within `connect_timeout`): another address
     /// of the same upstream may take the part.
     NoConnection,
@@ -378,7 +378,7 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
 
 impl Pool {
     /// A copy of its passive health now, for `/admin/stats` (read-only).
-    pub fn health_view(&self) -> crate::observe::health::HealthView {
+    pub(crate) fn health_view(&self) -> crate::observe::health::HealthView {
         let health = self.health();
         crate::observe::health::HealthView {
             failures: health.failures,

@@ -25,7 +25,7 @@ use crate::error::PartError;
 
 /// Who a client is, for the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ClientKey {
+pub(crate) enum ClientKey {
     /// An IPv4 address, or an IPv6 network of `ipv6_prefix` bits.
     Ip(IpAddr),
     /// A keyed hash of the `Authorization` header: the header itself is never kept.
@@ -34,7 +34,7 @@ pub enum ClientKey {
 
 /// The buckets of every client.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     key: RateLimitKey,
     ipv6_prefix: u8,
     hasher: RandomState,
@@ -66,7 +66,7 @@ impl State {
 }
 
 impl RateLimiter {
-    pub fn new(config: &RateLimitConfig) -> RateLimiter {
+    pub(crate) fn new(config: &RateLimitConfig) -> RateLimiter {
         RateLimiter {
             key: config.key,
             ipv6_prefix: config.ipv6_prefix,
@@ -85,13 +85,13 @@ impl RateLimiter {
     }
 
     /// Whether a reload to `config` may keep these buckets: it names clients the same way.
-    pub fn keys_like(&self, config: &RateLimitConfig) -> bool {
+    pub(crate) fn keys_like(&self, config: &RateLimitConfig) -> bool {
         self.key == config.key && self.ipv6_prefix == config.ipv6_prefix
     }
 
     /// Takes `config`'s rate, burst and client count (see [`RateLimiter::keys_like`]): each bucket keeps
     /// what it had earned by now, up to the new burst.
-    pub fn reconfigure(&self, config: &RateLimitConfig) {
+    pub(crate) fn reconfigure(&self, config: &RateLimitConfig) {
         let now = Instant::now();
         let mut state = self.lock();
         let mut buckets = std::mem::take(&mut state.buckets);
@@ -116,7 +116,7 @@ impl RateLimiter {
 
     /// The key of a client at `address` (the peer, or the client a trusted proxy forwards): IPv6 addresses
     /// are cut to their network.
-    pub fn address_key(&self, address: IpAddr) -> ClientKey {
+    pub(crate) fn address_key(&self, address: IpAddr) -> ClientKey {
         match address.to_canonical() {
             IpAddr::V6(v6) => {
                 let mask = u128::MAX
@@ -129,7 +129,7 @@ impl RateLimiter {
     }
 
     /// The key of a part sent upstream with these headers, from a client whose address key is `address`.
-    pub fn key(&self, address: ClientKey, sent: &HeaderMap) -> ClientKey {
+    pub(crate) fn key(&self, address: ClientKey, sent: &HeaderMap) -> ClientKey {
         let mut credentials = sent.get_all(AUTHORIZATION).iter().peekable();
         match self.key {
             RateLimitKey::Authorization if credentials.peek().is_some() => ClientKey::Credentials(
@@ -141,7 +141,7 @@ impl RateLimiter {
     }
 
     /// Takes a token for `client`; otherwise, how long until one is there.
-    pub fn take(&self, client: ClientKey) -> Result<(), Duration> {
+    pub(crate) fn take(&self, client: ClientKey) -> Result<(), Duration> {
         let now = Instant::now();
         let mut state = self.lock();
         let state = &mut *state;
@@ -178,12 +178,12 @@ impl RateLimiter {
 }
 
 #[derive(Debug, Clone)]
-pub struct RateLimitLayer {
+pub(crate) struct RateLimitLayer {
     limiter: Arc<RateLimiter>,
 }
 
 impl RateLimitLayer {
-    pub fn new(limiter: Arc<RateLimiter>) -> RateLimitLayer {
+    pub(crate) fn new(limiter: Arc<RateLimiter>) -> RateLimitLayer {
         RateLimitLayer { limiter }
     }
 }
@@ -200,7 +200,7 @@ impl<S> Layer<S> for RateLimitLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct RateLimit<S> {
+pub(crate) struct RateLimit<S> {
     inner: S,
     limiter: Arc<RateLimiter>,
 }

@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 const WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
-pub struct RetryLayer {
+pub(crate) struct RetryLayer {
     retries: u32,
     backoff: Duration,
     budget: Arc<Budget>,
@@ -37,7 +37,7 @@ pub struct RetryLayer {
 }
 
 impl RetryLayer {
-    pub fn new(
+    pub(crate) fn new(
         retries: u32,
         backoff: Duration,
         budget: Budget,
@@ -67,7 +67,7 @@ impl<S> Layer<S> for RetryLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct Retry<S> {
+pub(crate) struct Retry<S> {
     inner: S,
     retries: u32,
     backoff: Duration,
@@ -158,7 +158,7 @@ fn worth_retrying(result: &Result<UpstreamResponse, PartError>) -> bool {
 
 /// Retries a route may make: `ratio` of its requests in the last ten seconds, plus `min_per_second`.
 #[derive(Debug)]
-pub struct Budget {
+pub(crate) struct Budget {
     ratio: f64,
     floor: f64,
     /// Requests and retries per second of the window, oldest first.
@@ -166,7 +166,7 @@ pub struct Budget {
 }
 
 impl Budget {
-    pub fn new(ratio: f64, min_per_second: u32) -> Budget {
+    pub(crate) fn new(ratio: f64, min_per_second: u32) -> Budget {
         Budget {
             ratio,
             floor: f64::from(min_per_second) * WINDOW.as_secs_f64(),

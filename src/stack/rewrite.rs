@@ -19,7 +19,7 @@ use crate::error::PartError;
 
 /// The mapping of one route.
 #[derive(Debug)]
-pub struct Mapping {
+pub(crate) struct Mapping {
     /// The route prefix, as the client sees paths.
     pub prefix: String,
     /// What replaces it upstream; `None` keeps paths as they are.
@@ -103,12 +103,12 @@ fn swap_prefix(path: &str, from: &str, to: &str) -> Option<String> {
 }
 
 #[derive(Debug, Clone)]
-pub struct RewriteLayer {
+pub(crate) struct RewriteLayer {
     mapping: Arc<Mapping>,
 }
 
 impl RewriteLayer {
-    pub fn new(mapping: Mapping) -> RewriteLayer {
+    pub(crate) fn new(mapping: Mapping) -> RewriteLayer {
         RewriteLayer {
             mapping: Arc::new(mapping),
         }
@@ -127,7 +127,7 @@ impl<S> Layer<S> for RewriteLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct Rewrite<S> {
+pub(crate) struct Rewrite<S> {
     inner: S,
     mapping: Arc<Mapping>,
 }
@@ -157,7 +157,7 @@ where
 
 pin_project_lite::pin_project! {
     /// The inner call, its `Location` mapped back.
-    pub struct RewriteFuture<F> {
+    pub(crate) struct RewriteFuture<F> {
         #[pin]
         call: F,
         mapping: Arc<Mapping>,

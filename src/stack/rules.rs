@@ -25,13 +25,13 @@ use crate::error::PartError;
 use batchgate_wire::Framing;
 
 #[derive(Debug, Clone)]
-pub struct RulesLayer {
+pub(crate) struct RulesLayer {
     upstream: Arc<str>,
     max_response_bytes: u64,
 }
 
 impl RulesLayer {
-    pub fn new(upstream: Arc<str>, max_response_bytes: u64) -> RulesLayer {
+    pub(crate) fn new(upstream: Arc<str>, max_response_bytes: u64) -> RulesLayer {
         RulesLayer {
             upstream,
             max_response_bytes,
@@ -52,7 +52,7 @@ impl<S> Layer<S> for RulesLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct Rules<S> {
+pub(crate) struct Rules<S> {
     inner: S,
     upstream: Arc<str>,
     max_response_bytes: u64,
@@ -92,7 +92,7 @@ type Answer = Result<UpstreamResponse, PartError>;
 pin_project_lite::pin_project! {
     /// The inner call, then the rules applied to its answer. Only decoding an unrequested coding, which runs
     /// on the blocking pool, is a future of its own.
-    pub struct RulesFuture<F> {
+    pub(crate) struct RulesFuture<F> {
         #[pin]
         call: F,
         check: Option<Check>,

@@ -17,7 +17,7 @@ use crate::error::PartError;
 
 /// When a try's time is up, and whose time it is, for the 504's message.
 #[derive(Debug, Clone)]
-pub struct Deadline {
+pub(crate) struct Deadline {
     pub at: Instant,
     /// The time this try was given.
     pub after: Duration,
@@ -30,7 +30,7 @@ pub struct Deadline {
 impl Deadline {
     /// This deadline shared among `tries` tries from now: the next one's deadline, an equal share of what is
     /// left. With one try left, all of it.
-    pub fn share(&self, tries: u32) -> Deadline {
+    pub(crate) fn share(&self, tries: u32) -> Deadline {
         if tries <= 1 {
             return Deadline {
                 shared_by: 1,
@@ -48,7 +48,7 @@ impl Deadline {
     }
 
     /// The part's error when its try ran out of this time.
-    pub fn elapsed(&self, index: usize, upstream: String) -> PartError {
+    pub(crate) fn elapsed(&self, index: usize, upstream: String) -> PartError {
         let key = if self.shared_by > 1 {
             format!("1/{} of what was left of {}", self.shared_by, self.key)
         } else {
@@ -64,7 +64,7 @@ impl Deadline {
 }
 
 #[derive(Debug, Clone)]
-pub struct TimeoutLayer {
+pub(crate) struct TimeoutLayer {
     after: Duration,
     /// Named in the 504: which key set `after`.
     key: Arc<str>,
@@ -72,7 +72,7 @@ pub struct TimeoutLayer {
 }
 
 impl TimeoutLayer {
-    pub fn new(after: Duration, key: Arc<str>, upstream: Arc<str>) -> TimeoutLayer {
+    pub(crate) fn new(after: Duration, key: Arc<str>, upstream: Arc<str>) -> TimeoutLayer {
         TimeoutLayer {
             after,
             key,
@@ -98,7 +98,7 @@ impl<S> Layer<S> for TimeoutLayer {
 /// The balancer below ends the try at the same deadline and reports it itself, naming the address; this
 /// one covers the part's whole time (waits for a permit, backoffs between tries).
 #[derive(Debug, Clone)]
-pub struct Timeout<S> {
+pub(crate) struct Timeout<S> {
     inner: S,
     after: Duration,
     key: Arc<str>,
@@ -137,7 +137,7 @@ where
 
 pin_project_lite::pin_project! {
     /// The inner call, or [`PartError::Timeout`] once the deadline has passed. Not boxed: the stack boxes once.
-    pub struct TimeoutFuture<F> {
+    pub(crate) struct TimeoutFuture<F> {
         #[pin]
         call: tokio::time::Timeout<F>,
         index: usize,

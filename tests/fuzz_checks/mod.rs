@@ -15,7 +15,7 @@ use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 ///
 /// Splits the body pushed whole, in chunks derived from the seed, and a byte at a time; all three must agree
 /// with each other and with [`model_split`], and no part may exceed `max_part_bytes`.
-pub fn multipart(data: &[u8]) {
+pub(super) fn multipart(data: &[u8]) {
     let Some(input) = MultipartInput::decode(data) else {
         return;
     };
@@ -54,7 +54,7 @@ pub fn multipart(data: &[u8]) {
 ///
 /// Parses the part with small limits; a parsed request must respect them, carry no framing a proxy could
 /// disagree on, and survive being written out and parsed again unchanged.
-pub fn embedded_request(data: &[u8]) {
+pub(super) fn embedded_request(data: &[u8]) {
     let [max_headers, max_header_bytes, part @ ..] = data else {
         return;
     };
@@ -156,7 +156,7 @@ pub fn embedded_request(data: &[u8]) {
 ///
 /// A boundary that is accepted is valid, and survives being written back in quoted (and, for a token,
 /// unquoted) form.
-pub fn content_type(data: &[u8]) {
+pub(super) fn content_type(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -262,7 +262,7 @@ impl Iterator for ChunkSizes {
 
 /// What a splitter made of a body: the parts, then the error or the `finish()` result.
 #[derive(Debug, PartialEq)]
-pub struct Split {
+pub(super) struct Split {
     pub parts: Vec<Vec<u8>>,
     pub result: Result<(), FramingError>,
     pub closed: bool,
@@ -270,7 +270,7 @@ pub struct Split {
 
 /// Pushes `body` in chunks of the given sizes (the rest in one chunk once they run out), pulling every
 /// part after each push, as the gateway does. Stops at the first error.
-pub fn split(
+pub(super) fn split(
     body: &[u8],
     boundary: &str,
     max: u64,
@@ -306,7 +306,7 @@ pub fn split(
 }
 
 /// The splitter's contract, written plainly over the whole body: no buffering, no resumable state.
-pub fn model_split(body: &[u8], boundary: &str, max: u64) -> Split {
+pub(super) fn model_split(body: &[u8], boundary: &str, max: u64) -> Split {
     // A virtual line break lets a body open with its first delimiter.
     let text = [b"\n".as_slice(), body].concat();
     let needle = format!("\n--{boundary}").into_bytes();

@@ -231,7 +231,7 @@ async fn a_route_whose_parts_queue_for_permits_is_reported_as_the_bottleneck() {
     }
     gw.post("multipart/mixed; boundary=b", get_batch("b", &slow_parts))
         .await;
-    let stats = serde_json::to_value(gw.gateway.stats()).unwrap();
+    let stats = gw.gateway.stats_json();
     let route = |name: &str| {
         stats["routes"]
             .as_array()

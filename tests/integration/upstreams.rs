@@ -161,7 +161,7 @@ async fn https_upstream(
     alpn: &[&[u8]],
     clients: Option<RootCertStore>,
 ) -> HttpsUpstream {
-    let provider = batchgate::tls::provider();
+    let provider = batchgate_transport::provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap();

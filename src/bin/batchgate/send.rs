@@ -68,7 +68,7 @@ or more parts than were sent) or the input or an option cannot be used (the mess
 /// Send requests to a batch endpoint as one batch and print the reply parts.
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = FORMAT)]
-pub struct SendArgs {
+pub(crate) struct SendArgs {
     /// The batch endpoint, e.g. http://127.0.0.1:8080/batch.
     url: String,
     /// The requests, one a line (see below), or a whole multipart batch; `-` or none reads stdin.
@@ -141,7 +141,7 @@ struct Outcome {
 }
 
 /// Runs `batchgate send`; its exit status is 0, 1 or 2 as the module says.
-pub fn main(args: SendArgs) -> ExitCode {
+pub(crate) fn main(args: SendArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

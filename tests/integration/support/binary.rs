@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use super::within;
 
 /// `batchgate` run as a child process (killed when dropped), and its log.
-pub struct Binary {
+pub(crate) struct Binary {
     pub child: tokio::process::Child,
     pub log: BinaryLog,
 }
@@ -13,7 +13,7 @@ pub struct Binary {
 impl Binary {
     /// `batchgate ARGS`, its stderr read line by line as it comes (so it never blocks on a full pipe), with the
     /// environment variables `env` set (`Some`) or removed (`None`).
-    pub fn spawn(args: &[&str], env: &[(&str, Option<&str>)]) -> Binary {
+    pub(crate) fn spawn(args: &[&str], env: &[(&str, Option<&str>)]) -> Binary {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_batchgate"));
         command
             .args(args)
@@ -33,13 +33,13 @@ impl Binary {
     }
 
     /// Waits for the gateway's "listening on SCHEME://ADDR/" line.
-    pub async fn listening(&mut self) -> (&'static str, SocketAddr) {
+    pub(crate) async fn listening(&mut self) -> (&'static str, SocketAddr) {
         let line = self.log.wait_for("listening on ").await;
         listening_on(&line).unwrap_or_else(|| panic!("no address in {line:?}"))
     }
 
     /// Sends the process `signal` (`"-TERM"`, `"-HUP"`) with `kill`.
-    pub fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = std::process::Command::new("kill")
             .args([signal, &self.child.id().unwrap().to_string()])
             .status()
@@ -49,7 +49,7 @@ impl Binary {
 }
 
 /// The scheme and address of a "listening on SCHEME://ADDR/" log line (plain or JSON).
-pub fn listening_on(line: &str) -> Option<(&'static str, SocketAddr)> {
+pub(crate) fn listening_on(line: &str) -> Option<(&'static str, SocketAddr)> {
     ["http", "https"].into_iter().find_map(|scheme| {
         let rest = line.split(&format!("listening on {scheme}://")).nth(1)?;
         Some((scheme, rest.split('/').next()?.parse().ok()?))
@@ -57,7 +57,7 @@ pub fn listening_on(line: &str) -> Option<(&'static str, SocketAddr)> {
 }
 
 /// The binary's stderr, line by line.
-pub struct BinaryLog {
+pub(crate) struct BinaryLog {
     lines: tokio::sync::mpsc::UnboundedReceiver<String>,
     pub seen: Vec<String>,
 }
@@ -79,7 +79,7 @@ impl BinaryLog {
     }
 
     /// Waits for a line containing `text`; returns it.
-    pub async fn wait_for(&mut self, text: &str) -> String {
+    pub(crate) async fn wait_for(&mut self, text: &str) -> String {
         within(20, text, async {
             loop {
                 let line =
@@ -96,7 +96,7 @@ impl BinaryLog {
     }
 
     /// Every line until the process closes stderr.
-    pub async fn rest(&mut self) {
+    pub(crate) async fn rest(&mut self) {
         within(20, "stderr to end", async {
             while let Some(line) = self.lines.recv().await {
                 self.seen.push(line);

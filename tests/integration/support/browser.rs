@@ -3,7 +3,7 @@
 use super::{TempDir, within};
 
 /// Flags for a headless Chromium that talks to nothing but the pages it is given.
-pub const HEADLESS_CHROMIUM: [&str; 8] = [
+pub(crate) const HEADLESS_CHROMIUM: [&str; 8] = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -15,7 +15,7 @@ pub const HEADLESS_CHROMIUM: [&str; 8] = [
 ];
 
 /// Whether `chromium` is on PATH (browser tests skip, saying so, when it is not).
-pub fn chromium_installed() -> bool {
+pub(crate) fn chromium_installed() -> bool {
     std::process::Command::new("sh")
         .args(["-c", "command -v chromium"])
         .stdout(std::process::Stdio::null())
@@ -26,7 +26,7 @@ pub fn chromium_installed() -> bool {
 
 /// Runs headless Chromium on `url` with `args` besides the usual ones (no sandbox, GPU, QUIC or background
 /// traffic; a fresh profile), failing the test if it does not succeed within 90 s. Returns its stdout.
-pub async fn chromium(url: &str, args: &[String]) -> String {
+pub(crate) async fn chromium(url: &str, args: &[String]) -> String {
     let profile = TempDir::new("chromium");
     let mut command = tokio::process::Command::new("chromium");
     command
@@ -51,7 +51,7 @@ pub async fn chromium(url: &str, args: &[String]) -> String {
 }
 
 /// The DOM of `url` once its scripts have had `virtual_ms` of (virtual) time: timers fire, fetches complete.
-pub async fn dump_dom(url: &str, virtual_ms: u64) -> String {
+pub(crate) async fn dump_dom(url: &str, virtual_ms: u64) -> String {
     let dom = chromium(
         url,
         &[
@@ -65,7 +65,12 @@ pub async fn dump_dom(url: &str, virtual_ms: u64) -> String {
 }
 
 /// A PNG of `url` in a `width` x `height` window, after `virtual_ms` of (virtual) time.
-pub async fn screenshot(url: &str, path: &std::path::Path, size: (u32, u32), virtual_ms: u64) {
+pub(crate) async fn screenshot(
+    url: &str,
+    path: &std::path::Path,
+    size: (u32, u32),
+    virtual_ms: u64,
+) {
     chromium(
         url,
         &[

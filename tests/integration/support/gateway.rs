@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use super::within;
 
 /// A running gateway.
-pub struct TestGateway {
+pub(crate) struct TestGateway {
     pub addr: SocketAddr,
     /// The running gateway, to check that nothing is left in flight.
     pub gateway: Arc<Gateway>,
@@ -28,7 +28,7 @@ pub struct TestGateway {
 }
 
 /// `[[routes]]` entries for `(prefix, upstream)` pairs.
-pub fn routes(pairs: &[(&str, SocketAddr)]) -> String {
+pub(crate) fn routes(pairs: &[(&str, SocketAddr)]) -> String {
     pairs
         .iter()
         .map(|(prefix, addr)| {
@@ -38,13 +38,13 @@ pub fn routes(pairs: &[(&str, SocketAddr)]) -> String {
 }
 
 /// Starts the gateway with this TOML config (listen is ignored: it binds a free port).
-pub async fn gateway(toml: &str) -> TestGateway {
+pub(crate) async fn gateway(toml: &str) -> TestGateway {
     gateway_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), toml).await
 }
 
 /// Starts the gateway with this TOML config on a listener the test set up (socket options, say: accepted
 /// connections inherit the listener's buffer sizes).
-pub async fn gateway_on(listener: TcpListener, toml: &str) -> TestGateway {
+pub(crate) async fn gateway_on(listener: TcpListener, toml: &str) -> TestGateway {
     let config = Config::from_toml(toml).unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -62,7 +62,7 @@ pub async fn gateway_on(listener: TcpListener, toml: &str) -> TestGateway {
 
 /// A reply as the client got it.
 #[derive(Debug)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -70,7 +70,7 @@ pub struct Reply {
 
 impl Reply {
     /// The parts of a 200 multipart reply.
-    pub fn parts(&self) -> Vec<ReplyPart> {
+    pub(crate) fn parts(&self) -> Vec<ReplyPart> {
         assert_eq!(
             self.status,
             StatusCode::OK,
@@ -81,7 +81,7 @@ impl Reply {
         parse_reply(ct, &self.body).unwrap()
     }
     /// The JSON error message of a refused batch.
-    pub fn error_message(&self) -> String {
+    pub(crate) fn error_message(&self) -> String {
         let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap();
         assert_eq!(v["error"]["code"], self.status.as_u16());
         v["error"]["message"].as_str().unwrap().to_owned()
@@ -89,19 +89,19 @@ impl Reply {
 }
 
 /// The JSON error message of an error part (checks the code matches the status).
-pub fn part_error(part: &ReplyPart) -> String {
+pub(crate) fn part_error(part: &ReplyPart) -> String {
     let v: serde_json::Value = serde_json::from_slice(&part.body).unwrap();
     assert_eq!(v["error"]["code"], part.status.as_u16());
     v["error"]["message"].as_str().unwrap().to_owned()
 }
 
 impl TestGateway {
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
     /// POSTs a batch body with this content type (and extra headers) to /batch.
-    pub async fn post(&self, content_type: &str, body: impl Into<Bytes>) -> Reply {
+    pub(crate) async fn post(&self, content_type: &str, body: impl Into<Bytes>) -> Reply {
         self.request(
             Method::POST,
             "/batch",
@@ -111,7 +111,7 @@ impl TestGateway {
         .await
     }
 
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         method: Method,
         path: &str,
@@ -122,7 +122,7 @@ impl TestGateway {
     }
 
     /// Sends one batch of these parts (each with a Content-ID) and returns the reply's parts, in order.
-    pub async fn send_parts(&self, parts: &[String]) -> Vec<ReplyPart> {
+    pub(crate) async fn send_parts(&self, parts: &[String]) -> Vec<ReplyPart> {
         let parts = within(10, "the batch", self.post(MP, batch(parts)))
             .await
             .parts();
@@ -131,7 +131,7 @@ impl TestGateway {
     }
 
     /// Signals shutdown and waits for the server to finish.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         (&mut self.task).await.unwrap();
     }
@@ -139,7 +139,7 @@ impl TestGateway {
 
 /// Starts the gateway through a [`server::Live`] handle, for tests that swap the gateway while it runs
 /// (`TestGateway::gateway` stays the first one).
-pub async fn live_gateway(toml: &str) -> (TestGateway, Arc<server::Live>) {
+pub(crate) async fn live_gateway(toml: &str) -> (TestGateway, Arc<server::Live>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let config = Config::from_toml(toml).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -161,12 +161,12 @@ pub async fn live_gateway(toml: &str) -> (TestGateway, Arc<server::Live>) {
 }
 
 /// A gateway built from this TOML, for [`server::Live::replace`].
-pub fn build_gateway(toml: &str) -> Gateway {
+pub(crate) fn build_gateway(toml: &str) -> Gateway {
     Gateway::new(Config::from_toml(toml).unwrap()).unwrap()
 }
 
 /// Sends one request to `url` and reads the whole answer.
-pub async fn http_request(
+pub(crate) async fn http_request(
     url: &str,
     method: Method,
     headers: &[(&str, &str)],
@@ -192,14 +192,14 @@ pub async fn http_request(
 }
 
 /// A running admin listener ([`server::admin::serve`]).
-pub struct TestAdmin {
+pub(crate) struct TestAdmin {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 /// Starts `admin`'s listener on a free port.
-pub async fn start_admin(admin: server::admin::Admin) -> TestAdmin {
+pub(crate) async fn start_admin(admin: server::admin::Admin) -> TestAdmin {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -214,15 +214,15 @@ pub async fn start_admin(admin: server::admin::Admin) -> TestAdmin {
 }
 
 impl TestAdmin {
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    pub async fn get(&self, path: &str) -> Reply {
+    pub(crate) async fn get(&self, path: &str) -> Reply {
         http_request(&self.url(path), Method::GET, &[], Bytes::new()).await
     }
 
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         method: Method,
         path: &str,
@@ -233,7 +233,7 @@ impl TestAdmin {
     }
 
     /// `GET /admin/stats`, checked to be JSON that is not cached.
-    pub async fn stats(&self) -> serde_json::Value {
+    pub(crate) async fn stats(&self) -> serde_json::Value {
         let reply = self.get("/admin/stats").await;
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.headers["content-type"], "application/json");
@@ -242,14 +242,14 @@ impl TestAdmin {
     }
 
     /// Stops accepting and waits for the listener's task to end.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         (&mut self.task).await.unwrap();
     }
 }
 
 /// A request body of GET parts for these targets, CRLF, ids `<i0>`, `<i1>`, ...
-pub fn get_batch(boundary: &str, targets: &[String]) -> String {
+pub(crate) fn get_batch(boundary: &str, targets: &[String]) -> String {
     let mut out = String::new();
     for (i, t) in targets.iter().enumerate() {
         out.push_str(&format!(
@@ -261,15 +261,15 @@ pub fn get_batch(boundary: &str, targets: &[String]) -> String {
 }
 
 /// The content type of the batches tests send: boundary `b`.
-pub const MP: &str = "multipart/mixed; boundary=b";
+pub(crate) const MP: &str = "multipart/mixed; boundary=b";
 
 /// A CRLF part with `Content-ID: <id>` carrying `request` (request line, headers, blank line, body).
-pub fn part(id: &str, request: &str) -> String {
+pub(crate) fn part(id: &str, request: &str) -> String {
     format!("--b\r\nContent-Type: application/http\r\nContent-ID: <{id}>\r\n\r\n{request}\r\n")
 }
 
 /// `parts` joined and closed: a batch body for [`MP`].
-pub fn batch(parts: &[String]) -> String {
+pub(crate) fn batch(parts: &[String]) -> String {
     let mut body = parts.concat();
     body.push_str("--b--\r\n");
     body
@@ -277,7 +277,7 @@ pub fn batch(parts: &[String]) -> String {
 
 /// The sum of a metric's samples in `/metrics` text whose labels include every `key="value"` in `labels`
 /// (0 when there is none: label sets appear once first used).
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
     text.lines()
         .filter_map(|line| {
             let rest = line.strip_prefix(name)?;
@@ -294,29 +294,29 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
 }
 
 /// A metric's value, summed over its label sets.
-pub fn sample(text: &str, name: &str) -> u64 {
+pub(crate) fn sample(text: &str, name: &str) -> u64 {
     metric(text, name, &[])
 }
 
 /// A CRLF part `GET target` with `Content-ID: <id>`.
-pub fn get_part(id: &str, target: &str) -> String {
+pub(crate) fn get_part(id: &str, target: &str) -> String {
     part(id, &format!("GET {target} HTTP/1.1\r\n"))
 }
 
 /// The parts' statuses, in order.
-pub fn statuses(parts: &[ReplyPart]) -> Vec<u16> {
+pub(crate) fn statuses(parts: &[ReplyPart]) -> Vec<u16> {
     parts.iter().map(|p| p.status.as_u16()).collect()
 }
 
 /// A part's body as text.
-pub fn part_body(part: &ReplyPart) -> String {
+pub(crate) fn part_body(part: &ReplyPart) -> String {
     String::from_utf8_lossy(&part.body).into_owned()
 }
 
 /// One reply part read without interpreting its framing: its bytes as sent, the embedded status, its header
 /// lines as sent (`name: value`), and every byte up to the next delimiter.
 #[derive(Debug)]
-pub struct RawPart {
+pub(crate) struct RawPart {
     /// Every byte between its delimiter and the next: the delimiter line's end, the part's own headers, the
     /// embedded response, and the line break before the next delimiter.
     pub raw: Bytes,
@@ -327,7 +327,7 @@ pub struct RawPart {
 
 impl RawPart {
     /// The values of the header lines named `name` (any letter case), in order.
-    pub fn values(&self, name: &str) -> Vec<String> {
+    pub(crate) fn values(&self, name: &str) -> Vec<String> {
         self.lines
             .iter()
             .filter_map(|l| {
@@ -338,14 +338,14 @@ impl RawPart {
     }
 
     /// [`RawPart::raw`] as text.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.raw).into_owned()
     }
 }
 
 /// The parts of a 200 multipart reply, cut at every `--BOUNDARY` as a client's multipart parser cuts them;
 /// checks that the reply opens with a delimiter and ends with the close delimiter.
-pub fn raw_parts(reply: &Reply) -> Vec<RawPart> {
+pub(crate) fn raw_parts(reply: &Reply) -> Vec<RawPart> {
     assert_eq!(reply.status, StatusCode::OK);
     let ct = reply.headers["content-type"].to_str().unwrap();
     let delimiter = format!("--{}", boundary_from_content_type(ct).unwrap());

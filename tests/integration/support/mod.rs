@@ -9,19 +9,19 @@ mod raw;
 mod tls;
 mod upstreams;
 
-pub use binary::*;
-pub use browser::*;
-pub use gateway::*;
-pub use raw::*;
-pub use tls::*;
-pub use upstreams::*;
+pub(crate) use binary::*;
+pub(crate) use browser::*;
+pub(crate) use gateway::*;
+pub(crate) use raw::*;
+pub(crate) use tls::*;
+pub(crate) use upstreams::*;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Waits until `condition` holds, checking every 10 ms, failing the test after 10 s.
-pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
+pub(crate) async fn eventually(what: &str, condition: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !condition() {
         assert!(
@@ -33,19 +33,19 @@ pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
 }
 
 /// Fails the test instead of hanging when `future` takes longer than `secs`.
-pub async fn within<T>(secs: u64, what: &str, future: impl Future<Output = T>) -> T {
+pub(crate) async fn within<T>(secs: u64, what: &str, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(secs), future)
         .await
         .unwrap_or_else(|_| panic!("timed out after {secs}s waiting for {what}"))
 }
 
 /// A directory of its own under the system's temp dir, removed when dropped.
-pub struct TempDir {
+pub(crate) struct TempDir {
     pub path: std::path::PathBuf,
 }
 
 impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -60,7 +60,7 @@ impl TempDir {
         TempDir { path }
     }
 
-    pub fn join(&self, name: &str) -> std::path::PathBuf {
+    pub(crate) fn join(&self, name: &str) -> std::path::PathBuf {
         self.path.join(name)
     }
 }
@@ -73,7 +73,7 @@ impl Drop for TempDir {
 
 /// Asserts that `elapsed` (on tokio's paused clock) is `limit` or a little more: what happened was that
 /// limit's timer, not another.
-pub fn at_limit(what: &str, elapsed: Duration, limit: Duration) {
+pub(crate) fn at_limit(what: &str, elapsed: Duration, limit: Duration) {
     assert!(
         elapsed >= limit,
         "{what} after {elapsed:?}, before the limit of {limit:?}"

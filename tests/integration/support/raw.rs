@@ -12,7 +12,7 @@ use super::{MP, Reply, within};
 
 /// A response read off a raw connection.
 #[derive(Debug)]
-pub struct RawReply {
+pub(crate) struct RawReply {
     pub status: StatusCode,
     /// The status line and header lines exactly as sent, blank line included.
     pub head: String,
@@ -23,7 +23,7 @@ pub struct RawReply {
 
 impl RawReply {
     /// The same reply as a `Reply`, for `parts()` and `error_message()`.
-    pub fn reply(&self) -> Reply {
+    pub(crate) fn reply(&self) -> Reply {
         Reply {
             status: self.status,
             headers: self.headers.clone(),
@@ -34,14 +34,14 @@ impl RawReply {
 
 /// Connects to `addr`, sends `bytes` as they are and reads one response. The connection is not half-closed:
 /// a client that shuts its side down mid-batch is a client that went away.
-pub async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> RawReply {
+pub(crate) async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> RawReply {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(bytes).await.unwrap();
     within(10, "the response", read_response(&mut stream)).await
 }
 
 /// Reads one HTTP/1.1 response: its body framed by Content-Length, chunked, or by the connection closing.
-pub async fn read_response(stream: &mut TcpStream) -> RawReply {
+pub(crate) async fn read_response(stream: &mut TcpStream) -> RawReply {
     async fn more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> usize {
         let mut chunk = [0u8; 8192];
         let n = stream.read(&mut chunk).await.unwrap();
@@ -136,12 +136,12 @@ pub async fn read_response(stream: &mut TcpStream) -> RawReply {
 }
 
 /// Opens a connection and sends a whole batch on it; the reply is left for the caller to read (or not).
-pub async fn send_batch(addr: SocketAddr, body: &str) -> TcpStream {
+pub(crate) async fn send_batch(addr: SocketAddr, body: &str) -> TcpStream {
     send_batch_from(TcpSocket::new_v4().unwrap(), addr, body).await
 }
 
 /// [`send_batch`] from a socket the test set up (a small receive buffer, say).
-pub async fn send_batch_from(socket: TcpSocket, addr: SocketAddr, body: &str) -> TcpStream {
+pub(crate) async fn send_batch_from(socket: TcpSocket, addr: SocketAddr, body: &str) -> TcpStream {
     let mut client = socket.connect(addr).await.unwrap();
     let head = format!(
         "POST /batch HTTP/1.1\r\nHost: gw\r\nContent-Type: {MP}\r\nContent-Length: {}\r\n\r\n",
@@ -152,7 +152,7 @@ pub async fn send_batch_from(socket: TcpSocket, addr: SocketAddr, body: &str) ->
 }
 
 /// Reads until the peer closes the connection (EOF or reset); returns what arrived before.
-pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+pub(crate) async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {

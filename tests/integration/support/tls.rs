@@ -13,12 +13,12 @@ use super::Reply;
 
 /// A certificate authority made up for one test: it signs server certificates for `localhost` and
 /// `127.0.0.1`, and clients that trust it.
-pub struct TestCa {
+pub(crate) struct TestCa {
     issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
 }
 
 /// A server certificate and its key.
-pub struct Leaf {
+pub(crate) struct Leaf {
     pub cert_pem: String,
     pub key_pem: String,
     pub der: rustls::pki_types::CertificateDer<'static>,
@@ -26,14 +26,14 @@ pub struct Leaf {
 
 impl Leaf {
     /// Writes the PEM certificate and key where `[tls] cert` and `key` point.
-    pub fn write(&self, cert: &std::path::Path, key: &std::path::Path) {
+    pub(crate) fn write(&self, cert: &std::path::Path, key: &std::path::Path) {
         std::fs::write(cert, &self.cert_pem).unwrap();
         std::fs::write(key, &self.key_pem).unwrap();
     }
 }
 
 impl TestCa {
-    pub fn new() -> TestCa {
+    pub(crate) fn new() -> TestCa {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params
             .distinguished_name
@@ -50,7 +50,7 @@ impl TestCa {
     }
 
     /// A new server certificate for `localhost` and `127.0.0.1`, with `name` as its common name.
-    pub fn leaf(&self, name: &str) -> Leaf {
+    pub(crate) fn leaf(&self, name: &str) -> Leaf {
         let mut params =
             rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
                 .unwrap();
@@ -67,31 +67,32 @@ impl TestCa {
     }
 
     /// The CA's own certificate, for clients to trust.
-    pub fn ca_der(&self) -> rustls::pki_types::CertificateDer<'static> {
+    pub(crate) fn ca_der(&self) -> rustls::pki_types::CertificateDer<'static> {
         self.issuer.der().clone()
     }
 
     /// The CA's own certificate as PEM, for clients that read a file (`batchgate send --cacert`).
-    pub fn ca_pem(&self) -> String {
+    pub(crate) fn ca_pem(&self) -> String {
         self.issuer.pem()
     }
 
     /// A client configuration that trusts this CA only and offers `alpn`.
-    pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    pub(crate) fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.issuer.der().clone()).unwrap();
-        let mut config = rustls::ClientConfig::builder_with_provider(batchgate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(batchgate_transport::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
     }
 }
 
 /// `[tls]` for a certificate and key at these paths.
-pub fn tls_section(cert: &std::path::Path, key: &std::path::Path) -> String {
+pub(crate) fn tls_section(cert: &std::path::Path, key: &std::path::Path) -> String {
     format!(
         "[tls]\ncert = {:?}\nkey = {:?}\n",
         cert.to_str().unwrap(),
@@ -105,7 +106,7 @@ enum Sender {
 }
 
 /// One HTTPS client connection to the gateway (HTTP/2 when ALPN picked `h2`, else HTTP/1.1).
-pub struct HttpsConn {
+pub(crate) struct HttpsConn {
     sender: Sender,
     authority: String,
     /// The protocol ALPN picked.
@@ -115,7 +116,7 @@ pub struct HttpsConn {
 }
 
 /// Connects to `addr` over TLS as `localhost`, trusting `ca`, offering `alpn`.
-pub async fn https_connect(addr: SocketAddr, ca: &TestCa, alpn: &[&[u8]]) -> HttpsConn {
+pub(crate) async fn https_connect(addr: SocketAddr, ca: &TestCa, alpn: &[&[u8]]) -> HttpsConn {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let connector = tokio_rustls::TlsConnector::from(ca.client_config(alpn));
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
@@ -145,7 +146,7 @@ pub async fn https_connect(addr: SocketAddr, ca: &TestCa, alpn: &[&[u8]]) -> Htt
 
 impl HttpsConn {
     /// Sends one request on this connection and reads the whole response.
-    pub async fn request(
+    pub(crate) async fn request(
         &mut self,
         method: Method,
         path: &str,
@@ -189,7 +190,7 @@ impl HttpsConn {
     }
 
     /// POSTs a batch to /batch on this connection.
-    pub async fn post(&mut self, content_type: &str, body: impl Into<Bytes>) -> Reply {
+    pub(crate) async fn post(&mut self, content_type: &str, body: impl Into<Bytes>) -> Reply {
         self.request(
             Method::POST,
             "/batch",

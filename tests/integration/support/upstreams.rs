@@ -20,7 +20,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 /// A request as an upstream received it.
 #[derive(Debug, Clone)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub method: Method,
     pub uri: Uri,
     pub headers: HeaderMap,
@@ -29,7 +29,7 @@ pub struct Seen {
 
 /// A running upstream and what it has seen.
 #[derive(Clone)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     in_flight: Arc<AtomicUsize>,
@@ -39,21 +39,21 @@ pub struct Upstream {
 
 impl Upstream {
     /// Requests received so far.
-    pub fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
     /// Most requests ever being handled at once.
-    pub fn peak_concurrency(&self) -> usize {
+    pub(crate) fn peak_concurrency(&self) -> usize {
         self.peak.load(Ordering::SeqCst)
     }
     /// TCP connections accepted so far.
-    pub fn connection_count(&self) -> usize {
+    pub(crate) fn connection_count(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
 }
 
 /// Starts an upstream whose answers come from `handler`.
-pub async fn upstream<F, Fut>(handler: F) -> Upstream
+pub(crate) async fn upstream<F, Fut>(handler: F) -> Upstream
 where
     F: Fn(Seen) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
@@ -117,7 +117,7 @@ impl Drop for Decrement {
 }
 
 /// An upstream that answers 200 with `path` echoed as the body after `delay`.
-pub async fn echo_upstream(delay: Duration) -> Upstream {
+pub(crate) async fn echo_upstream(delay: Duration) -> Upstream {
     upstream(move |seen| async move {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -128,7 +128,7 @@ pub async fn echo_upstream(delay: Duration) -> Upstream {
 }
 
 /// The demo mail service on a free port.
-pub async fn demo_upstream(latency: Duration) -> SocketAddr {
+pub(crate) async fn demo_upstream(latency: Duration) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(batchgate::demo::serve(listener, latency));
@@ -136,7 +136,7 @@ pub async fn demo_upstream(latency: Duration) -> SocketAddr {
 }
 
 /// A plain-text response.
-pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut()
@@ -145,13 +145,13 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>>
 }
 
 /// An address nothing listens on (bound, then released): connecting to it is refused.
-pub async fn dead_addr() -> SocketAddr {
+pub(crate) async fn dead_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap()
 }
 
 /// Sends on its channel when dropped: tells a test that an upstream handler's future was cancelled.
-pub struct SignalOnDrop(pub tokio::sync::mpsc::UnboundedSender<()>);
+pub(crate) struct SignalOnDrop(pub tokio::sync::mpsc::UnboundedSender<()>);
 
 impl Drop for SignalOnDrop {
     fn drop(&mut self) {
@@ -161,7 +161,7 @@ impl Drop for SignalOnDrop {
 
 /// A request exactly as a [`RecordingUpstream`] read it off its socket.
 #[derive(Debug, Clone)]
-pub struct RawRequest {
+pub(crate) struct RawRequest {
     /// The request's bytes as received: head and body.
     pub bytes: Bytes,
     /// `METHOD target HTTP/1.1`, as sent.
@@ -174,7 +174,7 @@ pub struct RawRequest {
 /// A raw TCP upstream: it frames each request itself (head, then `Content-Length` bytes), records it byte
 /// for byte, and writes back whatever bytes its answer function returns, on a keep-alive connection.
 #[derive(Clone)]
-pub struct RecordingUpstream {
+pub(crate) struct RecordingUpstream {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<RawRequest>>>,
     received: Arc<Mutex<Vec<u8>>>,
@@ -182,15 +182,15 @@ pub struct RecordingUpstream {
 
 impl RecordingUpstream {
     /// The requests framed so far, in arrival order.
-    pub fn requests(&self) -> Vec<RawRequest> {
+    pub(crate) fn requests(&self) -> Vec<RawRequest> {
         self.requests.lock().unwrap().clone()
     }
     /// Every byte read from any connection, in arrival order, whether or not it made a whole request.
-    pub fn received(&self) -> Vec<u8> {
+    pub(crate) fn received(&self) -> Vec<u8> {
         self.received.lock().unwrap().clone()
     }
     /// The request lines received so far, sorted (parts run concurrently, so arrival order varies).
-    pub fn request_lines(&self) -> Vec<String> {
+    pub(crate) fn request_lines(&self) -> Vec<String> {
         let mut lines: Vec<String> = self
             .requests()
             .into_iter()
@@ -202,7 +202,7 @@ impl RecordingUpstream {
 }
 
 /// Starts a [`RecordingUpstream`] that answers each request with the bytes `answer` returns for it.
-pub async fn recording_upstream<F>(answer: F) -> RecordingUpstream
+pub(crate) async fn recording_upstream<F>(answer: F) -> RecordingUpstream
 where
     F: Fn(&RawRequest) -> Vec<u8> + Send + Sync + 'static,
 {
@@ -300,7 +300,7 @@ where
 
 /// A raw HTTP/1.1 server that answers every request (its head, then `Content-Length` body bytes) with
 /// exactly `reply`, then closes the connection: for replies no real server would send.
-pub async fn canned_server(reply: Vec<u8>) -> SocketAddr {
+pub(crate) async fn canned_server(reply: Vec<u8>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let reply = Arc::new(reply);
@@ -353,7 +353,7 @@ pub async fn canned_server(reply: Vec<u8>) -> SocketAddr {
 
 /// An upstream that answers 200 with the request's path, holding each request whose path contains `held`
 /// until the test releases it.
-pub struct HeldUpstream {
+pub(crate) struct HeldUpstream {
     pub upstream: Upstream,
     /// One permit lets one held request through.
     pub release: Arc<Semaphore>,
@@ -362,7 +362,7 @@ pub struct HeldUpstream {
 }
 
 /// Starts a [`HeldUpstream`] holding the requests whose path contains `held`.
-pub async fn held_upstream(held: &'static str) -> HeldUpstream {
+pub(crate) async fn held_upstream(held: &'static str) -> HeldUpstream {
     let release = Arc::new(Semaphore::new(0));
     let (arrived, arrivals) = mpsc::unbounded_channel();
     let gate = release.clone();

@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
 /// What the input holds.
 #[derive(Debug)]
-pub enum Input {
+pub(super) enum Input {
     /// Requests in the line format, in order.
     Requests(Vec<Request>),
     /// A multipart batch, to be sent as it is.
@@ -34,7 +34,7 @@ pub enum Input {
 
 /// One request of the line format.
 #[derive(Debug)]
-pub struct Request {
+pub(super) struct Request {
     pub method: Method,
     pub target: Uri,
     pub headers: HeaderMap,
@@ -43,7 +43,7 @@ pub struct Request {
 
 /// Why the input cannot be sent: what, and where.
 #[derive(Debug, PartialEq, Eq)]
-pub struct InputError {
+pub(super) struct InputError {
     /// The input line (from 1), if the error is about one.
     pub line: Option<usize>,
     /// The column in it (from 1), if known.
@@ -72,7 +72,7 @@ fn at(line: usize, message: impl Into<String>) -> InputError {
 }
 
 /// Reads the input: a raw multipart batch if its first non-blank line is a delimiter, else requests.
-pub fn parse(input: &[u8]) -> Result<Input, InputError> {
+pub(super) fn parse(input: &[u8]) -> Result<Input, InputError> {
     let first = input
         .split(|&b| b == b'\n')
         .enumerate()

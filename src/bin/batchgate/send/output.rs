@@ -10,7 +10,7 @@ const INDENT: &str = "  ";
 
 /// Writes reply parts as they come and counts those that failed.
 #[derive(Debug)]
-pub struct Printer<W: Write> {
+pub(super) struct Printer<W: Write> {
     out: W,
     /// Parts shown so far.
     pub parts: usize,
@@ -21,7 +21,7 @@ pub struct Printer<W: Write> {
 }
 
 impl<W: Write> Printer<W> {
-    pub fn new(out: W) -> Printer<W> {
+    pub(super) fn new(out: W) -> Printer<W> {
         Printer {
             out,
             parts: 0,
@@ -31,7 +31,7 @@ impl<W: Write> Printer<W> {
     }
 
     /// Shows one part (`number` from 1) and flushes, so that each part is seen as soon as it is in.
-    pub fn part(
+    pub(super) fn part(
         &mut self,
         number: usize,
         content_id: Option<&str>,
@@ -46,7 +46,7 @@ impl<W: Write> Printer<W> {
     }
 
     /// Writes reply bytes as they are (`--raw`).
-    pub fn raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+    pub(super) fn raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         if let Some(&last) = bytes.last() {
             self.mid_line = last != b'\n';
         }
@@ -55,7 +55,7 @@ impl<W: Write> Printer<W> {
     }
 
     /// Ends the output's last line if `--raw` bytes left it open, so that what is printed next starts a line.
-    pub fn end_line(&mut self) -> io::Result<()> {
+    pub(super) fn end_line(&mut self) -> io::Result<()> {
         if std::mem::take(&mut self.mid_line) {
             self.out.write_all(b"\n")?;
             self.out.flush()?;
@@ -64,7 +64,7 @@ impl<W: Write> Printer<W> {
     }
 
     /// Counts a part without showing it (`--raw` shows the bytes instead).
-    pub fn count(&mut self, status: StatusCode) {
+    pub(super) fn count(&mut self, status: StatusCode) {
         self.parts += 1;
         if !status.is_success() {
             self.failed += 1;
@@ -73,7 +73,7 @@ impl<W: Write> Printer<W> {
 }
 
 /// One part as text, ending in a line break.
-pub fn render(
+pub(super) fn render(
     number: usize,
     content_id: Option<&str>,
     status: StatusCode,
@@ -133,7 +133,7 @@ fn size(body: &[u8]) -> String {
 }
 
 /// `application/json`, or any `+json` type, with or without parameters.
-pub fn is_json_type(content_type: &str) -> bool {
+pub(super) fn is_json_type(content_type: &str) -> bool {
     let essence = content_type
         .split(';')
         .next()
@@ -145,7 +145,7 @@ pub fn is_json_type(content_type: &str) -> bool {
 
 /// Valid JSON text re-indented by two spaces a level, keys in the order they came and numbers and strings
 /// exactly as written (serde_json's own printer would sort the keys and reformat numbers).
-pub fn pretty_json(text: &str) -> String {
+pub(super) fn pretty_json(text: &str) -> String {
     let mut out = String::with_capacity(text.len() * 2);
     let mut depth = 0usize;
     let mut chars = text.chars().peekable();

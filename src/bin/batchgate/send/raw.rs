@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 /// Where batches go.
 #[derive(Debug)]
-pub struct Endpoint {
+pub(super) struct Endpoint {
     uri: Uri,
     url: String,
     host: String,
@@ -32,7 +32,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// An `http://` or `https://` batch URL; for https, the system's roots and `extra_roots` are trusted.
-    pub fn new(
+    pub(super) fn new(
         url: &str,
         extra_roots: &[CertificateDer<'static>],
     ) -> Result<Endpoint, ClientError> {
@@ -83,7 +83,7 @@ impl Endpoint {
     /// POSTs `body` as it is, with these headers and `content_type`, within `timeout` if any (from now until
     /// the last byte of the reply). A status other than 200 is [`ClientError::Status`], with the JSON error's
     /// code and message.
-    pub async fn post(
+    pub(super) async fn post(
         &self,
         headers: &HeaderMap,
         content_type: &str,
@@ -173,7 +173,7 @@ fn tls_config(extra: &[CertificateDer<'static>]) -> Result<Arc<ClientConfig>, St
 
 /// A 200 reply whose body is being read.
 #[derive(Debug)]
-pub struct Reply {
+pub(super) struct Reply {
     url: String,
     pub headers: HeaderMap,
     body: Incoming,
@@ -186,7 +186,7 @@ pub struct Reply {
 impl Reply {
     /// The next bytes of the body, `None` at its end. A failure on the connection is
     /// [`ClientError::BrokenOff`] after `parts` complete parts.
-    pub async fn chunk(&mut self, parts: usize) -> Result<Option<Bytes>, ClientError> {
+    pub(super) async fn chunk(&mut self, parts: usize) -> Result<Option<Bytes>, ClientError> {
         loop {
             let frame = match self.deadline {
                 None => self.body.frame().await,
