@@ -273,12 +273,11 @@ where
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use http::{HeaderMap, StatusCode};
+    use http::StatusCode;
     use tower::util::BoxCloneSyncService;
 
     use super::*;
     use crate::stack::PartService;
-    use batchgate_wire::Framing;
 
     /// An upstream that takes 10 ms while at most `knee` parts are in flight, and proportionally longer
     /// beyond: latency climbs with concurrency past the knee.
@@ -291,14 +290,7 @@ mod tests {
                 let factor = (now as f64 / knee as f64).max(1.0);
                 tokio::time::sleep(Duration::from_millis(10).mul_f64(factor)).await;
                 in_flight.fetch_sub(1, Ordering::SeqCst);
-                Ok(UpstreamResponse {
-                    status: StatusCode::OK,
-                    headers: HeaderMap::new(),
-                    body: Vec::new(),
-                    body_len: 0,
-                    framing: Framing::Exact,
-                    peer: None,
-                })
+                Ok(crate::stack::tests::answer(StatusCode::OK, b""))
             }
         }))
     }

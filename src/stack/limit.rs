@@ -142,14 +142,13 @@ where
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use http::{HeaderMap, StatusCode};
+    use http::StatusCode;
     use tokio::sync::Notify;
     use tower::service_fn;
     use tower::util::BoxCloneSyncService;
 
     use super::*;
     use crate::stack::tests::part_request;
-    use batchgate_wire::Framing;
 
     /// An in-flight layer over `permits` whose inner calls each wait for `release`; `entered` counts the
     /// calls that got past the layer.
@@ -164,14 +163,7 @@ mod tests {
             entered.fetch_add(1, Ordering::SeqCst);
             async move {
                 release.notified().await;
-                Ok::<_, PartError>(UpstreamResponse {
-                    status: StatusCode::OK,
-                    headers: HeaderMap::new(),
-                    body: Vec::new(),
-                    body_len: 0,
-                    framing: Framing::Exact,
-                    peer: None,
-                })
+                Ok::<_, PartError>(crate::stack::tests::answer(StatusCode::OK, b""))
             }
         });
         BoxCloneSyncService::new(InflightLayer::new(permits.clone()).layer(inner))

@@ -239,4 +239,16 @@ pub(crate) mod tests {
             span: tracing::Span::none(),
         }
     }
+
+    /// An upstream's answer with `status`, no headers and `body` (one piece).
+    pub(crate) fn answer(status: StatusCode, body: &'static [u8]) -> UpstreamResponse {
+        UpstreamResponse {
+            status,
+            headers: HeaderMap::new(),
+            body: vec![Bytes::from_static(body)],
+            body_len: body.len() as u64,
+            framing: Framing::Exact,
+            peer: None,
+        }
+    }
 }

@@ -84,7 +84,6 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
     use std::sync::{Arc, Mutex};
 
-    use bytes::Bytes;
     use http::{HeaderMap, StatusCode};
     use tower::{ServiceExt, service_fn};
 
@@ -95,7 +94,6 @@ mod tests {
     use crate::stack::ratelimit::ClientKey;
     use crate::stack::tests::part_request;
     use crate::stack::{BatchScope, ResponseBudget};
-    use batchgate_wire::Framing;
 
     const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -134,16 +132,7 @@ mod tests {
         let keep = seen.clone();
         let inner = service_fn(move |request: PartRequest| {
             *keep.lock().unwrap() = Some(request);
-            async {
-                Ok::<_, PartError>(UpstreamResponse {
-                    status: StatusCode::OK,
-                    headers: HeaderMap::new(),
-                    body: vec![Bytes::new()],
-                    body_len: 0,
-                    framing: Framing::Exact,
-                    peer: None,
-                })
-            }
+            async { Ok::<_, PartError>(crate::stack::tests::answer(StatusCode::OK, b"")) }
         });
         PolicyLayer::new(strip_cookies)
             .layer(inner)

@@ -213,23 +213,10 @@ impl Budget {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use http::HeaderMap;
     use tower::service_fn;
 
     use super::*;
-    use crate::stack::tests::part_request;
-    use batchgate_wire::Framing;
-
-    fn answer(status: StatusCode) -> UpstreamResponse {
-        UpstreamResponse {
-            status,
-            headers: HeaderMap::new(),
-            body: Vec::new(),
-            body_len: 0,
-            framing: Framing::Exact,
-            peer: None,
-        }
-    }
+    use crate::stack::tests::{answer, part_request};
 
     /// A retry layer (`retries`, `budget`) over an inner service that answers the `n`th call with
     /// `answers(n)`; the calls are counted in `calls`.
@@ -259,13 +246,13 @@ mod tests {
     async fn an_idempotent_part_is_retried_until_it_succeeds() {
         let calls = Arc::new(AtomicUsize::new(0));
         let service = retrying(2, Budget::new(0.2, 10), calls.clone(), |n| match n {
-            0 => Ok(answer(StatusCode::BAD_GATEWAY)),
+            0 => Ok(answer(StatusCode::BAD_GATEWAY, b"")),
             1 => Err(PartError::Connect {
                 index: 0,
                 upstream: "up".into(),
                 reason: "refused".into(),
             }),
-            _ => Ok(answer(StatusCode::OK)),
+            _ => Ok(answer(StatusCode::OK, b"")),
         });
         let response = service.oneshot(request(Method::GET)).await.unwrap();
         assert_eq!(response.status, StatusCode::OK);
@@ -277,7 +264,7 @@ mod tests {
     async fn the_last_tries_answer_is_passed_on() {
         let calls = Arc::new(AtomicUsize::new(0));
         let service = retrying(2, Budget::new(0.2, 10), calls.clone(), |_| {
-            Ok(answer(StatusCode::SERVICE_UNAVAILABLE))
+            Ok(answer(StatusCode::SERVICE_UNAVAILABLE, b""))
         });
         let response = service.oneshot(request(Method::PUT)).await.unwrap();
         assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -289,7 +276,7 @@ mod tests {
     async fn a_post_is_not_retried_unless_it_has_an_idempotency_key() {
         let calls = Arc::new(AtomicUsize::new(0));
         let service = retrying(2, Budget::new(0.2, 10), calls.clone(), |_| {
-            Ok(answer(StatusCode::BAD_GATEWAY))
+            Ok(answer(StatusCode::BAD_GATEWAY, b""))
         });
         let response = service.clone().oneshot(request(Method::POST)).await;
         assert_eq!(response.unwrap().status, StatusCode::BAD_GATEWAY);
@@ -309,9 +296,9 @@ mod tests {
     async fn only_failures_that_another_try_may_fix_are_retried() {
         let calls = Arc::new(AtomicUsize::new(0));
         let service = retrying(2, Budget::new(0.2, 10), calls.clone(), |n| match n {
-            0 => Ok(answer(StatusCode::NOT_FOUND)),
+            0 => Ok(answer(StatusCode::NOT_FOUND, b"")),
             1 => {
-                let mut wait = answer(StatusCode::SERVICE_UNAVAILABLE);
+                let mut wait = answer(StatusCode::SERVICE_UNAVAILABLE, b"");
                 wait.headers.insert(RETRY_AFTER, "1".parse().unwrap());
                 Ok(wait)
             }
@@ -333,7 +320,7 @@ mod tests {
     async fn the_budget_runs_out_and_refills_as_the_window_moves() {
         let calls = Arc::new(AtomicUsize::new(0));
         let service = retrying(1, Budget::new(0.0, 10), calls.clone(), |_| {
-            Ok(answer(StatusCode::BAD_GATEWAY))
+            Ok(answer(StatusCode::BAD_GATEWAY, b""))
         });
         for _ in 0..100 {
             service.clone().oneshot(request(Method::GET)).await.unwrap();

@@ -169,7 +169,6 @@ mod tests {
 
     use super::*;
     use crate::stack::tests::part_request;
-    use batchgate_wire::Framing;
 
     /// A timeout of `after` from `routes[1].timeout` over an inner service that answers 200 after `delay`,
     /// having recorded the deadline it was given.
@@ -183,14 +182,7 @@ mod tests {
             *seen.lock().unwrap() = request.deadline.clone();
             async move {
                 tokio::time::sleep(delay).await;
-                Ok::<_, PartError>(UpstreamResponse {
-                    status: StatusCode::OK,
-                    headers: http::HeaderMap::new(),
-                    body: Vec::new(),
-                    body_len: 0,
-                    framing: Framing::Exact,
-                    peer: None,
-                })
+                Ok::<_, PartError>(crate::stack::tests::answer(StatusCode::OK, b""))
             }
         });
         let layer = TimeoutLayer::new(after, Arc::from("routes[1].timeout"), Arc::from("up:80"));
