@@ -16,8 +16,11 @@ use crate::stack::ratelimit::RateLimiter;
 use crate::stack::{PartService, Permits, RouteStack, Shared};
 use batchgate_wire::PartLimits;
 
+/// What one validated config makes: its routes and their stacks, limits, metrics. Shared (`Arc`) by every
+/// connection and batch; a reload builds a new one with [`Gateway::succeeding`] and swaps it in.
 #[derive(Debug)]
 pub struct Gateway {
+    /// The config it was built from, already validated.
     pub config: Config,
     pub(crate) router: Router,
     /// One stack per route, indexed by `Route::id`.

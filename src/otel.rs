@@ -42,7 +42,7 @@ where
 
 /// Makes `span` (a batch's) a child of the caller's span when the batch came with a `traceparent`, then
 /// takes the exported span's ids as the batch's trace context.
-pub fn adopt(trace: &mut TraceContext, span: &tracing::Span) {
+pub(crate) fn adopt(trace: &mut TraceContext, span: &tracing::Span) {
     if let Some(parent) = trace.parent {
         let remote = SpanContext::new(
             TraceId::from_bytes(trace.trace_id),
@@ -61,7 +61,7 @@ pub fn adopt(trace: &mut TraceContext, span: &tracing::Span) {
 }
 
 /// The id of the exported span `span` is, if it is exported.
-pub fn span_id(span: &tracing::Span) -> Option<[u8; 8]> {
+pub(crate) fn span_id(span: &tracing::Span) -> Option<[u8; 8]> {
     let context = span.context().span().span_context().clone();
     context.is_valid().then(|| context.span_id().to_bytes())
 }

@@ -20,12 +20,16 @@ const MAX_BROTLI_QUALITY: u32 = 9;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Coding {
+    /// `zstd`: the best ratio for its CPU.
     Zstd,
+    /// `br` (brotli).
     Br,
+    /// `gzip`, which every client reads.
     Gzip,
 }
 
 impl Coding {
+    /// The coding's token, as in `Accept-Encoding`, `Content-Encoding` and `compression.order`.
     pub fn as_str(self) -> &'static str {
         match self {
             Coding::Zstd => "zstd",
@@ -39,11 +43,15 @@ impl Coding {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CompressionConfig {
+    /// Compress the reply when the client's Accept-Encoding allows (default true).
     pub enabled: bool,
     /// Preference among codings the client accepts with equal q-value.
     pub order: Vec<Coding>,
+    /// 0-9, default 6.
     pub gzip_level: u32,
+    /// 1-15, default 6: higher levels cost many times the CPU for a few percent fewer bytes.
     pub zstd_level: i32,
+    /// 0-9, default 6: brotli 11 is about 100 times slower than 6.
     pub brotli_quality: u32,
     /// How long the compressed stream waits for the next part before flushing what it has.
     #[serde(deserialize_with = "de_duration")]

@@ -51,16 +51,23 @@ use cidr::de_cidrs;
 /// Why a configuration could not be used. Each message names the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The file as given.
         path: String,
+        /// Why reading failed.
         source: std::io::Error,
     },
+    /// The file is not TOML, or has a key or value of the wrong shape (unknown keys are refused).
     #[error("config file {path}: {source}")]
     Parse {
+        /// The file as given, or `<text>` for [`Config::from_toml`].
         path: String,
+        /// toml's error, with the line and column.
         source: Box<toml::de::Error>,
     },
+    /// A value out of range, or values that contradict each other; the message names the key.
     #[error("config: {0}")]
     Invalid(String),
 }
@@ -91,10 +98,15 @@ pub struct Config {
     pub rate_limit: Option<RateLimitConfig>,
     /// Where spans are exported.
     pub tracing: TracingConfig,
+    /// `[limits]`: sizes, counts and timeouts that bound what a batch may cost.
     pub limits: Limits,
+    /// `[upstream]`: connecting to upstreams, their pools, passive health and the retry budget.
     pub upstream: UpstreamSettings,
+    /// `[headers]`: which of the batch's headers the parts inherit.
     pub headers: HeaderPolicy,
+    /// `[compression]`: how the reply is compressed.
     pub compression: CompressionConfig,
+    /// `[[routes]]`: the longest prefix matching on a segment boundary wins; none is a 404 part.
     pub routes: Vec<RouteConfig>,
 }
 

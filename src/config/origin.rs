@@ -7,7 +7,9 @@ use http::uri::{Authority, Scheme};
 /// Where an upstream is: its scheme, and its authority with the port always given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
+    /// `http` or `https`.
     pub scheme: Scheme,
+    /// `host:port`, the port filled in (80 or 443) when the URL left it out; never userinfo.
     pub authority: Authority,
 }
 
@@ -17,6 +19,7 @@ impl Origin {
         self.scheme == Scheme::HTTPS
     }
 
+    /// The authority's port (always present once parsed; 443 or 80 as a fallback).
     pub fn port(&self) -> u16 {
         self.authority
             .port_u16()

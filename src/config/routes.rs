@@ -18,7 +18,9 @@ const MAX_RETRIES: u32 = 10;
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdaptiveConcurrency {
+    /// The floor the limit never falls below, however latency grows (at least 1).
     pub min: usize,
+    /// The ceiling the limit never rises above (`min` to 1000000).
     pub max: usize,
 }
 
@@ -29,6 +31,7 @@ pub enum Balance {
     /// The less busy of two upstreams picked at random (power of two choices).
     #[default]
     LeastRequests,
+    /// Each upstream in turn, whatever its load.
     RoundRobin,
 }
 
@@ -59,6 +62,7 @@ pub struct RouteConfig {
     /// Instances of the same service; every one of them serves every path under the prefix.
     #[serde(default)]
     pub upstreams: Vec<String>,
+    /// How parts are spread over the upstreams (default `least_requests`).
     #[serde(default)]
     pub balance: Balance,
     /// Replaces the matched prefix before forwarding (`/mail/x` -> `/api/v1/x`); by default it is kept.
@@ -70,6 +74,7 @@ pub struct RouteConfig {
     /// A client certificate chain and key (PEM) this route presents to its https upstreams (mTLS).
     #[serde(default)]
     pub client_cert: Option<PathBuf>,
+    /// The private key of `client_cert` (PEM); the two are given together or not at all.
     #[serde(default)]
     pub client_key: Option<PathBuf>,
     /// Extra tries for idempotent parts, within the retry budget.

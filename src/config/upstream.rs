@@ -17,6 +17,7 @@ const MAX_EJECT_AFTER: usize = 1000;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamSettings {
+    /// TCP connect and TLS handshake to an upstream together; failing, the part is a 502.
     #[serde(deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
     /// Idle keep-alive connections are closed after this.
@@ -29,6 +30,7 @@ pub struct UpstreamSettings {
     /// How long a first ejection lasts; each further one in a row doubles it, up to `eject_max`.
     #[serde(deserialize_with = "de_duration")]
     pub eject_for: Duration,
+    /// The longest an ejection lasts, however often it repeats (at least `eject_for`).
     #[serde(deserialize_with = "de_duration")]
     pub eject_max: Duration,
     /// How often upstream host names are resolved again.

@@ -32,6 +32,7 @@ use crate::gateway::Gateway;
 /// A gateway and what the server derives from its config, swapped together.
 #[derive(Debug)]
 pub struct Served {
+    /// The gateway new batches are served by.
     pub gateway: Arc<Gateway>,
     /// `[cors]`, if set.
     pub cors: Option<Cors>,
@@ -65,13 +66,16 @@ impl Served {
 /// Why a reload was refused; the gateway served before stays.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
+    /// The new config cannot be read, is invalid, or cannot be built (certificates); the admin reload says 422.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The reload would turn `[tls]` on or off (the word says which); the admin reload says 409.
     #[error(
         "[tls] cannot be turned {0} by a reload: whether the listener speaks HTTPS is fixed at startup; \
          restart to change it"
     )]
     TlsToggled(&'static str),
+    /// The blocking task that builds the new gateway panicked or was cancelled.
     #[error("reload failed: {0}")]
     Task(String),
 }
@@ -79,6 +83,8 @@ pub enum ReloadError {
 /// What a reload did not apply because it takes a restart, one message each (already logged).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Replaced {
+    /// A line per changed key that only a restart applies (`listen`, `limits.max_connections`,
+    /// `admin.listen`, `log_format`), saying the new value and the one still in use.
     pub needs_restart: Vec<String>,
 }
 

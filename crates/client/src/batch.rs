@@ -144,6 +144,7 @@ impl BatchBuilder {
         self.parts.len()
     }
 
+    /// No parts yet: such a batch cannot be sent.
     pub fn is_empty(&self) -> bool {
         self.parts.is_empty()
     }

@@ -38,8 +38,11 @@ pub struct PartResponse {
     pub content_id: Option<ContentId>,
     /// The reply's `Content-ID` header exactly as received (`<response-item1>`).
     pub raw_content_id: Option<String>,
+    /// The embedded response's status: a failed part (a gateway's 502 or 504) is a status, not an error.
     pub status: StatusCode,
+    /// The embedded response's headers.
     pub headers: HeaderMap,
+    /// The embedded response's body.
     pub body: Bytes,
 }
 
@@ -129,6 +132,8 @@ impl BatchClientBuilder {
         self
     }
 
+    /// The client; [`ClientError::Config`] names the first unusable setting (a URL that is not http or https
+    /// or has no host, a bad header, an unusable CA).
     pub fn build(self) -> Result<BatchClient, ClientError> {
         if let Some(first) = self.errors.into_iter().next() {
             return Err(ClientError::Config(first));

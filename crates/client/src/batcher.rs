@@ -142,6 +142,7 @@ impl Batcher {
         Batcher::builder(client).build()
     }
 
+    /// Settings for a batcher sending through `client`.
     pub fn builder(client: BatchClient) -> BatcherBuilder {
         BatcherBuilder {
             client,
@@ -173,6 +174,7 @@ impl Batcher {
         }
     }
 
+    /// A snapshot of the counters, for tests and metrics.
     pub fn stats(&self) -> BatcherStats {
         let s = &self.stats;
         BatcherStats {

@@ -18,25 +18,44 @@ pub enum ClientError {
     #[error(
         "Content-ID {id:?} is already the id of part {first} of this batch; each part needs its own id"
     )]
-    DuplicateId { id: String, first: usize },
+    DuplicateId {
+        /// The id given twice.
+        id: String,
+        /// The position (from 0) of the part that has it already.
+        first: usize,
+    },
     /// The client's own settings are unusable (a URL that is not http or https, a bad header or CA).
     #[error("invalid client setting: {0}")]
     Config(String),
     /// No TCP connection to the batch URL's host.
     #[error("cannot connect to {url}: {reason}")]
-    Connect { url: String, reason: String },
+    Connect {
+        /// The batch URL.
+        url: String,
+        /// The cause as the OS words it ("Connection refused (os error 111)").
+        reason: String,
+    },
     /// The TLS handshake failed, most often over the server's certificate.
     #[error(
         "TLS handshake with {url} failed: {reason} (if the certificate is signed by a private CA, \
          trust it with BatchClientBuilder::add_root_certificate)"
     )]
-    Tls { url: String, reason: String },
+    Tls {
+        /// The batch URL.
+        url: String,
+        /// The cause as rustls words it ("invalid peer certificate: UnknownIssuer").
+        reason: String,
+    },
     /// A time limit ran out: `setting` names the one (`connect_timeout` or `timeout`).
     #[error("{url}: {what} took longer than {limit:?} ({setting})")]
     Timeout {
+        /// The batch URL.
         url: String,
+        /// What was under way ("connecting (TCP and TLS)", or what the batch was waiting for).
         what: String,
+        /// The limit that ran out.
         limit: Duration,
+        /// The builder setting that sets `limit`.
         setting: &'static str,
     },
     /// The batch endpoint refused the batch as a whole: any status but 200. `code` and `message` come from a
@@ -44,27 +63,45 @@ pub enum ClientError {
     /// one, `message` is the start of the body.
     #[error("{url} refused the batch with {status}: {message}")]
     Status {
+        /// The batch URL.
         url: String,
+        /// The HTTP status of the answer.
         status: StatusCode,
+        /// `error.code` of the JSON body, if it had one.
         code: Option<u16>,
+        /// `error.message` of the JSON body, else the body's first 500 characters, or "(no body)".
         message: String,
+        /// The body as received, at most [`MAX_ERROR_BODY`] bytes.
         body: Bytes,
     },
     /// Sending the batch or reading the response head failed after the connection was made.
     #[error("sending the batch to {url} failed: {reason}")]
-    Transport { url: String, reason: String },
+    Transport {
+        /// The batch URL.
+        url: String,
+        /// The failure and its causes, `a: b: c`.
+        reason: String,
+    },
     /// The reply is not a batch reply this client can read; `offset` is where in the reply body (for a part:
     /// where the part begins).
     #[error("the batch reply is malformed at byte {offset} of its body: {reason}")]
-    MalformedReply { offset: u64, reason: String },
+    MalformedReply {
+        /// Bytes of the reply body before the fault.
+        offset: u64,
+        /// What is wrong with the reply.
+        reason: String,
+    },
     /// The reply ended, or its connection failed, before the closing delimiter: the `parts` before it were
     /// delivered.
     #[error(
         "the batch reply broke off after {parts} complete parts, at byte {offset} of its body: {reason}"
     )]
     BrokenOff {
+        /// Parts read whole before the break.
         parts: usize,
+        /// Bytes of the reply body received before the break.
         offset: u64,
+        /// Why the reply stopped (a read failure, or the missing close delimiter).
         reason: String,
     },
 }

@@ -72,7 +72,9 @@ pub fn client_config(
 /// How to reach a TLS server: the configuration and the name its certificate must carry (sent as SNI).
 #[derive(Clone)]
 pub struct TlsTarget {
+    /// Roots and ALPN offer, usually from [`client_config`].
     pub config: Arc<ClientConfig>,
+    /// The name verified against the certificate; usually the URL's host, not the resolved address.
     pub server_name: ServerName<'static>,
 }
 
@@ -128,7 +130,9 @@ pub async fn connect(
 /// A connection to an HTTP server, plain or TLS; with TLS, ALPN tells hyper whether to speak HTTP/2.
 #[derive(Debug)]
 pub enum MaybeTlsStream {
+    /// An `http://` connection.
     Plain(TcpStream),
+    /// An `https://` connection after its handshake (boxed: the session state is large).
     Tls(Box<TlsStream<TcpStream>>),
 }
 

@@ -41,6 +41,7 @@ impl ContentId {
         }
     }
 
+    /// An id without brackets, and whether the header value wraps it in `<...>`.
     pub fn new(id: impl Into<String>, bracketed: bool) -> ContentId {
         ContentId {
             id: id.into(),

@@ -17,13 +17,16 @@ const MAX_DELIMITER_LINE_PADDING: usize = 64;
 /// Why a `Content-Type` does not describe a usable multipart body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContentTypeError {
+    /// Any type but `multipart/mixed` (the value as sent); the gateway answers 415.
     #[error(
         "Content-Type {0:?} is not multipart/mixed; a batch is multipart/mixed (form-data and text types, which \
          browsers send cross-site without a CORS preflight, are refused)"
     )]
     NotMultipart(String),
+    /// `multipart/mixed` without a `boundary` parameter (the value as sent).
     #[error("Content-Type {0:?} has no boundary parameter")]
     NoBoundary(String),
+    /// An empty, over-long (more than 200), unterminated-quote, or line-breaking boundary.
     #[error(
         "boundary {0:?} is invalid: it must be 1 to 200 characters without line breaks or quotes"
     )]
@@ -82,12 +85,28 @@ pub fn boundary_from_content_type(content_type: &str) -> Result<String, ContentT
 /// Why a body could not be framed into parts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FramingError {
+    /// The body ended before any delimiter line.
     #[error("the body has no delimiter line --{boundary}: no part found")]
-    NoParts { boundary: String },
+    NoParts {
+        /// The boundary looked for, so the client can compare it with what it sent.
+        boundary: String,
+    },
+    /// The body ended without the close delimiter.
     #[error("the body ended inside part {part} without the closing delimiter --{boundary}--")]
-    Truncated { part: usize, boundary: String },
+    Truncated {
+        /// The part being read when the body ended, counted from 0.
+        part: usize,
+        /// The boundary whose close delimiter was missing.
+        boundary: String,
+    },
+    /// A part's bytes exceed the splitter's `max_part_bytes`; the gateway answers 413.
     #[error("part {part} is larger than the limit max_part_bytes = {limit} bytes")]
-    PartTooLarge { part: usize, limit: u64 },
+    PartTooLarge {
+        /// The offending part, counted from 0.
+        part: usize,
+        /// The limit in bytes.
+        limit: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +142,8 @@ pub struct PartSplitter {
 }
 
 impl PartSplitter {
+    /// A splitter for `boundary` (as from [`boundary_from_content_type`]) that refuses a part of more than
+    /// `max_part_bytes`, however the body is chunked.
     pub fn new(boundary: &str, max_part_bytes: u64) -> PartSplitter {
         let needle = format!("\n--{boundary}").into_bytes();
         let mut buf = BytesMut::with_capacity(8 * 1024);

@@ -143,16 +143,25 @@ fn write_entity_head(
 pub struct ReplyPart {
     /// The request's id this reply answers (the `response-` prefix removed), if the reply carried one.
     pub content_id: Option<ContentId>,
+    /// The embedded response's status.
     pub status: StatusCode,
+    /// The embedded response's headers, as sent.
     pub headers: HeaderMap,
+    /// `Content-Length` bytes, or everything up to the delimiter; empty for a HEAD or 304 answer.
     pub body: Bytes,
 }
 
 /// Why a reply part could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplyError {
+    /// The part's headers, response head or body length cannot be read.
     #[error("reply part {index}: {reason}")]
-    Malformed { index: usize, reason: String },
+    Malformed {
+        /// The `index` given to [`ReplyPart::parse`].
+        index: usize,
+        /// What was wrong, for the message.
+        reason: String,
+    },
 }
 
 impl ReplyPart {

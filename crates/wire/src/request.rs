@@ -24,62 +24,105 @@ pub struct PartLimits {
 /// The request a part carries, parsed into types: nothing here can hold an invalid method or header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmbeddedRequest {
+    /// Never CONNECT or TRACE, in any letter case.
     pub method: Method,
     /// The request target exactly as sent (origin-form or absolute-form); routing normalises it.
     pub target: String,
+    /// The embedded request's headers, in order; never `Transfer-Encoding`.
     pub headers: HeaderMap,
+    /// `Content-Length` bytes; without it, the rest of the part (always empty for GET/HEAD/DELETE/OPTIONS).
     pub body: Bytes,
 }
 
 /// Why a part's embedded request was refused. The part gets a 400; the batch goes on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
+    /// Nothing but line breaks after the MIME headers.
     #[error("the part is empty: it carries no embedded request")]
     Empty,
+    /// A Content-ID that would inject control characters into the reply's part headers.
     #[error("the part's Content-ID has control characters (CR, LF, NUL...)")]
     BadContentId,
+    /// The part's MIME header block exceeds [`PartLimits::max_header_bytes`].
     #[error("the part's MIME headers are larger than max_part_header_bytes = {limit}")]
-    MimeHeadersTooLarge { limit: usize },
+    MimeHeadersTooLarge {
+        /// The limit in bytes, named in the message.
+        limit: usize,
+    },
+    /// The part declares a Content-Type other than `application/http` (the value as sent).
     #[error("part Content-Type is {0:?}; parts must be application/http")]
     NotApplicationHttp(String),
+    /// The request line is not `METHOD SP target [SP HTTP/1.x]`, or its target has control characters.
     #[error("request line {line:?} is malformed: expected METHOD SP target [SP HTTP/1.x]")]
-    RequestLine { line: String },
+    RequestLine {
+        /// The offending line, lossily decoded.
+        line: String,
+    },
+    /// The method is not an HTTP token.
     #[error("method {0:?} is not a valid HTTP method token")]
     BadMethod(String),
+    /// CONNECT or TRACE, in any letter case: neither may be tunnelled through the gateway.
     #[error("method {0} is not allowed in a batch part")]
     MethodNotAllowed(Method),
+    /// A version other than HTTP/1.1 or HTTP/1.0 on the request line.
     #[error("HTTP version {0:?} is not supported in a part; use HTTP/1.1 or leave it out")]
     BadVersion(String),
+    /// More header lines than [`PartLimits::max_headers`].
     #[error("embedded request has more than max_part_headers = {limit} header lines")]
-    TooManyHeaders { limit: usize },
+    TooManyHeaders {
+        /// The limit in header lines, named in the message.
+        limit: usize,
+    },
+    /// The request line and headers together exceed [`PartLimits::max_header_bytes`].
     #[error("embedded request head is larger than max_part_header_bytes = {limit}")]
-    HeadTooLarge { limit: usize },
+    HeadTooLarge {
+        /// The limit in bytes, named in the message.
+        limit: usize,
+    },
+    /// A header that httparse or `http` refuses: folded lines, control characters, bad names.
     #[error(
         "embedded request headers are malformed ({0}); folded lines and control characters are refused"
     )]
     BadHeaders(String),
+    /// Any `Transfer-Encoding`: chunked framing inside a part is a smuggling vector, so it is never read.
     #[error(
         "Transfer-Encoding is not accepted in a part; send Content-Length or let the part end the body"
     )]
     TransferEncoding,
+    /// `Content-Length` values that are not plain digits or do not all agree.
     #[error("Content-Length values disagree or are not numbers: {0:?}")]
     BadContentLength(String),
+    /// The part ends before the body `Content-Length` declares.
     #[error("Content-Length says {declared} bytes but the part holds only {available}")]
-    ShortBody { declared: u64, available: usize },
+    ShortBody {
+        /// Bytes `Content-Length` promised.
+        declared: u64,
+        /// Bytes the part holds after the head.
+        available: usize,
+    },
+    /// Non-white-space bytes after the declared body (the count).
     #[error("{0} bytes follow the body that Content-Length declared")]
     TrailingBytes(usize),
+    /// A body-less method with bytes after its head and no `Content-Length` to say they are a body.
     #[error(
         "{method} part has {bytes} bytes after its head but no Content-Length; a body on \
          GET/HEAD/DELETE/OPTIONS needs Content-Length (it is never forwarded as a guess)"
     )]
-    BodyWithoutContentLength { method: Method, bytes: usize },
+    BodyWithoutContentLength {
+        /// GET, HEAD, DELETE or OPTIONS, as sent.
+        method: Method,
+        /// Bytes found after the head.
+        bytes: usize,
+    },
 }
 
 /// A part split into what identifies it and what it asks for. The Content-ID survives a bad request so that
 /// the error reply can still be matched by the client.
 #[derive(Debug)]
 pub struct ParsedPart {
+    /// The part's Content-ID, if it sent one; `None` too when the MIME headers could not be read.
     pub content_id: Option<ContentId>,
+    /// The embedded request, or why the part gets a 400.
     pub request: Result<EmbeddedRequest, RequestError>,
 }
 
