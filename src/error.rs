@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::StatusCode;
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, StatusCode};
 
 use crate::route::RouteError;
 use batchgate_wire::{ContentTypeError, FramingError, RequestError};
@@ -267,6 +268,18 @@ impl PartError {
             | PartError::RateLimited { index, .. }
             | PartError::Internal { index, .. } => *index,
         }
+    }
+
+    /// The headers of the error's answer: its JSON type, and `Retry-After` when the gateway knows when.
+    pub(crate) fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(2);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(wait) = self.retry_after() {
+            // Whole seconds, rounded up: Retry-After has no fractions.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        headers
     }
 
     /// The JSON body of the error part.

@@ -1,6 +1,7 @@
 //! The gateway's shared state: configuration, routes and their service stacks, limits, metrics. Every
 //! connection and batch holds it; the stages of a batch ([`crate::batch`]) read from it.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -12,7 +13,7 @@ use crate::metrics::{Gauges, Metrics};
 use crate::observe::{Observer, RouteState, Stats};
 use crate::route::{Route, Router};
 use crate::stack::limit::Capacity;
-use crate::stack::ratelimit::RateLimiter;
+use crate::stack::ratelimit::{ClientKey, RateLimiter};
 use crate::stack::{PartService, Permits, RouteStack, Shared};
 use batchgate_wire::PartLimits;
 
@@ -138,6 +139,16 @@ impl Gateway {
     /// The permits parts routed to `route` take before entering its stack.
     pub(crate) fn permits(&self, route: &Route) -> Permits {
         self.routes[route.id].permits()
+    }
+
+    /// Who a request comes from, for the rate limit: its client address (see [`HeaderRules::client`]), or
+    /// the limiter's key for it.
+    pub(crate) fn client_key(&self, outer: &http::HeaderMap, peer: IpAddr) -> ClientKey {
+        let client = self.headers.client(outer, peer);
+        match &self.rate_limit {
+            Some(limiter) => limiter.address_key(client),
+            None => ClientKey::Ip(client),
+        }
     }
 
     /// One of `limits.max_batches`, or the batch is refused with 503.

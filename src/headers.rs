@@ -117,6 +117,15 @@ impl HeaderRules {
         }
     }
 
+    /// The context of a direct (non-batch) request: nothing to inherit, since its headers are its own, and
+    /// the forwarding headers as for a batch.
+    pub(crate) fn direct(&self, outer: &HeaderMap, peer: IpAddr, tls: bool) -> BatchHeaders {
+        BatchHeaders {
+            inherited: HeaderMap::new(),
+            forwarding: self.forwarding(outer, peer, tls),
+        }
+    }
+
     /// The client a batch comes from: the peer, or, when the peer is a trusted proxy, the nearest address in
     /// its `X-Forwarded-For` chain that is not itself a trusted proxy. Each entry is the address the hop to
     /// its right saw; an entry that names no address (`unknown`, an obfuscated name, garbage) ends the walk

@@ -25,6 +25,8 @@
 //!   shutdown.
 //! - `batch`: one batch in four stages, a module each: `admit` → `read` → `run` (the scheduler) → `respond`.
 //! - `codec`: the batch format behind one seam (reading parts, rendering reply parts), over `batchgate_wire`.
+//! - `direct`: with `direct = true` on a route, a plain request proxied through the route's stack and
+//!   answered as an ordinary response (the endpoints hand it over; no batch stages).
 //! - `route`: which route a part goes to, after normalising its target.
 //! - `stack`: the per-route tower `Service` stack a part goes through upstream (rate limit, header policy,
 //!   rewrite, timeout, retries, in-flight limits fixed or adaptive, response rules, balancing and passive
@@ -50,6 +52,7 @@ pub(crate) mod compress;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub(crate) mod direct;
 pub(crate) mod error;
 pub(crate) mod gateway;
 pub(crate) mod headers;

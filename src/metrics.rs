@@ -59,6 +59,7 @@ pub(crate) struct Metrics {
     queue_wait: Family<RouteLabel, Histogram>,
     upstream_errors: Family<ErrorLabels, Counter>,
     retries: Family<RouteLabel, Counter>,
+    direct_requests: Family<RouteLabel, Counter>,
     ejections: Family<RouteLabel, Counter>,
     upstream_requests: Counter,
     /// Connections the pools opened; with `upstream_requests`, how well keep-alive connections are reused.
@@ -99,6 +100,7 @@ impl Default for Metrics {
             queue_wait: Family::new_with_constructor(latency_histogram),
             upstream_errors: Family::default(),
             retries: Family::default(),
+            direct_requests: Family::default(),
             ejections: Family::default(),
             upstream_requests: Counter::default(),
             upstream_connects: Counter::default(),
@@ -152,6 +154,11 @@ impl Default for Metrics {
             m.upstream_errors.clone(),
         );
         registry.register("retries", "Parts tried again, by route", m.retries.clone());
+        registry.register(
+            "direct_requests",
+            "Plain (non-batch) requests proxied by direct routes, by route; also counted in parts",
+            m.direct_requests.clone(),
+        );
         registry.register(
             "ejections",
             "Upstream addresses ejected by passive health, by route",
@@ -337,6 +344,15 @@ impl Metrics {
                 .clone()
         });
         histogram.observe(waited.as_secs_f64());
+    }
+
+    /// A plain request a `direct` route took; its outcome is counted as a part's.
+    pub(crate) fn direct_request(&self, route: &str) {
+        self.direct_requests
+            .get_or_create(&RouteLabel {
+                route: route.to_owned(),
+            })
+            .inc();
     }
 
     pub(crate) fn retry(&self, route: &str) {

@@ -29,6 +29,8 @@ pub(crate) struct Route {
     /// Whether an absolute-form `https://` target may come here: its upstreams speak https, or the route
     /// accepts such targets over plain http.
     pub tls: bool,
+    /// Plain requests under the prefix are proxied too (`direct`), not only batch parts.
+    pub direct: bool,
     /// Absolute-form authorities that map here (the upstreams' own included).
     hosts: Vec<Authority>,
 }
@@ -106,6 +108,11 @@ impl Router {
             .and_then(|p| normalise_path(&p))
             .unwrap_or_else(|_| config.batch_path.clone());
         Router { routes, batch_path }
+    }
+
+    /// Whether any route proxies plain requests (`direct`).
+    pub(crate) fn has_direct(&self) -> bool {
+        self.routes.iter().any(|r| r.direct)
     }
 
     /// Routes a target. `gateway_host` is the batch request's own `Host`: an absolute-form target naming
@@ -209,6 +216,7 @@ impl Route {
             prefix: r.prefix.clone(),
             name: Arc::from(r.prefix.as_str()),
             tls: origins[0].is_tls() || r.accept_https_targets,
+            direct: r.direct,
             hosts,
         }
     }

@@ -13,7 +13,6 @@ use crate::config::Coding;
 use crate::error::BatchError;
 use crate::gateway::Gateway;
 use crate::observe::trace::TraceContext;
-use crate::stack::ratelimit::ClientKey;
 use crate::stack::{BatchScope, ResponseBudget};
 
 /// A batch let in.
@@ -69,15 +68,10 @@ pub(crate) fn admit(
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
         .or_else(|| head.uri.authority().map(|a| a.to_string()));
-    let client = gateway.headers.client(&head.headers, peer);
-    let client = match &gateway.rate_limit {
-        Some(limiter) => limiter.address_key(client),
-        None => ClientKey::Ip(client),
-    };
     let scope = Arc::new(BatchScope {
         headers: gateway.headers.batch(&head.headers, peer, tls),
         budget: ResponseBudget::new(limits.max_batch_response_bytes),
-        client,
+        client: gateway.client_key(&head.headers, peer),
         trace,
     });
     Ok(Admitted {

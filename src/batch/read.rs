@@ -145,19 +145,14 @@ impl Read<'_> {
             Work::Forward(Forward {
                 service: self.gateway.service(&destination.route),
                 permits: self.gateway.permits(&destination.route),
-                request: Box::new(PartRequest {
+                request: Box::new(PartRequest::new(
                     index,
-                    method: request.method,
-                    path: destination.path,
-                    headers: request.headers,
-                    body: request.body,
-                    batch: self.scope.clone(),
-                    accepts: None,
-                    tried: None,
-                    deadline: None,
-                    timeline: None,
-                    span: tracing::Span::none(),
-                }),
+                    request.method,
+                    destination.path,
+                    request.headers,
+                    request.body,
+                    self.scope.clone(),
+                )),
             }),
         ))
     }

@@ -510,16 +510,8 @@ fn launch(
             };
             let call = async {
                 let _permit = concurrency.acquire_owned().await.map_err(internal)?;
-                // Then the route's and the gateway's, in that order for every part, so that batches
-                // cannot deadlock each other, and parts queued for a saturated route hold no
-                // gateway-wide permit.
-                let _held = match permits {
-                    Permits::RouteAndGlobal(route) => {
-                        let route = route.acquire_owned().await.map_err(internal)?;
-                        Some((route, global.acquire_owned().await.map_err(internal)?))
-                    }
-                    Permits::InStack => None,
-                };
+                // Then the route's and the gateway's.
+                let _held = permits.acquire(&global).await.map_err(internal)?;
                 timeline.waited(started.elapsed());
                 service.oneshot(*request).await
             };

@@ -2,8 +2,7 @@
 //! the same way, under a boundary of its own.
 
 use bytes::{Bytes, BytesMut};
-use http::HeaderMap;
-use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::HeaderValue;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
@@ -131,13 +130,7 @@ impl ReplyWriter {
 
     /// One failed part, with its JSON error body.
     pub(crate) fn error(&self, content_id: Option<&ContentId>, error: &PartError) -> Rendered {
-        let mut headers = HeaderMap::with_capacity(2);
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(wait) = error.retry_after() {
-            // Whole seconds, rounded up: Retry-After has no fractions.
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        }
+        let headers = error.headers();
         let body = error.body();
         let mut out = BytesMut::new();
         write_reply(

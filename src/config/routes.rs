@@ -104,6 +104,10 @@ pub struct RouteConfig {
     /// ends at the gateway). Off, such parts are refused rather than sent in the clear.
     #[serde(default)]
     pub accept_https_targets: bool,
+    /// Proxy plain requests under `prefix` (anything but a `POST` to the batch path) through this route's
+    /// stack and answer them as ordinary HTTP responses, so one origin serves single calls and batches.
+    #[serde(default)]
+    pub direct: bool,
 }
 
 impl RouteConfig {

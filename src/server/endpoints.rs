@@ -1,6 +1,7 @@
 //! The gateway's endpoints: the batch endpoint (with CORS when `[cors]` is set), `/healthz` (liveness),
 //! `/readyz` (readiness) and `/metrics` (also served by the admin listener, [`super::admin`]; with `[admin]`,
-//! only there unless `admin.public_metrics`); with `--demo`, the inbox page at `/` and `/batchgate.js`.
+//! only there unless `admin.public_metrics`); with `--demo`, the inbox page at `/` and `/batchgate.js`; then
+//! plain requests under a `direct` route ([`crate::direct`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,10 +13,10 @@ use hyper::body::Incoming;
 
 use super::cors::Cors;
 use super::live::Served;
-use crate::batch;
 use crate::error::{BatchError, Fault};
 use crate::gateway::Gateway;
 use crate::response::{ReplyBody, error_response, full};
+use crate::{batch, direct};
 
 /// Answers one request; `tls` says whether it came over HTTPS.
 pub(super) async fn dispatch(
@@ -65,6 +66,14 @@ pub(super) async fn dispatch(
         && let Some(page) = site.answer(request.method(), path)
     {
         return page.map(full);
+    }
+    if let Some(destination) = direct::route(gateway, request.uri()) {
+        let origin = request.headers().get(http::header::ORIGIN).cloned();
+        let mut response = direct::serve(gateway, destination, request, peer.ip(), tls).await;
+        if let Some(cors) = &served.cors {
+            cors.decorate(origin.as_ref(), response.headers_mut());
+        }
+        return response;
     }
     let error = BatchError::NotFound(path.to_owned(), gateway.config.batch_path.clone());
     refuse(gateway, error, peer)

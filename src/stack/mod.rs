@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use tokio::sync::Semaphore;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 use tower::util::BoxCloneSyncService;
 
 use crate::error::PartError;
@@ -86,6 +86,30 @@ pub(crate) struct PartRequest {
 }
 
 impl PartRequest {
+    /// A routed request as it enters its route's stack: nothing tried, timed or traced yet.
+    pub(crate) fn new(
+        index: usize,
+        method: Method,
+        path: PathAndQuery,
+        headers: HeaderMap,
+        body: Bytes,
+        batch: Arc<BatchScope>,
+    ) -> PartRequest {
+        PartRequest {
+            index,
+            method,
+            path,
+            headers,
+            body,
+            batch,
+            accepts: None,
+            tried: None,
+            deadline: None,
+            timeline: None,
+            span: tracing::Span::none(),
+        }
+    }
+
     /// A copy for another try.
     fn try_clone(&self) -> PartRequest {
         PartRequest {
@@ -185,6 +209,27 @@ pub(crate) enum Permits {
     RouteAndGlobal(Arc<Semaphore>),
     /// The route's limit is tuned, in the stack, which also takes the gateway-wide one.
     InStack,
+}
+
+/// The route's and the gateway's permits, held while a request is upstream.
+pub(crate) type HeldPermits = Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>;
+
+impl Permits {
+    /// Takes the route's permit, then the gateway's (`global`), in that order for every request, so that
+    /// callers cannot deadlock each other and requests queued for a saturated route hold no gateway-wide
+    /// permit. Nothing to take when the route's stack takes them itself.
+    pub(crate) async fn acquire(
+        self,
+        global: &Arc<Semaphore>,
+    ) -> Result<HeldPermits, AcquireError> {
+        match self {
+            Permits::RouteAndGlobal(route) => {
+                let route = route.acquire_owned().await?;
+                Ok(Some((route, global.clone().acquire_owned().await?)))
+            }
+            Permits::InStack => Ok(None),
+        }
+    }
 }
 
 impl RouteLimit {

@@ -8,6 +8,7 @@
 mod support;
 
 // The core: the batch endpoint, upstreams, and what operators configure and see.
+mod direct;
 mod gateway;
 mod identity;
 mod observability;
