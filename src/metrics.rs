@@ -60,6 +60,7 @@ pub(crate) struct Metrics {
     upstream_errors: Family<ErrorLabels, Counter>,
     retries: Family<RouteLabel, Counter>,
     direct_requests: Family<RouteLabel, Counter>,
+    parts_shared: Family<RouteLabel, Counter>,
     ejections: Family<RouteLabel, Counter>,
     upstream_requests: Counter,
     /// Connections the pools opened; with `upstream_requests`, how well keep-alive connections are reused.
@@ -101,6 +102,7 @@ impl Default for Metrics {
             upstream_errors: Family::default(),
             retries: Family::default(),
             direct_requests: Family::default(),
+            parts_shared: Family::default(),
             ejections: Family::default(),
             upstream_requests: Counter::default(),
             upstream_connects: Counter::default(),
@@ -158,6 +160,11 @@ impl Default for Metrics {
             "direct_requests",
             "Plain (non-batch) requests proxied by direct routes, by route; also counted in parts",
             m.direct_requests.clone(),
+        );
+        registry.register(
+            "parts_shared",
+            "Parts answered with an identical part's answer in the same batch (dedup), by route; also counted in parts",
+            m.parts_shared.clone(),
         );
         registry.register(
             "ejections",
@@ -349,6 +356,15 @@ impl Metrics {
     /// A plain request a `direct` route took; its outcome is counted as a part's.
     pub(crate) fn direct_request(&self, route: &str) {
         self.direct_requests
+            .get_or_create(&RouteLabel {
+                route: route.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A part answered with an identical part's upstream answer (`dedup`); its outcome is counted as a part's.
+    pub(crate) fn part_shared(&self, route: &str) {
+        self.parts_shared
             .get_or_create(&RouteLabel {
                 route: route.to_owned(),
             })

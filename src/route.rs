@@ -31,6 +31,8 @@ pub(crate) struct Route {
     pub tls: bool,
     /// Plain requests under the prefix are proxied too (`direct`), not only batch parts.
     pub direct: bool,
+    /// Identical safe parts of one batch share one upstream call (`dedup`).
+    pub dedup: bool,
     /// Absolute-form authorities that map here (the upstreams' own included).
     hosts: Vec<Authority>,
 }
@@ -217,6 +219,7 @@ impl Route {
             name: Arc::from(r.prefix.as_str()),
             tls: origins[0].is_tls() || r.accept_https_targets,
             direct: r.direct,
+            dedup: r.dedup(),
             hosts,
         }
     }

@@ -5,13 +5,15 @@
 //! ```
 //! - [`admit`]: may this batch be served at all (capacity, type, size), and with which codec;
 //! - [`read`]: the body, part by part as it streams in, each parsed, routed and handed to the scheduler;
-//! - [`run`]: the scheduler, on a task of its own: window, permits, order, side effects only once committed;
+//! - [`run`]: the scheduler, on a task of its own: window, permits, order, side effects only once committed,
+//!   identical safe parts sharing one call ([`dedup`]);
 //! - [`respond`]: the reply body, in request order, coalesced and compressed.
 //!
 //! The reply's `200` is committed only once the whole body is in, so a truncated, oversized or over-long batch
 //! still gets its 400/408/413. Safe parts run meanwhile; the rest wait for the commit.
 
 pub(crate) mod admit;
+pub(crate) mod dedup;
 pub(crate) mod read;
 pub(crate) mod respond;
 pub(crate) mod run;

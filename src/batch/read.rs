@@ -145,6 +145,7 @@ impl Read<'_> {
             Work::Forward(Forward {
                 service: self.gateway.service(&destination.route),
                 permits: self.gateway.permits(&destination.route),
+                dedup: destination.route.dedup,
                 request: Box::new(PartRequest::new(
                     index,
                     request.method,

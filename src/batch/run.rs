@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tracing::Instrument;
 
+use super::dedup::{Dedup, Digest, Role, Sharing};
 use crate::codec::{Rendered, ReplyWriter};
 use crate::config::Limits;
 use crate::error::{Fault, PartError};
@@ -61,6 +62,8 @@ pub(crate) struct Forward {
     pub request: Box<PartRequest>,
     pub service: PartService,
     pub permits: Permits,
+    /// The route shares one call among identical safe parts of the batch (`dedup`, see [`super::dedup`]).
+    pub dedup: bool,
 }
 
 /// A batch's scheduling limits.
@@ -128,6 +131,7 @@ pub(crate) fn start(
         out,
         slots: VecDeque::with_capacity(settings.window),
         waiting: VecDeque::new(),
+        dedup: None,
         running: FuturesUnordered::new(),
         sent: 0,
         concurrency: Arc::new(Semaphore::new(settings.concurrency)),
@@ -171,6 +175,8 @@ struct Slot {
     state: SlotState,
     /// With `access_log = "parts"`: what the part's access line names besides its outcome.
     access: Option<PartAccess>,
+    /// A leader of identical parts: its answer is theirs too.
+    digest: Option<Digest>,
 }
 
 /// A part's place and request (`None`: refused before its request was read), for its access line.
@@ -182,6 +188,8 @@ struct PartAccess {
 enum SlotState {
     /// Has side effects; waits for the commit.
     Held(Forward),
+    /// Identical to a part still running: waits for its answer, and is sent on its own if that fails.
+    Following(Forward),
     Running,
     Done(Rendered),
 }
@@ -191,8 +199,10 @@ struct Scheduler {
     out: mpsc::Sender<Rendered>,
     /// Seated parts from the next one to send on.
     slots: VecDeque<Slot>,
-    /// Parts handed over but not yet seated.
-    waiting: VecDeque<Job>,
+    /// Parts handed over but not yet seated, with their place among identical parts.
+    waiting: VecDeque<(Job, Role)>,
+    /// Identical safe parts sharing one call: made at the first part of a route with `dedup`.
+    dedup: Option<Dedup>,
     running: FuturesUnordered<PartFuture>,
     /// Parts sent to the writer so far: the index of `slots[0]`.
     sent: usize,
@@ -230,7 +240,10 @@ impl Scheduler {
                     self.done(index, result);
                 }
                 input = self.input.recv(), if self.input_open => match input {
-                    Some(Input::Part(job)) => self.waiting.push_back(job),
+                    Some(Input::Part(job)) => {
+                        let role = self.role(&job);
+                        self.waiting.push_back((job, role));
+                    }
                     Some(Input::Commit) => self.commit(),
                     // Refused: dropping the scheduler cancels every part it started.
                     None if !self.committed => return,
@@ -238,8 +251,8 @@ impl Scheduler {
                 },
                 seat = self.out.clone().reserve_owned(), if want_seat => match seat {
                     Ok(seat) => {
-                        let job = self.waiting.pop_front().expect("a part waits");
-                        self.seat(seat, job);
+                        let (job, role) = self.waiting.pop_front().expect("a part waits");
+                        self.seat(seat, job, role);
                     }
                     Err(_) => return,
                 },
@@ -252,15 +265,26 @@ impl Scheduler {
         while !self.waiting.is_empty() {
             match self.out.clone().try_reserve_owned() {
                 Ok(seat) => {
-                    let job = self.waiting.pop_front().expect("a part waits");
-                    self.seat(seat, job);
+                    let (job, role) = self.waiting.pop_front().expect("a part waits");
+                    self.seat(seat, job, role);
                 }
                 Err(_) => return,
             }
         }
     }
 
-    fn seat(&mut self, seat: mpsc::OwnedPermit<Rendered>, job: Job) {
+    /// A part's place among identical parts of the batch, as it is handed over.
+    fn role(&mut self, job: &Job) -> Role {
+        match &job.work {
+            Work::Forward(forward) if forward.dedup => self
+                .dedup
+                .get_or_insert_with(Dedup::default)
+                .role(&job.route, &forward.request),
+            _ => Role::Alone,
+        }
+    }
+
+    fn seat(&mut self, seat: mpsc::OwnedPermit<Rendered>, job: Job, role: Role) {
         let Job {
             index,
             content_id,
@@ -289,6 +313,7 @@ impl Scheduler {
             span: tracing::Span::none(),
             state: SlotState::Running,
             access,
+            digest: None,
         };
         let mut run = None;
         let refused = match work {
@@ -308,13 +333,57 @@ impl Scheduler {
         }
         self.slots.push_back(slot);
         if let Some(forward) = run {
-            self.start(self.slots.len() - 1, forward);
+            let at = self.slots.len() - 1;
+            match role {
+                Role::Alone => self.start(at, forward),
+                Role::Lead(digest) => {
+                    self.slots[at].digest = Some(digest);
+                    self.start(at, forward);
+                }
+                Role::Follow(digest) => self.follow(at, digest, forward),
+            }
         }
         self.send_ready();
     }
 
+    /// Seats a follower: answered from its leader's answer if there is one, else waiting for it (or sent on
+    /// its own if the leader failed).
+    fn follow(&mut self, at: usize, digest: Digest, forward: Forward) {
+        let dedup = self
+            .dedup
+            .as_mut()
+            .expect("a follower's batch de-duplicates");
+        let leader = dedup.leaders.get_mut(&digest).expect("a follower's leader");
+        match &leader.state {
+            Sharing::Pending => {
+                leader.waiting.push(self.sent + at);
+                self.slots[at].state = SlotState::Following(forward);
+            }
+            Sharing::Answered(response) => {
+                let slot = &self.slots[at];
+                let bytes = answer(&self.telemetry, &self.writer, slot, Ok(response));
+                self.telemetry.metrics.part_shared(&slot.route);
+                self.slots[at].state = SlotState::Done(bytes);
+                leader.unanswered -= 1;
+                if self.committed && leader.unanswered == 0 {
+                    dedup.leaders.remove(&digest);
+                }
+            }
+            Sharing::Failed => {
+                leader.unanswered -= 1;
+                self.start(at, forward);
+            }
+        }
+    }
+
     fn commit(&mut self) {
         self.committed = true;
+        // No part comes after the commit: an answer no follower still needs is let go.
+        if let Some(dedup) = &mut self.dedup {
+            dedup.leaders.retain(|_, leader| {
+                !matches!(leader.state, Sharing::Answered(_)) || leader.unanswered > 0
+            });
+        }
         for at in 0..self.slots.len() {
             if let SlotState::Held(_) = self.slots[at].state
                 && let SlotState::Held(forward) =
@@ -362,9 +431,62 @@ impl Scheduler {
 
     fn done(&mut self, index: usize, result: Result<UpstreamResponse, PartError>) {
         let at = index - self.sent;
-        let bytes = self.answer(&self.slots[at], result);
-        self.slots[at].state = SlotState::Done(bytes);
+        let digest = self.slots[at].digest;
+        match result {
+            Ok(response) => {
+                let bytes = self.answer(&self.slots[at], Ok(&response));
+                self.slots[at].state = SlotState::Done(bytes);
+                if let Some(digest) = digest {
+                    self.share(digest, response);
+                }
+            }
+            Err(error) => {
+                let bytes = self.answer(&self.slots[at], Err(error));
+                self.slots[at].state = SlotState::Done(bytes);
+                if let Some(digest) = digest {
+                    self.unshare(digest);
+                }
+            }
+        }
         self.send_ready();
+    }
+
+    /// A leader's answer: its waiting followers are answered with it, and it is kept while more may come.
+    fn share(&mut self, digest: Digest, response: UpstreamResponse) {
+        let Some(dedup) = &mut self.dedup else { return };
+        let Some(leader) = dedup.leaders.get_mut(&digest) else {
+            return;
+        };
+        for index in leader.waiting.drain(..) {
+            let at = index - self.sent;
+            let slot = &self.slots[at];
+            let bytes = answer(&self.telemetry, &self.writer, slot, Ok(&response));
+            self.telemetry.metrics.part_shared(&slot.route);
+            self.slots[at].state = SlotState::Done(bytes);
+            leader.unanswered -= 1;
+        }
+        if leader.unanswered > 0 || !self.committed {
+            leader.state = Sharing::Answered(response);
+        } else {
+            dedup.leaders.remove(&digest);
+        }
+    }
+
+    /// A leader failed: its waiting followers are sent on their own, and so will later ones be.
+    fn unshare(&mut self, digest: Digest) {
+        let Some(leader) = self.dedup.as_mut().and_then(|d| d.leaders.get_mut(&digest)) else {
+            return;
+        };
+        leader.state = Sharing::Failed;
+        leader.unanswered -= leader.waiting.len();
+        for index in std::mem::take(&mut leader.waiting) {
+            let at = index - self.sent;
+            if let SlotState::Following(forward) =
+                std::mem::replace(&mut self.slots[at].state, SlotState::Running)
+            {
+                self.start(at, forward);
+            }
+        }
     }
 
     /// Hands the writer every answered part at the front of the window.
@@ -384,86 +506,95 @@ impl Scheduler {
     }
 
     /// Renders a part's outcome, counting, timing and logging it.
-    fn answer(&self, slot: &Slot, result: Result<UpstreamResponse, PartError>) -> Rendered {
-        let (telemetry, writer) = (&self.telemetry, &self.writer);
-        let Slot {
-            route,
-            content_id,
-            timeline,
-            span,
-            access,
-            ..
-        } = slot;
-        let content_id = content_id.as_ref();
-        timeline.mark(Mark::Done);
-        let elapsed = timeline.elapsed_since_queued();
-        let (status, error) = match &result {
-            Ok(response) => (response.status, response.status.is_server_error()),
-            Err(error) => (error.status(), error.fault() != Fault::Client),
+    fn answer(&self, slot: &Slot, result: Result<&UpstreamResponse, PartError>) -> Rendered {
+        answer(&self.telemetry, &self.writer, slot, result)
+    }
+}
+
+/// Renders a part's outcome, counting, timing and logging it.
+fn answer(
+    telemetry: &Telemetry,
+    writer: &ReplyWriter,
+    slot: &Slot,
+    result: Result<&UpstreamResponse, PartError>,
+) -> Rendered {
+    let Slot {
+        route,
+        content_id,
+        timeline,
+        span,
+        access,
+        ..
+    } = slot;
+    let content_id = content_id.as_ref();
+    timeline.mark(Mark::Done);
+    let elapsed = timeline.elapsed_since_queued();
+    let (status, error) = match &result {
+        Ok(response) => (response.status, response.status.is_server_error()),
+        Err(error) => (error.status(), error.fault() != Fault::Client),
+    };
+    timeline.set_status(status.as_u16());
+    if !span.is_disabled() {
+        span.record("status", status.as_u16());
+        span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+        if let Ok(response) = &result
+            && let Some(peer) = response.peer
+        {
+            span.record("upstream", tracing::field::display(peer));
+        }
+    }
+    if let Some(access) = access {
+        let upstream = result.as_ref().ok().and_then(|r| r.peer);
+        let (method, path) = match &access.request {
+            Some((method, path)) => (method.as_str(), path.as_str()),
+            None => ("-", "-"),
         };
-        timeline.set_status(status.as_u16());
-        if !span.is_disabled() {
-            span.record("status", status.as_u16());
-            span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
-            if let Ok(response) = &result
-                && let Some(peer) = response.peer
-            {
-                span.record("upstream", tracing::field::display(peer));
-            }
-        }
-        if let Some(access) = access {
-            let upstream = result.as_ref().ok().and_then(|r| r.peer);
-            let (method, path) = match &access.request {
-                Some((method, path)) => (method.as_str(), path.as_str()),
-                None => ("-", "-"),
-            };
-            // `path`, not `target`: a JSON line's `target` is the log target's.
-            tracing::info!(
-                target: "batchgate::access",
-                index = access.index,
-                method,
-                path,
-                route = &**route,
-                upstream = upstream.map_or_else(|| "-".to_owned(), |a| a.to_string()),
-                status = status.as_u16(),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                "part"
-            );
-        }
-        telemetry.observer.record(
-            route,
-            Sample {
-                elapsed_us: elapsed.as_micros() as u64,
-                queued_us: u64::from(timeline.waited_micros()),
-                error,
-                saturated: telemetry.global.available_permits() == 0,
-            },
+        // `path`, not `target`: a JSON line's `target` is the log target's.
+        tracing::info!(
+            target: "batchgate::access",
+            index = access.index,
+            method,
+            path,
+            route = &**route,
+            upstream = upstream.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+            status = status.as_u16(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "part"
         );
-        if !route.is_empty() {
-            let waited = Duration::from_micros(u64::from(timeline.waited_micros()));
-            telemetry.metrics.queue_wait(route, waited);
+    }
+    telemetry.observer.record(
+        route,
+        Sample {
+            elapsed_us: elapsed.as_micros() as u64,
+            queued_us: u64::from(timeline.waited_micros()),
+            error,
+            saturated: telemetry.global.available_permits() == 0,
+        },
+    );
+    if !route.is_empty() {
+        let waited = Duration::from_micros(u64::from(timeline.waited_micros()));
+        telemetry.metrics.queue_wait(route, waited);
+    }
+    match result {
+        Ok(response) => {
+            telemetry
+                .metrics
+                .part_answered(route, response.status, elapsed);
+            writer.response(content_id, response)
         }
-        match result {
-            Ok(response) => {
-                telemetry
-                    .metrics
-                    .part_answered(route, response.status, elapsed);
-                writer.response(content_id, &response)
+        Err(error) => {
+            telemetry.metrics.part_failed(route, &error, elapsed);
+            // Under the part's span when part spans are on; under the batch's otherwise.
+            let _part = span.enter();
+            match error.fault() {
+                Fault::Client => tracing::debug!(kind = error.kind(), "{error}"),
+                _ => tracing::warn!(
+                    kind = error.kind(),
+                    retryable = error.retryable(),
+                    "{error}"
+                ),
             }
-            Err(error) => {
-                telemetry.metrics.part_failed(route, &error, elapsed);
-                // Under the part's span when part spans are on; under the batch's otherwise.
-                let _part = span.enter();
-                match error.fault() {
-                    Fault::Client => tracing::debug!(kind = error.kind(), "{error}"),
-                    _ => tracing::warn!(
-                        kind = error.kind(),
-                        retryable = error.retryable(),
-                        "{error}"
-                    ),
-                }
-                writer.error(content_id, &error)
-            }
+            writer.error(content_id, &error)
         }
     }
 }
@@ -481,6 +612,7 @@ fn launch(
         mut request,
         service,
         permits,
+        ..
     } = forward;
     // At debug: a span per part costs more than the part's own work at info's volume.
     slot.span = tracing::debug_span!(
@@ -529,7 +661,7 @@ impl Drop for Scheduler {
             .iter()
             .filter(|slot| !matches!(slot.state, SlotState::Done(_)))
             .map(|slot| &slot.route)
-            .chain(self.waiting.iter().map(|job| &job.route));
+            .chain(self.waiting.iter().map(|(job, _)| &job.route));
         let mut counts: Vec<(&Arc<str>, usize)> = Vec::new();
         for route in unanswered {
             match counts.iter_mut().find(|(r, _)| r == &route) {
@@ -663,8 +795,19 @@ mod tests {
                 }),
                 service: service.clone(),
                 permits: Permits::InStack,
+                dedup: false,
             }),
         }
+    }
+
+    /// A GET of `path` on a route with `dedup` on.
+    fn shared_job(index: usize, path: &str, service: &PartService) -> Job {
+        let mut job = job(index, Method::GET, service);
+        if let Work::Forward(forward) = &mut job.work {
+            forward.request.path = path.parse().unwrap();
+            forward.dedup = true;
+        }
+        job
     }
 
     fn scheduler(
@@ -886,5 +1029,61 @@ mod tests {
         );
         assert!(out.recv().await.is_none());
         assert!(rendered(&metrics).contains("batch_deadline"));
+    }
+
+    #[tokio::test]
+    async fn identical_safe_parts_wait_for_their_leader_and_share_its_answer() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let (feed, mut out, metrics) = scheduler(8, 8);
+        for i in 0..3 {
+            feed.push(shared_job(i, "/same", &service));
+        }
+        feed.push(shared_job(3, "/other", &service));
+        feed.commit();
+        upstream.until_started(2).await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(upstream.started(), ["/same", "/other"]);
+        upstream.release("/same");
+        upstream.release("/other");
+        let mut bodies = Vec::new();
+        while let Some(part) = out.recv().await {
+            bodies.push(body_of(&part));
+        }
+        assert_eq!(bodies, ["/same", "/same", "/same", "/other"]);
+        assert!(rendered(&metrics).contains("batchgate_parts_shared_total{route=\"/p/\"} 2"));
+    }
+
+    #[tokio::test]
+    async fn followers_of_a_failed_leader_are_sent_on_their_own() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let service: PartService =
+            BoxCloneSyncService::new(tower::service_fn(move |request: PartRequest| {
+                let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    if first {
+                        return Err(PartError::Connect {
+                            index: request.index,
+                            upstream: "up".to_owned(),
+                            reason: "refused".to_owned(),
+                        });
+                    }
+                    Ok(crate::stack::tests::answer(StatusCode::OK, b"ok"))
+                }
+            }));
+        let (feed, mut out, _) = scheduler(8, 8);
+        for i in 0..3 {
+            feed.push(shared_job(i, "/same", &service));
+        }
+        feed.commit();
+        let mut statuses = Vec::new();
+        while let Some(part) = out.recv().await {
+            statuses.push(text_of(&part).contains("HTTP/1.1 200"));
+        }
+        assert_eq!(statuses, [false, true, true]);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 }

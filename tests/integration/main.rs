@@ -8,6 +8,7 @@
 mod support;
 
 // The core: the batch endpoint, upstreams, and what operators configure and see.
+mod dedup;
 mod direct;
 mod gateway;
 mod identity;
