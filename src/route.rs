@@ -219,7 +219,7 @@ impl Route {
             name: Arc::from(r.prefix.as_str()),
             tls: origins[0].is_tls() || r.accept_https_targets,
             direct: r.direct,
-            dedup: r.dedup(),
+            dedup: r.dedup,
             hosts,
         }
     }

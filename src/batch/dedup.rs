@@ -1,4 +1,4 @@
-//! De-duplication inside one batch: identical safe parts (GET, HEAD) of a route with `dedup` on make one
+//! De-duplication inside one batch: identical safe parts (GET, HEAD) of a route with `dedup = true` make one
 //! upstream call, and each of them is answered with that call's status, headers and body under its own
 //! Content-ID. The scheduler ([`super::run`]) owns it, since it sees every part.
 //!
@@ -28,7 +28,7 @@ pub(crate) type Digest = u128;
 /// A part's place among identical parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
-    /// Shares nothing: an unsafe method, a route with `dedup = false`, or the leader of its kind failed.
+    /// Shares nothing: an unsafe method, or the leader of its kind failed.
     Alone,
     /// The first of its kind: sent upstream.
     Lead(Digest),

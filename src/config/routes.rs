@@ -109,17 +109,12 @@ pub struct RouteConfig {
     #[serde(default)]
     pub direct: bool,
     /// Identical GET and HEAD parts of one batch (same target, headers and body) make one upstream call,
-    /// whose answer each of them gets. Unset means on: see [`RouteConfig::dedup`].
-    #[serde(default, rename = "dedup")]
-    pub dedup_parts: Option<bool>,
+    /// whose answer each of them gets.
+    #[serde(default)]
+    pub dedup: bool,
 }
 
 impl RouteConfig {
-    /// Whether identical safe parts of one batch share one upstream call (`dedup`, on unless set false).
-    pub fn dedup(&self) -> bool {
-        self.dedup_parts.unwrap_or(true)
-    }
-
     /// The upstreams this route sends parts to, parsed; all of one scheme.
     pub fn origins(&self) -> Result<Vec<Origin>, String> {
         let urls: Vec<&String> = self.upstream.iter().chain(&self.upstreams).collect();

@@ -1,9 +1,14 @@
-//! De-duplication inside a batch (`dedup`, on by default): identical GET/HEAD parts make one upstream call,
-//! and each is answered under its own Content-ID.
+//! De-duplication inside a batch (`dedup = true` on a route): identical GET/HEAD parts make one upstream
+//! call, and each is answered under its own Content-ID.
 
 use std::time::Duration;
 
 use crate::support::*;
+
+/// A route `/mail/` to `upstream` with `dedup = true`.
+fn deduped(upstream: std::net::SocketAddr) -> String {
+    format!("[[routes]]\nprefix = \"/mail/\"\nupstream = \"http://{upstream}\"\ndedup = true\n")
+}
 
 /// 100 GET parts over 10 targets, `/mail/t0` .. `/mail/t9` in turn, ids `<i0>` .. `<i99>`.
 fn hundred_over_ten() -> String {
@@ -14,7 +19,7 @@ fn hundred_over_ten() -> String {
 #[tokio::test]
 async fn a_batch_repeating_ten_targets_makes_ten_upstream_calls_and_answers_every_part_in_order() {
     let up = echo_upstream(Duration::ZERO).await;
-    let gw = gateway(&routes(&[("/mail/", up.addr)])).await;
+    let gw = gateway(&deduped(up.addr)).await;
     let parts = within(10, "the batch", gw.post(MP, hundred_over_ten()))
         .await
         .parts();
@@ -59,7 +64,7 @@ async fn parts_whose_headers_differ_are_not_shared() {
         text(http::StatusCode::OK, who)
     })
     .await;
-    let gw = gateway(&routes(&[("/mail/", up.addr)])).await;
+    let gw = gateway(&deduped(up.addr)).await;
     let get = |id: &str, auth: &str| {
         part(
             id,
@@ -84,13 +89,9 @@ async fn parts_whose_headers_differ_are_not_shared() {
 }
 
 #[tokio::test]
-async fn unsafe_parts_and_a_route_with_dedup_off_make_every_call() {
+async fn unsafe_parts_and_a_route_without_dedup_make_every_call() {
     let up = echo_upstream(Duration::ZERO).await;
-    let config = format!(
-        "{}[[routes]]\nprefix = \"/off/\"\nupstream = \"http://{}\"\ndedup = false\n",
-        routes(&[("/mail/", up.addr)]),
-        up.addr
-    );
+    let config = format!("{}{}", deduped(up.addr), routes(&[("/off/", up.addr)]));
     let gw = gateway(&config).await;
     let parts = gw
         .send_parts(&[
