@@ -51,6 +51,7 @@ pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub(crate) mod error;
+pub(crate) mod fields;
 pub(crate) mod gateway;
 pub(crate) mod headers;
 pub(crate) mod metrics;

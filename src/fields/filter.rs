@@ -1,0 +1,244 @@
+//! A JSON body cut down to what a [`Mask`] selects. The body is read as raw values (`serde_json::RawValue`):
+//! the walk goes only where the mask does, and whatever it keeps whole keeps its bytes (number spellings,
+//! key order, escapes).
+//!
+//! What is kept follows `json-mask`: a mask applies to an object's keys, and to each element of an array (an
+//! array whose elements all fall away falls away; an empty one stays); a key the value lacks is left out; a
+//! selection under a scalar drops it, except `null`, `false`, `0` and `""`, which stay. A whole answer that is
+//! not an object or an array becomes `null`. Where this walk differs from `json-mask`: an array inside an
+//! array is masked element by element (`json-mask` empties it), selections of one key merge (`json-mask`
+//! keeps the last), and keys are JSON keys only (`json-mask` also finds JavaScript properties such as a
+//! string's `length`).
+
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::parse::{Mask, Select};
+
+/// `body` cut down to what `mask` selects; `None` when it is not JSON, and then passes unchanged.
+pub(crate) fn filter(body: &[u8], mask: &Mask) -> Option<Vec<u8>> {
+    let value: &RawValue = serde_json::from_slice(body).ok()?;
+    let mut out = String::with_capacity(body.len() / 2);
+    let kept = matches!(kind(value), Kind::Object | Kind::Array) && apply(value, mask, &mut out)?;
+    if !kept {
+        out.clear();
+        out.push_str("null");
+    }
+    Some(out.into_bytes())
+}
+
+enum Kind {
+    Object,
+    Array,
+    /// `null`, `false`, `0`, `""`: kept where a mask asks for keys of them.
+    Falsy,
+    Scalar,
+}
+
+fn kind(value: &RawValue) -> Kind {
+    let text = value.get();
+    match text.as_bytes().first() {
+        Some(b'{') => Kind::Object,
+        Some(b'[') => Kind::Array,
+        _ if matches!(text, "null" | "false" | "\"\"") => Kind::Falsy,
+        Some(b'-' | b'0'..=b'9') if text.parse::<f64>() == Ok(0.0) => Kind::Falsy,
+        _ => Kind::Scalar,
+    }
+}
+
+/// Writes what `select` keeps of `value`; false (and nothing written) when it keeps nothing. `None` only when
+/// a value that parsed as a whole does not parse again, which cannot happen.
+fn select(value: &RawValue, select: &Select, out: &mut String) -> Option<bool> {
+    match select {
+        Select::All => {
+            out.push_str(value.get());
+            Some(true)
+        }
+        Select::Some(mask) => apply(value, mask, out),
+    }
+}
+
+fn apply(value: &RawValue, mask: &Mask, out: &mut String) -> Option<bool> {
+    match kind(value) {
+        Kind::Object => object(value, mask, out).map(|()| true),
+        Kind::Array => {
+            let elements: Vec<&RawValue> = serde_json::from_str(value.get()).ok()?;
+            if elements.is_empty() {
+                out.push_str("[]");
+                return Some(true);
+            }
+            let start = out.len();
+            out.push('[');
+            let mut any = false;
+            for element in elements {
+                let before = out.len();
+                if any {
+                    out.push(',');
+                }
+                if apply(element, mask, out)? {
+                    any = true;
+                } else {
+                    out.truncate(before);
+                }
+            }
+            if !any {
+                out.truncate(start);
+                return Some(false);
+            }
+            out.push(']');
+            Some(true)
+        }
+        Kind::Falsy => {
+            out.push_str(value.get());
+            Some(true)
+        }
+        Kind::Scalar => Some(false),
+    }
+}
+
+fn object(value: &RawValue, mask: &Mask, out: &mut String) -> Option<()> {
+    let Entries(entries) = serde_json::from_str(value.get()).ok()?;
+    out.push('{');
+    let mut any = false;
+    for (key, value) in entries {
+        let merged;
+        let chosen = match (mask.keys.get(&key), mask.any.as_deref()) {
+            (None, None) => continue,
+            (Some(only), None) | (None, Some(only)) => only,
+            (Some(named), Some(any)) => {
+                merged = named.clone().union(any.clone());
+                &merged
+            }
+        };
+        let before = out.len();
+        if any {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(&key).ok()?);
+        out.push(':');
+        if select(value, chosen, out)? {
+            any = true;
+        } else {
+            out.truncate(before);
+        }
+    }
+    out.push('}');
+    Some(())
+}
+
+/// An object's entries in the order they came, values unparsed.
+struct Entries<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntriesVisitor;
+        impl<'de> Visitor<'de> for EntriesVisitor {
+            type Value = Entries<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Entries<'de>, M::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        deserializer.deserialize_map(EntriesVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masked(mask: &str, body: &str) -> String {
+        let mask = Mask::parse(mask).unwrap().unwrap();
+        String::from_utf8(filter(body.as_bytes(), &mask).expect("JSON")).unwrap()
+    }
+
+    /// Cases run through `json-mask` 2.0.0 (`mask(JSON.parse(input), mask)`, then `JSON.stringify`): the
+    /// expected outputs are its answers. Key order here is the input's; `json-mask` orders by the mask.
+    #[test]
+    fn agrees_with_json_mask() {
+        for (mask, input, expected) in JSON_MASK_CASES {
+            let ours: serde_json::Value = serde_json::from_str(&masked(mask, input)).unwrap();
+            let theirs: serde_json::Value = serde_json::from_str(expected).unwrap();
+            assert_eq!(ours, theirs, "mask {mask:?} on {input}");
+        }
+    }
+
+    #[test]
+    fn kept_values_keep_their_bytes_and_order() {
+        assert_eq!(
+            masked("z,a", r#"{"z": 1.50, "b": 2, "a": {"x" : 1e3, "é\n": "\u00e9"}}"#),
+            r#"{"z":1.50,"a":{"x" : 1e3, "é\n": "\u00e9"}}"#
+        );
+        assert_eq!(
+            masked("a/k\\/x", r#"{"a":{"k/x":12345678901234567890123}}"#),
+            r#"{"a":{"k/x":12345678901234567890123}}"#
+        );
+    }
+
+    #[test]
+    fn not_json_is_none() {
+        let mask = Mask::parse("a").unwrap().unwrap();
+        assert_eq!(filter(b"<html>", &mask), None);
+        assert_eq!(filter(b"{\"a\":1", &mask), None);
+        assert_eq!(filter(b"", &mask), None);
+    }
+
+    #[test]
+    fn arrays_inside_arrays_are_masked_element_by_element() {
+        assert_eq!(
+            masked("a/b", r#"{"a":[[{"b":1,"c":2}],[]]}"#),
+            r#"{"a":[[{"b":1}],[]]}"#
+        );
+    }
+
+    const JSON_MASK_CASES: &[(&str, &str, &str)] = &[
+        (
+            "items(id,snippet/title),nextPageToken",
+            r#"{"kind":"list","nextPageToken":"t2","items":[{"id":"1","etag":"x","snippet":{"title":"Hi","body":"..."}},{"id":"2","snippet":{"body":"b"}}]}"#,
+            r#"{"items":[{"id":"1","snippet":{"title":"Hi"}},{"id":"2","snippet":{}}],"nextPageToken":"t2"}"#,
+        ),
+        ("a", r#"{"a":1,"b":2}"#, r#"{"a":1}"#),
+        ("a,c", r#"{"a":1,"b":2,"c":{"d":3}}"#, r#"{"a":1,"c":{"d":3}}"#),
+        ("missing", r#"{"a":1}"#, r#"{}"#),
+        ("a/b", r#"{"a":{"b":1,"c":2}}"#, r#"{"a":{"b":1}}"#),
+        ("a/b/c", r#"{"a":{"b":{"c":1,"d":2},"e":3}}"#, r#"{"a":{"b":{"c":1}}}"#),
+        ("a(b,c)", r#"{"a":{"b":1,"c":2,"d":3}}"#, r#"{"a":{"b":1,"c":2}}"#),
+        ("a(b/c,d)", r#"{"a":{"b":{"c":1,"x":0},"d":[1,2],"e":3}}"#, r#"{"a":{"b":{"c":1},"d":[1,2]}}"#),
+        ("a/b", r#"{"a":{"c":1}}"#, r#"{"a":{}}"#),
+        ("a/b", r#"{"a":[{"b":1,"c":2},{"c":3},{"b":4}]}"#, r#"{"a":[{"b":1},{},{"b":4}]}"#),
+        ("a/b", r#"{"a":[]}"#, r#"{"a":[]}"#),
+        ("a/b", r#"{"a":[1,2,"x"]}"#, r#"{}"#),
+        ("a/b", r#"{"a":[0,1,null,true,""]}"#, r#"{"a":[0,null,""]}"#),
+        ("a/b", r#"{"a":5}"#, r#"{}"#),
+        ("a/b", r#"{"a":"text"}"#, r#"{}"#),
+        ("a/b", r#"{"a":true}"#, r#"{}"#),
+        ("a/b", r#"{"a":null,"c":1}"#, r#"{"a":null}"#),
+        ("a/b", r#"{"a":0}"#, r#"{"a":0}"#),
+        ("a/b", r#"{"a":false}"#, r#"{"a":false}"#),
+        ("a/b", r#"{"a":""}"#, r#"{"a":""}"#),
+        ("*", r#"{"a":1,"b":{"c":2}}"#, r#"{"a":1,"b":{"c":2}}"#),
+        ("*/c", r#"{"a":{"c":1,"d":2},"b":{"c":3},"e":4}"#, r#"{"a":{"c":1},"b":{"c":3}}"#),
+        ("a/*/c", r#"{"a":{"x":{"c":1,"d":2},"y":{"d":3}}}"#, r#"{"a":{"x":{"c":1},"y":{}}}"#),
+        ("a(*)", r#"{"a":{"x":1,"y":[2]},"b":3}"#, r#"{"a":{"x":1,"y":[2]}}"#),
+        ("a/b,*", r#"{"a":{"b":1,"c":2},"d":3}"#, r#"{"a":{"b":1,"c":2},"d":3}"#),
+        ("\\*", r#"{"*":1,"a":2}"#, r#"{"*":1}"#),
+        ("a\\/b", r#"{"a/b":1,"a":{"b":2}}"#, r#"{"a/b":1}"#),
+        ("id", r#"[{"id":1,"x":2},{"x":3},{"id":4}]"#, r#"[{"id":1},{},{"id":4}]"#),
+        ("id", r#"[1,2]"#, r#"null"#),
+        ("id", r#"[]"#, r#"[]"#),
+        ("a", r#"{}"#, r#"{}"#),
+        ("a", r#"7"#, r#"null"#),
+        ("a", r#""s""#, r#"null"#),
+        ("a", r#"null"#, r#"null"#),
+        ("a(b(c,d),e)", r#"{"a":{"b":[{"c":1,"d":2,"z":3}],"e":null,"f":1}}"#, r#"{"a":{"b":[{"c":1,"d":2}],"e":null}}"#),
+        ("kind,items(id)", r#"{"kind":"k","items":[{"id":1,"n":{"id":2}}]}"#, r#"{"kind":"k","items":[{"id":1}]}"#),
+        ("a b", r#"{"a b":1,"a":2}"#, r#"{"a b":1}"#),
+    ];
+}
