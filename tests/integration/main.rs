@@ -7,7 +7,8 @@
 
 mod support;
 
-// The core: the batch endpoint, upstreams, and what operators configure and see.
+// The core: the batch endpoint, upstreams, field masks, and what operators configure and see.
+mod fields;
 mod gateway;
 mod identity;
 mod observability;
