@@ -16,11 +16,15 @@ use serde_json::value::RawValue;
 
 use super::parse::{Mask, Select};
 
+/// How deep the walk goes into arrays and objects: as deep as `serde_json` reads a `Value`. A body nested
+/// deeper where the mask walks is treated as not JSON.
+const MAX_DEPTH: usize = 128;
+
 /// `body` cut down to what `mask` selects; `None` when it is not JSON, and then passes unchanged.
 pub(crate) fn filter(body: &[u8], mask: &Mask) -> Option<Vec<u8>> {
     let value: &RawValue = serde_json::from_slice(body).ok()?;
     let mut out = String::with_capacity(body.len() / 2);
-    let kept = matches!(kind(value), Kind::Object | Kind::Array) && apply(value, mask, &mut out)?;
+    let kept = matches!(kind(value), Kind::Object | Kind::Array) && apply(value, mask, &mut out, 0)?;
     if !kept {
         out.clear();
         out.push_str("null");
@@ -47,21 +51,24 @@ fn kind(value: &RawValue) -> Kind {
     }
 }
 
-/// Writes what `select` keeps of `value`; false (and nothing written) when it keeps nothing. `None` only when
-/// a value that parsed as a whole does not parse again, which cannot happen.
-fn select(value: &RawValue, select: &Select, out: &mut String) -> Option<bool> {
+/// Writes what `select` keeps of `value`; false (and nothing written) when it keeps nothing. `None` when the
+/// walk would go deeper than [`MAX_DEPTH`].
+fn select(value: &RawValue, select: &Select, out: &mut String, depth: usize) -> Option<bool> {
     match select {
         Select::All => {
             out.push_str(value.get());
             Some(true)
         }
-        Select::Some(mask) => apply(value, mask, out),
+        Select::Some(mask) => apply(value, mask, out, depth),
     }
 }
 
-fn apply(value: &RawValue, mask: &Mask, out: &mut String) -> Option<bool> {
+fn apply(value: &RawValue, mask: &Mask, out: &mut String, depth: usize) -> Option<bool> {
+    if depth == MAX_DEPTH {
+        return None;
+    }
     match kind(value) {
-        Kind::Object => object(value, mask, out).map(|()| true),
+        Kind::Object => object(value, mask, out, depth + 1).map(|()| true),
         Kind::Array => {
             let elements: Vec<&RawValue> = serde_json::from_str(value.get()).ok()?;
             if elements.is_empty() {
@@ -76,7 +83,7 @@ fn apply(value: &RawValue, mask: &Mask, out: &mut String) -> Option<bool> {
                 if any {
                     out.push(',');
                 }
-                if apply(element, mask, out)? {
+                if apply(element, mask, out, depth + 1)? {
                     any = true;
                 } else {
                     out.truncate(before);
@@ -97,7 +104,7 @@ fn apply(value: &RawValue, mask: &Mask, out: &mut String) -> Option<bool> {
     }
 }
 
-fn object(value: &RawValue, mask: &Mask, out: &mut String) -> Option<()> {
+fn object(value: &RawValue, mask: &Mask, out: &mut String, depth: usize) -> Option<()> {
     let Entries(entries) = serde_json::from_str(value.get()).ok()?;
     out.push('{');
     let mut any = false;
@@ -117,7 +124,7 @@ fn object(value: &RawValue, mask: &Mask, out: &mut String) -> Option<()> {
         }
         out.push_str(&serde_json::to_string(&key).ok()?);
         out.push(':');
-        if select(value, chosen, out)? {
+        if select(value, chosen, out, depth)? {
             any = true;
         } else {
             out.truncate(before);
@@ -180,6 +187,15 @@ mod tests {
             masked("a/k\\/x", r#"{"a":{"k/x":12345678901234567890123}}"#),
             r#"{"a":{"k/x":12345678901234567890123}}"#
         );
+    }
+
+    #[test]
+    fn deep_bodies_do_not_overflow() {
+        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        let mask = Mask::parse("x").unwrap().unwrap();
+        assert_eq!(filter(deep.as_bytes(), &mask), None);
+        let deep = format!("{{\"x\":{deep}}}");
+        let _ = filter(deep.as_bytes(), &mask);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! package `json-mask` (the table in `filter`'s tests was checked against it), except where noted there.
 
 mod filter;
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod fuzz;
 mod parse;
 
