@@ -121,10 +121,7 @@ impl HeaderRules {
         BatchHeaders {
             inherited: self.inherited(outer),
             forwarding: self.forwarding(outer, peer, tls),
-            fields: self
-                .fields
-                .then(|| outer.get(X_FIELDS).cloned())
-                .flatten(),
+            fields: self.fields.then(|| outer.get(X_FIELDS).cloned()).flatten(),
         }
     }
 

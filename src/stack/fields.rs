@@ -225,9 +225,9 @@ fn is_json(headers: &HeaderMap) -> bool {
     };
     let essence = value.split(';').next().unwrap_or("").trim();
     essence.eq_ignore_ascii_case("application/json")
-        || essence
-            .split_once('/')
-            .is_some_and(|(_, sub)| sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
+        || essence.split_once('/').is_some_and(|(_, sub)| {
+            sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json")
+        })
 }
 
 #[cfg(test)]
@@ -316,7 +316,10 @@ mod tests {
         .await;
         assert_eq!(seen, "/m?x=1");
         let response = result.unwrap();
-        assert_eq!(response.body, vec![Bytes::from_static(b"{\"a\":{\"b\":1}}")]);
+        assert_eq!(
+            response.body,
+            vec![Bytes::from_static(b"{\"a\":{\"b\":1}}")]
+        );
         assert_eq!(response.body_len, 13);
         assert_eq!(response.headers[ETAG], "W/\"v1\"");
     }

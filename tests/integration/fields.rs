@@ -62,7 +62,10 @@ async fn masks_cut_json_answers_and_never_reach_the_upstream() {
     let gw = gateway_to(&up).await;
     let parts = gw
         .send_parts(&[
-            get_part("a", "/api/list?fields=items(id,snippet/title),nextPageToken&q=x%2Fy&&z"),
+            get_part(
+                "a",
+                "/api/list?fields=items(id,snippet/title),nextPageToken&q=x%2Fy&&z",
+            ),
             get_part("b", "/api/one?fields=kind,items/snippet(title)"),
             get_part("c", "/api/star?fields=items/*/title"),
             get_part("d", "/api/esc?max=2&fields=items%28id%29"),
@@ -115,7 +118,10 @@ async fn x_fields_applies_to_every_part_without_its_own_mask() {
         .request(
             Method::POST,
             "/batch",
-            &[("content-type", MP), ("x-fields", "nextPageToken,items(id)")],
+            &[
+                ("content-type", MP),
+                ("x-fields", "nextPageToken,items(id)"),
+            ],
             Bytes::from(body),
         )
         .await;
@@ -127,7 +133,11 @@ async fn x_fields_applies_to_every_part_without_its_own_mask() {
     );
     assert_eq!(json(&parts[1]), serde_json::json!({"kind":"list"}));
     assert_eq!(part_body(&parts[2]), LIST, "an empty fields= asks for all");
-    assert_eq!(part_body(&parts[3]), LIST, "a route without fields ignores it");
+    assert_eq!(
+        part_body(&parts[3]),
+        LIST,
+        "a route without fields ignores it"
+    );
     assert_eq!(parts[3].headers["etag"], "\"v7\"");
     let seen = up.seen();
     let header_of = |path: &str| {
@@ -162,7 +172,11 @@ async fn a_malformed_mask_is_a_400_part_naming_the_position_and_nothing_goes_ups
         "part 0: the field mask \"items(id,,title)\" is malformed at byte 9: expected a field name"
     );
     assert!(part_error(&parts[1]).contains("more than once"));
-    assert_eq!(targets(&up), ["/api/list"], "only the good part went upstream");
+    assert_eq!(
+        targets(&up),
+        ["/api/list"],
+        "only the good part went upstream"
+    );
 
     let reply = gw
         .request(
