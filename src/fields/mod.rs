@@ -6,7 +6,8 @@
 //! - `filter`: a JSON body cut down to what a [`Mask`] selects, every value kept whole keeping its bytes.
 //!
 //! The stack layer that applies them to a route's answers is `stack::fields`. The semantics follow the npm
-//! package `json-mask` (the table in `filter`'s tests was checked against it), except where noted there.
+//! package `json-mask` (its answers are recorded in `tests/fixtures/fields/json-mask.json`, which a unit test in
+//! `filter` and the JS client's `fields_oracle` test replay), except where `filter` says.
 
 mod filter;
 #[cfg(any(test, feature = "fuzzing"))]
