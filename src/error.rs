@@ -8,8 +8,20 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, StatusCode};
 
+use crate::fields::MaskError;
 use crate::route::RouteError;
 use batchgate_wire::{ContentTypeError, FramingError, RequestError};
+
+/// A part's field mask cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FieldsError {
+    #[error(transparent)]
+    Malformed(#[from] MaskError),
+    #[error("the target names `fields` more than once; give one mask")]
+    Repeated,
+    #[error("the {0} is not UTF-8 once percent-decoded")]
+    NotUtf8(&'static str),
+}
 
 /// Whose fault a failure was: decides how it is logged and counted, and whether a retry can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +173,8 @@ pub(crate) enum PartError {
         "part {index}: this client is over its rate limit (rate_limit.parts_per_second); retry after {retry_after:?}"
     )]
     RateLimited { index: usize, retry_after: Duration },
+    #[error("part {index}: {source}")]
+    Fields { index: usize, source: FieldsError },
     #[error("part {index}: internal error: {reason}")]
     Internal { index: usize, reason: String },
 }
@@ -168,7 +182,9 @@ pub(crate) enum PartError {
 impl PartError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            PartError::Request { .. } | PartError::NestedBody { .. } => StatusCode::BAD_REQUEST,
+            PartError::Request { .. } | PartError::NestedBody { .. } | PartError::Fields { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             PartError::Route {
                 source: RouteError::NoRoute(_),
                 ..
@@ -194,6 +210,7 @@ impl PartError {
             PartError::Request { .. }
             | PartError::Route { .. }
             | PartError::NestedBody { .. }
+            | PartError::Fields { .. }
             | PartError::RateLimited { .. } => Fault::Client,
             PartError::Connect { .. }
             | PartError::NoResponse { .. }
@@ -247,6 +264,7 @@ impl PartError {
             PartError::BatchResponseBudget { .. } => "batch_response_budget",
             PartError::BatchDeadline { .. } => "batch_deadline",
             PartError::RateLimited { .. } => "rate_limited",
+            PartError::Fields { .. } => "bad_fields",
             PartError::Internal { .. } => "internal",
         }
     }
@@ -266,6 +284,7 @@ impl PartError {
             | PartError::BatchResponseBudget { index, .. }
             | PartError::BatchDeadline { index, .. }
             | PartError::RateLimited { index, .. }
+            | PartError::Fields { index, .. }
             | PartError::Internal { index, .. } => *index,
         }
     }

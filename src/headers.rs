@@ -26,6 +26,8 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// Names one request, never a batch of different ones: inherited, it would give every part the same key, and
 /// an upstream that honours it would answer the second POST with the first one's answer (and the retry layer
 /// would take them all for retryable). A part's own key is passed on as usual.
+/// The batch header whose field mask applies to every part that has no `fields=` of its own.
+pub(crate) const X_FIELDS: HeaderName = HeaderName::from_static("x-fields");
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Headers that tell an upstream who the client is or what it asked for, as seen by a proxy. Only the
@@ -82,6 +84,8 @@ pub(crate) struct HeaderRules {
     only: Vec<HeaderName>,
     deny: Vec<HeaderName>,
     trusted_proxies: Vec<Cidr>,
+    /// Whether some route applies field masks: only then is the batch's `X-Fields` looked up.
+    fields: bool,
 }
 
 /// The headers every part of one batch starts from, and the forwarding headers the gateway sets on each.
@@ -89,6 +93,8 @@ pub(crate) struct HeaderRules {
 pub(crate) struct BatchHeaders {
     inherited: HeaderMap,
     forwarding: HeaderMap,
+    /// The batch's `X-Fields`: the field mask of every part (on a route with `fields = true`) that names none.
+    fields: Option<HeaderValue>,
 }
 
 impl HeaderRules {
@@ -103,6 +109,7 @@ impl HeaderRules {
             only: names(&config.headers.inherit_only),
             deny: names(&config.headers.inherit_deny),
             trusted_proxies: config.trusted_proxies.clone(),
+            fields: config.routes.iter().any(|route| route.fields),
         }
     }
 
@@ -114,15 +121,17 @@ impl HeaderRules {
         BatchHeaders {
             inherited: self.inherited(outer),
             forwarding: self.forwarding(outer, peer, tls),
+            fields: self.fields.then(|| outer.get(X_FIELDS).cloned()).flatten(),
         }
     }
 
-    /// The context of a direct (non-batch) request: nothing to inherit, since its headers are its own, and
-    /// the forwarding headers as for a batch.
+    /// The context of a direct (non-batch) request: nothing to inherit, since its headers are its own, the
+    /// forwarding headers as for a batch, and its `X-Fields` as the mask when its target names none.
     pub(crate) fn direct(&self, outer: &HeaderMap, peer: IpAddr, tls: bool) -> BatchHeaders {
         BatchHeaders {
             inherited: HeaderMap::new(),
             forwarding: self.forwarding(outer, peer, tls),
+            fields: self.fields.then(|| outer.get(X_FIELDS).cloned()).flatten(),
         }
     }
 
@@ -267,6 +276,11 @@ fn is_valid_host(value: &HeaderValue) -> bool {
 }
 
 impl BatchHeaders {
+    /// The batch's `X-Fields` mask, when some route applies masks.
+    pub(crate) fn fields(&self) -> Option<&HeaderValue> {
+        self.fields.as_ref()
+    }
+
     /// The headers sent upstream for one part: inherited ones overridden name by name by the part's own,
     /// minus hop-by-hop, `Host`, `Expect`, `Content-Length` and `Accept-Encoding`, minus `Cookie` if
     /// `strip_cookies`, with the gateway's forwarding headers set last. `Host` comes from the URI.

@@ -54,6 +54,7 @@ pub mod config;
 pub mod demo;
 pub(crate) mod direct;
 pub(crate) mod error;
+pub(crate) mod fields;
 pub(crate) mod gateway;
 pub(crate) mod headers;
 pub(crate) mod metrics;
@@ -75,6 +76,12 @@ pub mod fuzzing {
     /// The `route` target: routing one target never panics and keeps its invariants (`src/route/fuzz.rs`).
     pub fn route(data: &[u8]) {
         crate::route::fuzz::route(data);
+    }
+
+    /// The `fields` target: parsing a field mask and cutting JSON with it never panics and keeps its
+    /// invariants (`src/fields/fuzz.rs`).
+    pub fn fields(data: &[u8]) {
+        crate::fields::fuzz::fields(data);
     }
 }
 

@@ -96,6 +96,10 @@ pub struct RouteConfig {
     /// Do not pass the batch's `Cookie` header on to this route's parts.
     #[serde(default)]
     pub strip_cookies: bool,
+    /// Cut this route's JSON answers down to the part's `fields=` mask (or the batch's `X-Fields`), and send
+    /// the target upstream without it.
+    #[serde(default)]
+    pub fields: bool,
     /// Tune this route's in-flight limit from its latency, within `{min, max}`, instead of the fixed
     /// `limits.max_inflight_per_upstream`.
     #[serde(default)]

@@ -11,6 +11,7 @@ use tower::util::BoxCloneSyncService;
 use super::adaptive::{AdaptiveLayer, AdaptiveLimiter};
 use super::balance::{Balancer, Upstream};
 use super::connect::TlsTarget;
+use super::fields::FieldsLayer;
 use super::limit::{Capacity, InflightLayer};
 use super::policy::PolicyLayer;
 use super::pool::{Pool, PoolSettings};
@@ -157,6 +158,7 @@ impl RouteStack {
                 rewrite: route.rewrite.clone(),
                 origins,
             }))
+            .option_layer(route.fields.then_some(FieldsLayer))
             .layer(TimeoutLayer::new(
                 route.timeout.unwrap_or(limits.part_timeout),
                 timeout_key,

@@ -6,6 +6,8 @@
 //! - [`ratelimit`]: the per-client limit, a token per part (below the policy: a part is keyed by the
 //!   credential it is sent with);
 //! - [`rewrite`]: the route's path mapping, and `Location` answers mapped back;
+//! - [`fields`]: on routes with `fields = true`, the part's field mask taken off its target and applied to
+//!   its JSON answer (above where a cache goes: a cache holds whole answers);
 //! - [`timeout`]: the route's time limit for the part, all its tries included (each try gets a share);
 //! - [`retry`]: idempotent parts tried again elsewhere, within a budget;
 //! - [`adaptive`]: on routes with a tuned limit, sub-requests in flight to the route, then (with [`limit`])
@@ -27,6 +29,7 @@ pub(crate) mod adaptive;
 pub(crate) mod balance;
 mod build;
 pub(crate) mod connect;
+pub(crate) mod fields;
 pub(crate) mod limit;
 pub(crate) mod policy;
 pub(crate) mod pool;

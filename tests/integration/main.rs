@@ -7,9 +7,10 @@
 
 mod support;
 
-// The core: the batch endpoint, upstreams, and what operators configure and see.
+// The core: the batch endpoint, upstreams, field masks, and what operators configure and see.
 mod dedup;
 mod direct;
+mod fields;
 mod gateway;
 mod identity;
 mod observability;
