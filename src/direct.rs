@@ -19,6 +19,7 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+use crate::batch::read::next_data;
 use crate::config::Limits;
 use crate::error::{BatchError, Fault, PartError};
 use crate::gateway::Gateway;
@@ -137,31 +138,13 @@ where
     }
     let upload_deadline = arrival + limits.upload_timeout;
     let mut out = BytesMut::new();
-    loop {
-        let pause = Instant::now() + limits.body_read_timeout;
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            () = tokio::time::sleep_until(pause.min(upload_deadline)) => {
-                return Err(if pause < upload_deadline {
-                    BatchError::SlowClient(limits.body_read_timeout)
-                } else {
-                    BatchError::UploadTimeout(limits.upload_timeout)
-                });
-            }
-        };
-        match frame {
-            None => return Ok(out.freeze()),
-            Some(Err(e)) => return Err(BatchError::BodyRead(e.to_string())),
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    if (out.len() + data.len()) as u64 > limits.max_part_bytes {
-                        return Err(too_large());
-                    }
-                    out.extend_from_slice(&data);
-                }
-            }
+    while let Some(data) = next_data(&mut body, limits, upload_deadline).await? {
+        if (out.len() + data.len()) as u64 > limits.max_part_bytes {
+            return Err(too_large());
         }
+        out.extend_from_slice(&data);
     }
+    Ok(out.freeze())
 }
 
 /// The upstream's answer as the response: its status, headers (hop-by-hop ones are gone already) and body.

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::run::{Feed, Forward, Job, Work};
 use crate::codec::PartReader;
+use crate::config::Limits;
 use crate::error::{BatchError, PartError};
 use crate::gateway::Gateway;
 use crate::stack::{BatchScope, PartRequest};
@@ -44,26 +45,7 @@ impl Read<'_> {
         let mut ids = HashSet::new();
         let mut received = 0u64;
         let mut parts = 0usize;
-        loop {
-            let pause = Instant::now() + limits.body_read_timeout;
-            let frame = tokio::select! {
-                frame = body.frame() => frame,
-                () = tokio::time::sleep_until(pause.min(upload_deadline)) => {
-                    return Err(if pause < upload_deadline {
-                        BatchError::SlowClient(limits.body_read_timeout)
-                    } else {
-                        BatchError::UploadTimeout(limits.upload_timeout)
-                    });
-                }
-            };
-            let data = match frame {
-                None => break,
-                Some(Err(e)) => return Err(BatchError::BodyRead(e.to_string())),
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => data,
-                    Err(_) => continue,
-                },
-            };
+        while let Some(data) = next_data(&mut body, limits, upload_deadline).await? {
             received += data.len() as u64;
             if received > limits.max_batch_bytes {
                 return Err(BatchError::TooLarge {
@@ -156,5 +138,41 @@ impl Read<'_> {
                 )),
             }),
         ))
+    }
+}
+
+/// The request body's next data frame (trailers skipped), or `None` at its end: a pause longer than
+/// `body_read_timeout` is a [`BatchError::SlowClient`], the whole upload past `upload_deadline` a
+/// [`BatchError::UploadTimeout`]. A batch's body and a direct request's are read alike.
+pub(crate) async fn next_data<B>(
+    body: &mut B,
+    limits: &Limits,
+    upload_deadline: Instant,
+) -> Result<Option<Bytes>, BatchError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    loop {
+        let pause = Instant::now() + limits.body_read_timeout;
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            () = tokio::time::sleep_until(pause.min(upload_deadline)) => {
+                return Err(if pause < upload_deadline {
+                    BatchError::SlowClient(limits.body_read_timeout)
+                } else {
+                    BatchError::UploadTimeout(limits.upload_timeout)
+                });
+            }
+        };
+        match frame {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(BatchError::BodyRead(e.to_string())),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    return Ok(Some(data));
+                }
+            }
+        }
     }
 }
