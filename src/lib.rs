@@ -55,6 +55,8 @@ pub mod demo;
 pub(crate) mod direct;
 pub(crate) mod error;
 pub(crate) mod fields;
+#[cfg(test)]
+mod fuzz_inputs;
 pub(crate) mod gateway;
 pub(crate) mod headers;
 pub(crate) mod metrics;

@@ -85,25 +85,10 @@ fn prop(name: String, select: &Select) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     /// Every saved input (hand-made masks and bodies, and any crasher the fuzzer finds) passes the checks.
     #[test]
     fn saved_inputs_pass_the_fields_checks() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/fields");
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|entry| entry.unwrap().path())
-            .collect();
-        files.sort();
-        assert!(files.len() >= 8, "too few inputs in {}", dir.display());
-        for file in files {
-            let data = std::fs::read(&file).unwrap();
-            if let Err(panic) = std::panic::catch_unwind(|| super::fields(&data)) {
-                eprintln!("{}", file.display());
-                std::panic::resume_unwind(panic);
-            }
-        }
+        crate::fuzz_inputs::replay("fields", 8, super::fields);
     }
 
     #[test]

@@ -163,24 +163,10 @@ fn naive_resolve(path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     /// Every saved input (crashers the fuzzer found, hand-made hostile targets) passes the checks.
     #[test]
     fn saved_inputs_pass_the_route_checks() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/route");
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|entry| entry.unwrap().path())
-            .collect();
-        files.sort();
-        assert!(files.len() >= 10, "too few inputs in {}", dir.display());
-        for file in files {
-            let data = std::fs::read(&file).unwrap();
-            if let Err(panic) = std::panic::catch_unwind(|| super::route(&data)) {
-                std::panic::resume_unwind(panic);
-            }
-        }
+        crate::fuzz_inputs::replay("route", 10, super::route);
     }
 
     /// The careless upstream the checks compare against decodes encoded slashes and dots and climbs with them.
