@@ -175,11 +175,7 @@ async fn start_in_process(latency: Duration) -> Result<(Uri, Uri), String> {
 
     let mut config = Config::default();
     config.limits.concurrency = CONCURRENCY;
-    config.routes.push(RouteConfig {
-        prefix: "/mail/".into(),
-        upstream: Some(format!("http://{upstream_addr}")),
-        ..RouteConfig::default()
-    });
+    config.put_route(RouteConfig::to("/mail/", format!("http://{upstream_addr}")));
     config.validate().map_err(|e| e.to_string())?;
     let listener = TcpListener::bind("127.0.0.1:0")
         .await

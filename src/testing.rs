@@ -158,11 +158,7 @@ impl TestGatewayBuilder {
         prefix: impl Into<String>,
         upstream: impl Into<String>,
     ) -> TestGatewayBuilder {
-        self.routes.push(RouteConfig {
-            prefix: prefix.into(),
-            upstream: Some(upstream.into()),
-            ..RouteConfig::default()
-        });
+        self.routes.push(RouteConfig::to(prefix, upstream));
         self
     }
 
@@ -179,8 +175,7 @@ impl TestGatewayBuilder {
             None => Config::default(),
         };
         for route in self.routes {
-            config.routes.retain(|r| r.prefix != route.prefix);
-            config.routes.push(route);
+            config.put_route(route);
         }
         config
             .validate()

@@ -188,6 +188,13 @@ impl TracingConfig {
 }
 
 impl Config {
+    /// Adds `route`, replacing the route with the same prefix if there is one (so the command line and the
+    /// testing kit override a file's route rather than duplicate its prefix).
+    pub fn put_route(&mut self, route: RouteConfig) {
+        self.routes.retain(|r| r.prefix != route.prefix);
+        self.routes.push(route);
+    }
+
     /// Reads and validates a config file. Its relative file paths are taken from the file's folder.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -119,6 +119,16 @@ pub struct RouteConfig {
 }
 
 impl RouteConfig {
+    /// A route sending paths under `prefix` to `upstream`, every other key at its default: what `--route`,
+    /// `--demo` and the testing kit add.
+    pub fn to(prefix: impl Into<String>, upstream: impl Into<String>) -> RouteConfig {
+        RouteConfig {
+            prefix: prefix.into(),
+            upstream: Some(upstream.into()),
+            ..RouteConfig::default()
+        }
+    }
+
     /// The upstreams this route sends parts to, parsed; all of one scheme.
     pub fn origins(&self) -> Result<Vec<Origin>, String> {
         let urls: Vec<&String> = self.upstream.iter().chain(&self.upstreams).collect();

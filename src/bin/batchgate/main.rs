@@ -318,11 +318,7 @@ fn parse_route(text: &str) -> Result<RouteConfig, String> {
     let (prefix, url) = text
         .split_once('=')
         .ok_or("expected PREFIX=URL, as in /mail/=http://127.0.0.1:9001")?;
-    let route = RouteConfig {
-        prefix: prefix.into(),
-        upstream: Some(url.into()),
-        ..RouteConfig::default()
-    };
+    let route = RouteConfig::to(prefix, url);
     let alone = Config {
         routes: vec![route.clone()],
         ..Config::default()
@@ -353,14 +349,11 @@ impl Overrides {
         if let Some(listen) = self.listen {
             config.listen = listen;
         }
-        let demo = self.demo.map(|addr| RouteConfig {
-            prefix: "/mail/".into(),
-            upstream: Some(format!("http://{addr}")),
-            ..RouteConfig::default()
-        });
+        let demo = self
+            .demo
+            .map(|addr| RouteConfig::to("/mail/", format!("http://{addr}")));
         for route in demo.iter().chain(&self.routes) {
-            config.routes.retain(|r| r.prefix != route.prefix);
-            config.routes.push(route.clone());
+            config.put_route(route.clone());
         }
     }
 }
