@@ -110,6 +110,8 @@ impl RouteStack {
             });
         }
         let limits = shared.limits;
+        // The route's name in metrics, stats and the tuning history.
+        let name: Arc<str> = Arc::from(route.prefix.as_str());
         let balancer = Balancer::new(
             upstreams,
             route.balance,
@@ -118,7 +120,7 @@ impl RouteStack {
                 http2_prior_knowledge: route.http_version == HttpVersion::Http2,
                 max_response_bytes: limits.max_response_bytes,
                 metrics: shared.metrics.clone(),
-                route: Arc::from(route.prefix.as_str()),
+                route: name.clone(),
             },
         );
         if let Some(previous) = previous {
@@ -133,7 +135,7 @@ impl RouteStack {
             (Some(_), Some(kept @ RouteLimit::Adaptive(_)))
             | (None, Some(kept @ RouteLimit::Fixed(_))) => kept.clone(),
             (Some(bounds), _) => RouteLimit::Adaptive(Arc::new(AdaptiveLimiter::new(
-                Arc::from(route.prefix.as_str()),
+                name.clone(),
                 bounds,
                 shared.observer.clone(),
             ))),
@@ -172,7 +174,7 @@ impl RouteStack {
                         shared.upstream.retry_budget,
                         shared.upstream.retry_budget_min,
                     ),
-                    (shared.metrics.clone(), Arc::from(route.prefix.as_str())),
+                    (shared.metrics.clone(), name.clone()),
                 )
             }))
             // A fixed limit and the gateway-wide one are taken by the scheduler, before the part enters the
