@@ -4,6 +4,10 @@
 //!
 //! - `GET /mail/v1/messages/unread` -> `{"ids":["1",...]}` (`?max=N`, default 100)
 //! - `GET /mail/v1/messages/{id}` -> the message as JSON, or 404
+//!
+//! GET answers are cacheable by a shared cache only (`max-age=0, s-maxage=...`, with an `ETag`, and a 304 to
+//! a matching `If-None-Match`), so a gateway's cache can serve them while a browser calling the service
+//! directly still asks every time.
 //! - `POST /mail/v1/messages` -> 201 with the new message's id
 //!
 //! [`DemoSite`] is the other half of `--demo`: the inbox page the gateway serves at `/`, which fetches the
@@ -15,7 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue, LOCATION};
+use http::header::{
+    CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderName, HeaderValue, IF_NONE_MATCH, LOCATION,
+};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -46,17 +52,24 @@ pub struct DemoOptions {
     pub allow_origin: Option<String>,
 }
 
+/// How long a shared cache may serve a message as it is (`s-maxage`).
+const MESSAGE_SHARED_MAX_AGE: &str = "max-age=0, s-maxage=60";
+/// The unread list changes more often than a message.
+const UNREAD_SHARED_MAX_AGE: &str = "max-age=0, s-maxage=5";
+
 /// What every connection of one instance shares.
 #[derive(Debug)]
-struct Instance {
+pub(crate) struct Instance {
     latency: Duration,
     /// Headers added to every answer (`X-Served-By`, CORS).
     extra: Vec<(HeaderName, HeaderValue)>,
     next_id: AtomicU64,
+    /// Requests answered, for tests that count what reached the upstream.
+    served: AtomicU64,
 }
 
 impl Instance {
-    fn new(options: DemoOptions) -> Arc<Instance> {
+    pub(crate) fn new(options: DemoOptions) -> Arc<Instance> {
         let value = |what: &str, text: String| {
             HeaderValue::try_from(text.as_str())
                 .unwrap_or_else(|_| panic!("DemoOptions::{what} {text:?} is not a header value"))
@@ -79,7 +92,14 @@ impl Instance {
             latency: options.latency,
             extra,
             next_id: AtomicU64::new(100_001),
+            served: AtomicU64::new(0),
         })
+    }
+
+    /// Requests answered so far (counted as each one arrives).
+    #[cfg(feature = "testing")]
+    pub(crate) fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
     }
 }
 
@@ -97,7 +117,11 @@ pub async fn serve(listener: TcpListener, latency: Duration) {
 
 /// Serves the mail API on `listener` forever, as `options` say.
 pub async fn serve_with(listener: TcpListener, options: DemoOptions) {
-    let instance = Instance::new(options);
+    serve_instance(listener, Instance::new(options)).await;
+}
+
+/// Serves `instance` on `listener` forever.
+pub(crate) async fn serve_instance(listener: TcpListener, instance: Arc<Instance>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -134,6 +158,7 @@ where
     let service = service_fn(move |request| {
         let instance = instance.clone();
         async move {
+            instance.served.fetch_add(1, Ordering::Relaxed);
             if !instance.latency.is_zero() {
                 tokio::time::sleep(instance.latency).await;
             }
@@ -162,13 +187,20 @@ async fn answer(request: Request<Incoming>, next_id: &AtomicU64) -> Response<Ful
                 .unwrap_or(100)
                 .min(1000);
             let ids: Vec<String> = (1..=max).map(|i| i.to_string()).collect();
-            json(
-                StatusCode::OK,
-                serde_json::json!({ "ids": ids }).to_string(),
+            cacheable(
+                &request,
+                format!("\"u{max}\""),
+                UNREAD_SHARED_MAX_AGE,
+                || serde_json::json!({ "ids": ids }).to_string(),
             )
         }
         (Method::GET, id) => match id.strip_prefix('/').and_then(|id| id.parse::<u64>().ok()) {
-            Some(id) if (1..=100_000).contains(&id) => json(StatusCode::OK, message(id)),
+            Some(id) if (1..=100_000).contains(&id) => cacheable(
+                &request,
+                format!("\"m{id}\""),
+                MESSAGE_SHARED_MAX_AGE,
+                || message(id),
+            ),
             _ => json(StatusCode::NOT_FOUND, error("no such message", &path)),
         },
         (Method::POST, "" | "/") => {
@@ -229,6 +261,37 @@ pub fn message(id: u64) -> String {
         "snippet": format!("About the {} {}: see the {} before the {}.", word(4), word(5), word(6), word(7)),
     })
     .to_string()
+}
+
+/// A 200 with `body()`, validated by `etag` and cacheable as `cache_control` says, or a 304 when the request's
+/// `If-None-Match` already names `etag` (the answers never change: a message's id fixes its text).
+fn cacheable(
+    request: &Request<Incoming>,
+    etag: String,
+    cache_control: &'static str,
+    body: impl FnOnce() -> String,
+) -> Response<Full<Bytes>> {
+    let matches = request
+        .headers()
+        .get_all(IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|tag| {
+            let tag = tag.trim();
+            tag == "*" || tag.trim_start_matches("W/") == etag
+        });
+    let mut response = if matches {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response
+    } else {
+        json(StatusCode::OK, body())
+    };
+    let headers = response.headers_mut();
+    headers.insert(ETAG, HeaderValue::from_str(&etag).expect("ascii"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    response
 }
 
 fn error(message: &str, path: &str) -> String {
@@ -294,5 +357,54 @@ impl DemoSite {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         Some(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::Empty;
+
+    use super::*;
+
+    /// Sends `GET path` with `If-None-Match: if_none_match` (when given) to a demo service: status, ETag and
+    /// Cache-Control of the answer.
+    async fn get(path: &str, if_none_match: Option<&str>) -> (StatusCode, String, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, Duration::ZERO));
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let mut request = Request::get(path).header(http::header::HOST, addr.to_string());
+        if let Some(tag) = if_none_match {
+            request = request.header(IF_NONE_MATCH, tag);
+        }
+        let response = sender
+            .send_request(request.body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .unwrap();
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .map_or_else(String::new, |v: &HeaderValue| {
+                    v.to_str().unwrap().to_owned()
+                })
+        };
+        (response.status(), header(ETAG), header(CACHE_CONTROL))
+    }
+
+    #[tokio::test]
+    async fn messages_are_for_shared_caches_and_revalidate_with_their_etag() {
+        let (status, etag, cache_control) = get("/mail/v1/messages/7", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(etag, "\"m7\"");
+        assert_eq!(cache_control, MESSAGE_SHARED_MAX_AGE);
+        let (status, ..) = get("/mail/v1/messages/7", Some("W/\"m7\"")).await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
+        let (status, ..) = get("/mail/v1/messages/7", Some("\"m8\", \"x\"")).await;
+        assert_eq!(status, StatusCode::OK);
     }
 }

@@ -43,6 +43,7 @@ use crate::server::{self, Live};
 pub struct MailUpstream {
     addr: SocketAddr,
     url: String,
+    instance: Arc<demo::Instance>,
     task: JoinHandle<()>,
 }
 
@@ -61,11 +62,18 @@ impl MailUpstream {
     /// As [`MailUpstream::start`], and when `options` holds a name or origin that is not a header value.
     pub async fn start_with(options: DemoOptions) -> MailUpstream {
         let (listener, addr) = bind_loopback("MailUpstream").await;
+        let instance = demo::Instance::new(options);
         MailUpstream {
             addr,
             url: format!("http://{addr}"),
-            task: tokio::spawn(demo::serve_with(listener, options)),
+            task: tokio::spawn(demo::serve_instance(listener, instance.clone())),
+            instance,
         }
+    }
+
+    /// Requests that reached it so far: what a cache or de-duplication in front of it saved shows here.
+    pub fn requests(&self) -> u64 {
+        self.instance.served()
     }
 
     /// The address it listens on.

@@ -32,6 +32,8 @@ async fn a_batch_reaches_the_mail_upstream_through_the_gateway() {
     );
     // No route for it: the gateway answers that part itself.
     assert_eq!(parts[2].status, StatusCode::NOT_FOUND);
+    // Only the two routed parts reached the mail upstream.
+    assert_eq!(mail.requests(), 2);
 }
 
 #[tokio::test]
