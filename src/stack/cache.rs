@@ -43,6 +43,7 @@ use tokio::sync::watch;
 use tower::{Layer, Service};
 
 use super::rewrite::Mapping;
+use super::rules::unaccepted_coding;
 use super::{BatchScope, PartRequest, UpstreamResponse};
 use crate::cache::{CacheHandle, Entry, StoreError};
 use crate::error::PartError;
@@ -261,7 +262,15 @@ where
             path: &request.path,
             headers: &request.headers,
         };
+        // The entry's body may be compressed in a way this part does not accept (the rules layer below
+        // decodes per part): then it is another variant, like one `Vary: Accept-Encoding` tells apart.
+        let encoded = unaccepted_coding(
+            &entry.headers,
+            entry.body.len() as u64,
+            request.accepts.as_ref(),
+        );
         match entry.policy.before_request(&view, now) {
+            _ if encoded.is_some() => fwd = Fwd::VaryMiss,
             BeforeRequest::Fresh(_) => {
                 shared.metrics.cache_event(&shared.route, CacheEvent::Hit);
                 let status = cache_status(Fwd::Hit, None, false, false);
@@ -742,8 +751,8 @@ impl Flights {
     }
 }
 
-/// Everything that makes two requests' upstream calls differ, but the gateway's own trace headers (a new span
-/// per part).
+/// Everything that makes two requests' upstream calls (or their answers) differ, but the gateway's own trace
+/// headers (a new span per part).
 fn feed<H: Hasher>(h: &mut H, request: &PartRequest) {
     request.method.as_str().hash(h);
     request.path.as_str().hash(h);
@@ -755,6 +764,8 @@ fn feed<H: Hasher>(h: &mut H, request: &PartRequest) {
         value.as_bytes().hash(h);
     }
     request.body.hash(h);
+    // Not sent, but the rules layer decodes the answer by it.
+    request.accepts.as_ref().map(HeaderValue::as_bytes).hash(h);
 }
 
 /// The part's upstream answer, through the route's coalescing when it has it (GET only): the answer, and
