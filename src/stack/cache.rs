@@ -48,6 +48,7 @@ use super::{BatchScope, PartRequest, UpstreamResponse};
 use crate::cache::{CacheHandle, Entry, StoreError};
 use crate::error::PartError;
 use crate::metrics::{CacheEvent, Metrics};
+use crate::observe::timeline::Mark;
 use crate::observe::trace::{TRACEPARENT, TRACESTATE};
 use batchgate_wire::Framing;
 
@@ -331,8 +332,8 @@ where
             });
             stored = store(shared, cache, &key, &entry, now).await;
             answer.body = vec![body];
-            if stored && client.is_some() {
-                // The client's validators were replaced by the entry's: its answer is judged by its own.
+            if stored && client.match_entry(&entry) {
+                // The client's validators were replaced by the entry's, and they match what came back.
                 let status = cache_status(fwd, Some(answer.status), stored, collapsed);
                 return answer_from(&entry, &asked, &client, now, status);
             }
@@ -801,12 +802,19 @@ where
                 };
             }
             Role::Follow(mut receiver) => {
+                // On the batch's timeline, the shared call is this part's time upstream.
+                if let Some(t) = &request.timeline {
+                    t.mark(Mark::Sent);
+                }
                 let outcome = receiver
                     .wait_for(|f| !matches!(f, Flight::Pending))
                     .await
                     .map(|f| f.clone());
                 match outcome {
                     Ok(Flight::Answered(answer)) => {
+                        if let Some(t) = &request.timeline {
+                            t.mark(Mark::FirstByte);
+                        }
                         if !request.batch.budget.take(answer.body_len) {
                             return Err(PartError::BatchResponseBudget {
                                 index: request.index,

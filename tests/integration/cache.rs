@@ -281,6 +281,14 @@ async fn the_admin_purge_drops_entries_by_client_facing_prefix() {
     let kept_none = one(&gw, "GET /mail/b/1 HTTP/1.1\r\n").await;
     assert_eq!(cache_status(&kept_none), "batchgate; fwd=uri-miss; stored");
     assert_eq!(up.seen().len(), 5);
+    one(&gw, "GET /mail/a/1 HTTP/1.1\r\n").await;
+    let stats = admin.stats().await;
+    let cache = &stats["routes"][0]["cache"];
+    assert_eq!(
+        (cache["lookups"].as_u64(), cache["hits"].as_u64()),
+        (Some(6), Some(1))
+    );
+    assert!((cache["hit_ratio"].as_f64().unwrap() - 1.0 / 6.0).abs() < 1e-9);
     admin.stop().await;
     gw.stop().await;
 }
