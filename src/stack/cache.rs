@@ -21,7 +21,7 @@
 //! The layer's future is boxed on the paths that use the store or coalesce (their awaits are many and
 //! nested); a part that does neither (an unsafe part on a route without a cache) gets the inner future as is.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, hash_map};
 use std::future::Future;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::pin::Pin;
@@ -675,7 +675,21 @@ impl Asking for Asked {
 struct Flights {
     /// Two keys drawn for the route, so that no client can arrange two different requests to collide.
     keys: (RandomState, RandomState),
-    calls: Mutex<HashMap<u128, watch::Sender<Flight>>>,
+    calls: Mutex<Calls>,
+}
+
+#[derive(Debug, Default)]
+struct Calls {
+    by_digest: HashMap<u128, Slot>,
+    /// Tells a leader's slot from a later one of the same digest.
+    next_seat: u64,
+}
+
+/// One call in flight. Its channel is made by the first follower: a call nobody joins allocates nothing.
+#[derive(Debug)]
+struct Slot {
+    seat: u64,
+    sender: Option<watch::Sender<Flight>>,
 }
 
 /// How a call in flight went, as its followers see it.
@@ -693,31 +707,29 @@ enum Role<'a> {
     Follow(watch::Receiver<Flight>),
 }
 
-/// A leader's seat: taken out of the map when the call ends, or when the leader is dropped first (its
-/// followers then see the channel closed and one of them leads in its place).
+/// A leader's seat: given up when the call ends, or when the leader is dropped first (its followers then see
+/// the channel closed and one of them leads in its place).
 struct Lead<'a> {
     flights: &'a Flights,
     digest: u128,
-    sender: watch::Sender<Flight>,
+    seat: u64,
 }
 
 impl Lead<'_> {
-    /// Ends the call: late parts start their own, and the followers get `flight` (made only if there are
+    /// Ends the call: later parts start their own, and the followers get `flight` (made only if there are
     /// any, so that a call nobody joined copies nothing).
     fn finish(self, flight: impl FnOnce() -> Flight) {
-        self.leave();
-        if self.sender.receiver_count() > 0 {
-            self.sender.send_replace(flight());
+        if let Some(sender) = self.leave() {
+            sender.send_replace(flight());
         }
     }
 
-    fn leave(&self) {
+    /// Takes the slot out of the map, if it is still this leader's; its followers' channel, if any.
+    fn leave(&self) -> Option<watch::Sender<Flight>> {
         let mut calls = self.flights.calls.lock().expect("not poisoned");
-        if calls
-            .get(&self.digest)
-            .is_some_and(|s| s.same_channel(&self.sender))
-        {
-            calls.remove(&self.digest);
+        match calls.by_digest.entry(self.digest) {
+            hash_map::Entry::Occupied(slot) if slot.get().seat == self.seat => slot.remove().sender,
+            _ => None,
         }
     }
 }
@@ -737,18 +749,28 @@ impl Flights {
         (u128::from(first.finish()) << 64) | u128::from(second.finish())
     }
 
+    /// Leads the call of `digest`, or follows the one in flight.
     fn role(&self, digest: u128) -> Role<'_> {
         let mut calls = self.calls.lock().expect("not poisoned");
-        if let Some(sender) = calls.get(&digest) {
-            return Role::Follow(sender.subscribe());
+        let seat = calls.next_seat;
+        match calls.by_digest.entry(digest) {
+            hash_map::Entry::Occupied(mut slot) => {
+                let sender = slot
+                    .get_mut()
+                    .sender
+                    .get_or_insert_with(|| watch::channel(Flight::Pending).0);
+                Role::Follow(sender.subscribe())
+            }
+            hash_map::Entry::Vacant(slot) => {
+                slot.insert(Slot { seat, sender: None });
+                calls.next_seat += 1;
+                Role::Lead(Lead {
+                    flights: self,
+                    digest,
+                    seat,
+                })
+            }
         }
-        let (sender, _) = watch::channel(Flight::Pending);
-        calls.insert(digest, sender.clone());
-        Role::Lead(Lead {
-            flights: self,
-            digest,
-            sender,
-        })
     }
 }
 
@@ -1229,5 +1251,34 @@ mod tests {
             2,
             "the follower sent the call itself"
         );
+    }
+
+    /// An entry stored compressed (for a part that accepted the coding) is not served to a part that does
+    /// not accept it: the rules layer would have decoded the answer for that part.
+    #[tokio::test(start_paused = true)]
+    async fn a_compressed_entry_is_served_only_to_parts_that_accept_its_coding() {
+        let (service, seen) = cached(false, |_| {
+            with(
+                answer(StatusCode::OK, b"\x1f\x8b..."),
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("content-encoding", "gzip"),
+                ],
+            )
+        });
+        let accepting = || {
+            let mut request = get("/a/z", &[]);
+            request.accepts = Some(HeaderValue::from_static("gzip, br"));
+            request
+        };
+        call(&service, accepting()).await;
+        let hit = call(&service, accepting()).await;
+        assert_eq!(header(&hit, "cache-status"), "batchgate; hit");
+        let plain = call(&service, get("/a/z", &[])).await;
+        assert_eq!(
+            header(&plain, "cache-status"),
+            "batchgate; fwd=vary-miss; stored"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 2);
     }
 }
