@@ -112,6 +112,9 @@ async fn repeats_are_served_from_the_cache_with_a_growing_age_then_revalidated()
         ),
         2
     );
+    // The refreshed entry replaced the first: one held now.
+    assert_eq!(sample(&text, "batchgate_cache_entries"), 1);
+    assert!(sample(&text, "batchgate_cache_bytes") > "/mail/inbox".len() as u64 + 5);
     gw.stop().await;
 }
 
