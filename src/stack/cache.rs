@@ -197,11 +197,27 @@ enum Fwd {
     Method,
 }
 
+/// Whether the answer a part got was kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    /// Not stored: not storable, already stored by the part whose call it shared, or a hit.
+    No,
+    Stored,
+    /// Storable, but larger than `cache.max_entry_bytes`.
+    TooLarge,
+}
+
+impl From<bool> for Kept {
+    fn from(stored: bool) -> Kept {
+        if stored { Kept::Stored } else { Kept::No }
+    }
+}
+
 /// The `Cache-Status` value for `fwd`.
 fn cache_status(
     fwd: Fwd,
     upstream: Option<StatusCode>,
-    stored: bool,
+    kept: Kept,
     collapsed: bool,
 ) -> HeaderValue {
     let mut text = String::from("batchgate; ");
@@ -216,9 +232,11 @@ fn cache_status(
     if let (Some(status), Fwd::Stale) = (upstream, fwd) {
         text.push_str(&format!("; fwd-status={}", status.as_u16()));
     }
-    if stored {
-        text.push_str("; stored");
-    }
+    text.push_str(match kept {
+        Kept::No => "",
+        Kept::Stored => "; stored",
+        Kept::TooLarge => "; detail=too-large",
+    });
     if collapsed {
         text.push_str("; collapsed");
     }
@@ -237,9 +255,10 @@ where
         if answer.status.is_success() || answer.status.is_redirection() {
             invalidate(shared, cache, &path, &answer).await;
         }
-        answer
-            .headers
-            .insert(CACHE_STATUS, cache_status(Fwd::Method, None, false, false));
+        answer.headers.insert(
+            CACHE_STATUS,
+            cache_status(Fwd::Method, None, Kept::No, false),
+        );
         return Ok(answer);
     }
     let key = shared.mapping.client_path(request.path.as_str());
@@ -274,7 +293,7 @@ where
             _ if encoded.is_some() => fwd = Fwd::VaryMiss,
             BeforeRequest::Fresh(_) => {
                 shared.metrics.cache_event(&shared.route, CacheEvent::Hit);
-                let status = cache_status(Fwd::Hit, None, false, false);
+                let status = cache_status(Fwd::Hit, None, Kept::No, false);
                 return answer_from(&entry, &request, &client, now, status);
             }
             BeforeRequest::Stale { matches: true, .. } => {
@@ -314,13 +333,15 @@ where
             body: old.body.clone(),
         });
         let stored = !collapsed && store(shared, cache, &key, &entry, now).await;
-        let status = cache_status(fwd, Some(answer.status), stored, collapsed);
+        let status = cache_status(fwd, Some(answer.status), stored.into(), collapsed);
         return answer_from(&entry, &asked, &client, now, status);
     }
-    let mut stored = false;
-    if !head && !collapsed && answer.body_len <= cache.max_entry_bytes {
+    let mut kept = Kept::No;
+    if !head && !collapsed {
         let policy = CachePolicy::new_options(&asked.view(), &answer, now, options());
-        if policy.is_storable() {
+        if policy.is_storable() && answer.body_len > cache.max_entry_bytes {
+            kept = Kept::TooLarge;
+        } else if policy.is_storable() {
             let body = one_piece(&answer.body, answer.body_len);
             let mut headers = answer.headers.clone();
             headers.remove(CONTENT_LENGTH);
@@ -330,18 +351,18 @@ where
                 headers,
                 body: body.clone(),
             });
-            stored = store(shared, cache, &key, &entry, now).await;
+            kept = store(shared, cache, &key, &entry, now).await.into();
             answer.body = vec![body];
-            if stored && client.match_entry(&entry) {
+            if kept == Kept::Stored && client.match_entry(&entry) {
                 // The client's validators were replaced by the entry's, and they match what came back.
-                let status = cache_status(fwd, Some(answer.status), stored, collapsed);
+                let status = cache_status(fwd, Some(answer.status), kept, collapsed);
                 return answer_from(&entry, &asked, &client, now, status);
             }
         }
     }
     answer.headers.insert(
         CACHE_STATUS,
-        cache_status(fwd, Some(answer.status), stored, collapsed),
+        cache_status(fwd, Some(answer.status), kept, collapsed),
     );
     Ok(answer)
 }
@@ -1168,7 +1189,10 @@ mod tests {
         let service = tower::util::BoxCloneSyncService::new(layer.layer(upstream));
         for _ in 0..2 {
             let answer = call(&service, get("/a/big", &[])).await;
-            assert_eq!(header(&answer, "cache-status"), "batchgate; fwd=uri-miss");
+            assert_eq!(
+                header(&answer, "cache-status"),
+                "batchgate; fwd=uri-miss; detail=too-large"
+            );
         }
         assert_eq!(seen.lock().unwrap().len(), 2);
     }
