@@ -73,7 +73,7 @@ struct State {
 
 #[derive(Debug, Clone)]
 pub(crate) struct CacheLayer {
-    shared: Arc<State>,
+    state: Arc<State>,
 }
 
 impl CacheLayer {
@@ -86,7 +86,7 @@ impl CacheLayer {
         metrics: Arc<Metrics>,
     ) -> CacheLayer {
         CacheLayer {
-            shared: Arc::new(State {
+            state: Arc::new(State {
                 route,
                 mapping,
                 cache,
@@ -103,7 +103,7 @@ impl<S> Layer<S> for CacheLayer {
     fn layer(&self, inner: S) -> CacheService<S> {
         CacheService {
             inner,
-            shared: self.shared.clone(),
+            state: self.state.clone(),
         }
     }
 }
@@ -111,7 +111,7 @@ impl<S> Layer<S> for CacheLayer {
 #[derive(Debug, Clone)]
 pub(crate) struct CacheService<S> {
     inner: S,
-    shared: Arc<State>,
+    state: Arc<State>,
 }
 
 type Answer = Result<UpstreamResponse, PartError>;
@@ -134,8 +134,8 @@ where
     }
 
     fn call(&mut self, request: PartRequest) -> Self::Future {
-        let cached = self.shared.cache.is_some();
-        let coalesced = self.shared.flights.is_some() && request.method == Method::GET;
+        let cached = self.state.cache.is_some();
+        let coalesced = self.state.flights.is_some() && request.method == Method::GET;
         if !cached && !coalesced {
             return CacheFuture::Pass {
                 call: self.inner.call(request),
@@ -144,13 +144,13 @@ where
         // The clone is ready (tower's rule: call the instance polled ready); this one goes on in its place.
         let ready = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, ready);
-        let shared = self.shared.clone();
+        let state = self.state.clone();
         CacheFuture::Boxed {
             call: Box::pin(async move {
                 if cached {
-                    serve(&shared, inner, request).await
+                    serve(&state, inner, request).await
                 } else {
-                    Ok(fetch(&shared, inner, request).await?.0)
+                    Ok(fetch(&state, inner, request).await?.0)
                 }
             }),
         }
@@ -244,16 +244,16 @@ fn cache_status(
 }
 
 /// A part on a route with a cache: answered from the store, revalidated, or fetched (and stored).
-async fn serve<S>(shared: &State, inner: S, mut request: PartRequest) -> Answer
+async fn serve<S>(state: &State, inner: S, mut request: PartRequest) -> Answer
 where
     S: Service<PartRequest, Response = UpstreamResponse, Error = PartError>,
 {
-    let cache = shared.cache.as_ref().expect("only called with a cache");
+    let cache = state.cache.as_ref().expect("only called with a cache");
     if !matches!(request.method, Method::GET | Method::HEAD) {
         let path = request.path.clone();
         let mut answer = inner_call(inner, request).await?;
         if answer.status.is_success() || answer.status.is_redirection() {
-            invalidate(shared, cache, &path, &answer).await;
+            invalidate(state, cache, &path, &answer).await;
         }
         answer.headers.insert(
             CACHE_STATUS,
@@ -261,12 +261,12 @@ where
         );
         return Ok(answer);
     }
-    let key = shared.mapping.client_path(request.path.as_str());
+    let key = state.mapping.client_path(request.path.as_str());
     let now = cache.clock.now();
     let found = match cache.store.get(&key).await {
         Ok(found) => found,
         Err(error) => {
-            store_failed(shared, &error, "lookup failed; a miss");
+            store_failed(state, &error, "lookup failed; a miss");
             None
         }
     };
@@ -292,7 +292,7 @@ where
         match entry.policy.before_request(&view, now) {
             _ if encoded.is_some() => fwd = Fwd::VaryMiss,
             BeforeRequest::Fresh(_) => {
-                shared.metrics.cache_event(&shared.route, CacheEvent::Hit);
+                state.metrics.cache_event(&state.route, CacheEvent::Hit);
                 let status = cache_status(Fwd::Hit, None, Kept::No, false);
                 return answer_from(&entry, &request, &client, now, status);
             }
@@ -300,7 +300,7 @@ where
                 let stale = entry.policy.is_stale(now);
                 fwd = if stale { Fwd::Stale } else { Fwd::Request };
                 if stale {
-                    shared.metrics.cache_event(&shared.route, CacheEvent::Stale);
+                    state.metrics.cache_event(&state.route, CacheEvent::Stale);
                 }
                 let validators = entry.validators();
                 if !head && validators.is_some() {
@@ -312,27 +312,28 @@ where
             BeforeRequest::Stale { matches: false, .. } => fwd = Fwd::VaryMiss,
         }
     }
-    if !matches!(fwd, Fwd::Stale | Fwd::Request) {
-        shared.metrics.cache_event(&shared.route, CacheEvent::Miss);
+    // A fresh entry the part's own `no-cache` passed over counts as a miss.
+    if fwd != Fwd::Stale {
+        state.metrics.cache_event(&state.route, CacheEvent::Miss);
     }
     let asked = Asked::of(&request);
-    let (mut answer, collapsed) = fetch(shared, inner, request).await?;
+    let (mut answer, collapsed) = fetch(state, inner, request).await?;
     let now = cache.clock.now();
     if let Some(old) = revalidating
         && answer.status == StatusCode::NOT_MODIFIED
         && let AfterResponse::NotModified(policy, _) =
             old.policy.after_response(&asked.view(), &answer, now)
     {
-        shared
+        state
             .metrics
-            .cache_event(&shared.route, CacheEvent::Revalidated);
+            .cache_event(&state.route, CacheEvent::Revalidated);
         let entry = Arc::new(Entry {
             policy,
             status: old.status,
             headers: refreshed(&old.headers, &answer.headers),
             body: old.body.clone(),
         });
-        let stored = !collapsed && store(shared, cache, &key, &entry, now).await;
+        let stored = !collapsed && store(state, cache, &key, &entry, now).await;
         let status = cache_status(fwd, Some(answer.status), stored.into(), collapsed);
         return answer_from(&entry, &asked, &client, now, status);
     }
@@ -351,7 +352,7 @@ where
                 headers,
                 body: body.clone(),
             });
-            kept = store(shared, cache, &key, &entry, now).await.into();
+            kept = store(state, cache, &key, &entry, now).await.into();
             answer.body = vec![body];
             if kept == Kept::Stored && client.match_entry(&entry) {
                 // The client's validators were replaced by the entry's, and they match what came back.
@@ -370,7 +371,7 @@ where
 /// Stores `entry` under `key` for its freshness (plus [`STALE_KEPT`] when it has validators); false when it
 /// would be of no use (neither fresh nor revalidatable) or the store failed.
 async fn store(
-    shared: &State,
+    state: &State,
     cache: &CacheHandle,
     key: &str,
     entry: &Arc<Entry>,
@@ -387,42 +388,42 @@ async fn store(
     }
     match cache.store.put(key, entry.clone(), ttl).await {
         Ok(()) => {
-            shared
+            state
                 .metrics
-                .cache_stored(&shared.route, key.len() as u64 + entry.weight());
+                .cache_stored(&state.route, key.len() as u64 + entry.weight());
             true
         }
         Err(error) => {
-            store_failed(shared, &error, "storing failed; served uncached");
+            store_failed(state, &error, "storing failed; served uncached");
             false
         }
     }
 }
 
 /// A store's failure: logged and counted, never a failed part.
-fn store_failed(shared: &State, error: &StoreError, what: &str) {
-    tracing::warn!(route = %shared.route, %error, "cache {what}");
-    shared.metrics.cache_event(&shared.route, CacheEvent::Error);
+fn store_failed(state: &State, error: &StoreError, what: &str) {
+    tracing::warn!(route = %state.route, %error, "cache {what}");
+    state.metrics.cache_event(&state.route, CacheEvent::Error);
 }
 
 /// Drops the entries a successful unsafe part made stale: its target's, and its same-origin `Location`'s and
 /// `Content-Location`'s (RFC 9111 section 4.4).
 async fn invalidate(
-    shared: &State,
+    state: &State,
     cache: &CacheHandle,
     path: &PathAndQuery,
     answer: &UpstreamResponse,
 ) {
-    let mut keys = vec![shared.mapping.client_path(path.as_str())];
+    let mut keys = vec![state.mapping.client_path(path.as_str())];
     for name in [LOCATION, CONTENT_LOCATION] {
         let value = answer.headers.get(name).and_then(|v| v.to_str().ok());
-        if let Some(back) = value.and_then(|v| shared.mapping.back(v, answer.peer)) {
+        if let Some(back) = value.and_then(|v| state.mapping.back(v, answer.peer)) {
             keys.push(back);
         }
     }
     for key in keys {
         if let Err(error) = cache.store.remove(&key).await {
-            store_failed(shared, &error, "invalidation failed");
+            store_failed(state, &error, "invalidation failed");
         }
     }
 }
@@ -815,14 +816,14 @@ fn feed<H: Hasher>(h: &mut H, request: &PartRequest) {
 /// The part's upstream answer, through the route's coalescing when it has it (GET only): the answer, and
 /// whether it was another part's (collapsed).
 async fn fetch<S>(
-    shared: &State,
+    state: &State,
     inner: S,
     request: PartRequest,
 ) -> Result<(UpstreamResponse, bool), PartError>
 where
     S: Service<PartRequest, Response = UpstreamResponse, Error = PartError>,
 {
-    let Some(flights) = shared
+    let Some(flights) = state
         .flights
         .as_ref()
         .filter(|_| request.method == Method::GET)
@@ -864,7 +865,7 @@ where
                                 limit: request.batch.budget.limit(),
                             });
                         }
-                        shared.metrics.part_shared(&shared.route);
+                        state.metrics.part_shared(&state.route);
                         return Ok((copy(&answer), true));
                     }
                     Ok(_) => return Ok((inner_call(inner, request).await?, false)),
