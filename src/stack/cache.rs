@@ -1324,7 +1324,7 @@ mod tests {
         poor.batch = Arc::new(BatchScope {
             headers: scope.headers.clone(),
             budget: crate::stack::ResponseBudget::new(3),
-            client: scope.client.clone(),
+            client: scope.client,
             trace: scope.trace.clone(),
         });
         let follower = tokio::spawn({
