@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::cache::StoreUsage;
 use crate::error::{Fault, PartError};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,6 +62,11 @@ pub(crate) struct Metrics {
     retries: Family<RouteLabel, Counter>,
     direct_requests: Family<RouteLabel, Counter>,
     parts_shared: Family<RouteLabel, Counter>,
+    cache: Family<OutcomeLabels, Counter>,
+    cache_stored_bytes: Family<RouteLabel, Counter>,
+    cache_stored_entries: Family<RouteLabel, Counter>,
+    cache_entries: Gauge<i64, AtomicI64>,
+    cache_bytes: Gauge<i64, AtomicI64>,
     ejections: Family<RouteLabel, Counter>,
     upstream_requests: Counter,
     /// Connections the pools opened; with `upstream_requests`, how well keep-alive connections are reused.
@@ -103,6 +109,11 @@ impl Default for Metrics {
             retries: Family::default(),
             direct_requests: Family::default(),
             parts_shared: Family::default(),
+            cache: Family::default(),
+            cache_stored_bytes: Family::default(),
+            cache_stored_entries: Family::default(),
+            cache_entries: Gauge::default(),
+            cache_bytes: Gauge::default(),
             ejections: Family::default(),
             upstream_requests: Counter::default(),
             upstream_connects: Counter::default(),
@@ -163,8 +174,35 @@ impl Default for Metrics {
         );
         registry.register(
             "parts_shared",
-            "Parts answered with an identical part's answer in the same batch (dedup), by route; also counted in parts",
+            "Parts answered with an identical part's answer: in the same batch (dedup), or in flight at the same \
+             time (coalesce); by route; also counted in parts",
             m.parts_shared.clone(),
+        );
+        registry.register(
+            "cache",
+            "Cache lookups of GET and HEAD parts by route and outcome: hit, miss, stale (revalidated or \
+             fetched again), revalidated (a 304 refreshed the entry), error (the store failed: served as a miss)",
+            m.cache.clone(),
+        );
+        registry.register(
+            "cache_stored_bytes",
+            "Bytes put in the cache (keys, headers and bodies), by route",
+            m.cache_stored_bytes.clone(),
+        );
+        registry.register(
+            "cache_stored_entries",
+            "Entries put in the cache, by route",
+            m.cache_stored_entries.clone(),
+        );
+        registry.register(
+            "cache_entries",
+            "Entries the memory cache holds now",
+            m.cache_entries.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Weight of the memory cache's entries now (keys, headers and bodies), bounded by cache.max_bytes",
+            m.cache_bytes.clone(),
         );
         registry.register(
             "ejections",
@@ -202,6 +240,43 @@ impl Default for Metrics {
             m.sub_requests_in_flight.clone(),
         );
         Metrics { registry, ..m }
+    }
+}
+
+/// A route's cache lookups since the gateway started, as `/admin/stats` shows them.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub(crate) struct CacheStats {
+    /// GET and HEAD parts looked up.
+    pub lookups: u64,
+    pub hits: u64,
+    pub misses: u64,
+    /// Stale entries found (revalidated or fetched again).
+    pub stale: u64,
+    /// Stale entries a 304 refreshed.
+    pub revalidated: u64,
+    /// `hits / lookups`; none before the first lookup.
+    pub hit_ratio: Option<f64>,
+}
+
+/// What a cache lookup came to (`batchgate_cache_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CacheEvent {
+    Hit,
+    Miss,
+    Stale,
+    Revalidated,
+    Error,
+}
+
+impl CacheEvent {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CacheEvent::Hit => "hit",
+            CacheEvent::Miss => "miss",
+            CacheEvent::Stale => "stale",
+            CacheEvent::Revalidated => "revalidated",
+            CacheEvent::Error => "error",
+        }
     }
 }
 
@@ -371,6 +446,50 @@ impl Metrics {
             .inc();
     }
 
+    pub(crate) fn cache_event(&self, route: &str, event: CacheEvent) {
+        self.cache
+            .get_or_create(&OutcomeLabels {
+                route: route.to_owned(),
+                outcome: event.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// `route`'s cache figures, read from its counters.
+    pub(crate) fn cache_stats(&self, route: &str) -> CacheStats {
+        let count = |event: CacheEvent| {
+            self.cache
+                .get_or_create(&OutcomeLabels {
+                    route: route.to_owned(),
+                    outcome: event.as_str().to_owned(),
+                })
+                .get()
+        };
+        let (hits, misses, stale) = (
+            count(CacheEvent::Hit),
+            count(CacheEvent::Miss),
+            count(CacheEvent::Stale),
+        );
+        let lookups = hits + misses + stale;
+        CacheStats {
+            lookups,
+            hits,
+            misses,
+            stale,
+            revalidated: count(CacheEvent::Revalidated),
+            hit_ratio: (lookups > 0).then(|| hits as f64 / lookups as f64),
+        }
+    }
+
+    /// An entry of `bytes` put in the cache for `route`.
+    pub(crate) fn cache_stored(&self, route: &str, bytes: u64) {
+        let label = RouteLabel {
+            route: route.to_owned(),
+        };
+        self.cache_stored_bytes.get_or_create(&label).inc_by(bytes);
+        self.cache_stored_entries.get_or_create(&label).inc();
+    }
+
     pub(crate) fn retry(&self, route: &str) {
         self.retries
             .get_or_create(&RouteLabel {
@@ -411,6 +530,12 @@ impl Metrics {
                 .get_or_create(&label)
                 .set(*limit as i64);
         }
+        if let Some(usage) = gauges.cache {
+            self.cache_entries
+                .set(i64::try_from(usage.entries).unwrap_or(i64::MAX));
+            self.cache_bytes
+                .set(i64::try_from(usage.bytes).unwrap_or(i64::MAX));
+        }
         let mut out = String::with_capacity(8192);
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -425,4 +550,6 @@ pub(crate) struct Gauges {
     pub sub_requests: usize,
     /// Per route: (prefix, sub-requests in flight, concurrency limit).
     pub routes: Vec<(String, usize, usize)>,
+    /// What the cache's store holds, if there is one that can tell.
+    pub cache: Option<StoreUsage>,
 }

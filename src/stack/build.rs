@@ -10,6 +10,7 @@ use tower::util::BoxCloneSyncService;
 
 use super::adaptive::{AdaptiveLayer, AdaptiveLimiter};
 use super::balance::{Balancer, Upstream};
+use super::cache::CacheLayer;
 use super::connect::TlsTarget;
 use super::fields::FieldsLayer;
 use super::limit::{Capacity, InflightLayer};
@@ -21,6 +22,7 @@ use super::rewrite::{Mapping, RewriteLayer};
 use super::rules::RulesLayer;
 use super::timeout::TimeoutLayer;
 use super::{PartService, Permits, RouteLimit};
+use crate::cache::CacheHandle;
 use crate::config::{
     AdaptiveConcurrency, ConfigError, HttpVersion, Limits, RouteConfig, UpstreamSettings,
 };
@@ -42,6 +44,8 @@ pub(crate) struct Shared<'a> {
     pub rate_limit: Option<&'a Arc<RateLimiter>>,
     /// Sub-requests in flight across the gateway.
     pub global_inflight: &'a Arc<Semaphore>,
+    /// The `[cache]` routes with `cache = true` keep their answers in.
+    pub cache: Option<&'a CacheHandle>,
 }
 
 /// One route's stack and what the gateway asks of it besides calls: its permits, readiness, gauges and the
@@ -59,6 +63,8 @@ pub(crate) struct RouteStack {
     limit: RouteLimit,
     /// The bounds a tuned limit is held within, from this route's entry.
     adaptive: Option<AdaptiveConcurrency>,
+    /// Whether the route caches (`cache = true`): its stats then show its hit ratio.
+    cached: bool,
 }
 
 impl RouteStack {
@@ -152,15 +158,29 @@ impl RouteStack {
             None => "limits.part_timeout".to_owned(),
         });
         let retries = route.retries;
+        let mapping = Arc::new(Mapping {
+            prefix: route.prefix.clone(),
+            rewrite: route.rewrite.clone(),
+            origins,
+        });
+        // Validation refuses `cache = true` without a `[cache]`.
+        let cache = shared.cache.filter(|_| route.cache).cloned();
+        let cached = cache.is_some();
+        let cache_layer = (cache.is_some() || route.coalesces()).then(|| {
+            CacheLayer::new(
+                name.clone(),
+                mapping.clone(),
+                cache,
+                route.coalesces(),
+                shared.metrics.clone(),
+            )
+        });
         let service = ServiceBuilder::new()
             .layer(PolicyLayer::new(route.strip_cookies))
             .option_layer(shared.rate_limit.cloned().map(RateLimitLayer::new))
-            .layer(RewriteLayer::new(Mapping {
-                prefix: route.prefix.clone(),
-                rewrite: route.rewrite.clone(),
-                origins,
-            }))
+            .layer(RewriteLayer::new(mapping))
             .option_layer(route.fields.then_some(FieldsLayer))
+            .option_layer(cache_layer)
             .layer(TimeoutLayer::new(
                 route.timeout.unwrap_or(limits.part_timeout),
                 timeout_key,
@@ -195,6 +215,7 @@ impl RouteStack {
             balancer,
             limit,
             adaptive: route.adaptive_concurrency,
+            cached,
         })
     }
 
@@ -223,13 +244,14 @@ impl RouteStack {
         self.limit.gauge()
     }
 
-    /// The route as `/admin/stats` shows it.
-    pub(crate) fn state(&self) -> RouteState {
+    /// The route as `/admin/stats` shows it; its cache figures come from `metrics`.
+    pub(crate) fn state(&self, metrics: &Metrics) -> RouteState {
         RouteState {
             route: self.prefix.clone(),
             in_flight: self.limit.gauge().0,
             adaptive: matches!(self.limit, RouteLimit::Adaptive(_)),
             upstreams: self.balancer.health(),
+            cache: self.cached.then(|| metrics.cache_stats(&self.prefix)),
         }
     }
 
