@@ -5,7 +5,7 @@ use crate::support::*;
 
 /// The test server answers, holds what it is sent, and refuses once killed (as a crashed Redis would).
 #[tokio::test]
-async fn test_redis_server_answers_until_killed() {
+async fn the_test_server_answers_until_killed() {
     let mut redis = RedisServer::start().await;
     assert_eq!(redis.url(), format!("redis://{}/0", redis.addr));
     assert_eq!(redis.command(&["SET", "k", "v"]).await.unwrap(), "+OK");
