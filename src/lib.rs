@@ -33,7 +33,7 @@
 //!   health, the pools per upstream address), built per route as one `RouteStack`.
 //!
 //! Around it: `gateway` (the shared state), `headers` (hop-by-hop, inheritance, forwarding headers),
-//! `compress` (reply compression), `response` (the gateway's own responses), `error` (batch-level and
+//! `cache` (the HTTP cache's entries and store), `compress` (reply compression), `response` (the gateway's own responses), `error` (batch-level and
 //! part-level errors), `metrics` (`/metrics`), `observe` (per-route windows, bottlenecks, tuning history,
 //! batch timelines, trace context: `/admin/stats`), `tls` (certificates), `config` (a file per section). With
 //! the `otel` feature, `otel` exports spans over OTLP. `docs/architecture.md` draws the whole.
@@ -47,6 +47,9 @@
 #![forbid(unsafe_code)]
 
 pub(crate) mod batch;
+// The interface the cache layer and the Redis backend build on; the layer that uses it comes next.
+#[allow(dead_code, unused_imports)]
+pub(crate) mod cache;
 pub(crate) mod codec;
 pub(crate) mod compress;
 pub mod config;

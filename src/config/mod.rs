@@ -9,11 +9,12 @@
 //!
 //! A file per section, each with its struct, its defaults and its checks: [`Limits`] (`limits.rs`),
 //! `upstream.rs`, `routes.rs` (with `origin.rs`, the upstream URLs), `headers.rs`, `compression.rs`,
-//! `tls.rs`, `cors.rs`, `admin.rs`, `rate_limit.rs`; the top-level keys, loading and [`Config::validate`]
+//! `tls.rs`, `cors.rs`, `admin.rs`, `rate_limit.rs`, `cache.rs`; the top-level keys, loading and [`Config::validate`]
 //! here. `units.rs` reads durations and sizes, `cidr.rs` networks, and `check.rs` holds the range checks the
 //! sections share.
 
 mod admin;
+mod cache;
 mod check;
 mod cidr;
 mod compression;
@@ -33,6 +34,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use admin::AdminConfig;
+pub use cache::{Backend, CacheConfig};
 pub use cidr::Cidr;
 pub use compression::{Coding, CompressionConfig};
 pub use cors::CorsConfig;
@@ -106,6 +108,8 @@ pub struct Config {
     pub headers: HeaderPolicy,
     /// `[compression]`: how the reply is compressed.
     pub compression: CompressionConfig,
+    /// `[cache]`: the HTTP cache routes with `cache = true` use; none, no route may cache.
+    pub cache: Option<CacheConfig>,
     /// `[[routes]]`: the longest prefix matching on a segment boundary wins; none is a 404 part.
     pub routes: Vec<RouteConfig>,
 }
@@ -127,6 +131,7 @@ impl Default for Config {
             upstream: UpstreamSettings::default(),
             headers: HeaderPolicy::default(),
             compression: CompressionConfig::default(),
+            cache: None,
             routes: Vec::new(),
         }
     }
@@ -285,6 +290,13 @@ impl Config {
         for (i, route) in self.routes.iter().enumerate() {
             route.validate(i, &self.routes[..i])?;
         }
+        if let Some(cache) = &self.cache {
+            cache.validate()?;
+        } else if let Some(i) = self.routes.iter().position(|r| r.cache) {
+            return Err(invalid(format!(
+                "routes[{i}].cache = true needs a [cache] section (cache.max_bytes and the backend)"
+            )));
+        }
         Ok(())
     }
 }
@@ -432,7 +444,10 @@ upstream = "http://127.0.0.1:9001"
         let text = include_str!("../../config.toml");
         for key in field_names(&format!("{defaults:?}")) {
             // Optional sections are documented as commented-out examples.
-            if matches!(key.as_str(), "tls" | "cors" | "admin" | "rate_limit") {
+            if matches!(
+                key.as_str(),
+                "tls" | "cors" | "admin" | "rate_limit" | "cache"
+            ) {
                 assert!(
                     text.contains(&format!("# [{key}]")),
                     "config.toml lacks [{key}]"

@@ -116,6 +116,13 @@ pub struct RouteConfig {
     /// whose answer each of them gets.
     #[serde(default)]
     pub dedup: bool,
+    /// Store this route's cacheable GET answers in the `[cache]` and serve parts from it (RFC 9111).
+    #[serde(default)]
+    pub cache: bool,
+    /// Identical GETs in flight (same target and forwarded headers) share one upstream call; unset is on
+    /// (read it with [`RouteConfig::coalesces`]).
+    #[serde(default)]
+    pub coalesce: Option<bool>,
 }
 
 impl RouteConfig {
@@ -127,6 +134,11 @@ impl RouteConfig {
             upstream: Some(upstream.into()),
             ..RouteConfig::default()
         }
+    }
+
+    /// Whether identical GETs in flight share one upstream call (`coalesce`, default true).
+    pub fn coalesces(&self) -> bool {
+        self.coalesce.unwrap_or(true)
     }
 
     /// The upstreams this route sends parts to, parsed; all of one scheme.

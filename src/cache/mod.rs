@@ -1,0 +1,42 @@
+//! The HTTP cache behind routes with `cache = true`: what one stored answer is ([`Entry`]) and where entries
+//! are kept ([`Store`], `store.rs`). RFC 9111's rules, the cache key, `Cache-Status` and coalescing are the
+//! stack's cache layer (`crate::stack::cache`); this module only keeps entries.
+//!
+//! Backends are variants of the one [`Store`]: the memory store (`store.rs`), bounded by `cache.max_bytes`.
+//! A backend outside the process (Redis) is a variant of its own, in a file of its own, with the entry's
+//! byte encoding there.
+
+mod store;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_cache_semantics::CachePolicy;
+
+pub(crate) use store::{Store, StoreError};
+
+/// One stored answer: what RFC 9111 decides with, and what a part served from it is answered with.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    /// The request and response as the rules see them (shared-cache mode): freshness, `Vary`, revalidation.
+    pub policy: CachePolicy,
+    pub status: StatusCode,
+    /// The upstream's headers, without hop-by-hop ones.
+    pub headers: HeaderMap,
+    /// The whole body, in one piece.
+    pub body: Bytes,
+}
+
+impl Entry {
+    /// What the entry costs a store bounded in bytes: its body and the names and values of its headers, each
+    /// header with a little overhead (the policy keeps a copy of them).
+    pub(crate) fn weight(&self) -> u64 {
+        /// A header's bookkeeping besides its bytes, in the map and in the policy's copy.
+        const PER_HEADER: u64 = 64;
+        let headers: u64 = self
+            .headers
+            .iter()
+            .map(|(name, value)| 2 * (name.as_str().len() + value.len()) as u64 + PER_HEADER)
+            .sum();
+        self.body.len() as u64 + headers
+    }
+}

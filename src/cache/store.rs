@@ -1,0 +1,182 @@
+//! Where entries are kept: one [`Store`] whatever the backend, so the cache layer never asks which.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::future::Cache;
+
+use super::Entry;
+use crate::config::{Backend, CacheConfig};
+
+/// Why a store could not answer. The memory store always answers; a backend outside the process adds its
+/// failures here. The cache layer treats every one as a miss (logged and counted), never as a failed part.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {}
+
+/// The cache's entries, by key, in one of the backends `[cache] backend` names.
+#[derive(Debug)]
+pub(crate) enum Store {
+    /// In this process, bounded by `cache.max_bytes`.
+    Memory(MemoryStore),
+}
+
+impl Store {
+    /// The store `config` describes.
+    pub(crate) fn open(config: &CacheConfig) -> Store {
+        match &config.backend {
+            Backend::Memory => Store::Memory(MemoryStore::new(config.max_bytes)),
+            // Until the Redis backend is built, `Config::validate` refuses it; an unvalidated config gets memory.
+            Backend::Redis { .. } => Store::Memory(MemoryStore::new(config.max_bytes)),
+        }
+    }
+
+    /// The entry stored under `key`, if there is one and it has not outlived its time to live.
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, StoreError> {
+        match self {
+            Store::Memory(memory) => Ok(memory.cache.get(key).await.map(|stored| stored.entry)),
+        }
+    }
+
+    /// Stores `entry` under `key` for `ttl` (its freshness plus the time it may be kept stale for
+    /// revalidation), replacing what was there.
+    pub(crate) async fn put(
+        &self,
+        key: &str,
+        entry: Arc<Entry>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(memory) => {
+                memory
+                    .cache
+                    .insert(key.to_owned(), Stored { entry, ttl })
+                    .await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Drops the entry under `key`, if any.
+    pub(crate) async fn remove(&self, key: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(memory) => {
+                memory.cache.invalidate(key).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Drops every entry whose key starts with `prefix`; how many there were.
+    pub(crate) async fn purge(&self, prefix: &str) -> Result<u64, StoreError> {
+        match self {
+            Store::Memory(memory) => {
+                let keys: Vec<Arc<String>> = memory
+                    .cache
+                    .iter()
+                    .filter(|(key, _)| key.starts_with(prefix))
+                    .map(|(key, _)| key)
+                    .collect();
+                let mut purged = 0;
+                for key in keys {
+                    if memory.cache.remove(key.as_str()).await.is_some() {
+                        purged += 1;
+                    }
+                }
+                Ok(purged)
+            }
+        }
+    }
+}
+
+/// The memory backend: a concurrent map bounded by the entries' weight in bytes, least recently and least
+/// frequently used entries going first, each entry dropped when its time to live is over.
+#[derive(Debug)]
+pub(crate) struct MemoryStore {
+    cache: Cache<String, Stored>,
+}
+
+/// An entry as the memory store holds it: with its time to live, which the store's expiry reads.
+#[derive(Debug, Clone)]
+struct Stored {
+    entry: Arc<Entry>,
+    ttl: Duration,
+}
+
+/// Each entry lives for the time to live it was put with.
+struct ByTtl;
+
+impl Expiry<String, Stored> for ByTtl {
+    fn expire_after_create(&self, _: &String, stored: &Stored, _: Instant) -> Option<Duration> {
+        Some(stored.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        stored: &Stored,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(stored.ttl)
+    }
+}
+
+impl MemoryStore {
+    fn new(max_bytes: u64) -> MemoryStore {
+        let cache = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &String, stored: &Stored| {
+                u32::try_from(key.len() as u64 + stored.entry.weight()).unwrap_or(u32::MAX)
+            })
+            .expire_after(ByTtl)
+            .build();
+        MemoryStore { cache }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode};
+    use http_cache_semantics::CachePolicy;
+
+    use super::Store;
+    use crate::cache::Entry;
+    use crate::config::CacheConfig;
+
+    fn entry(body: &'static [u8]) -> Arc<Entry> {
+        let request = http::Request::get("/a").body(()).unwrap();
+        let response = http::Response::builder()
+            .header("cache-control", "max-age=60")
+            .body(())
+            .unwrap();
+        Arc::new(Entry {
+            policy: CachePolicy::new(&request, &response),
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(body),
+        })
+    }
+
+    #[tokio::test]
+    async fn entries_are_kept_replaced_removed_and_purged_by_prefix() {
+        let store = Store::open(&CacheConfig::default());
+        let ttl = Duration::from_secs(60);
+        assert!(store.get("/a/1").await.unwrap().is_none());
+        store.put("/a/1", entry(b"one"), ttl).await.unwrap();
+        store.put("/a/1", entry(b"uno"), ttl).await.unwrap();
+        store.put("/a/2", entry(b"two"), ttl).await.unwrap();
+        store.put("/b/1", entry(b"three"), ttl).await.unwrap();
+        assert_eq!(&store.get("/a/1").await.unwrap().unwrap().body[..], b"uno");
+        store.remove("/a/2").await.unwrap();
+        assert!(store.get("/a/2").await.unwrap().is_none());
+        assert_eq!(store.purge("/a/").await.unwrap(), 1);
+        assert!(store.get("/a/1").await.unwrap().is_none());
+        assert!(store.get("/b/1").await.unwrap().is_some());
+        assert!(entry(b"x").policy.time_to_live(SystemTime::now()) > Duration::ZERO);
+    }
+}
