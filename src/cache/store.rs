@@ -7,27 +7,39 @@ use moka::Expiry;
 use moka::future::Cache;
 
 use super::Entry;
+use super::redis::{RedisFailure, RedisStore};
 use crate::config::{Backend, CacheConfig};
+use crate::metrics::Metrics;
 
 /// Why a store could not answer. The memory store always answers; a backend outside the process adds its
-/// failures here. The cache layer treats every one as a miss (logged and counted), never as a failed part.
+/// failures here, logged (throttled) and counted where they happen. The cache layer treats every one as a
+/// miss, never as a failed part.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum StoreError {}
+pub(crate) enum StoreError {
+    #[error(transparent)]
+    Redis(#[from] RedisFailure),
+}
 
 /// The cache's entries, by key, in one of the backends `[cache] backend` names.
 #[derive(Debug)]
 pub(crate) enum Store {
     /// In this process, bounded by `cache.max_bytes`.
     Memory(MemoryStore),
+    /// In Redis, shared by every gateway that names it (`cache.redis_url`).
+    Redis(Arc<RedisStore>),
 }
 
 impl Store {
-    /// The store `config` describes.
-    pub(crate) fn open(config: &CacheConfig) -> Store {
+    /// The store `config` describes; a Redis store counts its failures in `metrics`. A Redis that does not
+    /// answer is a warning logged once running, not a refusal.
+    pub(crate) fn open(config: &CacheConfig, metrics: &Arc<Metrics>) -> Store {
         match &config.backend {
             Backend::Memory => Store::Memory(MemoryStore::new(config.max_bytes)),
-            // Until the Redis backend is built, `Config::validate` refuses it; an unvalidated config gets memory.
-            Backend::Redis { .. } => Store::Memory(MemoryStore::new(config.max_bytes)),
+            Backend::Redis { url, timeout } => {
+                let client = redis::Client::open(url.as_str())
+                    .expect("cache.redis_url is checked by CacheConfig::validate");
+                Store::Redis(RedisStore::open(client, *timeout, metrics.clone()))
+            }
         }
     }
 
@@ -35,6 +47,7 @@ impl Store {
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, StoreError> {
         match self {
             Store::Memory(memory) => Ok(memory.cache.get(key).await.map(|stored| stored.entry)),
+            Store::Redis(redis) => Ok(redis.get(key).await?),
         }
     }
 
@@ -54,6 +67,7 @@ impl Store {
                     .await;
                 Ok(())
             }
+            Store::Redis(redis) => Ok(redis.put(key, &entry, ttl).await?),
         }
     }
 
@@ -64,6 +78,7 @@ impl Store {
                 memory.cache.invalidate(key).await;
                 Ok(())
             }
+            Store::Redis(redis) => Ok(redis.remove(key).await?),
         }
     }
 
@@ -85,6 +100,7 @@ impl Store {
                 }
                 Ok(purged)
             }
+            Store::Redis(redis) => Ok(redis.purge(prefix).await?),
         }
     }
 }
@@ -164,7 +180,7 @@ mod tests {
 
     #[tokio::test]
     async fn entries_are_kept_replaced_removed_and_purged_by_prefix() {
-        let store = Store::open(&CacheConfig::default());
+        let store = Store::open(&CacheConfig::default(), &Default::default());
         let ttl = Duration::from_secs(60);
         assert!(store.get("/a/1").await.unwrap().is_none());
         store.put("/a/1", entry(b"one"), ttl).await.unwrap();
