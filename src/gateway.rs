@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::cache::CacheHandle;
 use crate::config::{Config, ConfigError};
 use crate::error::BatchError;
 use crate::headers::HeaderRules;
@@ -37,6 +38,8 @@ pub struct Gateway {
     inflight: Arc<Capacity>,
     /// Batches being served, likewise; a batch over the limit is refused at once with 503.
     batches: Arc<Capacity>,
+    /// The HTTP cache of `[cache]`, if configured.
+    pub(crate) cache: Option<CacheHandle>,
 }
 
 impl Gateway {
@@ -71,6 +74,15 @@ impl Gateway {
         };
         let inflight = capacity(previous.map(|p| &p.inflight), limits.max_inflight);
         let batches = capacity(previous.map(|p| &p.batches), limits.max_batches);
+        // The cache outlives a reload that leaves `[cache]` as it was: its entries stay good.
+        let cache =
+            config
+                .cache
+                .as_ref()
+                .map(|section| match previous.and_then(|p| p.cache.as_ref()) {
+                    Some(kept) if kept.config == *section => kept.clone(),
+                    _ => CacheHandle::open(section),
+                });
         let shared = Shared {
             limits,
             upstream: &config.upstream,
@@ -78,6 +90,7 @@ impl Gateway {
             observer: &observer,
             rate_limit: rate_limit.as_ref(),
             global_inflight: inflight.permits(),
+            cache: cache.as_ref(),
         };
         let routes = config
             .routes
@@ -103,6 +116,7 @@ impl Gateway {
             },
             inflight,
             batches,
+            cache,
             config,
         })
     }

@@ -47,8 +47,6 @@
 #![forbid(unsafe_code)]
 
 pub(crate) mod batch;
-// The interface the cache layer and the Redis backend build on; the layer that uses it comes next.
-#[allow(dead_code, unused_imports)]
 pub(crate) mod cache;
 pub(crate) mod codec;
 pub(crate) mod compress;

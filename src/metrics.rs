@@ -66,6 +66,9 @@ pub(crate) struct Metrics {
     retries: Family<RouteLabel, Counter>,
     direct_requests: Family<RouteLabel, Counter>,
     parts_shared: Family<RouteLabel, Counter>,
+    cache: Family<OutcomeLabels, Counter>,
+    cache_stored_bytes: Family<RouteLabel, Counter>,
+    cache_stored_entries: Family<RouteLabel, Counter>,
     ejections: Family<RouteLabel, Counter>,
     /// Failures of the cache's store outside the process (Redis), each answered as a miss.
     cache_store_errors: Family<KindLabel, Counter>,
@@ -110,6 +113,9 @@ impl Default for Metrics {
             retries: Family::default(),
             direct_requests: Family::default(),
             parts_shared: Family::default(),
+            cache: Family::default(),
+            cache_stored_bytes: Family::default(),
+            cache_stored_entries: Family::default(),
             ejections: Family::default(),
             cache_store_errors: Family::default(),
             upstream_requests: Counter::default(),
@@ -171,8 +177,25 @@ impl Default for Metrics {
         );
         registry.register(
             "parts_shared",
-            "Parts answered with an identical part's answer in the same batch (dedup), by route; also counted in parts",
+            "Parts answered with an identical part's answer: in the same batch (dedup), or in flight at the same \
+             time (coalesce); by route; also counted in parts",
             m.parts_shared.clone(),
+        );
+        registry.register(
+            "cache",
+            "Cache lookups of GET and HEAD parts by route and outcome: hit, miss, stale (revalidated or \
+             fetched again), revalidated (a 304 refreshed the entry), error (the store failed: served as a miss)",
+            m.cache.clone(),
+        );
+        registry.register(
+            "cache_stored_bytes",
+            "Bytes put in the cache (keys, headers and bodies), by route",
+            m.cache_stored_bytes.clone(),
+        );
+        registry.register(
+            "cache_stored_entries",
+            "Entries put in the cache, by route",
+            m.cache_stored_entries.clone(),
         );
         registry.register(
             "ejections",
@@ -216,6 +239,28 @@ impl Default for Metrics {
             m.sub_requests_in_flight.clone(),
         );
         Metrics { registry, ..m }
+    }
+}
+
+/// What a cache lookup came to (`batchgate_cache_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CacheEvent {
+    Hit,
+    Miss,
+    Stale,
+    Revalidated,
+    Error,
+}
+
+impl CacheEvent {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CacheEvent::Hit => "hit",
+            CacheEvent::Miss => "miss",
+            CacheEvent::Stale => "stale",
+            CacheEvent::Revalidated => "revalidated",
+            CacheEvent::Error => "error",
+        }
     }
 }
 
@@ -383,6 +428,24 @@ impl Metrics {
                 route: route.to_owned(),
             })
             .inc();
+    }
+
+    pub(crate) fn cache_event(&self, route: &str, event: CacheEvent) {
+        self.cache
+            .get_or_create(&OutcomeLabels {
+                route: route.to_owned(),
+                outcome: event.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// An entry of `bytes` put in the cache for `route`.
+    pub(crate) fn cache_stored(&self, route: &str, bytes: u64) {
+        let label = RouteLabel {
+            route: route.to_owned(),
+        };
+        self.cache_stored_bytes.get_or_create(&label).inc_by(bytes);
+        self.cache_stored_entries.get_or_create(&label).inc();
     }
 
     pub(crate) fn retry(&self, route: &str) {

@@ -8,9 +8,14 @@
 mod redis;
 mod store;
 
+use std::sync::Arc;
+use std::time::SystemTime;
+
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_cache_semantics::CachePolicy;
+
+use crate::config::CacheConfig;
 
 pub(crate) use store::{Store, StoreError};
 
@@ -38,5 +43,49 @@ impl Entry {
             .map(|(name, value)| 2 * (name.as_str().len() + value.len()) as u64 + PER_HEADER)
             .sum();
         self.body.len() as u64 + headers
+    }
+}
+
+/// The cache as the routes with `cache = true` share it: its store, its bound on entries, and its clock. One
+/// per gateway, kept by a reload whose `[cache]` is unchanged.
+#[derive(Debug, Clone)]
+pub(crate) struct CacheHandle {
+    pub store: Arc<Store>,
+    /// Larger answers pass through uncached (`cache.max_entry_bytes`).
+    pub max_entry_bytes: u64,
+    pub clock: Clock,
+    /// The section it was opened from, to tell whether a reload may keep it.
+    pub config: CacheConfig,
+}
+
+impl CacheHandle {
+    pub(crate) fn open(config: &CacheConfig) -> CacheHandle {
+        CacheHandle {
+            store: Arc::new(Store::open(config)),
+            max_entry_bytes: config.max_entry_bytes,
+            clock: Clock::new(),
+            config: config.clone(),
+        }
+    }
+}
+
+/// Wall-clock time that moves with tokio's clock: the real time when it was made, plus tokio's elapsed time
+/// since (so that tests on a paused clock can age entries).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    base: SystemTime,
+    started: tokio::time::Instant,
+}
+
+impl Clock {
+    pub(crate) fn new() -> Clock {
+        Clock {
+            base: SystemTime::now(),
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    pub(crate) fn now(&self) -> SystemTime {
+        self.base + self.started.elapsed()
     }
 }

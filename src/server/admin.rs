@@ -61,8 +61,8 @@ const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; sty
      connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// The admin endpoints, for 404 and 405 answers.
-const ENDPOINTS: &str =
-    "GET /admin/dashboard, GET /admin/stats, GET /metrics, POST /admin/reload, GET /healthz";
+const ENDPOINTS: &str = "GET /admin/dashboard, GET /admin/stats, GET /metrics, POST /admin/reload, POST /admin/cache/purge, \
+     GET /healthz";
 
 /// The admin listener's bounds.
 #[derive(Debug, Clone, Copy)]
@@ -256,7 +256,7 @@ impl Admin {
             return closing(error(StatusCode::MISDIRECTED_REQUEST, refused));
         }
         drop(gateway);
-        // No admin endpoint takes a body: read what there is (within bounds) so the connection can be reused.
+        // Only the purge takes a body; the others' is read (within bounds) so the connection can be reused.
         let max = self.limits.max_body_bytes;
         let declared = head
             .headers
@@ -271,8 +271,8 @@ impl Admin {
             Limited::new(body, max).collect(),
         )
         .await;
-        match read {
-            Ok(Ok(_)) => {}
+        let body = match read {
+            Ok(Ok(collected)) => collected.to_bytes(),
             Ok(Err(e)) if e.is::<LengthLimitError>() => return closing(too_large(max)),
             Ok(Err(e)) => {
                 return closing(error(
@@ -289,7 +289,7 @@ impl Admin {
                     ),
                 ));
             }
-        }
+        };
         let path = head.uri.path();
         let method = &head.method;
         let get = matches!(*method, Method::GET | Method::HEAD);
@@ -299,10 +299,13 @@ impl Admin {
             "/admin/dashboard" if get => dashboard(),
             "/healthz" if get => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
             "/admin/reload" if *method == Method::POST => self.reload(&head.headers).await,
+            "/admin/cache/purge" if *method == Method::POST => {
+                self.purge(&head.headers, head.uri.query(), &body).await
+            }
             "/metrics" | "/admin/stats" | "/admin/dashboard" | "/healthz" => {
                 not_allowed(method, path, "GET, HEAD")
             }
-            "/admin/reload" => not_allowed(method, path, "POST"),
+            "/admin/reload" | "/admin/cache/purge" => not_allowed(method, path, "POST"),
             _ => error(
                 StatusCode::NOT_FOUND,
                 format!("no admin endpoint at {path}; there are: {ENDPOINTS}"),
@@ -324,6 +327,43 @@ impl Admin {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("the stats could not be written as JSON: {e}"),
             ),
+        }
+    }
+
+    /// `POST /admin/cache/purge`: drops the cache's entries whose client-facing target starts with the prefix
+    /// given as `{"prefix": "/mail/"}` or `?prefix=/mail/`; answers `{"purged": n}`.
+    async fn purge(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        body: &Bytes,
+    ) -> Response<ReplyBody> {
+        if let Some(refused) = cross_origin(headers) {
+            return refused;
+        }
+        let prefix = match purge_prefix(query, body) {
+            Ok(prefix) => prefix,
+            Err(why) => return error(StatusCode::BAD_REQUEST, why),
+        };
+        let gateway = self.live.gateway();
+        let Some(cache) = &gateway.cache else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "no [cache] is configured: there is nothing to purge".to_owned(),
+            );
+        };
+        match cache.store.purge(&prefix).await {
+            Ok(purged) => {
+                tracing::info!(%prefix, purged, "POST /admin/cache/purge");
+                json(StatusCode::OK, &serde_json::json!({ "purged": purged }))
+            }
+            Err(e) => {
+                tracing::error!(%prefix, "cache purge failed: {e}");
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the cache store failed to purge: {e}"),
+                )
+            }
         }
     }
 
@@ -391,6 +431,35 @@ impl Admin {
             }
         }
     }
+}
+
+/// The prefix a purge names: the body's `{"prefix": "..."}`, or else the query's `prefix=` (percent-decoded);
+/// a path, starting with `/`.
+fn purge_prefix(query: Option<&str>, body: &Bytes) -> Result<String, String> {
+    let prefix = if body.is_empty() {
+        let value = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|pair| pair.strip_prefix("prefix="))
+            .ok_or("give the prefix to purge as a JSON body {\"prefix\": \"/mail/\"} or as ?prefix=/mail/")?;
+        crate::stack::fields::percent_decode(value)
+            .ok_or("the query's prefix= is not UTF-8 once percent-decoded")?
+    } else {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Purge {
+            prefix: String,
+        }
+        let purge: Purge = serde_json::from_slice(body)
+            .map_err(|e| format!("the body must be JSON like {{\"prefix\": \"/mail/\"}}: {e}"))?;
+        purge.prefix
+    };
+    if !prefix.starts_with('/') {
+        return Err(format!(
+            "prefix {prefix:?} must be a path starting with '/', as clients send it (e.g. \"/mail/\")"
+        ));
+    }
+    Ok(prefix)
 }
 
 /// Checks the names a request gives for this listener (its `Host`, and the authority of an absolute-form

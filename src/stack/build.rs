@@ -10,6 +10,7 @@ use tower::util::BoxCloneSyncService;
 
 use super::adaptive::{AdaptiveLayer, AdaptiveLimiter};
 use super::balance::{Balancer, Upstream};
+use super::cache::CacheLayer;
 use super::connect::TlsTarget;
 use super::fields::FieldsLayer;
 use super::limit::{Capacity, InflightLayer};
@@ -21,6 +22,7 @@ use super::rewrite::{Mapping, RewriteLayer};
 use super::rules::RulesLayer;
 use super::timeout::TimeoutLayer;
 use super::{PartService, Permits, RouteLimit};
+use crate::cache::CacheHandle;
 use crate::config::{
     AdaptiveConcurrency, ConfigError, HttpVersion, Limits, RouteConfig, UpstreamSettings,
 };
@@ -42,6 +44,8 @@ pub(crate) struct Shared<'a> {
     pub rate_limit: Option<&'a Arc<RateLimiter>>,
     /// Sub-requests in flight across the gateway.
     pub global_inflight: &'a Arc<Semaphore>,
+    /// The `[cache]` routes with `cache = true` keep their answers in.
+    pub cache: Option<&'a CacheHandle>,
 }
 
 /// One route's stack and what the gateway asks of it besides calls: its permits, readiness, gauges and the
@@ -152,15 +156,28 @@ impl RouteStack {
             None => "limits.part_timeout".to_owned(),
         });
         let retries = route.retries;
+        let mapping = Arc::new(Mapping {
+            prefix: route.prefix.clone(),
+            rewrite: route.rewrite.clone(),
+            origins,
+        });
+        // Validation refuses `cache = true` without a `[cache]`.
+        let cache = shared.cache.filter(|_| route.cache).cloned();
+        let cache_layer = (cache.is_some() || route.coalesces()).then(|| {
+            CacheLayer::new(
+                name.clone(),
+                mapping.clone(),
+                cache,
+                route.coalesces(),
+                shared.metrics.clone(),
+            )
+        });
         let service = ServiceBuilder::new()
             .layer(PolicyLayer::new(route.strip_cookies))
             .option_layer(shared.rate_limit.cloned().map(RateLimitLayer::new))
-            .layer(RewriteLayer::new(Mapping {
-                prefix: route.prefix.clone(),
-                rewrite: route.rewrite.clone(),
-                origins,
-            }))
+            .layer(RewriteLayer::new(mapping))
             .option_layer(route.fields.then_some(FieldsLayer))
+            .option_layer(cache_layer)
             .layer(TimeoutLayer::new(
                 route.timeout.unwrap_or(limits.part_timeout),
                 timeout_key,

@@ -119,7 +119,7 @@ fn strip_fields(target: &str) -> Result<Option<(&str, String)>, FieldsError> {
 }
 
 /// `%XX` escapes decoded (a `%` not followed by two hex digits is kept as it is); `None` if not UTF-8.
-fn percent_decode(value: &str) -> Option<String> {
+pub(crate) fn percent_decode(value: &str) -> Option<String> {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

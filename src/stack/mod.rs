@@ -28,6 +28,7 @@
 pub(crate) mod adaptive;
 pub(crate) mod balance;
 mod build;
+pub(crate) mod cache;
 pub(crate) mod connect;
 pub(crate) mod fields;
 pub(crate) mod limit;

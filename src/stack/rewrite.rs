@@ -37,8 +37,22 @@ impl Mapping {
             .ok()
     }
 
+    /// The client's path for the upstream's (`/api/v1/x?q` -> `/mail/x?q`): the cache's key.
+    pub(super) fn client_path(&self, path: &str) -> String {
+        match &self.rewrite {
+            Some(rewrite) => {
+                swap_prefix(path, rewrite, &self.prefix).unwrap_or_else(|| path.to_owned())
+            }
+            None => path.to_owned(),
+        }
+    }
+
     /// The client's view of a `Location` value, if it points at an upstream of this route.
-    fn back(&self, location: &str, peer: Option<std::net::SocketAddr>) -> Option<String> {
+    pub(super) fn back(
+        &self,
+        location: &str,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Option<String> {
         let uri: Uri = location.parse().ok()?;
         let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
         if let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) {
@@ -58,13 +72,7 @@ impl Mapping {
             // Relative references other than absolute paths are left to the client to resolve.
             return None;
         }
-        let mapped = match &self.rewrite {
-            Some(rewrite) => {
-                swap_prefix(path, rewrite, &self.prefix).unwrap_or_else(|| path.to_owned())
-            }
-            None => path.to_owned(),
-        };
-        Some(same_origin(mapped))
+        Some(same_origin(self.client_path(path)))
     }
 }
 
@@ -108,10 +116,8 @@ pub(crate) struct RewriteLayer {
 }
 
 impl RewriteLayer {
-    pub(crate) fn new(mapping: Mapping) -> RewriteLayer {
-        RewriteLayer {
-            mapping: Arc::new(mapping),
-        }
+    pub(crate) fn new(mapping: Arc<Mapping>) -> RewriteLayer {
+        RewriteLayer { mapping }
     }
 }
 

@@ -1,0 +1,1214 @@
+//! The HTTP cache and coalescing, one layer between `fields` and `timeout`, built only on routes with
+//! `cache = true` or `coalesce = true` (the default): a route with both off pays nothing.
+//!
+//! - **Cache** (`cache = true`): RFC 9111's shared-cache rules through [`CachePolicy`] (freshness, `Age`,
+//!   `Vary`, the Authorization rule, never `private` or `no-store`), for GET and HEAD parts (a HEAD is answered
+//!   from a GET's entry). A stale entry is revalidated with its validators and a 304 refreshes it; a client's own
+//!   conditional part is answered 304 from a usable entry; a successful unsafe part drops its target and its
+//!   same-origin `Location` and `Content-Location`. Every answer through the route carries `Cache-Status`
+//!   (RFC 9211). Entries are kept by [`Store`], under the client-facing target (the route prefix and what
+//!   follows it, with the query): the layer sits below `rewrite`, so the upstream's path is mapped back, and
+//!   `POST /admin/cache/purge` and invalidation match what clients send.
+//! - **Coalescing** (`coalesce`): identical GETs in flight (same method, target, body and every header sent
+//!   upstream but the gateway's own trace headers) share one upstream call, within a batch and across
+//!   batches. The first leads; the others wait for its answer and each is charged its own batch's response
+//!   budget. A leader that fails shares nothing (each follower is sent on its own); a leader dropped before it
+//!   is answered (its batch went away) hands the call over to one of its followers.
+//!
+//! Freshness is judged on the cache's clock, which follows tokio's, so tests on a paused clock can age
+//! entries.
+//!
+//! The layer's future is boxed on the paths that use the store or coalesce (their awaits are many and
+//! nested); a part that does neither (an unsafe part on a route without a cache) gets the inner future as is.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{
+    AGE, CONTENT_LENGTH, CONTENT_LOCATION, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+    LOCATION,
+};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use http_cache_semantics::{
+    AfterResponse, BeforeRequest, CacheOptions, CachePolicy, RequestLike, ResponseLike,
+};
+use tokio::sync::watch;
+use tower::{Layer, Service};
+
+use super::rewrite::Mapping;
+use super::{BatchScope, PartRequest, UpstreamResponse};
+use crate::cache::{CacheHandle, Entry, StoreError};
+use crate::error::PartError;
+use crate::metrics::{CacheEvent, Metrics};
+use crate::observe::trace::{TRACEPARENT, TRACESTATE};
+use batchgate_wire::Framing;
+
+/// `Cache-Status` (RFC 9211).
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+/// How long a stale entry with validators is kept beyond its freshness, to be revalidated rather than
+/// fetched again.
+const STALE_KEPT: Duration = Duration::from_secs(3600);
+
+/// What the route's cache layer shares between its clones.
+#[derive(Debug)]
+struct State {
+    /// The route's prefix: its name in metrics.
+    route: Arc<str>,
+    /// Maps upstream paths back to the client's (the cache key) and tells same-origin locations.
+    mapping: Arc<Mapping>,
+    cache: Option<CacheHandle>,
+    /// Calls in flight that identical GETs may join; `None` with `coalesce = false`.
+    flights: Option<Flights>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CacheLayer {
+    shared: Arc<State>,
+}
+
+impl CacheLayer {
+    /// The layer for `route`: with a store when `cache` is given, coalescing when `coalesce`.
+    pub(crate) fn new(
+        route: Arc<str>,
+        mapping: Arc<Mapping>,
+        cache: Option<CacheHandle>,
+        coalesce: bool,
+        metrics: Arc<Metrics>,
+    ) -> CacheLayer {
+        CacheLayer {
+            shared: Arc::new(State {
+                route,
+                mapping,
+                cache,
+                flights: coalesce.then(Flights::default),
+                metrics,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> CacheService<S> {
+        CacheService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CacheService<S> {
+    inner: S,
+    shared: Arc<State>,
+}
+
+type Answer = Result<UpstreamResponse, PartError>;
+type BoxedAnswer = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+impl<S> Service<PartRequest> for CacheService<S>
+where
+    S: Service<PartRequest, Response = UpstreamResponse, Error = PartError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = UpstreamResponse;
+    type Error = PartError;
+    type Future = CacheFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PartError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: PartRequest) -> Self::Future {
+        let cached = self.shared.cache.is_some();
+        let coalesced = self.shared.flights.is_some() && request.method == Method::GET;
+        if !cached && !coalesced {
+            return CacheFuture::Pass {
+                call: self.inner.call(request),
+            };
+        }
+        // The clone is ready (tower's rule: call the instance polled ready); this one goes on in its place.
+        let ready = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, ready);
+        let shared = self.shared.clone();
+        CacheFuture::Boxed {
+            call: Box::pin(async move {
+                if cached {
+                    serve(&shared, inner, request).await
+                } else {
+                    Ok(fetch(&shared, inner, request).await?.0)
+                }
+            }),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner call as it is, or the cache's and coalescing's work around it.
+    #[project = CacheProjection]
+    pub(crate) enum CacheFuture<F> {
+        Pass { #[pin] call: F },
+        Boxed { call: BoxedAnswer },
+    }
+}
+
+impl<F> Future for CacheFuture<F>
+where
+    F: Future<Output = Answer>,
+{
+    type Output = Answer;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        match self.project() {
+            CacheProjection::Pass { call } => call.poll(cx),
+            CacheProjection::Boxed { call } => call.as_mut().poll(cx),
+        }
+    }
+}
+
+/// What the cache did for a part, as `Cache-Status` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fwd {
+    /// Served from a fresh entry.
+    Hit,
+    /// No entry under the target.
+    UriMiss,
+    /// An entry, but for other values of the headers its `Vary` names (or for another method).
+    VaryMiss,
+    /// A stale entry, revalidated; `fwd-status` says what the upstream answered.
+    Stale,
+    /// A usable entry, but the request's own `Cache-Control` or `Pragma` asked for the upstream.
+    Request,
+    /// An unsafe method, sent on (and invalidating on success).
+    Method,
+}
+
+/// The `Cache-Status` value for `fwd`.
+fn cache_status(
+    fwd: Fwd,
+    upstream: Option<StatusCode>,
+    stored: bool,
+    collapsed: bool,
+) -> HeaderValue {
+    let mut text = String::from("batchgate; ");
+    text.push_str(match fwd {
+        Fwd::Hit => "hit",
+        Fwd::UriMiss => "fwd=uri-miss",
+        Fwd::VaryMiss => "fwd=vary-miss",
+        Fwd::Stale => "fwd=stale",
+        Fwd::Request => "fwd=request",
+        Fwd::Method => "fwd=method",
+    });
+    if let (Some(status), Fwd::Stale) = (upstream, fwd) {
+        text.push_str(&format!("; fwd-status={}", status.as_u16()));
+    }
+    if stored {
+        text.push_str("; stored");
+    }
+    if collapsed {
+        text.push_str("; collapsed");
+    }
+    HeaderValue::try_from(text).expect("ASCII")
+}
+
+/// A part on a route with a cache: answered from the store, revalidated, or fetched (and stored).
+async fn serve<S>(shared: &State, inner: S, mut request: PartRequest) -> Answer
+where
+    S: Service<PartRequest, Response = UpstreamResponse, Error = PartError>,
+{
+    let cache = shared.cache.as_ref().expect("only called with a cache");
+    if !matches!(request.method, Method::GET | Method::HEAD) {
+        let path = request.path.clone();
+        let mut answer = inner_call(inner, request).await?;
+        if answer.status.is_success() || answer.status.is_redirection() {
+            invalidate(shared, cache, &path, &answer).await;
+        }
+        answer
+            .headers
+            .insert(CACHE_STATUS, cache_status(Fwd::Method, None, false, false));
+        return Ok(answer);
+    }
+    let key = shared.mapping.client_path(request.path.as_str());
+    let now = cache.clock.now();
+    let found = match cache.store.get(&key).await {
+        Ok(found) => found,
+        Err(error) => {
+            store_failed(shared, &error, "lookup failed; a miss");
+            None
+        }
+    };
+    let head = request.method == Method::HEAD;
+    // The client's own validators, kept to answer it 304 when ours replace them upstream.
+    let client = Conditions::of(&request.headers);
+    let mut fwd = Fwd::UriMiss;
+    let mut revalidating = None;
+    if let Some(entry) = found {
+        // A HEAD is answered from a GET's entry: the rules are asked about the GET.
+        let view = View {
+            method: &Method::GET,
+            path: &request.path,
+            headers: &request.headers,
+        };
+        match entry.policy.before_request(&view, now) {
+            BeforeRequest::Fresh(_) => {
+                shared.metrics.cache_event(&shared.route, CacheEvent::Hit);
+                let status = cache_status(Fwd::Hit, None, false, false);
+                return answer_from(&entry, &request, &client, now, status);
+            }
+            BeforeRequest::Stale { matches: true, .. } => {
+                let stale = entry.policy.is_stale(now);
+                fwd = if stale { Fwd::Stale } else { Fwd::Request };
+                if stale {
+                    shared.metrics.cache_event(&shared.route, CacheEvent::Stale);
+                }
+                let validators = entry.validators();
+                if !head && validators.is_some() {
+                    Conditions::remove_from(&mut request.headers);
+                    validators.add_to(&mut request.headers);
+                    revalidating = Some(entry);
+                }
+            }
+            BeforeRequest::Stale { matches: false, .. } => fwd = Fwd::VaryMiss,
+        }
+    }
+    if !matches!(fwd, Fwd::Stale | Fwd::Request) {
+        shared.metrics.cache_event(&shared.route, CacheEvent::Miss);
+    }
+    let asked = Asked::of(&request);
+    let (mut answer, collapsed) = fetch(shared, inner, request).await?;
+    let now = cache.clock.now();
+    if let Some(old) = revalidating
+        && answer.status == StatusCode::NOT_MODIFIED
+        && let AfterResponse::NotModified(policy, _) =
+            old.policy.after_response(&asked.view(), &answer, now)
+    {
+        shared
+            .metrics
+            .cache_event(&shared.route, CacheEvent::Revalidated);
+        let entry = Arc::new(Entry {
+            policy,
+            status: old.status,
+            headers: refreshed(&old.headers, &answer.headers),
+            body: old.body.clone(),
+        });
+        let stored = !collapsed && store(shared, cache, &key, &entry, now).await;
+        let status = cache_status(fwd, Some(answer.status), stored, collapsed);
+        return answer_from(&entry, &asked, &client, now, status);
+    }
+    let mut stored = false;
+    if !head && !collapsed && answer.body_len <= cache.max_entry_bytes {
+        let policy = CachePolicy::new_options(&asked.view(), &answer, now, options());
+        if policy.is_storable() {
+            let body = one_piece(&answer.body, answer.body_len);
+            let mut headers = answer.headers.clone();
+            headers.remove(CONTENT_LENGTH);
+            let entry = Arc::new(Entry {
+                policy,
+                status: answer.status,
+                headers,
+                body: body.clone(),
+            });
+            stored = store(shared, cache, &key, &entry, now).await;
+            answer.body = vec![body];
+            if stored && client.is_some() {
+                // The client's validators were replaced by the entry's: its answer is judged by its own.
+                let status = cache_status(fwd, Some(answer.status), stored, collapsed);
+                return answer_from(&entry, &asked, &client, now, status);
+            }
+        }
+    }
+    answer.headers.insert(
+        CACHE_STATUS,
+        cache_status(fwd, Some(answer.status), stored, collapsed),
+    );
+    Ok(answer)
+}
+
+/// Stores `entry` under `key` for its freshness (plus [`STALE_KEPT`] when it has validators); false when it
+/// would be of no use (neither fresh nor revalidatable) or the store failed.
+async fn store(
+    shared: &State,
+    cache: &CacheHandle,
+    key: &str,
+    entry: &Arc<Entry>,
+    now: SystemTime,
+) -> bool {
+    let fresh = entry.policy.time_to_live(now);
+    let ttl = if entry.validators().is_some() {
+        fresh + STALE_KEPT
+    } else {
+        fresh
+    };
+    if ttl.is_zero() {
+        return false;
+    }
+    match cache.store.put(key, entry.clone(), ttl).await {
+        Ok(()) => {
+            shared
+                .metrics
+                .cache_stored(&shared.route, key.len() as u64 + entry.weight());
+            true
+        }
+        Err(error) => {
+            store_failed(shared, &error, "storing failed; served uncached");
+            false
+        }
+    }
+}
+
+/// A store's failure: logged and counted, never a failed part.
+fn store_failed(shared: &State, error: &StoreError, what: &str) {
+    tracing::warn!(route = %shared.route, %error, "cache {what}");
+    shared.metrics.cache_event(&shared.route, CacheEvent::Error);
+}
+
+/// Drops the entries a successful unsafe part made stale: its target's, and its same-origin `Location`'s and
+/// `Content-Location`'s (RFC 9111 section 4.4).
+async fn invalidate(
+    shared: &State,
+    cache: &CacheHandle,
+    path: &PathAndQuery,
+    answer: &UpstreamResponse,
+) {
+    let mut keys = vec![shared.mapping.client_path(path.as_str())];
+    for name in [LOCATION, CONTENT_LOCATION] {
+        let value = answer.headers.get(name).and_then(|v| v.to_str().ok());
+        if let Some(back) = value.and_then(|v| shared.mapping.back(v, answer.peer)) {
+            keys.push(back);
+        }
+    }
+    for key in keys {
+        if let Err(error) = cache.store.remove(&key).await {
+            store_failed(shared, &error, "invalidation failed");
+        }
+    }
+}
+
+/// A part's answer from `entry`, charged to its batch's response budget: the stored answer with its `Age`,
+/// or 304 when the client's own validators match it; a HEAD gets the headers alone.
+fn answer_from(
+    entry: &Entry,
+    request: &impl Asking,
+    client: &Conditions,
+    now: SystemTime,
+    cache_status: HeaderValue,
+) -> Answer {
+    let mut headers = entry.headers.clone();
+    headers.insert(AGE, HeaderValue::from(entry.policy.age(now).as_secs()));
+    headers.insert(CACHE_STATUS, cache_status);
+    let not_modified = entry.status == StatusCode::OK && client.match_entry(entry);
+    if not_modified || request.method() == Method::HEAD {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(entry.body.len() as u64));
+        let status = if not_modified {
+            StatusCode::NOT_MODIFIED
+        } else {
+            entry.status
+        };
+        return Ok(UpstreamResponse {
+            status,
+            headers,
+            body: Vec::new(),
+            body_len: 0,
+            framing: Framing::AsIs,
+            peer: None,
+        });
+    }
+    let len = entry.body.len() as u64;
+    let batch = request.batch();
+    if !batch.budget.take(len) {
+        return Err(PartError::BatchResponseBudget {
+            index: request.index(),
+            limit: batch.budget.limit(),
+        });
+    }
+    Ok(UpstreamResponse {
+        status: entry.status,
+        headers,
+        body: vec![entry.body.clone()],
+        body_len: len,
+        framing: Framing::Exact,
+        peer: None,
+    })
+}
+
+/// The stored headers, updated by a 304's (RFC 9111 section 3.2): each field the 304 carries replaces the
+/// stored one, but those that describe the body the 304 did not send.
+fn refreshed(stored: &HeaderMap, update: &HeaderMap) -> HeaderMap {
+    let mut headers = stored.clone();
+    for name in update.keys() {
+        if *name == CONTENT_LENGTH || name.as_str() == "content-encoding" || *name == CACHE_STATUS {
+            continue;
+        }
+        headers.remove(name);
+        for value in update.get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
+}
+
+/// The pieces of a body as one.
+fn one_piece(pieces: &[Bytes], len: u64) -> Bytes {
+    match pieces {
+        [] => Bytes::new(),
+        [one] => one.clone(),
+        many => {
+            let mut body = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
+            for piece in many {
+                body.extend_from_slice(piece);
+            }
+            body.freeze()
+        }
+    }
+}
+
+fn options() -> CacheOptions {
+    CacheOptions {
+        shared: true,
+        ..CacheOptions::default()
+    }
+}
+
+async fn inner_call<S>(mut inner: S, request: PartRequest) -> Answer
+where
+    S: Service<PartRequest, Response = UpstreamResponse, Error = PartError>,
+{
+    inner.call(request).await
+}
+
+/// Validators: the entry's, to revalidate it, or a client's, to be answered 304.
+#[derive(Debug, Default)]
+struct Conditions {
+    if_none_match: Option<HeaderValue>,
+    if_modified_since: Option<HeaderValue>,
+}
+
+impl Conditions {
+    fn of(headers: &HeaderMap) -> Conditions {
+        Conditions {
+            if_none_match: headers.get(IF_NONE_MATCH).cloned(),
+            if_modified_since: headers.get(IF_MODIFIED_SINCE).cloned(),
+        }
+    }
+
+    fn is_some(&self) -> bool {
+        self.if_none_match.is_some() || self.if_modified_since.is_some()
+    }
+
+    fn remove_from(headers: &mut HeaderMap) {
+        headers.remove(IF_NONE_MATCH);
+        headers.remove(IF_MODIFIED_SINCE);
+    }
+
+    fn add_to(self, headers: &mut HeaderMap) {
+        if let Some(value) = self.if_none_match {
+            headers.insert(IF_NONE_MATCH, value);
+        }
+        if let Some(value) = self.if_modified_since {
+            headers.insert(IF_MODIFIED_SINCE, value);
+        }
+    }
+
+    /// Whether these (a client's) validators say it has `entry` already (RFC 9110 13.1.2 and 13.1.3: a weak
+    /// comparison of entity tags; If-Modified-Since only without If-None-Match).
+    fn match_entry(&self, entry: &Entry) -> bool {
+        if let Some(tags) = &self.if_none_match {
+            let Some(etag) = entry.headers.get(ETAG).and_then(|v| v.to_str().ok()) else {
+                return false;
+            };
+            let weak = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+            let ours = weak(etag);
+            return tags.to_str().is_ok_and(|list| {
+                list.split(',')
+                    .any(|tag| tag.trim() == "*" || weak(tag) == ours)
+            });
+        }
+        let date = |value: Option<&HeaderValue>| {
+            value
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| httpdate::parse_http_date(v).ok())
+        };
+        match (
+            date(self.if_modified_since.as_ref()),
+            date(entry.headers.get(LAST_MODIFIED)),
+        ) {
+            (Some(since), Some(modified)) => modified <= since,
+            _ => false,
+        }
+    }
+}
+
+impl Entry {
+    /// The validators to revalidate this entry with: its `ETag` and `Last-Modified`.
+    fn validators(&self) -> Conditions {
+        Conditions {
+            if_none_match: self.headers.get(ETAG).cloned(),
+            if_modified_since: self.headers.get(LAST_MODIFIED).cloned(),
+        }
+    }
+}
+
+/// A request as the rules see it, borrowed.
+struct View<'a> {
+    method: &'a Method,
+    path: &'a PathAndQuery,
+    headers: &'a HeaderMap,
+}
+
+impl RequestLike for View<'_> {
+    fn uri(&self) -> Uri {
+        Uri::from(self.path.clone())
+    }
+
+    fn is_same_uri(&self, other: &Uri) -> bool {
+        other.path_and_query() == Some(self.path)
+    }
+
+    fn method(&self) -> &Method {
+        self.method
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        self.headers
+    }
+}
+
+impl ResponseLike for UpstreamResponse {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+}
+
+/// What an answer from an entry needs of the part it answers.
+trait Asking {
+    fn method(&self) -> &Method;
+    fn index(&self) -> usize;
+    fn batch(&self) -> &BatchScope;
+}
+
+impl Asking for PartRequest {
+    fn method(&self) -> &Method {
+        &self.method
+    }
+
+    fn index(&self) -> usize {
+        self.index
+    }
+
+    fn batch(&self) -> &BatchScope {
+        &self.batch
+    }
+}
+
+/// What a part asked upstream, kept to judge the answer by once the part itself has gone down the stack.
+#[derive(Debug)]
+struct Asked {
+    index: usize,
+    method: Method,
+    path: PathAndQuery,
+    headers: HeaderMap,
+    batch: Arc<BatchScope>,
+}
+
+impl Asked {
+    fn of(request: &PartRequest) -> Asked {
+        Asked {
+            index: request.index,
+            method: request.method.clone(),
+            path: request.path.clone(),
+            headers: request.headers.clone(),
+            batch: request.batch.clone(),
+        }
+    }
+
+    fn view(&self) -> View<'_> {
+        View {
+            method: &self.method,
+            path: &self.path,
+            headers: &self.headers,
+        }
+    }
+}
+
+impl Asking for Asked {
+    fn method(&self) -> &Method {
+        &self.method
+    }
+
+    fn index(&self) -> usize {
+        self.index
+    }
+
+    fn batch(&self) -> &BatchScope {
+        &self.batch
+    }
+}
+
+/// The route's calls in flight that identical GETs may join, by digest.
+#[derive(Debug, Default)]
+struct Flights {
+    /// Two keys drawn for the route, so that no client can arrange two different requests to collide.
+    keys: (RandomState, RandomState),
+    calls: Mutex<HashMap<u128, watch::Sender<Flight>>>,
+}
+
+/// How a call in flight went, as its followers see it.
+#[derive(Debug, Clone)]
+enum Flight {
+    Pending,
+    Answered(Arc<UpstreamResponse>),
+    /// The call failed: each follower is sent on its own.
+    Failed,
+}
+
+/// A part's role for one call in flight.
+enum Role<'a> {
+    Lead(Lead<'a>),
+    Follow(watch::Receiver<Flight>),
+}
+
+/// A leader's seat: taken out of the map when the call ends, or when the leader is dropped first (its
+/// followers then see the channel closed and one of them leads in its place).
+struct Lead<'a> {
+    flights: &'a Flights,
+    digest: u128,
+    sender: watch::Sender<Flight>,
+}
+
+impl Lead<'_> {
+    /// Ends the call: late parts start their own, and the followers get `flight` (made only if there are
+    /// any, so that a call nobody joined copies nothing).
+    fn finish(self, flight: impl FnOnce() -> Flight) {
+        self.leave();
+        if self.sender.receiver_count() > 0 {
+            self.sender.send_replace(flight());
+        }
+    }
+
+    fn leave(&self) {
+        let mut calls = self.flights.calls.lock().expect("not poisoned");
+        if calls
+            .get(&self.digest)
+            .is_some_and(|s| s.same_channel(&self.sender))
+        {
+            calls.remove(&self.digest);
+        }
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+impl Flights {
+    fn digest(&self, request: &PartRequest) -> u128 {
+        let mut first = self.keys.0.build_hasher();
+        let mut second = self.keys.1.build_hasher();
+        feed(&mut first, request);
+        feed(&mut second, request);
+        (u128::from(first.finish()) << 64) | u128::from(second.finish())
+    }
+
+    fn role(&self, digest: u128) -> Role<'_> {
+        let mut calls = self.calls.lock().expect("not poisoned");
+        if let Some(sender) = calls.get(&digest) {
+            return Role::Follow(sender.subscribe());
+        }
+        let (sender, _) = watch::channel(Flight::Pending);
+        calls.insert(digest, sender.clone());
+        Role::Lead(Lead {
+            flights: self,
+            digest,
+            sender,
+        })
+    }
+}
+
+/// Everything that makes two requests' upstream calls differ, but the gateway's own trace headers (a new span
+/// per part).
+fn feed<H: Hasher>(h: &mut H, request: &PartRequest) {
+    request.method.as_str().hash(h);
+    request.path.as_str().hash(h);
+    for (name, value) in &request.headers {
+        if name == TRACEPARENT || name == TRACESTATE {
+            continue;
+        }
+        name.as_str().hash(h);
+        value.as_bytes().hash(h);
+    }
+    request.body.hash(h);
+}
+
+/// The part's upstream answer, through the route's coalescing when it has it (GET only): the answer, and
+/// whether it was another part's (collapsed).
+async fn fetch<S>(
+    shared: &State,
+    inner: S,
+    request: PartRequest,
+) -> Result<(UpstreamResponse, bool), PartError>
+where
+    S: Service<PartRequest, Response = UpstreamResponse, Error = PartError>,
+{
+    let Some(flights) = shared
+        .flights
+        .as_ref()
+        .filter(|_| request.method == Method::GET)
+    else {
+        return Ok((inner_call(inner, request).await?, false));
+    };
+    let digest = flights.digest(&request);
+    loop {
+        match flights.role(digest) {
+            Role::Lead(lead) => {
+                return match inner_call(inner, request).await {
+                    Ok(answer) => {
+                        lead.finish(|| Flight::Answered(Arc::new(copy(&answer))));
+                        Ok((answer, false))
+                    }
+                    Err(error) => {
+                        lead.finish(|| Flight::Failed);
+                        Err(error)
+                    }
+                };
+            }
+            Role::Follow(mut receiver) => {
+                let outcome = receiver
+                    .wait_for(|f| !matches!(f, Flight::Pending))
+                    .await
+                    .map(|f| f.clone());
+                match outcome {
+                    Ok(Flight::Answered(answer)) => {
+                        if !request.batch.budget.take(answer.body_len) {
+                            return Err(PartError::BatchResponseBudget {
+                                index: request.index,
+                                limit: request.batch.budget.limit(),
+                            });
+                        }
+                        shared.metrics.part_shared(&shared.route);
+                        return Ok((copy(&answer), true));
+                    }
+                    Ok(_) => return Ok((inner_call(inner, request).await?, false)),
+                    // The leader was dropped before its answer: lead in its place, or follow who does.
+                    Err(_) => continue,
+                }
+            }
+        }
+    }
+}
+
+/// A copy of an answer for another part: its body's pieces are shared, not copied.
+fn copy(answer: &UpstreamResponse) -> UpstreamResponse {
+    UpstreamResponse {
+        status: answer.status,
+        headers: answer.headers.clone(),
+        body: answer.body.clone(),
+        body_len: answer.body_len,
+        framing: answer.framing,
+        peer: answer.peer,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+    use crate::config::{CacheConfig, Origin};
+    use crate::stack::tests::{answer, part_request};
+
+    /// What the upstream behind the layer saw: each request's method, path and headers.
+    type Seen = Arc<Mutex<Vec<(Method, String, HeaderMap)>>>;
+
+    /// A cache layer on `/a/` (forwarded as is) over an upstream that answers `respond(request)` and records
+    /// what it saw.
+    fn cached(
+        coalesce: bool,
+        respond: impl Fn(&PartRequest) -> UpstreamResponse + Clone + Send + Sync + 'static,
+    ) -> (PartService, Seen) {
+        let seen: Seen = Arc::default();
+        let log = seen.clone();
+        let upstream = service_fn(move |request: PartRequest| {
+            let answer = respond(&request);
+            log.lock().unwrap().push((
+                request.method.clone(),
+                request.path.to_string(),
+                request.headers.clone(),
+            ));
+            async move { Ok::<_, PartError>(answer) }
+        });
+        let layer = CacheLayer::new(
+            Arc::from("/a/"),
+            Arc::new(mapping()),
+            Some(CacheHandle::open(&CacheConfig::default())),
+            coalesce,
+            Arc::default(),
+        );
+        (
+            tower::util::BoxCloneSyncService::new(layer.layer(upstream)),
+            seen,
+        )
+    }
+
+    fn mapping() -> Mapping {
+        Mapping {
+            prefix: "/a/".to_owned(),
+            rewrite: None,
+            origins: vec![Origin {
+                scheme: http::uri::Scheme::HTTP,
+                authority: "up.internal:80".parse().unwrap(),
+            }],
+        }
+    }
+
+    type PartService = tower::util::BoxCloneSyncService<PartRequest, UpstreamResponse, PartError>;
+
+    fn get(path: &str, headers: &[(&'static str, &str)]) -> PartRequest {
+        let mut request = part_request(0);
+        request.path = path.parse().unwrap();
+        for (name, value) in headers {
+            request
+                .headers
+                .append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        request
+    }
+
+    fn with(mut response: UpstreamResponse, headers: &[(&'static str, &str)]) -> UpstreamResponse {
+        for (name, value) in headers {
+            response
+                .headers
+                .append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        response
+    }
+
+    async fn call(service: &PartService, request: PartRequest) -> UpstreamResponse {
+        service.clone().oneshot(request).await.unwrap()
+    }
+
+    fn header<'a>(response: &'a UpstreamResponse, name: &str) -> &'a str {
+        response
+            .headers
+            .get(name)
+            .map_or("", |v| v.to_str().unwrap())
+    }
+
+    fn body(response: &UpstreamResponse) -> Vec<u8> {
+        response.body.concat()
+    }
+
+    /// A fresh entry is served with a growing Age; once stale it is revalidated with its ETag and a 304
+    /// refreshes it.
+    #[tokio::test(start_paused = true)]
+    async fn fresh_answers_are_served_with_their_age_and_stale_ones_revalidated() {
+        let (service, seen) = cached(false, |request| {
+            if request
+                .headers
+                .get("if-none-match")
+                .is_some_and(|v| v == "\"v1\"")
+            {
+                with(
+                    answer(StatusCode::NOT_MODIFIED, b""),
+                    &[("etag", "\"v1\""), ("cache-control", "max-age=60")],
+                )
+            } else {
+                with(
+                    answer(StatusCode::OK, b"inbox"),
+                    &[("etag", "\"v1\""), ("cache-control", "max-age=60")],
+                )
+            }
+        });
+        let first = call(&service, get("/a/inbox", &[])).await;
+        assert_eq!(
+            header(&first, "cache-status"),
+            "batchgate; fwd=uri-miss; stored"
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let hit = call(&service, get("/a/inbox", &[])).await;
+        assert_eq!(header(&hit, "cache-status"), "batchgate; hit");
+        assert_eq!(header(&hit, "age"), "10");
+        assert_eq!(body(&hit), b"inbox");
+        assert_eq!(seen.lock().unwrap().len(), 1);
+
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let revalidated = call(&service, get("/a/inbox", &[])).await;
+        assert_eq!(
+            header(&revalidated, "cache-status"),
+            "batchgate; fwd=stale; fwd-status=304; stored"
+        );
+        assert_eq!(revalidated.status, StatusCode::OK);
+        assert_eq!(body(&revalidated), b"inbox");
+        assert_eq!(header(&revalidated, "age"), "0");
+        assert_eq!(seen.lock().unwrap()[1].2["if-none-match"], "\"v1\"");
+        let again = call(&service, get("/a/inbox", &[])).await;
+        assert_eq!(header(&again, "cache-status"), "batchgate; hit");
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn private_no_store_and_authorized_answers_are_not_stored_unless_public() {
+        let (service, seen) = cached(false, |request| {
+            let cc = match request.path.path() {
+                "/a/private" => "private, max-age=60",
+                "/a/nostore" => "no-store",
+                "/a/public" => "public, max-age=60",
+                _ => "max-age=60",
+            };
+            with(answer(StatusCode::OK, b"x"), &[("cache-control", cc)])
+        });
+        for (path, auth) in [
+            ("/a/private", None),
+            ("/a/nostore", None),
+            ("/a/plain", Some("Bearer a")),
+        ] {
+            for _ in 0..2 {
+                let headers: Vec<(&'static str, &str)> =
+                    auth.iter().map(|a| ("authorization", *a)).collect();
+                let answer = call(&service, get(path, &headers)).await;
+                assert_eq!(
+                    header(&answer, "cache-status"),
+                    "batchgate; fwd=uri-miss",
+                    "{path}"
+                );
+            }
+        }
+        assert_eq!(seen.lock().unwrap().len(), 6);
+        call(&service, get("/a/public", &[("authorization", "Bearer a")])).await;
+        let hit = call(&service, get("/a/public", &[("authorization", "Bearer a")])).await;
+        assert_eq!(header(&hit, "cache-status"), "batchgate; hit");
+        assert_eq!(seen.lock().unwrap().len(), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn vary_head_and_a_clients_own_conditional() {
+        let (service, seen) = cached(false, |request| {
+            let lang = request
+                .headers
+                .get("accept-language")
+                .map_or("en", |v| v.to_str().unwrap())
+                .to_owned();
+            with(
+                answer(StatusCode::OK, b"hello"),
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("vary", "accept-language"),
+                    ("etag", &format!("\"{lang}\"")),
+                ],
+            )
+        });
+        call(&service, get("/a/x", &[("accept-language", "fr")])).await;
+        let other = call(&service, get("/a/x", &[("accept-language", "de")])).await;
+        assert_eq!(
+            header(&other, "cache-status"),
+            "batchgate; fwd=vary-miss; stored"
+        );
+        let hit = call(&service, get("/a/x", &[("accept-language", "de")])).await;
+        assert_eq!(header(&hit, "cache-status"), "batchgate; hit");
+        assert_eq!(seen.lock().unwrap().len(), 2);
+
+        let mut head = get("/a/x", &[("accept-language", "de")]);
+        head.method = Method::HEAD;
+        let head = call(&service, head).await;
+        assert_eq!(
+            (head.status, head.body_len, head.framing),
+            (StatusCode::OK, 0, Framing::AsIs)
+        );
+        assert_eq!(header(&head, "content-length"), "5");
+        assert_eq!(header(&head, "cache-status"), "batchgate; hit");
+
+        let conditional = call(
+            &service,
+            get(
+                "/a/x",
+                &[("accept-language", "de"), ("if-none-match", "W/\"de\"")],
+            ),
+        )
+        .await;
+        assert_eq!(conditional.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(header(&conditional, "cache-status"), "batchgate; hit");
+        let changed = call(
+            &service,
+            get(
+                "/a/x",
+                &[("accept-language", "de"), ("if-none-match", "\"fr\"")],
+            ),
+        )
+        .await;
+        assert_eq!(changed.status, StatusCode::OK);
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_successful_unsafe_part_drops_its_target_and_location() {
+        let (service, seen) = cached(false, |request| match request.method {
+            Method::GET => with(
+                answer(StatusCode::OK, b"x"),
+                &[("cache-control", "max-age=60")],
+            ),
+            _ => with(
+                answer(StatusCode::CREATED, b""),
+                &[
+                    ("location", "http://up.internal/a/items/7"),
+                    ("content-location", "/a/list"),
+                ],
+            ),
+        });
+        for path in ["/a/items", "/a/items/7", "/a/list", "/a/other"] {
+            call(&service, get(path, &[])).await;
+        }
+        let mut post = get("/a/items", &[]);
+        post.method = Method::POST;
+        let posted = call(&service, post).await;
+        assert_eq!(header(&posted, "cache-status"), "batchgate; fwd=method");
+        for (path, status) in [
+            ("/a/items", "batchgate; fwd=uri-miss; stored"),
+            ("/a/items/7", "batchgate; fwd=uri-miss; stored"),
+            ("/a/list", "batchgate; fwd=uri-miss; stored"),
+            ("/a/other", "batchgate; hit"),
+        ] {
+            assert_eq!(
+                header(&call(&service, get(path, &[])).await, "cache-status"),
+                status,
+                "{path}"
+            );
+        }
+        assert_eq!(seen.lock().unwrap().len(), 8);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_over_max_entry_bytes_pass_through_uncached() {
+        let seen: Seen = Arc::default();
+        let log = seen.clone();
+        let upstream = service_fn(move |request: PartRequest| {
+            log.lock().unwrap().push((
+                request.method.clone(),
+                request.path.to_string(),
+                HeaderMap::new(),
+            ));
+            async move {
+                Ok::<_, PartError>(with(
+                    answer(StatusCode::OK, b"0123456789"),
+                    &[("cache-control", "max-age=60")],
+                ))
+            }
+        });
+        let config = CacheConfig {
+            max_entry_bytes: 9,
+            ..CacheConfig::default()
+        };
+        let layer = CacheLayer::new(
+            Arc::from("/a/"),
+            Arc::new(mapping()),
+            Some(CacheHandle::open(&config)),
+            false,
+            Arc::default(),
+        );
+        let service = tower::util::BoxCloneSyncService::new(layer.layer(upstream));
+        for _ in 0..2 {
+            let answer = call(&service, get("/a/big", &[])).await;
+            assert_eq!(header(&answer, "cache-status"), "batchgate; fwd=uri-miss");
+        }
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    /// A coalescing layer (no cache) over an upstream that holds every answer until `open` is released.
+    fn held() -> (PartService, Arc<tokio::sync::Semaphore>, Seen) {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let seen: Seen = Arc::default();
+        let (log, held) = (seen.clone(), gate.clone());
+        let upstream = service_fn(move |request: PartRequest| {
+            log.lock().unwrap().push((
+                request.method.clone(),
+                request.path.to_string(),
+                request.headers.clone(),
+            ));
+            let held = held.clone();
+            async move {
+                held.acquire().await.unwrap().forget();
+                Ok::<_, PartError>(answer(StatusCode::OK, b"shared"))
+            }
+        });
+        let layer = CacheLayer::new(
+            Arc::from("/a/"),
+            Arc::new(mapping()),
+            None,
+            true,
+            Arc::default(),
+        );
+        (
+            tower::util::BoxCloneSyncService::new(layer.layer(upstream)),
+            gate,
+            seen,
+        )
+    }
+
+    #[tokio::test]
+    async fn identical_gets_in_flight_share_one_call_and_different_headers_never_do() {
+        let (service, gate, seen) = held();
+        let mut calls = tokio::task::JoinSet::new();
+        for auth in ["Bearer a", "Bearer a", "Bearer a", "Bearer b"] {
+            let service = service.clone();
+            calls.spawn(
+                async move { call(&service, get("/a/x", &[("authorization", auth)])).await },
+            );
+        }
+        while seen.lock().unwrap().len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        gate.add_permits(2);
+        let answers = calls.join_all().await;
+        assert!(answers.iter().all(|a| body(a) == b"shared"));
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "one call per Authorization");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_leader_hands_its_call_to_a_follower() {
+        let (service, gate, seen) = held();
+        let leader = tokio::spawn({
+            let service = service.clone();
+            async move { call(&service, get("/a/x", &[])).await }
+        });
+        while seen.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let follower = tokio::spawn({
+            let service = service.clone();
+            async move { call(&service, get("/a/x", &[])).await }
+        });
+        tokio::task::yield_now().await;
+        leader.abort();
+        assert!(leader.await.unwrap_err().is_cancelled());
+        while seen.lock().unwrap().len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        gate.add_permits(1);
+        assert_eq!(body(&follower.await.unwrap()), b"shared");
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            2,
+            "the follower sent the call itself"
+        );
+    }
+}
