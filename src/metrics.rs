@@ -41,11 +41,6 @@ struct DurationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabel {
-    kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     route: String,
     kind: String,
@@ -70,8 +65,6 @@ pub(crate) struct Metrics {
     cache_stored_bytes: Family<RouteLabel, Counter>,
     cache_stored_entries: Family<RouteLabel, Counter>,
     ejections: Family<RouteLabel, Counter>,
-    /// Failures of the cache's store outside the process (Redis), each answered as a miss.
-    cache_store_errors: Family<KindLabel, Counter>,
     upstream_requests: Counter,
     /// Connections the pools opened; with `upstream_requests`, how well keep-alive connections are reused.
     upstream_connects: Counter,
@@ -117,7 +110,6 @@ impl Default for Metrics {
             cache_stored_bytes: Family::default(),
             cache_stored_entries: Family::default(),
             ejections: Family::default(),
-            cache_store_errors: Family::default(),
             upstream_requests: Counter::default(),
             upstream_connects: Counter::default(),
             concurrency_limit: Family::default(),
@@ -201,12 +193,6 @@ impl Default for Metrics {
             "ejections",
             "Upstream addresses ejected by passive health, by route",
             m.ejections.clone(),
-        );
-        registry.register(
-            "cache_store_errors",
-            "Failures of the cache's Redis store, each answered as a miss, by kind: redis (refused, reset, an \
-             error reply), timeout (cache.redis_timeout), corrupt (an entry that does not decode)",
-            m.cache_store_errors.clone(),
         );
         registry.register(
             "upstream_requests",
@@ -461,13 +447,6 @@ impl Metrics {
             .get_or_create(&RouteLabel {
                 route: route.to_owned(),
             })
-            .inc();
-    }
-
-    /// The cache's Redis store failed (`kind`: redis, timeout, corrupt); the part went on as a miss.
-    pub(crate) fn cache_store_error(&self, kind: &'static str) {
-        self.cache_store_errors
-            .get_or_create(&KindLabel { kind })
             .inc();
     }
 

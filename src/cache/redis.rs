@@ -3,10 +3,10 @@
 //! time to live (Redis's `PX`) of their freshness plus the time they may be kept stale for revalidation.
 //!
 //! Redis is a cache here, never a dependency: every operation is bounded by `cache.redis_timeout`; a
-//! failure (refused, reset, timed out) or an entry that does not decode is a miss, logged (at most one line
-//! per [`LOG_EVERY`]) and counted in `batchgate_cache_store_errors_total{kind}`, and the part goes on to the
-//! upstream. An unreachable Redis at startup is a warning: the connection is made on first use and made
-//! again after each failure.
+//! failure (refused, reset, timed out) or an entry that does not decode is a [`RedisFailure`], logged here
+//! (at most one line per [`LOG_EVERY`]); the cache layer counts it (`batchgate_cache_total{outcome="error"}`)
+//! and goes on to the upstream as for a miss. An unreachable Redis at startup is a warning: the connection
+//! is made on first use and made again after each failure.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,7 +20,6 @@ use redis::{Client, RedisError};
 use tokio::time::Instant;
 
 use super::Entry;
-use crate::metrics::Metrics;
 
 /// What every key of the cache starts with, so that the gateway's keys never meet another program's.
 const NAMESPACE: &str = "batchgate:cache:";
@@ -31,7 +30,8 @@ const PURGE_BATCH: usize = 500;
 /// At most one log line per this long about Redis failing; the rest are counted in it.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Why Redis could not answer. Counted and logged where it happens; the cache layer sees a miss.
+/// Why Redis could not answer, or answered what is not an entry. Logged where it happens; the cache layer
+/// counts it and treats it as a miss.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RedisFailure {
     #[error("Redis {op} had no answer within cache.redis_timeout ({after:?})")]
@@ -42,16 +42,8 @@ pub(crate) enum RedisFailure {
         #[source]
         source: RedisError,
     },
-}
-
-impl RedisFailure {
-    /// The `kind` label of the error counter.
-    fn kind(&self) -> &'static str {
-        match self {
-            RedisFailure::Timeout { .. } => "timeout",
-            RedisFailure::Command { .. } => "redis",
-        }
-    }
+    #[error("the entry under {key:?} in Redis does not decode ({corrupt})")]
+    Corrupt { key: String, corrupt: Corrupt },
 }
 
 /// The store: a client for `cache.redis_url`, its one reconnecting connection made on first use.
@@ -59,7 +51,6 @@ pub(crate) struct RedisStore {
     client: Client,
     connection: OnceLock<ConnectionManager>,
     timeout: Duration,
-    metrics: Arc<Metrics>,
     log: Throttle,
 }
 
@@ -78,16 +69,11 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// A store for `client`; when called on a runtime, checks in the background that Redis answers and warns
     /// when it does not (the gateway starts and serves either way).
-    pub(crate) fn open(
-        client: Client,
-        timeout: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Arc<RedisStore> {
+    pub(crate) fn open(client: Client, timeout: Duration) -> Arc<RedisStore> {
         let store = Arc::new(RedisStore {
             client,
             connection: OnceLock::new(),
             timeout,
-            metrics,
             log: Throttle::default(),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -144,25 +130,19 @@ impl RedisStore {
         }
     }
 
-    /// Counts and logs (throttled) a failure, and hands it on.
+    /// Logs a failure (throttled), and hands it on.
     fn failed(&self, failure: RedisFailure) -> RedisFailure {
-        self.note(failure.kind(), &failure);
+        if let Some(suppressed) = self.log.allow() {
+            tracing::warn!(
+                suppressed,
+                "cache: {failure}; answered as a miss (failures within {LOG_EVERY:?} of a logged one are \
+                 only counted, in batchgate_cache_total{{outcome=\"error\"}})"
+            );
+        }
         failure
     }
 
-    fn note(&self, kind: &'static str, what: &dyn std::fmt::Display) {
-        self.metrics.cache_store_error(kind);
-        if let Some(suppressed) = self.log.allow() {
-            tracing::warn!(
-                kind,
-                suppressed,
-                "cache: {what}; answered as a miss (further failures within {LOG_EVERY:?} are only counted)"
-            );
-        }
-    }
-
-    /// The entry under `key`; `None` when there is none, or when what is there does not decode (counted as
-    /// `corrupt`).
+    /// The entry under `key`, if there is one.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, RedisFailure> {
         let mut command = redis::cmd("GET");
         command.arg(namespaced(key));
@@ -175,13 +155,10 @@ impl RedisStore {
         };
         match decode(Bytes::from(bytes)) {
             Ok(entry) => Ok(Some(Arc::new(entry))),
-            Err(corrupt) => {
-                self.note(
-                    "corrupt",
-                    &format_args!("the entry under {key:?} does not decode ({corrupt})"),
-                );
-                Ok(None)
-            }
+            Err(corrupt) => Err(self.failed(RedisFailure::Corrupt {
+                key: key.to_owned(),
+                corrupt,
+            })),
         }
     }
 

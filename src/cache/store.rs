@@ -9,11 +9,10 @@ use moka::future::Cache;
 use super::Entry;
 use super::redis::{RedisFailure, RedisStore};
 use crate::config::{Backend, CacheConfig};
-use crate::metrics::Metrics;
 
 /// Why a store could not answer. The memory store always answers; a backend outside the process adds its
-/// failures here, logged (throttled) and counted where they happen. The cache layer treats every one as a
-/// miss, never as a failed part.
+/// failures here, and logs them itself (throttled). The cache layer counts every one and treats it as a miss,
+/// never as a failed part.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
     #[error(transparent)]
@@ -30,15 +29,15 @@ pub(crate) enum Store {
 }
 
 impl Store {
-    /// The store `config` describes; a Redis store counts its failures in `metrics`. A Redis that does not
-    /// answer is a warning logged once running, not a refusal.
-    pub(crate) fn open(config: &CacheConfig, metrics: &Arc<Metrics>) -> Store {
+    /// The store `config` describes. A Redis that does not answer is a warning logged once running, not a
+    /// refusal.
+    pub(crate) fn open(config: &CacheConfig) -> Store {
         match &config.backend {
             Backend::Memory => Store::Memory(MemoryStore::new(config.max_bytes)),
             Backend::Redis { url, timeout } => {
                 let client = redis::Client::open(url.as_str())
                     .expect("cache.redis_url is checked by CacheConfig::validate");
-                Store::Redis(RedisStore::open(client, *timeout, metrics.clone()))
+                Store::Redis(RedisStore::open(client, *timeout))
             }
         }
     }
@@ -180,7 +179,7 @@ mod tests {
 
     #[tokio::test]
     async fn entries_are_kept_replaced_removed_and_purged_by_prefix() {
-        let store = Store::open(&CacheConfig::default(), &Default::default());
+        let store = Store::open(&CacheConfig::default());
         let ttl = Duration::from_secs(60);
         assert!(store.get("/a/1").await.unwrap().is_none());
         store.put("/a/1", entry(b"one"), ttl).await.unwrap();
