@@ -368,9 +368,10 @@ async fn store(
     }
 }
 
-/// A store's failure: logged and counted, never a failed part.
+/// A store's failure: counted, never a failed part. The store logs it, throttled: a Redis that is down fails
+/// every part's lookup, which must not become a line per part.
 fn store_failed(shared: &State, error: &StoreError, what: &str) {
-    tracing::warn!(route = %shared.route, %error, "cache {what}");
+    tracing::debug!(route = %shared.route, %error, "cache {what}");
     shared.metrics.cache_event(&shared.route, CacheEvent::Error);
 }
 
