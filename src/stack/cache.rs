@@ -289,6 +289,24 @@ where
     let asked = Asked::of(&request);
     let (mut answer, collapsed) = fetch(shared, inner, request).await?;
     let now = cache.clock.now();
+    if let Some(old) = &revalidating
+        && answer.status == StatusCode::NOT_MODIFIED
+        && !answer.headers.contains_key(ETAG)
+        && !answer.headers.contains_key(LAST_MODIFIED)
+    {
+        // A 304 to our own conditional that names no validator is about the one entry we asked with (RFC
+        // 9111 section 4.3.4); the rules would otherwise call it a new answer, and pass the 304 to a client
+        // that asked for none.
+        let validators = old.validators();
+        for (name, value) in [
+            (ETAG, validators.if_none_match),
+            (LAST_MODIFIED, validators.if_modified_since),
+        ] {
+            if let Some(value) = value {
+                answer.headers.insert(name, value);
+            }
+        }
+    }
     if let Some(old) = revalidating
         && answer.status == StatusCode::NOT_MODIFIED
         && let AfterResponse::NotModified(policy, _) =
@@ -917,6 +935,30 @@ mod tests {
 
     fn body(response: &UpstreamResponse) -> Vec<u8> {
         response.body.concat()
+    }
+
+    /// A 304 that names no validator, answering the layer's own conditional, refreshes the entry asked with:
+    /// the client, which sent no conditional, gets the stored 200, not the 304.
+    #[tokio::test(start_paused = true)]
+    async fn a_304_naming_no_validator_refreshes_the_entry_asked_with() {
+        let (service, seen) = cached(false, |request| {
+            if request.headers.contains_key(IF_NONE_MATCH) {
+                answer(StatusCode::NOT_MODIFIED, b"")
+            } else {
+                with(
+                    answer(StatusCode::OK, b"one"),
+                    &[("cache-control", "no-cache"), ("etag", "\"v1\"")],
+                )
+            }
+        });
+        call(&service, get("/a/x", &[])).await;
+        let again = call(&service, get("/a/x", &[])).await;
+        assert_eq!(again.status, StatusCode::OK);
+        assert_eq!(body(&again), b"one");
+        assert_eq!(header(&again, "etag"), "\"v1\"");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1].2[IF_NONE_MATCH], "\"v1\"");
     }
 
     /// A fresh entry is served with a growing Age; once stale it is revalidated with its ETag and a 304
