@@ -1,12 +1,13 @@
 //! The public HTTP cache test suite (npm `http-cache-tests`, pinned in tests/cache-conformance/package.json)
 //! run through the REAL binary: its origin server, a gateway routing every path to it with `direct = true`
-//! and `cache = true`, and its client sending its 350 tests to the gateway as a proxy.
+//! and `cache = true`, and its client sending its 350 tests to the gateway as a proxy; once with the memory
+//! store, once with Redis (a real redis-server).
 //!
-//! Ignored by a plain `cargo test` (it takes about 20 s of the suite's own waits on the wall clock, and
-//! needs `npm ci` in tests/cache-conformance); .ci/run runs it as a step of its own:
-//! `cargo test --test integration cache_conformance -- --ignored --nocapture`. The full results (test id
-//! -> `true` or `[kind, message]`) go to `target/tmp/cache-conformance.json`; docs/caching.md
-//! ("Conformance") says which tests fail and why.
+//! Ignored by a plain `cargo test` (each run takes about 20 s of the suite's own waits on the wall clock,
+//! and needs `npm ci` in tests/cache-conformance); .ci/run runs them as a step of their own:
+//! `cargo test --test integration cache_conformance -- --ignored --nocapture --test-threads 1`. The full
+//! results (test id -> `true` or `[kind, message]`) go to `target/tmp/cache-conformance-{memory,redis}.json`;
+//! docs/caching.md ("Conformance") says which tests fail and why.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,9 +17,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::*;
 
-/// The fewest passing tests accepted: the count measured when the floor was last raised. A pass-through
-/// without a cache passes 114.
-const FLOOR: usize = 114;
+/// The fewest passing tests accepted, with either store. Measured: 236 of 350 (docs/caching.md,
+/// "Conformance"); the floor leaves room for the few tests that wait on the wall clock (a pass-through
+/// without a cache passes 114).
+const FLOOR: usize = 230;
 
 /// The installed suite, or a failure saying how to install it.
 fn suite() -> PathBuf {
@@ -82,7 +84,27 @@ fn passes(results: &BTreeMap<String, serde_json::Value>) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the HTTP cache test suite: needs `npm ci` in tests/cache-conformance; .ci/run runs it on its own"]
-async fn the_http_cache_test_suite_passes_at_least_the_floor() {
+async fn the_http_cache_test_suite_through_the_memory_store() {
+    run_suite("memory", "[cache]\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the HTTP cache test suite: needs `npm ci` in tests/cache-conformance; .ci/run runs it on its own"]
+async fn the_http_cache_test_suite_through_redis() {
+    let redis = RedisServer::start().await;
+    run_suite(
+        "redis",
+        &format!(
+            "[cache]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"2s\"\n",
+            redis.url()
+        ),
+    )
+    .await;
+}
+
+/// Runs the suite through the binary with this `[cache]` section; prints the count beside the published
+/// results, saves the full results as `target/tmp/cache-conformance-NAME.json`, and asserts the floor.
+async fn run_suite(name: &str, cache: &str) {
     let suite = suite();
     let origin = Origin::start(&suite).await;
 
@@ -91,8 +113,8 @@ async fn the_http_cache_test_suite_passes_at_least_the_floor() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\n\n[[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:{}\"\n\
-             direct = true\n",
+            "listen = \"127.0.0.1:0\"\n\n{cache}\n[[routes]]\nprefix = \"/\"\n\
+             upstream = \"http://127.0.0.1:{}\"\ndirect = true\ncache = true\n",
             origin.port
         ),
     )
@@ -126,11 +148,12 @@ async fn the_http_cache_test_suite_passes_at_least_the_floor() {
             )
         });
 
-    let saved = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache-conformance.json");
+    let saved =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cache-conformance-{name}.json"));
     std::fs::write(&saved, serde_json::to_vec_pretty(&results).unwrap()).unwrap();
     let passed = passes(&results);
     println!(
-        "batchgate: {passed} of {} passed in {took:.1?}; full results in {}",
+        "batchgate ({name} store): {passed} of {} passed in {took:.1?}; full results in {}",
         results.len(),
         saved.display()
     );
