@@ -203,7 +203,11 @@ impl Gateway {
 
     /// What `/admin/stats` shows.
     pub(crate) fn stats(&self) -> Stats {
-        let routes: Vec<RouteState> = self.routes.iter().map(RouteStack::state).collect();
+        let routes: Vec<RouteState> = self
+            .routes
+            .iter()
+            .map(|route| route.state(&self.metrics))
+            .collect();
         self.observer.stats(
             &routes,
             self.sub_requests_in_flight(),

@@ -29,14 +29,16 @@
 //!   answered as an ordinary response (the endpoints hand it over; no batch stages).
 //! - `route`: which route a part goes to, after normalising its target.
 //! - `stack`: the per-route tower `Service` stack a part goes through upstream (rate limit, header policy,
-//!   rewrite, timeout, retries, in-flight limits fixed or adaptive, response rules, balancing and passive
-//!   health, the pools per upstream address), built per route as one `RouteStack`.
+//!   rewrite, field masks, the HTTP cache and coalescing, timeout, retries, in-flight limits fixed or adaptive,
+//!   response rules, balancing and passive health, the pools per upstream address), built per route as one
+//!   `RouteStack`.
 //!
 //! Around it: `gateway` (the shared state), `headers` (hop-by-hop, inheritance, forwarding headers),
-//! `cache` (the HTTP cache's entries and store), `compress` (reply compression), `response` (the gateway's own responses), `error` (batch-level and
-//! part-level errors), `metrics` (`/metrics`), `observe` (per-route windows, bottlenecks, tuning history,
-//! batch timelines, trace context: `/admin/stats`), `tls` (certificates), `config` (a file per section). With
-//! the `otel` feature, `otel` exports spans over OTLP. `docs/architecture.md` draws the whole.
+//! `cache` (the HTTP cache's entries and store), `compress` (reply compression), `response` (the gateway's
+//! own responses), `error` (batch-level and part-level errors), `metrics` (`/metrics`), `observe` (per-route
+//! windows, bottlenecks, tuning history, batch timelines, trace context: `/admin/stats`), `tls`
+//! (certificates), `config` (a file per section). With the `otel` feature, `otel` exports spans over OTLP.
+//! `docs/architecture.md` draws the whole.
 //!
 //! # Features
 //! - `demo` (default): `demo`, the example mail service (`batchgate --demo`, `batchgate demo-upstream`).

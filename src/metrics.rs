@@ -228,6 +228,21 @@ impl Default for Metrics {
     }
 }
 
+/// A route's cache lookups since the gateway started, as `/admin/stats` shows them.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub(crate) struct CacheStats {
+    /// GET and HEAD parts looked up.
+    pub lookups: u64,
+    pub hits: u64,
+    pub misses: u64,
+    /// Stale entries found (revalidated or fetched again).
+    pub stale: u64,
+    /// Stale entries a 304 refreshed.
+    pub revalidated: u64,
+    /// `hits / lookups`; none before the first lookup.
+    pub hit_ratio: Option<f64>,
+}
+
 /// What a cache lookup came to (`batchgate_cache_total{outcome}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CacheEvent {
@@ -423,6 +438,32 @@ impl Metrics {
                 outcome: event.as_str().to_owned(),
             })
             .inc();
+    }
+
+    /// `route`'s cache figures, read from its counters.
+    pub(crate) fn cache_stats(&self, route: &str) -> CacheStats {
+        let count = |event: CacheEvent| {
+            self.cache
+                .get_or_create(&OutcomeLabels {
+                    route: route.to_owned(),
+                    outcome: event.as_str().to_owned(),
+                })
+                .get()
+        };
+        let (hits, misses, stale) = (
+            count(CacheEvent::Hit),
+            count(CacheEvent::Miss),
+            count(CacheEvent::Stale),
+        );
+        let lookups = hits + misses + stale;
+        CacheStats {
+            lookups,
+            hits,
+            misses,
+            stale,
+            revalidated: count(CacheEvent::Revalidated),
+            hit_ratio: (lookups > 0).then(|| hits as f64 / lookups as f64),
+        }
     }
 
     /// An entry of `bytes` put in the cache for `route`.

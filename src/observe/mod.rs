@@ -18,6 +18,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::metrics::CacheStats;
 use health::AddressHealth;
 use timeline::{BatchTimeline, BatchView};
 use window::{Point, RouteWindow, Sample, Summary};
@@ -79,6 +80,9 @@ pub(crate) struct RouteStats {
     pub series: Vec<Point>,
     /// Each address of the route's upstreams: in rotation or ejected, and why.
     pub upstreams: Vec<AddressHealth>,
+    /// On routes with `cache = true`: lookups and the hit ratio since start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheStats>,
 }
 
 /// What a route is, for its stats.
@@ -88,6 +92,7 @@ pub(crate) struct RouteState {
     pub in_flight: usize,
     pub adaptive: bool,
     pub upstreams: Vec<AddressHealth>,
+    pub cache: Option<CacheStats>,
 }
 
 /// The whole of `/admin/stats`.
@@ -197,6 +202,7 @@ impl Observer {
                     bottleneck,
                     series: window.series(now, window::SECONDS as u64),
                     upstreams: state.upstreams.clone(),
+                    cache: state.cache,
                 }
             })
             .collect();

@@ -63,6 +63,8 @@ pub(crate) struct RouteStack {
     limit: RouteLimit,
     /// The bounds a tuned limit is held within, from this route's entry.
     adaptive: Option<AdaptiveConcurrency>,
+    /// Whether the route caches (`cache = true`): its stats then show its hit ratio.
+    cached: bool,
 }
 
 impl RouteStack {
@@ -163,6 +165,7 @@ impl RouteStack {
         });
         // Validation refuses `cache = true` without a `[cache]`.
         let cache = shared.cache.filter(|_| route.cache).cloned();
+        let cached = cache.is_some();
         let cache_layer = (cache.is_some() || route.coalesces()).then(|| {
             CacheLayer::new(
                 name.clone(),
@@ -212,6 +215,7 @@ impl RouteStack {
             balancer,
             limit,
             adaptive: route.adaptive_concurrency,
+            cached,
         })
     }
 
@@ -240,13 +244,14 @@ impl RouteStack {
         self.limit.gauge()
     }
 
-    /// The route as `/admin/stats` shows it.
-    pub(crate) fn state(&self) -> RouteState {
+    /// The route as `/admin/stats` shows it; its cache figures come from `metrics`.
+    pub(crate) fn state(&self, metrics: &Metrics) -> RouteState {
         RouteState {
             route: self.prefix.clone(),
             in_flight: self.limit.gauge().0,
             adaptive: matches!(self.limit, RouteLimit::Adaptive(_)),
             upstreams: self.balancer.health(),
+            cache: self.cached.then(|| metrics.cache_stats(&self.prefix)),
         }
     }
 

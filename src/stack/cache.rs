@@ -21,7 +21,7 @@
 //! The layer's future is boxed on the paths that use the store or coalesce (their awaits are many and
 //! nested); a part that does neither (an unsafe part on a route without a cache) gets the inner future as is.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, hash_map};
 use std::future::Future;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::pin::Pin;
@@ -43,10 +43,12 @@ use tokio::sync::watch;
 use tower::{Layer, Service};
 
 use super::rewrite::Mapping;
+use super::rules::unaccepted_coding;
 use super::{BatchScope, PartRequest, UpstreamResponse};
 use crate::cache::{CacheHandle, Entry, StoreError};
 use crate::error::PartError;
 use crate::metrics::{CacheEvent, Metrics};
+use crate::observe::timeline::Mark;
 use crate::observe::trace::{TRACEPARENT, TRACESTATE};
 use batchgate_wire::Framing;
 
@@ -261,7 +263,15 @@ where
             path: &request.path,
             headers: &request.headers,
         };
+        // The entry's body may be compressed in a way this part does not accept (the rules layer below
+        // decodes per part): then it is another variant, like one `Vary: Accept-Encoding` tells apart.
+        let encoded = unaccepted_coding(
+            &entry.headers,
+            entry.body.len() as u64,
+            request.accepts.as_ref(),
+        );
         match entry.policy.before_request(&view, now) {
+            _ if encoded.is_some() => fwd = Fwd::VaryMiss,
             BeforeRequest::Fresh(_) => {
                 shared.metrics.cache_event(&shared.route, CacheEvent::Hit);
                 let status = cache_status(Fwd::Hit, None, false, false);
@@ -340,8 +350,8 @@ where
             });
             stored = store(shared, cache, &key, &entry, now).await;
             answer.body = vec![body];
-            if stored && client.is_some() {
-                // The client's validators were replaced by the entry's: its answer is judged by its own.
+            if stored && client.match_entry(&entry) {
+                // The client's validators were replaced by the entry's, and they match what came back.
                 let status = cache_status(fwd, Some(answer.status), stored, collapsed);
                 return answer_from(&entry, &asked, &client, now, status);
             }
@@ -684,7 +694,21 @@ impl Asking for Asked {
 struct Flights {
     /// Two keys drawn for the route, so that no client can arrange two different requests to collide.
     keys: (RandomState, RandomState),
-    calls: Mutex<HashMap<u128, watch::Sender<Flight>>>,
+    calls: Mutex<Calls>,
+}
+
+#[derive(Debug, Default)]
+struct Calls {
+    by_digest: HashMap<u128, Slot>,
+    /// Tells a leader's slot from a later one of the same digest.
+    next_seat: u64,
+}
+
+/// One call in flight. Its channel is made by the first follower: a call nobody joins allocates nothing.
+#[derive(Debug)]
+struct Slot {
+    seat: u64,
+    sender: Option<watch::Sender<Flight>>,
 }
 
 /// How a call in flight went, as its followers see it.
@@ -702,31 +726,29 @@ enum Role<'a> {
     Follow(watch::Receiver<Flight>),
 }
 
-/// A leader's seat: taken out of the map when the call ends, or when the leader is dropped first (its
-/// followers then see the channel closed and one of them leads in its place).
+/// A leader's seat: given up when the call ends, or when the leader is dropped first (its followers then see
+/// the channel closed and one of them leads in its place).
 struct Lead<'a> {
     flights: &'a Flights,
     digest: u128,
-    sender: watch::Sender<Flight>,
+    seat: u64,
 }
 
 impl Lead<'_> {
-    /// Ends the call: late parts start their own, and the followers get `flight` (made only if there are
+    /// Ends the call: later parts start their own, and the followers get `flight` (made only if there are
     /// any, so that a call nobody joined copies nothing).
     fn finish(self, flight: impl FnOnce() -> Flight) {
-        self.leave();
-        if self.sender.receiver_count() > 0 {
-            self.sender.send_replace(flight());
+        if let Some(sender) = self.leave() {
+            sender.send_replace(flight());
         }
     }
 
-    fn leave(&self) {
+    /// Takes the slot out of the map, if it is still this leader's; its followers' channel, if any.
+    fn leave(&self) -> Option<watch::Sender<Flight>> {
         let mut calls = self.flights.calls.lock().expect("not poisoned");
-        if calls
-            .get(&self.digest)
-            .is_some_and(|s| s.same_channel(&self.sender))
-        {
-            calls.remove(&self.digest);
+        match calls.by_digest.entry(self.digest) {
+            hash_map::Entry::Occupied(slot) if slot.get().seat == self.seat => slot.remove().sender,
+            _ => None,
         }
     }
 }
@@ -746,23 +768,33 @@ impl Flights {
         (u128::from(first.finish()) << 64) | u128::from(second.finish())
     }
 
+    /// Leads the call of `digest`, or follows the one in flight.
     fn role(&self, digest: u128) -> Role<'_> {
         let mut calls = self.calls.lock().expect("not poisoned");
-        if let Some(sender) = calls.get(&digest) {
-            return Role::Follow(sender.subscribe());
+        let seat = calls.next_seat;
+        match calls.by_digest.entry(digest) {
+            hash_map::Entry::Occupied(mut slot) => {
+                let sender = slot
+                    .get_mut()
+                    .sender
+                    .get_or_insert_with(|| watch::channel(Flight::Pending).0);
+                Role::Follow(sender.subscribe())
+            }
+            hash_map::Entry::Vacant(slot) => {
+                slot.insert(Slot { seat, sender: None });
+                calls.next_seat += 1;
+                Role::Lead(Lead {
+                    flights: self,
+                    digest,
+                    seat,
+                })
+            }
         }
-        let (sender, _) = watch::channel(Flight::Pending);
-        calls.insert(digest, sender.clone());
-        Role::Lead(Lead {
-            flights: self,
-            digest,
-            sender,
-        })
     }
 }
 
-/// Everything that makes two requests' upstream calls differ, but the gateway's own trace headers (a new span
-/// per part).
+/// Everything that makes two requests' upstream calls (or their answers) differ, but the gateway's own trace
+/// headers (a new span per part).
 fn feed<H: Hasher>(h: &mut H, request: &PartRequest) {
     request.method.as_str().hash(h);
     request.path.as_str().hash(h);
@@ -774,6 +806,8 @@ fn feed<H: Hasher>(h: &mut H, request: &PartRequest) {
         value.as_bytes().hash(h);
     }
     request.body.hash(h);
+    // Not sent, but the rules layer decodes the answer by it.
+    request.accepts.as_ref().map(HeaderValue::as_bytes).hash(h);
 }
 
 /// The part's upstream answer, through the route's coalescing when it has it (GET only): the answer, and
@@ -809,12 +843,19 @@ where
                 };
             }
             Role::Follow(mut receiver) => {
+                // On the batch's timeline, the shared call is this part's time upstream.
+                if let Some(t) = &request.timeline {
+                    t.mark(Mark::Sent);
+                }
                 let outcome = receiver
                     .wait_for(|f| !matches!(f, Flight::Pending))
                     .await
                     .map(|f| f.clone());
                 match outcome {
                     Ok(Flight::Answered(answer)) => {
+                        if let Some(t) = &request.timeline {
+                            t.mark(Mark::FirstByte);
+                        }
                         if !request.batch.budget.take(answer.body_len) {
                             return Err(PartError::BatchResponseBudget {
                                 index: request.index,
@@ -1253,5 +1294,34 @@ mod tests {
             2,
             "the follower sent the call itself"
         );
+    }
+
+    /// An entry stored compressed (for a part that accepted the coding) is not served to a part that does
+    /// not accept it: the rules layer would have decoded the answer for that part.
+    #[tokio::test(start_paused = true)]
+    async fn a_compressed_entry_is_served_only_to_parts_that_accept_its_coding() {
+        let (service, seen) = cached(false, |_| {
+            with(
+                answer(StatusCode::OK, b"\x1f\x8b..."),
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("content-encoding", "gzip"),
+                ],
+            )
+        });
+        let accepting = || {
+            let mut request = get("/a/z", &[]);
+            request.accepts = Some(HeaderValue::from_static("gzip, br"));
+            request
+        };
+        call(&service, accepting()).await;
+        let hit = call(&service, accepting()).await;
+        assert_eq!(header(&hit, "cache-status"), "batchgate; hit");
+        let plain = call(&service, get("/a/z", &[])).await;
+        assert_eq!(
+            header(&plain, "cache-status"),
+            "batchgate; fwd=vary-miss; stored"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 2);
     }
 }

@@ -7,7 +7,9 @@
 //!   credential it is sent with);
 //! - [`rewrite`]: the route's path mapping, and `Location` answers mapped back;
 //! - [`fields`]: on routes with `fields = true`, the part's field mask taken off its target and applied to
-//!   its JSON answer (above where a cache goes: a cache holds whole answers);
+//!   its JSON answer (above the cache: a cache holds whole answers);
+//! - [`cache`]: on routes with `cache = true` or `coalesce = true` (the default), the HTTP cache (RFC 9111,
+//!   over `crate::cache`'s store) and identical GETs in flight sharing one call;
 //! - [`timeout`]: the route's time limit for the part, all its tries included (each try gets a share);
 //! - [`retry`]: idempotent parts tried again elsewhere, within a budget;
 //! - [`adaptive`]: on routes with a tuned limit, sub-requests in flight to the route, then (with [`limit`])
@@ -22,8 +24,7 @@
 //! A layer's future is a type of its own rather than a boxed one: a part's call is boxed once, where the
 //! route's stack is type-erased (and once more in the balancer, which awaits in a loop).
 //!
-//! Caching and metrics wrap the same call: they are layers to add here. The scheduler knows nothing of HTTP
-//! beyond calling a route's [`PartService`].
+//! The scheduler knows nothing of HTTP beyond calling a route's [`PartService`].
 
 pub(crate) mod adaptive;
 pub(crate) mod balance;

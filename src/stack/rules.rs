@@ -16,7 +16,7 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
-use http::{HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tower::{Layer, Service};
 
 use super::{BatchScope, PartRequest, UpstreamResponse};
@@ -190,9 +190,19 @@ fn unrequested_coding(
     response: &UpstreamResponse,
     accepts: Option<&HeaderValue>,
 ) -> Option<String> {
-    let value = response.headers.get(CONTENT_ENCODING)?.to_str().ok()?;
+    unaccepted_coding(&response.headers, response.body_len, accepts)
+}
+
+/// The codings of a body of `body_len` bytes with `headers` that `accepts` (a part's `Accept-Encoding`) does
+/// not accept, if any: such a body is decoded for the part, and a cached one is not served to it.
+pub(super) fn unaccepted_coding(
+    headers: &HeaderMap,
+    body_len: u64,
+    accepts: Option<&HeaderValue>,
+) -> Option<String> {
+    let value = headers.get(CONTENT_ENCODING)?.to_str().ok()?;
     let codings = value.trim();
-    if codings.is_empty() || codings.eq_ignore_ascii_case("identity") || response.body_len == 0 {
+    if codings.is_empty() || codings.eq_ignore_ascii_case("identity") || body_len == 0 {
         return None;
     }
     let accepted = accepts

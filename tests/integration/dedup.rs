@@ -91,7 +91,12 @@ async fn parts_whose_headers_differ_are_not_shared() {
 #[tokio::test]
 async fn unsafe_parts_and_a_route_without_dedup_make_every_call() {
     let up = echo_upstream(Duration::ZERO).await;
-    let config = format!("{}{}", deduped(up.addr), routes(&[("/off/", up.addr)]));
+    // Without coalescing too: identical GETs in flight would otherwise share one call.
+    let config = format!(
+        "{}{}coalesce = false\n",
+        deduped(up.addr),
+        routes(&[("/off/", up.addr)])
+    );
     let gw = gateway(&config).await;
     let parts = gw
         .send_parts(&[

@@ -234,8 +234,9 @@ async fn global_and_per_upstream_caps_hold_across_batches() {
         routes(&[("/up/", up.addr)])
     );
     let gw = Arc::new(gateway(&config).await);
+    // Distinct targets: identical GETs in flight would share one call (coalesce).
     let parts: Vec<String> = (0..12)
-        .map(|i| part(&format!("p{i}"), "GET /up/x"))
+        .map(|i| part(&format!("p{i}"), &format!("GET /up/x{i}")))
         .collect();
     let body = batch(&parts);
     let mut tasks = Vec::new();

@@ -8,6 +8,7 @@
 mod support;
 
 // The core: the batch endpoint, upstreams, field masks, and what operators configure and see.
+mod cache;
 mod cache_conformance;
 mod cache_redis;
 mod dedup;
