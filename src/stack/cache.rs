@@ -475,9 +475,17 @@ fn answer_from(
 /// The stored headers, updated by a 304's (RFC 9111 section 3.2): each field the 304 carries replaces the
 /// stored one, but those that describe the body the 304 did not send.
 fn refreshed(stored: &HeaderMap, update: &HeaderMap) -> HeaderMap {
+    /// Fields about the stored body's bytes, which a 304 does not send: the stored ones stay.
+    const OF_THE_BODY: [&str; 5] = [
+        "content-length",
+        "content-encoding",
+        "content-range",
+        "content-md5",
+        "transfer-encoding",
+    ];
     let mut headers = stored.clone();
     for name in update.keys() {
-        if *name == CONTENT_LENGTH || name.as_str() == "content-encoding" || *name == CACHE_STATUS {
+        if OF_THE_BODY.contains(&name.as_str()) || *name == CACHE_STATUS {
             continue;
         }
         headers.remove(name);
@@ -976,6 +984,36 @@ mod tests {
 
     fn body(response: &UpstreamResponse) -> Vec<u8> {
         response.body.concat()
+    }
+
+    /// A 304's fields replace the stored ones, but those that describe the stored body's bytes.
+    #[test]
+    fn a_304_does_not_update_the_fields_of_the_body() {
+        let mut stored = HeaderMap::new();
+        for (name, value) in [
+            ("content-md5", "old"),
+            ("content-range", "bytes 0-1/2"),
+            ("content-encoding", "gzip"),
+            ("x-kept", "old"),
+            ("x-updated", "old"),
+        ] {
+            stored.insert(name, HeaderValue::from_static(value));
+        }
+        let mut update = HeaderMap::new();
+        for name in [
+            "content-md5",
+            "content-range",
+            "content-encoding",
+            "x-updated",
+        ] {
+            update.insert(name, HeaderValue::from_static("new"));
+        }
+        let headers = refreshed(&stored, &update);
+        assert_eq!(headers["content-md5"], "old");
+        assert_eq!(headers["content-range"], "bytes 0-1/2");
+        assert_eq!(headers["content-encoding"], "gzip");
+        assert_eq!(headers["x-kept"], "old");
+        assert_eq!(headers["x-updated"], "new");
     }
 
     /// A 304 that names no validator, answering the layer's own conditional, refreshes the entry asked with:
