@@ -187,6 +187,7 @@ impl Gateway {
                     (route.prefix().to_owned(), in_flight, limit)
                 })
                 .collect(),
+            cache: self.cache.as_ref().and_then(|cache| cache.store.usage()),
         }
     }
 

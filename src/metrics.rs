@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::cache::StoreUsage;
 use crate::error::{Fault, PartError};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,6 +65,8 @@ pub(crate) struct Metrics {
     cache: Family<OutcomeLabels, Counter>,
     cache_stored_bytes: Family<RouteLabel, Counter>,
     cache_stored_entries: Family<RouteLabel, Counter>,
+    cache_entries: Gauge<i64, AtomicI64>,
+    cache_bytes: Gauge<i64, AtomicI64>,
     ejections: Family<RouteLabel, Counter>,
     upstream_requests: Counter,
     /// Connections the pools opened; with `upstream_requests`, how well keep-alive connections are reused.
@@ -109,6 +112,8 @@ impl Default for Metrics {
             cache: Family::default(),
             cache_stored_bytes: Family::default(),
             cache_stored_entries: Family::default(),
+            cache_entries: Gauge::default(),
+            cache_bytes: Gauge::default(),
             ejections: Family::default(),
             upstream_requests: Counter::default(),
             upstream_connects: Counter::default(),
@@ -188,6 +193,16 @@ impl Default for Metrics {
             "cache_stored_entries",
             "Entries put in the cache, by route",
             m.cache_stored_entries.clone(),
+        );
+        registry.register(
+            "cache_entries",
+            "Entries the memory cache holds now",
+            m.cache_entries.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Weight of the memory cache's entries now (keys, headers and bodies), bounded by cache.max_bytes",
+            m.cache_bytes.clone(),
         );
         registry.register(
             "ejections",
@@ -515,6 +530,12 @@ impl Metrics {
                 .get_or_create(&label)
                 .set(*limit as i64);
         }
+        if let Some(usage) = gauges.cache {
+            self.cache_entries
+                .set(i64::try_from(usage.entries).unwrap_or(i64::MAX));
+            self.cache_bytes
+                .set(i64::try_from(usage.bytes).unwrap_or(i64::MAX));
+        }
         let mut out = String::with_capacity(8192);
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -529,4 +550,6 @@ pub(crate) struct Gauges {
     pub sub_requests: usize,
     /// Per route: (prefix, sub-requests in flight, concurrency limit).
     pub routes: Vec<(String, usize, usize)>,
+    /// What the cache's store holds, if there is one that can tell.
+    pub cache: Option<StoreUsage>,
 }

@@ -17,7 +17,7 @@ use http_cache_semantics::CachePolicy;
 
 use crate::config::CacheConfig;
 
-pub(crate) use store::{Store, StoreError};
+pub(crate) use store::{Store, StoreError, StoreUsage};
 
 /// One stored answer: what RFC 9111 decides with, and what a part served from it is answered with.
 #[derive(Debug)]

@@ -1,6 +1,7 @@
 //! Where entries are kept: one [`Store`] whatever the backend, so the cache layer never asks which.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -60,10 +61,13 @@ impl Store {
     ) -> Result<(), StoreError> {
         match self {
             Store::Memory(memory) => {
+                let stored = Stored { entry, ttl };
+                memory.usage.entries.fetch_add(1, Ordering::Relaxed);
                 memory
-                    .cache
-                    .insert(key.to_owned(), Stored { entry, ttl })
-                    .await;
+                    .usage
+                    .bytes
+                    .fetch_add(weight(key, &stored), Ordering::Relaxed);
+                memory.cache.insert(key.to_owned(), stored).await;
                 Ok(())
             }
             Store::Redis(redis) => Ok(redis.put(key, &entry, ttl).await?),
@@ -78,6 +82,18 @@ impl Store {
                 Ok(())
             }
             Store::Redis(redis) => Ok(redis.remove(key).await?),
+        }
+    }
+
+    /// How many entries the store holds and their weight, where the store can tell at no cost.
+    pub(crate) fn usage(&self) -> Option<StoreUsage> {
+        match self {
+            Store::Memory(memory) => Some(StoreUsage {
+                entries: memory.usage.entries.load(Ordering::Relaxed),
+                bytes: memory.usage.bytes.load(Ordering::Relaxed),
+            }),
+            // Redis would need a round trip (and counts every program's keys): its own INFO tells.
+            Store::Redis(_) => None,
         }
     }
 
@@ -104,11 +120,33 @@ impl Store {
     }
 }
 
+/// What a store holds now, for the `/metrics` gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StoreUsage {
+    pub entries: u64,
+    /// The entries' weight: keys, headers and bodies.
+    pub bytes: u64,
+}
+
 /// The memory backend: a concurrent map bounded by the entries' weight in bytes, least recently and least
 /// frequently used entries going first, each entry dropped when its time to live is over.
 #[derive(Debug)]
 pub(crate) struct MemoryStore {
     cache: Cache<String, Stored>,
+    /// Entries held and their weight: counted up by `put`, down by the store's eviction listener (replaced,
+    /// removed, expired or evicted), so the gauges need not wait for the store's housekeeping.
+    usage: Arc<Usage>,
+}
+
+#[derive(Debug, Default)]
+struct Usage {
+    entries: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// What an entry weighs in the memory store: its key and [`Entry::weight`].
+fn weight(key: &str, stored: &Stored) -> u64 {
+    key.len() as u64 + stored.entry.weight()
 }
 
 /// An entry as the memory store holds it: with its time to live, which the store's expiry reads.
@@ -139,14 +177,21 @@ impl Expiry<String, Stored> for ByTtl {
 
 impl MemoryStore {
     fn new(max_bytes: u64) -> MemoryStore {
+        let usage = Arc::new(Usage::default());
+        let gone = usage.clone();
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &String, stored: &Stored| {
-                u32::try_from(key.len() as u64 + stored.entry.weight()).unwrap_or(u32::MAX)
+                u32::try_from(weight(key, stored)).unwrap_or(u32::MAX)
             })
             .expire_after(ByTtl)
+            .eviction_listener(move |key: Arc<String>, stored: Stored, _| {
+                gone.entries.fetch_sub(1, Ordering::Relaxed);
+                gone.bytes
+                    .fetch_sub(weight(&key, &stored), Ordering::Relaxed);
+            })
             .build();
-        MemoryStore { cache }
+        MemoryStore { cache, usage }
     }
 }
 
@@ -187,11 +232,15 @@ mod tests {
         store.put("/a/2", entry(b"two"), ttl).await.unwrap();
         store.put("/b/1", entry(b"three"), ttl).await.unwrap();
         assert_eq!(&store.get("/a/1").await.unwrap().unwrap().body[..], b"uno");
+        let usage = store.usage().unwrap();
+        assert_eq!(usage.entries, 3, "a replaced entry no longer counts");
+        assert_eq!(usage.bytes, 3 * 4 + 3 + 3 + 5);
         store.remove("/a/2").await.unwrap();
         assert!(store.get("/a/2").await.unwrap().is_none());
         assert_eq!(store.purge("/a/").await.unwrap(), 1);
         assert!(store.get("/a/1").await.unwrap().is_none());
         assert!(store.get("/b/1").await.unwrap().is_some());
+        assert_eq!(store.usage().unwrap().entries, 1);
         assert!(entry(b"x").policy.time_to_live(SystemTime::now()) > Duration::ZERO);
     }
 }

@@ -73,7 +73,7 @@ struct State {
 
 #[derive(Debug, Clone)]
 pub(crate) struct CacheLayer {
-    shared: Arc<State>,
+    state: Arc<State>,
 }
 
 impl CacheLayer {
@@ -86,7 +86,7 @@ impl CacheLayer {
         metrics: Arc<Metrics>,
     ) -> CacheLayer {
         CacheLayer {
-            shared: Arc::new(State {
+            state: Arc::new(State {
                 route,
                 mapping,
                 cache,
@@ -103,7 +103,7 @@ impl<S> Layer<S> for CacheLayer {
     fn layer(&self, inner: S) -> CacheService<S> {
         CacheService {
             inner,
-            shared: self.shared.clone(),
+            state: self.state.clone(),
         }
     }
 }
@@ -111,7 +111,7 @@ impl<S> Layer<S> for CacheLayer {
 #[derive(Debug, Clone)]
 pub(crate) struct CacheService<S> {
     inner: S,
-    shared: Arc<State>,
+    state: Arc<State>,
 }
 
 type Answer = Result<UpstreamResponse, PartError>;
@@ -134,8 +134,8 @@ where
     }
 
     fn call(&mut self, request: PartRequest) -> Self::Future {
-        let cached = self.shared.cache.is_some();
-        let coalesced = self.shared.flights.is_some() && request.method == Method::GET;
+        let cached = self.state.cache.is_some();
+        let coalesced = self.state.flights.is_some() && request.method == Method::GET;
         if !cached && !coalesced {
             return CacheFuture::Pass {
                 call: self.inner.call(request),
@@ -144,13 +144,13 @@ where
         // The clone is ready (tower's rule: call the instance polled ready); this one goes on in its place.
         let ready = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, ready);
-        let shared = self.shared.clone();
+        let state = self.state.clone();
         CacheFuture::Boxed {
             call: Box::pin(async move {
                 if cached {
-                    serve(&shared, inner, request).await
+                    serve(&state, inner, request).await
                 } else {
-                    Ok(fetch(&shared, inner, request).await?.0)
+                    Ok(fetch(&state, inner, request).await?.0)
                 }
             }),
         }
@@ -197,11 +197,27 @@ enum Fwd {
     Method,
 }
 
+/// Whether the answer a part got was kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    /// Not stored: not storable, already stored by the part whose call it shared, or a hit.
+    No,
+    Stored,
+    /// Storable, but larger than `cache.max_entry_bytes`.
+    TooLarge,
+}
+
+impl From<bool> for Kept {
+    fn from(stored: bool) -> Kept {
+        if stored { Kept::Stored } else { Kept::No }
+    }
+}
+
 /// The `Cache-Status` value for `fwd`.
 fn cache_status(
     fwd: Fwd,
     upstream: Option<StatusCode>,
-    stored: bool,
+    kept: Kept,
     collapsed: bool,
 ) -> HeaderValue {
     let mut text = String::from("batchgate; ");
@@ -216,9 +232,11 @@ fn cache_status(
     if let (Some(status), Fwd::Stale) = (upstream, fwd) {
         text.push_str(&format!("; fwd-status={}", status.as_u16()));
     }
-    if stored {
-        text.push_str("; stored");
-    }
+    text.push_str(match kept {
+        Kept::No => "",
+        Kept::Stored => "; stored",
+        Kept::TooLarge => "; detail=too-large",
+    });
     if collapsed {
         text.push_str("; collapsed");
     }
@@ -226,28 +244,29 @@ fn cache_status(
 }
 
 /// A part on a route with a cache: answered from the store, revalidated, or fetched (and stored).
-async fn serve<S>(shared: &State, inner: S, mut request: PartRequest) -> Answer
+async fn serve<S>(state: &State, inner: S, mut request: PartRequest) -> Answer
 where
     S: Service<PartRequest, Response = UpstreamResponse, Error = PartError>,
 {
-    let cache = shared.cache.as_ref().expect("only called with a cache");
+    let cache = state.cache.as_ref().expect("only called with a cache");
     if !matches!(request.method, Method::GET | Method::HEAD) {
         let path = request.path.clone();
         let mut answer = inner_call(inner, request).await?;
         if answer.status.is_success() || answer.status.is_redirection() {
-            invalidate(shared, cache, &path, &answer).await;
+            invalidate(state, cache, &path, &answer).await;
         }
-        answer
-            .headers
-            .insert(CACHE_STATUS, cache_status(Fwd::Method, None, false, false));
+        answer.headers.insert(
+            CACHE_STATUS,
+            cache_status(Fwd::Method, None, Kept::No, false),
+        );
         return Ok(answer);
     }
-    let key = shared.mapping.client_path(request.path.as_str());
+    let key = state.mapping.client_path(request.path.as_str());
     let now = cache.clock.now();
     let found = match cache.store.get(&key).await {
         Ok(found) => found,
         Err(error) => {
-            store_failed(shared, &error, "lookup failed; a miss");
+            store_failed(state, &error, "lookup failed; a miss");
             None
         }
     };
@@ -273,15 +292,15 @@ where
         match entry.policy.before_request(&view, now) {
             _ if encoded.is_some() => fwd = Fwd::VaryMiss,
             BeforeRequest::Fresh(_) => {
-                shared.metrics.cache_event(&shared.route, CacheEvent::Hit);
-                let status = cache_status(Fwd::Hit, None, false, false);
+                state.metrics.cache_event(&state.route, CacheEvent::Hit);
+                let status = cache_status(Fwd::Hit, None, Kept::No, false);
                 return answer_from(&entry, &request, &client, now, status);
             }
             BeforeRequest::Stale { matches: true, .. } => {
                 let stale = entry.policy.is_stale(now);
                 fwd = if stale { Fwd::Stale } else { Fwd::Request };
                 if stale {
-                    shared.metrics.cache_event(&shared.route, CacheEvent::Stale);
+                    state.metrics.cache_event(&state.route, CacheEvent::Stale);
                 }
                 let validators = entry.validators();
                 if !head && validators.is_some() {
@@ -293,11 +312,12 @@ where
             BeforeRequest::Stale { matches: false, .. } => fwd = Fwd::VaryMiss,
         }
     }
-    if !matches!(fwd, Fwd::Stale | Fwd::Request) {
-        shared.metrics.cache_event(&shared.route, CacheEvent::Miss);
+    // A fresh entry the part's own `no-cache` passed over counts as a miss.
+    if fwd != Fwd::Stale {
+        state.metrics.cache_event(&state.route, CacheEvent::Miss);
     }
     let asked = Asked::of(&request);
-    let (mut answer, collapsed) = fetch(shared, inner, request).await?;
+    let (mut answer, collapsed) = fetch(state, inner, request).await?;
     let now = cache.clock.now();
     if let Some(old) = &revalidating
         && answer.status == StatusCode::NOT_MODIFIED
@@ -322,23 +342,25 @@ where
         && let AfterResponse::NotModified(policy, _) =
             old.policy.after_response(&asked.view(), &answer, now)
     {
-        shared
+        state
             .metrics
-            .cache_event(&shared.route, CacheEvent::Revalidated);
+            .cache_event(&state.route, CacheEvent::Revalidated);
         let entry = Arc::new(Entry {
             policy,
             status: old.status,
             headers: refreshed(&old.headers, &answer.headers),
             body: old.body.clone(),
         });
-        let stored = !collapsed && store(shared, cache, &key, &entry, now).await;
-        let status = cache_status(fwd, Some(answer.status), stored, collapsed);
+        let stored = !collapsed && store(state, cache, &key, &entry, now).await;
+        let status = cache_status(fwd, Some(answer.status), stored.into(), collapsed);
         return answer_from(&entry, &asked, &client, now, status);
     }
-    let mut stored = false;
-    if !head && !collapsed && answer.body_len <= cache.max_entry_bytes {
+    let mut kept = Kept::No;
+    if !head && !collapsed {
         let policy = CachePolicy::new_options(&asked.view(), &answer, now, options());
-        if policy.is_storable() {
+        if policy.is_storable() && answer.body_len > cache.max_entry_bytes {
+            kept = Kept::TooLarge;
+        } else if policy.is_storable() {
             let body = one_piece(&answer.body, answer.body_len);
             let mut headers = answer.headers.clone();
             headers.remove(CONTENT_LENGTH);
@@ -348,18 +370,18 @@ where
                 headers,
                 body: body.clone(),
             });
-            stored = store(shared, cache, &key, &entry, now).await;
+            kept = store(state, cache, &key, &entry, now).await.into();
             answer.body = vec![body];
-            if stored && client.match_entry(&entry) {
+            if kept == Kept::Stored && client.match_entry(&entry) {
                 // The client's validators were replaced by the entry's, and they match what came back.
-                let status = cache_status(fwd, Some(answer.status), stored, collapsed);
+                let status = cache_status(fwd, Some(answer.status), kept, collapsed);
                 return answer_from(&entry, &asked, &client, now, status);
             }
         }
     }
     answer.headers.insert(
         CACHE_STATUS,
-        cache_status(fwd, Some(answer.status), stored, collapsed),
+        cache_status(fwd, Some(answer.status), kept, collapsed),
     );
     Ok(answer)
 }
@@ -367,7 +389,7 @@ where
 /// Stores `entry` under `key` for its freshness (plus [`STALE_KEPT`] when it has validators); false when it
 /// would be of no use (neither fresh nor revalidatable) or the store failed.
 async fn store(
-    shared: &State,
+    state: &State,
     cache: &CacheHandle,
     key: &str,
     entry: &Arc<Entry>,
@@ -384,13 +406,13 @@ async fn store(
     }
     match cache.store.put(key, entry.clone(), ttl).await {
         Ok(()) => {
-            shared
+            state
                 .metrics
-                .cache_stored(&shared.route, key.len() as u64 + entry.weight());
+                .cache_stored(&state.route, key.len() as u64 + entry.weight());
             true
         }
         Err(error) => {
-            store_failed(shared, &error, "storing failed; served uncached");
+            store_failed(state, &error, "storing failed; served uncached");
             false
         }
     }
@@ -398,29 +420,29 @@ async fn store(
 
 /// A store's failure: counted, never a failed part. The store logs it, throttled: a Redis that is down fails
 /// every part's lookup, which must not become a line per part.
-fn store_failed(shared: &State, error: &StoreError, what: &str) {
-    tracing::debug!(route = %shared.route, %error, "cache {what}");
-    shared.metrics.cache_event(&shared.route, CacheEvent::Error);
+fn store_failed(state: &State, error: &StoreError, what: &str) {
+    tracing::debug!(route = %state.route, %error, "cache {what}");
+    state.metrics.cache_event(&state.route, CacheEvent::Error);
 }
 
 /// Drops the entries a successful unsafe part made stale: its target's, and its same-origin `Location`'s and
 /// `Content-Location`'s (RFC 9111 section 4.4).
 async fn invalidate(
-    shared: &State,
+    state: &State,
     cache: &CacheHandle,
     path: &PathAndQuery,
     answer: &UpstreamResponse,
 ) {
-    let mut keys = vec![shared.mapping.client_path(path.as_str())];
+    let mut keys = vec![state.mapping.client_path(path.as_str())];
     for name in [LOCATION, CONTENT_LOCATION] {
         let value = answer.headers.get(name).and_then(|v| v.to_str().ok());
-        if let Some(back) = value.and_then(|v| shared.mapping.back(v, answer.peer)) {
+        if let Some(back) = value.and_then(|v| state.mapping.back(v, answer.peer)) {
             keys.push(back);
         }
     }
     for key in keys {
         if let Err(error) = cache.store.remove(&key).await {
-            store_failed(shared, &error, "invalidation failed");
+            store_failed(state, &error, "invalidation failed");
         }
     }
 }
@@ -821,14 +843,14 @@ fn feed<H: Hasher>(h: &mut H, request: &PartRequest) {
 /// The part's upstream answer, through the route's coalescing when it has it (GET only): the answer, and
 /// whether it was another part's (collapsed).
 async fn fetch<S>(
-    shared: &State,
+    state: &State,
     inner: S,
     request: PartRequest,
 ) -> Result<(UpstreamResponse, bool), PartError>
 where
     S: Service<PartRequest, Response = UpstreamResponse, Error = PartError>,
 {
-    let Some(flights) = shared
+    let Some(flights) = state
         .flights
         .as_ref()
         .filter(|_| request.method == Method::GET)
@@ -870,7 +892,7 @@ where
                                 limit: request.batch.budget.limit(),
                             });
                         }
-                        shared.metrics.part_shared(&shared.route);
+                        state.metrics.part_shared(&state.route);
                         return Ok((copy(&answer), true));
                     }
                     Ok(_) => return Ok((inner_call(inner, request).await?, false)),
@@ -1249,7 +1271,10 @@ mod tests {
         let service = tower::util::BoxCloneSyncService::new(layer.layer(upstream));
         for _ in 0..2 {
             let answer = call(&service, get("/a/big", &[])).await;
-            assert_eq!(header(&answer, "cache-status"), "batchgate; fwd=uri-miss");
+            assert_eq!(
+                header(&answer, "cache-status"),
+                "batchgate; fwd=uri-miss; detail=too-large"
+            );
         }
         assert_eq!(seen.lock().unwrap().len(), 2);
     }

@@ -112,6 +112,9 @@ async fn repeats_are_served_from_the_cache_with_a_growing_age_then_revalidated()
         ),
         2
     );
+    // The refreshed entry replaced the first: one held now.
+    assert_eq!(sample(&text, "batchgate_cache_entries"), 1);
+    assert!(sample(&text, "batchgate_cache_bytes") > "/mail/inbox".len() as u64 + 5);
     gw.stop().await;
 }
 
@@ -417,5 +420,34 @@ async fn a_route_with_coalesce_off_sends_every_call() {
         [200, 200]
     );
     assert_eq!(held.upstream.seen().len(), 2);
+    gw.stop().await;
+}
+
+/// A reload that keeps `[cache]` as it was keeps the entries; one that changes it starts an empty cache.
+#[tokio::test]
+async fn a_reload_keeps_the_cache_unless_its_section_changed() {
+    let up = answering(&[("cache-control", "max-age=60")]).await;
+    let toml = cached(up.addr, "");
+    let (gw, live) = live_gateway(&toml).await;
+    let succeed = |toml: &str| {
+        let next = batchgate::Gateway::succeeding(
+            batchgate::Config::from_toml(toml).unwrap(),
+            &live.gateway(),
+        )
+        .unwrap();
+        live.replace(next).unwrap();
+    };
+    one(&gw, "GET /mail/x HTTP/1.1\r\n").await;
+    succeed(&format!("{toml}timeout = \"5s\"\n"));
+    assert_eq!(
+        cache_status(&one(&gw, "GET /mail/x HTTP/1.1\r\n").await),
+        "batchgate; hit"
+    );
+    succeed(&toml.replace("[cache]\n", "[cache]\nmax_bytes = \"8MiB\"\n"));
+    assert_eq!(
+        cache_status(&one(&gw, "GET /mail/x HTTP/1.1\r\n").await),
+        "batchgate; fwd=uri-miss; stored"
+    );
+    assert_eq!(up.seen().len(), 2);
     gw.stop().await;
 }
