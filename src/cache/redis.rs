@@ -29,6 +29,9 @@ const MAGIC: [u8; 4] = *b"bgc\x01";
 const PURGE_BATCH: usize = 500;
 /// At most one log line per this long about Redis failing; the rest are counted in it.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Most headers a decoded entry may have: far above any upstream's answer, far below the 32768 a `HeaderMap`
+/// holds before it panics.
+const MAX_HEADERS: usize = 4096;
 
 /// Why Redis could not answer, or answered what is not an entry. Logged where it happens; the cache layer
 /// counts it and treats it as a miss.
@@ -326,6 +329,9 @@ pub(crate) fn decode(mut bytes: Bytes) -> Result<Entry, Corrupt> {
         return Err(Corrupt::Short("header count"));
     }
     let count = bytes.get_u32() as usize;
+    if count > MAX_HEADERS {
+        return Err(Corrupt::Invalid("header count"));
+    }
     // Each header takes at least its two lengths: a count beyond that is a lie, refused before reserving.
     if count > bytes.len() / 8 {
         return Err(Corrupt::Short("headers"));
@@ -432,10 +438,24 @@ mod tests {
         let policy = serde_json::to_vec(&entry().policy).unwrap();
         lying.put_u32(policy.len() as u32);
         lying.put_slice(&policy);
-        lying.put_u32(u32::MAX);
+        let before_count = lying.clone();
+        lying.put_u32(100);
         assert_eq!(
             decode(lying.freeze()).err(),
             Some(Corrupt::Short("headers"))
+        );
+        // More headers than a map holds, each well formed: refused, not a panic.
+        let mut many = before_count;
+        many.put_u32(40_000);
+        for _ in 0..40_000 {
+            many.put_u32(1);
+            many.put_slice(b"a");
+            many.put_u32(1);
+            many.put_slice(b"b");
+        }
+        assert_eq!(
+            decode(many.freeze()).err(),
+            Some(Corrupt::Invalid("header count"))
         );
         let mut bad_status = good.to_vec();
         bad_status[4..6].copy_from_slice(&1000u16.to_be_bytes());
