@@ -32,6 +32,9 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Most headers a decoded entry may have: far above any upstream's answer, far below the 32768 a `HeaderMap`
 /// holds before it panics.
 const MAX_HEADERS: usize = 4096;
+/// What an encoded entry may take besides its body: its headers, and the policy's copy of the request's and
+/// the response's headers.
+const MAX_FRAMING_BYTES: u64 = 1 << 20;
 
 /// Why Redis could not answer, or answered what is not an entry. Logged where it happens; the cache layer
 /// counts it and treats it as a miss.
@@ -47,6 +50,8 @@ pub(crate) enum RedisFailure {
     },
     #[error("the entry under {key:?} in Redis does not decode ({corrupt})")]
     Corrupt { key: String, corrupt: Corrupt },
+    #[error("an entry of {bytes} bytes under {key:?} is more than an entry may take ({max} bytes)")]
+    TooLarge { key: String, bytes: u64, max: u64 },
 }
 
 /// The store: a client for `cache.redis_url`, its one reconnecting connection made on first use.
@@ -54,6 +59,9 @@ pub(crate) struct RedisStore {
     client: Client,
     connection: OnceLock<ConnectionManager>,
     timeout: Duration,
+    /// The most bytes an encoded entry may take: `cache.max_entry_bytes` plus [`MAX_FRAMING_BYTES`]. Larger
+    /// values under our keys are never read whole.
+    max_value_bytes: u64,
     log: Throttle,
 }
 
@@ -72,11 +80,12 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// A store for `client`; when called on a runtime, checks in the background that Redis answers and warns
     /// when it does not (the gateway starts and serves either way).
-    pub(crate) fn open(client: Client, timeout: Duration) -> Arc<RedisStore> {
+    pub(crate) fn open(client: Client, timeout: Duration, max_entry_bytes: u64) -> Arc<RedisStore> {
         let store = Arc::new(RedisStore {
             client,
             connection: OnceLock::new(),
             timeout,
+            max_value_bytes: max_entry_bytes.saturating_add(MAX_FRAMING_BYTES),
             log: Throttle::default(),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -145,17 +154,29 @@ impl RedisStore {
         failure
     }
 
-    /// The entry under `key`, if there is one.
+    /// The entry under `key`, if there is one. At most one byte more than an entry may take is read
+    /// (`GETRANGE`): a larger value is refused without being fetched whole.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, RedisFailure> {
-        let mut command = redis::cmd("GET");
-        command.arg(namespaced(key));
-        let Some(bytes) = self
-            .run::<Option<Vec<u8>>>("GET", command)
+        let mut command = redis::cmd("GETRANGE");
+        command
+            .arg(namespaced(key))
+            .arg(0)
+            .arg(self.max_value_bytes);
+        let bytes: Vec<u8> = self
+            .run("GETRANGE", command)
             .await
-            .map_err(|f| self.failed(f))?
-        else {
+            .map_err(|f| self.failed(f))?;
+        // No key reads as empty; an entry never is.
+        if bytes.is_empty() {
             return Ok(None);
-        };
+        }
+        if bytes.len() as u64 > self.max_value_bytes {
+            return Err(self.failed(RedisFailure::TooLarge {
+                key: key.to_owned(),
+                bytes: bytes.len() as u64,
+                max: self.max_value_bytes,
+            }));
+        }
         match decode(Bytes::from(bytes)) {
             Ok(entry) => Ok(Some(Arc::new(entry))),
             Err(corrupt) => Err(self.failed(RedisFailure::Corrupt {
@@ -173,10 +194,19 @@ impl RedisStore {
         ttl: Duration,
     ) -> Result<(), RedisFailure> {
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let value = encode(entry);
+        if value.len() as u64 > self.max_value_bytes {
+            // It could never be read back.
+            return Err(self.failed(RedisFailure::TooLarge {
+                key: key.to_owned(),
+                bytes: value.len() as u64,
+                max: self.max_value_bytes,
+            }));
+        }
         let mut command = redis::cmd("SET");
         command
             .arg(namespaced(key))
-            .arg(&encode(entry)[..])
+            .arg(&value[..])
             .arg("PX")
             .arg(millis);
         self.run::<()>("SET", command)

@@ -38,7 +38,7 @@ impl Store {
             Backend::Redis { url, timeout } => {
                 let client = redis::Client::open(url.as_str())
                     .expect("cache.redis_url is checked by CacheConfig::validate");
-                Store::Redis(RedisStore::open(client, *timeout))
+                Store::Redis(RedisStore::open(client, *timeout, config.max_entry_bytes))
             }
         }
     }

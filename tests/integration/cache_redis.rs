@@ -194,8 +194,8 @@ async fn redis_killed_mid_run_costs_misses_never_a_failed_part() {
     );
 }
 
-/// What is under a key but is not an entry of ours (another version, a program writing there) is a miss,
-/// counted, and the fresh answer replaces it.
+/// What is under a key but is not an entry of ours (another version, a program writing there, a value too
+/// large to be one) is a miss, counted, and the fresh answer replaces it.
 #[tokio::test]
 async fn a_corrupt_entry_is_a_miss_and_is_replaced() {
     let redis = RedisServer::start().await;
@@ -218,6 +218,33 @@ async fn a_corrupt_entry_is_a_miss_and_is_replaced() {
     assert_ne!(redis.command(&["GET", key]).await.unwrap(), "not an entry");
     assert_eq!(get(&gw, "/mail/messages/1").await.1, "batchgate; hit");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // An entry larger than any may be (max_entry_bytes, 1MiB by default, plus 1MiB of headers), though well
+    // formed (3MiB appended to the body of a good one), is not read whole: a miss, counted, replaced.
+    redis
+        .command(&["APPEND", key, &"x".repeat(3 << 20)])
+        .await
+        .unwrap();
+    let (status, cache_status, body) = get(&gw, "/mail/messages/1").await;
+    assert_eq!(status, 200);
+    assert!(body == "/mail/messages/1", "served {} bytes", body.len());
+    assert_eq!(cache_status, "batchgate; fwd=uri-miss; stored");
+    assert_eq!(
+        metric(
+            &metrics(&gw).await,
+            "batchgate_cache_total",
+            &[("outcome", "error")]
+        ),
+        2
+    );
+    let stored: usize = redis.command(&["STRLEN", key]).await.unwrap()[1..]
+        .parse()
+        .unwrap();
+    assert!(
+        stored < 1 << 20,
+        "the entry replaced the huge one: {stored} bytes"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
 /// A Redis that accepts connections and never answers: each lookup and store gives up after
