@@ -175,6 +175,7 @@ async fn https_instance(
         latency,
         name: Some(name.to_owned()),
         allow_origin: None,
+        cache_control: None,
     };
     let listener = bind("127.0.0.1:0").await?;
     let port = local(&listener)?.port();

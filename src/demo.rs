@@ -44,6 +44,9 @@ pub struct DemoOptions {
     /// that a page on that origin (`"*"`: any) can read answers with a plain `fetch`: the mails are GETs
     /// without custom headers, which browsers send without a preflight.
     pub allow_origin: Option<String>,
+    /// `Cache-Control` on every answer (e.g. `max-age=60`), to show what a route with `cache = true` saves;
+    /// none by default. Must be a valid header value.
+    pub cache_control: Option<String>,
 }
 
 /// What every connection of one instance shares.
@@ -73,6 +76,12 @@ impl Instance {
             extra.push((
                 http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
                 HeaderValue::from_static(SERVED_BY),
+            ));
+        }
+        if let Some(directives) = options.cache_control {
+            extra.push((
+                http::header::CACHE_CONTROL,
+                value("cache_control", directives),
             ));
         }
         Arc::new(Instance {

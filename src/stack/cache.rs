@@ -1387,4 +1387,39 @@ mod tests {
         );
         assert_eq!(seen.lock().unwrap().len(), 2);
     }
+
+    /// A follower's answer is charged to its own batch's response budget: a batch with none left gets its
+    /// part refused, the leader's batch its answer.
+    #[tokio::test]
+    async fn each_follower_is_charged_its_own_batchs_response_budget() {
+        let (service, gate, seen) = held();
+        let leader = tokio::spawn({
+            let service = service.clone();
+            async move { service.oneshot(get("/a/x", &[])).await }
+        });
+        while seen.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let mut poor = get("/a/x", &[]);
+        let scope = &poor.batch;
+        poor.batch = Arc::new(BatchScope {
+            headers: scope.headers.clone(),
+            budget: crate::stack::ResponseBudget::new(3),
+            client: scope.client,
+            trace: scope.trace.clone(),
+        });
+        let follower = tokio::spawn({
+            let service = service.clone();
+            async move { service.oneshot(poor).await }
+        });
+        tokio::task::yield_now().await;
+        gate.add_permits(1);
+        assert_eq!(body(&leader.await.unwrap().unwrap()), b"shared");
+        let refused = follower.await.unwrap().unwrap_err();
+        assert!(
+            matches!(refused, PartError::BatchResponseBudget { limit: 3, .. }),
+            "{refused}"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
 }
