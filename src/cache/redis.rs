@@ -403,7 +403,7 @@ mod tests {
     use http::{HeaderMap, StatusCode};
     use http_cache_semantics::CachePolicy;
 
-    use super::{Corrupt, Entry, MAGIC, decode, encode, glob_escape};
+    use super::{Corrupt, Entry, LOG_EVERY, MAGIC, Throttle, decode, encode, glob_escape};
     use crate::config::Config;
 
     fn entry() -> Entry {
@@ -516,6 +516,20 @@ mod tests {
             );
             assert!(!error.contains("s3cret"), "{error}");
         }
+    }
+
+    /// One log line per LOG_EVERY, saying how many failures were not logged since the last.
+    #[tokio::test(start_paused = true)]
+    async fn failures_are_logged_once_per_interval_with_the_count_not_logged() {
+        let throttle = Throttle::default();
+        assert_eq!(throttle.allow(), Some(0));
+        assert_eq!(throttle.allow(), None);
+        assert_eq!(throttle.allow(), None);
+        tokio::time::advance(LOG_EVERY - Duration::from_millis(1)).await;
+        assert_eq!(throttle.allow(), None);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(throttle.allow(), Some(3));
+        assert_eq!(throttle.allow(), None);
     }
 
     #[test]
