@@ -194,6 +194,36 @@ async fn redis_killed_mid_run_costs_misses_never_a_failed_part() {
     );
 }
 
+/// Redis restarted (empty) on the same address: the gateway connects again by itself, and the cache works
+/// again. The operation that finds the old connection dead fails (a miss) and makes the new one.
+#[tokio::test]
+async fn a_restarted_redis_is_used_again() {
+    let mut redis = RedisServer::start().await;
+    let (up, calls) = cacheable_upstream().await;
+    let gw = gateway(&redis_cached(&redis.url(), up.addr)).await;
+    assert_eq!(
+        get(&gw, "/mail/messages/1").await.1,
+        "batchgate; fwd=uri-miss; stored"
+    );
+    redis.restart().await;
+    assert_eq!(redis.keys().await, 0);
+
+    // At most the first part after the restart meets the dead connection; the next stores again.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let (status, cache_status, _) = get(&gw, "/mail/messages/1").await;
+        assert_eq!(status, 200);
+        statuses.push(cache_status);
+        if statuses.last().unwrap().contains("stored") {
+            break;
+        }
+    }
+    assert!(statuses.len() <= 2, "{statuses:?}");
+    assert_eq!(redis.keys().await, 1);
+    assert_eq!(get(&gw, "/mail/messages/1").await.1, "batchgate; hit");
+    assert_eq!(calls.load(Ordering::SeqCst), 1 + statuses.len());
+}
+
 /// What is under a key but is not an entry of ours (another version, a program writing there, a value too
 /// large to be one) is a miss, counted, and the fresh answer replaces it.
 #[tokio::test]

@@ -37,11 +37,25 @@ impl RedisServer {
     }
 
     fn spawn() -> RedisServer {
-        let dir = TempDir::new("redis");
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap();
+        RedisServer::spawn_on(addr)
+    }
+
+    /// After [`kill`](RedisServer::kill): a new, empty server on the same port, as a restarted Redis would be.
+    pub(crate) async fn restart(&mut self) {
+        self.kill();
+        let mut server = RedisServer::spawn_on(self.addr);
+        if let Err(log) = server.ready().await {
+            panic!("redis-server did not start again on {}:\n{log}", self.addr);
+        }
+        std::mem::swap(self, &mut server);
+    }
+
+    fn spawn_on(addr: SocketAddr) -> RedisServer {
+        let dir = TempDir::new("redis");
         let child = Command::new("redis-server")
             .args(["--port", &addr.port().to_string()])
             .args(["--bind", "127.0.0.1"])
