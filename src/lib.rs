@@ -34,10 +34,11 @@
 //!   `RouteStack`.
 //!
 //! Around it: `gateway` (the shared state), `headers` (hop-by-hop, inheritance, forwarding headers),
-//! `cache` (the HTTP cache's entries and store), `compress` (reply compression), `response` (the gateway's
-//! own responses), `error` (batch-level and part-level errors), `metrics` (`/metrics`), `observe` (per-route
-//! windows, bottlenecks, tuning history, batch timelines, trace context: `/admin/stats`), `tls`
-//! (certificates), `config` (a file per section). With the `otel` feature, `otel` exports spans over OTLP.
+//! `cache` (the HTTP cache's entries and stores: memory, Redis), `compress` (reply compression), `response`
+//! (the gateway's own responses), `error` (batch-level and part-level errors), `metrics` (`/metrics`),
+//! `observe` (per-route windows, bottlenecks, tuning history, batch timelines, trace context:
+//! `/admin/stats`), `tls` (certificates), `config` (a file per section). With the `otel` feature, `otel`
+//! exports spans over OTLP.
 //! `docs/architecture.md` draws the whole.
 //!
 //! # Features

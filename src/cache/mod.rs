@@ -2,10 +2,10 @@
 //! are kept ([`Store`], `store.rs`). RFC 9111's rules, the cache key, `Cache-Status` and coalescing are the
 //! stack's cache layer (`crate::stack::cache`); this module only keeps entries.
 //!
-//! Backends are variants of the one [`Store`]: the memory store (`store.rs`), bounded by `cache.max_bytes`.
-//! A backend outside the process (Redis) is a variant of its own, in a file of its own, with the entry's
-//! byte encoding there.
+//! Backends are variants of the one [`Store`]: the memory store (`store.rs`), bounded by `cache.max_bytes`,
+//! and Redis (`redis.rs`, with the entry's byte encoding), shared by every gateway that names it.
 
+mod redis;
 mod store;
 
 use std::sync::Arc;

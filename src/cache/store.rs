@@ -8,27 +8,38 @@ use moka::Expiry;
 use moka::future::Cache;
 
 use super::Entry;
+use super::redis::{RedisFailure, RedisStore};
 use crate::config::{Backend, CacheConfig};
 
 /// Why a store could not answer. The memory store always answers; a backend outside the process adds its
-/// failures here. The cache layer treats every one as a miss (logged and counted), never as a failed part.
+/// failures here, and logs them itself (throttled). The cache layer counts every one and treats it as a miss,
+/// never as a failed part.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum StoreError {}
+pub(crate) enum StoreError {
+    #[error(transparent)]
+    Redis(#[from] RedisFailure),
+}
 
 /// The cache's entries, by key, in one of the backends `[cache] backend` names.
 #[derive(Debug)]
 pub(crate) enum Store {
     /// In this process, bounded by `cache.max_bytes`.
     Memory(MemoryStore),
+    /// In Redis, shared by every gateway that names it (`cache.redis_url`).
+    Redis(Arc<RedisStore>),
 }
 
 impl Store {
-    /// The store `config` describes.
+    /// The store `config` describes. A Redis that does not answer is a warning logged once running, not a
+    /// refusal.
     pub(crate) fn open(config: &CacheConfig) -> Store {
         match &config.backend {
             Backend::Memory => Store::Memory(MemoryStore::new(config.max_bytes)),
-            // Until the Redis backend is built, `Config::validate` refuses it; an unvalidated config gets memory.
-            Backend::Redis { .. } => Store::Memory(MemoryStore::new(config.max_bytes)),
+            Backend::Redis { url, timeout } => {
+                let client = redis::Client::open(url.as_str())
+                    .expect("cache.redis_url is checked by CacheConfig::validate");
+                Store::Redis(RedisStore::open(client, *timeout, config.max_entry_bytes))
+            }
         }
     }
 
@@ -36,6 +47,7 @@ impl Store {
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, StoreError> {
         match self {
             Store::Memory(memory) => Ok(memory.cache.get(key).await.map(|stored| stored.entry)),
+            Store::Redis(redis) => Ok(redis.get(key).await?),
         }
     }
 
@@ -58,6 +70,7 @@ impl Store {
                 memory.cache.insert(key.to_owned(), stored).await;
                 Ok(())
             }
+            Store::Redis(redis) => Ok(redis.put(key, &entry, ttl).await?),
         }
     }
 
@@ -68,6 +81,7 @@ impl Store {
                 memory.cache.invalidate(key).await;
                 Ok(())
             }
+            Store::Redis(redis) => Ok(redis.remove(key).await?),
         }
     }
 
@@ -78,6 +92,8 @@ impl Store {
                 entries: memory.usage.entries.load(Ordering::Relaxed),
                 bytes: memory.usage.bytes.load(Ordering::Relaxed),
             }),
+            // Redis would need a round trip (and counts every program's keys): its own INFO tells.
+            Store::Redis(_) => None,
         }
     }
 
@@ -99,6 +115,7 @@ impl Store {
                 }
                 Ok(purged)
             }
+            Store::Redis(redis) => Ok(redis.purge(prefix).await?),
         }
     }
 }

@@ -143,15 +143,20 @@ impl CacheConfig {
                     "cache.redis_url {shown:?} is not a URL like \"redis://127.0.0.1:6379/0\" (redis:// or rediss://)"
                 )));
             }
+            // What only the client can tell: a bad port or database, or rediss:// (TLS is not built in).
+            if let Err(err) = redis::Client::open(url.as_str()) {
+                let shown = super::origin::redact_userinfo(url);
+                return Err(invalid(format!(
+                    "cache.redis_url {shown:?} cannot be used: {err} (TLS, rediss://, is not supported: reach \
+                     Redis over loopback or a private network with redis://)"
+                )));
+            }
             check_duration(
                 "cache.redis_timeout",
                 *timeout,
                 MIN_REDIS_TIMEOUT,
                 MAX_REDIS_TIMEOUT,
             )?;
-            return Err(invalid(
-                "cache.backend = \"redis\" is not available in this build yet; use backend = \"memory\"",
-            ));
         }
         Ok(())
     }

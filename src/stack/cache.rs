@@ -319,6 +319,24 @@ where
     let asked = Asked::of(&request);
     let (mut answer, collapsed) = fetch(state, inner, request).await?;
     let now = cache.clock.now();
+    if let Some(old) = &revalidating
+        && answer.status == StatusCode::NOT_MODIFIED
+        && !answer.headers.contains_key(ETAG)
+        && !answer.headers.contains_key(LAST_MODIFIED)
+    {
+        // A 304 to our own conditional that names no validator is about the one entry we asked with (RFC
+        // 9111 section 4.3.4); the rules would otherwise call it a new answer, and pass the 304 to a client
+        // that asked for none.
+        let validators = old.validators();
+        for (name, value) in [
+            (ETAG, validators.if_none_match),
+            (LAST_MODIFIED, validators.if_modified_since),
+        ] {
+            if let Some(value) = value {
+                answer.headers.insert(name, value);
+            }
+        }
+    }
     if let Some(old) = revalidating
         && answer.status == StatusCode::NOT_MODIFIED
         && let AfterResponse::NotModified(policy, _) =
@@ -400,9 +418,10 @@ async fn store(
     }
 }
 
-/// A store's failure: logged and counted, never a failed part.
+/// A store's failure: counted, never a failed part. The store logs it, throttled: a Redis that is down fails
+/// every part's lookup, which must not become a line per part.
 fn store_failed(state: &State, error: &StoreError, what: &str) {
-    tracing::warn!(route = %state.route, %error, "cache {what}");
+    tracing::debug!(route = %state.route, %error, "cache {what}");
     state.metrics.cache_event(&state.route, CacheEvent::Error);
 }
 
@@ -478,9 +497,17 @@ fn answer_from(
 /// The stored headers, updated by a 304's (RFC 9111 section 3.2): each field the 304 carries replaces the
 /// stored one, but those that describe the body the 304 did not send.
 fn refreshed(stored: &HeaderMap, update: &HeaderMap) -> HeaderMap {
+    /// Fields about the stored body's bytes, which a 304 does not send: the stored ones stay.
+    const OF_THE_BODY: [&str; 5] = [
+        "content-length",
+        "content-encoding",
+        "content-range",
+        "content-md5",
+        "transfer-encoding",
+    ];
     let mut headers = stored.clone();
     for name in update.keys() {
-        if *name == CONTENT_LENGTH || name.as_str() == "content-encoding" || *name == CACHE_STATUS {
+        if OF_THE_BODY.contains(&name.as_str()) || *name == CACHE_STATUS {
             continue;
         }
         headers.remove(name);
@@ -979,6 +1006,60 @@ mod tests {
 
     fn body(response: &UpstreamResponse) -> Vec<u8> {
         response.body.concat()
+    }
+
+    /// A 304's fields replace the stored ones, but those that describe the stored body's bytes.
+    #[test]
+    fn a_304_does_not_update_the_fields_of_the_body() {
+        let mut stored = HeaderMap::new();
+        for (name, value) in [
+            ("content-md5", "old"),
+            ("content-range", "bytes 0-1/2"),
+            ("content-encoding", "gzip"),
+            ("x-kept", "old"),
+            ("x-updated", "old"),
+        ] {
+            stored.insert(name, HeaderValue::from_static(value));
+        }
+        let mut update = HeaderMap::new();
+        for name in [
+            "content-md5",
+            "content-range",
+            "content-encoding",
+            "x-updated",
+        ] {
+            update.insert(name, HeaderValue::from_static("new"));
+        }
+        let headers = refreshed(&stored, &update);
+        assert_eq!(headers["content-md5"], "old");
+        assert_eq!(headers["content-range"], "bytes 0-1/2");
+        assert_eq!(headers["content-encoding"], "gzip");
+        assert_eq!(headers["x-kept"], "old");
+        assert_eq!(headers["x-updated"], "new");
+    }
+
+    /// A 304 that names no validator, answering the layer's own conditional, refreshes the entry asked with:
+    /// the client, which sent no conditional, gets the stored 200, not the 304.
+    #[tokio::test(start_paused = true)]
+    async fn a_304_naming_no_validator_refreshes_the_entry_asked_with() {
+        let (service, seen) = cached(false, |request| {
+            if request.headers.contains_key(IF_NONE_MATCH) {
+                answer(StatusCode::NOT_MODIFIED, b"")
+            } else {
+                with(
+                    answer(StatusCode::OK, b"one"),
+                    &[("cache-control", "no-cache"), ("etag", "\"v1\"")],
+                )
+            }
+        });
+        call(&service, get("/a/x", &[])).await;
+        let again = call(&service, get("/a/x", &[])).await;
+        assert_eq!(again.status, StatusCode::OK);
+        assert_eq!(body(&again), b"one");
+        assert_eq!(header(&again, "etag"), "\"v1\"");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1].2[IF_NONE_MATCH], "\"v1\"");
     }
 
     /// A fresh entry is served with a growing Age; once stale it is revalidated with its ETag and a 304

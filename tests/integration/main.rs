@@ -9,6 +9,8 @@ mod support;
 
 // The core: the batch endpoint, upstreams, field masks, and what operators configure and see.
 mod cache;
+mod cache_conformance;
+mod cache_redis;
 mod dedup;
 mod direct;
 mod fields;
