@@ -9,6 +9,8 @@
 //!
 //! - `batch/1`: a 1-part batch: the fixed cost of a batch (admission, scheduler, reply) plus one part.
 //! - `batch/50`: a 50-part batch, reported per part: what a part costs on the route stack's path.
+//! - `cached/50`: the same batch to a route with `cache = true` whose entries are all fresh: what a cache hit
+//!   costs, to set beside a proxied part.
 //!
 //! The client, the gateway and the upstream share one runtime, so the figures are the whole round trip's CPU,
 //! not the gateway's alone: compare runs of this bench with each other (a regression on the per-part path
@@ -46,9 +48,15 @@ async fn upstream(listener: TcpListener) {
         tokio::spawn(async move {
             let service = service_fn(|_request| async {
                 let mut response = Response::new(Full::new(Bytes::from_static(ANSWER.as_bytes())));
-                response.headers_mut().insert(
+                let headers = response.headers_mut();
+                headers.insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("application/json"),
+                );
+                // A shared cache may keep it for an hour: the `cached` rows are all hits.
+                headers.insert(
+                    http::header::CACHE_CONTROL,
+                    http::HeaderValue::from_static("max-age=0, s-maxage=3600"),
                 );
                 Ok::<_, Infallible>(response)
             });
@@ -59,13 +67,15 @@ async fn upstream(listener: TcpListener) {
     }
 }
 
-/// Starts the upstream and a gateway routing `/mail/` to it; the gateway's address.
+/// Starts the upstream and a gateway routing `/mail/` to it, and `/cached/` through a cache; the gateway's
+/// address.
 async fn start() -> SocketAddr {
     let upstream_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream_addr = upstream_listener.local_addr().unwrap();
     tokio::spawn(upstream(upstream_listener));
     let config = Config::from_toml(&format!(
-        "[[routes]]\nprefix = \"/mail/\"\nupstream = \"http://{upstream_addr}\"\n"
+        "[cache]\n[[routes]]\nprefix = \"/mail/\"\nupstream = \"http://{upstream_addr}\"\n\
+         [[routes]]\nprefix = \"/cached/\"\nupstream = \"http://{upstream_addr}\"\ncache = true\n"
     ))
     .unwrap();
     let live = Live::new(Arc::new(Gateway::new(config).unwrap())).unwrap();
@@ -86,13 +96,13 @@ async fn connect(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
     sender
 }
 
-/// A batch of `n` GETs of distinct messages.
-fn batch_body(n: usize) -> Bytes {
+/// A batch of `n` GETs of distinct messages under `prefix`.
+fn batch_body(prefix: &str, n: usize) -> Bytes {
     let mut body = String::new();
     for i in 0..n {
         body.push_str(&format!(
             "--{BOUNDARY}\r\nContent-Type: application/http\r\nContent-ID: <item{i}>\r\n\r\n\
-             GET /mail/v1/messages/{i} HTTP/1.1\r\nAccept: application/json\r\n\r\n"
+             GET {prefix}v1/messages/{i} HTTP/1.1\r\nAccept: application/json\r\n\r\n"
         ));
     }
     body.push_str(&format!("--{BOUNDARY}--\r\n"));
@@ -122,12 +132,22 @@ fn gateway(c: &mut Criterion) {
     let mut sender = runtime.block_on(connect(addr));
     let mut group = c.benchmark_group("batch");
     for n in SIZES {
-        let body = batch_body(n);
+        let body = batch_body("/mail/", n);
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &body, |b, body| {
             b.iter(|| runtime.block_on(post(&mut sender, addr, body.clone())));
         });
     }
+    group.finish();
+    let mut group = c.benchmark_group("cached");
+    let n = 50;
+    let body = batch_body("/cached/", n);
+    // Fills the cache: every later batch is answered from it.
+    runtime.block_on(post(&mut sender, addr, body.clone()));
+    group.throughput(Throughput::Elements(n as u64));
+    group.bench_with_input(BenchmarkId::from_parameter(n), &body, |b, body| {
+        b.iter(|| runtime.block_on(post(&mut sender, addr, body.clone())));
+    });
     group.finish();
 }
 
