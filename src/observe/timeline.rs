@@ -97,6 +97,11 @@ impl PartTimeline {
         self.statuses[class].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The status the client got; 0 until the part is answered.
+    pub(crate) fn status(&self) -> u16 {
+        self.status.load(Ordering::Relaxed)
+    }
+
     /// Time from the part's start (`Queued`) until now.
     pub(crate) fn elapsed_since_queued(&self) -> std::time::Duration {
         let queued = self.queued.load(Ordering::Relaxed);
