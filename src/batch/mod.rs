@@ -70,6 +70,7 @@ where
     })?;
     let limits = &gateway.config.limits;
     let format = admitted.reader.format();
+    timeline.set_format(format);
     let telemetry = run::Telemetry {
         metrics: gateway.metrics.clone(),
         observer: gateway.observer.clone(),

@@ -625,3 +625,52 @@ async fn metrics_count_batches_by_format() {
     assert_eq!(by("json", "multipart"), 1);
     assert_eq!(metric(&text, "batchgate_batches_served_total", &[]), 2);
 }
+
+#[tokio::test]
+async fn outer_headers_and_the_trace_reach_every_request_and_a_request_s_own_header_wins() {
+    let up = mirror().await;
+    let gw = gateway(&routes(&[("/up/", up.addr)])).await;
+    let body = json!({"requests": [
+        {"id": "1", "method": "GET", "url": "/up/outer"},
+        {"id": "2", "method": "GET", "url": "/up/own", "headers": {"Authorization": "Bearer inner"}},
+    ]});
+    let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    responses(
+        &post_json(
+            &gw,
+            body.to_string(),
+            &[("authorization", "Bearer outer"), ("traceparent", trace)],
+        )
+        .await,
+    );
+    let seen = up.seen();
+    for (path, authorization) in [("/up/outer", "Bearer outer"), ("/up/own", "Bearer inner")] {
+        let seen = seen.iter().find(|s| s.uri.path() == path).unwrap();
+        let all: Vec<_> = seen.headers.get_all("authorization").iter().collect();
+        assert_eq!(all, [authorization], "{path}");
+        let traceparent = seen.headers["traceparent"].to_str().unwrap();
+        assert!(
+            traceparent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+            "{traceparent}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn admin_stats_name_each_batch_s_format() {
+    let up = echo_upstream(Duration::ZERO).await;
+    let (gw, live) = live_gateway(&routes(&[("/up/", up.addr)])).await;
+    let admin = start_admin(batchgate::server::admin::Admin::new(live)).await;
+    let body = json!({"requests": [{"id": "1", "method": "GET", "url": "/up/1"}]});
+    responses(&post_json(&gw, body.to_string(), &[]).await);
+    gw.post(MP, get_batch("b", &["/up/2".to_owned()])).await.parts();
+    let stats = admin.stats().await;
+    let mut formats: Vec<_> = stats["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["format"].as_str().unwrap().to_owned())
+        .collect();
+    formats.sort();
+    assert_eq!(formats, ["json", "multipart"]);
+}
