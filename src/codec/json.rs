@@ -145,11 +145,6 @@ impl PartReader {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// Whether the batch's closing `}` has been read.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.state == State::Closed
-    }
-
     /// Checks that the body ended where a batch may end.
     pub(crate) fn finish(&self) -> Result<(), JsonError> {
         match self.state {

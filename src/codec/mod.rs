@@ -5,6 +5,8 @@
 //! OData 4.01, [`json`]). [`open`] chooses the reader from the request's `Content-Type`, and the writer from
 //! its `Accept` when that names the other format (else the reply has the request's format).
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzz;
 pub(crate) mod json;
 pub(crate) mod multipart;
 
@@ -121,11 +123,12 @@ impl PartReader {
         }
     }
 
-    /// Whether the body's end has been read.
+    /// Whether the batch's end has been read, so the rest of the body need not be. A JSON batch ends with
+    /// its body: bytes after its closing brace are refused in whichever piece they arrive.
     pub(crate) fn is_closed(&self) -> bool {
         match self {
             PartReader::Multipart(reader) => reader.is_closed(),
-            PartReader::Json(reader) => reader.is_closed(),
+            PartReader::Json(_) => false,
         }
     }
 

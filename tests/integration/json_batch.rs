@@ -663,7 +663,9 @@ async fn admin_stats_name_each_batch_s_format() {
     let admin = start_admin(batchgate::server::admin::Admin::new(live)).await;
     let body = json!({"requests": [{"id": "1", "method": "GET", "url": "/up/1"}]});
     responses(&post_json(&gw, body.to_string(), &[]).await);
-    gw.post(MP, get_batch("b", &["/up/2".to_owned()])).await.parts();
+    gw.post(MP, get_batch("b", &["/up/2".to_owned()]))
+        .await
+        .parts();
     let stats = admin.stats().await;
     let mut formats: Vec<_> = stats["batches"]
         .as_array()

@@ -53,8 +53,9 @@ mod batch_client;
 mod batcher;
 mod connect;
 mod error;
+mod json;
 
-pub use batch::BatchBuilder;
+pub use batch::{BatchBuilder, Format};
 pub use batch_client::{BatchClient, BatchClientBuilder, PartResponse, ReplyStream};
 pub use batcher::{Batcher, BatcherBuilder, BatcherStats};
 pub use error::{CallError, ClientError, MAX_ERROR_BODY};
