@@ -179,7 +179,7 @@ impl PartReader {
                     if byte != b'"' {
                         return Err(self.syntax(0, "expected a member name in double quotes"));
                     }
-                    let Some(key) = self.cut_value("the batch's member name")? else {
+                    let Some(key) = self.cut_value(|| "the batch's member name".to_owned())? else {
                         return Ok(None);
                     };
                     let key: String =
@@ -210,7 +210,7 @@ impl PartReader {
                 }
                 State::Value { requests: false } => {
                     // Members other than `requests` are not ours: checked as JSON, then let go.
-                    let Some(value) = self.cut_value("a member of the batch")? else {
+                    let Some(value) = self.cut_value(|| "a member of the batch".to_owned())? else {
                         return Ok(None);
                     };
                     let start = self.offset - value.len() as u64;
@@ -230,8 +230,8 @@ impl PartReader {
                             "must be an object",
                         ));
                     }
-                    let path = format!("requests[{}]", self.index);
-                    let Some(element) = self.cut_value(&path)? else {
+                    let index = self.index;
+                    let Some(element) = self.cut_value(|| format!("requests[{index}]"))? else {
                         return Ok(None);
                     };
                     let start = self.offset - element.len() as u64;
@@ -302,7 +302,8 @@ impl PartReader {
 
     /// The whole value at the front of the buffer, once all of it is in; `None` until then. Strings and
     /// containers are followed to their end; a bare scalar ends at the next delimiter.
-    fn cut_value(&mut self, path: &str) -> Result<Option<Bytes>, JsonError> {
+    /// `path` names the value in an error.
+    fn cut_value(&mut self, path: impl Fn() -> String) -> Result<Option<Bytes>, JsonError> {
         let mut cut = self.cut;
         let mut end = None;
         let bytes = &self.buf[..];
@@ -354,7 +355,7 @@ impl PartReader {
         }
         if end.unwrap_or(at) as u64 > self.max_part_bytes {
             return Err(JsonError::PartTooLarge {
-                path: path.to_owned(),
+                path: path(),
                 limit: self.max_part_bytes,
             });
         }
