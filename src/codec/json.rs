@@ -311,11 +311,18 @@ impl PartReader {
         let scalar = !matches!(bytes[0], b'{' | b'[' | b'"');
         while at < bytes.len() {
             let byte = bytes[at];
+            if scalar && matches!(byte, b',' | b']' | b'}' | b' ' | b'\t' | b'\r' | b'\n') {
+                end = Some(at);
+                break;
+            }
+            // Checked byte by byte, so that the first fault in the value decides, whatever pieces it came in.
+            if at as u64 >= self.max_part_bytes {
+                return Err(JsonError::PartTooLarge {
+                    path: path(),
+                    limit: self.max_part_bytes,
+                });
+            }
             if scalar {
-                if matches!(byte, b',' | b']' | b'}' | b' ' | b'\t' | b'\r' | b'\n') {
-                    end = Some(at);
-                    break;
-                }
                 at += 1;
                 continue;
             }
@@ -352,12 +359,6 @@ impl PartReader {
                 }
                 _ => {}
             }
-        }
-        if end.unwrap_or(at) as u64 > self.max_part_bytes {
-            return Err(JsonError::PartTooLarge {
-                path: path(),
-                limit: self.max_part_bytes,
-            });
         }
         match end {
             Some(end) => {
