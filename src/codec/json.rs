@@ -414,8 +414,8 @@ impl PartReader {
             ));
         }
         let depends_on = match fields.depends_on {
-            Some(raw) => self.depends_on(raw, &path("dependsOn"))?,
-            None => Box::default(),
+            Some(raw) if raw.get() != "null" => self.depends_on(raw, &path("dependsOn"))?,
+            _ => Box::default(),
         };
         if self.ids.insert(id.to_lowercase(), index).is_some() {
             return Err(JsonError::field(
@@ -449,8 +449,8 @@ impl PartReader {
     ) -> Result<EmbeddedRequest, Refusal> {
         let method = method_of(method, &path("method"))?;
         let mut headers = match fields.headers {
-            Some(raw) => self.headers(raw, &path("headers"))?,
-            None => HeaderMap::new(),
+            Some(raw) if raw.get() != "null" => self.headers(raw, &path("headers"))?,
+            _ => HeaderMap::new(),
         };
         let body = match fields.body {
             Some(raw) if raw.get() != "null" => body(element, raw, &mut headers, &path("body"))?,

@@ -459,4 +459,42 @@ mod tests {
         ));
         assert_eq!(batch.len(), 1);
     }
+
+    #[test]
+    fn a_json_batch_names_every_request_and_encodes_bodies_by_type() {
+        let mut batch = BatchBuilder::new();
+        batch.format(Format::Json);
+        // A part without an id gets its position, unless a named part took it.
+        batch.push_with_id("2", req_with(None, b"")).unwrap();
+        batch.push(req_with(Some("text/plain"), "h\u{e9}".as_bytes()));
+        batch.push(req_with(None, &[0xff, 0x00]));
+        batch.push(req_with(None, br#"{"a": 1}"#));
+        let (content_type, body) = batch.finish();
+        assert_eq!(content_type, "application/json");
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let requests = value["requests"].as_array().unwrap();
+        let ids: Vec<&str> = requests.iter().map(|r| r["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["2", "2_", "3", "4"]);
+        assert!(requests[0].get("body").is_none());
+        assert_eq!(requests[1]["body"], "h\u{e9}");
+        assert_eq!(requests[2]["body"], "_wA");
+        assert_eq!(
+            requests[2]["headers"]["content-type"],
+            "application/octet-stream"
+        );
+        assert_eq!(requests[3]["body"], serde_json::json!({"a": 1}));
+        assert_eq!(requests[3]["headers"]["content-type"], "application/json");
+        assert!(
+            body.windows(8).any(|w| w == br#"{"a": 1}"#),
+            "the JSON body as written"
+        );
+    }
+
+    fn req_with(content_type: Option<&str>, body: &[u8]) -> Request<Bytes> {
+        let mut request = Request::post("/r");
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.body(Bytes::copy_from_slice(body)).unwrap()
+    }
 }
