@@ -182,8 +182,9 @@ impl PartReader {
                     let Some(key) = self.cut_value(|| "the batch's member name".to_owned())? else {
                         return Ok(None);
                     };
-                    let key: String =
-                        serde_json::from_slice(&key).map_err(|e| self.syntax(0, e.to_string()))?;
+                    let start = self.offset - key.len() as u64;
+                    let key: String = serde_json::from_str(utf8(&key, start)?)
+                        .map_err(|e| syntax_in(start, &key, &e))?;
                     let requests = key == "requests";
                     if requests && self.requests {
                         return Err(JsonError::field(
@@ -214,7 +215,7 @@ impl PartReader {
                         return Ok(None);
                     };
                     let start = self.offset - value.len() as u64;
-                    serde_json::from_slice::<serde::de::IgnoredAny>(&value)
+                    serde_json::from_str::<serde::de::IgnoredAny>(utf8(&value, start)?)
                         .map_err(|e| syntax_in(start, &value, &e))?;
                     self.state = State::AfterMember;
                 }
@@ -378,7 +379,8 @@ impl PartReader {
     fn request(&mut self, element: Bytes, start: u64) -> Result<Part, JsonError> {
         let index = self.index;
         let path = |field: &str| format!("requests[{index}].{field}");
-        let fields: Fields<'_> = serde_json::from_slice(&element).map_err(|e| {
+        // Checked whole: serde_json does not check the strings it skips (unknown members) for UTF-8.
+        let fields: Fields<'_> = serde_json::from_str(utf8(&element, start)?).map_err(|e| {
             if e.is_syntax() || e.is_eof() {
                 syntax_in(start, &element, &e)
             } else {
@@ -660,6 +662,14 @@ impl Encoding {
     }
 }
 
+/// A value's bytes as text: JSON is UTF-8 throughout, skipped strings included.
+fn utf8(value: &[u8], start: u64) -> Result<&str, JsonError> {
+    std::str::from_utf8(value).map_err(|e| JsonError::Syntax {
+        offset: start + e.valid_up_to() as u64,
+        reason: "the body is not UTF-8".to_owned(),
+    })
+}
+
 /// A serde_json error inside a value that starts at byte `start` of the body, as a syntax error there.
 fn syntax_in(start: u64, value: &[u8], error: &serde_json::Error) -> JsonError {
     // serde_json counts lines and columns (1-based, in bytes); the body's offset is counted from them.
@@ -833,15 +843,39 @@ fn concat(body: &[Bytes]) -> Vec<u8> {
     body.concat()
 }
 
+/// Whether the body's pieces together are UTF-8, checked where they lie: a character split between two
+/// pieces is completed from the next.
 fn is_utf8(body: &[Bytes]) -> bool {
-    match body {
-        [one] => std::str::from_utf8(one).is_ok(),
-        _ => std::str::from_utf8(&concat(body)).is_ok(),
+    let mut carry: Vec<u8> = Vec::new();
+    for piece in body {
+        let mut piece: &[u8] = piece;
+        while !carry.is_empty() {
+            let Some((&first, rest)) = piece.split_first() else {
+                break;
+            };
+            carry.push(first);
+            piece = rest;
+            match std::str::from_utf8(&carry) {
+                Ok(_) => carry.clear(),
+                Err(e) if e.error_len().is_some() => return false,
+                Err(_) => {}
+            }
+        }
+        match std::str::from_utf8(piece) {
+            Ok(_) => {}
+            Err(e) if e.error_len().is_none() => carry.extend_from_slice(&piece[e.valid_up_to()..]),
+            Err(_) => return false,
+        }
     }
+    carry.is_empty()
 }
 
-/// Whether the body is one JSON value, read where it lies (a large body is in several pieces).
+/// Whether the body is one JSON value, read where it lies (a large body is in several pieces). UTF-8 is
+/// checked first: serde_json does not check the strings it skips.
 fn is_json(body: &[Bytes]) -> bool {
+    if !is_utf8(body) {
+        return false;
+    }
     match body {
         [one] => serde_json::from_slice::<serde::de::IgnoredAny>(one).is_ok(),
         _ => {
@@ -1030,5 +1064,32 @@ mod tests {
         );
         let whole = [writer.open(), writer.close()].concat();
         assert_eq!(whole, b"{\"responses\":[]}");
+    }
+
+    #[test]
+    fn utf8_is_checked_across_pieces_and_a_json_type_that_is_not_utf8_goes_as_base64url() {
+        let e_acute = "\u{e9}".as_bytes();
+        let split = [
+            Bytes::from_static(b"\"a"),
+            Bytes::copy_from_slice(&e_acute[..1]),
+            Bytes::copy_from_slice(&e_acute[1..]),
+            Bytes::from_static(b"\""),
+        ];
+        assert!(is_utf8(&split) && is_json(&split));
+        let cut = [
+            Bytes::from_static(b"\"a"),
+            Bytes::copy_from_slice(&e_acute[..1]),
+        ];
+        assert!(!is_utf8(&cut));
+        // Invalid UTF-8 inside a string serde_json would only skip.
+        let hidden = [Bytes::from_static(b"{\"k\":\"\xff\"}")];
+        assert!(!is_json(&hidden));
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let Rendered::Whole(reply) = element(0, None, StatusCode::OK, &headers, &hidden) else {
+            panic!("a small reply is whole")
+        };
+        let value: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(value["body"], "eyJrIjoi_yJ9");
     }
 }
