@@ -449,13 +449,14 @@ impl PartReader {
         url: String,
         path: &dyn Fn(&str) -> String,
     ) -> Result<EmbeddedRequest, Refusal> {
-        let method = method_of(method, &path("method"))?;
+        // Paths are made only for an error: on the way of every part, they would be an allocation each.
+        let method = method_of(method, || path("method"))?;
         let mut headers = match fields.headers {
-            Some(raw) if raw.get() != "null" => self.headers(raw, &path("headers"))?,
+            Some(raw) if raw.get() != "null" => self.headers(raw, || path("headers"))?,
             _ => HeaderMap::new(),
         };
         let body = match fields.body {
-            Some(raw) if raw.get() != "null" => body(element, raw, &mut headers, &path("body"))?,
+            Some(raw) if raw.get() != "null" => body(element, raw, &mut headers, || path("body"))?,
             _ => Bytes::new(),
         };
         Ok(EmbeddedRequest {
@@ -494,9 +495,9 @@ impl PartReader {
     }
 
     /// `headers`: an object of strings. A header a part may not carry refuses the part, as in multipart.
-    fn headers(&self, raw: &RawValue, path: &str) -> Result<HeaderMap, Refusal> {
+    fn headers(&self, raw: &RawValue, path: impl Fn() -> String) -> Result<HeaderMap, Refusal> {
         let pairs: BTreeMap<String, &RawValue> = serde_json::from_str(raw.get())
-            .map_err(|_| JsonError::field(path.to_owned(), "must be an object of strings"))?;
+            .map_err(|_| JsonError::field(path(), "must be an object of strings"))?;
         if pairs.len() > self.limits.max_headers {
             return Err(Refusal::Part(RequestError::TooManyHeaders {
                 limit: self.limits.max_headers,
@@ -505,14 +506,14 @@ impl PartReader {
         let mut headers = HeaderMap::with_capacity(pairs.len());
         let mut bytes = 0;
         for (name, value) in pairs {
-            let at = format!("{path}.{name}");
-            let value: String = serde_json::from_str(value.get())
-                .map_err(|_| JsonError::field(at.clone(), "must be a string"))?;
+            let at = |reason: &str| JsonError::field(format!("{}.{name}", path()), reason);
+            let value: String =
+                serde_json::from_str(value.get()).map_err(|_| at("must be a string"))?;
             bytes += name.len() + value.len() + 4;
             let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| JsonError::field(at.clone(), "is not a valid header name"))?;
+                .map_err(|_| at("is not a valid header name"))?;
             let value = HeaderValue::from_str(&value)
-                .map_err(|_| JsonError::field(at, "has characters a header value cannot hold"))?;
+                .map_err(|_| at("has characters a header value cannot hold"))?;
             if name == TRANSFER_ENCODING {
                 return Err(Refusal::Part(RequestError::TransferEncoding));
             }
@@ -570,10 +571,9 @@ fn required<T: serde::de::DeserializeOwned>(
 }
 
 /// `method`, in any letter case; CONNECT and TRACE are refused for the part, as in multipart.
-fn method_of(method: &str, path: &str) -> Result<Method, Refusal> {
-    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| {
-        JsonError::field(path.to_owned(), format!("{method:?} is not an HTTP method"))
-    })?;
+fn method_of(method: &str, path: impl Fn() -> String) -> Result<Method, Refusal> {
+    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| JsonError::field(path(), format!("{method:?} is not an HTTP method")))?;
     if method == Method::CONNECT || method == Method::TRACE {
         return Err(Refusal::Part(RequestError::MethodNotAllowed(method)));
     }
@@ -585,7 +585,7 @@ fn body(
     element: &Bytes,
     raw: &RawValue,
     headers: &mut HeaderMap,
-    path: &str,
+    path: impl Fn() -> String,
 ) -> Result<Bytes, JsonError> {
     let kind = headers
         .get(CONTENT_TYPE)
@@ -600,23 +600,20 @@ fn body(
         }
         Some(Encoding::Text) => {
             let text: String = serde_json::from_str(raw.get()).map_err(|_| {
-                JsonError::field(
-                    path.to_owned(),
-                    "must be a string for a text/* content type",
-                )
+                JsonError::field(path(), "must be a string for a text/* content type")
             })?;
             Ok(Bytes::from(text))
         }
         Some(Encoding::Base64) => {
             let text: String = serde_json::from_str(raw.get()).map_err(|_| {
                 JsonError::field(
-                    path.to_owned(),
+                    path(),
                     "must be a base64url string for a content type that is neither JSON nor text/*",
                 )
             })?;
             decode_base64(&text).map(Bytes::from).ok_or_else(|| {
                 JsonError::field(
-                    path.to_owned(),
+                    path(),
                     "is not base64url (or base64) for its non-JSON, non-text content type",
                 )
             })
