@@ -10,7 +10,7 @@
 //! base64url for anything else (standard base64 and padding are accepted on the way in).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
+use std::io::{Read, Write};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
@@ -760,13 +760,11 @@ fn element(
         head.push(b',');
     }
     head.extend_from_slice(b"{\"id\":");
-    let id = match content_id {
-        Some(id) => serde_json::to_string(id.id()),
-        None => serde_json::to_string(&(index + 1).to_string()),
+    match content_id {
+        Some(id) => json_string(&mut head, id.id()),
+        None => json_string(&mut head, &(index + 1).to_string()),
     }
-    .expect("a string serialises");
-    head.extend_from_slice(id.as_bytes());
-    head.extend_from_slice(format!(",\"status\":{},\"headers\":", status.as_u16()).as_bytes());
+    let _ = write!(head, ",\"status\":{},\"headers\":", status.as_u16());
     write_headers(&mut head, headers);
     if body_len == 0 {
         head.push(b'}');
@@ -792,9 +790,11 @@ fn element(
         }
         Encoding::Json => body.iter().for_each(|piece| head.extend_from_slice(piece)),
         Encoding::Text => {
-            let text = std::str::from_utf8(&concat(body)).map(str::to_owned);
-            let text = serde_json::to_string(&text.expect("checked UTF-8")).expect("a string");
-            head.extend_from_slice(text.as_bytes());
+            let text = concat(body);
+            json_string(
+                &mut head,
+                std::str::from_utf8(&text).expect("checked UTF-8"),
+            );
         }
         Encoding::Base64 => {
             head.push(b'"');
@@ -815,25 +815,31 @@ fn write_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             continue;
         }
-        let value = headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()))
-            .collect::<Vec<_>>()
-            .join(", ");
         if !first {
             out.push(b',');
         }
         first = false;
-        out.extend_from_slice(
-            serde_json::to_string(name.as_str())
-                .expect("a string")
-                .as_bytes(),
-        );
+        json_string(out, name.as_str());
         out.push(b':');
-        out.extend_from_slice(serde_json::to_string(&value).expect("a string").as_bytes());
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (Some(one), None) => json_string(out, &String::from_utf8_lossy(one.as_bytes())),
+            _ => {
+                let joined: Vec<_> = headers
+                    .get_all(name)
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()))
+                    .collect();
+                json_string(out, &joined.join(", "));
+            }
+        }
     }
     out.push(b'}');
+}
+
+/// `text` as a JSON string, escaped straight into `out`.
+fn json_string(out: &mut Vec<u8>, text: &str) {
+    serde_json::to_writer(out, text).expect("writing to a Vec cannot fail");
 }
 
 fn concat(body: &[Bytes]) -> Vec<u8> {
