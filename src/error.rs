@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, StatusCode};
 
+use crate::codec::json::JsonError;
 use crate::fields::MaskError;
 use crate::route::RouteError;
 use batchgate_wire::{ContentTypeError, FramingError, RequestError};
@@ -51,12 +52,16 @@ pub(crate) enum BatchError {
     NotFound(String, String),
     #[error("method {0} is not allowed on the batch endpoint; use POST")]
     MethodNotAllowed(http::Method),
-    #[error("the batch has no Content-Type; send multipart/mixed; boundary=...")]
+    #[error(
+        "the batch has no Content-Type; send multipart/mixed; boundary=... or application/json"
+    )]
     NoContentType,
     #[error(transparent)]
     ContentType(#[from] ContentTypeError),
     #[error(transparent)]
     Framing(#[from] FramingError),
+    #[error(transparent)]
+    Json(#[from] JsonError),
     #[error("too many parts in the batch (limits.max_parts). Received: {received}, Limit: {limit}")]
     TooManyParts { received: usize, limit: usize },
     #[error(
@@ -91,6 +96,7 @@ impl BatchError {
             BatchError::ContentType(_) => StatusCode::BAD_REQUEST,
             BatchError::Framing(FramingError::PartTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             BatchError::Framing(_) => StatusCode::BAD_REQUEST,
+            BatchError::Json(error) => error.status(),
             BatchError::TooManyParts { .. } | BatchError::TooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -98,6 +104,15 @@ impl BatchError {
             BatchError::SlowClient(_) | BatchError::UploadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             BatchError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
+    }
+
+    /// The JSON error body: for a JSON batch's fault, also where it is (`"offset"` or `"path"`).
+    pub(crate) fn body(&self) -> Bytes {
+        let at = match self {
+            BatchError::Json(error) => error.location(),
+            _ => None,
+        };
+        error_body_at(self.status(), &self.to_string(), None, at)
     }
 
     pub(crate) fn fault(&self) -> Fault {
@@ -175,6 +190,14 @@ pub(crate) enum PartError {
     RateLimited { index: usize, retry_after: Duration },
     #[error("part {index}: {source}")]
     Fields { index: usize, source: FieldsError },
+    #[error(
+        "part {index}: not sent: part {dependency}, which it depends on (dependsOn), answered {status}"
+    )]
+    FailedDependency {
+        index: usize,
+        dependency: usize,
+        status: u16,
+    },
     #[error("part {index}: internal error: {reason}")]
     Internal { index: usize, reason: String },
 }
@@ -201,6 +224,7 @@ impl PartError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             PartError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            PartError::FailedDependency { .. } => StatusCode::FAILED_DEPENDENCY,
             PartError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -211,7 +235,8 @@ impl PartError {
             | PartError::Route { .. }
             | PartError::NestedBody { .. }
             | PartError::Fields { .. }
-            | PartError::RateLimited { .. } => Fault::Client,
+            | PartError::RateLimited { .. }
+            | PartError::FailedDependency { .. } => Fault::Client,
             PartError::Connect { .. }
             | PartError::NoResponse { .. }
             | PartError::Upstream { .. }
@@ -265,6 +290,7 @@ impl PartError {
             PartError::BatchDeadline { .. } => "batch_deadline",
             PartError::RateLimited { .. } => "rate_limited",
             PartError::Fields { .. } => "bad_fields",
+            PartError::FailedDependency { .. } => "failed_dependency",
             PartError::Internal { .. } => "internal",
         }
     }
@@ -285,6 +311,7 @@ impl PartError {
             | PartError::BatchDeadline { index, .. }
             | PartError::RateLimited { index, .. }
             | PartError::Fields { index, .. }
+            | PartError::FailedDependency { index, .. }
             | PartError::Internal { index, .. } => *index,
         }
     }
@@ -314,10 +341,23 @@ impl PartError {
 /// The body of every error the gateway answers itself: `{"error":{"code":N,"message":"..."}}`, with
 /// `"part":i,"fault":"..."` for a part's error.
 pub(crate) fn error_body(status: StatusCode, message: &str, part: Option<(usize, Fault)>) -> Bytes {
+    error_body_at(status, message, part, None)
+}
+
+/// [`error_body`], with where in the batch's body the fault is.
+fn error_body_at(
+    status: StatusCode,
+    message: &str,
+    part: Option<(usize, Fault)>,
+    at: Option<(&'static str, serde_json::Value)>,
+) -> Bytes {
     let mut error = serde_json::json!({ "code": status.as_u16(), "message": message });
     if let Some((index, fault)) = part {
         error["part"] = index.into();
         error["fault"] = fault.as_str().into();
+    }
+    if let Some((key, value)) = at {
+        error[key] = value;
     }
     Bytes::from(serde_json::json!({ "error": error }).to_string())
 }

@@ -17,11 +17,19 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::cache::StoreUsage;
+use crate::codec::Format;
 use crate::error::{Fault, PartError};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
     status: u16,
+}
+
+/// A served batch's format, and its reply's (`Accept` may choose the other one).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FormatLabels {
+    format: &'static str,
+    reply: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +61,7 @@ pub(crate) struct Metrics {
     registry: Registry,
     batches_served: Counter,
     batches_refused: Family<StatusLabel, Counter>,
+    batch_formats: Family<FormatLabels, Counter>,
     batch_parts: Histogram,
     batch_duration: Histogram,
     parts: Family<OutcomeLabels, Counter>,
@@ -100,6 +109,7 @@ impl Default for Metrics {
         let m = Metrics {
             batches_served: Counter::default(),
             batches_refused: Family::default(),
+            batch_formats: Family::default(),
             batch_parts: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             batch_duration: latency_histogram(),
             parts: Family::default(),
@@ -134,6 +144,11 @@ impl Default for Metrics {
             "batches_refused",
             "Batches refused as a whole, by status",
             m.batches_refused.clone(),
+        );
+        registry.register(
+            "batches_by_format",
+            "Batches served, by their format and their reply's (multipart, json)",
+            m.batch_formats.clone(),
         );
         registry.register(
             "batch_parts",
@@ -294,6 +309,16 @@ pub(crate) fn status_class(status: StatusCode) -> &'static str {
 impl Metrics {
     pub(crate) fn batch_served(&self) {
         self.batches_served.inc();
+    }
+
+    /// A batch accepted, in `format`, to be answered in `reply`.
+    pub(crate) fn batch_format(&self, format: Format, reply: Format) {
+        self.batch_formats
+            .get_or_create(&FormatLabels {
+                format: format.as_str(),
+                reply: reply.as_str(),
+            })
+            .inc();
     }
 
     pub(crate) fn batch_refused(&self, status: StatusCode) {

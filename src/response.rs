@@ -108,7 +108,11 @@ pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<ReplyBod
 
 /// A JSON error response for a refused batch.
 pub(crate) fn error_response(error: &BatchError) -> Response<ReplyBody> {
-    let mut response = json_error(error.status(), &error.to_string());
+    let mut response = Response::new(full(error.body()));
+    *response.status_mut() = error.status();
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if matches!(error, BatchError::MethodNotAllowed(_)) {
         response
             .headers_mut()

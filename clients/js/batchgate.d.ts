@@ -24,13 +24,18 @@ export interface BatchOptions {
   fetch?: typeof fetch;
   /** As for fetch (`'include'` to send cookies to a gateway on another origin). */
   credentials?: RequestCredentials;
+  /**
+   * The batch's format: `'multipart'` (the default) or `'json'` (Microsoft Graph, OData 4.01). A JSON reply
+   * is read whole before its parts are yielded.
+   */
+  format?: 'multipart' | 'json';
 }
 
 /** One embedded response, as soon as its part of the reply is in. */
 export interface BatchPart {
   /** The request's position in `requests` (matched by Content-ID, else by order). */
   index: number;
-  /** The reply part's `Content-ID` as sent (`<response-3>`), or null. */
+  /** The reply part's `Content-ID` as sent (`<response-3>`), or a JSON response's `id`, or null. */
   contentId: string | null;
   /** Its status, status text, headers and (fully received) body. */
   response: Response;
@@ -94,6 +99,8 @@ export interface BatcherOptions {
   fetch?: typeof fetch;
   /** As for fetch. */
   credentials?: RequestCredentials;
+  /** The batches' format: `'multipart'` (the default) or `'json'`. */
+  format?: 'multipart' | 'json';
 }
 
 /**

@@ -8,6 +8,10 @@
 // `application/http` part with `Content-ID: <i>`; each reply part is `Content-Type: application/http`,
 // `Content-ID: <response-i>`, then `HTTP/1.1 <code> <reason>`, headers, a blank line and the body. CRLF
 // everywhere.
+//
+// With `{format: "json"}` the batch is JSON instead (Microsoft Graph, OData 4.01): `{"requests":[{"id":"i",
+// "method","url","headers","body"}]}`, answered by `{"responses":[{"id","status","headers","body"}]}`. A body
+// is a JSON value for a JSON content type, a string for text/*, base64url otherwise.
 
 const CR = 13;
 const LF = 10;
@@ -215,6 +219,127 @@ function boundaryFor(prepared) {
       return boundary;
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// JSON batches
+
+/** How a body is written in a JSON batch, by its content type: 'json', 'text' or 'base64'. */
+function bodyEncoding(contentType) {
+  const essence = (contentType ?? '').split(';')[0].trim().toLowerCase();
+  if (essence === 'application/json' || essence.endsWith('+json')) return 'json';
+  if (essence.startsWith('text/')) return 'text';
+  return 'base64';
+}
+
+function base64url(bytes) {
+  let binary = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(binary).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+/** base64url or standard base64, padded or not; null if it is neither. */
+function fromBase64(text) {
+  const standard = text.replace(/-/g, '+').replace(/_/g, '/').replace(/=+$/, '');
+  let binary;
+  try {
+    binary = atob(standard + '='.repeat((4 - (standard.length % 4)) % 4));
+  } catch {
+    return null;
+  }
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+/** The JSON text of `bytes` if they are one JSON value, else null. */
+function jsonText(bytes) {
+  try {
+    const text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+    JSON.parse(text);
+    return text;
+  } catch {
+    return null;
+  }
+}
+
+/** The JSON batch body: one element of `requests` per request, with the id `i` (its position). */
+function encodeJsonBatch(prepared) {
+  const elements = prepared.map((request, i) => {
+    const headers = Object.fromEntries(request.headers);
+    let body = '';
+    if (request.body !== null && request.body.length > 0) {
+      const type = headers['content-type'];
+      const encoding = type === undefined ? 'json' : bodyEncoding(type);
+      const json = encoding === 'json' ? jsonText(request.body) : null;
+      let text = null;
+      if (encoding === 'text') {
+        try {
+          text = new TextDecoder('utf-8', { fatal: true }).decode(request.body);
+        } catch {
+          // Not UTF-8: it goes as bytes.
+        }
+      }
+      if (json !== null) {
+        if (type === undefined) headers['content-type'] = 'application/json';
+        body = `,"body":${json}`;
+      } else if (text !== null) {
+        body = `,"body":${JSON.stringify(text)}`;
+      } else {
+        // Bytes its declared type cannot carry in JSON go as base64url, and say they are bytes.
+        if (type === undefined || bodyEncoding(type) !== 'base64') headers['content-type'] = 'application/octet-stream';
+        body = `,"body":"${base64url(request.body)}"`;
+      }
+    }
+    const head = `{"id":"${i}","method":${JSON.stringify(request.method)},"url":${JSON.stringify(request.target)}`;
+    const names = Object.keys(headers).length > 0 ? `,"headers":${JSON.stringify(headers)}` : '';
+    return `${head}${names}${body}}`;
+  });
+  return new TextEncoder().encode(`{"requests":[${elements.join(',')}]}`);
+}
+
+/**
+ * A whole JSON batch reply, as `{index, contentId, response}` per response in reply order: `index` from its
+ * id (the request's position), `contentId` the id.
+ */
+function parseJsonReply(text, count) {
+  let reply;
+  try {
+    reply = JSON.parse(text);
+  } catch (cause) {
+    throw new BatchError(`batchgate: the JSON reply does not parse: ${cause.message}`, { status: 200 });
+  }
+  if (!reply || !Array.isArray(reply.responses)) {
+    throw new BatchError('batchgate: the JSON reply has no "responses" array', { status: 200 });
+  }
+  return reply.responses.map((element, position) => {
+    const id = element?.id === undefined || element?.id === null ? null : String(element.id);
+    const index = id !== null && /^\d+$/.test(id) && Number(id) < count ? Number(id) : position;
+    const headers = new Headers();
+    for (const [name, value] of Object.entries(element.headers ?? {})) {
+      try {
+        headers.append(name, String(value));
+      } catch {
+        // A header the platform refuses to represent: left out, as fetch would.
+      }
+    }
+    let payload = null;
+    if (element.body !== undefined && element.body !== null) {
+      const encoding = bodyEncoding(headers.get('content-type'));
+      if (encoding === 'json' || typeof element.body !== 'string') payload = JSON.stringify(element.body);
+      else if (encoding === 'text') payload = element.body;
+      else payload = fromBase64(element.body) ?? element.body;
+    }
+    const status = Number(element.status);
+    try {
+      const response = new Response(NULL_BODY_STATUSES.has(status) ? null : payload, { status, headers });
+      return { index, contentId: id, response };
+    } catch (cause) {
+      throw malformed(position, `cannot represent HTTP ${element.status} as a Response: ${cause.message}`);
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -549,17 +674,44 @@ async function refusal(response) {
  * it arrives.
  */
 async function* streamBatch(url, prepared, options) {
-  const boundary = boundaryFor(prepared);
+  const format = options.format ?? 'multipart';
+  if (format !== 'multipart' && format !== 'json') {
+    throw new TypeError(`batchgate: format is "multipart" or "json", not ${JSON.stringify(format)}`);
+  }
   const headers = new Headers(options.headers ?? undefined);
   headers.delete('content-length');
-  headers.set('content-type', `multipart/mixed; boundary=${boundary}`);
-  const init = { method: 'POST', headers, body: encodeBatch(prepared, boundary) };
+  let body;
+  if (format === 'json') {
+    headers.set('content-type', 'application/json');
+    body = encodeJsonBatch(prepared);
+  } else {
+    const boundary = boundaryFor(prepared);
+    headers.set('content-type', `multipart/mixed; boundary=${boundary}`);
+    body = encodeBatch(prepared, boundary);
+  }
+  const init = { method: 'POST', headers, body };
   if (options.signal) init.signal = options.signal;
   if (options.credentials) init.credentials = options.credentials;
   const doFetch = options.fetch ?? globalThis.fetch;
   const response = await doFetch(url, init);
   if (response.status !== 200) throw await refusal(response);
   const contentType = response.headers.get('content-type');
+  if (format === 'json') {
+    // A JSON reply is one document: its parts come once it is whole.
+    if (bodyEncoding(contentType) !== 'json') {
+      response.body?.cancel().catch(() => {});
+      throw new BatchError(`batchgate: a 200 reply to a JSON batch that is not JSON (${contentType})`, { status: 200 });
+    }
+    const parts = parseJsonReply(await response.text(), prepared.length);
+    const seen = new Set(parts.map((part) => part.index));
+    if (parts.length !== prepared.length || seen.size !== prepared.length) {
+      throw new BatchError(`batchgate: the reply has ${parts.length} responses for ${prepared.length} requests`, {
+        status: 200,
+      });
+    }
+    yield* parts;
+    return;
+  }
   const replyBoundary = boundaryOf(contentType);
   if (replyBoundary === null || response.body === null) {
     response.body?.cancel().catch(() => {});
@@ -649,7 +801,7 @@ function abortReason(signal) {
  * call resolves to its own `Response` as soon as its part of the reply is in.
  */
 export function createBatcher(options) {
-  const { url, maxSize = 50, maxWait = 0, headers, fetch: doFetch, credentials } = options ?? {};
+  const { url, maxSize = 50, maxWait = 0, headers, fetch: doFetch, credentials, format } = options ?? {};
   if (url === undefined || url === null) throw new TypeError('batchgate: createBatcher needs {url}');
   if (!Number.isInteger(maxSize) || maxSize < 1) {
     throw new RangeError('batchgate: maxSize must be an integer of at least 1');
@@ -708,6 +860,7 @@ export function createBatcher(options) {
         headers,
         fetch: doFetch,
         credentials,
+        format,
         signal: batch.controller.signal,
       });
       for await (const { index, response } of stream) {

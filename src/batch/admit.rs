@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::header::{ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::request::Parts;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -45,7 +45,13 @@ pub(crate) fn admit(
         .get(CONTENT_TYPE)
         .map(|v| v.to_str().map_err(|_| BatchError::NoContentType))
         .transpose()?;
-    let (reader, writer) = codec::open(content_type, limits.max_part_bytes, gateway.part_limits)?;
+    let accept = head.headers.get(ACCEPT).and_then(|v| v.to_str().ok());
+    let (reader, writer) = codec::open(
+        content_type,
+        accept,
+        limits.max_part_bytes,
+        gateway.part_limits,
+    )?;
     if let Some(declared) = head
         .headers
         .get(CONTENT_LENGTH)

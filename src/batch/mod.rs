@@ -69,6 +69,8 @@ where
         span.record("outcome", error.status().as_u16());
     })?;
     let limits = &gateway.config.limits;
+    let format = admitted.reader.format();
+    timeline.set_format(format);
     let telemetry = run::Telemetry {
         metrics: gateway.metrics.clone(),
         observer: gateway.observer.clone(),
@@ -78,7 +80,7 @@ where
         access_parts: gateway.config.access_log == AccessLog::Parts,
     };
     let (feed, answers) = run::start(
-        run::Settings::new(limits, arrival),
+        run::Settings::new(limits, arrival, admitted.reader.has_dependencies()),
         admitted.writer.clone(),
         telemetry,
     );
@@ -101,6 +103,9 @@ where
         }
     };
     feed.commit();
+    gateway
+        .metrics
+        .batch_format(format, admitted.writer.format());
     span.record("parts", parts);
     span.in_scope(|| tracing::debug!(parts, "batch accepted"));
     let reply = respond::Reply {
@@ -114,6 +119,7 @@ where
             span,
             peer,
             bytes_in,
+            format,
         },
     };
     Ok(respond::respond(reply, &gateway.config.compression))

@@ -1,7 +1,6 @@
 //! The read stage: the batch body, part by part as it streams in. Each part is parsed, checked, routed and
 //! handed to the scheduler at once, so safe parts start while the rest of the body is still arriving.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,12 +10,11 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use super::run::{Feed, Forward, Job, Work};
-use crate::codec::PartReader;
+use crate::codec::{Part, PartReader};
 use crate::config::Limits;
 use crate::error::{BatchError, PartError};
 use crate::gateway::Gateway;
 use crate::stack::{BatchScope, PartRequest};
-use batchgate_wire::{ContentId, ParsedPart};
 
 /// What reading one batch's body needs.
 #[derive(Debug)]
@@ -42,7 +40,6 @@ impl Read<'_> {
     {
         let limits = &self.gateway.config.limits;
         let upload_deadline = arrival + limits.upload_timeout;
-        let mut ids = HashSet::new();
         let mut received = 0u64;
         let mut parts = 0usize;
         while let Some(data) = next_data(&mut body, limits, upload_deadline).await? {
@@ -58,7 +55,7 @@ impl Read<'_> {
                 parts += 1;
                 // Past the limit, parts are only framed, to report how many there were; nothing more runs.
                 if parts <= limits.max_parts {
-                    self.feed.push(self.job(parts - 1, part, &mut ids)?);
+                    self.feed.push(self.job(parts - 1, part));
                 }
             }
             if reader.is_closed() {
@@ -75,28 +72,19 @@ impl Read<'_> {
         Ok((parts, received))
     }
 
-    /// Parses and routes one part; duplicate Content-IDs refuse the whole batch.
-    fn job(
-        &self,
-        index: usize,
-        part: ParsedPart,
-        ids: &mut HashSet<ContentId>,
-    ) -> Result<Job, BatchError> {
-        if let Some(id) = &part.content_id
-            && !ids.insert(id.clone())
-        {
-            return Err(BatchError::DuplicateContentId(id.header_value()));
-        }
+    /// Routes one part.
+    fn job(&self, index: usize, part: Part) -> Job {
         let (route, work) = match self.work(index, part.request) {
             Ok((route, work)) => (route, work),
             Err(error) => (Arc::from(""), Work::Refused(error)),
         };
-        Ok(Job {
+        Job {
             index,
             content_id: part.content_id,
             route,
             work,
-        })
+            depends_on: part.depends_on,
+        }
     }
 
     fn work(

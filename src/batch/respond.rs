@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use std::sync::Arc;
 
-use crate::codec::{Rendered, ReplyWriter};
+use crate::codec::{Format, Rendered, ReplyWriter};
 use crate::compress::Encoder;
 use crate::config::{Coding, CompressionConfig};
 use crate::observe::timeline::{BatchTimeline, Mark};
@@ -56,6 +56,8 @@ pub(crate) struct Access {
     pub span: tracing::Span,
     pub peer: std::net::IpAddr,
     pub bytes_in: u64,
+    /// The request's batch format.
+    pub format: Format,
 }
 
 /// The `200` response streaming the reply.
@@ -67,7 +69,7 @@ pub(crate) fn respond(reply: Reply, compression: &CompressionConfig) -> Response
     if let Some(coding) = reply.coding {
         response = response.header(CONTENT_ENCODING, HeaderValue::from_static(coding.as_str()));
     }
-    let output = match reply.coding {
+    let mut output = match reply.coding {
         Some(coding) => Output::Encoded {
             encoder: Some(compression.encoder(coding)),
             input: Vec::new(),
@@ -75,8 +77,12 @@ pub(crate) fn respond(reply: Reply, compression: &CompressionConfig) -> Response
         },
         None => Output::Identity(Gathered::default()),
     };
+    if let Some(open) = reply.writer.open() {
+        output.write(Rendered::Whole(open));
+    }
     let body = Body {
         close: reply.writer.close(),
+        reply_format: reply.writer.format(),
         parts: reply.parts,
         received: 0,
         total: reply.total,
@@ -105,6 +111,7 @@ pub(crate) fn respond(reply: Reply, compression: &CompressionConfig) -> Response
 
 struct Body {
     close: Bytes,
+    reply_format: Format,
     parts: mpsc::Receiver<Rendered>,
     received: usize,
     total: usize,
@@ -138,6 +145,8 @@ impl Body {
                 target: "batchgate::access",
                 id = self.timeline.id,
                 peer = %self.access.peer,
+                format = self.access.format.as_str(),
+                reply_format = self.reply_format.as_str(),
                 parts = self.total,
                 %statuses,
                 bytes_in = self.access.bytes_in,

@@ -12,6 +12,10 @@
 //!
 //! Parts with side effects wait for [`Feed::commit`]: a batch refused as a whole (truncated, too large, a
 //! duplicate Content-ID...) has run only safe methods (GET, HEAD, OPTIONS).
+//!
+//! A part that depends on earlier ones (JSON `dependsOn`) waits in its seat until they have answered, then
+//! is sent if they all succeeded (2xx) or answered `424 Failed Dependency` without being sent. Only a batch
+//! whose format has dependencies keeps the statuses this needs ([`Settings::dependencies`]).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -45,6 +49,8 @@ pub(crate) struct Job {
     /// The route's prefix, labelling its metrics; empty for a part never routed.
     pub route: Arc<str>,
     pub work: Work,
+    /// Earlier parts (by index) that must succeed before this one is sent; empty for most.
+    pub depends_on: Box<[usize]>,
 }
 
 /// What a part needs done.
@@ -77,16 +83,19 @@ pub(crate) struct Settings {
     pub arrival: Instant,
     pub deadline: Instant,
     pub batch_timeout: Duration,
+    /// The batch's parts may depend on earlier ones: their statuses are kept until the batch ends.
+    pub dependencies: bool,
 }
 
 impl Settings {
-    pub(crate) fn new(limits: &Limits, arrival: Instant) -> Settings {
+    pub(crate) fn new(limits: &Limits, arrival: Instant, dependencies: bool) -> Settings {
         Settings {
             window: limits.window,
             concurrency: limits.concurrency,
             arrival,
             deadline: arrival + limits.batch_timeout,
             batch_timeout: limits.batch_timeout,
+            dependencies,
         }
     }
 }
@@ -132,6 +141,7 @@ pub(crate) fn start(
         slots: VecDeque::with_capacity(settings.window),
         waiting: VecDeque::new(),
         dedup: None,
+        statuses: settings.dependencies.then(Vec::new),
         running: FuturesUnordered::new(),
         sent: 0,
         concurrency: Arc::new(Semaphore::new(settings.concurrency)),
@@ -167,6 +177,7 @@ type PartFuture =
 /// A seat in the window, in request order, and what the part's answer is rendered with.
 struct Slot {
     seat: mpsc::OwnedPermit<Rendered>,
+    index: usize,
     route: Arc<str>,
     content_id: Option<ContentId>,
     timeline: Arc<PartTimeline>,
@@ -186,6 +197,8 @@ struct PartAccess {
 }
 
 enum SlotState {
+    /// Waits for the earlier parts it depends on (by index) to answer.
+    Blocked(Forward, Box<[usize]>),
     /// Has side effects; waits for the commit.
     Held(Forward),
     /// Identical to a part still running: waits for its answer, and is sent on its own if that fails.
@@ -203,6 +216,8 @@ struct Scheduler {
     waiting: VecDeque<(Job, Role)>,
     /// Identical safe parts sharing one call: made at the first part of a route with `dedup`.
     dedup: Option<Dedup>,
+    /// With [`Settings::dependencies`]: the status of each part sent to the writer, by index.
+    statuses: Option<Vec<u16>>,
     running: FuturesUnordered<PartFuture>,
     /// Parts sent to the writer so far: the index of `slots[0]`.
     sent: usize,
@@ -276,7 +291,7 @@ impl Scheduler {
     /// A part's place among identical parts of the batch, as it is handed over.
     fn role(&mut self, job: &Job) -> Role {
         match &job.work {
-            Work::Forward(forward) if forward.dedup => self
+            Work::Forward(forward) if forward.dedup && job.depends_on.is_empty() => self
                 .dedup
                 .get_or_insert_with(Dedup::default)
                 .role(&job.route, &forward.request),
@@ -290,6 +305,7 @@ impl Scheduler {
             content_id,
             route,
             work,
+            depends_on,
         } = job;
         let method = match &work {
             Work::Forward(forward) => Some(forward.request.method.clone()),
@@ -307,6 +323,7 @@ impl Scheduler {
         let timeline = self.telemetry.batch.part(route.clone(), method);
         let mut slot = Slot {
             seat,
+            index,
             route,
             content_id,
             timeline,
@@ -319,6 +336,10 @@ impl Scheduler {
         let refused = match work {
             Work::Refused(error) => Some(error),
             Work::Forward(_) if self.expired => Some(self.past_deadline(index)),
+            Work::Forward(forward) if !depends_on.is_empty() => {
+                slot.state = SlotState::Blocked(forward, depends_on);
+                None
+            }
             Work::Forward(forward) if !self.committed && !forward.request.is_safe() => {
                 slot.state = SlotState::Held(forward);
                 None
@@ -489,20 +510,90 @@ impl Scheduler {
         }
     }
 
-    /// Hands the writer every answered part at the front of the window.
+    /// Hands the writer every answered part at the front of the window, and settles the parts waiting for
+    /// those.
     fn send_ready(&mut self) {
-        while let Some(Slot {
-            state: SlotState::Done(_),
-            ..
-        }) = self.slots.front()
-        {
-            let slot = self.slots.pop_front().expect("a front slot");
-            let SlotState::Done(bytes) = slot.state else {
+        loop {
+            while let Some(Slot {
+                state: SlotState::Done(_),
+                ..
+            }) = self.slots.front()
+            {
+                let slot = self.slots.pop_front().expect("a front slot");
+                let SlotState::Done(bytes) = slot.state else {
+                    unreachable!("checked above")
+                };
+                if let Some(statuses) = &mut self.statuses {
+                    statuses.push(slot.timeline.status());
+                }
+                slot.seat.send(bytes);
+                self.sent += 1;
+            }
+            if !self.unblock() {
+                return;
+            }
+        }
+    }
+
+    /// Settles the parts whose dependencies have all answered: each is sent if they all succeeded, else
+    /// answered 424 (which its own dependents then see, so failures propagate down a chain). True if any
+    /// part was answered.
+    fn unblock(&mut self) -> bool {
+        if self.statuses.is_none() {
+            return false;
+        }
+        let mut answered = false;
+        for at in 0..self.slots.len() {
+            let SlotState::Blocked(_, depends_on) = &self.slots[at].state else {
+                continue;
+            };
+            let mut pending = false;
+            let mut failed = None;
+            for &dependency in depends_on.iter() {
+                match self.status_of(dependency) {
+                    None => pending = true,
+                    Some(status) if !(200..300).contains(&status) => {
+                        failed = Some((dependency, status));
+                        break;
+                    }
+                    Some(_) => {}
+                }
+            }
+            if pending && failed.is_none() {
+                continue;
+            }
+            let SlotState::Blocked(forward, _) =
+                std::mem::replace(&mut self.slots[at].state, SlotState::Running)
+            else {
                 unreachable!("checked above")
             };
-            slot.seat.send(bytes);
-            self.sent += 1;
+            match failed {
+                Some((dependency, status)) => {
+                    let error = PartError::FailedDependency {
+                        index: self.sent + at,
+                        dependency,
+                        status,
+                    };
+                    let bytes = self.answer(&self.slots[at], Err(error));
+                    self.slots[at].state = SlotState::Done(bytes);
+                    answered = true;
+                }
+                None if !self.committed && !forward.request.is_safe() => {
+                    self.slots[at].state = SlotState::Held(forward);
+                }
+                None => self.start(at, forward),
+            }
         }
+        answered
+    }
+
+    /// The status part `index` (an earlier one) answered, if it has.
+    fn status_of(&self, index: usize) -> Option<u16> {
+        if index < self.sent {
+            return self.statuses.as_ref()?.get(index).copied();
+        }
+        let slot = self.slots.get(index - self.sent)?;
+        matches!(slot.state, SlotState::Done(_)).then(|| slot.timeline.status())
     }
 
     /// Renders a part's outcome, counting, timing and logging it.
@@ -519,6 +610,7 @@ fn answer(
     result: Result<&UpstreamResponse, PartError>,
 ) -> Rendered {
     let Slot {
+        index,
         route,
         content_id,
         timeline,
@@ -580,7 +672,7 @@ fn answer(
             telemetry
                 .metrics
                 .part_answered(route, response.status, elapsed);
-            writer.response(content_id, response)
+            writer.response(*index, content_id, response)
         }
         Err(error) => {
             telemetry.metrics.part_failed(route, &error, elapsed);
@@ -594,7 +686,7 @@ fn answer(
                     "{error}"
                 ),
             }
-            writer.error(content_id, &error)
+            writer.error(*index, content_id, &error)
         }
     }
 }
@@ -778,6 +870,7 @@ mod tests {
         Job {
             index,
             content_id: None,
+            depends_on: Box::default(),
             route: Arc::from("/p/"),
             work: Work::Forward(Forward {
                 request: Box::new(PartRequest {
@@ -829,6 +922,7 @@ mod tests {
             arrival: Instant::now(),
             deadline: Instant::now() + batch_timeout,
             batch_timeout,
+            dependencies: true,
         };
         let telemetry = Telemetry {
             metrics: metrics.clone(),
@@ -843,7 +937,8 @@ mod tests {
             span: tracing::Span::none(),
             access_parts: false,
         };
-        let (feed, out) = start(settings, ReplyWriter::new(), telemetry);
+        let writer = ReplyWriter::Multipart(crate::codec::multipart::ReplyWriter::new());
+        let (feed, out) = start(settings, writer, telemetry);
         (feed, out, metrics)
     }
 
@@ -1085,5 +1180,69 @@ mod tests {
         }
         assert_eq!(statuses, [false, true, true]);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    /// A part of `job` that waits for the parts at `depends_on`.
+    fn dependent(index: usize, depends_on: &[usize], service: &PartService) -> Job {
+        let mut job = job(index, Method::GET, service);
+        job.depends_on = depends_on.into();
+        job
+    }
+
+    #[tokio::test]
+    async fn a_part_is_sent_once_its_dependencies_have_answered() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let (feed, mut out, _) = scheduler(8, 8);
+        feed.push(job(0, Method::GET, &service));
+        feed.push(dependent(1, &[0], &service));
+        feed.push(job(2, Method::GET, &service));
+        feed.commit();
+        upstream.until_started(2).await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(upstream.started(), ["/p0", "/p2"], "the dependent waits");
+        upstream.release("/p0");
+        upstream.until_started(3).await;
+        upstream.release("/p1");
+        upstream.release("/p2");
+        let mut bodies = Vec::new();
+        while let Some(part) = out.recv().await {
+            bodies.push(body_of(&part));
+        }
+        assert_eq!(bodies, ["/p0", "/p1", "/p2"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_dependency_answers_its_dependents_424_down_the_chain() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        let service: PartService =
+            BoxCloneSyncService::new(tower::service_fn(move |request: PartRequest| {
+                seen.lock().unwrap().push(request.index);
+                let status = if request.index == 0 {
+                    StatusCode::NOT_FOUND
+                } else {
+                    StatusCode::OK
+                };
+                async move { Ok(crate::stack::tests::answer(status, b"x")) }
+            }));
+        let (feed, mut out, metrics) = scheduler(2, 8);
+        feed.push(job(0, Method::GET, &service));
+        feed.push(dependent(1, &[0], &service));
+        feed.push(dependent(2, &[1], &service));
+        feed.push(job(3, Method::GET, &service));
+        feed.push(dependent(4, &[3, 2], &service));
+        feed.commit();
+        let mut statuses = Vec::new();
+        while let Some(part) = out.recv().await {
+            let text = text_of(&part);
+            let status_line = text.split("HTTP/1.1 ").nth(1).unwrap();
+            statuses.push(status_line[..3].to_owned());
+        }
+        assert_eq!(statuses, ["404", "424", "424", "200", "424"]);
+        assert_eq!(*calls.lock().unwrap(), [0, 3], "no dependent was sent");
+        assert!(rendered(&metrics).contains("outcome=\"failed_dependency\"} 3"));
     }
 }

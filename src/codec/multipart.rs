@@ -6,11 +6,13 @@ use http::header::HeaderValue;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
-use super::Rendered;
+use std::collections::HashSet;
+
+use super::{Part, Rendered};
 use crate::error::{BatchError, PartError};
 use crate::stack::UpstreamResponse;
 use batchgate_wire::{
-    ContentId, Framing, FramingError, PART_END, ParsedPart, PartLimits, PartSplitter,
+    ContentId, Framing, FramingError, PART_END, PartLimits, PartSplitter,
     boundary_from_content_type, parse_part, write_close, write_reply, write_reply_head,
 };
 
@@ -23,6 +25,8 @@ const ZERO_COPY_BODY: usize = 16 * 1024;
 pub(crate) struct PartReader {
     splitter: PartSplitter,
     limits: PartLimits,
+    /// The Content-IDs read so far: a duplicate refuses the batch.
+    ids: HashSet<ContentId>,
 }
 
 impl PartReader {
@@ -36,6 +40,7 @@ impl PartReader {
         Ok(PartReader {
             splitter: PartSplitter::new(&boundary, max_part_bytes),
             limits,
+            ids: HashSet::new(),
         })
     }
 
@@ -44,12 +49,23 @@ impl PartReader {
         self.splitter.push(bytes);
     }
 
-    /// The next complete part, parsed; `None` when more bytes are needed or the body is closed.
-    pub(crate) fn next_part(&mut self) -> Result<Option<ParsedPart>, FramingError> {
-        Ok(self
-            .splitter
-            .next_part()?
-            .map(|raw| parse_part(&raw, self.limits)))
+    /// The next complete part, parsed; `None` when more bytes are needed or the body is closed. A
+    /// duplicate Content-ID refuses the whole batch.
+    pub(crate) fn next_part(&mut self) -> Result<Option<Part>, BatchError> {
+        let Some(raw) = self.splitter.next_part()? else {
+            return Ok(None);
+        };
+        let part = parse_part(&raw, self.limits);
+        if let Some(id) = &part.content_id
+            && !self.ids.insert(id.clone())
+        {
+            return Err(BatchError::DuplicateContentId(id.header_value()));
+        }
+        Ok(Some(Part {
+            content_id: part.content_id,
+            request: part.request,
+            depends_on: Box::default(),
+        }))
     }
 
     /// Whether the body's end (the close delimiter) has been read.

@@ -8,12 +8,14 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use http::Method;
 use serde::Serialize;
 use tokio::time::Instant;
+
+use crate::codec::Format;
 
 /// A mark not set yet.
 const UNSET: u32 = u32::MAX;
@@ -97,6 +99,11 @@ impl PartTimeline {
         self.statuses[class].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The status the client got; 0 until the part is answered.
+    pub(crate) fn status(&self) -> u16 {
+        self.status.load(Ordering::Relaxed)
+    }
+
     /// Time from the part's start (`Queued`) until now.
     pub(crate) fn elapsed_since_queued(&self) -> std::time::Duration {
         let queued = self.queued.load(Ordering::Relaxed);
@@ -162,6 +169,8 @@ pub(crate) struct BatchTimeline {
     finished: AtomicU64,
     /// The outer status: 200, or a refusal's.
     status: AtomicU16,
+    /// The batch's format, once admitted.
+    format: OnceLock<Format>,
 }
 
 impl BatchTimeline {
@@ -178,6 +187,7 @@ impl BatchTimeline {
             statuses: Arc::default(),
             finished: AtomicU64::new(0),
             status: AtomicU16::new(0),
+            format: OnceLock::new(),
         }
     }
 
@@ -247,6 +257,11 @@ impl BatchTimeline {
         (finished != 0).then(|| finished as f64 / 1000.0)
     }
 
+    /// The batch was admitted, in this format.
+    pub(crate) fn set_format(&self, format: Format) {
+        let _ = self.format.set(format);
+    }
+
     pub(crate) fn view(&self) -> BatchView {
         let status = self.status.load(Ordering::Relaxed);
         BatchView {
@@ -256,6 +271,7 @@ impl BatchTimeline {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             peer: self.peer.to_string(),
+            format: self.format.get().map(|f| f.as_str()),
             parts_omitted: self.omitted.load(Ordering::Relaxed),
             status: (status != 0).then_some(status),
             duration_ms: self.duration_ms(),
@@ -275,6 +291,8 @@ pub(crate) struct BatchView {
     pub id: u64,
     pub arrived_unix_ms: u64,
     pub peer: String,
+    /// `multipart` or `json`; none for a batch refused before its format was known.
+    pub format: Option<&'static str>,
     /// Parts past `admin.stats_parts_per_batch`, not in `parts`.
     pub parts_omitted: u32,
     pub status: Option<u16>,

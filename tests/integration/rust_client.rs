@@ -485,3 +485,95 @@ async fn unusable_settings_are_refused_at_build() {
         Err(ClientError::InvalidBatch(_))
     ));
 }
+
+/// An upstream that answers each request with its own body and content type.
+async fn mirror_upstream() -> Upstream {
+    upstream(|seen| async move {
+        let mut response = http::Response::new(http_body_util::Full::new(seen.body.clone()));
+        if let Some(ct) = seen.headers.get("content-type") {
+            response.headers_mut().insert("content-type", ct.clone());
+        }
+        response
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_json_batch_carries_every_body_encoding_both_ways_and_matches_replies_by_id() {
+    let up = mirror_upstream().await;
+    let gw = gateway(&routes(&[("/up/", up.addr)])).await;
+    let binary: Vec<u8> = (0..=255u8).collect();
+    let with_type = |method: &str, target: &str, ct: &str, body: Vec<u8>| {
+        Request::builder()
+            .method(method)
+            .uri(target)
+            .header("content-type", ct)
+            .body(Bytes::from(body))
+            .unwrap()
+    };
+    let mut batch = BatchBuilder::new();
+    batch.format(batchgate_client::Format::Json);
+    batch
+        .push_with_id(
+            "json",
+            with_type(
+                "POST",
+                "/up/j",
+                "application/json",
+                br#"{"a": [1, 2]}"#.to_vec(),
+            ),
+        )
+        .unwrap();
+    batch
+        .push_with_id(
+            "text",
+            with_type(
+                "PUT",
+                "/up/t",
+                "text/plain",
+                "héllo \"x\"".as_bytes().to_vec(),
+            ),
+        )
+        .unwrap();
+    batch.push(with_type(
+        "PUT",
+        "/up/b",
+        "application/octet-stream",
+        binary.clone(),
+    ));
+    batch.push(req("GET", "/up/none", ""));
+    let parts = within(10, "the batch", client(&gw).send(batch))
+        .await
+        .unwrap();
+    assert_eq!(parts.len(), 4);
+    assert_eq!(
+        &parts[0].body[..],
+        br#"{"a": [1, 2]}"#,
+        "as the upstream sent it"
+    );
+    assert_eq!(parts[0].content_id.as_ref().unwrap().id(), "json");
+    assert_eq!(&parts[1].body[..], "héllo \"x\"".as_bytes());
+    assert_eq!(&parts[2].body[..], &binary[..], "byte-exact");
+    assert_eq!(parts[2].content_id.as_ref().unwrap().id(), "3");
+    assert!(parts[3].body.is_empty());
+    assert!(parts.iter().enumerate().all(|(i, p)| p.index == i));
+    let seen = up.seen();
+    let at = |path: &str| seen.iter().find(|s| s.uri.path() == path).unwrap().clone();
+    assert_eq!(&at("/up/b").body[..], &binary[..]);
+    assert_eq!(&at("/up/j").body[..], br#"{"a": [1, 2]}"#);
+}
+
+#[tokio::test]
+async fn a_json_batch_s_unrouted_part_is_a_404_with_the_gateway_s_json_error() {
+    let gw = gateway("").await;
+    let mut batch = BatchBuilder::new();
+    batch.format(batchgate_client::Format::Json);
+    batch.push(req("GET", "/nowhere", ""));
+    // The gateway routes nothing here: the part is a 404, the batch itself is served.
+    let parts = within(10, "the batch", client(&gw).send(batch))
+        .await
+        .unwrap();
+    assert_eq!(parts[0].status, StatusCode::NOT_FOUND);
+    let error: serde_json::Value = serde_json::from_slice(&parts[0].body).unwrap();
+    assert_eq!(error["error"]["code"], 404);
+}

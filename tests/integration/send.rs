@@ -657,3 +657,27 @@ async fn a_url_without_a_scheme_says_so() {
         );
     }
 }
+
+#[tokio::test]
+async fn json_sends_a_json_batch_and_shows_each_part_by_its_id() {
+    let gw = Gateway::demo().await;
+    let dir = TempDir::new("send-json");
+    let file = input(
+        &dir,
+        "POST /mail/v1/messages\n  {\"title\": \"hello\", \"to\": [\"bob@example.com\"]}\nGET /mail/v1/messages/2\n",
+    );
+    let sent = send(&["--json", &gw.url(), path(&file)], None).await;
+    assert_eq!(sent.code, 0, "{sent:?}");
+    assert_eq!(
+        part_lines(&sent.stdout),
+        ["[1] 1 201 Created", "[2] 2 200 OK"]
+    );
+    assert!(
+        sent.stdout.contains("\"title\": \"hello\""),
+        "{}",
+        sent.stdout
+    );
+    assert!(sent.stdout.contains(&shown_message(2)), "{}", sent.stdout);
+    let refused = send(&["--json", "--raw", &gw.url(), path(&file)], None).await;
+    assert_eq!(refused.code, 2, "{refused:?}");
+}

@@ -2,7 +2,10 @@
 
 use std::collections::HashMap;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::{Bytes, BytesMut};
+use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 
 use super::ClientError;
@@ -24,13 +27,29 @@ use batchgate_wire::{ContentId, EmbeddedRequest, write_close, write_request_part
 /// batch's `Content-*` or `Accept-Encoding` headers on to parts). Headers meant for the batch request itself,
 /// authorization for instance, are set on the [`BatchClient`](super::BatchClient); batchgate and Google pass
 /// those on to every part.
+///
+/// **Format.** A batch is `multipart/mixed` unless [`format`](Self::format) says [`Format::Json`]: then it
+/// is a JSON batch (`{"requests":[...]}`, Microsoft Graph and OData 4.01), whose requests all carry an `id`
+/// (a part pushed without one gets its position, counted from 1).
 #[derive(Debug)]
 pub struct BatchBuilder {
+    format: Format,
     boundary: String,
     parts: Vec<Part>,
     /// Content-ID (without brackets) to part index.
     ids: HashMap<String, usize>,
     defaults: HeaderMap,
+}
+
+/// The wire format of a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Format {
+    /// `multipart/mixed` of `application/http` parts (Google's batch format): the default.
+    #[default]
+    Multipart,
+    /// JSON (`{"requests":[{"id","method","url","headers","body"}]}`, Microsoft Graph and OData 4.01). Bodies
+    /// are written by their `Content-Type`: a JSON value, a string for `text/*`, base64url otherwise.
+    Json,
 }
 
 #[derive(Debug)]
@@ -69,11 +88,18 @@ impl BatchBuilder {
     /// An empty batch with this boundary (tests, byte-exact fixtures).
     pub fn with_boundary(boundary: &str) -> BatchBuilder {
         BatchBuilder {
+            format: Format::Multipart,
             boundary: boundary.to_owned(),
             parts: Vec::new(),
             ids: HashMap::new(),
             defaults: HeaderMap::new(),
         }
+    }
+
+    /// The batch's wire format ([`Format::Multipart`] unless set).
+    pub fn format(&mut self, format: Format) -> &mut Self {
+        self.format = format;
+        self
     }
 
     /// A header every part gets unless it sets that header itself (all values of a repeated one).
@@ -161,6 +187,9 @@ impl BatchBuilder {
     }
 
     pub(crate) fn render(self) -> Rendered {
+        if self.format == Format::Json {
+            return self.render_json();
+        }
         let size: usize = self
             .parts
             .iter()
@@ -184,6 +213,146 @@ impl BatchBuilder {
             body: body.freeze(),
             ids: self.ids,
             parts,
+        }
+    }
+}
+
+impl BatchBuilder {
+    /// `{"requests":[...]}`: each part with its id (its position from 1 when it has none), method, url, the
+    /// headers it has after the defaults, and its body encoded by its content type.
+    fn render_json(mut self) -> Rendered {
+        let mut out =
+            Vec::with_capacity(self.parts.iter().map(|p| p.request.body.len() + 128).sum());
+        out.extend_from_slice(b"{\"requests\":[");
+        let parts = self.parts.len();
+        for (index, mut part) in std::mem::take(&mut self.parts).into_iter().enumerate() {
+            for name in self.defaults.keys() {
+                if !part.request.headers.contains_key(name) {
+                    for value in self.defaults.get_all(name) {
+                        part.request.headers.append(name.clone(), value.clone());
+                    }
+                }
+            }
+            let id = match part.id {
+                Some(id) => id.id().to_owned(),
+                None => {
+                    let mut id = (index + 1).to_string();
+                    while self.ids.contains_key(&id) {
+                        id.push('_');
+                    }
+                    self.ids.insert(id.clone(), index);
+                    id
+                }
+            };
+            if index > 0 {
+                out.push(b',');
+            }
+            write_json_request(&mut out, &id, part.request);
+        }
+        out.extend_from_slice(b"]}");
+        Rendered {
+            content_type: "application/json".to_owned(),
+            body: Bytes::from(out),
+            ids: self.ids,
+            parts,
+        }
+    }
+}
+
+/// One element of `requests`.
+fn write_json_request(out: &mut Vec<u8>, id: &str, mut request: EmbeddedRequest) {
+    let string = |s: &str| serde_json::to_string(s).expect("a string serialises");
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(string(id).as_bytes());
+    out.extend_from_slice(b",\"method\":");
+    out.extend_from_slice(string(request.method.as_str()).as_bytes());
+    out.extend_from_slice(b",\"url\":");
+    out.extend_from_slice(string(&request.target).as_bytes());
+    let body = if request.body.is_empty() {
+        None
+    } else {
+        let content_type = request
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match content_type.as_deref().map(BodyEncoding::of) {
+            Some(BodyEncoding::Json) | None
+                if serde_json::from_slice::<serde::de::IgnoredAny>(&request.body).is_ok() =>
+            {
+                request
+                    .headers
+                    .entry(CONTENT_TYPE)
+                    .or_insert(HeaderValue::from_static("application/json"));
+                Some(request.body.to_vec())
+            }
+            Some(BodyEncoding::Text) if std::str::from_utf8(&request.body).is_ok() => {
+                Some(string(std::str::from_utf8(&request.body).expect("checked")).into_bytes())
+            }
+            _ => {
+                if content_type.is_none()
+                    || content_type.as_deref().map(BodyEncoding::of) != Some(BodyEncoding::Base64)
+                {
+                    // A body its declared type cannot carry in JSON goes as bytes, and says so.
+                    request.headers.insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
+                }
+                Some(string(&URL_SAFE_NO_PAD.encode(&request.body)).into_bytes())
+            }
+        }
+    };
+    if !request.headers.is_empty() {
+        out.extend_from_slice(b",\"headers\":{");
+        for (i, name) in request.headers.keys().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let value: Vec<String> = request
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            out.extend_from_slice(string(name.as_str()).as_bytes());
+            out.push(b':');
+            out.extend_from_slice(string(&value.join(", ")).as_bytes());
+        }
+        out.push(b'}');
+    }
+    if let Some(body) = body {
+        out.extend_from_slice(b",\"body\":");
+        out.extend_from_slice(&body);
+    }
+    out.push(b'}');
+}
+
+/// How a body is written in a JSON batch, by its content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyEncoding {
+    /// `application/json`, `*/*+json`: the JSON value.
+    Json,
+    /// `text/*`: a string.
+    Text,
+    /// Anything else: base64url.
+    Base64,
+}
+
+impl BodyEncoding {
+    pub(crate) fn of(content_type: &str) -> BodyEncoding {
+        let essence = content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if essence == "application/json" || essence.ends_with("+json") {
+            BodyEncoding::Json
+        } else if essence.starts_with("text/") {
+            BodyEncoding::Text
+        } else {
+            BodyEncoding::Base64
         }
     }
 }
@@ -289,5 +458,43 @@ mod tests {
             Err(ClientError::InvalidBatch(_))
         ));
         assert_eq!(batch.len(), 1);
+    }
+
+    #[test]
+    fn a_json_batch_names_every_request_and_encodes_bodies_by_type() {
+        let mut batch = BatchBuilder::new();
+        batch.format(Format::Json);
+        // A part without an id gets its position, unless a named part took it.
+        batch.push_with_id("2", req_with(None, b"")).unwrap();
+        batch.push(req_with(Some("text/plain"), "h\u{e9}".as_bytes()));
+        batch.push(req_with(None, &[0xff, 0x00]));
+        batch.push(req_with(None, br#"{"a": 1}"#));
+        let (content_type, body) = batch.finish();
+        assert_eq!(content_type, "application/json");
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let requests = value["requests"].as_array().unwrap();
+        let ids: Vec<&str> = requests.iter().map(|r| r["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["2", "2_", "3", "4"]);
+        assert!(requests[0].get("body").is_none());
+        assert_eq!(requests[1]["body"], "h\u{e9}");
+        assert_eq!(requests[2]["body"], "_wA");
+        assert_eq!(
+            requests[2]["headers"]["content-type"],
+            "application/octet-stream"
+        );
+        assert_eq!(requests[3]["body"], serde_json::json!({"a": 1}));
+        assert_eq!(requests[3]["headers"]["content-type"], "application/json");
+        assert!(
+            body.windows(8).any(|w| w == br#"{"a": 1}"#),
+            "the JSON body as written"
+        );
+    }
+
+    fn req_with(content_type: Option<&str>, body: &[u8]) -> Request<Bytes> {
+        let mut request = Request::post("/r");
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.body(Bytes::copy_from_slice(body)).unwrap()
     }
 }

@@ -286,6 +286,8 @@ struct Reader {
     inner: Arc<Inner>,
     body: Incoming,
     splitter: PartSplitter,
+    /// A JSON reply's parts, read whole (its format needs the complete document), not yet yielded.
+    json: Option<std::collections::VecDeque<PartResponse>>,
     /// Body bytes received so far.
     received: u64,
     deadline: Option<Instant>,
@@ -335,6 +337,49 @@ impl Reader {
             .get(CONTENT_TYPE)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .unwrap_or_default();
+        let mut matcher = Matcher {
+            ids,
+            answered: vec![false; parts],
+            count: 0,
+            seen: 0,
+        };
+        let (head, mut body) = (head, body);
+        if crate::json::is_json(&content_type) {
+            let mut whole = Vec::new();
+            loop {
+                match within(deadline, body.frame()).await {
+                    None => return Err(timed_out(&inner, "the JSON reply")),
+                    Some(None) => break,
+                    Some(Some(Err(e))) => {
+                        return Err(ClientError::BrokenOff {
+                            parts: 0,
+                            offset: whole.len() as u64,
+                            reason: format!("reading the reply failed: {}", chain(&e)),
+                        });
+                    }
+                    Some(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data() {
+                            whole.extend_from_slice(&data);
+                        }
+                    }
+                }
+            }
+            let received = whole.len() as u64;
+            let parts = crate::json::parse_reply(&whole, |id| matcher.place(id))?;
+            if let Some(missing) = matcher.missing(received) {
+                return Err(missing);
+            }
+            return Ok(Box::new(Reader {
+                inner,
+                body,
+                splitter: PartSplitter::new("-", 0),
+                json: Some(parts.into()),
+                received,
+                deadline,
+                matcher,
+                done: false,
+            }));
+        }
         let boundary =
             boundary_from_content_type(&content_type).map_err(|e| ClientError::MalformedReply {
                 offset: 0,
@@ -355,14 +400,10 @@ impl Reader {
             inner,
             body,
             splitter: PartSplitter::new(&boundary, u64::MAX),
+            json: None,
             received: 0,
             deadline,
-            matcher: Matcher {
-                ids,
-                answered: vec![false; parts],
-                count: 0,
-                seen: 0,
-            },
+            matcher,
             done: false,
         }))
     }
@@ -380,6 +421,9 @@ impl Reader {
     }
 
     async fn read(&mut self) -> Option<Result<PartResponse, ClientError>> {
+        if let Some(parts) = &mut self.json {
+            return parts.pop_front().map(Ok);
+        }
         loop {
             match self
                 .splitter
@@ -499,7 +543,8 @@ struct Matcher {
 }
 
 impl Matcher {
-    fn place(&mut self, id: Option<&ContentId>) -> Result<usize, String> {
+    /// The index of the request a reply part answers (the next reply part read).
+    pub(crate) fn place(&mut self, id: Option<&ContentId>) -> Result<usize, String> {
         let position = self.seen;
         self.seen += 1;
         let index = id

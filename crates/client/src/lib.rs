@@ -5,6 +5,8 @@
 //!
 //! - [`BatchBuilder`]: the parts of one batch, each an `http::Request<Bytes>` of any method with its headers and
 //!   body, with an optional `Content-ID` (duplicates are refused) and default headers every part inherits.
+//! - [`Format`]: a batch is `multipart/mixed` (Google's format) unless [`BatchBuilder::format`] makes it JSON
+//!   (Microsoft Graph, OData 4.01); a JSON reply is read whole, then handed over part by part, matched by id.
 //! - [`BatchClient`]: one batch URL (`http://` or `https://`, rustls with the system's roots plus any extra CA),
 //!   the headers every batch carries (authorization), the connect and whole-batch timeouts, a keep-alive pool.
 //!   [`BatchClient::send_stream`] yields each [`PartResponse`] as soon as it has arrived; [`BatchClient::send`]
@@ -53,8 +55,9 @@ mod batch_client;
 mod batcher;
 mod connect;
 mod error;
+mod json;
 
-pub use batch::BatchBuilder;
+pub use batch::{BatchBuilder, Format};
 pub use batch_client::{BatchClient, BatchClientBuilder, PartResponse, ReplyStream};
 pub use batcher::{Batcher, BatcherBuilder, BatcherStats};
 pub use error::{CallError, ClientError, MAX_ERROR_BODY};

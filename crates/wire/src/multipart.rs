@@ -19,7 +19,7 @@ const MAX_DELIMITER_LINE_PADDING: usize = 64;
 pub enum ContentTypeError {
     /// Any type but `multipart/mixed` (the value as sent); the gateway answers 415.
     #[error(
-        "Content-Type {0:?} is not multipart/mixed; a batch is multipart/mixed (form-data and text types, which \
+        "Content-Type {0:?} is not multipart/mixed; a batch is multipart/mixed or application/json (form-data and text types, which \
          browsers send cross-site without a CORS preflight, are refused)"
     )]
     NotMultipart(String),

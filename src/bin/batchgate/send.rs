@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use batchgate::config::parse_duration;
-use batchgate_client::{BatchBuilder, BatchClient, ClientError};
+use batchgate_client::{BatchBuilder, BatchClient, ClientError, Format};
 use batchgate_wire::{self as wire, FramingError, PartSplitter, boundary_from_content_type};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -84,6 +84,10 @@ pub(crate) struct SendArgs {
     /// Print the reply body exactly as received (the multipart bytes) instead of one entry per part.
     #[arg(long)]
     raw: bool,
+    /// Send the requests as a JSON batch (Microsoft Graph, OData 4.01: `{"requests":[...]}`) instead of
+    /// multipart/mixed. Bodies go as JSON values, text or base64url by their Content-Type.
+    #[arg(long, conflicts_with = "raw")]
+    json: bool,
     /// For an https URL: trust the CA certificates in this PEM file besides the system's.
     #[arg(long, value_name = "PEM")]
     cacert: Option<PathBuf>,
@@ -218,7 +222,10 @@ async fn send<W: Write>(
     match input {
         Input::Requests(requests) => {
             let expected = requests.len();
-            let batch = batch(requests)?;
+            let mut batch = batch(requests)?;
+            if args.json {
+                batch.format(Format::Json);
+            }
             if args.raw {
                 let (content_type, body) = batch.finish();
                 let endpoint = raw::Endpoint::new(&args.url, roots)?;
@@ -230,15 +237,18 @@ async fn send<W: Write>(
                 let mut parts = client.send_stream(batch);
                 while let Some(part) = parts.next().await {
                     let part = part?;
-                    printer.part(
-                        part.index + 1,
-                        part.raw_content_id.as_deref(),
-                        part.status,
-                        &part.headers,
-                        &part.body,
-                    )?;
+                    // A JSON reply names its parts by id, with no Content-ID header.
+                    let id = part.raw_content_id.as_deref();
+                    let id = id.or(part.content_id.as_ref().map(|id| id.id()));
+                    printer.part(part.index + 1, id, part.status, &part.headers, &part.body)?;
                 }
             }
+        }
+        Input::Raw { .. } if args.json => {
+            return Err(Failure::Usage(
+                "--json sends requests given in the line format; a whole multipart batch is sent as it is"
+                    .to_owned(),
+            ));
         }
         Input::Raw { content_type, body } => {
             let expected = parts_in(&content_type, &body);
