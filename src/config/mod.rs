@@ -19,6 +19,7 @@ mod cidr;
 mod compression;
 mod cors;
 mod headers;
+mod jobs;
 mod limits;
 mod origin;
 mod rate_limit;
@@ -37,6 +38,7 @@ pub use cidr::Cidr;
 pub use compression::{Coding, CompressionConfig};
 pub use cors::CorsConfig;
 pub use headers::HeaderPolicy;
+pub use jobs::{JobsConfig, StoreUrl};
 pub use limits::Limits;
 pub use origin::Origin;
 pub use rate_limit::{RateLimitConfig, RateLimitKey};
@@ -108,6 +110,8 @@ pub struct Config {
     pub compression: CompressionConfig,
     /// `[[routes]]`: the longest prefix matching on a segment boundary wins; none is a 404 part.
     pub routes: Vec<RouteConfig>,
+    /// `[jobs]`: asynchronous batch jobs (`POST /jobs`); none without the section.
+    pub jobs: Option<JobsConfig>,
 }
 
 impl Default for Config {
@@ -128,6 +132,7 @@ impl Default for Config {
             headers: HeaderPolicy::default(),
             compression: CompressionConfig::default(),
             routes: Vec::new(),
+            jobs: None,
         }
     }
 }
@@ -225,6 +230,9 @@ impl Config {
             resolve(&mut tls.cert);
             resolve(&mut tls.key);
         }
+        if let Some(jobs) = &mut self.jobs {
+            jobs.resolve_paths(dir);
+        }
         for route in &mut self.routes {
             for path in [
                 &mut route.ca_file,
@@ -268,6 +276,9 @@ impl Config {
         }
         if let Some(limit) = &self.rate_limit {
             limit.validate()?;
+        }
+        if let Some(jobs) = &self.jobs {
+            jobs.validate()?;
         }
         for (i, route) in self.routes.iter().enumerate() {
             route.validate_adaptive(i)?;
@@ -432,7 +443,10 @@ upstream = "http://127.0.0.1:9001"
         let text = include_str!("../../config.toml");
         for key in field_names(&format!("{defaults:?}")) {
             // Optional sections are documented as commented-out examples.
-            if matches!(key.as_str(), "tls" | "cors" | "admin" | "rate_limit") {
+            if matches!(
+                key.as_str(),
+                "tls" | "cors" | "admin" | "rate_limit" | "jobs"
+            ) {
                 assert!(
                     text.contains(&format!("# [{key}]")),
                     "config.toml lacks [{key}]"
@@ -440,6 +454,12 @@ upstream = "http://127.0.0.1:9001"
             } else {
                 assert!(table.contains_key(&key), "config.toml lacks {key}");
             }
+        }
+        for key in field_names(&format!("{:?}", JobsConfig::default())) {
+            assert!(
+                text.contains(&format!("# {key} =")),
+                "config.toml lacks jobs.{key}"
+            );
         }
         for key in field_names(&format!("{:?}", CorsConfig::default())) {
             assert!(
