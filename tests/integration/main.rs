@@ -13,6 +13,7 @@ mod direct;
 mod fields;
 mod gateway;
 mod identity;
+mod jobs;
 mod observability;
 mod operations;
 mod readiness;
