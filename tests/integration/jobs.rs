@@ -602,3 +602,164 @@ async fn a_batch_is_served_while_a_job_holds_its_share_of_the_permits() {
     assert_eq!(slow.peak_concurrency(), 2);
     gw.stop().await;
 }
+
+/// The real binary, killed with SIGKILL while a job runs and started again on the same SQLite store: the job
+/// completes; a part that had not started runs once; a safe or keyed part in flight at the kill runs again;
+/// an unsafe part in flight without a key is never sent twice and is answered 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_the_job_completes_on_restart_and_no_unsafe_part_runs_twice() {
+    // Parts 0-29 are answered at once, the later ones wait for the gate: partitions run in order, so when
+    // the gateway is killed, parts 30-33 and 40-43 (four at once in each of the two partitions) are in flight.
+    let gate = Arc::new(Semaphore::new(0));
+    let answered = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let up = {
+        let (gate, answered) = (gate.clone(), answered.clone());
+        upstream(move |seen| {
+            let (gate, answered) = (gate.clone(), answered.clone());
+            async move {
+                let path = seen.uri.path().to_owned();
+                let index: usize = path.rsplit('/').next().unwrap().parse().unwrap();
+                if index >= 30 {
+                    gate.acquire().await.unwrap().forget();
+                }
+                answered.lock().unwrap().push(path.clone());
+                text(StatusCode::OK, path)
+            }
+        })
+        .await
+    };
+    let dir = TempDir::new("jobs-crash");
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[limits]\nconcurrency = 4\n{}\n[jobs]\nstore = \"sqlite://jobs.db\"\n\
+             partition_size = 10\nworkers = 2\nlease = \"1s\"\n",
+            routes(&[("/api/", up.addr)])
+        ),
+    )
+    .unwrap();
+    let start = || Binary::spawn(&["--config", config.to_str().unwrap()], &[]);
+    let mut first = start();
+    let (_, addr) = first.listening().await;
+    let url = |path: &str| format!("http://{addr}{path}");
+    // Parts by kind: a GET, a POST without a key, a POST with an Idempotency-Key.
+    let parts: Vec<String> = (0..60)
+        .map(|i| match i % 3 {
+            0 => part(&format!("p{i}"), &format!("GET /api/get/{i} HTTP/1.1\r\n")),
+            1 => part(
+                &format!("p{i}"),
+                &format!("POST /api/once/{i} HTTP/1.1\r\n\r\nx"),
+            ),
+            _ => part(
+                &format!("p{i}"),
+                &format!("POST /api/keyed/{i} HTTP/1.1\r\nIdempotency-Key: k{i}\r\n\r\nx"),
+            ),
+        })
+        .collect();
+    let reply = http_request(
+        &url("/jobs"),
+        Method::POST,
+        &[("content-type", MP)],
+        Bytes::from(batch(&parts)),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    let id = serde_json::from_slice::<serde_json::Value>(&reply.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = |url: String| async move {
+        let reply = http_request(&url, Method::GET, &[], Bytes::new()).await;
+        serde_json::from_slice::<serde_json::Value>(&reply.body).unwrap()
+    };
+    // 30 answers committed, and the 8 parts the two partitions run at once held upstream.
+    within(30, "30 answers committed and 8 parts in flight", async {
+        loop {
+            let now = status(url(&format!("/jobs/{id}"))).await;
+            if now["request_counts"]["succeeded"] == 30 && up.seen().len() == 38 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    first.signal("-KILL");
+    first.child.wait().await.unwrap();
+    let done_before: Vec<String> = answered.lock().unwrap().clone();
+    let in_flight: Vec<String> = up
+        .seen()
+        .iter()
+        .map(|s| s.uri.path().to_owned())
+        .filter(|p| !done_before.contains(p))
+        .collect();
+    assert_eq!(in_flight.len(), 8);
+    assert!(
+        in_flight.iter().any(|p| p.contains("/once/")),
+        "{in_flight:?}"
+    );
+    assert!(
+        in_flight.iter().any(|p| !p.contains("/once/")),
+        "{in_flight:?}"
+    );
+    gate.add_permits(1000);
+
+    let mut second = start();
+    let (_, addr) = second.listening().await;
+    let url = |path: &str| format!("http://{addr}{path}");
+    let done = within(60, "the job to complete after the restart", async {
+        loop {
+            let now = status(url(&format!("/jobs/{id}"))).await;
+            if now["status"] == "completed" {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let once_in_flight = in_flight.iter().filter(|p| p.contains("/once/")).count();
+    assert_eq!(done["request_counts"]["failed"], once_in_flight, "{done}");
+    assert_eq!(
+        done["request_counts"]["succeeded"],
+        60 - once_in_flight,
+        "{done}"
+    );
+
+    let seen = counts(&up);
+    for i in 0..60 {
+        let path = match i % 3 {
+            0 => format!("/api/get/{i}"),
+            1 => format!("/api/once/{i}"),
+            _ => format!("/api/keyed/{i}"),
+        };
+        let was_in_flight = in_flight.contains(&path);
+        let expected = if was_in_flight && i % 3 != 1 { 2 } else { 1 };
+        assert_eq!(seen.get(&path), Some(&expected), "{path}");
+    }
+    let reply = http_request(
+        &url(&format!("/jobs/{id}/results")),
+        Method::GET,
+        &[("accept", "application/jsonl")],
+        Bytes::new(),
+    )
+    .await;
+    let lines: Vec<serde_json::Value> = std::str::from_utf8(&reply.body)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 60);
+    for line in &lines {
+        let i = line["index"].as_u64().unwrap();
+        let path = format!("/api/once/{i}");
+        if in_flight.contains(&path) {
+            assert_eq!(line["status"], 500, "{line}");
+            let message = line["body"]["error"]["message"].as_str().unwrap();
+            assert!(message.contains("may or may not have run"), "{message}");
+        } else {
+            assert_eq!(line["status"], 200, "{line}");
+        }
+    }
+    second.signal("-TERM");
+    second.child.wait().await.unwrap();
+}
