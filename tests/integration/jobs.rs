@@ -763,3 +763,134 @@ async fn after_kill_9_the_job_completes_on_restart_and_no_unsafe_part_runs_twice
     second.signal("-TERM");
     second.child.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_on_postgres() {
+    let Some(pg) = Postgres::start() else { return };
+    let up = counting_upstream().await;
+    let (gw, _live) = live_gateway(&format!(
+        "{}\n[jobs]\nstore = \"{}\"\npartition_size = 10\n",
+        routes(&[("/api/", up.addr)]),
+        pg.url
+    ))
+    .await;
+    let id = submit(&gw, &gets(500), &[]).await;
+    let done = wait_status(&gw, &id, "completed").await;
+    assert_eq!(done["request_counts"]["succeeded"], 500, "{done}");
+    assert!(counts(&up).values().all(|&n| n == 1));
+    let lines = gw
+        .request(
+            Method::GET,
+            &format!("/jobs/{id}/results"),
+            &[("accept", "application/x-ndjson")],
+            Bytes::new(),
+        )
+        .await;
+    let text = std::str::from_utf8(&lines.body).unwrap();
+    for (i, line) in text.lines().enumerate() {
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(line["index"], i);
+    }
+    gw.stop().await;
+}
+
+/// Two gateway processes share one Postgres store and one job; one is killed with SIGKILL; the other takes
+/// its partitions over once their lease runs out and finishes the job. No partition is claimed by both:
+/// only the parts in flight in the killed one are sent twice (they are GETs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_a_job_on_postgres_and_one_finishes_it_after_the_other_is_killed() {
+    let Some(pg) = Postgres::start() else { return };
+    let gate = Arc::new(Semaphore::new(0));
+    let up = gated_upstream(gate.clone()).await;
+    let dir = TempDir::new("jobs-two");
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[limits]\nconcurrency = 2\n{}\n[jobs]\nstore = \"{}\"\n\
+             partition_size = 5\nworkers = 1\nlease = \"1s\"\n",
+            routes(&[("/api/", up.addr)]),
+            pg.url
+        ),
+    )
+    .unwrap();
+    let start = || Binary::spawn(&["--config", config.to_str().unwrap()], &[]);
+    let mut a = start();
+    let (_, addr_a) = a.listening().await;
+    let mut b = start();
+    let (_, addr_b) = b.listening().await;
+    let reply = http_request(
+        &format!("http://{addr_a}/jobs"),
+        Method::POST,
+        &[("content-type", MP)],
+        Bytes::from(batch(&gets(40))),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    let id = serde_json::from_slice::<serde_json::Value>(&reply.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Each instance holds one partition, two parts of it in flight.
+    within(30, "both instances running a partition", async {
+        loop {
+            let reply = http_request(
+                &format!("http://{addr_b}/jobs/{id}/partitions"),
+                Method::GET,
+                &[],
+                Bytes::new(),
+            )
+            .await;
+            let doc: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            let running = doc["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["status"] == "running")
+                .count();
+            if running == 2 && up.seen().len() == 4 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let in_flight: Vec<String> = up.seen().iter().map(|s| s.uri.path().to_owned()).collect();
+    a.signal("-KILL");
+    a.child.wait().await.unwrap();
+    gate.add_permits(1000);
+    let done = within(60, "the job to complete on the instance left", async {
+        loop {
+            let reply = http_request(
+                &format!("http://{addr_b}/jobs/{id}"),
+                Method::GET,
+                &[],
+                Bytes::new(),
+            )
+            .await;
+            let doc: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            if doc["status"] == "completed" {
+                return doc;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(done["request_counts"]["succeeded"], 40, "{done}");
+    let seen = counts(&up);
+    assert_eq!(seen.len(), 40);
+    let twice: Vec<&String> = seen
+        .iter()
+        .filter(|(_, n)| **n == 2)
+        .map(|(p, _)| p)
+        .collect();
+    assert!(seen.values().all(|&n| n <= 2), "{seen:?}");
+    // The killed instance's two parts in flight ran again; nothing else did.
+    assert_eq!(twice.len(), 2, "{seen:?}");
+    assert!(
+        twice.iter().all(|p| in_flight.contains(p)),
+        "{twice:?} {in_flight:?}"
+    );
+    b.signal("-TERM");
+    b.child.wait().await.unwrap();
+}
