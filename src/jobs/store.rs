@@ -283,6 +283,22 @@ impl Store {
         Ok(row.try_get(0)?)
     }
 
+    /// How many jobs are queued, running and paused.
+    pub(crate) async fn by_status(&self) -> Result<[(JobStatus, i64); 3], JobError> {
+        let row = sqlx::query(
+            "SELECT COUNT(CASE WHEN status = 'queued' THEN 1 END), \
+             COUNT(CASE WHEN status = 'running' THEN 1 END), \
+             COUNT(CASE WHEN status = 'paused' THEN 1 END) FROM jobs",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok([
+            (JobStatus::Queued, row.try_get(0)?),
+            (JobStatus::Running, row.try_get(1)?),
+            (JobStatus::Paused, row.try_get(2)?),
+        ])
+    }
+
     /// Starts a job whose parts are still arriving: no worker sees it until [`Store::seal`].
     pub(crate) async fn create(
         &self,
@@ -691,8 +707,8 @@ impl Store {
     }
 
     /// Gives a partition back: done when every part has an answer, else pending again (paused, cancelled).
-    /// Then ends the job when nothing of it is left to run.
-    pub(crate) async fn release(&self, claim: &Claim, worker: &str) -> Result<(), JobError> {
+    /// Then ends the job when nothing of it is left to run. Says whether the partition is done.
+    pub(crate) async fn release(&self, claim: &Claim, worker: &str) -> Result<bool, JobError> {
         let now = self.clock.now();
         let left: i64 = sqlx::query(
             "SELECT COUNT(*) FROM job_parts WHERE job_id = $1 AND partition_idx = $2 \
@@ -719,7 +735,8 @@ impl Store {
         .bind(ended)
         .execute(&self.pool)
         .await?;
-        self.settle(&claim.job_id).await
+        self.settle(&claim.job_id).await?;
+        Ok(left == 0)
     }
 
     /// Ends a job once no partition is left to run: `completed` (or `cancelled` when it was cancelling,
@@ -886,7 +903,7 @@ impl Store {
 }
 
 /// Whether an answer counts as failed: an error status, the upstream's or the gateway's.
-fn failed(status: u16) -> bool {
+pub(crate) fn failed(status: u16) -> bool {
     status >= 400
 }
 

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use super::status::{JobStatus, PartState};
-use super::store::{Claim, Origin, PartToRun, StoredAnswer};
+use super::store::{Claim, Origin, PartToRun, StoredAnswer, failed};
 use super::{JobError, Jobs};
 use crate::error::{PartError, error_body};
 use crate::gateway::Gateway;
@@ -51,6 +51,7 @@ pub(crate) async fn run(jobs: Arc<Jobs>) {
             if let Err(e) = jobs.store.sweep().await {
                 tracing::warn!("jobs: sweeping expired jobs failed: {e}");
             }
+            count_jobs(&jobs).await;
         }
         let wake = jobs.wake.notified();
         match jobs.store.claim(&jobs.worker_id, lease_ms).await {
@@ -74,6 +75,16 @@ pub(crate) async fn run(jobs: Arc<Jobs>) {
                 tokio::time::sleep(poll).await;
             }
         }
+    }
+}
+
+/// Sets the jobs-by-status gauges from the store.
+async fn count_jobs(jobs: &Jobs) {
+    let (Some(gateway), Ok(counts)) = (jobs.gateway(), jobs.store.by_status().await) else {
+        return;
+    };
+    for (status, count) in counts {
+        gateway.metrics.jobs_in(status.as_str(), count);
     }
 }
 
@@ -113,7 +124,10 @@ async fn partition(jobs: &Arc<Jobs>, claim: &Claim) -> Result<(), JobError> {
     let result = run_parts(jobs, &gateway, claim, held).await;
     beat.abort();
     result?;
-    jobs.store.release(claim, &jobs.worker_id).await
+    if jobs.store.release(claim, &jobs.worker_id).await? {
+        gateway.metrics.job_partition_done();
+    }
+    Ok(())
 }
 
 async fn run_parts(
@@ -212,7 +226,9 @@ async fn one(
     };
     jobs.store
         .answer(&claim.job_id, index as i64, &answer)
-        .await
+        .await?;
+    gateway.metrics.job_part(failed(answer.status));
+    Ok(())
 }
 
 /// Routes and sends one part through its route's stack; returns the route's name (for metrics) too.

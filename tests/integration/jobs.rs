@@ -143,6 +143,15 @@ async fn a_job_of_10000_parts_runs_every_part_once_and_answers_in_order() {
     let seen = counts(&up);
     assert_eq!(seen.len(), 10_000);
     assert!(seen.values().all(|&n| n == 1), "a part was sent twice");
+    let text = gw.gateway.metrics_text();
+    assert_eq!(
+        metric(&text, "batchgate_job_parts_total", &[("job", "succeeded")]),
+        10_000
+    );
+    assert_eq!(
+        metric(&text, "batchgate_job_partitions_done_total", &[]),
+        100
+    );
 
     let reply = gw
         .request(
