@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, StreamBody};
 use tokio::time::Instant;
 
 use super::status::JobStatus;
-use super::store::{JobRow, NewPart, Origin, PartContent, ResultRow, StoredRequest};
+use super::store::{JobRow, NewPart, Origin, PartContent, Performance, ResultRow, StoredRequest};
 use super::workers::part_error;
 use super::{JobError, Jobs, owner, random_id};
 use crate::batch::read::next_data;
@@ -380,7 +380,20 @@ async fn status_json(jobs: &Jobs, job: &JobRow) -> Result<serde_json::Value, Job
         "started_at": seconds(job.started_at),
         "ended_at": seconds(job.ended_at),
         "expires_at": seconds(job.expires_at),
+        "performance": performance(&job.performance),
     }))
+}
+
+/// An ended job's figures: answers per second from its start to its end, and its parts' upstream latency
+/// percentiles; `null` until it ends.
+fn performance(figures: &Performance) -> serde_json::Value {
+    match figures.parts_per_second {
+        None => serde_json::Value::Null,
+        Some(rate) => serde_json::json!({
+            "parts_per_second": (rate * 10.0).round() / 10.0,
+            "latency_ms": { "p50": figures.p50_ms, "p90": figures.p90_ms, "p99": figures.p99_ms },
+        }),
+    }
 }
 
 /// A store time (milliseconds) as Unix seconds, as OpenAI's and Anthropic's batch APIs give them.

@@ -59,6 +59,15 @@ pub(crate) struct Store {
     retention_ms: i64,
 }
 
+/// An ended job's performance figures (`None` for a job none of whose parts was sent).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Performance {
+    pub parts_per_second: Option<f64>,
+    pub p50_ms: Option<i64>,
+    pub p90_ms: Option<i64>,
+    pub p99_ms: Option<i64>,
+}
+
 /// A job's row, as `GET /jobs/{id}` shows it.
 #[derive(Debug, Clone)]
 pub(crate) struct JobRow {
@@ -70,6 +79,7 @@ pub(crate) struct JobRow {
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub expires_at: Option<i64>,
+    pub performance: Performance,
 }
 
 /// What the submitting request leaves for its parts to inherit when they run.
@@ -228,7 +238,8 @@ impl Store {
                 "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, owner TEXT NOT NULL, \
                  status TEXT NOT NULL, total BIGINT NOT NULL, \
                  origin_headers {bytes} NOT NULL, peer TEXT NOT NULL, tls BIGINT NOT NULL, \
-                 created_at BIGINT NOT NULL, started_at BIGINT, ended_at BIGINT, expires_at BIGINT)"
+                 created_at BIGINT NOT NULL, started_at BIGINT, ended_at BIGINT, expires_at BIGINT, \
+                 parts_per_second DOUBLE PRECISION, p50_ms BIGINT, p90_ms BIGINT, p99_ms BIGINT)"
             ),
             "CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at, id)".to_owned(),
             format!(
@@ -236,7 +247,7 @@ impl Store {
                  partition_idx BIGINT NOT NULL, content_id TEXT, method TEXT NOT NULL, \
                  target TEXT NOT NULL, headers {bytes} NOT NULL, body {bytes} NOT NULL, \
                  once BIGINT NOT NULL, state TEXT NOT NULL, failed BIGINT NOT NULL, status BIGINT, \
-                 answer_headers {bytes}, answer_body {bytes}, PRIMARY KEY (job_id, idx))"
+                 answer_headers {bytes}, answer_body {bytes}, elapsed_ms BIGINT, PRIMARY KEY (job_id, idx))"
             ),
             "CREATE TABLE IF NOT EXISTS job_partitions (job_id TEXT NOT NULL, idx BIGINT NOT NULL, \
              status TEXT NOT NULL, lease_owner TEXT, lease_until BIGINT, started_at BIGINT, \
@@ -420,7 +431,8 @@ impl Store {
     /// A job's row.
     pub(crate) async fn job(&self, id: &str) -> Result<Option<JobRow>, JobError> {
         let row = sqlx::query(
-            "SELECT id, owner, status, total, created_at, started_at, ended_at, expires_at \
+            "SELECT id, owner, status, total, created_at, started_at, ended_at, expires_at, \
+             parts_per_second, p50_ms, p90_ms, p99_ms \
              FROM jobs WHERE id = $1",
         )
         .bind(id)
@@ -438,7 +450,8 @@ impl Store {
     ) -> Result<Vec<JobRow>, JobError> {
         let (at, id) = before.unwrap_or((i64::MAX, ""));
         let rows = sqlx::query(
-            "SELECT id, owner, status, total, created_at, started_at, ended_at, expires_at \
+            "SELECT id, owner, status, total, created_at, started_at, ended_at, expires_at, \
+             parts_per_second, p50_ms, p90_ms, p99_ms \
              FROM jobs WHERE owner = $1 AND status <> 'receiving' \
              AND (created_at < $2 OR (created_at = $2 AND id < $3) OR $4 = 1) \
              ORDER BY created_at DESC, id DESC LIMIT $5",
@@ -685,15 +698,17 @@ impl Store {
     }
 
     /// Commits a part's answer; only then does the part count as done.
+    /// `elapsed` is how long the upstream took (none for an answer the gateway gave without sending it).
     pub(crate) async fn answer(
         &self,
         job_id: &str,
         idx: i64,
         answer: &StoredAnswer,
+        elapsed: Option<std::time::Duration>,
     ) -> Result<(), JobError> {
         sqlx::query(
             "UPDATE job_parts SET state = 'done', failed = $3, status = $4, answer_headers = $5, \
-             answer_body = $6 WHERE job_id = $1 AND idx = $2",
+             answer_body = $6, elapsed_ms = $7 WHERE job_id = $1 AND idx = $2",
         )
         .bind(job_id)
         .bind(idx)
@@ -701,6 +716,7 @@ impl Store {
         .bind(i64::from(answer.status))
         .bind(encode_headers(&answer.headers))
         .bind(answer.body.to_vec())
+        .bind(elapsed.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -783,15 +799,63 @@ impl Store {
     }
 
     /// Ends a job: its final status, when it ended and when its answers go.
+    /// Ends a job: its final status, when it ended and when its answers go, and its performance figures.
     async fn end(&self, job_id: &str, status: JobStatus, now: i64) -> Result<(), JobError> {
-        sqlx::query("UPDATE jobs SET status = $2, ended_at = $3, expires_at = $4 WHERE id = $1")
-            .bind(job_id)
-            .bind(status.as_str())
-            .bind(now)
-            .bind(now.saturating_add(self.retention_ms))
-            .execute(&self.pool)
-            .await?;
+        let figures = self.performance(job_id, now).await?;
+        sqlx::query(
+            "UPDATE jobs SET status = $2, ended_at = $3, expires_at = $4, parts_per_second = $5, \
+             p50_ms = $6, p90_ms = $7, p99_ms = $8 WHERE id = $1",
+        )
+        .bind(job_id)
+        .bind(status.as_str())
+        .bind(now)
+        .bind(now.saturating_add(self.retention_ms))
+        .bind(figures.parts_per_second)
+        .bind(figures.p50_ms)
+        .bind(figures.p90_ms)
+        .bind(figures.p99_ms)
+        .execute(&self.pool)
+        .await?;
         Ok(())
+    }
+
+    /// A job's throughput (answers per second from its start to `now`) and its parts' upstream latency
+    /// percentiles.
+    async fn performance(&self, job_id: &str, now: i64) -> Result<Performance, JobError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*), MIN(j.started_at) FROM job_parts p JOIN jobs j ON j.id = p.job_id \
+             WHERE p.job_id = $1 AND p.state = 'done' AND p.elapsed_ms IS NOT NULL",
+        )
+        .bind(job_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let timed: i64 = row.try_get(0)?;
+        let started: Option<i64> = row.try_get(1)?;
+        let mut percentiles = [None; 3];
+        for (slot, pct) in percentiles.iter_mut().zip([50, 90, 99]) {
+            if timed == 0 {
+                break;
+            }
+            // The nearest-rank percentile.
+            let rank = ((timed * pct + 99) / 100).max(1) - 1;
+            let value: i64 = sqlx::query(
+                "SELECT elapsed_ms FROM job_parts WHERE job_id = $1 AND state = 'done' \
+                 AND elapsed_ms IS NOT NULL ORDER BY elapsed_ms LIMIT 1 OFFSET $2",
+            )
+            .bind(job_id)
+            .bind(rank)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+            *slot = Some(value);
+        }
+        let seconds = started.map(|at| (now - at).max(1) as f64 / 1000.0);
+        Ok(Performance {
+            parts_per_second: seconds.map(|s| timed as f64 / s),
+            p50_ms: percentiles[0],
+            p90_ms: percentiles[1],
+            p99_ms: percentiles[2],
+        })
     }
 
     /// `POST /jobs/{id}/retry`: the failed parts get no answer again, their partitions run again, and the
@@ -919,6 +983,12 @@ fn job_row(row: &AnyRow) -> Result<JobRow, JobError> {
         started_at: row.try_get(5)?,
         ended_at: row.try_get(6)?,
         expires_at: row.try_get(7)?,
+        performance: Performance {
+            parts_per_second: row.try_get(8)?,
+            p50_ms: row.try_get(9)?,
+            p90_ms: row.try_get(10)?,
+            p99_ms: row.try_get(11)?,
+        },
     })
 }
 

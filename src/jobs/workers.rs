@@ -192,8 +192,9 @@ async fn one(
     part: PartToRun,
 ) -> Result<(), JobError> {
     let index = usize::try_from(part.idx).unwrap_or(usize::MAX);
-    let answer = if part.state == PartState::Sent {
-        gateway_answer(StatusCode::INTERNAL_SERVER_ERROR, MAY_HAVE_RUN, index)
+    let (answer, elapsed) = if part.state == PartState::Sent {
+        let answer = gateway_answer(StatusCode::INTERNAL_SERVER_ERROR, MAY_HAVE_RUN, index);
+        (answer, None)
     } else {
         if part.once {
             jobs.store.mark_sent(&claim.job_id, part.idx).await?;
@@ -201,7 +202,7 @@ async fn one(
         let started = Instant::now();
         let (route, result) = send(jobs, gateway, scope, index, part).await;
         let elapsed = started.elapsed();
-        match result {
+        let answer = match result {
             Ok(response) => {
                 gateway
                     .metrics
@@ -222,10 +223,11 @@ async fn one(
                 gateway.metrics.part_failed(&route, &error, elapsed);
                 part_error(&error)
             }
-        }
+        };
+        (answer, Some(elapsed))
     };
     jobs.store
-        .answer(&claim.job_id, index as i64, &answer)
+        .answer(&claim.job_id, index as i64, &answer, elapsed)
         .await?;
     gateway.metrics.job_part(failed(answer.status));
     Ok(())

@@ -140,6 +140,14 @@ async fn a_job_of_10000_parts_runs_every_part_once_and_answers_in_order() {
     assert_eq!(done["partitions"]["total"], 100);
     assert_eq!(done["partitions"]["done"], 100);
     assert!(done["ended_at"].is_i64() && done["expires_at"].is_i64());
+    let performance = &done["performance"];
+    assert!(
+        performance["parts_per_second"].as_f64().unwrap() > 0.0,
+        "{done}"
+    );
+    let latency = &performance["latency_ms"];
+    assert!(latency["p50"].as_i64().unwrap() <= latency["p90"].as_i64().unwrap());
+    assert!(latency["p90"].as_i64().unwrap() <= latency["p99"].as_i64().unwrap());
     let seen = counts(&up);
     assert_eq!(seen.len(), 10_000);
     assert!(seen.values().all(|&n| n == 1), "a part was sent twice");
