@@ -37,6 +37,11 @@ pub struct JobsConfig {
     /// partitions are taken over once this has passed. Heartbeats come three times per lease.
     #[serde(deserialize_with = "de_duration")]
     pub lease: Duration,
+    /// The `host:port`s a job's `batchgate-callback` URL may name; none: callbacks are refused. The gateway
+    /// POSTs there, so only hosts meant to be told belong here.
+    pub callback_hosts: Vec<String>,
+    /// The HMAC-SHA256 key of the callback's `batchgate-signature`; at least 16 bytes with `callback_hosts`.
+    pub callback_secret: String,
 }
 
 impl Default for JobsConfig {
@@ -50,6 +55,8 @@ impl Default for JobsConfig {
             max_job_bytes: 256 << 20,
             max_jobs: 1000,
             lease: Duration::from_secs(30),
+            callback_hosts: Vec::new(),
+            callback_secret: String::new(),
         }
     }
 }
@@ -113,7 +120,22 @@ impl JobsConfig {
             self.lease,
             Duration::from_secs(1),
             Duration::from_secs(3600),
-        )
+        )?;
+        for (i, host) in self.callback_hosts.iter().enumerate() {
+            let authority: Result<http::uri::Authority, _> = host.parse();
+            if !authority.is_ok_and(|a| a.port_u16().is_some() && a.as_str() == host) {
+                return Err(invalid(format!(
+                    "jobs.callback_hosts[{i}] = {host:?} is not a \"host:port\""
+                )));
+            }
+        }
+        if !self.callback_hosts.is_empty() && self.callback_secret.len() < 16 {
+            return Err(invalid(
+                "jobs.callback_secret must be at least 16 bytes when jobs.callback_hosts names hosts: \
+                 receivers check the signature with it",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -140,6 +162,7 @@ mod tests {
             ("lease", "\"2h\""),
             ("store", "\"mysql://x\""),
             ("store", "\"sqlite://\""),
+            ("callback_hosts", "[\"hooks.example\"]"),
         ] {
             refused(
                 &format!("[jobs]\n{key} = {value}"),
@@ -147,6 +170,19 @@ mod tests {
                 &[],
             );
         }
+    }
+
+    #[test]
+    fn callbacks_need_a_secret() {
+        refused(
+            "[jobs]\ncallback_hosts = [\"hooks.example:443\"]\ncallback_secret = \"short\"",
+            "jobs.callback_secret",
+            &["16 bytes"],
+        );
+        Config::from_toml(
+            "[jobs]\ncallback_hosts = [\"hooks.example:443\"]\ncallback_secret = \"0123456789abcdef\"",
+        )
+        .unwrap();
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::status::JobStatus;
 use super::store::{JobRow, NewPart, Origin, PartContent, Performance, ResultRow, StoredRequest};
 use super::workers::part_error;
-use super::{JobError, Jobs, owner, random_id};
+use super::{JobError, Jobs, callback, owner, random_id};
 use crate::batch::read::next_data;
 use crate::codec::{self, Rendered, ReplyWriter};
 use crate::error::{BatchError, PartError};
@@ -180,6 +180,7 @@ where
         .map(|v| v.to_str().map_err(|_| BatchError::NoContentType))
         .transpose()?;
     let (reader, _) = codec::open(content_type, limits.max_part_bytes, gateway.part_limits)?;
+    let callback = callback::requested(&jobs.config, &head.headers)?;
     let open = jobs.store.open_jobs().await?;
     if open >= jobs.config.max_jobs as i64 {
         return Err(JobError::TooManyJobs(jobs.config.max_jobs));
@@ -189,13 +190,19 @@ where
     let mut kept = head.headers.clone();
     kept.remove(CONTENT_TYPE);
     kept.remove(http::header::CONTENT_LENGTH);
+    kept.remove(callback::HEADER);
     let origin = Origin {
         headers: kept,
         peer,
         tls,
     };
     jobs.store
-        .create(&id, &owner(&head.headers, client), &origin)
+        .create(
+            &id,
+            &owner(&head.headers, client),
+            &origin,
+            callback.as_deref(),
+        )
         .await?;
     let read = Intake {
         jobs,
@@ -362,7 +369,7 @@ impl Intake<'_> {
 }
 
 /// `GET /jobs/{id}`'s document.
-async fn status_json(jobs: &Jobs, job: &JobRow) -> Result<serde_json::Value, JobError> {
+pub(crate) async fn status_json(jobs: &Jobs, job: &JobRow) -> Result<serde_json::Value, JobError> {
     let counts = jobs.store.counts(&job.id).await?;
     let (total, done, failed) = jobs.store.partition_counts(&job.id).await?;
     Ok(serde_json::json!({

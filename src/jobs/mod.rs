@@ -7,9 +7,11 @@
 //! - [`store`]: the tables, on SQLite or Postgres through one query layer;
 //! - [`workers`]: claiming partitions with a lease and a heartbeat, running their parts at a lower priority
 //!   than batches, committing each answer, and the crash rule for parts found in flight;
+//! - [`callback`]: the signed POST of a job's final status to the URL it was submitted with;
 //! - [`status`]: the statuses of jobs and parts.
 
 pub(crate) mod api;
+pub(crate) mod callback;
 pub(crate) mod status;
 pub(crate) mod store;
 pub(crate) mod workers;
@@ -59,6 +61,9 @@ pub(crate) enum JobError {
     /// A method the URL does not take.
     #[error("{method} is not allowed on {path}")]
     MethodNotAllowed { method: http::Method, path: String },
+    /// A `batchgate-callback` that cannot be used, or a callback that could not be delivered.
+    #[error("callback: {0}")]
+    Callback(String),
     /// A query parameter that cannot be used.
     #[error("bad query parameter {0}")]
     BadQuery(String),
@@ -75,7 +80,9 @@ impl JobError {
             JobError::Conflict { .. } => StatusCode::CONFLICT,
             JobError::TooManyJobs(_) => StatusCode::SERVICE_UNAVAILABLE,
             JobError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            JobError::TooManyParts { .. } | JobError::BadQuery(_) => StatusCode::BAD_REQUEST,
+            JobError::TooManyParts { .. } | JobError::BadQuery(_) | JobError::Callback(_) => {
+                StatusCode::BAD_REQUEST
+            }
             JobError::Batch(e) => e.status(),
             JobError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             JobError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,

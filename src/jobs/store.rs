@@ -239,7 +239,8 @@ impl Store {
                  status TEXT NOT NULL, total BIGINT NOT NULL, \
                  origin_headers {bytes} NOT NULL, peer TEXT NOT NULL, tls BIGINT NOT NULL, \
                  created_at BIGINT NOT NULL, started_at BIGINT, ended_at BIGINT, expires_at BIGINT, \
-                 parts_per_second DOUBLE PRECISION, p50_ms BIGINT, p90_ms BIGINT, p99_ms BIGINT)"
+                 parts_per_second DOUBLE PRECISION, p50_ms BIGINT, p90_ms BIGINT, p99_ms BIGINT, \
+                 callback TEXT, callback_sent BIGINT NOT NULL DEFAULT 0)"
             ),
             "CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at, id)".to_owned(),
             format!(
@@ -283,6 +284,20 @@ impl Store {
         Ok(())
     }
 
+    /// Takes the callback of an ended job that has not been called back yet: one instance, once. Returns
+    /// the job's id and the URL.
+    pub(crate) async fn take_callback(&self) -> Result<Option<(String, String)>, JobError> {
+        let row = sqlx::query(
+            "UPDATE jobs SET callback_sent = 1 WHERE callback_sent = 0 AND id = (SELECT id FROM jobs \
+             WHERE callback IS NOT NULL AND callback_sent = 0 \
+             AND status IN ('completed', 'cancelled', 'failed') LIMIT 1) RETURNING id, callback",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .transpose()
+    }
+
     /// Jobs not yet ended.
     pub(crate) async fn open_jobs(&self) -> Result<i64, JobError> {
         let row = sqlx::query(
@@ -316,10 +331,11 @@ impl Store {
         id: &str,
         owner: &str,
         origin: &Origin,
+        callback: Option<&str>,
     ) -> Result<(), JobError> {
         sqlx::query(
-            "INSERT INTO jobs (id, owner, status, total, origin_headers, peer, tls, created_at) \
-             VALUES ($1, $2, 'receiving', 0, $3, $4, $5, $6)",
+            "INSERT INTO jobs (id, owner, status, total, origin_headers, peer, tls, created_at, callback) \
+             VALUES ($1, $2, 'receiving', 0, $3, $4, $5, $6, $7)",
         )
         .bind(id)
         .bind(owner)
@@ -327,6 +343,7 @@ impl Store {
         .bind(origin.peer.to_string())
         .bind(i64::from(origin.tls))
         .bind(self.clock.now())
+        .bind(callback)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -22,7 +22,7 @@ use tower::ServiceExt;
 
 use super::status::{JobStatus, PartState};
 use super::store::{Claim, Origin, PartToRun, StoredAnswer, failed};
-use super::{JobError, Jobs};
+use super::{JobError, Jobs, callback};
 use crate::error::{PartError, error_body};
 use crate::gateway::Gateway;
 use crate::observe::trace::TraceContext;
@@ -52,6 +52,7 @@ pub(crate) async fn run(jobs: Arc<Jobs>) {
                 tracing::warn!("jobs: sweeping expired jobs failed: {e}");
             }
             count_jobs(&jobs).await;
+            callback::deliver_due(&jobs).await;
         }
         let wake = jobs.wake.notified();
         match jobs.store.claim(&jobs.worker_id, lease_ms).await {
@@ -126,6 +127,7 @@ async fn partition(jobs: &Arc<Jobs>, claim: &Claim) -> Result<(), JobError> {
     result?;
     if jobs.store.release(claim, &jobs.worker_id).await? {
         gateway.metrics.job_partition_done();
+        callback::deliver_due(jobs).await;
     }
     Ok(())
 }

@@ -911,3 +911,80 @@ async fn two_gateways_share_a_job_on_postgres_and_one_finishes_it_after_the_othe
     b.signal("-TERM");
     b.child.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_ended_job_is_called_back_once_signed_and_retried_after_a_failure() {
+    let up = counting_upstream().await;
+    // The receiver fails the first try.
+    let tries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let receiver = {
+        let tries = tries.clone();
+        upstream(move |_| {
+            let first = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "later")
+                } else {
+                    text(StatusCode::NO_CONTENT, "")
+                }
+            }
+        })
+        .await
+    };
+    let secret = "a secret of sixteen bytes or more";
+    let dir = TempDir::new("jobs-callback");
+    let (gw, _live) = jobs_gateway(
+        &dir,
+        &format!(
+            "callback_hosts = [\"{}\"]\ncallback_secret = \"{secret}\"",
+            receiver.addr
+        ),
+        &routes(&[("/api/", up.addr)]),
+    )
+    .await;
+    // A URL outside callback_hosts refuses the job.
+    let reply = gw
+        .request(
+            Method::POST,
+            "/jobs",
+            &[
+                ("content-type", MP),
+                ("batchgate-callback", "http://127.0.0.1:9/elsewhere"),
+            ],
+            Bytes::from(batch(&gets(1))),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.error_message().contains("jobs.callback_hosts"));
+
+    let url = format!("http://{}/done?job=1", receiver.addr);
+    let id = submit(&gw, &gets(3), &[("batchgate-callback", url.as_str())]).await;
+    wait_status(&gw, &id, "completed").await;
+    eventually("the callback, tried twice", || receiver.seen().len() == 2).await;
+    for call in receiver.seen() {
+        assert_eq!(call.method, Method::POST);
+        assert_eq!(call.uri.to_string(), "/done?job=1");
+        assert_eq!(call.headers["batchgate-job"], id.as_str());
+        let status: serde_json::Value = serde_json::from_slice(&call.body).unwrap();
+        assert_eq!(status["id"], id.as_str());
+        assert_eq!(status["status"], "completed");
+        // t=SECONDS,v1=HEX with HEX = HMAC-SHA256(secret, "SECONDS.BODY").
+        let signed = call.headers["batchgate-signature"].to_str().unwrap();
+        let (time, hex) = signed
+            .strip_prefix("t=")
+            .and_then(|rest| rest.split_once(",v1="))
+            .unwrap();
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("{time}.").as_bytes());
+        mac.update(&call.body);
+        let expected: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, expected);
+    }
+    gw.stop().await;
+}
