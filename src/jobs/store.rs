@@ -948,8 +948,24 @@ impl Store {
 
     /// Past their retention, jobs become `expired` and their parts and partitions are dropped; a retention
     /// later still, their row goes too (until then their URLs answer 410). Returns how many jobs expired.
-    pub(crate) async fn sweep(&self) -> Result<u64, JobError> {
+    ///
+    /// Jobs still `receiving` after `abandoned` (their upload broke off with the instance that read it) are
+    /// dropped.
+    pub(crate) async fn sweep(&self, abandoned: std::time::Duration) -> Result<u64, JobError> {
         let now = self.clock.now();
+        let abandoned_ms = i64::try_from(abandoned.as_millis()).unwrap_or(i64::MAX);
+        let stale: Vec<String> = sqlx::query(
+            "SELECT id FROM jobs WHERE status = 'receiving' AND created_at < $1 LIMIT 100",
+        )
+        .bind(now.saturating_sub(abandoned_ms))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+        for id in &stale {
+            self.delete(id).await?;
+        }
         let expired: Vec<String> = sqlx::query(
             "SELECT id FROM jobs WHERE expires_at < $1 AND status <> 'expired' LIMIT 100",
         )
@@ -1051,6 +1067,43 @@ impl From<sqlx::Error> for JobError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A job whose upload broke off with its instance (left `receiving`) is dropped by the sweep once it is
+    /// older than an upload can be, and stops counting against `jobs.max_jobs`.
+    #[tokio::test]
+    async fn an_abandoned_upload_is_swept() {
+        let dir =
+            std::env::temp_dir().join(format!("batchgate-store-{}", super::super::random_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = JobsConfig {
+            store: format!("sqlite://{}", dir.join("jobs.db").display()),
+            ..JobsConfig::default()
+        };
+        let store = Store::open(&config).await.unwrap();
+        let origin = Origin {
+            headers: HeaderMap::new(),
+            peer: std::net::Ipv4Addr::LOCALHOST.into(),
+            tls: false,
+        };
+        store.create("abc", "owner", &origin, None).await.unwrap();
+        assert_eq!(store.open_jobs().await.unwrap(), 1);
+        store
+            .sweep(std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(store.job("abc").await.unwrap().is_some(), "still young");
+        store.clock.advance(std::time::Duration::from_secs(61));
+        store
+            .sweep(std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(store.job("abc").await.unwrap().is_none());
+        assert_eq!(store.open_jobs().await.unwrap(), 0);
+        // Opening it again finds the schema in place.
+        drop(store);
+        Store::open(&config).await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn headers_survive_the_store_in_order() {

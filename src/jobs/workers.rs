@@ -48,7 +48,11 @@ pub(crate) async fn run(jobs: Arc<Jobs>) {
         }
         if Instant::now() >= sweep_at {
             sweep_at = Instant::now() + poll;
-            if let Err(e) = jobs.store.sweep().await {
+            // An upload still being read is younger than `limits.upload_timeout`.
+            let abandoned = jobs.gateway().map_or(jobs.config.lease, |g| {
+                g.config.limits.upload_timeout + jobs.config.lease
+            });
+            if let Err(e) = jobs.store.sweep(abandoned).await {
                 tracing::warn!("jobs: sweeping expired jobs failed: {e}");
             }
             count_jobs(&jobs).await;

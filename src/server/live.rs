@@ -236,6 +236,15 @@ impl Live {
                 show(self.log_format)
             ));
         }
+        // `[jobs]` as started (once `start_jobs` has run): its store and workers stay until a restart.
+        if let Some(started) = self.jobs.get()
+            && format!("{:?}", config.jobs) != format!("{:?}", started.as_ref().map(|j| &j.config))
+        {
+            replaced.needs_restart.push(
+                "[jobs] changed (still as at startup): its store and workers need a restart"
+                    .to_owned(),
+            );
+        }
         let served = Served::new(gateway)?;
         #[cfg(feature = "demo")]
         let served = Served {
