@@ -58,7 +58,10 @@ pub(crate) async fn run(jobs: Arc<Jobs>) {
             count_jobs(&jobs).await;
             callback::deliver_due(&jobs).await;
         }
+        // Registered before looking, so that a submission between the look and the wait is not missed.
         let wake = jobs.wake.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
         match jobs.store.claim(&jobs.worker_id, lease_ms).await {
             Ok(Some(claim)) => {
                 let jobs = jobs.clone();
