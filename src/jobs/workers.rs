@@ -94,6 +94,12 @@ async fn count_jobs(jobs: &Jobs) {
     for (status, count) in counts {
         gateway.metrics.jobs_in(status.as_str(), count);
     }
+    let [(_, queued), (_, running), (_, paused)] = counts;
+    gateway.observer.jobs(|view| {
+        view.queued = queued;
+        view.running = running;
+        view.paused = paused;
+    });
 }
 
 fn lease_ms(jobs: &Jobs) -> i64 {
@@ -129,11 +135,14 @@ async fn partition(jobs: &Arc<Jobs>, claim: &Claim) -> Result<(), JobError> {
             }
         })
     };
+    gateway.observer.job_running(&claim.job_id, true);
     let result = run_parts(jobs, &gateway, claim, held).await;
+    gateway.observer.job_running(&claim.job_id, false);
     beat.abort();
     result?;
     if jobs.store.release(claim, &jobs.worker_id).await? {
         gateway.metrics.job_partition_done();
+        gateway.observer.jobs(|view| view.partitions_done += 1);
         callback::deliver_due(jobs).await;
     }
     Ok(())
@@ -239,6 +248,7 @@ async fn one(
         .answer(&claim.job_id, index as i64, &answer, elapsed)
         .await?;
     gateway.metrics.job_part(failed(answer.status));
+    gateway.observer.jobs(|view| view.parts_done += 1);
     Ok(())
 }
 

@@ -160,6 +160,10 @@ async fn a_job_of_10000_parts_runs_every_part_once_and_answers_in_order() {
         metric(&text, "batchgate_job_partitions_done_total", &[]),
         100
     );
+    // The same on /admin/stats (and its dashboard).
+    let stats = gw.gateway.stats_json();
+    assert_eq!(stats["jobs"]["parts_done"], 10_000, "{}", stats["jobs"]);
+    assert_eq!(stats["jobs"]["partitions_done"], 100);
 
     let reply = gw
         .request(
