@@ -609,8 +609,9 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
-    /// Claims the next partition to run (pending, or leased by a worker whose lease has run out) of a
-    /// queued or running job, oldest job first. On Postgres the candidate row is locked `FOR UPDATE SKIP
+    /// Claims the next partition to run (pending, or leased by another instance whose lease has run out: this
+    /// instance's own are still running here, their heartbeat late) of a queued or running job, oldest job
+    /// first. On Postgres the candidate row is locked `FOR UPDATE SKIP
     /// LOCKED`, so instances never claim the same one; SQLite has one writer at a time.
     pub(crate) async fn claim(
         &self,
@@ -627,7 +628,8 @@ impl Store {
              started_at = COALESCE(started_at, $3) \
              WHERE (job_id, idx) = (SELECT p.job_id, p.idx FROM job_partitions p JOIN jobs j ON j.id = p.job_id \
              WHERE j.status IN ('queued', 'running') \
-             AND (p.status = 'pending' OR (p.status = 'running' AND p.lease_until < $3)) \
+             AND (p.status = 'pending' OR (p.status = 'running' AND p.lease_until < $3 \
+             AND p.lease_owner <> $1)) \
              ORDER BY j.created_at, p.job_id, p.idx LIMIT 1{lock}) \
              RETURNING job_id, idx"
         );

@@ -111,8 +111,8 @@ async fn partition(jobs: &Arc<Jobs>, claim: &Claim) -> Result<(), JobError> {
     let Some(gateway) = jobs.gateway() else {
         return Ok(());
     };
-    // The heartbeat: while it holds the lease, `held` stays true.
-    let (lost, held) = watch::channel(false);
+    // The heartbeat: `lost` turns true once the lease is another instance's; no part starts after that.
+    let (lost, lease_lost) = watch::channel(false);
     let beat = {
         let jobs = jobs.clone();
         let claim = claim.clone();
@@ -136,7 +136,7 @@ async fn partition(jobs: &Arc<Jobs>, claim: &Claim) -> Result<(), JobError> {
         })
     };
     gateway.observer.job_running(&claim.job_id, true);
-    let result = run_parts(jobs, &gateway, claim, held).await;
+    let result = run_parts(jobs, &gateway, claim, lease_lost).await;
     gateway.observer.job_running(&claim.job_id, false);
     beat.abort();
     result?;
