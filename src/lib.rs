@@ -28,6 +28,8 @@
 //! - `direct`: with `direct = true` on a route, a plain request proxied through the route's stack and
 //!   answered as an ordinary response (the endpoints hand it over; no batch stages).
 //! - `route`: which route a part goes to, after normalising its target.
+//! - `jobs`: with `[jobs]`, batches that outlive their connection: `/jobs` (api), a store (SQLite or
+//!   Postgres) and workers that feed the parts into the same route stacks at a lower priority.
 //! - `stack`: the per-route tower `Service` stack a part goes through upstream (rate limit, header policy,
 //!   rewrite, field masks, the HTTP cache and coalescing, timeout, retries, in-flight limits fixed or adaptive,
 //!   response rules, balancing and passive health, the pools per upstream address), built per route as one
@@ -63,6 +65,7 @@ pub(crate) mod fields;
 mod fuzz_inputs;
 pub(crate) mod gateway;
 pub(crate) mod headers;
+pub(crate) mod jobs;
 pub(crate) mod metrics;
 pub(crate) mod observe;
 #[cfg(feature = "otel")]

@@ -43,6 +43,12 @@ struct OutcomeLabels {
     outcome: String,
 }
 
+/// A job part's outcome (`succeeded`, `failed`), or a job's status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabel {
+    job: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DurationLabels {
     route: String,
@@ -84,6 +90,11 @@ pub(crate) struct Metrics {
     route_in_flight: Family<RouteLabel, Gauge>,
     batches_in_flight: Gauge<i64, AtomicI64>,
     sub_requests_in_flight: Gauge<i64, AtomicI64>,
+    /// `[jobs]`: parts answered by outcome (their rate is parts per second), partitions done, and jobs by
+    /// status (queued, running, paused) as the workers last read them from the store.
+    job_parts: Family<JobLabel, Counter>,
+    job_partitions_done: Counter,
+    jobs: Family<JobLabel, Gauge>,
     /// Serialises scrapes: the gauges are set, then encoded.
     scrape: Mutex<()>,
     /// Each route's series, resolved once: counting a part then allocates nothing.
@@ -131,6 +142,9 @@ impl Default for Metrics {
             route_in_flight: Family::default(),
             batches_in_flight: Gauge::default(),
             sub_requests_in_flight: Gauge::default(),
+            job_parts: Family::default(),
+            job_partitions_done: Counter::default(),
+            jobs: Family::default(),
             scrape: Mutex::new(()),
             routes: RwLock::default(),
             registry: Registry::default(),
@@ -253,6 +267,21 @@ impl Default for Metrics {
             "sub_requests_in_flight",
             "Sub-requests talking to upstreams, across routes",
             m.sub_requests_in_flight.clone(),
+        );
+        registry.register(
+            "job_parts",
+            "Parts of jobs answered, by outcome (job=\"succeeded\" or \"failed\")",
+            m.job_parts.clone(),
+        );
+        registry.register(
+            "job_partitions_done",
+            "Partitions of jobs run to their end by this instance",
+            m.job_partitions_done.clone(),
+        );
+        registry.register(
+            "jobs",
+            "Jobs in the store by status (job=\"queued\", \"running\", \"paused\")",
+            m.jobs.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -537,6 +566,23 @@ impl Metrics {
 
     pub(crate) fn upstream_connect(&self) {
         self.upstream_connects.inc();
+    }
+
+    /// A job's part was answered and its answer committed.
+    pub(crate) fn job_part(&self, failed: bool) {
+        let job = if failed { "failed" } else { "succeeded" };
+        self.job_parts.get_or_create(&JobLabel { job }).inc();
+    }
+
+    pub(crate) fn job_partition_done(&self) {
+        self.job_partitions_done.inc();
+    }
+
+    /// Jobs in the store in `status`, as last counted.
+    pub(crate) fn jobs_in(&self, status: &'static str, count: i64) {
+        self.jobs
+            .get_or_create(&JobLabel { job: status })
+            .set(count);
     }
 
     /// The exposition text, with the gauges read now.

@@ -287,7 +287,7 @@ mod tests {
             &[],
         );
         refused(
-            "[limits]\nshutdown_grace = \"2d\"",
+            "[limits]\nshutdown_grace = \"2w\"",
             "shutdown_grace",
             &["unknown duration unit"],
         );

@@ -20,6 +20,7 @@ mod cidr;
 mod compression;
 mod cors;
 mod headers;
+mod jobs;
 mod limits;
 mod origin;
 mod rate_limit;
@@ -39,6 +40,7 @@ pub use cidr::Cidr;
 pub use compression::{Coding, CompressionConfig};
 pub use cors::CorsConfig;
 pub use headers::HeaderPolicy;
+pub use jobs::{JobsConfig, StoreUrl};
 pub use limits::Limits;
 pub use origin::Origin;
 pub use rate_limit::{RateLimitConfig, RateLimitKey};
@@ -112,6 +114,8 @@ pub struct Config {
     pub cache: Option<CacheConfig>,
     /// `[[routes]]`: the longest prefix matching on a segment boundary wins; none is a 404 part.
     pub routes: Vec<RouteConfig>,
+    /// `[jobs]`: asynchronous batch jobs (`POST /jobs`); none without the section.
+    pub jobs: Option<JobsConfig>,
 }
 
 impl Default for Config {
@@ -133,6 +137,7 @@ impl Default for Config {
             compression: CompressionConfig::default(),
             cache: None,
             routes: Vec::new(),
+            jobs: None,
         }
     }
 }
@@ -230,6 +235,9 @@ impl Config {
             resolve(&mut tls.cert);
             resolve(&mut tls.key);
         }
+        if let Some(jobs) = &mut self.jobs {
+            jobs.resolve_paths(dir);
+        }
         for route in &mut self.routes {
             for path in [
                 &mut route.ca_file,
@@ -273,6 +281,9 @@ impl Config {
         }
         if let Some(limit) = &self.rate_limit {
             limit.validate()?;
+        }
+        if let Some(jobs) = &self.jobs {
+            jobs.validate()?;
         }
         for (i, route) in self.routes.iter().enumerate() {
             route.validate_adaptive(i)?;
@@ -446,7 +457,7 @@ upstream = "http://127.0.0.1:9001"
             // Optional sections are documented as commented-out examples.
             if matches!(
                 key.as_str(),
-                "tls" | "cors" | "admin" | "rate_limit" | "cache"
+                "tls" | "cors" | "admin" | "rate_limit" | "cache" | "jobs"
             ) {
                 assert!(
                     text.contains(&format!("# [{key}]")),
@@ -455,6 +466,12 @@ upstream = "http://127.0.0.1:9001"
             } else {
                 assert!(table.contains_key(&key), "config.toml lacks {key}");
             }
+        }
+        for key in field_names(&format!("{:?}", JobsConfig::default())) {
+            assert!(
+                text.contains(&format!("# {key} =")),
+                "config.toml lacks jobs.{key}"
+            );
         }
         for key in field_names(&format!("{:?}", CorsConfig::default())) {
             assert!(

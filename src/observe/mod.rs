@@ -36,6 +36,22 @@ pub(crate) struct Observer {
     batches: Mutex<VecDeque<Arc<BatchTimeline>>>,
     tuning: Mutex<VecDeque<TuningEvent>>,
     next_batch: AtomicU64,
+    /// `[jobs]`, once its workers run: what they last counted, and the jobs with partitions running here
+    /// (with how many), which tuning events name.
+    jobs: Mutex<Option<JobsView>>,
+    running_jobs: Mutex<HashMap<String, usize>>,
+}
+
+/// What the jobs are doing, for `/admin/stats` and the dashboard.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct JobsView {
+    /// Jobs in the store by status, as the workers last read them.
+    pub queued: i64,
+    pub running: i64,
+    pub paused: i64,
+    /// Parts and partitions this instance has finished since it started (a rate is their change per second).
+    pub parts_done: u64,
+    pub partitions_done: u64,
 }
 
 impl Default for Observer {
@@ -46,6 +62,8 @@ impl Default for Observer {
             batches: Mutex::default(),
             tuning: Mutex::default(),
             next_batch: AtomicU64::new(1),
+            jobs: Mutex::default(),
+            running_jobs: Mutex::default(),
         }
     }
 }
@@ -59,6 +77,9 @@ pub(crate) struct TuningEvent {
     pub from: usize,
     pub to: usize,
     pub reason: String,
+    /// The jobs with partitions running on this instance when the limit changed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<String>,
 }
 
 /// One route in `/admin/stats`.
@@ -104,6 +125,9 @@ pub(crate) struct Stats {
     pub batches_in_flight: usize,
     pub tuning: Vec<TuningEvent>,
     pub batches: Vec<BatchView>,
+    /// With `[jobs]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<JobsView>,
 }
 
 impl Observer {
@@ -157,13 +181,42 @@ impl Observer {
         if tuning.len() == TUNING_HISTORY {
             tuning.pop_front();
         }
+        let mut jobs: Vec<String> = self
+            .running_jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        jobs.sort();
         tuning.push_back(TuningEvent {
             at,
             route: route.to_owned(),
             from,
             to,
             reason,
+            jobs,
         });
+    }
+
+    /// Changes what the jobs view says (creating it when the jobs start).
+    pub(crate) fn jobs(&self, change: impl FnOnce(&mut JobsView)) {
+        let mut view = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        change(view.get_or_insert_with(JobsView::default));
+    }
+
+    /// A partition of `job` starts (`true`) or stops running here.
+    pub(crate) fn job_running(&self, job: &str, running: bool) {
+        let mut jobs = self.running_jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let count = jobs.entry(job.to_owned()).or_default();
+        if running {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                jobs.remove(job);
+            }
+        }
     }
 
     /// The stats of these routes now.
@@ -226,6 +279,7 @@ impl Observer {
                 .rev()
                 .map(|b| b.view())
                 .collect(),
+            jobs: self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
 }

@@ -15,12 +15,14 @@ use super::cors::Cors;
 use super::live::Served;
 use crate::error::{BatchError, Fault};
 use crate::gateway::Gateway;
+use crate::jobs::{self, Jobs};
 use crate::response::{ReplyBody, error_response, full};
 use crate::{batch, direct};
 
 /// Answers one request; `tls` says whether it came over HTTPS.
 pub(super) async fn dispatch(
     served: &Served,
+    jobs: Option<&Arc<Jobs>>,
     request: Request<Incoming>,
     peer: SocketAddr,
     tls: bool,
@@ -28,6 +30,14 @@ pub(super) async fn dispatch(
 ) -> Response<ReplyBody> {
     let gateway = &served.gateway;
     let path = request.uri().path();
+    if let Some(jobs) = jobs {
+        let respond_async = path == gateway.config.batch_path
+            && request.method() == Method::POST
+            && jobs::api::prefers_async(request.headers());
+        if respond_async || jobs::api::is_jobs_path(path) {
+            return jobs::api::serve(jobs, gateway, request, peer.ip(), tls, respond_async).await;
+        }
+    }
     if path == gateway.config.batch_path {
         let Some(cors) = &served.cors else {
             return batch_endpoint(gateway, request, peer, tls).await;

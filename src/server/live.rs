@@ -28,6 +28,7 @@ use crate::config::{Config, ConfigError, LogFormat};
 #[cfg(feature = "demo")]
 use crate::demo::DemoSite;
 use crate::gateway::Gateway;
+use crate::jobs::Jobs;
 
 /// A gateway and what the server derives from its config, swapped together.
 #[derive(Debug)]
@@ -102,6 +103,8 @@ pub struct Live {
     /// Served with every gateway (`--demo`).
     #[cfg(feature = "demo")]
     demo_site: Option<Arc<DemoSite>>,
+    /// `[jobs]` as the server started it (its store and workers): fixed until a restart.
+    jobs: tokio::sync::OnceCell<Option<Arc<Jobs>>>,
 }
 
 impl Live {
@@ -135,6 +138,7 @@ impl Live {
             log_format: config.log_format,
             #[cfg(feature = "demo")]
             demo_site: None,
+            jobs: tokio::sync::OnceCell::new(),
             current: RwLock::new(Arc::new(served)),
         }
     }
@@ -150,6 +154,36 @@ impl Live {
     /// The gateway new batches are served by now.
     pub fn gateway(&self) -> Arc<Gateway> {
         self.current().gateway.clone()
+    }
+
+    /// Opens `[jobs]`'s store (creating or migrating its tables) and starts this instance's workers, once;
+    /// nothing without `[jobs]`. [`serve`](super::serve) calls it; a program calls it before, to fail at
+    /// startup on a store it cannot open.
+    pub async fn start_jobs(self: &Arc<Self>) -> Result<(), String> {
+        self.jobs
+            .get_or_try_init(|| async {
+                let Some(config) = self.gateway().config.jobs.clone() else {
+                    return Ok(None);
+                };
+                Jobs::start(&config, self).await.map(Some)
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The jobs, once started with `[jobs]`.
+    pub(crate) fn jobs(&self) -> Option<&Arc<Jobs>> {
+        self.jobs.get().and_then(Option::as_ref)
+    }
+
+    /// Moves the job store's clock forward by `by`: retention and leases as if that time had passed. For
+    /// tests, which must not wait for them.
+    #[doc(hidden)]
+    pub fn advance_job_clock(&self, by: std::time::Duration) {
+        if let Some(jobs) = self.jobs() {
+            jobs.store.clock.advance(by);
+        }
     }
 
     /// Whether the listener speaks HTTPS (fixed at startup).
@@ -201,6 +235,15 @@ impl Live {
                 show(config.log_format),
                 show(self.log_format)
             ));
+        }
+        // `[jobs]` as started (once `start_jobs` has run): its store and workers stay until a restart.
+        if let Some(started) = self.jobs.get()
+            && format!("{:?}", config.jobs) != format!("{:?}", started.as_ref().map(|j| &j.config))
+        {
+            replaced.needs_restart.push(
+                "[jobs] changed (still as at startup): its store and workers need a restart"
+                    .to_owned(),
+            );
         }
         let served = Served::new(gateway)?;
         #[cfg(feature = "demo")]

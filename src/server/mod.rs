@@ -93,6 +93,10 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// finish for up to `limits.shutdown_grace`. Each request is served by the gateway current when it arrives;
 /// each connection gets the connection limits current when it is accepted.
 pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future<Output = ()>) {
+    if let Err(e) = live.start_jobs().await {
+        tracing::error!("not serving: {e}");
+        return;
+    }
     let max_connections = live.gateway().config.limits.max_connections;
     let mut acceptor = Acceptor::new(listener, shutdown, max_connections, "");
     let registry = Arc::new(Registry::default());
@@ -242,8 +246,11 @@ impl Handler {
             let active = conn.begin();
             let served = live.current();
             let draining = draining.clone();
+            let jobs = live.jobs().cloned();
             async move {
-                let response = endpoints::dispatch(&served, request, peer, tls, &draining).await;
+                let jobs = jobs.as_ref();
+                let response =
+                    endpoints::dispatch(&served, jobs, request, peer, tls, &draining).await;
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, active, served)))
             }
         })

@@ -16,6 +16,7 @@ mod direct;
 mod fields;
 mod gateway;
 mod identity;
+mod jobs;
 mod json_batch;
 mod observability;
 mod operations;

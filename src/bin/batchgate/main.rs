@@ -233,6 +233,8 @@ async fn run(args: Args, file: Option<Result<Config, ConfigError>>) -> Result<()
     let gateway = Arc::new(Gateway::new(config).map_err(|e| e.to_string())?);
     // Reads `[tls]`'s certificate and key: a bad file is a startup error naming tls.cert or tls.key.
     let live = Live::with_demo_site(gateway, demo_site).map_err(|e| e.to_string())?;
+    // `[jobs]`: a store that cannot be opened is a startup error.
+    live.start_jobs().await?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

@@ -1,11 +1,12 @@
 //! In-process test servers and clients, each started on `127.0.0.1:0` in one line, split by concern:
 //! upstreams, the gateway (and what it is sent), raw HTTP over TCP, TLS, the real binary, the browser, and a
-//! real redis-server.
+//! real redis-server, a throwaway PostgreSQL cluster.
 //! Every area uses a different subset; `use crate::support::*` brings them all.
 
 mod binary;
 mod browser;
 mod gateway;
+mod postgres;
 mod raw;
 mod redis;
 mod tls;
@@ -14,6 +15,7 @@ mod upstreams;
 pub(crate) use binary::*;
 pub(crate) use browser::*;
 pub(crate) use gateway::*;
+pub(crate) use postgres::*;
 pub(crate) use raw::*;
 pub(crate) use redis::*;
 pub(crate) use tls::*;
