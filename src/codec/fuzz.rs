@@ -10,9 +10,12 @@ use http::StatusCode;
 use serde_json::Value;
 
 use super::json::{JsonError, PartReader, ReplyWriter};
+#[path = "../../tests/fuzz_checks/chunks.rs"]
+mod chunks;
 use super::{Part, Rendered};
 use crate::stack::UpstreamResponse;
 use batchgate_wire::{Framing, PartLimits};
+use chunks::ChunkSizes;
 
 const LIMITS: PartLimits = PartLimits {
     max_headers: 16,
@@ -209,40 +212,6 @@ fn carries(body: &Value, sent: &Bytes) -> bool {
                 || as_json.as_ref() == Some(body)
         }
         value => as_json.as_ref() == Some(value),
-    }
-}
-
-/// Piece sizes from a seed: 0 to `1 + seed_hi % 32` bytes, never two empty pieces in a row.
-struct ChunkSizes {
-    state: u32,
-    max: u32,
-    last_empty: bool,
-}
-
-impl ChunkSizes {
-    fn new(seed: u16) -> ChunkSizes {
-        ChunkSizes {
-            state: u32::from(seed) | 0x1_0000,
-            max: 1 + u32::from(seed >> 8) % 32,
-            last_empty: false,
-        }
-    }
-}
-
-impl Iterator for ChunkSizes {
-    type Item = usize;
-
-    fn next(&mut self) -> Option<usize> {
-        // xorshift32
-        self.state ^= self.state << 13;
-        self.state ^= self.state >> 17;
-        self.state ^= self.state << 5;
-        let mut size = self.state % (self.max + 1);
-        if size == 0 && self.last_empty {
-            size = 1;
-        }
-        self.last_empty = size == 0;
-        Some(size as usize)
     }
 }
 

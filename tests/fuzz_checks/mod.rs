@@ -3,6 +3,8 @@
 //! parameters from the first bytes, runs the wire code and panics when an invariant breaks. Plain std and
 //! batchgate only, so `cargo test` runs them without any fuzzing dependency.
 
+mod chunks;
+
 use batchgate_wire::{
     ContentId, FramingError, PartLimits, PartSplitter, boundary_from_content_type, parse_part,
     write_close, write_request_part,
@@ -10,6 +12,8 @@ use batchgate_wire::{
 use bytes::BytesMut;
 use http::Method;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+
+use chunks::ChunkSizes;
 
 /// `multipart`: `[boundary length][boundary][max_part_bytes][chunk seed: 2][body...]`.
 ///
@@ -223,40 +227,6 @@ impl<'a> MultipartInput<'a> {
             seed,
             body: &rest[3..],
         })
-    }
-}
-
-/// Chunk sizes from a seed: 0 to `1 + seed_hi % 32` bytes, never two empty chunks in a row.
-struct ChunkSizes {
-    state: u32,
-    max: u32,
-    last_empty: bool,
-}
-
-impl ChunkSizes {
-    fn new(seed: u16) -> ChunkSizes {
-        ChunkSizes {
-            state: u32::from(seed) | 0x1_0000,
-            max: 1 + u32::from(seed >> 8) % 32,
-            last_empty: false,
-        }
-    }
-}
-
-impl Iterator for ChunkSizes {
-    type Item = usize;
-
-    fn next(&mut self) -> Option<usize> {
-        // xorshift32
-        self.state ^= self.state << 13;
-        self.state ^= self.state >> 17;
-        self.state ^= self.state << 5;
-        let mut size = self.state % (self.max + 1);
-        if size == 0 && self.last_empty {
-            size = 1;
-        }
-        self.last_empty = size == 0;
-        Some(size as usize)
     }
 }
 
