@@ -31,8 +31,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{
-    AGE, CONTENT_LENGTH, CONTENT_LOCATION, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
-    LOCATION,
+    AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    LAST_MODIFIED, LOCATION,
 };
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
@@ -41,6 +41,8 @@ use http_cache_semantics::{
 };
 use tokio::sync::watch;
 use tower::{Layer, Service};
+
+mod parse;
 
 use super::rewrite::Mapping;
 use super::rules::unaccepted_coding;
@@ -54,8 +56,8 @@ use batchgate_wire::Framing;
 
 /// `Cache-Status` (RFC 9211).
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-/// How long a stale entry with validators is kept beyond its freshness, to be revalidated rather than
-/// fetched again.
+/// How long an entry is kept beyond its freshness: to be revalidated rather than fetched again, or served
+/// to a part that accepts it stale.
 const STALE_KEPT: Duration = Duration::from_secs(3600);
 
 /// What the route's cache layer shares between its clones.
@@ -246,7 +248,7 @@ fn cache_status(
 /// A part on a route with a cache: answered from the store, revalidated, or fetched (and stored).
 async fn serve<S>(state: &State, inner: S, mut request: PartRequest) -> Answer
 where
-    S: Service<PartRequest, Response = UpstreamResponse, Error = PartError>,
+    S: Service<PartRequest, Response = UpstreamResponse, Error = PartError> + Clone,
 {
     let cache = state.cache.as_ref().expect("only called with a cache");
     if !matches!(request.method, Method::GET | Method::HEAD) {
@@ -277,10 +279,11 @@ where
     let mut revalidating = None;
     if let Some(entry) = found {
         // A HEAD is answered from a GET's entry: the rules are asked about the GET.
+        let headers = parse::request(&request.headers);
         let view = View {
             method: &Method::GET,
             path: &request.path,
-            headers: &request.headers,
+            headers: &headers,
         };
         // The entry's body may be compressed in a way this part does not accept (the rules layer below
         // decodes per part): then it is another variant, like one `Vary: Accept-Encoding` tells apart.
@@ -304,9 +307,11 @@ where
                 }
                 let validators = entry.validators();
                 if !head && validators.is_some() {
+                    // As the client sent it, should the upstream's 304 not fit the entry.
+                    let unconditional = request.try_clone();
                     Conditions::remove_from(&mut request.headers);
                     validators.add_to(&mut request.headers);
-                    revalidating = Some(entry);
+                    revalidating = Some((entry, unconditional));
                 }
             }
             BeforeRequest::Stale { matches: false, .. } => fwd = Fwd::VaryMiss,
@@ -316,10 +321,18 @@ where
     if fwd != Fwd::Stale {
         state.metrics.cache_event(&state.route, CacheEvent::Miss);
     }
+    if request.headers.contains_key(CACHE_CONTROL) && parse::only_if_cached(&request.headers) {
+        // RFC 9111 section 5.2.1.7: nothing stored may answer it, and the upstream must not be asked.
+        return Ok(not_cached(
+            request.index,
+            cache_status(fwd, None, Kept::No, false),
+        ));
+    }
     let asked = Asked::of(&request);
-    let (mut answer, collapsed) = fetch(state, inner, request).await?;
+    let again = revalidating.as_ref().map(|_| inner.clone());
+    let (mut answer, mut collapsed) = fetch(state, inner, request).await?;
     let now = cache.clock.now();
-    if let Some(old) = &revalidating
+    if let Some((old, _)) = &revalidating
         && answer.status == StatusCode::NOT_MODIFIED
         && !answer.headers.contains_key(ETAG)
         && !answer.headers.contains_key(LAST_MODIFIED)
@@ -337,11 +350,25 @@ where
             }
         }
     }
-    if let Some(old) = revalidating
-        && answer.status == StatusCode::NOT_MODIFIED
-        && let AfterResponse::NotModified(policy, _) =
-            old.policy.after_response(&asked.view(), &answer, now)
-    {
+    let revalidated = revalidating.and_then(|(old, unconditional)| {
+        if answer.status != StatusCode::NOT_MODIFIED {
+            return None;
+        }
+        match old
+            .policy
+            .after_response(&asked.view(), &Judged::of(&answer, now), now)
+        {
+            AfterResponse::NotModified(policy, _) => Some(Ok((old, policy))),
+            // A 304 the entry cannot take (its strong ETag is another): the answer is fetched again
+            // without our validators, never passed to a client that asked for no 304 (RFC 9111 4.3.3).
+            AfterResponse::Modified(..) => Some(Err(unconditional)),
+        }
+    });
+    if let Some(Err(unconditional)) = revalidated {
+        let inner = again.expect("kept when revalidating");
+        answer = tower::ServiceExt::oneshot(inner, unconditional).await?;
+        collapsed = false;
+    } else if let Some(Ok((old, policy))) = revalidated {
         state
             .metrics
             .cache_event(&state.route, CacheEvent::Revalidated);
@@ -357,7 +384,8 @@ where
     }
     let mut kept = Kept::No;
     if !head && !collapsed {
-        let policy = CachePolicy::new_options(&asked.view(), &answer, now, options());
+        let policy =
+            CachePolicy::new_options(&asked.view(), &Judged::of(&answer, now), now, options());
         if policy.is_storable() && answer.body_len > cache.max_entry_bytes {
             kept = Kept::TooLarge;
         } else if policy.is_storable() {
@@ -396,10 +424,11 @@ async fn store(
     now: SystemTime,
 ) -> bool {
     let fresh = entry.policy.time_to_live(now);
-    let ttl = if entry.validators().is_some() {
+    // Stale, it can still be revalidated, or serve a part that accepts it stale (`max-stale`).
+    let ttl = if entry.validators().is_some() || !fresh.is_zero() {
         fresh + STALE_KEPT
     } else {
-        fresh
+        Duration::ZERO
     };
     if ttl.is_zero() {
         return false;
@@ -492,6 +521,29 @@ fn answer_from(
         framing: Framing::Exact,
         peer: None,
     })
+}
+
+/// The gateway's 504 to a part with `only-if-cached` that nothing stored can answer.
+fn not_cached(index: usize, cache_status: HeaderValue) -> UpstreamResponse {
+    let body = crate::error::error_body(
+        StatusCode::GATEWAY_TIMEOUT,
+        "the part asked only-if-cached and the cache holds no answer it can use",
+        Some((index, crate::error::Fault::Client)),
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(CACHE_STATUS, cache_status);
+    UpstreamResponse {
+        status: StatusCode::GATEWAY_TIMEOUT,
+        headers,
+        body_len: body.len() as u64,
+        body: vec![body],
+        framing: Framing::Exact,
+        peer: None,
+    }
 }
 
 /// The stored headers, updated by a 304's (RFC 9111 section 3.2): each field the 304 carries replaces the
@@ -644,7 +696,29 @@ impl RequestLike for View<'_> {
     }
 }
 
-impl ResponseLike for UpstreamResponse {
+/// An answer as the rules see it: its headers read as RFC 9111 says (`parse::response`).
+struct Judged {
+    status: StatusCode,
+    headers: HeaderMap,
+}
+
+impl Judged {
+    fn of(answer: &UpstreamResponse, received: SystemTime) -> Judged {
+        let headers = parse::response(&answer.headers, received);
+        // RFC 9111 section 3: any final status may be stored when the answer gives it explicit freshness
+        // (heuristics stay with the statuses defined as heuristically cacheable). The rules store only the
+        // statuses they list, so such an answer is put to them as a 200; the entry keeps its own status.
+        let status = match answer.status {
+            StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED => answer.status,
+            status if status.is_informational() => status,
+            _ if parse::explicit_freshness(&headers) => StatusCode::OK,
+            status => status,
+        };
+        Judged { status, headers }
+    }
+}
+
+impl ResponseLike for Judged {
     fn status(&self) -> StatusCode {
         self.status
     }
@@ -691,7 +765,7 @@ impl Asked {
             index: request.index,
             method: request.method.clone(),
             path: request.path.clone(),
-            headers: request.headers.clone(),
+            headers: parse::request(&request.headers).into_owned(),
             batch: request.batch.clone(),
         }
     }
@@ -1060,6 +1134,163 @@ mod tests {
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 2);
         assert_eq!(seen[1].2[IF_NONE_MATCH], "\"v1\"");
+    }
+
+    /// A 304 whose strong ETag is not the entry's cannot refresh it: the part is fetched again without the
+    /// layer's validators and gets the new answer, not a 304 it never asked for.
+    #[tokio::test(start_paused = true)]
+    async fn a_304_the_entry_cannot_take_is_fetched_again_unconditionally() {
+        let (service, seen) = cached(false, |request| {
+            if request.headers.contains_key(IF_NONE_MATCH) {
+                with(answer(StatusCode::NOT_MODIFIED, b""), &[("etag", "\"v2\"")])
+            } else {
+                with(
+                    answer(StatusCode::OK, b"new"),
+                    &[("cache-control", "max-age=1"), ("etag", "\"v1\"")],
+                )
+            }
+        });
+        call(&service, get("/a/x", &[])).await;
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let again = call(&service, get("/a/x", &[])).await;
+        assert_eq!(again.status, StatusCode::OK);
+        assert_eq!(body(&again), b"new");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3);
+        assert_eq!(seen[1].2[IF_NONE_MATCH], "\"v1\"");
+        assert!(!seen[2].2.contains_key(IF_NONE_MATCH));
+    }
+
+    /// `only-if-cached` (RFC 9111 5.2.1.7): a 504 without asking the upstream when nothing stored can
+    /// answer, the entry when one can.
+    #[tokio::test(start_paused = true)]
+    async fn only_if_cached_is_answered_504_when_nothing_stored_can_answer() {
+        let (service, seen) = cached(false, |_| {
+            with(
+                answer(StatusCode::OK, b"x"),
+                &[("cache-control", "max-age=60")],
+            )
+        });
+        let refused = call(
+            &service,
+            get("/a/x", &[("cache-control", "Only-If-Cached")]),
+        )
+        .await;
+        assert_eq!(refused.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(header(&refused, "cache-status"), "batchgate; fwd=uri-miss");
+        assert!(
+            String::from_utf8(body(&refused))
+                .unwrap()
+                .contains("only-if-cached")
+        );
+        assert!(seen.lock().unwrap().is_empty());
+        call(&service, get("/a/x", &[])).await;
+        let hit = call(
+            &service,
+            get("/a/x", &[("cache-control", "only-if-cached")]),
+        )
+        .await;
+        assert_eq!(header(&hit, "cache-status"), "batchgate; hit");
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    /// A stale entry (without validators) is kept to serve a part with `max-stale`; `Pragma: no-cache` on a
+    /// request (deprecated by RFC 9111 5.4) does not pass over a fresh entry.
+    #[tokio::test(start_paused = true)]
+    async fn max_stale_is_served_a_stale_entry_and_request_pragma_is_ignored() {
+        let (service, seen) = cached(false, |_| {
+            with(
+                answer(StatusCode::OK, b"x"),
+                &[("cache-control", "max-age=10")],
+            )
+        });
+        call(&service, get("/a/x", &[])).await;
+        let pragma = call(&service, get("/a/x", &[("pragma", "no-cache")])).await;
+        assert_eq!(header(&pragma, "cache-status"), "batchgate; hit");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let stale = call(
+            &service,
+            get("/a/x", &[("cache-control", "max-stale=1000")]),
+        )
+        .await;
+        assert_eq!(header(&stale, "cache-status"), "batchgate; hit");
+        assert_eq!(header(&stale, "age"), "30");
+        let too_stale = call(&service, get("/a/x", &[("cache-control", "max-stale=5")])).await;
+        assert_eq!(
+            header(&too_stale, "cache-status"),
+            "batchgate; fwd=stale; fwd-status=200; stored"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    /// The rules read the upstream's headers as RFC 9111 writes them: directive names in any case, `Age`'s
+    /// first member, the apparent age from `Date`, `Expires` in the obsolete date formats.
+    #[tokio::test(start_paused = true)]
+    async fn directives_age_date_and_expires_are_read_as_rfc_9111_says() {
+        let two_hours_ago = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(7200));
+        let (service, seen) = cached(false, move |request| {
+            let headers: &[(&'static str, &str)] = match request.path.path() {
+                "/a/no-store" => &[("cache-control", "max-age=60, No-Store")],
+                "/a/age" => &[("cache-control", "max-age=3600"), ("age", "7200, 0")],
+                "/a/date" => &[("cache-control", "max-age=3600"), ("date", &two_hours_ago)],
+                "/a/rfc850" => &[("expires", "Thursday, 18-Aug-50 02:01:18 GMT")],
+                "/a/asctime" => &[("expires", "Thu Aug 18 02:01:18 2050")],
+                _ => &[("cache-control", "MAX-AGE=60")],
+            };
+            with(answer(StatusCode::OK, b"x"), headers)
+        });
+        for (path, second) in [
+            ("/a/no-store", "batchgate; fwd=uri-miss"),
+            ("/a/age", "batchgate; fwd=uri-miss"),
+            ("/a/date", "batchgate; fwd=uri-miss"),
+            ("/a/rfc850", "batchgate; hit"),
+            ("/a/asctime", "batchgate; hit"),
+            ("/a/upper", "batchgate; hit"),
+        ] {
+            call(&service, get(path, &[])).await;
+            let again = call(&service, get(path, &[])).await;
+            assert_eq!(header(&again, "cache-status"), second, "{path}");
+        }
+        // What the client gets is the upstream's headers as they came.
+        let upper = call(&service, get("/a/upper", &[])).await;
+        assert_eq!(header(&upper, "cache-control"), "MAX-AGE=60");
+        assert_eq!(seen.lock().unwrap().len(), 9);
+    }
+
+    /// RFC 9111 section 3: any final status with explicit freshness is stored, with its own status;
+    /// heuristic freshness only for the statuses defined as heuristically cacheable.
+    #[tokio::test(start_paused = true)]
+    async fn any_final_status_with_explicit_freshness_is_stored() {
+        let (service, seen) = cached(false, |request| match request.path.path() {
+            "/a/503" => with(
+                answer(StatusCode::SERVICE_UNAVAILABLE, b"busy"),
+                &[("cache-control", "max-age=60")],
+            ),
+            "/a/599" => with(
+                answer(StatusCode::from_u16(599).unwrap(), b"odd"),
+                &[(
+                    "expires",
+                    &httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(60)),
+                )],
+            ),
+            "/a/500" => answer(StatusCode::INTERNAL_SERVER_ERROR, b"broken"),
+            _ => with(
+                answer(StatusCode::from_u16(599).unwrap(), b"odd"),
+                &[("last-modified", "Mon, 01 Jan 2001 00:00:00 GMT")],
+            ),
+        });
+        for (path, status, second) in [
+            ("/a/503", 503, "batchgate; hit"),
+            ("/a/599", 599, "batchgate; hit"),
+            ("/a/500", 500, "batchgate; fwd=uri-miss"),
+            ("/a/heuristic", 599, "batchgate; fwd=uri-miss"),
+        ] {
+            call(&service, get(path, &[])).await;
+            let again = call(&service, get(path, &[])).await;
+            assert_eq!(again.status.as_u16(), status, "{path}");
+            assert_eq!(header(&again, "cache-status"), second, "{path}");
+        }
+        assert_eq!(seen.lock().unwrap().len(), 6);
     }
 
     /// A fresh entry is served with a growing Age; once stale it is revalidated with its ETag and a 304
