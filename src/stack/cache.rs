@@ -48,7 +48,7 @@ use super::rewrite::Mapping;
 use super::rules::unaccepted_coding;
 use super::{BatchScope, PartRequest, UpstreamResponse};
 use crate::cache::{CacheHandle, Entry, StoreError};
-use crate::error::PartError;
+use crate::error::{Fault, PartError};
 use crate::metrics::{CacheEvent, Metrics};
 use crate::observe::timeline::Mark;
 use crate::observe::trace::{TRACEPARENT, TRACESTATE};
@@ -207,6 +207,8 @@ enum Kept {
     Stored,
     /// Storable, but larger than `cache.max_entry_bytes`.
     TooLarge,
+    /// Not asked for: the upstream failed and the stale entry answered instead.
+    ServedStale,
 }
 
 impl From<bool> for Kept {
@@ -238,6 +240,7 @@ fn cache_status(
         Kept::No => "",
         Kept::Stored => "; stored",
         Kept::TooLarge => "; detail=too-large",
+        Kept::ServedStale => "; detail=stale-on-error",
     });
     if collapsed {
         text.push_str("; collapsed");
@@ -277,6 +280,10 @@ where
     let client = Conditions::of(&request.headers);
     let mut fwd = Fwd::UriMiss;
     let mut revalidating = None;
+    // The GET entry a HEAD sent upstream could have been answered from: its 200 updates it.
+    let mut head_of = None;
+    // A stale entry, to answer with if the upstream fails and the entry allows it.
+    let mut fallback = None;
     if let Some(entry) = found {
         // A HEAD is answered from a GET's entry: the rules are asked about the GET.
         let headers = parse::request(&request.headers);
@@ -304,6 +311,7 @@ where
                 fwd = if stale { Fwd::Stale } else { Fwd::Request };
                 if stale {
                     state.metrics.cache_event(&state.route, CacheEvent::Stale);
+                    fallback = Some(entry.clone());
                 }
                 let validators = entry.validators();
                 if !head && validators.is_some() {
@@ -312,6 +320,8 @@ where
                     Conditions::remove_from(&mut request.headers);
                     validators.add_to(&mut request.headers);
                     revalidating = Some((entry, unconditional));
+                } else if head {
+                    head_of = Some(entry);
                 }
             }
             BeforeRequest::Stale { matches: false, .. } => fwd = Fwd::VaryMiss,
@@ -330,8 +340,24 @@ where
     }
     let asked = Asked::of(&request);
     let again = revalidating.as_ref().map(|_| inner.clone());
-    let (mut answer, mut collapsed) = fetch(state, inner, request).await?;
+    let fetched = fetch(state, inner, request).await;
     let now = cache.clock.now();
+    // RFC 9111 section 4.2.4 and RFC 5861 section 4: a stale entry may answer for an upstream that failed.
+    let failed = match &fetched {
+        Err(error) => Some((error.fault() == Fault::Upstream, None)),
+        // RFC 5861's errors: 500, 502, 503 and 504.
+        Ok((answer, _)) if matches!(answer.status.as_u16(), 500 | 502..=504) => {
+            Some((false, Some(answer.status)))
+        }
+        Ok(_) => None,
+    };
+    if let (Some(entry), Some((disconnected, upstream))) = (&fallback, failed)
+        && stale_allowed(entry, &asked, disconnected, now)
+    {
+        let status = cache_status(Fwd::Stale, upstream, Kept::ServedStale, false);
+        return answer_from(entry, &asked, &client, now, status);
+    }
+    let (mut answer, mut collapsed) = fetched?;
     if let Some((old, _)) = &revalidating
         && answer.status == StatusCode::NOT_MODIFIED
         && !answer.headers.contains_key(ETAG)
@@ -382,6 +408,11 @@ where
         let status = cache_status(fwd, Some(answer.status), stored.into(), collapsed);
         return answer_from(&entry, &asked, &client, now, status);
     }
+    if let Some(old) = head_of
+        && answer.status == StatusCode::OK
+    {
+        return head_update(state, &key, &old, &asked, &client, answer, fwd).await;
+    }
     let mut kept = Kept::No;
     if !head && !collapsed {
         let policy =
@@ -412,6 +443,90 @@ where
         cache_status(fwd, Some(answer.status), kept, collapsed),
     );
     Ok(answer)
+}
+
+/// A 200 to a HEAD, for the stale (or passed over) GET entry `old` (RFC 9111 section 4.3.5): when the two
+/// agree on the validators and the length the HEAD's answer gives, its fields update the entry, which then
+/// answers the HEAD; otherwise the entry is dropped, and the HEAD gets its answer as it came.
+async fn head_update(
+    state: &State,
+    key: &str,
+    old: &Entry,
+    asked: &Asked,
+    client: &Conditions,
+    mut answer: UpstreamResponse,
+    fwd: Fwd,
+) -> Answer {
+    let cache = state.cache.as_ref().expect("only called with a cache");
+    let now = cache.clock.now();
+    let same = |name: HeaderName| {
+        let new = answer.headers.get(&name);
+        new.is_none() || new == old.headers.get(&name)
+    };
+    let length = answer
+        .headers
+        .get(CONTENT_LENGTH)
+        .is_none_or(|len| len.to_str().ok() == Some(old.body.len().to_string().as_str()));
+    if same(ETAG) && same(LAST_MODIFIED) && length {
+        let headers = refreshed(&old.headers, &answer.headers);
+        let get = View {
+            method: &Method::GET,
+            ..asked.view()
+        };
+        let policy = CachePolicy::new_options(
+            &get,
+            &Judged::new(old.status, &headers, now),
+            now,
+            options(),
+        );
+        if policy.is_storable() {
+            let entry = Arc::new(Entry {
+                policy,
+                status: old.status,
+                headers,
+                body: old.body.clone(),
+            });
+            let stored = store(state, cache, key, &entry, now).await;
+            let status = cache_status(fwd, Some(answer.status), stored.into(), false);
+            return answer_from(&entry, asked, client, now, status);
+        }
+    }
+    if let Err(error) = cache.store.remove(key).await {
+        store_failed(state, &error, "invalidation failed");
+    }
+    answer.headers.insert(
+        CACHE_STATUS,
+        cache_status(fwd, Some(answer.status), Kept::No, false),
+    );
+    Ok(answer)
+}
+
+/// Whether stale `entry` may answer `asked` for an upstream that failed: never when the entry says it must
+/// be revalidated; within its `stale-if-error` when it has one; otherwise only when the upstream could not
+/// be reached or did not answer (`disconnected`), not for an error it answered with.
+fn stale_allowed(entry: &Entry, asked: &Asked, disconnected: bool, now: SystemTime) -> bool {
+    let Some(window) = parse::stale_window(&entry.headers) else {
+        return false;
+    };
+    if window.is_none() && !disconnected {
+        return false;
+    }
+    // The rules judge staleness against a `max-stale` of the window (none: any).
+    let mut headers = asked.headers.clone();
+    let max_stale = window.map_or_else(|| "max-stale".to_owned(), |s| format!("max-stale={s}"));
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::try_from(max_stale).expect("ASCII"),
+    );
+    let view = View {
+        method: &Method::GET,
+        headers: &headers,
+        ..asked.view()
+    };
+    matches!(
+        entry.policy.before_request(&view, now),
+        BeforeRequest::Fresh(_)
+    )
 }
 
 /// Stores `entry` under `key` for its freshness (plus [`STALE_KEPT`] when it has validators); false when it
@@ -704,12 +819,16 @@ struct Judged {
 
 impl Judged {
     fn of(answer: &UpstreamResponse, received: SystemTime) -> Judged {
-        let headers = parse::response(&answer.headers, received);
+        Judged::new(answer.status, &answer.headers, received)
+    }
+
+    fn new(status: StatusCode, headers: &HeaderMap, received: SystemTime) -> Judged {
+        let headers = parse::response(headers, received);
         // RFC 9111 section 3: any final status may be stored when the answer gives it explicit freshness
         // (heuristics stay with the statuses defined as heuristically cacheable). The rules store only the
         // statuses they list, so such an answer is put to them as a 200; the entry keeps its own status.
-        let status = match answer.status {
-            StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED => answer.status,
+        let status = match status {
+            StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED => status,
             status if status.is_informational() => status,
             _ if parse::explicit_freshness(&headers) => StatusCode::OK,
             status => status,
@@ -1291,6 +1410,154 @@ mod tests {
             assert_eq!(header(&again, "cache-status"), second, "{path}");
         }
         assert_eq!(seen.lock().unwrap().len(), 6);
+    }
+
+    /// RFC 9111 4.3.5: a 200 to a HEAD updates the stale GET entry whose validators and length it agrees
+    /// with (keeping the fields it does not send), and drops one it disagrees with.
+    #[tokio::test(start_paused = true)]
+    async fn a_200_to_a_head_updates_the_get_entry_it_agrees_with() {
+        let (service, seen) = cached(false, |request| {
+            let tag = if request.path.path() == "/a/changed" {
+                "\"v2\""
+            } else {
+                "\"v1\""
+            };
+            if request.method == Method::HEAD {
+                with(
+                    answer(StatusCode::OK, b""),
+                    &[
+                        ("etag", tag),
+                        ("cache-control", "max-age=100"),
+                        ("x-template", "2"),
+                        ("content-length", "4"),
+                    ],
+                )
+            } else {
+                with(
+                    answer(StatusCode::OK, b"body"),
+                    &[
+                        ("etag", "\"v1\""),
+                        ("cache-control", "max-age=1"),
+                        ("x-template", "1"),
+                        ("x-kept", "yes"),
+                    ],
+                )
+            }
+        });
+        let head = |path| {
+            let mut request = get(path, &[]);
+            request.method = Method::HEAD;
+            request
+        };
+        for path in ["/a/same", "/a/changed"] {
+            call(&service, get(path, &[])).await;
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+
+        let updated = call(&service, head("/a/same")).await;
+        assert_eq!(
+            header(&updated, "cache-status"),
+            "batchgate; fwd=stale; fwd-status=200; stored"
+        );
+        assert_eq!(
+            (header(&updated, "x-template"), header(&updated, "x-kept")),
+            ("2", "yes")
+        );
+        let hit = call(&service, get("/a/same", &[])).await;
+        assert_eq!(header(&hit, "cache-status"), "batchgate; hit");
+        assert_eq!(
+            (body(&hit), header(&hit, "x-template")),
+            (b"body".to_vec(), "2")
+        );
+
+        let passed = call(&service, head("/a/changed")).await;
+        assert_eq!(
+            header(&passed, "cache-status"),
+            "batchgate; fwd=stale; fwd-status=200"
+        );
+        assert_eq!(header(&passed, "x-kept"), "");
+        let refetched = call(&service, get("/a/changed", &[])).await;
+        assert_eq!(
+            header(&refetched, "cache-status"),
+            "batchgate; fwd=uri-miss; stored"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 5);
+    }
+
+    /// RFC 9111 4.2.4 and RFC 5861: a stale entry answers for an upstream that cannot be reached, and for a
+    /// 503 within `stale-if-error`; never when it must be revalidated.
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_entry_answers_for_a_failed_upstream_when_it_allows() {
+        let calls: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let counted = calls.clone();
+        let upstream = service_fn(move |request: PartRequest| {
+            let path = request.path.path().to_owned();
+            let n = {
+                let mut calls = counted.lock().unwrap();
+                let n = calls.entry(path.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            async move {
+                let cc = match path.as_str() {
+                    "/a/sie" => "max-age=1, stale-if-error=60",
+                    "/a/must" => "max-age=1, must-revalidate",
+                    _ => "max-age=1",
+                };
+                match (n, path.as_str()) {
+                    (1, _) => Ok(with(
+                        answer(StatusCode::OK, b"old"),
+                        &[("cache-control", cc)],
+                    )),
+                    (_, "/a/sie" | "/a/plain-503") => {
+                        Ok(answer(StatusCode::SERVICE_UNAVAILABLE, b""))
+                    }
+                    _ => Err(PartError::Connect {
+                        index: 0,
+                        upstream: "up.internal:80".to_owned(),
+                        reason: "refused".to_owned(),
+                    }),
+                }
+            }
+        });
+        let layer = CacheLayer::new(
+            Arc::from("/a/"),
+            Arc::new(mapping()),
+            Some(CacheHandle::open(&CacheConfig::default())),
+            false,
+            Arc::default(),
+        );
+        let service: PartService = tower::util::BoxCloneSyncService::new(layer.layer(upstream));
+        for path in ["/a/plain", "/a/sie", "/a/plain-503", "/a/must"] {
+            call(&service, get(path, &[])).await;
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+
+        let unreachable = call(&service, get("/a/plain", &[])).await;
+        assert_eq!(
+            (unreachable.status, body(&unreachable)),
+            (StatusCode::OK, b"old".to_vec())
+        );
+        assert_eq!(
+            header(&unreachable, "cache-status"),
+            "batchgate; fwd=stale; detail=stale-on-error"
+        );
+        let sie = call(&service, get("/a/sie", &[])).await;
+        assert_eq!(
+            (sie.status, header(&sie, "cache-status")),
+            (
+                StatusCode::OK,
+                "batchgate; fwd=stale; fwd-status=503; detail=stale-on-error"
+            )
+        );
+        let answered = call(&service, get("/a/plain-503", &[])).await;
+        assert_eq!(answered.status, StatusCode::SERVICE_UNAVAILABLE);
+        let must = service.clone().oneshot(get("/a/must", &[])).await;
+        assert!(matches!(must, Err(PartError::Connect { .. })), "{must:?}");
+
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let too_stale = call(&service, get("/a/sie", &[])).await;
+        assert_eq!(too_stale.status, StatusCode::SERVICE_UNAVAILABLE);
     }
 
     /// A fresh entry is served with a growing Age; once stale it is revalidated with its ETag and a 304

@@ -78,6 +78,24 @@ pub(super) fn explicit_freshness(rules: &HeaderMap) -> bool {
         || directives(rules).any(|(name, _)| matches!(name.as_str(), "max-age" | "s-maxage"))
 }
 
+/// When a stored answer's headers let it be served stale for an upstream that failed (RFC 9111 section
+/// 4.2.4, RFC 5861 section 4): `None` when they forbid it (`must-revalidate`, `proxy-revalidate`, `no-cache`,
+/// or `s-maxage`, which implies `proxy-revalidate` in a shared cache), else its `stale-if-error` window in
+/// seconds, if it gives one.
+pub(super) fn stale_window(headers: &HeaderMap) -> Option<Option<u64>> {
+    let mut window = None;
+    for (name, value) in directives(headers) {
+        match name.as_str() {
+            "must-revalidate" | "proxy-revalidate" | "no-cache" | "s-maxage" => return None,
+            "stale-if-error" if window.is_none() => {
+                window = Some(value.as_deref().and_then(delta_seconds).unwrap_or(0));
+            }
+            _ => {}
+        }
+    }
+    Some(window)
+}
+
 /// `Cache-Control` rewritten as the rules read it (see [`response`]), if the message has one.
 fn cache_control(headers: &HeaderMap) -> Option<HeaderValue> {
     if !headers.contains_key(CACHE_CONTROL) {
