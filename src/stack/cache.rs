@@ -827,10 +827,14 @@ impl Judged {
         // RFC 9111 section 3: any final status may be stored when the answer gives it explicit freshness
         // (heuristics stay with the statuses defined as heuristically cacheable). The rules store only the
         // statuses they list, so such an answer is put to them as a 200; the entry keeps its own status.
+        // With `must-understand` (section 5.2.2.3) the status is put as it is: only the listed ones are
+        // understood.
         let status = match status {
             StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED => status,
             status if status.is_informational() => status,
-            _ if parse::explicit_freshness(&headers) => StatusCode::OK,
+            _ if parse::explicit_freshness(&headers) && !parse::must_understand(&headers) => {
+                StatusCode::OK
+            }
             status => status,
         };
         Judged { status, headers }
@@ -1377,7 +1381,8 @@ mod tests {
     }
 
     /// RFC 9111 section 3: any final status with explicit freshness is stored, with its own status;
-    /// heuristic freshness only for the statuses defined as heuristically cacheable.
+    /// heuristic freshness only for the statuses defined as heuristically cacheable, and an unknown status
+    /// with `must-understand` never.
     #[tokio::test(start_paused = true)]
     async fn any_final_status_with_explicit_freshness_is_stored() {
         let (service, seen) = cached(false, |request| match request.path.path() {
@@ -1393,6 +1398,10 @@ mod tests {
                 )],
             ),
             "/a/500" => answer(StatusCode::INTERNAL_SERVER_ERROR, b"broken"),
+            "/a/understand" => with(
+                answer(StatusCode::from_u16(599).unwrap(), b"odd"),
+                &[("cache-control", "max-age=60, must-understand")],
+            ),
             _ => with(
                 answer(StatusCode::from_u16(599).unwrap(), b"odd"),
                 &[("last-modified", "Mon, 01 Jan 2001 00:00:00 GMT")],
@@ -1402,6 +1411,7 @@ mod tests {
             ("/a/503", 503, "batchgate; hit"),
             ("/a/599", 599, "batchgate; hit"),
             ("/a/500", 500, "batchgate; fwd=uri-miss"),
+            ("/a/understand", 599, "batchgate; fwd=uri-miss"),
             ("/a/heuristic", 599, "batchgate; fwd=uri-miss"),
         ] {
             call(&service, get(path, &[])).await;
@@ -1409,7 +1419,7 @@ mod tests {
             assert_eq!(again.status.as_u16(), status, "{path}");
             assert_eq!(header(&again, "cache-status"), second, "{path}");
         }
-        assert_eq!(seen.lock().unwrap().len(), 6);
+        assert_eq!(seen.lock().unwrap().len(), 8);
     }
 
     /// RFC 9111 4.3.5: a 200 to a HEAD updates the stale GET entry whose validators and length it agrees

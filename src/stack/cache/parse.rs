@@ -78,6 +78,11 @@ pub(super) fn explicit_freshness(rules: &HeaderMap) -> bool {
         || directives(rules).any(|(name, _)| matches!(name.as_str(), "max-age" | "s-maxage"))
 }
 
+/// Whether an answer says `must-understand` (RFC 9111 section 5.2.2.3).
+pub(super) fn must_understand(rules: &HeaderMap) -> bool {
+    directives(rules).any(|(name, _)| name == "must-understand")
+}
+
 /// When a stored answer's headers let it be served stale for an upstream that failed (RFC 9111 section
 /// 4.2.4, RFC 5861 section 4): `None` when they forbid it (`must-revalidate`, `proxy-revalidate`, `no-cache`,
 /// or `s-maxage`, which implies `proxy-revalidate` in a shared cache), else its `stale-if-error` window in
