@@ -3,7 +3,10 @@
 //!
 //! - **Cache** (`cache = true`): RFC 9111's shared-cache rules through [`CachePolicy`] (freshness, `Age`,
 //!   `Vary`, the Authorization rule, never `private` or `no-store`), for GET and HEAD parts (a HEAD is answered
-//!   from a GET's entry). A stale entry is revalidated with its validators and a 304 refreshes it; a client's own
+//!   from a GET's entry, and a 200 to a HEAD updates it). The rules see the headers as RFC 9111 parses them
+//!   (`parse.rs`), not as the crate would. A stale entry is revalidated with its validators and a 304 refreshes
+//!   it, and it answers instead when the upstream fails and it allows that (`stale-if-error`, or an upstream
+//!   that cannot be reached); `only-if-cached` gets a 504 when nothing stored fits; a client's own
 //!   conditional part is answered 304 from a usable entry; a successful unsafe part drops its target and its
 //!   same-origin `Location` and `Content-Location`. Every answer through the route carries `Cache-Status`
 //!   (RFC 9211). Entries are kept by [`Store`], under the client-facing target (the route prefix and what

@@ -33,10 +33,7 @@ pub(super) fn response(headers: &HeaderMap, received: SystemTime) -> HeaderMap {
         };
         let date = date(first);
         rules.remove(&name);
-        rules.insert(
-            name,
-            date.map_or_else(|| first.clone(), |date| fixdate(date)),
-        );
+        rules.insert(name, date.map_or_else(|| first.clone(), fixdate));
     }
     let age = headers.get(AGE).and_then(age);
     let apparent = headers
