@@ -51,7 +51,7 @@ use super::rewrite::Mapping;
 use super::rules::unaccepted_coding;
 use super::{BatchScope, PartRequest, UpstreamResponse};
 use crate::cache::{CacheHandle, Entry, StoreError};
-use crate::error::{Fault, PartError};
+use crate::error::PartError;
 use crate::metrics::{CacheEvent, Metrics};
 use crate::observe::timeline::Mark;
 use crate::observe::trace::{TRACEPARENT, TRACESTATE};
@@ -347,7 +347,16 @@ where
     let now = cache.clock.now();
     // RFC 9111 section 4.2.4 and RFC 5861 section 4: a stale entry may answer for an upstream that failed.
     let failed = match &fetched {
-        Err(error) => Some((error.fault() == Fault::Upstream, None)),
+        // Unreachable, closed before answering, or too slow: disconnected.
+        Err(error) => Some((
+            matches!(
+                error,
+                PartError::Connect { .. }
+                    | PartError::NoResponse { .. }
+                    | PartError::Timeout { .. }
+            ),
+            None,
+        )),
         // RFC 5861's errors: 500, 502, 503 and 504.
         Ok((answer, _)) if matches!(answer.status.as_u16(), 500 | 502..=504) => {
             Some((false, Some(answer.status)))
