@@ -523,10 +523,11 @@ fn stale_allowed(entry: &Entry, asked: &Asked, disconnected: bool, now: SystemTi
     if window.is_none() && !disconnected {
         return false;
     }
-    // The rules judge staleness against a `max-stale` of the window (none: any).
+    // The rules judge staleness against a `max-stale` of the window (none: any), added to the part's own
+    // directives: its `no-cache` or `max-age` still refuse a stale answer.
     let mut headers = asked.headers.clone();
     let max_stale = window.map_or_else(|| "max-stale".to_owned(), |s| format!("max-stale={s}"));
-    headers.insert(
+    headers.append(
         CACHE_CONTROL,
         HeaderValue::try_from(max_stale).expect("ASCII"),
     );
@@ -1571,6 +1572,14 @@ mod tests {
                 StatusCode::OK,
                 "batchgate; fwd=stale; fwd-status=503; detail=stale-on-error"
             )
+        );
+        let refused = service
+            .clone()
+            .oneshot(get("/a/plain", &[("cache-control", "no-cache")]))
+            .await;
+        assert!(
+            matches!(refused, Err(PartError::Connect { .. })),
+            "{refused:?}"
         );
         let answered = call(&service, get("/a/plain-503", &[])).await;
         assert_eq!(answered.status, StatusCode::SERVICE_UNAVAILABLE);
