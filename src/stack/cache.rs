@@ -3,7 +3,10 @@
 //!
 //! - **Cache** (`cache = true`): RFC 9111's shared-cache rules through [`CachePolicy`] (freshness, `Age`,
 //!   `Vary`, the Authorization rule, never `private` or `no-store`), for GET and HEAD parts (a HEAD is answered
-//!   from a GET's entry). A stale entry is revalidated with its validators and a 304 refreshes it; a client's own
+//!   from a GET's entry, and a 200 to a HEAD updates it). The rules see the headers as RFC 9111 parses them
+//!   (`parse.rs`), not as the crate would. A stale entry is revalidated with its validators and a 304 refreshes
+//!   it, and it answers instead when the upstream fails and it allows that (`stale-if-error`, or an upstream
+//!   that cannot be reached); `only-if-cached` gets a 504 when nothing stored fits; a client's own
 //!   conditional part is answered 304 from a usable entry; a successful unsafe part drops its target and its
 //!   same-origin `Location` and `Content-Location`. Every answer through the route carries `Cache-Status`
 //!   (RFC 9211). Entries are kept by [`Store`], under the client-facing target (the route prefix and what
@@ -31,8 +34,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{
-    AGE, CONTENT_LENGTH, CONTENT_LOCATION, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
-    LOCATION,
+    AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    LAST_MODIFIED, LOCATION,
 };
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
@@ -41,6 +44,8 @@ use http_cache_semantics::{
 };
 use tokio::sync::watch;
 use tower::{Layer, Service};
+
+mod parse;
 
 use super::rewrite::Mapping;
 use super::rules::unaccepted_coding;
@@ -54,8 +59,8 @@ use batchgate_wire::Framing;
 
 /// `Cache-Status` (RFC 9211).
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-/// How long a stale entry with validators is kept beyond its freshness, to be revalidated rather than
-/// fetched again.
+/// How long an entry is kept beyond its freshness: to be revalidated rather than fetched again, or served
+/// to a part that accepts it stale.
 const STALE_KEPT: Duration = Duration::from_secs(3600);
 
 /// What the route's cache layer shares between its clones.
@@ -205,6 +210,8 @@ enum Kept {
     Stored,
     /// Storable, but larger than `cache.max_entry_bytes`.
     TooLarge,
+    /// Not asked for: the upstream failed and the stale entry answered instead.
+    ServedStale,
 }
 
 impl From<bool> for Kept {
@@ -236,6 +243,7 @@ fn cache_status(
         Kept::No => "",
         Kept::Stored => "; stored",
         Kept::TooLarge => "; detail=too-large",
+        Kept::ServedStale => "; detail=stale-on-error",
     });
     if collapsed {
         text.push_str("; collapsed");
@@ -246,7 +254,7 @@ fn cache_status(
 /// A part on a route with a cache: answered from the store, revalidated, or fetched (and stored).
 async fn serve<S>(state: &State, inner: S, mut request: PartRequest) -> Answer
 where
-    S: Service<PartRequest, Response = UpstreamResponse, Error = PartError>,
+    S: Service<PartRequest, Response = UpstreamResponse, Error = PartError> + Clone,
 {
     let cache = state.cache.as_ref().expect("only called with a cache");
     if !matches!(request.method, Method::GET | Method::HEAD) {
@@ -275,12 +283,17 @@ where
     let client = Conditions::of(&request.headers);
     let mut fwd = Fwd::UriMiss;
     let mut revalidating = None;
+    // The GET entry a HEAD sent upstream could have been answered from: its 200 updates it.
+    let mut head_of = None;
+    // A stale entry, to answer with if the upstream fails and the entry allows it.
+    let mut fallback = None;
     if let Some(entry) = found {
         // A HEAD is answered from a GET's entry: the rules are asked about the GET.
+        let headers = parse::request(&request.headers);
         let view = View {
             method: &Method::GET,
             path: &request.path,
-            headers: &request.headers,
+            headers: &headers,
         };
         // The entry's body may be compressed in a way this part does not accept (the rules layer below
         // decodes per part): then it is another variant, like one `Vary: Accept-Encoding` tells apart.
@@ -301,12 +314,17 @@ where
                 fwd = if stale { Fwd::Stale } else { Fwd::Request };
                 if stale {
                     state.metrics.cache_event(&state.route, CacheEvent::Stale);
+                    fallback = Some(entry.clone());
                 }
                 let validators = entry.validators();
                 if !head && validators.is_some() {
+                    // As the client sent it, should the upstream's 304 not fit the entry.
+                    let unconditional = request.try_clone();
                     Conditions::remove_from(&mut request.headers);
                     validators.add_to(&mut request.headers);
-                    revalidating = Some(entry);
+                    revalidating = Some((entry, unconditional));
+                } else if head {
+                    head_of = Some(entry);
                 }
             }
             BeforeRequest::Stale { matches: false, .. } => fwd = Fwd::VaryMiss,
@@ -316,10 +334,43 @@ where
     if fwd != Fwd::Stale {
         state.metrics.cache_event(&state.route, CacheEvent::Miss);
     }
+    if request.headers.contains_key(CACHE_CONTROL) && parse::only_if_cached(&request.headers) {
+        // RFC 9111 section 5.2.1.7: nothing stored may answer it, and the upstream must not be asked.
+        return Ok(not_cached(
+            request.index,
+            cache_status(fwd, None, Kept::No, false),
+        ));
+    }
     let asked = Asked::of(&request);
-    let (mut answer, collapsed) = fetch(state, inner, request).await?;
+    let again = revalidating.as_ref().map(|_| inner.clone());
+    let fetched = fetch(state, inner, request).await;
     let now = cache.clock.now();
-    if let Some(old) = &revalidating
+    // RFC 9111 section 4.2.4 and RFC 5861 section 4: a stale entry may answer for an upstream that failed.
+    let failed = match &fetched {
+        // Unreachable, closed before answering, or too slow: disconnected.
+        Err(error) => Some((
+            matches!(
+                error,
+                PartError::Connect { .. }
+                    | PartError::NoResponse { .. }
+                    | PartError::Timeout { .. }
+            ),
+            None,
+        )),
+        // RFC 5861's errors: 500, 502, 503 and 504.
+        Ok((answer, _)) if matches!(answer.status.as_u16(), 500 | 502..=504) => {
+            Some((false, Some(answer.status)))
+        }
+        Ok(_) => None,
+    };
+    if let (Some(entry), Some((disconnected, upstream))) = (&fallback, failed)
+        && stale_allowed(entry, &asked, disconnected, now)
+    {
+        let status = cache_status(Fwd::Stale, upstream, Kept::ServedStale, false);
+        return answer_from(entry, &asked, &client, now, status);
+    }
+    let (mut answer, mut collapsed) = fetched?;
+    if let Some((old, _)) = &revalidating
         && answer.status == StatusCode::NOT_MODIFIED
         && !answer.headers.contains_key(ETAG)
         && !answer.headers.contains_key(LAST_MODIFIED)
@@ -337,11 +388,25 @@ where
             }
         }
     }
-    if let Some(old) = revalidating
-        && answer.status == StatusCode::NOT_MODIFIED
-        && let AfterResponse::NotModified(policy, _) =
-            old.policy.after_response(&asked.view(), &answer, now)
-    {
+    let revalidated = revalidating.and_then(|(old, unconditional)| {
+        if answer.status != StatusCode::NOT_MODIFIED {
+            return None;
+        }
+        match old
+            .policy
+            .after_response(&asked.view(), &Judged::of(&answer, now), now)
+        {
+            AfterResponse::NotModified(policy, _) => Some(Ok((old, policy))),
+            // A 304 the entry cannot take (its strong ETag is another): the answer is fetched again
+            // without our validators, never passed to a client that asked for no 304 (RFC 9111 4.3.3).
+            AfterResponse::Modified(..) => Some(Err(unconditional)),
+        }
+    });
+    if let Some(Err(unconditional)) = revalidated {
+        let inner = again.expect("kept when revalidating");
+        answer = tower::ServiceExt::oneshot(inner, unconditional).await?;
+        collapsed = false;
+    } else if let Some(Ok((old, policy))) = revalidated {
         state
             .metrics
             .cache_event(&state.route, CacheEvent::Revalidated);
@@ -355,9 +420,15 @@ where
         let status = cache_status(fwd, Some(answer.status), stored.into(), collapsed);
         return answer_from(&entry, &asked, &client, now, status);
     }
+    if let Some(old) = head_of
+        && answer.status == StatusCode::OK
+    {
+        return head_update(state, &key, &old, &asked, &client, answer, fwd).await;
+    }
     let mut kept = Kept::No;
     if !head && !collapsed {
-        let policy = CachePolicy::new_options(&asked.view(), &answer, now, options());
+        let policy =
+            CachePolicy::new_options(&asked.view(), &Judged::of(&answer, now), now, options());
         if policy.is_storable() && answer.body_len > cache.max_entry_bytes {
             kept = Kept::TooLarge;
         } else if policy.is_storable() {
@@ -386,6 +457,91 @@ where
     Ok(answer)
 }
 
+/// A 200 to a HEAD, for the stale (or passed over) GET entry `old` (RFC 9111 section 4.3.5): when the two
+/// agree on the validators and the length the HEAD's answer gives, its fields update the entry, which then
+/// answers the HEAD; otherwise the entry is dropped, and the HEAD gets its answer as it came.
+async fn head_update(
+    state: &State,
+    key: &str,
+    old: &Entry,
+    asked: &Asked,
+    client: &Conditions,
+    mut answer: UpstreamResponse,
+    fwd: Fwd,
+) -> Answer {
+    let cache = state.cache.as_ref().expect("only called with a cache");
+    let now = cache.clock.now();
+    let same = |name: HeaderName| {
+        let new = answer.headers.get(&name);
+        new.is_none() || new == old.headers.get(&name)
+    };
+    let length = answer
+        .headers
+        .get(CONTENT_LENGTH)
+        .is_none_or(|len| len.to_str().ok() == Some(old.body.len().to_string().as_str()));
+    if same(ETAG) && same(LAST_MODIFIED) && length {
+        let headers = refreshed(&old.headers, &answer.headers);
+        let get = View {
+            method: &Method::GET,
+            ..asked.view()
+        };
+        let policy = CachePolicy::new_options(
+            &get,
+            &Judged::new(old.status, &headers, now),
+            now,
+            options(),
+        );
+        if policy.is_storable() {
+            let entry = Arc::new(Entry {
+                policy,
+                status: old.status,
+                headers,
+                body: old.body.clone(),
+            });
+            let stored = store(state, cache, key, &entry, now).await;
+            let status = cache_status(fwd, Some(answer.status), stored.into(), false);
+            return answer_from(&entry, asked, client, now, status);
+        }
+    }
+    if let Err(error) = cache.store.remove(key).await {
+        store_failed(state, &error, "invalidation failed");
+    }
+    answer.headers.insert(
+        CACHE_STATUS,
+        cache_status(fwd, Some(answer.status), Kept::No, false),
+    );
+    Ok(answer)
+}
+
+/// Whether stale `entry` may answer `asked` for an upstream that failed: never when the entry says it must
+/// be revalidated; within its `stale-if-error` when it has one; otherwise only when the upstream could not
+/// be reached or did not answer (`disconnected`), not for an error it answered with.
+fn stale_allowed(entry: &Entry, asked: &Asked, disconnected: bool, now: SystemTime) -> bool {
+    let Some(window) = parse::stale_window(&entry.headers) else {
+        return false;
+    };
+    if window.is_none() && !disconnected {
+        return false;
+    }
+    // The rules judge staleness against a `max-stale` of the window (none: any), added to the part's own
+    // directives: its `no-cache` or `max-age` still refuse a stale answer.
+    let mut headers = asked.headers.clone();
+    let max_stale = window.map_or_else(|| "max-stale".to_owned(), |s| format!("max-stale={s}"));
+    headers.append(
+        CACHE_CONTROL,
+        HeaderValue::try_from(max_stale).expect("ASCII"),
+    );
+    let view = View {
+        method: &Method::GET,
+        headers: &headers,
+        ..asked.view()
+    };
+    matches!(
+        entry.policy.before_request(&view, now),
+        BeforeRequest::Fresh(_)
+    )
+}
+
 /// Stores `entry` under `key` for its freshness (plus [`STALE_KEPT`] when it has validators); false when it
 /// would be of no use (neither fresh nor revalidatable) or the store failed.
 async fn store(
@@ -396,10 +552,11 @@ async fn store(
     now: SystemTime,
 ) -> bool {
     let fresh = entry.policy.time_to_live(now);
-    let ttl = if entry.validators().is_some() {
+    // Stale, it can still be revalidated, or serve a part that accepts it stale (`max-stale`).
+    let ttl = if entry.validators().is_some() || !fresh.is_zero() {
         fresh + STALE_KEPT
     } else {
-        fresh
+        Duration::ZERO
     };
     if ttl.is_zero() {
         return false;
@@ -492,6 +649,29 @@ fn answer_from(
         framing: Framing::Exact,
         peer: None,
     })
+}
+
+/// The gateway's 504 to a part with `only-if-cached` that nothing stored can answer.
+fn not_cached(index: usize, cache_status: HeaderValue) -> UpstreamResponse {
+    let body = crate::error::error_body(
+        StatusCode::GATEWAY_TIMEOUT,
+        "the part asked only-if-cached and the cache holds no answer it can use",
+        Some((index, crate::error::Fault::Client)),
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(CACHE_STATUS, cache_status);
+    UpstreamResponse {
+        status: StatusCode::GATEWAY_TIMEOUT,
+        headers,
+        body_len: body.len() as u64,
+        body: vec![body],
+        framing: Framing::Exact,
+        peer: None,
+    }
 }
 
 /// The stored headers, updated by a 304's (RFC 9111 section 3.2): each field the 304 carries replaces the
@@ -644,7 +824,37 @@ impl RequestLike for View<'_> {
     }
 }
 
-impl ResponseLike for UpstreamResponse {
+/// An answer as the rules see it: its headers read as RFC 9111 says (`parse::response`).
+struct Judged {
+    status: StatusCode,
+    headers: HeaderMap,
+}
+
+impl Judged {
+    fn of(answer: &UpstreamResponse, received: SystemTime) -> Judged {
+        Judged::new(answer.status, &answer.headers, received)
+    }
+
+    fn new(status: StatusCode, headers: &HeaderMap, received: SystemTime) -> Judged {
+        let headers = parse::response(headers, received);
+        // RFC 9111 section 3: any final status may be stored when the answer gives it explicit freshness
+        // (heuristics stay with the statuses defined as heuristically cacheable). The rules store only the
+        // statuses they list, so such an answer is put to them as a 200; the entry keeps its own status.
+        // With `must-understand` (section 5.2.2.3) the status is put as it is: only the listed ones are
+        // understood.
+        let status = match status {
+            StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED => status,
+            status if status.is_informational() => status,
+            _ if parse::explicit_freshness(&headers) && !parse::must_understand(&headers) => {
+                StatusCode::OK
+            }
+            status => status,
+        };
+        Judged { status, headers }
+    }
+}
+
+impl ResponseLike for Judged {
     fn status(&self) -> StatusCode {
         self.status
     }
@@ -691,7 +901,7 @@ impl Asked {
             index: request.index,
             method: request.method.clone(),
             path: request.path.clone(),
-            headers: request.headers.clone(),
+            headers: parse::request(&request.headers).into_owned(),
             batch: request.batch.clone(),
         }
     }
@@ -1060,6 +1270,325 @@ mod tests {
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 2);
         assert_eq!(seen[1].2[IF_NONE_MATCH], "\"v1\"");
+    }
+
+    /// A 304 whose strong ETag is not the entry's cannot refresh it: the part is fetched again without the
+    /// layer's validators and gets the new answer, not a 304 it never asked for.
+    #[tokio::test(start_paused = true)]
+    async fn a_304_the_entry_cannot_take_is_fetched_again_unconditionally() {
+        let (service, seen) = cached(false, |request| {
+            if request.headers.contains_key(IF_NONE_MATCH) {
+                with(answer(StatusCode::NOT_MODIFIED, b""), &[("etag", "\"v2\"")])
+            } else {
+                with(
+                    answer(StatusCode::OK, b"new"),
+                    &[("cache-control", "max-age=1"), ("etag", "\"v1\"")],
+                )
+            }
+        });
+        call(&service, get("/a/x", &[])).await;
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let again = call(&service, get("/a/x", &[])).await;
+        assert_eq!(again.status, StatusCode::OK);
+        assert_eq!(body(&again), b"new");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3);
+        assert_eq!(seen[1].2[IF_NONE_MATCH], "\"v1\"");
+        assert!(!seen[2].2.contains_key(IF_NONE_MATCH));
+    }
+
+    /// `only-if-cached` (RFC 9111 5.2.1.7): a 504 without asking the upstream when nothing stored can
+    /// answer, the entry when one can.
+    #[tokio::test(start_paused = true)]
+    async fn only_if_cached_is_answered_504_when_nothing_stored_can_answer() {
+        let (service, seen) = cached(false, |_| {
+            with(
+                answer(StatusCode::OK, b"x"),
+                &[("cache-control", "max-age=60")],
+            )
+        });
+        let refused = call(
+            &service,
+            get("/a/x", &[("cache-control", "Only-If-Cached")]),
+        )
+        .await;
+        assert_eq!(refused.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(header(&refused, "cache-status"), "batchgate; fwd=uri-miss");
+        assert!(
+            String::from_utf8(body(&refused))
+                .unwrap()
+                .contains("only-if-cached")
+        );
+        assert!(seen.lock().unwrap().is_empty());
+        call(&service, get("/a/x", &[])).await;
+        let hit = call(
+            &service,
+            get("/a/x", &[("cache-control", "only-if-cached")]),
+        )
+        .await;
+        assert_eq!(header(&hit, "cache-status"), "batchgate; hit");
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    /// A stale entry (without validators) is kept to serve a part with `max-stale`; `Pragma: no-cache` on a
+    /// request (deprecated by RFC 9111 5.4) does not pass over a fresh entry.
+    #[tokio::test(start_paused = true)]
+    async fn max_stale_is_served_a_stale_entry_and_request_pragma_is_ignored() {
+        let (service, seen) = cached(false, |_| {
+            with(
+                answer(StatusCode::OK, b"x"),
+                &[("cache-control", "max-age=10")],
+            )
+        });
+        call(&service, get("/a/x", &[])).await;
+        let pragma = call(&service, get("/a/x", &[("pragma", "no-cache")])).await;
+        assert_eq!(header(&pragma, "cache-status"), "batchgate; hit");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let stale = call(
+            &service,
+            get("/a/x", &[("cache-control", "max-stale=1000")]),
+        )
+        .await;
+        assert_eq!(header(&stale, "cache-status"), "batchgate; hit");
+        assert_eq!(header(&stale, "age"), "30");
+        let too_stale = call(&service, get("/a/x", &[("cache-control", "max-stale=5")])).await;
+        assert_eq!(
+            header(&too_stale, "cache-status"),
+            "batchgate; fwd=stale; fwd-status=200; stored"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    /// The rules read the upstream's headers as RFC 9111 writes them: directive names in any case, `Age`'s
+    /// first member, the apparent age from `Date`, `Expires` in the obsolete date formats.
+    #[tokio::test(start_paused = true)]
+    async fn directives_age_date_and_expires_are_read_as_rfc_9111_says() {
+        let two_hours_ago = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(7200));
+        let (service, seen) = cached(false, move |request| {
+            let headers: &[(&'static str, &str)] = match request.path.path() {
+                "/a/no-store" => &[("cache-control", "max-age=60, No-Store")],
+                "/a/age" => &[("cache-control", "max-age=3600"), ("age", "7200, 0")],
+                "/a/date" => &[("cache-control", "max-age=3600"), ("date", &two_hours_ago)],
+                "/a/rfc850" => &[("expires", "Thursday, 18-Aug-50 02:01:18 GMT")],
+                "/a/asctime" => &[("expires", "Thu Aug 18 02:01:18 2050")],
+                _ => &[("cache-control", "MAX-AGE=60")],
+            };
+            with(answer(StatusCode::OK, b"x"), headers)
+        });
+        for (path, second) in [
+            ("/a/no-store", "batchgate; fwd=uri-miss"),
+            ("/a/age", "batchgate; fwd=uri-miss"),
+            ("/a/date", "batchgate; fwd=uri-miss"),
+            ("/a/rfc850", "batchgate; hit"),
+            ("/a/asctime", "batchgate; hit"),
+            ("/a/upper", "batchgate; hit"),
+        ] {
+            call(&service, get(path, &[])).await;
+            let again = call(&service, get(path, &[])).await;
+            assert_eq!(header(&again, "cache-status"), second, "{path}");
+        }
+        // What the client gets is the upstream's headers as they came.
+        let upper = call(&service, get("/a/upper", &[])).await;
+        assert_eq!(header(&upper, "cache-control"), "MAX-AGE=60");
+        assert_eq!(seen.lock().unwrap().len(), 9);
+    }
+
+    /// RFC 9111 section 3: any final status with explicit freshness is stored, with its own status;
+    /// heuristic freshness only for the statuses defined as heuristically cacheable, and an unknown status
+    /// with `must-understand` never.
+    #[tokio::test(start_paused = true)]
+    async fn any_final_status_with_explicit_freshness_is_stored() {
+        let (service, seen) = cached(false, |request| match request.path.path() {
+            "/a/503" => with(
+                answer(StatusCode::SERVICE_UNAVAILABLE, b"busy"),
+                &[("cache-control", "max-age=60")],
+            ),
+            "/a/599" => with(
+                answer(StatusCode::from_u16(599).unwrap(), b"odd"),
+                &[(
+                    "expires",
+                    &httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(60)),
+                )],
+            ),
+            "/a/500" => answer(StatusCode::INTERNAL_SERVER_ERROR, b"broken"),
+            "/a/understand" => with(
+                answer(StatusCode::from_u16(599).unwrap(), b"odd"),
+                &[("cache-control", "max-age=60, must-understand")],
+            ),
+            _ => with(
+                answer(StatusCode::from_u16(599).unwrap(), b"odd"),
+                &[("last-modified", "Mon, 01 Jan 2001 00:00:00 GMT")],
+            ),
+        });
+        for (path, status, second) in [
+            ("/a/503", 503, "batchgate; hit"),
+            ("/a/599", 599, "batchgate; hit"),
+            ("/a/500", 500, "batchgate; fwd=uri-miss"),
+            ("/a/understand", 599, "batchgate; fwd=uri-miss"),
+            ("/a/heuristic", 599, "batchgate; fwd=uri-miss"),
+        ] {
+            call(&service, get(path, &[])).await;
+            let again = call(&service, get(path, &[])).await;
+            assert_eq!(again.status.as_u16(), status, "{path}");
+            assert_eq!(header(&again, "cache-status"), second, "{path}");
+        }
+        assert_eq!(seen.lock().unwrap().len(), 8);
+    }
+
+    /// RFC 9111 4.3.5: a 200 to a HEAD updates the stale GET entry whose validators and length it agrees
+    /// with (keeping the fields it does not send), and drops one it disagrees with.
+    #[tokio::test(start_paused = true)]
+    async fn a_200_to_a_head_updates_the_get_entry_it_agrees_with() {
+        let (service, seen) = cached(false, |request| {
+            let tag = if request.path.path() == "/a/changed" {
+                "\"v2\""
+            } else {
+                "\"v1\""
+            };
+            if request.method == Method::HEAD {
+                with(
+                    answer(StatusCode::OK, b""),
+                    &[
+                        ("etag", tag),
+                        ("cache-control", "max-age=100"),
+                        ("x-template", "2"),
+                        ("content-length", "4"),
+                    ],
+                )
+            } else {
+                with(
+                    answer(StatusCode::OK, b"body"),
+                    &[
+                        ("etag", "\"v1\""),
+                        ("cache-control", "max-age=1"),
+                        ("x-template", "1"),
+                        ("x-kept", "yes"),
+                    ],
+                )
+            }
+        });
+        let head = |path| {
+            let mut request = get(path, &[]);
+            request.method = Method::HEAD;
+            request
+        };
+        for path in ["/a/same", "/a/changed"] {
+            call(&service, get(path, &[])).await;
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+
+        let updated = call(&service, head("/a/same")).await;
+        assert_eq!(
+            header(&updated, "cache-status"),
+            "batchgate; fwd=stale; fwd-status=200; stored"
+        );
+        assert_eq!(
+            (header(&updated, "x-template"), header(&updated, "x-kept")),
+            ("2", "yes")
+        );
+        let hit = call(&service, get("/a/same", &[])).await;
+        assert_eq!(header(&hit, "cache-status"), "batchgate; hit");
+        assert_eq!(
+            (body(&hit), header(&hit, "x-template")),
+            (b"body".to_vec(), "2")
+        );
+
+        let passed = call(&service, head("/a/changed")).await;
+        assert_eq!(
+            header(&passed, "cache-status"),
+            "batchgate; fwd=stale; fwd-status=200"
+        );
+        assert_eq!(header(&passed, "x-kept"), "");
+        let refetched = call(&service, get("/a/changed", &[])).await;
+        assert_eq!(
+            header(&refetched, "cache-status"),
+            "batchgate; fwd=uri-miss; stored"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 5);
+    }
+
+    /// RFC 9111 4.2.4 and RFC 5861: a stale entry answers for an upstream that cannot be reached, and for a
+    /// 503 within `stale-if-error`; never when it must be revalidated.
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_entry_answers_for_a_failed_upstream_when_it_allows() {
+        let calls: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let counted = calls.clone();
+        let upstream = service_fn(move |request: PartRequest| {
+            let path = request.path.path().to_owned();
+            let n = {
+                let mut calls = counted.lock().unwrap();
+                let n = calls.entry(path.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            async move {
+                let cc = match path.as_str() {
+                    "/a/sie" => "max-age=1, stale-if-error=60",
+                    "/a/must" => "max-age=1, must-revalidate",
+                    _ => "max-age=1",
+                };
+                match (n, path.as_str()) {
+                    (1, _) => Ok(with(
+                        answer(StatusCode::OK, b"old"),
+                        &[("cache-control", cc)],
+                    )),
+                    (_, "/a/sie" | "/a/plain-503") => {
+                        Ok(answer(StatusCode::SERVICE_UNAVAILABLE, b""))
+                    }
+                    _ => Err(PartError::Connect {
+                        index: 0,
+                        upstream: "up.internal:80".to_owned(),
+                        reason: "refused".to_owned(),
+                    }),
+                }
+            }
+        });
+        let layer = CacheLayer::new(
+            Arc::from("/a/"),
+            Arc::new(mapping()),
+            Some(CacheHandle::open(&CacheConfig::default())),
+            false,
+            Arc::default(),
+        );
+        let service: PartService = tower::util::BoxCloneSyncService::new(layer.layer(upstream));
+        for path in ["/a/plain", "/a/sie", "/a/plain-503", "/a/must"] {
+            call(&service, get(path, &[])).await;
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+
+        let unreachable = call(&service, get("/a/plain", &[])).await;
+        assert_eq!(
+            (unreachable.status, body(&unreachable)),
+            (StatusCode::OK, b"old".to_vec())
+        );
+        assert_eq!(
+            header(&unreachable, "cache-status"),
+            "batchgate; fwd=stale; detail=stale-on-error"
+        );
+        let sie = call(&service, get("/a/sie", &[])).await;
+        assert_eq!(
+            (sie.status, header(&sie, "cache-status")),
+            (
+                StatusCode::OK,
+                "batchgate; fwd=stale; fwd-status=503; detail=stale-on-error"
+            )
+        );
+        let refused = service
+            .clone()
+            .oneshot(get("/a/plain", &[("cache-control", "no-cache")]))
+            .await;
+        assert!(
+            matches!(refused, Err(PartError::Connect { .. })),
+            "{refused:?}"
+        );
+        let answered = call(&service, get("/a/plain-503", &[])).await;
+        assert_eq!(answered.status, StatusCode::SERVICE_UNAVAILABLE);
+        let must = service.clone().oneshot(get("/a/must", &[])).await;
+        assert!(matches!(must, Err(PartError::Connect { .. })), "{must:?}");
+
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let too_stale = call(&service, get("/a/sie", &[])).await;
+        assert_eq!(too_stale.status, StatusCode::SERVICE_UNAVAILABLE);
     }
 
     /// A fresh entry is served with a growing Age; once stale it is revalidated with its ETag and a 304

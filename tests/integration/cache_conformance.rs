@@ -17,10 +17,11 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::*;
 
-/// The fewest passing tests accepted, with either store. Measured: 238 of 350 (docs/caching.md,
-/// "Conformance"); the floor leaves room for the few tests that wait on the wall clock (a pass-through
-/// without a cache passes 114).
-const FLOOR: usize = 232;
+/// The fewest passing tests accepted, with either store. Measured: 262 of 350 (docs/caching.md,
+/// "Conformance"); on a busy machine one run lost a test to a 502 on the suite's own setup request (its
+/// `PUT` of a test's config through the gateway), hence a margin of two (a pass-through without a cache
+/// passes 114).
+const FLOOR: usize = 260;
 
 /// The installed suite, or a failure saying how to install it.
 fn suite() -> PathBuf {
