@@ -148,6 +148,16 @@ pub(crate) struct StoredAnswer {
     pub body: Bytes,
 }
 
+/// A part's answer on its way to the store.
+#[derive(Debug)]
+pub(crate) struct Answered {
+    pub job_id: String,
+    pub idx: i64,
+    pub answer: StoredAnswer,
+    /// How long the upstream took (none for an answer the gateway gave without sending it).
+    pub elapsed: Option<std::time::Duration>,
+}
+
 /// A part claimed with its partition, to run.
 #[derive(Debug)]
 pub(crate) struct PartToRun {
@@ -716,28 +726,32 @@ impl Store {
         Ok(())
     }
 
-    /// Commits a part's answer; only then does the part count as done.
-    /// `elapsed` is how long the upstream took (none for an answer the gateway gave without sending it).
-    pub(crate) async fn answer(
-        &self,
-        job_id: &str,
-        idx: i64,
-        answer: &StoredAnswer,
-        elapsed: Option<std::time::Duration>,
-    ) -> Result<(), JobError> {
-        sqlx::query(
-            "UPDATE job_parts SET state = 'done', failed = $3, status = $4, answer_headers = $5, \
-             answer_body = $6, elapsed_ms = $7 WHERE job_id = $1 AND idx = $2",
-        )
-        .bind(job_id)
-        .bind(idx)
-        .bind(i64::from(failed(answer.status)))
-        .bind(i64::from(answer.status))
-        .bind(encode_headers(&answer.headers))
-        .bind(answer.body.to_vec())
-        .bind(elapsed.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
-        .execute(&self.pool)
-        .await?;
+    /// Commits a group of answers in one transaction (one commit, where a commit per answer was the jobs'
+    /// bottleneck); only then do its parts count as done. All or none: an error leaves every part of the
+    /// group without its answer, to run again.
+    pub(crate) async fn answers(&self, group: &[Answered]) -> Result<(), JobError> {
+        let mut tx = self.pool.begin().await?;
+        for answered in group {
+            let answer = &answered.answer;
+            sqlx::query(
+                "UPDATE job_parts SET state = 'done', failed = $3, status = $4, answer_headers = $5, \
+                 answer_body = $6, elapsed_ms = $7 WHERE job_id = $1 AND idx = $2",
+            )
+            .bind(&answered.job_id)
+            .bind(answered.idx)
+            .bind(i64::from(failed(answer.status)))
+            .bind(i64::from(answer.status))
+            .bind(encode_headers(&answer.headers))
+            .bind(answer.body.to_vec())
+            .bind(
+                answered
+                    .elapsed
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
