@@ -343,7 +343,7 @@ async fn send(
         reason: e.to_string(),
     };
     let result = async {
-        let _share = jobs.share.acquire().await.map_err(internal)?;
+        let _share = jobs.share.permits().acquire().await.map_err(internal)?;
         let _held = permits.acquire(&global).await.map_err(internal)?;
         service.oneshot(request).await
     }
