@@ -653,7 +653,9 @@ async fn a_batch_is_served_while_a_job_holds_its_share_of_the_permits() {
     let id = submit(&gw, &parts, &[]).await;
     // Jobs take at most half of limits.max_inflight.
     eventually("the job's share in flight", || slow.seen().len() == 2).await;
-    let answered = within(5, "the batch beside the job", gw.send_parts(&gets(8))).await;
+    // The job's parts are held upstream for good: a batch starved by them would never be answered, so its
+    // answer proves the priority; the bound only guards against that hang.
+    let answered = within(60, "the batch beside the job", gw.send_parts(&gets(8))).await;
     assert!(answered.iter().all(|p| p.status == StatusCode::OK));
     assert_eq!(slow.seen().len(), 2, "the job took no more than its share");
     assert_eq!(slow.peak_concurrency(), 2);
