@@ -78,6 +78,9 @@ pub(crate) enum JobError {
          dependencies are refused; send dependent requests as a synchronous batch"
     )]
     DependsOn { index: usize },
+    /// A job's stored parts or origin cannot be read back (a damaged store): the job cannot run, and fails.
+    #[error("jobs store: the job's stored parts cannot be read: {0}")]
+    Unreadable(String),
     /// The store failed (or could not be opened).
     #[error("jobs store: {0}")]
     Store(String),
@@ -97,7 +100,7 @@ impl JobError {
             | JobError::DependsOn { .. } => StatusCode::BAD_REQUEST,
             JobError::Batch(e) => e.status(),
             JobError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            JobError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            JobError::Store(_) | JobError::Unreadable(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -695,6 +695,7 @@ impl Store {
         .bind(claim.idx)
         .fetch_all(&self.pool)
         .await?;
+        let unreadable = |e: sqlx::Error| JobError::Unreadable(e.to_string());
         rows.iter()
             .map(|row| {
                 let state: String = row.try_get(1)?;
@@ -712,7 +713,30 @@ impl Store {
                     },
                 })
             })
-            .collect()
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(unreadable)
+    }
+
+    /// Ends a job that cannot run (`failed`), unless it has ended already. Its unfinished partitions are left
+    /// pending, unleased: no worker claims a failed job's, and a retry runs them (and fails again if they still
+    /// cannot be read).
+    pub(crate) async fn fail(&self, job_id: &str) -> Result<(), JobError> {
+        let ends = self
+            .status(job_id)
+            .await?
+            .is_some_and(|status| !status.ended());
+        if ends {
+            sqlx::query(
+                "UPDATE job_partitions SET status = 'pending', lease_owner = NULL, lease_until = NULL \
+                 WHERE job_id = $1 AND status = 'running'",
+            )
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
+            self.end(job_id, JobStatus::Failed, self.clock.now())
+                .await?;
+        }
+        Ok(())
     }
 
     /// Records that a part that must not run twice is about to be sent: after a crash it is answered 500

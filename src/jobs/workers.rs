@@ -175,6 +175,13 @@ async fn partition(jobs: &Arc<Jobs>, claim: &Claim, commits: Commits) -> Result<
     let result = run_parts(jobs, &gateway, claim, lease_lost, commits).await;
     gateway.observer.job_running(&claim.job_id, false);
     beat.abort();
+    if let Err(JobError::Unreadable(reason)) = &result {
+        // Not a passing fault: claimed again, it would fail again. The job itself cannot run.
+        tracing::warn!(job = %claim.job_id, partition = claim.idx, "jobs: the job failed: its stored parts cannot be read: {reason}");
+        jobs.store.fail(&claim.job_id).await?;
+        callback::deliver_due(jobs).await;
+        return Ok(());
+    }
     result?;
     if jobs.store.release(claim, &jobs.worker_id).await? {
         gateway.metrics.job_partition_done();

@@ -700,6 +700,42 @@ async fn a_reload_of_max_inflight_resizes_the_jobs_share() {
     gw.stop().await;
 }
 
+/// A job whose stored parts cannot be read back (a damaged store) cannot run: it ends `failed`, and is not
+/// claimed again and again.
+#[tokio::test]
+async fn a_job_whose_stored_parts_cannot_be_read_fails() {
+    let gate = Arc::new(Semaphore::new(0));
+    let slow = gated_upstream(gate.clone()).await;
+    let dir = TempDir::new("jobs-failed");
+    let extra = "partition_size = 1\nworkers = 1";
+    let rest = format!(
+        "[limits]\nconcurrency = 1\n{}",
+        routes(&[("/slow/", slow.addr)])
+    );
+    let (gw, _live) = jobs_gateway(&dir, extra, &rest).await;
+    let parts: Vec<String> = (0..3)
+        .map(|i| part(&format!("s{i}"), &format!("GET /slow/{i} HTTP/1.1\r\n")))
+        .collect();
+    let id = submit(&gw, &parts, &[]).await;
+    eventually("the first part in flight", || slow.seen().len() == 1).await;
+    // Damage the next partition's part: its method is no longer text.
+    sqlx::any::install_default_drivers();
+    let store = sqlx::AnyPool::connect(&format!("sqlite://{}", dir.join("jobs.db").display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE job_parts SET method = X'FF' WHERE job_id = $1 AND idx = 1")
+        .bind(&id)
+        .execute(&store)
+        .await
+        .unwrap();
+    store.close().await;
+    gate.add_permits(1000);
+    let job = wait_status(&gw, &id, "failed").await;
+    assert!(job["ended_at"].is_number(), "{job}");
+    assert_eq!(slow.seen().len(), 1, "nothing after the damaged part ran");
+    gw.stop().await;
+}
+
 /// The real binary, killed with SIGKILL while a job runs and started again on the same SQLite store: the job
 /// completes; a part that had not started runs once; a safe or keyed part in flight at the kill runs again;
 /// an unsafe part in flight without a key is never sent twice and is answered 500.
