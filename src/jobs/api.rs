@@ -91,6 +91,11 @@ fn refuse(error: &JobError, peer: IpAddr, path: &str) -> Response<ReplyBody> {
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static("5"));
     }
+    if let JobError::MethodNotAllowed { allow, .. } = error {
+        response
+            .headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static(allow));
+    }
     response
 }
 
@@ -109,16 +114,17 @@ where
     let client = gateway.headers.client(request.headers(), peer);
     let caller = owner(request.headers(), client);
     let method = request.method().clone();
-    let not_allowed = || JobError::MethodNotAllowed {
+    let not_allowed = |allow| JobError::MethodNotAllowed {
         method: method.clone(),
         path: path.to_owned(),
+        allow,
     };
     let rest = path.strip_prefix("/jobs").unwrap_or_default();
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     match segments.as_slice() {
         [] if method == Method::POST => submit(jobs, gateway, request, peer, tls).await,
         [] if method == Method::GET => list(jobs, &caller, request.uri().query()).await,
-        [] => Err(not_allowed()),
+        [] => Err(not_allowed("GET, POST")),
         [id, tail @ ..] => {
             let job = visible(jobs, id, &caller).await?;
             match (tail, &method) {
@@ -129,8 +135,10 @@ where
                 }
                 (["partitions"], &Method::GET) => partitions(jobs, &job).await,
                 (["results"], &Method::GET) => results(jobs, &job, request.headers()),
+                (["partitions" | "results"], _) => Err(not_allowed("GET")),
                 ([action], &Method::POST) => act(jobs, &job, action).await,
-                (["partitions" | "results"] | [], _) => Err(not_allowed()),
+                ([], _) => Err(not_allowed("GET, DELETE")),
+                (["pause" | "resume" | "cancel" | "retry"], _) => Err(not_allowed("POST")),
                 _ => Err(JobError::NotFound(path.to_owned())),
             }
         }

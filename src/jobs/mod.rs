@@ -20,11 +20,12 @@ use std::sync::{Arc, Weak};
 
 use http::StatusCode;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
 use crate::config::JobsConfig;
 use crate::gateway::Gateway;
 use crate::server::Live;
+use crate::stack::limit::Capacity;
 use store::Store;
 
 /// Why a job request failed; each maps to one status and a message a user can act on.
@@ -58,9 +59,13 @@ pub(crate) enum JobError {
     /// The body was refused as a batch's would be (framing, content type, duplicate Content-ID, timeouts).
     #[error(transparent)]
     Batch(#[from] crate::error::BatchError),
-    /// A method the URL does not take.
-    #[error("{method} is not allowed on {path}")]
-    MethodNotAllowed { method: http::Method, path: String },
+    /// A method the URL does not take; `allow` lists those it does (the 405's `Allow` header).
+    #[error("{method} is not allowed on {path}; it takes {allow}")]
+    MethodNotAllowed {
+        method: http::Method,
+        path: String,
+        allow: &'static str,
+    },
     /// A `batchgate-callback` that cannot be used, or a callback that could not be delivered.
     #[error("callback: {0}")]
     Callback(String),
@@ -73,6 +78,9 @@ pub(crate) enum JobError {
          dependencies are refused; send dependent requests as a synchronous batch"
     )]
     DependsOn { index: usize },
+    /// A job's stored parts or origin cannot be read back (a damaged store): the job cannot run, and fails.
+    #[error("jobs store: the job's stored parts cannot be read: {0}")]
+    Unreadable(String),
     /// The store failed (or could not be opened).
     #[error("jobs store: {0}")]
     Store(String),
@@ -92,7 +100,7 @@ impl JobError {
             | JobError::DependsOn { .. } => StatusCode::BAD_REQUEST,
             JobError::Batch(e) => e.status(),
             JobError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            JobError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            JobError::Store(_) | JobError::Unreadable(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -106,8 +114,8 @@ pub(crate) struct Jobs {
     /// starts. Weak, so that the workers end with the server.
     live: Weak<Live>,
     /// Jobs' share of `limits.max_inflight` (half of it): a part of a job takes one of these before the
-    /// gateway-wide permit, so batches always have the other half.
-    share: Arc<Semaphore>,
+    /// gateway-wide permit, so batches always have the other half. A reload resizes it with the limit.
+    share: Capacity,
     /// Wakes idle workers when there is something new to claim (a submission, a resume, a retry).
     wake: Notify,
     /// This instance's name on the leases it holds.
@@ -126,7 +134,7 @@ impl Jobs {
             store,
             config: config.clone(),
             live: Arc::downgrade(live),
-            share: Arc::new(Semaphore::new((max_inflight / 2).max(1))),
+            share: Capacity::new(share_of(max_inflight)),
             wake: Notify::new(),
             worker_id: random_id(),
         });
@@ -134,10 +142,21 @@ impl Jobs {
         Ok(jobs)
     }
 
+    /// Follows a reload's `limits.max_inflight`: parts already in flight finish; the new share applies to
+    /// those that start after.
+    pub(crate) fn resize_share(&self, max_inflight: usize) {
+        self.share.resize(share_of(max_inflight));
+    }
+
     /// The gateway being served, while the server runs.
     pub(crate) fn gateway(&self) -> Option<Arc<Gateway>> {
         self.live.upgrade().map(|live| live.gateway())
     }
+}
+
+/// Jobs' share of `limits.max_inflight`: half of it, at least one.
+fn share_of(max_inflight: usize) -> usize {
+    (max_inflight / 2).max(1)
 }
 
 /// 128 random bits, as 32 hex digits: a job's id, a worker's name.

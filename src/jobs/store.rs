@@ -148,6 +148,16 @@ pub(crate) struct StoredAnswer {
     pub body: Bytes,
 }
 
+/// A part's answer on its way to the store.
+#[derive(Debug)]
+pub(crate) struct Answered {
+    pub job_id: String,
+    pub idx: i64,
+    pub answer: StoredAnswer,
+    /// How long the upstream took (none for an answer the gateway gave without sending it).
+    pub elapsed: Option<std::time::Duration>,
+}
+
 /// A part claimed with its partition, to run.
 #[derive(Debug)]
 pub(crate) struct PartToRun {
@@ -685,6 +695,7 @@ impl Store {
         .bind(claim.idx)
         .fetch_all(&self.pool)
         .await?;
+        let unreadable = |e: sqlx::Error| JobError::Unreadable(e.to_string());
         rows.iter()
             .map(|row| {
                 let state: String = row.try_get(1)?;
@@ -702,7 +713,30 @@ impl Store {
                     },
                 })
             })
-            .collect()
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(unreadable)
+    }
+
+    /// Ends a job that cannot run (`failed`), unless it has ended already. Its unfinished partitions are left
+    /// pending, unleased: no worker claims a failed job's, and a retry runs them (and fails again if they still
+    /// cannot be read).
+    pub(crate) async fn fail(&self, job_id: &str) -> Result<(), JobError> {
+        let ends = self
+            .status(job_id)
+            .await?
+            .is_some_and(|status| !status.ended());
+        if ends {
+            sqlx::query(
+                "UPDATE job_partitions SET status = 'pending', lease_owner = NULL, lease_until = NULL \
+                 WHERE job_id = $1 AND status = 'running'",
+            )
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
+            self.end(job_id, JobStatus::Failed, self.clock.now())
+                .await?;
+        }
+        Ok(())
     }
 
     /// Records that a part that must not run twice is about to be sent: after a crash it is answered 500
@@ -716,28 +750,32 @@ impl Store {
         Ok(())
     }
 
-    /// Commits a part's answer; only then does the part count as done.
-    /// `elapsed` is how long the upstream took (none for an answer the gateway gave without sending it).
-    pub(crate) async fn answer(
-        &self,
-        job_id: &str,
-        idx: i64,
-        answer: &StoredAnswer,
-        elapsed: Option<std::time::Duration>,
-    ) -> Result<(), JobError> {
-        sqlx::query(
-            "UPDATE job_parts SET state = 'done', failed = $3, status = $4, answer_headers = $5, \
-             answer_body = $6, elapsed_ms = $7 WHERE job_id = $1 AND idx = $2",
-        )
-        .bind(job_id)
-        .bind(idx)
-        .bind(i64::from(failed(answer.status)))
-        .bind(i64::from(answer.status))
-        .bind(encode_headers(&answer.headers))
-        .bind(answer.body.to_vec())
-        .bind(elapsed.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
-        .execute(&self.pool)
-        .await?;
+    /// Commits a group of answers in one transaction (one commit, where a commit per answer was the jobs'
+    /// bottleneck); only then do its parts count as done. All or none: an error leaves every part of the
+    /// group without its answer, to run again.
+    pub(crate) async fn answers(&self, group: &[Answered]) -> Result<(), JobError> {
+        let mut tx = self.pool.begin().await?;
+        for answered in group {
+            let answer = &answered.answer;
+            sqlx::query(
+                "UPDATE job_parts SET state = 'done', failed = $3, status = $4, answer_headers = $5, \
+                 answer_body = $6, elapsed_ms = $7 WHERE job_id = $1 AND idx = $2",
+            )
+            .bind(&answered.job_id)
+            .bind(answered.idx)
+            .bind(i64::from(failed(answer.status)))
+            .bind(i64::from(answer.status))
+            .bind(encode_headers(&answer.headers))
+            .bind(answer.body.to_vec())
+            .bind(
+                answered
+                    .elapsed
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

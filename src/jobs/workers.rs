@@ -5,7 +5,9 @@
 //! retries, limits), a few at once (`limits.concurrency`), each first taking one of the jobs' share of the
 //! in-flight permits ([`super::Jobs`]), so that synchronous batches are never starved.
 //!
-//! Nothing lost, nothing run twice: an answer is committed to the store before its part counts as done. A
+//! Nothing lost, nothing run twice: an answer is committed to the store before its part counts as done.
+//! Answers are committed in groups (the [`committer`]): each part waits for its group's commit, so the rule
+//! holds while the store sees one commit per group rather than one per answer. A
 //! part that must not run twice (unsafe, without an `Idempotency-Key`) is marked `sent` before it is sent;
 //! found so when its partition is claimed again (after a crash), it is answered 500 saying it may or may not
 //! have run. Every other part without an answer runs (again).
@@ -15,13 +17,13 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
 use super::status::{JobStatus, PartState};
-use super::store::{Claim, Origin, PartToRun, StoredAnswer, failed};
+use super::store::{Answered, Claim, Origin, PartToRun, StoredAnswer, failed};
 use super::{JobError, Jobs, callback};
 use crate::error::{PartError, error_body};
 use crate::gateway::Gateway;
@@ -32,8 +34,19 @@ use crate::stack::{BatchScope, PartRequest, ResponseBudget};
 pub(crate) const MAY_HAVE_RUN: &str = "the gateway stopped while this request was in flight; it was not \
      sent again because it is not safe to repeat and has no Idempotency-Key: it may or may not have run";
 
+/// Most answers committed in one transaction.
+const MAX_GROUP: usize = 256;
+
+/// An answer waiting for its group's commit, and the part to tell once it is committed (or failed).
+type Waiting = (Answered, oneshot::Sender<Result<(), String>>);
+
+/// Where a part sends its answer to be committed.
+type Commits = mpsc::Sender<Waiting>;
+
 /// Claims partitions and runs them until the server is gone.
 pub(crate) async fn run(jobs: Arc<Jobs>) {
+    let (commits, waiting) = mpsc::channel(MAX_GROUP);
+    tokio::spawn(committer(jobs.clone(), waiting));
     let slots = Arc::new(tokio::sync::Semaphore::new(jobs.config.workers));
     let lease_ms = lease_ms(&jobs);
     // Idle, look again this often: another instance's jobs, and leases that ran out, wake no one here.
@@ -64,9 +77,9 @@ pub(crate) async fn run(jobs: Arc<Jobs>) {
         wake.as_mut().enable();
         match jobs.store.claim(&jobs.worker_id, lease_ms).await {
             Ok(Some(claim)) => {
-                let jobs = jobs.clone();
+                let (jobs, commits) = (jobs.clone(), commits.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = partition(&jobs, &claim).await {
+                    if let Err(e) = partition(&jobs, &claim, commits).await {
                         tracing::warn!(job = %claim.job_id, partition = claim.idx, "jobs: {e}");
                     }
                     jobs.wake.notify_one();
@@ -84,6 +97,29 @@ pub(crate) async fn run(jobs: Arc<Jobs>) {
             }
         }
     }
+}
+
+/// The group commit: commits the answers that are ready in one transaction, then tells their parts. A group
+/// is what arrived while the commit before it ran (at most [`MAX_GROUP`]): no answer waits for a timer, only
+/// for the commit ahead of it, so a lone answer is committed at once and a busy store takes many per commit.
+/// Ends once every part and worker is gone.
+async fn committer(jobs: Arc<Jobs>, mut waiting: mpsc::Receiver<Waiting>) {
+    while let Some(group) = next_group(&mut waiting).await {
+        let (answers, parts): (Vec<Answered>, Vec<_>) = group.into_iter().unzip();
+        let result = jobs.store.answers(&answers).await.map_err(|e| match e {
+            JobError::Store(message) => message,
+            other => other.to_string(),
+        });
+        for part in parts {
+            let _ = part.send(result.clone());
+        }
+    }
+}
+
+/// The next group: waits for one answer, then takes those already waiting behind it, up to [`MAX_GROUP`].
+async fn next_group(waiting: &mut mpsc::Receiver<Waiting>) -> Option<Vec<Waiting>> {
+    let mut group = Vec::new();
+    (waiting.recv_many(&mut group, MAX_GROUP).await > 0).then_some(group)
 }
 
 /// Sets the jobs-by-status gauges from the store.
@@ -107,7 +143,7 @@ fn lease_ms(jobs: &Jobs) -> i64 {
 }
 
 /// Runs one claimed partition, holding its lease, then gives it back.
-async fn partition(jobs: &Arc<Jobs>, claim: &Claim) -> Result<(), JobError> {
+async fn partition(jobs: &Arc<Jobs>, claim: &Claim, commits: Commits) -> Result<(), JobError> {
     let Some(gateway) = jobs.gateway() else {
         return Ok(());
     };
@@ -136,9 +172,16 @@ async fn partition(jobs: &Arc<Jobs>, claim: &Claim) -> Result<(), JobError> {
         })
     };
     gateway.observer.job_running(&claim.job_id, true);
-    let result = run_parts(jobs, &gateway, claim, lease_lost).await;
+    let result = run_parts(jobs, &gateway, claim, lease_lost, commits).await;
     gateway.observer.job_running(&claim.job_id, false);
     beat.abort();
+    if let Err(JobError::Unreadable(reason)) = &result {
+        // Not a passing fault: claimed again, it would fail again. The job itself cannot run.
+        tracing::warn!(job = %claim.job_id, partition = claim.idx, "jobs: the job failed: its stored parts cannot be read: {reason}");
+        jobs.store.fail(&claim.job_id).await?;
+        callback::deliver_due(jobs).await;
+        return Ok(());
+    }
     result?;
     if jobs.store.release(claim, &jobs.worker_id).await? {
         gateway.metrics.job_partition_done();
@@ -153,6 +196,7 @@ async fn run_parts(
     gateway: &Arc<Gateway>,
     claim: &Claim,
     lost: watch::Receiver<bool>,
+    commits: Commits,
 ) -> Result<(), JobError> {
     let parts = jobs.store.parts_to_run(claim).await?;
     let origin = jobs.store.origin(&claim.job_id).await?;
@@ -172,9 +216,16 @@ async fn run_parts(
                 .await?
                 .is_some_and(JobStatus::runs);
             if runs && let Some(part) = parts.next() {
-                let (jobs, gateway, claim, scope) =
-                    (jobs.clone(), gateway.clone(), claim.clone(), scope.clone());
-                running.spawn(async move { one(&jobs, &gateway, &claim, &scope, part).await });
+                let (jobs, gateway, claim, scope, commits) = (
+                    jobs.clone(),
+                    gateway.clone(),
+                    claim.clone(),
+                    scope.clone(),
+                    commits.clone(),
+                );
+                running.spawn(
+                    async move { one(&jobs, &gateway, &claim, &scope, &commits, part).await },
+                );
                 started = true;
             }
         }
@@ -201,15 +252,17 @@ fn scope(gateway: &Gateway, origin: &Origin) -> BatchScope {
     }
 }
 
-/// Runs one part and commits its answer.
+/// Runs one part and has its answer committed; it counts as done once its group's commit is.
 async fn one(
     jobs: &Jobs,
     gateway: &Arc<Gateway>,
     claim: &Claim,
     scope: &Arc<BatchScope>,
+    commits: &Commits,
     part: PartToRun,
 ) -> Result<(), JobError> {
-    let index = usize::try_from(part.idx).unwrap_or(usize::MAX);
+    let part_idx = part.idx;
+    let index = usize::try_from(part_idx).unwrap_or(usize::MAX);
     let (answer, elapsed) = if part.state == PartState::Sent {
         let answer = gateway_answer(StatusCode::INTERNAL_SERVER_ERROR, MAY_HAVE_RUN, index);
         (answer, None)
@@ -244,10 +297,21 @@ async fn one(
         };
         (answer, Some(elapsed))
     };
-    jobs.store
-        .answer(&claim.job_id, index as i64, &answer, elapsed)
-        .await?;
-    gateway.metrics.job_part(failed(answer.status));
+    let failed = failed(answer.status);
+    let answered = Answered {
+        job_id: claim.job_id.clone(),
+        idx: part_idx,
+        answer,
+        elapsed,
+    };
+    let (committed, done) = oneshot::channel();
+    let gone = || JobError::Store("the committer stopped (the server is shutting down)".into());
+    commits
+        .send((answered, committed))
+        .await
+        .map_err(|_| gone())?;
+    done.await.map_err(|_| gone())?.map_err(JobError::Store)?;
+    gateway.metrics.job_part(failed);
     gateway.observer.jobs(|view| view.parts_done += 1);
     Ok(())
 }
@@ -286,7 +350,7 @@ async fn send(
         reason: e.to_string(),
     };
     let result = async {
-        let _share = jobs.share.acquire().await.map_err(internal)?;
+        let _share = jobs.share.permits().acquire().await.map_err(internal)?;
         let _held = permits.acquire(&global).await.map_err(internal)?;
         service.oneshot(request).await
     }
@@ -312,5 +376,39 @@ fn gateway_answer(status: StatusCode, message: &str, index: usize) -> StoredAnsw
         status: status.as_u16(),
         headers,
         body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(idx: i64) -> (Waiting, oneshot::Receiver<Result<(), String>>) {
+        let (tell, told) = oneshot::channel();
+        let answered = Answered {
+            job_id: "job".into(),
+            idx,
+            answer: gateway_answer(StatusCode::OK, "ok", 0),
+            elapsed: None,
+        };
+        ((answered, tell), told)
+    }
+
+    /// Answers that arrived while a commit ran go together into the next one, at most `MAX_GROUP`, in order;
+    /// a lone answer is a group of its own at once.
+    #[tokio::test]
+    async fn answers_waiting_are_committed_together() {
+        let (commits, mut queue) = mpsc::channel(MAX_GROUP * 2);
+        for idx in 0..300 {
+            commits.send(waiting(idx).0).await.unwrap();
+        }
+        let first = next_group(&mut queue).await.unwrap();
+        assert_eq!(first.len(), MAX_GROUP);
+        assert!(first.iter().map(|(a, _)| a.idx).eq(0..256));
+        assert_eq!(next_group(&mut queue).await.unwrap().len(), 300 - MAX_GROUP);
+        commits.send(waiting(300).0).await.unwrap();
+        assert_eq!(next_group(&mut queue).await.unwrap().len(), 1);
+        drop(commits);
+        assert!(next_group(&mut queue).await.is_none());
     }
 }

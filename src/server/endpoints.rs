@@ -34,8 +34,17 @@ pub(super) async fn dispatch(
         let respond_async = path == gateway.config.batch_path
             && request.method() == Method::POST
             && jobs::api::prefers_async(request.headers());
-        if respond_async || jobs::api::is_jobs_path(path) {
-            return jobs::api::serve(jobs, gateway, request, peer.ip(), tls, respond_async).await;
+        if respond_async {
+            // A browser may submit a job this way: the batch endpoint's CORS applies.
+            let origin = request.headers().get(http::header::ORIGIN).cloned();
+            let mut response = jobs::api::serve(jobs, gateway, request, peer.ip(), tls, true).await;
+            if let Some(cors) = &served.cors {
+                cors.decorate(origin.as_ref(), response.headers_mut());
+            }
+            return response;
+        }
+        if jobs::api::is_jobs_path(path) {
+            return jobs::api::serve(jobs, gateway, request, peer.ip(), tls, false).await;
         }
     }
     if path == gateway.config.batch_path {

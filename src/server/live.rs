@@ -258,6 +258,9 @@ impl Live {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         // Under the lock: of two reloads at once, the limits are those of the one served.
         served.gateway.take_over_limits();
+        if let Some(jobs) = self.jobs() {
+            jobs.resize_share(served.gateway.config.limits.max_inflight);
+        }
         *current = served;
         Ok(replaced)
     }

@@ -25,9 +25,10 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// Waits until `condition` holds, checking every 10 ms, failing the test after 10 s.
+/// Waits until `condition` holds, checking every 10 ms. The 60 s bound is a hang guard, not a timing
+/// assertion: a slow (2-core CI) machine takes as long as it needs.
 pub(crate) async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !condition() {
         assert!(
             tokio::time::Instant::now() < deadline,
