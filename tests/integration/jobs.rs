@@ -899,7 +899,7 @@ async fn after_kill_9_the_job_completes_on_restart_and_no_unsafe_part_runs_twice
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_runs_on_postgres() {
-    let Some(pg) = Postgres::start() else { return };
+    let pg = Postgres::start();
     let up = counting_upstream().await;
     let (gw, _live) = live_gateway(&format!(
         "{}\n[jobs]\nstore = \"{}\"\npartition_size = 10\n",
@@ -932,7 +932,7 @@ async fn a_job_runs_on_postgres() {
 /// only the parts in flight in the killed one are sent twice (they are GETs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_share_a_job_on_postgres_and_one_finishes_it_after_the_other_is_killed() {
-    let Some(pg) = Postgres::start() else { return };
+    let pg = Postgres::start();
     let gate = Arc::new(Semaphore::new(0));
     let up = gated_upstream(gate.clone()).await;
     let dir = TempDir::new("jobs-two");

@@ -42,12 +42,13 @@ fn is_root() -> bool {
 }
 
 impl Postgres {
-    /// Starts a cluster, or `None` (saying so) when PostgreSQL is not installed.
-    pub(crate) fn start() -> Option<Postgres> {
-        let Some(bin) = bin_dir() else {
-            eprintln!("skipped: PostgreSQL (initdb, pg_ctl) is not installed; .ci/run installs it");
-            return None;
-        };
+    /// Starts a cluster. A test that needs one fails when PostgreSQL is not installed, rather than passing
+    /// without having run.
+    pub(crate) fn start() -> Postgres {
+        let bin = bin_dir().expect(
+            "cannot run PostgreSQL: initdb and pg_ctl are neither on PATH nor in /usr/lib/postgresql/*/bin; \
+             install Debian's package (`apt-get install postgresql`), as .ci/run does",
+        );
         let dir = TempDir::new("postgres");
         let as_root = is_root();
         if as_root {
@@ -83,7 +84,7 @@ impl Postgres {
             .arg("-D")
             .arg(&postgres.data)
             .args(["-o", &options, "start"]));
-        Some(postgres)
+        postgres
     }
 
     /// One of the cluster's programs, run as `postgres` when the test runs as root.
