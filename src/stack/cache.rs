@@ -19,9 +19,9 @@
 //! entries.
 //!
 //! The layer's future is boxed on the paths that use the store or follow another part's call (their awaits are
-//! many and nested). On a route without a cache, a part that does neither costs one hash of what it sends and
-//! a map insert and removal under one of [`SHARDS`] locks, no allocation: a GET that leads its call gets the
-//! inner future with its seat beside it, anything else the inner future as is.
+//! many and nested). On a route without a cache, a GET that leads its call costs one walk over what it sends
+//! (its digest) and a map insert and removal under one of [`SHARDS`] locks, no allocation: it gets the inner
+//! future with its seat beside it; anything else gets the inner future as is.
 
 use std::collections::{HashMap, hash_map};
 use std::future::Future;
