@@ -11,6 +11,8 @@
 //! - `batch/50`: a 50-part batch, reported per part: what a part costs on the route stack's path.
 //! - `cached/50`: the same batch to a route with `cache = true` whose entries are all fresh: what a cache hit
 //!   costs, to set beside a proxied part.
+//! - `uncoalesced/1`, `uncoalesced/50`: the `batch` rows on a route with `coalesce = false` (no cache layer at
+//!   all): set beside `batch/*`, what coalescing (on by default) costs a part nobody joins.
 //!
 //! The client, the gateway and the upstream share one runtime, so the figures are the whole round trip's CPU,
 //! not the gateway's alone: compare runs of this bench with each other (a regression on the per-part path
@@ -67,14 +69,15 @@ async fn upstream(listener: TcpListener) {
     }
 }
 
-/// Starts the upstream and a gateway routing `/mail/` to it, and `/cached/` through a cache; the gateway's
-/// address.
+/// Starts the upstream and a gateway routing `/mail/` to it, `/plain/` to it without coalescing, and `/cached/`
+/// through a cache; the gateway's address.
 async fn start() -> SocketAddr {
     let upstream_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream_addr = upstream_listener.local_addr().unwrap();
     tokio::spawn(upstream(upstream_listener));
     let config = Config::from_toml(&format!(
         "[cache]\n[[routes]]\nprefix = \"/mail/\"\nupstream = \"http://{upstream_addr}\"\n\
+         [[routes]]\nprefix = \"/plain/\"\nupstream = \"http://{upstream_addr}\"\ncoalesce = false\n\
          [[routes]]\nprefix = \"/cached/\"\nupstream = \"http://{upstream_addr}\"\ncache = true\n"
     ))
     .unwrap();
@@ -130,15 +133,17 @@ fn gateway(c: &mut Criterion) {
     let runtime = Runtime::new().unwrap();
     let addr = runtime.block_on(start());
     let mut sender = runtime.block_on(connect(addr));
-    let mut group = c.benchmark_group("batch");
-    for n in SIZES {
-        let body = batch_body("/mail/", n);
-        group.throughput(Throughput::Elements(n as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(n), &body, |b, body| {
-            b.iter(|| runtime.block_on(post(&mut sender, addr, body.clone())));
-        });
+    for (name, prefix) in [("batch", "/mail/"), ("uncoalesced", "/plain/")] {
+        let mut group = c.benchmark_group(name);
+        for n in SIZES {
+            let body = batch_body(prefix, n);
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_with_input(BenchmarkId::from_parameter(n), &body, |b, body| {
+                b.iter(|| runtime.block_on(post(&mut sender, addr, body.clone())));
+            });
+        }
+        group.finish();
     }
-    group.finish();
     let mut group = c.benchmark_group("cached");
     let n = 50;
     let body = batch_body("/cached/", n);

@@ -9,6 +9,7 @@
 //! Bodies are encoded by their content type, both ways: a JSON value for a JSON type, a string for `text/*`,
 //! base64url for anything else (standard base64 and padding are accepted on the way in).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 
@@ -400,15 +401,15 @@ impl PartReader {
                 "conditional requests (`if`) are not supported; use dependsOn",
             ));
         }
-        let id: String = required(fields.id, || path("id"), "a string")?;
+        let id = required(fields.id, || path("id"))?;
         if id.is_empty() || id.chars().any(char::is_control) {
             return Err(JsonError::field(
                 path("id"),
                 "must be a non-empty string without control characters",
             ));
         }
-        let method: String = required(fields.method, || path("method"), "a string")?;
-        let url: String = required(fields.url, || path("url"), "a string")?;
+        let method = required(fields.method, || path("method"))?;
+        let url = required(fields.url, || path("url"))?;
         if url.is_empty() || url.chars().any(char::is_control) {
             return Err(JsonError::field(
                 path("url"),
@@ -434,7 +435,7 @@ impl PartReader {
             Err(Refusal::Part(error)) => Err(error),
         };
         Ok(Part {
-            content_id: Some(ContentId::new(id, false)),
+            content_id: Some(ContentId::new(id.into_owned(), false)),
             request,
             depends_on,
         })
@@ -446,13 +447,13 @@ impl PartReader {
         element: &Bytes,
         fields: Fields<'_>,
         method: &str,
-        url: String,
+        url: Cow<'_, str>,
         path: &dyn Fn(&str) -> String,
     ) -> Result<EmbeddedRequest, Refusal> {
         // Paths are made only for an error: on the way of every part, they would be an allocation each.
         let method = method_of(method, || path("method"))?;
         let mut headers = match fields.headers {
-            Some(raw) if raw.get() != "null" => self.headers(raw, || path("headers"))?,
+            Some(raw) if raw.get() != "null" => self.headers(element, raw, || path("headers"))?,
             _ => HeaderMap::new(),
         };
         let body = match fields.body {
@@ -463,7 +464,7 @@ impl PartReader {
             method,
             // OData urls may be relative to the service root, which is the gateway's `/`.
             target: if url.starts_with('/') || url.contains("://") {
-                url
+                url.into_owned()
             } else {
                 format!("/{url}")
             },
@@ -494,9 +495,15 @@ impl PartReader {
         Ok(indexes.into_boxed_slice())
     }
 
-    /// `headers`: an object of strings. A header a part may not carry refuses the part, as in multipart.
-    fn headers(&self, raw: &RawValue, path: impl Fn() -> String) -> Result<HeaderMap, Refusal> {
-        let pairs: BTreeMap<String, &RawValue> = serde_json::from_str(raw.get())
+    /// `headers`: an object of strings. A header a part may not carry refuses the part, as in multipart. A
+    /// value without escapes is a slice of the element, not a copy.
+    fn headers(
+        &self,
+        element: &Bytes,
+        raw: &RawValue,
+        path: impl Fn() -> String,
+    ) -> Result<HeaderMap, Refusal> {
+        let pairs: BTreeMap<Name<'_>, &RawValue> = serde_json::from_str(raw.get())
             .map_err(|_| JsonError::field(path(), "must be an object of strings"))?;
         if pairs.len() > self.limits.max_headers {
             return Err(Refusal::Part(RequestError::TooManyHeaders {
@@ -505,15 +512,19 @@ impl PartReader {
         }
         let mut headers = HeaderMap::with_capacity(pairs.len());
         let mut bytes = 0;
-        for (name, value) in pairs {
+        for (Name(name), value) in pairs {
             let at = |reason: &str| JsonError::field(format!("{}.{name}", path()), reason);
-            let value: String =
-                serde_json::from_str(value.get()).map_err(|_| at("must be a string"))?;
+            let value = text(value).map_err(|_| at("must be a string"))?;
             bytes += name.len() + value.len() + 4;
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| at("is not a valid header name"))?;
-            let value = HeaderValue::from_str(&value)
-                .map_err(|_| at("has characters a header value cannot hold"))?;
+            let value = match value {
+                Cow::Borrowed(value) => {
+                    HeaderValue::from_maybe_shared(element.slice_ref(value.as_bytes()))
+                }
+                Cow::Owned(value) => HeaderValue::from_str(&value),
+            }
+            .map_err(|_| at("has characters a header value cannot hold"))?;
             if name == TRANSFER_ENCODING {
                 return Err(Refusal::Part(RequestError::TransferEncoding));
             }
@@ -549,6 +560,10 @@ struct Fields<'a> {
     condition: Option<&'a RawValue>,
 }
 
+/// A header's name in a request's `headers`: borrowed from the element unless it has escapes.
+#[derive(Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
+
 /// What a bad field costs: the whole batch, or only its part (as the same fault would in multipart).
 enum Refusal {
     Batch(JsonError),
@@ -561,18 +576,33 @@ impl From<JsonError> for Refusal {
     }
 }
 
-fn required<T: serde::de::DeserializeOwned>(
-    raw: Option<&RawValue>,
+/// A required string field's text.
+fn required<'a>(
+    raw: Option<&'a RawValue>,
     path: impl Fn() -> String,
-    what: &str,
-) -> Result<T, JsonError> {
+) -> Result<Cow<'a, str>, JsonError> {
     let raw = raw.ok_or_else(|| JsonError::field(path(), "is required"))?;
-    serde_json::from_str(raw.get()).map_err(|_| JsonError::field(path(), format!("must be {what}")))
+    text(raw).map_err(|_| JsonError::field(path(), "must be a string"))
+}
+
+/// A JSON string's text: borrowed from the element when it has no escapes (nearly always), unescaped into
+/// its own string otherwise.
+fn text(raw: &RawValue) -> serde_json::Result<Cow<'_, str>> {
+    match serde_json::from_str::<&str>(raw.get()) {
+        Ok(text) => Ok(Cow::Borrowed(text)),
+        Err(_) => serde_json::from_str::<String>(raw.get()).map(Cow::Owned),
+    }
 }
 
 /// `method`, in any letter case; CONNECT and TRACE are refused for the part, as in multipart.
 fn method_of(method: &str, path: impl Fn() -> String) -> Result<Method, Refusal> {
-    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+    // Upper-cased into a copy only when it has lower case.
+    let upper = if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        Cow::Owned(method.to_ascii_uppercase())
+    } else {
+        Cow::Borrowed(method)
+    };
+    let method = Method::from_bytes(upper.as_bytes())
         .map_err(|_| JsonError::field(path(), format!("{method:?} is not an HTTP method")))?;
     if method == Method::CONNECT || method == Method::TRACE {
         return Err(Refusal::Part(RequestError::MethodNotAllowed(method)));
@@ -642,16 +672,21 @@ enum Encoding {
 }
 
 impl Encoding {
+    /// Compared without letter case, in place (on every answer's way).
     fn of(content_type: &str) -> Encoding {
         let essence = content_type
             .split(';')
             .next()
             .unwrap_or_default()
             .trim()
-            .to_ascii_lowercase();
-        if essence == "application/json" || essence.ends_with("+json") {
+            .as_bytes();
+        let ends_with = |suffix: &[u8]| {
+            essence.len() >= suffix.len()
+                && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        };
+        if essence.eq_ignore_ascii_case(b"application/json") || ends_with(b"+json") {
             Encoding::Json
-        } else if essence.starts_with("text/") {
+        } else if essence.len() >= 5 && essence[..5].eq_ignore_ascii_case(b"text/") {
             Encoding::Text
         } else {
             Encoding::Base64

@@ -21,12 +21,14 @@
 //! Freshness is judged on the cache's clock, which follows tokio's, so tests on a paused clock can age
 //! entries.
 //!
-//! The layer's future is boxed on the paths that use the store or coalesce (their awaits are many and
-//! nested); a part that does neither (an unsafe part on a route without a cache) gets the inner future as is.
+//! The layer's future is boxed on the paths that use the store or follow another part's call (their awaits are
+//! many and nested). On a route without a cache, a GET that leads its call costs one walk over what it sends
+//! (its digest) and a map insert and removal under one of [`SHARDS`] locks, no allocation: it gets the inner
+//! future with its seat beside it; anything else gets the inner future as is.
 
 use std::collections::{HashMap, hash_map};
 use std::future::Future;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hash, Hasher, RandomState};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -72,7 +74,7 @@ struct State {
     mapping: Arc<Mapping>,
     cache: Option<CacheHandle>,
     /// Calls in flight that identical GETs may join; `None` with `coalesce = false`.
-    flights: Option<Flights>,
+    flights: Option<Arc<Flights>>,
     metrics: Arc<Metrics>,
 }
 
@@ -95,7 +97,7 @@ impl CacheLayer {
                 route,
                 mapping,
                 cache,
-                flights: coalesce.then(Flights::default),
+                flights: coalesce.then(Arc::default),
                 metrics,
             }),
         }
@@ -139,34 +141,64 @@ where
     }
 
     fn call(&mut self, request: PartRequest) -> Self::Future {
-        let cached = self.state.cache.is_some();
-        let coalesced = self.state.flights.is_some() && request.method == Method::GET;
-        if !cached && !coalesced {
+        if self.state.cache.is_some() {
+            let (state, inner) = self.take_ready();
+            return CacheFuture::Boxed {
+                call: Box::pin(async move { serve(&state, inner, request).await }),
+            };
+        }
+        let Some(flights) = flights_for(&self.state, &request) else {
             return CacheFuture::Pass {
                 call: self.inner.call(request),
             };
-        }
-        // The clone is ready (tower's rule: call the instance polled ready); this one goes on in its place.
-        let ready = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, ready);
-        let state = self.state.clone();
-        CacheFuture::Boxed {
-            call: Box::pin(async move {
-                if cached {
-                    serve(&state, inner, request).await
-                } else {
-                    Ok(fetch(&state, inner, request).await?.0)
+        };
+        let digest = flights.digest(&request);
+        match flights.role(digest) {
+            // The common case, nobody to join: the inner call as is, the seat given up when it ends.
+            Role::Lead(lead) => CacheFuture::Lead {
+                call: self.inner.call(request),
+                lead: Some(lead),
+            },
+            Role::Follow(receiver) => {
+                let (state, inner) = self.take_ready();
+                CacheFuture::Boxed {
+                    call: Box::pin(async move {
+                        let role = Role::Follow(receiver);
+                        Ok(coalesced(&state, inner, request, digest, role).await?.0)
+                    }),
                 }
-            }),
+            }
         }
     }
 }
 
+impl<S: Clone> CacheService<S> {
+    /// The inner service, ready, for a call made later; a clone goes on in its place (tower's rule: call the
+    /// instance polled ready).
+    fn take_ready(&mut self) -> (Arc<State>, S) {
+        let ready = self.inner.clone();
+        (
+            self.state.clone(),
+            std::mem::replace(&mut self.inner, ready),
+        )
+    }
+}
+
+/// The route's calls in flight, if `request` may join one (a GET on a route that coalesces).
+fn flights_for<'a>(state: &'a State, request: &PartRequest) -> Option<&'a Arc<Flights>> {
+    state
+        .flights
+        .as_ref()
+        .filter(|_| request.method == Method::GET)
+}
+
 pin_project_lite::pin_project! {
-    /// The inner call as it is, or the cache's and coalescing's work around it.
+    /// The inner call as it is, the inner call of a part that leads its call in flight (its followers get
+    /// its answer when it ends), or the cache's and coalescing's work around it.
     #[project = CacheProjection]
     pub(crate) enum CacheFuture<F> {
         Pass { #[pin] call: F },
+        Lead { #[pin] call: F, lead: Option<Lead> },
         Boxed { call: BoxedAnswer },
     }
 }
@@ -180,6 +212,13 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
         match self.project() {
             CacheProjection::Pass { call } => call.poll(cx),
+            CacheProjection::Lead { call, lead } => {
+                let answer = std::task::ready!(call.poll(cx));
+                if let Some(lead) = lead.take() {
+                    lead.finish_with(&answer);
+                }
+                Poll::Ready(answer)
+            }
             CacheProjection::Boxed { call } => call.as_mut().poll(cx),
         }
     }
@@ -929,17 +968,23 @@ impl Asking for Asked {
     }
 }
 
+/// How many locks the route's calls in flight are spread over: parts running at once on several threads
+/// seldom wait for each other's.
+const SHARDS: usize = 16;
+
 /// The route's calls in flight that identical GETs may join, by digest.
 #[derive(Debug, Default)]
 struct Flights {
     /// Two keys drawn for the route, so that no client can arrange two different requests to collide.
     keys: (RandomState, RandomState),
-    calls: Mutex<Calls>,
+    /// Chosen by the digest's high half.
+    shards: [Mutex<Calls>; SHARDS],
 }
 
 #[derive(Debug, Default)]
 struct Calls {
-    by_digest: HashMap<u128, Slot>,
+    /// Keyed by a digest that is a keyed hash already: the map takes its low half as is, not hashed again.
+    by_digest: HashMap<u128, Slot, BuildHasherDefault<DigestHasher>>,
     /// Tells a leader's slot from a later one of the same digest.
     next_seat: u64,
 }
@@ -960,21 +1005,64 @@ enum Flight {
     Failed,
 }
 
+/// The low half of a digest, as the calls' map's hash.
+#[derive(Debug, Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only digests are hashed (by `write_u128`); any other key is folded in all the same.
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u128(&mut self, digest: u128) {
+        self.0 = digest as u64;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The two keyed hashers of a digest, fed in one walk over a request.
+struct Both(DefaultHasher, DefaultHasher);
+
+impl Hasher for Both {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write(bytes);
+        self.1.write(bytes);
+    }
+
+    /// The first half alone; the digest is [`Both::digest`].
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+}
+
+impl Both {
+    fn digest(&self) -> u128 {
+        (u128::from(self.0.finish()) << 64) | u128::from(self.1.finish())
+    }
+}
+
 /// A part's role for one call in flight.
-enum Role<'a> {
-    Lead(Lead<'a>),
+enum Role {
+    Lead(Lead),
     Follow(watch::Receiver<Flight>),
 }
 
 /// A leader's seat: given up when the call ends, or when the leader is dropped first (its followers then see
 /// the channel closed and one of them leads in its place).
-struct Lead<'a> {
-    flights: &'a Flights,
+#[derive(Debug)]
+pub(crate) struct Lead {
+    flights: Arc<Flights>,
     digest: u128,
     seat: u64,
 }
 
-impl Lead<'_> {
+impl Lead {
     /// Ends the call: later parts start their own, and the followers get `flight` (made only if there are
     /// any, so that a call nobody joined copies nothing).
     fn finish(self, flight: impl FnOnce() -> Flight) {
@@ -983,9 +1071,21 @@ impl Lead<'_> {
         }
     }
 
+    /// Ends the call with its outcome: the answer shared, or a failure (each follower is sent on its own).
+    fn finish_with(self, answer: &Answer) {
+        match answer {
+            Ok(answer) => self.finish(|| Flight::Answered(Arc::new(copy(answer)))),
+            Err(_) => self.finish(|| Flight::Failed),
+        }
+    }
+
     /// Takes the slot out of the map, if it is still this leader's; its followers' channel, if any.
     fn leave(&self) -> Option<watch::Sender<Flight>> {
-        let mut calls = self.flights.calls.lock().expect("not poisoned");
+        let mut calls = self
+            .flights
+            .shard(self.digest)
+            .lock()
+            .expect("not poisoned");
         match calls.by_digest.entry(self.digest) {
             hash_map::Entry::Occupied(slot) if slot.get().seat == self.seat => slot.remove().sender,
             _ => None,
@@ -993,7 +1093,7 @@ impl Lead<'_> {
     }
 }
 
-impl Drop for Lead<'_> {
+impl Drop for Lead {
     fn drop(&mut self) {
         self.leave();
     }
@@ -1001,16 +1101,18 @@ impl Drop for Lead<'_> {
 
 impl Flights {
     fn digest(&self, request: &PartRequest) -> u128 {
-        let mut first = self.keys.0.build_hasher();
-        let mut second = self.keys.1.build_hasher();
-        feed(&mut first, request);
-        feed(&mut second, request);
-        (u128::from(first.finish()) << 64) | u128::from(second.finish())
+        let mut both = Both(self.keys.0.build_hasher(), self.keys.1.build_hasher());
+        feed(&mut both, request);
+        both.digest()
+    }
+
+    fn shard(&self, digest: u128) -> &Mutex<Calls> {
+        &self.shards[(digest >> 64) as usize % SHARDS]
     }
 
     /// Leads the call of `digest`, or follows the one in flight.
-    fn role(&self, digest: u128) -> Role<'_> {
-        let mut calls = self.calls.lock().expect("not poisoned");
+    fn role(self: &Arc<Self>, digest: u128) -> Role {
+        let mut calls = self.shard(digest).lock().expect("not poisoned");
         let seat = calls.next_seat;
         match calls.by_digest.entry(digest) {
             hash_map::Entry::Occupied(mut slot) => {
@@ -1024,7 +1126,7 @@ impl Flights {
                 slot.insert(Slot { seat, sender: None });
                 calls.next_seat += 1;
                 Role::Lead(Lead {
-                    flights: self,
+                    flights: self.clone(),
                     digest,
                     seat,
                 })
@@ -1060,27 +1162,32 @@ async fn fetch<S>(
 where
     S: Service<PartRequest, Response = UpstreamResponse, Error = PartError>,
 {
-    let Some(flights) = state
-        .flights
-        .as_ref()
-        .filter(|_| request.method == Method::GET)
-    else {
+    let Some(flights) = flights_for(state, &request) else {
         return Ok((inner_call(inner, request).await?, false));
     };
     let digest = flights.digest(&request);
+    let role = flights.role(digest);
+    coalesced(state, inner, request, digest, role).await
+}
+
+/// The part's upstream answer as `role` says: its own call, led, or another part's, followed (and, if that
+/// one's leader is dropped, led or followed again).
+async fn coalesced<S>(
+    state: &State,
+    inner: S,
+    request: PartRequest,
+    digest: u128,
+    mut role: Role,
+) -> Result<(UpstreamResponse, bool), PartError>
+where
+    S: Service<PartRequest, Response = UpstreamResponse, Error = PartError>,
+{
     loop {
-        match flights.role(digest) {
+        match role {
             Role::Lead(lead) => {
-                return match inner_call(inner, request).await {
-                    Ok(answer) => {
-                        lead.finish(|| Flight::Answered(Arc::new(copy(&answer))));
-                        Ok((answer, false))
-                    }
-                    Err(error) => {
-                        lead.finish(|| Flight::Failed);
-                        Err(error)
-                    }
-                };
+                let answer = inner_call(inner, request).await;
+                lead.finish_with(&answer);
+                return Ok((answer?, false));
             }
             Role::Follow(mut receiver) => {
                 // On the batch's timeline, the shared call is this part's time upstream.
@@ -1107,7 +1214,11 @@ where
                     }
                     Ok(_) => return Ok((inner_call(inner, request).await?, false)),
                     // The leader was dropped before its answer: lead in its place, or follow who does.
-                    Err(_) => continue,
+                    Err(_) => {
+                        let flights =
+                            flights_for(state, &request).expect("a GET on a route that coalesces");
+                        role = flights.role(digest);
+                    }
                 }
             }
         }
