@@ -98,18 +98,7 @@ impl Read<'_> {
             .router
             .route(&request.target, self.gateway_host)
             .map_err(|source| PartError::Route { index, source })?;
-        let nested = request
-            .headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| {
-                ct.trim_start()
-                    .get(..10)
-                    .is_some_and(|t| t.eq_ignore_ascii_case("multipart/"))
-            });
-        if nested {
-            return Err(PartError::NestedBody { index });
-        }
+        refuse_nested(index, &request.headers)?;
         Ok((
             destination.route.name.clone(),
             Work::Forward(Forward {
@@ -163,4 +152,21 @@ where
             }
         }
     }
+}
+
+/// A part whose body is itself multipart is refused (400, that part only): batches do not nest. Checked where a
+/// batch's parts are read and where a job's are stored.
+pub(crate) fn refuse_nested(index: usize, headers: &http::HeaderMap) -> Result<(), PartError> {
+    let nested = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .get(..10)
+                .is_some_and(|t| t.eq_ignore_ascii_case("multipart/"))
+        });
+    if nested {
+        return Err(PartError::NestedBody { index });
+    }
+    Ok(())
 }

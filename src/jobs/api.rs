@@ -353,18 +353,7 @@ impl Intake<'_> {
             .router
             .route(&request.target, None)
             .map_err(|source| PartError::Route { index, source })?;
-        let nested = request
-            .headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| {
-                ct.trim_start()
-                    .get(..10)
-                    .is_some_and(|t| t.eq_ignore_ascii_case("multipart/"))
-            });
-        if nested {
-            return Err(PartError::NestedBody { index });
-        }
+        crate::batch::read::refuse_nested(index, &request.headers)?;
         Ok(StoredRequest {
             method: request.method.as_str().to_owned(),
             target: request.target,
