@@ -1,7 +1,6 @@
 //! The core gateway over real HTTP: ordering, Content-ID echo, header rules, bodies, per-part and whole-batch
 //! errors, the concurrency cap, cancellation, pooling and streaming. Every server is real and bound on port 0.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::*;
@@ -9,7 +8,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 /// A raw `POST /batch` with a Content-Length, `extra` header lines (each ending in CRLF) and `body`.
 fn raw_post(extra: &str, body: &[u8]) -> Vec<u8> {
@@ -49,26 +48,8 @@ fn seen_at(up: &Upstream, path: &str) -> Seen {
 async fn replies_come_in_request_order_when_parts_finish_in_reverse() {
     const N: usize = 6;
     // Part i is answered only once part i+1 has been: the upstream finishes them last to first.
-    let gates: Arc<Vec<Notify>> = Arc::new((0..N).map(|_| Notify::new()).collect());
-    let finished = Arc::new(Mutex::new(Vec::new()));
-    let up = {
-        let (gates, finished) = (gates.clone(), finished.clone());
-        upstream(move |seen| {
-            let (gates, finished) = (gates.clone(), finished.clone());
-            async move {
-                let i: usize = seen.uri.path().rsplit('/').next().unwrap().parse().unwrap();
-                if i + 1 < N {
-                    gates[i].notified().await;
-                }
-                finished.lock().unwrap().push(i);
-                if i > 0 {
-                    gates[i - 1].notify_one();
-                }
-                text(StatusCode::OK, format!("answer {i}"))
-            }
-        })
-        .await
-    };
+    let (up, finished) =
+        reverse_order_upstream(N, |i| text(StatusCode::OK, format!("answer {i}"))).await;
     let gw = gateway(&routes(&[("/r/", up.addr)])).await;
     let targets: Vec<String> = (0..N).map(|i| format!("/r/{i}")).collect();
     let reply = within(10, "the batch", gw.post(MP, get_batch("b", &targets))).await;

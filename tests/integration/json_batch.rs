@@ -2,7 +2,6 @@
 //! refusals with their offset or path, body encodings both ways, streaming, and `Accept` choosing the
 //! reply's format.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -13,7 +12,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use tokio::sync::Notify;
 
 use crate::support::*;
 
@@ -101,30 +99,14 @@ async fn mirror() -> Upstream {
 async fn answers_come_in_request_order_with_ids_statuses_and_lower_case_headers() {
     const N: usize = 3;
     // Request i is answered only once request i+1 has been: the upstream finishes them last to first.
-    let gates: Arc<Vec<Notify>> = Arc::new((0..N).map(|_| Notify::new()).collect());
-    let finished = Arc::new(Mutex::new(Vec::new()));
-    let up = {
-        let (gates, finished) = (gates.clone(), finished.clone());
-        upstream(move |seen| {
-            let (gates, finished) = (gates.clone(), finished.clone());
-            async move {
-                let i: usize = seen.uri.path().rsplit('/').next().unwrap().parse().unwrap();
-                if i + 1 < N {
-                    gates[i].notified().await;
-                }
-                finished.lock().unwrap().push(i);
-                if i > 0 {
-                    gates[i - 1].notify_one();
-                }
-                let mut response = text(StatusCode::OK, format!("{{\"n\":{i}}}"));
-                response
-                    .headers_mut()
-                    .insert("Content-Type", "application/json".parse().unwrap());
-                response
-            }
-        })
-        .await
-    };
+    let (up, finished) = reverse_order_upstream(N, |i| {
+        let mut response = text(StatusCode::OK, format!("{{\"n\":{i}}}"));
+        response
+            .headers_mut()
+            .insert("Content-Type", "application/json".parse().unwrap());
+        response
+    })
+    .await;
     let gw = gateway(&routes(&[("/up/", up.addr)])).await;
     let body = json!({"requests": [
         {"id": "a", "method": "get", "url": "/up/0"},

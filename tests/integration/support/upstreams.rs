@@ -383,3 +383,31 @@ pub(crate) async fn held_upstream(held: &'static str) -> HeldUpstream {
         arrivals,
     }
 }
+
+/// An upstream that answers `/.../i` (i < `n`) only once `/.../i+1` has been answered, so that concurrent
+/// requests finish last to first; `answer(i)` is the answer. The second value records the order they finished in.
+pub(crate) async fn reverse_order_upstream(
+    n: usize,
+    answer: fn(usize) -> Response<Full<Bytes>>,
+) -> (Upstream, Arc<Mutex<Vec<usize>>>) {
+    let gates: Arc<Vec<tokio::sync::Notify>> =
+        Arc::new((0..n).map(|_| tokio::sync::Notify::new()).collect());
+    let finished = Arc::new(Mutex::new(Vec::new()));
+    let order = finished.clone();
+    let up = upstream(move |seen| {
+        let (gates, finished) = (gates.clone(), finished.clone());
+        async move {
+            let i: usize = seen.uri.path().rsplit('/').next().unwrap().parse().unwrap();
+            if i + 1 < n {
+                gates[i].notified().await;
+            }
+            finished.lock().unwrap().push(i);
+            if i > 0 {
+                gates[i - 1].notify_one();
+            }
+            answer(i)
+        }
+    })
+    .await;
+    (up, order)
+}
