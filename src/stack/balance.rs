@@ -5,7 +5,10 @@
 //! again whatever their method, without being a retry (no budget): one that cannot connect to an address goes
 //! to another address of the same upstream, if it has one (what connecting to a name means); one whose
 //! HTTP/2 stream the upstream refused unprocessed (GOAWAY, REFUSED_STREAM) goes again to the same address on
-//! another connection, and the refusal counts neither way for health.
+//! another connection, and the refusal counts neither way for health. A third kind may have run: a part whose
+//! connection the upstream closed before answering (mostly a kept-alive one it closed for idleness as the part
+//! arrived) goes again once to the same address if it is idempotent, and that first closing does not count
+//! against the address either.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,7 +22,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::connect::TlsTarget;
-use super::pool::{Pool, PoolSettings, SendError, Unsent};
+use super::pool::{Pool, PoolSettings, Resend, SendError};
 use super::timeout::Deadline;
 use super::{PartRequest, UpstreamResponse};
 use crate::config::{Balance, Origin};
@@ -237,14 +240,17 @@ impl Service<PartRequest> for Balancer {
                 });
             };
             let mut refusals = 0;
+            let mut closings = 0;
             loop {
                 if let Some(t) = &request.tried {
                     t.add(pool.addr);
                 }
                 tried.push(pool.addr);
-                // A copy to send again, should nothing run: at another address of the same upstream if this one
-                // does not connect, or on another connection if an HTTP/2 upstream refuses the stream.
+                // A copy to send again (see [`Resend`]): at another address of the same upstream if this one
+                // does not connect, on another connection if an HTTP/2 upstream refuses the stream or an
+                // idempotent part's connection is closed unanswered.
                 let spare = (pool.may_refuse
+                    || (closings == 0 && request.is_idempotent())
                     || all
                         .iter()
                         .any(|e| e.origin == pool.origin && !tried.contains(&e.addr)))
@@ -269,14 +275,21 @@ impl Service<PartRequest> for Balancer {
                 };
                 let (failed, next) = match &result {
                     Err(SendError {
-                        unsent: Some(Unsent::Refused),
+                        resend: Some(Resend::Refused),
                         ..
                     }) if refusals < REFUSALS => {
                         refusals += 1;
                         (None, spare.map(|r| (r, pool.clone())))
                     }
                     Err(SendError {
-                        unsent: Some(Unsent::NoConnection),
+                        resend: Some(Resend::Closed),
+                        ..
+                    }) if closings == 0 && spare.as_ref().is_some_and(|r| r.is_idempotent()) => {
+                        closings += 1;
+                        (None, spare.map(|r| (r, pool.clone())))
+                    }
+                    Err(SendError {
+                        resend: Some(Resend::NoConnection),
                         ..
                     }) => (
                         Some(true),
@@ -301,11 +314,12 @@ impl Service<PartRequest> for Balancer {
                 };
                 attempt.finish(failed);
                 match (result, next) {
-                    (Err(_), Some((next_request, next))) => {
+                    (Err(e), Some((next_request, next))) => {
                         tracing::debug!(
                             from = %pool.label,
                             to = %next.label,
-                            "nothing ran; sending the part again"
+                            error = %e.error,
+                            "sending the part again: it did not run there, or it is idempotent"
                         );
                         request = next_request;
                         pool = next;

@@ -137,6 +137,15 @@ impl PartRequest {
     pub(crate) fn is_safe(&self) -> bool {
         matches!(self.method, Method::GET | Method::HEAD | Method::OPTIONS)
     }
+
+    /// Idempotent methods (RFC 9110 9.2.2), or a part with its own `Idempotency-Key`: sending one again after a
+    /// failure cannot do twice what once would.
+    pub(crate) fn is_idempotent(&self) -> bool {
+        matches!(
+            self.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+        ) || self.headers.contains_key("idempotency-key")
+    }
 }
 
 /// An upstream's complete answer to one part.

@@ -159,7 +159,7 @@ impl Pool {
             let reason = innermost(&e);
             if e.is_connect() {
                 SendError {
-                    unsent: caused_by::<TcpError>(&e).then_some(Unsent::NoConnection),
+                    resend: caused_by::<TcpError>(&e).then_some(Resend::NoConnection),
                     error: PartError::Connect {
                         index,
                         upstream: upstream(),
@@ -168,11 +168,23 @@ impl Pool {
                 }
             } else if refused(&e) {
                 SendError {
-                    unsent: Some(Unsent::Refused),
+                    resend: Some(Resend::Refused),
                     error: PartError::NoResponse {
                         index,
                         upstream: upstream(),
                         reason: format!("the upstream refused the stream unprocessed: {reason}"),
+                    },
+                }
+            } else if closed_unanswered(&e) {
+                SendError {
+                    resend: Some(Resend::Closed),
+                    error: PartError::NoResponse {
+                        index,
+                        upstream: upstream(),
+                        reason: format!(
+                            "the upstream closed the connection before answering ({reason}); \
+                             the part may or may not have run there"
+                        ),
                     },
                 }
             } else {
@@ -308,36 +320,42 @@ struct Health {
     probing: bool,
 }
 
-/// A part this address did not answer, and whether it certainly did not run there.
+/// A part this address did not answer, and whether it may go again without being a retry.
 #[derive(Debug)]
 pub(crate) struct SendError {
     pub error: PartError,
-    /// Set when nothing ran: the part may be sent again, whatever its method, without being a retry.
-    pub unsent: Option<Unsent>,
+    /// Set when it may be sent again without counting as a retry (see [`Resend`]).
+    pub resend: Option<Resend>,
 }
 
-/// Why a part certainly did not run at an address.
+/// Why a part may be sent again at once, without being a retry (no budget, no backoff).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Unsent {
-    /// No TCP connection could be made (refused, unreachable, not within `connect_timeout`): another address
-    /// of the same upstream may take the part.
+pub(crate) enum Resend {
+    /// No TCP connection could be made (refused, unreachable, not within `connect_timeout`): nothing ran, and
+    /// another address of the same upstream may take the part, whatever its method.
     NoConnection,
     /// An HTTP/2 upstream closed the stream without processing it: above the last stream id of its GOAWAY
     /// (it is closing the connection, after `keepalive_requests` say), or reset with REFUSED_STREAM (RFC 9113
-    /// 6.8, 8.7). The address is fine; the part goes again on another connection.
+    /// 6.8, 8.7). Nothing ran; the address is fine; the part goes again, whatever its method, on another
+    /// connection.
     Refused,
+    /// The upstream closed the connection before the head of an answer. Most often it was a kept-alive one that
+    /// the upstream closed for idleness just as the request arrived (Node's and Apache's 5 s, say), so it
+    /// never read it; but it may have. So only an idempotent part goes again, once, on another connection
+    /// (RFC 9112 9.3.1); any other is answered 502 saying it may or may not have run.
+    Closed,
 }
 
 impl From<PartError> for SendError {
     fn from(error: PartError) -> SendError {
         SendError {
             error,
-            unsent: None,
+            resend: None,
         }
     }
 }
 
-/// Whether the upstream closed this request's HTTP/2 stream unprocessed (see [`Unsent::Refused`]). hyper
+/// Whether the upstream closed this request's HTTP/2 stream unprocessed (see [`Resend::Refused`]). hyper
 /// reports it as the stream's `h2::Error`; it does not send such requests again itself (hyper-util's
 /// `retry_canceled_requests` covers only requests never handed to a connection).
 fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -346,6 +364,19 @@ fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
         if let Some(h2) = c.downcast_ref::<h2::Error>() {
             return h2.is_remote()
                 && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Whether the upstream closed the connection before this request's answer head (hyper's "connection
+/// closed before message completed" while waiting for the head): see [`Resend::Closed`].
+fn closed_unanswered(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(hyper) = c.downcast_ref::<hyper::Error>() {
+            return hyper.is_incomplete_message();
         }
         cause = c.source();
     }
@@ -473,7 +504,7 @@ mod tests {
         assert_eq!(batch.budget.left(), u64::MAX - 100);
 
         let error = pool.send(get(101, u64::MAX)).await.unwrap_err();
-        assert!(error.unsent.is_none());
+        assert!(error.resend.is_none());
         assert!(
             matches!(
                 error.error,
@@ -511,13 +542,13 @@ mod tests {
 
     /// An address nothing listens on: a connect error, and the part certainly did not run there.
     #[tokio::test]
-    async fn a_refused_connection_is_a_connect_error_and_unsent() {
+    async fn a_refused_connection_is_a_connect_error_to_resend() {
         let dead = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap();
         let error = pool(dead, 100).send(get(1, u64::MAX)).await.unwrap_err();
-        assert_eq!(error.unsent, Some(Unsent::NoConnection));
+        assert_eq!(error.resend, Some(Resend::NoConnection));
         assert!(
             matches!(error.error, PartError::Connect { index: 2, .. }),
             "{:?}",

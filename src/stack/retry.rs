@@ -13,8 +13,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use http::StatusCode;
 use http::header::RETRY_AFTER;
-use http::{Method, StatusCode};
 use rand::Rng;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
@@ -97,7 +97,7 @@ where
             return Box::pin(inner.oneshot(request));
         }
         self.budget.deposit();
-        if !idempotent(&request) {
+        if !request.is_idempotent() {
             return Box::pin(inner.oneshot(request));
         }
         let (retries, backoff, budget) = (self.retries, self.backoff, self.budget.clone());
@@ -130,13 +130,6 @@ where
             unreachable!("the loop returns")
         })
     }
-}
-
-fn idempotent(request: &PartRequest) -> bool {
-    matches!(
-        request.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-    ) || request.headers.contains_key("idempotency-key")
 }
 
 fn worth_retrying(result: &Result<UpstreamResponse, PartError>) -> bool {
@@ -213,6 +206,7 @@ impl Budget {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use http::Method;
     use tower::service_fn;
 
     use super::*;
