@@ -123,6 +123,10 @@ pub struct RouteConfig {
     /// (read it with [`RouteConfig::coalesces`]).
     #[serde(default)]
     pub coalesce: Option<bool>,
+    /// Drop answer headers that say nothing to a client reading a part (the upstream's `Date`, `Server`,
+    /// `Accept-Ranges` and the like: see `stack::prune`), for smaller replies.
+    #[serde(default)]
+    pub prune_headers: bool,
 }
 
 impl RouteConfig {

@@ -16,6 +16,7 @@ use super::fields::FieldsLayer;
 use super::limit::{Capacity, InflightLayer};
 use super::policy::PolicyLayer;
 use super::pool::{Pool, PoolSettings};
+use super::prune::PruneLayer;
 use super::ratelimit::{RateLimitLayer, RateLimiter};
 use super::retry::{Budget, RetryLayer};
 use super::rewrite::{Mapping, RewriteLayer};
@@ -179,6 +180,7 @@ impl RouteStack {
             .layer(PolicyLayer::new(route.strip_cookies))
             .option_layer(shared.rate_limit.cloned().map(RateLimitLayer::new))
             .layer(RewriteLayer::new(mapping))
+            .option_layer(route.prune_headers.then_some(PruneLayer))
             .option_layer(route.fields.then_some(FieldsLayer))
             .option_layer(cache_layer)
             .layer(TimeoutLayer::new(

@@ -6,6 +6,8 @@
 //! - [`ratelimit`]: the per-client limit, a token per part (below the policy: a part is keyed by the
 //!   credential it is sent with);
 //! - [`rewrite`]: the route's path mapping, and `Location` answers mapped back;
+//! - [`prune`]: on routes with `prune_headers = true`, answer headers that say nothing to a part's reader
+//!   dropped (above the cache, which needs them);
 //! - [`fields`]: on routes with `fields = true`, the part's field mask taken off its target and applied to
 //!   its JSON answer (above the cache: a cache holds whole answers);
 //! - [`cache`]: on routes with `cache = true` or `coalesce = true` (the default), the HTTP cache (RFC 9111,
@@ -35,6 +37,7 @@ pub(crate) mod fields;
 pub(crate) mod limit;
 pub(crate) mod policy;
 pub(crate) mod pool;
+pub(crate) mod prune;
 pub(crate) mod ratelimit;
 pub(crate) mod retry;
 pub(crate) mod rewrite;

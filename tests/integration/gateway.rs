@@ -245,6 +245,68 @@ async fn hop_by_hop_headers_of_an_upstream_response_stay_out_of_the_reply_part()
     gw.stop().await;
 }
 
+/// `prune_headers = true` drops the answer headers that say nothing to a part's reader, on that route only, and
+/// above the cache: a cached answer (which needs its `Date`) is served pruned too.
+#[tokio::test]
+async fn prune_headers_drops_banners_and_dates_on_its_route_only() {
+    let up = upstream(|_| async {
+        let mut r = text(StatusCode::OK, "ok");
+        for (name, value) in [
+            ("server", "upstream/1.0"),
+            ("x-powered-by", "Express"),
+            ("accept-ranges", "bytes"),
+            ("cache-control", "max-age=60"),
+            ("etag", "\"v1\""),
+        ] {
+            r.headers_mut().insert(name, value.parse().unwrap());
+        }
+        r
+    })
+    .await;
+    let toml = format!(
+        "[cache]\n{}\nprune_headers = true\ncache = true\n{}",
+        routes(&[("/pruned/", up.addr)]),
+        routes(&[("/plain/", up.addr)])
+    );
+    let gw = gateway(&toml).await;
+    let reply = gw
+        .post(
+            MP,
+            batch(&[get_part("a", "/pruned/x"), get_part("b", "/plain/x")]),
+        )
+        .await;
+    let again = gw.post(MP, batch(&[get_part("c", "/pruned/x")])).await;
+    let parts = [reply.parts(), again.parts()].concat();
+    assert_eq!(statuses(&parts), [200, 200, 200]);
+    assert!(
+        parts[2].headers["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("hit"),
+        "{:?}",
+        parts[2].headers
+    );
+    for part in [&parts[0], &parts[2]] {
+        for name in ["date", "server", "x-powered-by", "accept-ranges"] {
+            assert!(part.headers.get(name).is_none(), "pruned part has {name}");
+        }
+        assert_eq!(part.headers["etag"], "\"v1\"");
+        assert_eq!(part.headers["cache-control"], "max-age=60");
+    }
+    for name in ["date", "server", "x-powered-by", "accept-ranges"] {
+        assert!(
+            parts[1].headers.get(name).is_some(),
+            "unpruned part lacks {name}"
+        );
+    }
+    assert_eq!(
+        up.seen().len(),
+        2,
+        "the second /pruned/x came from the cache"
+    );
+    gw.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Bodies
 
