@@ -135,7 +135,8 @@ where
                 }
                 (["partitions"], &Method::GET) => partitions(jobs, &job).await,
                 (["results"], &Method::GET) => results(jobs, &job, request.headers()),
-                (["partitions" | "results"], _) => Err(not_allowed("GET")),
+                (["tuning"], &Method::GET) => tuning(jobs, &job).await,
+                (["partitions" | "results" | "tuning"], _) => Err(not_allowed("GET")),
                 ([action], &Method::POST) => act(jobs, &job, action).await,
                 ([], _) => Err(not_allowed("GET, DELETE")),
                 (["pause" | "resume" | "cancel" | "retry"], _) => Err(not_allowed("POST")),
@@ -493,6 +494,32 @@ async fn partitions(jobs: &Jobs, job: &JobRow) -> Result<Response<ReplyBody>, Jo
     Ok(json(
         StatusCode::OK,
         serde_json::json!({ "id": job.id, "partitions": list }),
+    ))
+}
+
+/// `GET /jobs/{id}/tuning`: the limit changes the job's parts made, in order (`super::tuning`), shaped as
+/// `/admin/stats`' tuning events; `truncated` once the job has its most.
+async fn tuning(jobs: &Jobs, job: &JobRow) -> Result<Response<ReplyBody>, JobError> {
+    if job.status == JobStatus::Expired {
+        return Err(JobError::Expired(job.id.clone()));
+    }
+    let rows = jobs.store.tuning(&job.id).await?;
+    let truncated = rows.len() as i64 >= super::tuning::MAX_TUNING_ROWS;
+    let list: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|change| {
+            serde_json::json!({
+                "at": change.at,
+                "route": &*change.route,
+                "from": change.from,
+                "to": change.to,
+                "reason": change.reason,
+            })
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({ "id": job.id, "tuning": list, "truncated": truncated }),
     ))
 }
 

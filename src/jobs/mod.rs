@@ -8,25 +8,28 @@
 //! - [`workers`]: claiming partitions with a lease and a heartbeat, running their parts at a lower priority
 //!   than batches, committing each answer, and the crash rule for parts found in flight;
 //! - [`callback`]: the signed POST of a job's final status to the URL it was submitted with;
+//! - [`tuning`]: adaptive concurrency's limit changes that a job's parts made, kept with the job;
 //! - [`status`]: the statuses of jobs and parts.
 
 pub(crate) mod api;
 pub(crate) mod callback;
 pub(crate) mod status;
 pub(crate) mod store;
+pub(crate) mod tuning;
 pub(crate) mod workers;
 
 use std::sync::{Arc, Weak};
 
 use http::StatusCode;
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use crate::config::JobsConfig;
 use crate::gateway::Gateway;
 use crate::server::Live;
 use crate::stack::limit::Capacity;
 use store::Store;
+use tuning::TuningRow;
 
 /// Why a job request failed; each maps to one status and a message a user can act on.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +123,8 @@ pub(crate) struct Jobs {
     wake: Notify,
     /// This instance's name on the leases it holds.
     worker_id: String,
+    /// Where the limit changes its parts make wait for the committer (`tuning`).
+    tuning: mpsc::Sender<TuningRow>,
 }
 
 impl Jobs {
@@ -130,6 +135,7 @@ impl Jobs {
     ) -> Result<Arc<Jobs>, JobError> {
         let store = Store::open(config).await?;
         let max_inflight = live.gateway().config.limits.max_inflight;
+        let (tuning, tuned) = mpsc::channel(tuning::QUEUE);
         let jobs = Arc::new(Jobs {
             store,
             config: config.clone(),
@@ -137,8 +143,9 @@ impl Jobs {
             share: Capacity::new(share_of(max_inflight)),
             wake: Notify::new(),
             worker_id: random_id(),
+            tuning,
         });
-        tokio::spawn(workers::run(jobs.clone()));
+        tokio::spawn(workers::run(jobs.clone(), tuned));
         Ok(jobs)
     }
 

@@ -1185,3 +1185,109 @@ async fn a_json_batch_is_a_job_and_depends_on_is_refused() {
     assert_eq!(counts(&up).get("/api/1"), Some(&1));
     gw.stop().await;
 }
+
+/// An upstream that answers after 5 ms: a route with adaptive concurrency starting at a limit of 1 sees its
+/// latency hold, so its limit rises once two sample windows (at least 100 ms and 16 parts each) are in.
+async fn five_ms_upstream() -> Upstream {
+    upstream(|seen| async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        text(StatusCode::OK, seen.uri.path().to_owned())
+    })
+    .await
+}
+
+/// `/api/` with adaptive concurrency from 1 to 4 in front of `up`.
+fn adaptive_route(up: &Upstream) -> String {
+    format!(
+        "{}adaptive_concurrency = {{ min = 1, max = 4 }}\n",
+        routes(&[("/api/", up.addr)])
+    )
+}
+
+/// `GET /jobs/{id}/tuning`'s changes, checked to be one history: each a change of `/api/`'s limit with its
+/// reason, the first from the limit's start (1), each from where the one before went, in time order.
+async fn tuning_history(gw: &TestGateway, id: &str) -> Vec<serde_json::Value> {
+    let (status, doc) = get_json(gw, &format!("/jobs/{id}/tuning"), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    assert_eq!(doc["truncated"], false);
+    let changes = doc["tuning"].as_array().unwrap().clone();
+    assert!(
+        !changes.is_empty(),
+        "200 parts of 5 ms at a limit of 1 to 4 moved the limit: {doc}"
+    );
+    assert_eq!(changes[0]["from"], 1, "{doc}");
+    for change in &changes {
+        assert_eq!(change["route"], "/api/");
+        assert_ne!(change["from"], change["to"]);
+        assert!(!change["reason"].as_str().unwrap().is_empty());
+    }
+    for pair in changes.windows(2) {
+        assert_eq!(pair[0]["to"], pair[1]["from"], "{doc}");
+        assert!(pair[0]["at"].as_i64() <= pair[1]["at"].as_i64(), "{doc}");
+    }
+    changes
+}
+
+/// The tuning history: the limit changes a job's parts made on a route with adaptive concurrency are kept
+/// with the job, in order, and are still there after the gateway restarts on the same store; a job on a
+/// route without adaptive concurrency has none; a deleted job's are gone with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_limit_changes_are_kept_in_order_across_a_restart() {
+    let up = five_ms_upstream().await;
+    let plain = counting_upstream().await;
+    let dir = TempDir::new("jobs-tuning");
+    let config = format!(
+        "{}{}",
+        adaptive_route(&up),
+        routes(&[("/plain/", plain.addr)])
+    );
+    let (gw, _live) = jobs_gateway(&dir, "", &config).await;
+    let id = submit(&gw, &gets(200), &[]).await;
+    let untuned: Vec<String> = (0..50)
+        .map(|i| part(&format!("q{i}"), &format!("GET /plain/{i} HTTP/1.1\r\n")))
+        .collect();
+    let plain_id = submit(&gw, &untuned, &[]).await;
+    wait_status(&gw, &id, "completed").await;
+    wait_status(&gw, &plain_id, "completed").await;
+    let before = tuning_history(&gw, &id).await;
+    let (status, none) = get_json(&gw, &format!("/jobs/{plain_id}/tuning"), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(none["tuning"], serde_json::json!([]), "{none}");
+    let reply = gw
+        .request(
+            Method::POST,
+            &format!("/jobs/{id}/tuning"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    gw.stop().await;
+
+    let (gw, _live) = jobs_gateway(&dir, "", &config).await;
+    assert_eq!(tuning_history(&gw, &id).await, before);
+    let reply = gw
+        .request(Method::DELETE, &format!("/jobs/{id}"), &[], Bytes::new())
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    let (status, _) = get_json(&gw, &format!("/jobs/{id}/tuning"), &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    gw.stop().await;
+}
+
+/// The same history on Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_limit_changes_are_kept_on_postgres() {
+    let pg = Postgres::start();
+    let up = five_ms_upstream().await;
+    let (gw, _live) = live_gateway(&format!(
+        "{}\n[jobs]\nstore = \"{}\"\n",
+        adaptive_route(&up),
+        pg.url
+    ))
+    .await;
+    let id = submit(&gw, &gets(200), &[]).await;
+    wait_status(&gw, &id, "completed").await;
+    tuning_history(&gw, &id).await;
+    gw.stop().await;
+}
