@@ -131,6 +131,7 @@ where
                 ([], &Method::GET) => Ok(json(StatusCode::OK, status_json(jobs, &job).await?)),
                 ([], &Method::DELETE) => {
                     jobs.store.delete(&job.id).await?;
+                    jobs.stopped();
                     Ok(empty(StatusCode::NO_CONTENT))
                 }
                 (["partitions"], &Method::GET) => partitions(jobs, &job).await,
@@ -549,6 +550,7 @@ async fn act(jobs: &Jobs, job: &JobRow, action: &str) -> Result<Response<ReplyBo
             {
                 return Err(conflict("queued or running"));
             }
+            jobs.stopped();
         }
         "resume" => {
             if !jobs.store.transition(&job.id, &[Paused], Queued).await? {
@@ -564,6 +566,7 @@ async fn act(jobs: &Jobs, job: &JobRow, action: &str) -> Result<Response<ReplyBo
             {
                 return Err(conflict("queued, running or paused"));
             }
+            jobs.stopped();
             jobs.store.settle(&job.id).await?;
         }
         "retry" => {

@@ -18,6 +18,7 @@ pub(crate) mod store;
 pub(crate) mod tuning;
 pub(crate) mod workers;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use http::StatusCode;
@@ -125,6 +126,9 @@ pub(crate) struct Jobs {
     worker_id: String,
     /// Where the limit changes its parts make wait for the committer (`tuning`).
     tuning: mpsc::Sender<TuningRow>,
+    /// Counts the pauses, cancels, deletes and failures of jobs on this instance: a worker takes its job's
+    /// status from the store again before its next part once this moved.
+    stops: AtomicU64,
 }
 
 impl Jobs {
@@ -144,6 +148,7 @@ impl Jobs {
             wake: Notify::new(),
             worker_id: random_id(),
             tuning,
+            stops: AtomicU64::new(0),
         });
         tokio::spawn(workers::run(jobs.clone(), tuned));
         Ok(jobs)
@@ -153,6 +158,16 @@ impl Jobs {
     /// those that start after.
     pub(crate) fn resize_share(&self, max_inflight: usize) {
         self.share.resize(share_of(max_inflight));
+    }
+
+    /// A job was paused, cancelled, deleted or failed here: no part of it starts after this returns.
+    pub(crate) fn stopped(&self) {
+        self.stops.fetch_add(1, Ordering::Release);
+    }
+
+    /// The count [`Jobs::stopped`] moves.
+    pub(crate) fn stops(&self) -> u64 {
+        self.stops.load(Ordering::Acquire)
     }
 
     /// The gateway being served, while the server runs.

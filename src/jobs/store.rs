@@ -19,7 +19,7 @@ use super::tuning::{MAX_TUNING_ROWS, TuningRow};
 use crate::config::{JobsConfig, StoreUrl};
 
 /// The schema version this gateway writes; an older store is migrated at startup, a newer one refused.
-/// Version 2 added `job_tuning`.
+/// Version 2 added `job_tuning`, and `failed` to the index of parts by partition.
 const SCHEMA_VERSION: i64 = 2;
 
 /// Which database a store is.
@@ -268,8 +268,12 @@ impl Store {
                 .to_owned(),
             "CREATE INDEX IF NOT EXISTS job_partitions_by_status ON job_partitions (status, lease_until)"
                 .to_owned(),
-            "CREATE INDEX IF NOT EXISTS job_parts_by_partition ON job_parts (job_id, partition_idx, state)"
+            // With `failed`, the counts of a job's parts (its status document, polled while it runs) read this
+            // index alone, not the parts' rows with their requests and answers (version 1's index lacked it).
+            "CREATE INDEX IF NOT EXISTS job_parts_by_partition_and_state \
+             ON job_parts (job_id, partition_idx, state, failed)"
                 .to_owned(),
+            "DROP INDEX IF EXISTS job_parts_by_partition".to_owned(),
             // Version 2: the tuning history, in the order the limit changed (`id`).
             format!(
                 "CREATE TABLE IF NOT EXISTS job_tuning (id {serial}, job_id TEXT NOT NULL, \

@@ -38,6 +38,11 @@ pub(crate) const MAY_HAVE_RUN: &str = "the gateway stopped while this request wa
 /// Most answers committed in one transaction.
 const MAX_GROUP: usize = 256;
 
+/// How long a running partition goes on from its job's status as last read from the store, when no job was
+/// stopped on this instance meanwhile: a pause or cancel answered by another instance sharing the store stops
+/// this one's parts within it. (Reading it before every part queued each start behind the group commits.)
+const STATUS_FRESH: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// An answer waiting for its group's commit, and the part to tell once it is committed (or failed).
 type Waiting = (Answered, oneshot::Sender<Result<(), String>>);
 
@@ -191,6 +196,7 @@ async fn partition(jobs: &Arc<Jobs>, claim: &Claim, commits: Commits) -> Result<
         // Not a passing fault: claimed again, it would fail again. The job itself cannot run.
         tracing::warn!(job = %claim.job_id, partition = claim.idx, "jobs: the job failed: its stored parts cannot be read: {reason}");
         jobs.store.fail(&claim.job_id).await?;
+        jobs.stopped();
         callback::deliver_due(jobs).await;
         return Ok(());
     }
@@ -218,15 +224,23 @@ async fn run_parts(
     // loop waits for the store or for another part.
     let mut running = JoinSet::new();
     let mut parts = parts.into_iter();
+    // The job's status as last read, with `Jobs::stops` then and when: read again before a part starts once a
+    // job was stopped here since (so that once a pause or cancel is answered here, no part of the job starts),
+    // or once it is older than `STATUS_FRESH` (stopped by another instance).
+    let mut read: Option<(u64, Instant)> = None;
+    let mut runs = true;
     loop {
         let mut started = false;
-        if running.len() < limits.concurrency && !*lost.borrow() {
-            // Read before each start: once a pause or cancel is answered, no part of the job starts.
-            let runs = jobs
-                .store
-                .status(&claim.job_id)
-                .await?
-                .is_some_and(JobStatus::runs);
+        if runs && running.len() < limits.concurrency && !*lost.borrow() {
+            let stops = jobs.stops();
+            if read.is_none_or(|(seen, at)| seen != stops || at.elapsed() >= STATUS_FRESH) {
+                runs = jobs
+                    .store
+                    .status(&claim.job_id)
+                    .await?
+                    .is_some_and(JobStatus::runs);
+                read = Some((stops, Instant::now()));
+            }
             if runs && let Some(part) = parts.next() {
                 let (jobs, gateway, claim, scope, commits) = (
                     jobs.clone(),
