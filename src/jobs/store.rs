@@ -700,18 +700,21 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
-    /// The parts of a claimed partition that have no answer yet, in order.
+    /// The parts of a claimed partition that have no answer yet, in order. Sorted here: asked to sort them,
+    /// SQLite walked every part of the job in its primary key's order (the whole job's rows, for each
+    /// partition) rather than the partition's entries in `job_parts_by_partition_and_state`.
     pub(crate) async fn parts_to_run(&self, claim: &Claim) -> Result<Vec<PartToRun>, JobError> {
         let rows = sqlx::query(
             "SELECT idx, state, once, method, target, headers, body FROM job_parts \
-             WHERE job_id = $1 AND partition_idx = $2 AND state IN ('pending', 'sent') ORDER BY idx",
+             WHERE job_id = $1 AND partition_idx = $2 AND state IN ('pending', 'sent')",
         )
         .bind(&claim.job_id)
         .bind(claim.idx)
         .fetch_all(&self.pool)
         .await?;
         let unreadable = |e: sqlx::Error| JobError::Unreadable(e.to_string());
-        rows.iter()
+        let mut parts: Vec<PartToRun> = rows
+            .iter()
             .map(|row| {
                 let state: String = row.try_get(1)?;
                 let headers: Vec<u8> = row.try_get(5)?;
@@ -729,7 +732,9 @@ impl Store {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(unreadable)
+            .map_err(unreadable)?;
+        parts.sort_unstable_by_key(|part| part.idx);
+        Ok(parts)
     }
 
     /// Ends a job that cannot run (`failed`), unless it has ended already. Its unfinished partitions are left
