@@ -7,7 +7,8 @@
 //! ```
 //!
 //! It reports parts per second each way, the SQLite store's size once the job is done, and the resident set
-//! sampled while the job runs (it stays flat: the body is streamed into the store, the answers out of it).
+//! sampled while the job runs, at 10%, 50% and 90% of its parts answered (it stays flat: the body is streamed
+//! into the store, the answers out of it).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,9 +70,9 @@ async fn main() {
         .as_str()
         .unwrap()
         .to_owned();
-    let mut rss = Vec::new();
+    // (share of the parts answered, resident set in MiB), every 250 ms.
+    let mut rss: Vec<(f64, f64)> = Vec::new();
     let done = loop {
-        rss.push(rss_mib());
         let (_, text) = send(
             &client,
             gateway_addr,
@@ -81,6 +82,10 @@ async fn main() {
         )
         .await;
         let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let counts = &doc["request_counts"];
+        let answered =
+            counts["succeeded"].as_u64().unwrap_or(0) + counts["failed"].as_u64().unwrap_or(0);
+        rss.push((answered as f64 / args.parts as f64, rss_mib()));
         if doc["status"] == "completed" {
             break doc;
         }
@@ -104,9 +109,13 @@ async fn main() {
     let sync_time = started.elapsed();
 
     let rate = |d: Duration| args.parts as f64 / d.as_secs_f64();
-    let quarter = rss.len().div_ceil(4).max(1);
-    let early = rss.iter().take(quarter).cloned().fold(0.0, f64::max);
-    let late = rss.iter().rev().take(quarter).cloned().fold(0.0, f64::max);
+    // The first sample at or past each share of the job.
+    let at = |share: f64| {
+        rss.iter()
+            .find(|(done, _)| *done >= share)
+            .map_or(0.0, |(_, mib)| *mib)
+    };
+    let peak = rss.iter().map(|(_, mib)| *mib).fold(0.0, f64::max);
     println!("parts: {}", args.parts);
     println!(
         "job: {:.0} parts/s ({:.1}s, of which {:.1}s to submit), performance {}",
@@ -123,8 +132,12 @@ async fn main() {
     );
     println!("store: {:.1} MiB", store_bytes as f64 / (1 << 20) as f64);
     println!(
-        "resident set while the job ran ({} samples): first quarter max {early:.1} MiB, last quarter max {late:.1} MiB",
-        rss.len()
+        "resident set while the job ran ({} samples): at 10% of the parts {:.1} MiB, at 50% {:.1} MiB, \
+         at 90% {:.1} MiB, highest {peak:.1} MiB",
+        rss.len(),
+        at(0.1),
+        at(0.5),
+        at(0.9)
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

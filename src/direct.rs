@@ -92,6 +92,7 @@ where
         budget: ResponseBudget::new(limits.max_batch_response_bytes),
         client: gateway.client_key(&head.headers, peer),
         trace: TraceContext::from_headers(&head.headers),
+        job: None,
     });
     let request = PartRequest::new(0, head.method, destination.path, head.headers, body, scope);
     let service = gateway.service(&destination.route);

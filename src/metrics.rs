@@ -95,6 +95,8 @@ pub(crate) struct Metrics {
     job_parts: Family<JobLabel, Counter>,
     job_partitions_done: Counter,
     jobs: Family<JobLabel, Gauge>,
+    /// Limit changes left out of a job's tuning history: the queue to the store was full.
+    job_tuning_dropped: Counter,
     /// Serialises scrapes: the gauges are set, then encoded.
     scrape: Mutex<()>,
     /// Each route's series, resolved once: counting a part then allocates nothing.
@@ -145,6 +147,7 @@ impl Default for Metrics {
             job_parts: Family::default(),
             job_partitions_done: Counter::default(),
             jobs: Family::default(),
+            job_tuning_dropped: Counter::default(),
             scrape: Mutex::new(()),
             routes: RwLock::default(),
             registry: Registry::default(),
@@ -282,6 +285,11 @@ impl Default for Metrics {
             "jobs",
             "Jobs in the store by status (job=\"queued\", \"running\", \"paused\")",
             m.jobs.clone(),
+        );
+        registry.register(
+            "job_tuning_dropped",
+            "Limit changes left out of a job's tuning history because the queue to the store was full",
+            m.job_tuning_dropped.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -576,6 +584,10 @@ impl Metrics {
 
     pub(crate) fn job_partition_done(&self) {
         self.job_partitions_done.inc();
+    }
+
+    pub(crate) fn job_tuning_dropped(&self) {
+        self.job_tuning_dropped.inc();
     }
 
     /// Jobs in the store in `status`, as last counted.

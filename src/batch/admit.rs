@@ -79,6 +79,7 @@ pub(crate) fn admit(
         budget: ResponseBudget::new(limits.max_batch_response_bytes),
         client: gateway.client_key(&head.headers, peer),
         trace,
+        job: None,
     });
     Ok(Admitted {
         permit,

@@ -866,6 +866,7 @@ mod tests {
             budget: ResponseBudget::new(u64::MAX),
             client: crate::stack::ratelimit::ClientKey::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             trace: crate::observe::trace::TraceContext::from_headers(&HeaderMap::new()),
+            job: None,
         });
         Job {
             index,

@@ -131,11 +131,13 @@ where
                 ([], &Method::GET) => Ok(json(StatusCode::OK, status_json(jobs, &job).await?)),
                 ([], &Method::DELETE) => {
                     jobs.store.delete(&job.id).await?;
+                    jobs.stopped();
                     Ok(empty(StatusCode::NO_CONTENT))
                 }
                 (["partitions"], &Method::GET) => partitions(jobs, &job).await,
                 (["results"], &Method::GET) => results(jobs, &job, request.headers()),
-                (["partitions" | "results"], _) => Err(not_allowed("GET")),
+                (["tuning"], &Method::GET) => tuning(jobs, &job).await,
+                (["partitions" | "results" | "tuning"], _) => Err(not_allowed("GET")),
                 ([action], &Method::POST) => act(jobs, &job, action).await,
                 ([], _) => Err(not_allowed("GET, DELETE")),
                 (["pause" | "resume" | "cancel" | "retry"], _) => Err(not_allowed("POST")),
@@ -496,6 +498,32 @@ async fn partitions(jobs: &Jobs, job: &JobRow) -> Result<Response<ReplyBody>, Jo
     ))
 }
 
+/// `GET /jobs/{id}/tuning`: the limit changes the job's parts made, in order (`super::tuning`), shaped as
+/// `/admin/stats`' tuning events; `truncated` once the job has its most.
+async fn tuning(jobs: &Jobs, job: &JobRow) -> Result<Response<ReplyBody>, JobError> {
+    if job.status == JobStatus::Expired {
+        return Err(JobError::Expired(job.id.clone()));
+    }
+    let rows = jobs.store.tuning(&job.id).await?;
+    let truncated = rows.len() as i64 >= super::tuning::MAX_TUNING_ROWS;
+    let list: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|change| {
+            serde_json::json!({
+                "at": change.at,
+                "route": &*change.route,
+                "from": change.from,
+                "to": change.to,
+                "reason": change.reason,
+            })
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({ "id": job.id, "tuning": list, "truncated": truncated }),
+    ))
+}
+
 /// `POST /jobs/{id}/pause | resume | cancel | retry`: the job's status after it.
 async fn act(jobs: &Jobs, job: &JobRow, action: &str) -> Result<Response<ReplyBody>, JobError> {
     use JobStatus::{Cancelled, Cancelling, Completed, Paused, Queued, Running};
@@ -522,6 +550,7 @@ async fn act(jobs: &Jobs, job: &JobRow, action: &str) -> Result<Response<ReplyBo
             {
                 return Err(conflict("queued or running"));
             }
+            jobs.stopped();
         }
         "resume" => {
             if !jobs.store.transition(&job.id, &[Paused], Queued).await? {
@@ -537,6 +566,7 @@ async fn act(jobs: &Jobs, job: &JobRow, action: &str) -> Result<Response<ReplyBo
             {
                 return Err(conflict("queued, running or paused"));
             }
+            jobs.stopped();
             jobs.store.settle(&job.id).await?;
         }
         "retry" => {

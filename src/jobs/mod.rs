@@ -8,25 +8,29 @@
 //! - [`workers`]: claiming partitions with a lease and a heartbeat, running their parts at a lower priority
 //!   than batches, committing each answer, and the crash rule for parts found in flight;
 //! - [`callback`]: the signed POST of a job's final status to the URL it was submitted with;
+//! - [`tuning`]: adaptive concurrency's limit changes that a job's parts made, kept with the job;
 //! - [`status`]: the statuses of jobs and parts.
 
 pub(crate) mod api;
 pub(crate) mod callback;
 pub(crate) mod status;
 pub(crate) mod store;
+pub(crate) mod tuning;
 pub(crate) mod workers;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use http::StatusCode;
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use crate::config::JobsConfig;
 use crate::gateway::Gateway;
 use crate::server::Live;
 use crate::stack::limit::Capacity;
 use store::Store;
+use tuning::TuningRow;
 
 /// Why a job request failed; each maps to one status and a message a user can act on.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +124,11 @@ pub(crate) struct Jobs {
     wake: Notify,
     /// This instance's name on the leases it holds.
     worker_id: String,
+    /// Where the limit changes its parts make wait for the committer (`tuning`).
+    tuning: mpsc::Sender<TuningRow>,
+    /// Counts the pauses, cancels, deletes and failures of jobs on this instance: a worker takes its job's
+    /// status from the store again before its next part once this moved.
+    stops: AtomicU64,
 }
 
 impl Jobs {
@@ -130,6 +139,7 @@ impl Jobs {
     ) -> Result<Arc<Jobs>, JobError> {
         let store = Store::open(config).await?;
         let max_inflight = live.gateway().config.limits.max_inflight;
+        let (tuning, tuned) = mpsc::channel(tuning::QUEUE);
         let jobs = Arc::new(Jobs {
             store,
             config: config.clone(),
@@ -137,8 +147,10 @@ impl Jobs {
             share: Capacity::new(share_of(max_inflight)),
             wake: Notify::new(),
             worker_id: random_id(),
+            tuning,
+            stops: AtomicU64::new(0),
         });
-        tokio::spawn(workers::run(jobs.clone()));
+        tokio::spawn(workers::run(jobs.clone(), tuned));
         Ok(jobs)
     }
 
@@ -146,6 +158,16 @@ impl Jobs {
     /// those that start after.
     pub(crate) fn resize_share(&self, max_inflight: usize) {
         self.share.resize(share_of(max_inflight));
+    }
+
+    /// A job was paused, cancelled, deleted or failed here: no part of it starts after this returns.
+    pub(crate) fn stopped(&self) {
+        self.stops.fetch_add(1, Ordering::Release);
+    }
+
+    /// The count [`Jobs::stopped`] moves.
+    pub(crate) fn stops(&self) -> u64 {
+        self.stops.load(Ordering::Acquire)
     }
 
     /// The gateway being served, while the server runs.

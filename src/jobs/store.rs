@@ -15,10 +15,12 @@ use sqlx::{AnyPool, Row};
 
 use super::JobError;
 use super::status::{JobStatus, PartState};
+use super::tuning::{MAX_TUNING_ROWS, TuningRow};
 use crate::config::{JobsConfig, StoreUrl};
 
 /// The schema version this gateway writes; an older store is migrated at startup, a newer one refused.
-const SCHEMA_VERSION: i64 = 1;
+/// Version 2 added `job_tuning`, and `failed` to the index of parts by partition.
+const SCHEMA_VERSION: i64 = 2;
 
 /// Which database a store is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,9 +234,9 @@ impl Store {
 
     /// Creates the tables, or checks the version of those there are.
     async fn migrate(&self) -> Result<(), JobError> {
-        let bytes = match self.backend {
-            Backend::Sqlite => "BLOB",
-            Backend::Postgres => "BYTEA",
+        let (bytes, serial) = match self.backend {
+            Backend::Sqlite => ("BLOB", "INTEGER PRIMARY KEY"),
+            Backend::Postgres => ("BYTEA", "BIGSERIAL PRIMARY KEY"),
         };
         if self.backend == Backend::Sqlite {
             // Readers go on while an answer is written.
@@ -266,8 +268,19 @@ impl Store {
                 .to_owned(),
             "CREATE INDEX IF NOT EXISTS job_partitions_by_status ON job_partitions (status, lease_until)"
                 .to_owned(),
-            "CREATE INDEX IF NOT EXISTS job_parts_by_partition ON job_parts (job_id, partition_idx, state)"
+            // With `failed`, the counts of a job's parts (its status document, polled while it runs) read this
+            // index alone, not the parts' rows with their requests and answers (version 1's index lacked it).
+            "CREATE INDEX IF NOT EXISTS job_parts_by_partition_and_state \
+             ON job_parts (job_id, partition_idx, state, failed)"
                 .to_owned(),
+            "DROP INDEX IF EXISTS job_parts_by_partition".to_owned(),
+            // Version 2: the tuning history, in the order the limit changed (`id`).
+            format!(
+                "CREATE TABLE IF NOT EXISTS job_tuning (id {serial}, job_id TEXT NOT NULL, \
+                 route TEXT NOT NULL, from_limit BIGINT NOT NULL, to_limit BIGINT NOT NULL, \
+                 reason TEXT NOT NULL, changed_at BIGINT NOT NULL)"
+            ),
+            "CREATE INDEX IF NOT EXISTS job_tuning_by_job ON job_tuning (job_id, id)".to_owned(),
         ];
         for statement in &statements {
             sqlx::query(statement).execute(&self.pool).await?;
@@ -277,7 +290,8 @@ impl Store {
             .await?
             .try_get(0)?;
         match version {
-            None => {
+            // New, or older: the statements above created what was missing.
+            None | Some(..SCHEMA_VERSION) => {
                 sqlx::query("INSERT INTO batchgate_schema (version) VALUES ($1)")
                     .bind(SCHEMA_VERSION)
                     .execute(&self.pool)
@@ -447,6 +461,7 @@ impl Store {
         for table in [
             "DELETE FROM job_parts WHERE job_id = $1",
             "DELETE FROM job_partitions WHERE job_id = $1",
+            "DELETE FROM job_tuning WHERE job_id = $1",
             "DELETE FROM jobs WHERE id = $1",
         ] {
             sqlx::query(table).bind(job_id).execute(&mut *tx).await?;
@@ -685,18 +700,21 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
-    /// The parts of a claimed partition that have no answer yet, in order.
+    /// The parts of a claimed partition that have no answer yet, in order. Sorted here: asked to sort them,
+    /// SQLite walked every part of the job in its primary key's order (the whole job's rows, for each
+    /// partition) rather than the partition's entries in `job_parts_by_partition_and_state`.
     pub(crate) async fn parts_to_run(&self, claim: &Claim) -> Result<Vec<PartToRun>, JobError> {
         let rows = sqlx::query(
             "SELECT idx, state, once, method, target, headers, body FROM job_parts \
-             WHERE job_id = $1 AND partition_idx = $2 AND state IN ('pending', 'sent') ORDER BY idx",
+             WHERE job_id = $1 AND partition_idx = $2 AND state IN ('pending', 'sent')",
         )
         .bind(&claim.job_id)
         .bind(claim.idx)
         .fetch_all(&self.pool)
         .await?;
         let unreadable = |e: sqlx::Error| JobError::Unreadable(e.to_string());
-        rows.iter()
+        let mut parts: Vec<PartToRun> = rows
+            .iter()
             .map(|row| {
                 let state: String = row.try_get(1)?;
                 let headers: Vec<u8> = row.try_get(5)?;
@@ -714,7 +732,9 @@ impl Store {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(unreadable)
+            .map_err(unreadable)?;
+        parts.sort_unstable_by_key(|part| part.idx);
+        Ok(parts)
     }
 
     /// Ends a job that cannot run (`failed`), unless it has ended already. Its unfinished partitions are left
@@ -752,9 +772,31 @@ impl Store {
 
     /// Commits a group of answers in one transaction (one commit, where a commit per answer was the jobs'
     /// bottleneck); only then do its parts count as done. All or none: an error leaves every part of the
-    /// group without its answer, to run again.
-    pub(crate) async fn answers(&self, group: &[Answered]) -> Result<(), JobError> {
+    /// group without its answer, to run again. The limit changes noted since the last group go with it: a
+    /// job's first [`MAX_TUNING_ROWS`] are kept, none for a job that is gone.
+    pub(crate) async fn answers(
+        &self,
+        group: &[Answered],
+        tuning: &[TuningRow],
+    ) -> Result<(), JobError> {
         let mut tx = self.pool.begin().await?;
+        for change in tuning {
+            sqlx::query(
+                "INSERT INTO job_tuning (job_id, route, from_limit, to_limit, reason, changed_at) \
+                 SELECT $1, $2, $3, $4, $5, $6 \
+                 WHERE (SELECT COUNT(*) FROM job_tuning WHERE job_id = $1) < $7 \
+                 AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND status <> 'expired')",
+            )
+            .bind(change.job_id.as_str())
+            .bind(&*change.route)
+            .bind(i64::try_from(change.from).unwrap_or(i64::MAX))
+            .bind(i64::try_from(change.to).unwrap_or(i64::MAX))
+            .bind(change.reason.as_str())
+            .bind(change.at)
+            .bind(MAX_TUNING_ROWS)
+            .execute(&mut *tx)
+            .await?;
+        }
         for answered in group {
             let answer = &answered.answer;
             sqlx::query(
@@ -946,6 +988,31 @@ impl Store {
         Ok(i64::try_from(again).unwrap_or(i64::MAX))
     }
 
+    /// A job's tuning history, in the order the limit changed.
+    pub(crate) async fn tuning(&self, job_id: &str) -> Result<Vec<TuningRow>, JobError> {
+        let rows = sqlx::query(
+            "SELECT route, from_limit, to_limit, reason, changed_at FROM job_tuning WHERE job_id = $1 \
+             ORDER BY id",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let route: String = row.try_get(0)?;
+                let (from, to): (i64, i64) = (row.try_get(1)?, row.try_get(2)?);
+                Ok(TuningRow {
+                    job_id: job_id.to_owned(),
+                    route: Arc::from(route),
+                    from: usize::try_from(from).unwrap_or(0),
+                    to: usize::try_from(to).unwrap_or(0),
+                    reason: row.try_get(3)?,
+                    at: row.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
     /// Answers in request order, `limit` of them from part `from` on.
     pub(crate) async fn results(
         &self,
@@ -1022,6 +1089,10 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             sqlx::query("DELETE FROM job_partitions WHERE job_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM job_tuning WHERE job_id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
@@ -1142,6 +1213,58 @@ mod tests {
         // Opening it again finds the schema in place.
         drop(store);
         Store::open(&config).await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn change(job_id: &str, n: usize) -> TuningRow {
+        TuningRow {
+            job_id: job_id.to_owned(),
+            route: Arc::from("/api/"),
+            from: n,
+            to: n + 1,
+            reason: format!("change {n}"),
+            at: n as i64,
+        }
+    }
+
+    /// A job's tuning history: its first `MAX_TUNING_ROWS` changes in order, none for a job that is not in
+    /// the store, gone with the job. A version 1 store (before the history) is migrated when opened.
+    #[tokio::test]
+    async fn the_tuning_history_is_capped_kept_in_order_and_goes_with_its_job() {
+        let dir =
+            std::env::temp_dir().join(format!("batchgate-store-{}", super::super::random_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = JobsConfig {
+            store: format!("sqlite://{}", dir.join("jobs.db").display()),
+            ..JobsConfig::default()
+        };
+        let store = Store::open(&config).await.unwrap();
+        // Back to version 1, as a gateway before the history left it.
+        for statement in [
+            "DROP TABLE job_tuning",
+            "DELETE FROM batchgate_schema",
+            "INSERT INTO batchgate_schema (version) VALUES (1)",
+        ] {
+            sqlx::query(statement).execute(&store.pool).await.unwrap();
+        }
+        drop(store);
+        let store = Store::open(&config).await.unwrap();
+        let origin = Origin {
+            headers: HeaderMap::new(),
+            peer: std::net::Ipv4Addr::LOCALHOST.into(),
+            tls: false,
+        };
+        store.create("job", "owner", &origin, None).await.unwrap();
+        let cap = usize::try_from(MAX_TUNING_ROWS).unwrap();
+        let changes: Vec<TuningRow> = (0..cap + 5).map(|n| change("job", n)).collect();
+        let stray = [change("no-such-job", 0)];
+        store.answers(&[], &changes[..10]).await.unwrap();
+        store.answers(&[], &changes[10..]).await.unwrap();
+        store.answers(&[], &stray).await.unwrap();
+        assert_eq!(store.tuning("job").await.unwrap(), changes[..cap]);
+        assert!(store.tuning("no-such-job").await.unwrap().is_empty());
+        store.delete("job").await.unwrap();
+        assert!(store.tuning("job").await.unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -24,6 +24,7 @@ use tower::ServiceExt;
 
 use super::status::{JobStatus, PartState};
 use super::store::{Answered, Claim, Origin, PartToRun, StoredAnswer, failed};
+use super::tuning::{self, JobTag, TuningRow};
 use super::{JobError, Jobs, callback};
 use crate::error::{PartError, error_body};
 use crate::gateway::Gateway;
@@ -37,16 +38,22 @@ pub(crate) const MAY_HAVE_RUN: &str = "the gateway stopped while this request wa
 /// Most answers committed in one transaction.
 const MAX_GROUP: usize = 256;
 
+/// How long a running partition goes on from its job's status as last read from the store, when no job was
+/// stopped on this instance meanwhile: a pause or cancel answered by another instance sharing the store stops
+/// this one's parts within it. (Reading it before every part queued each start behind the group commits.)
+const STATUS_FRESH: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// An answer waiting for its group's commit, and the part to tell once it is committed (or failed).
 type Waiting = (Answered, oneshot::Sender<Result<(), String>>);
 
 /// Where a part sends its answer to be committed.
 type Commits = mpsc::Sender<Waiting>;
 
-/// Claims partitions and runs them until the server is gone.
-pub(crate) async fn run(jobs: Arc<Jobs>) {
+/// Claims partitions and runs them until the server is gone; `tuned` is where their parts' limit changes
+/// wait to be written.
+pub(crate) async fn run(jobs: Arc<Jobs>, tuned: mpsc::Receiver<TuningRow>) {
     let (commits, waiting) = mpsc::channel(MAX_GROUP);
-    tokio::spawn(committer(jobs.clone(), waiting));
+    tokio::spawn(committer(jobs.clone(), waiting, tuned));
     let slots = Arc::new(tokio::sync::Semaphore::new(jobs.config.workers));
     let lease_ms = lease_ms(&jobs);
     // Idle, look again this often: another instance's jobs, and leases that ran out, wake no one here.
@@ -102,14 +109,24 @@ pub(crate) async fn run(jobs: Arc<Jobs>) {
 /// The group commit: commits the answers that are ready in one transaction, then tells their parts. A group
 /// is what arrived while the commit before it ran (at most [`MAX_GROUP`]): no answer waits for a timer, only
 /// for the commit ahead of it, so a lone answer is committed at once and a busy store takes many per commit.
-/// Ends once every part and worker is gone.
-async fn committer(jobs: Arc<Jobs>, mut waiting: mpsc::Receiver<Waiting>) {
+/// The limit changes queued by then go in the same transaction: a change is queued before the answer of the
+/// part that made it, so it is committed no later than that answer. Ends once every part and worker is gone.
+async fn committer(
+    jobs: Arc<Jobs>,
+    mut waiting: mpsc::Receiver<Waiting>,
+    mut tuned: mpsc::Receiver<TuningRow>,
+) {
     while let Some(group) = next_group(&mut waiting).await {
         let (answers, parts): (Vec<Answered>, Vec<_>) = group.into_iter().unzip();
-        let result = jobs.store.answers(&answers).await.map_err(|e| match e {
-            JobError::Store(message) => message,
-            other => other.to_string(),
-        });
+        let tuning = tuning::queued(&mut tuned);
+        let result = jobs
+            .store
+            .answers(&answers, &tuning)
+            .await
+            .map_err(|e| match e {
+                JobError::Store(message) => message,
+                other => other.to_string(),
+            });
         for part in parts {
             let _ = part.send(result.clone());
         }
@@ -179,6 +196,7 @@ async fn partition(jobs: &Arc<Jobs>, claim: &Claim, commits: Commits) -> Result<
         // Not a passing fault: claimed again, it would fail again. The job itself cannot run.
         tracing::warn!(job = %claim.job_id, partition = claim.idx, "jobs: the job failed: its stored parts cannot be read: {reason}");
         jobs.store.fail(&claim.job_id).await?;
+        jobs.stopped();
         callback::deliver_due(jobs).await;
         return Ok(());
     }
@@ -201,20 +219,28 @@ async fn run_parts(
     let parts = jobs.store.parts_to_run(claim).await?;
     let origin = jobs.store.origin(&claim.job_id).await?;
     let limits = &gateway.config.limits;
-    let scope = Arc::new(scope(gateway, &origin));
+    let scope = Arc::new(scope(jobs, gateway, claim, &origin));
     // Each part on a task of its own, so that it goes on (and gives its store connection back) while this
     // loop waits for the store or for another part.
     let mut running = JoinSet::new();
     let mut parts = parts.into_iter();
+    // The job's status as last read, with `Jobs::stops` then and when: read again before a part starts once a
+    // job was stopped here since (so that once a pause or cancel is answered here, no part of the job starts),
+    // or once it is older than `STATUS_FRESH` (stopped by another instance).
+    let mut read: Option<(u64, Instant)> = None;
+    let mut runs = true;
     loop {
         let mut started = false;
-        if running.len() < limits.concurrency && !*lost.borrow() {
-            // Read before each start: once a pause or cancel is answered, no part of the job starts.
-            let runs = jobs
-                .store
-                .status(&claim.job_id)
-                .await?
-                .is_some_and(JobStatus::runs);
+        if runs && running.len() < limits.concurrency && !*lost.borrow() {
+            let stops = jobs.stops();
+            if read.is_none_or(|(seen, at)| seen != stops || at.elapsed() >= STATUS_FRESH) {
+                runs = jobs
+                    .store
+                    .status(&claim.job_id)
+                    .await?
+                    .is_some_and(JobStatus::runs);
+                read = Some((stops, Instant::now()));
+            }
             if runs && let Some(part) = parts.next() {
                 let (jobs, gateway, claim, scope, commits) = (
                     jobs.clone(),
@@ -240,8 +266,9 @@ async fn run_parts(
     }
 }
 
-/// What a job's parts share upstream: the submitting request's headers, client and trace.
-fn scope(gateway: &Gateway, origin: &Origin) -> BatchScope {
+/// What a job's parts share upstream: the submitting request's headers, client and trace; and the job, for
+/// its tuning history.
+fn scope(jobs: &Jobs, gateway: &Gateway, claim: &Claim, origin: &Origin) -> BatchScope {
     BatchScope {
         headers: gateway
             .headers
@@ -249,6 +276,12 @@ fn scope(gateway: &Gateway, origin: &Origin) -> BatchScope {
         budget: ResponseBudget::new(gateway.config.limits.max_batch_response_bytes),
         client: gateway.client_key(&origin.headers, origin.peer),
         trace: TraceContext::from_headers(&origin.headers),
+        job: Some(Arc::new(JobTag::new(
+            claim.job_id.clone(),
+            jobs.tuning.clone(),
+            jobs.store.clock.clone(),
+            gateway.metrics.clone(),
+        ))),
     }
 }
 

@@ -11,7 +11,7 @@
 //! every `MIN_RTT_INTERVAL` (jittered by up to a quarter, so routes do not re-measure together), at the
 //! configured `min` limit, where the upstream is least loaded. Parts beyond the limit wait (within their
 //! deadline, which the layers above enforce); they are not refused. Every change is noted in the
-//! observer's tuning history.
+//! observer's tuning history, and, when a job's part made it, in that job's (`crate::jobs::tuning`).
 
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -26,6 +26,7 @@ use tower::{Layer, Service, ServiceExt};
 use super::{PartRequest, UpstreamResponse};
 use crate::config::AdaptiveConcurrency;
 use crate::error::PartError;
+use crate::jobs::tuning::JobTag;
 use crate::observe::Observer;
 
 /// Shortest sample window.
@@ -138,8 +139,10 @@ impl AdaptiveLimiter {
         }
     }
 
-    /// Counts a finished part's latency, and tunes the limit when a sample window is complete.
-    fn sample(&self, rtt: Duration) {
+    /// Counts a finished part's latency, and tunes the limit when a sample window is complete; a change that
+    /// a job's part made goes to the job's history too, queued under the lock so that the job's changes are
+    /// kept in the order they were made.
+    fn sample(&self, rtt: Duration, job: Option<&JobTag>) {
         let mut state = self.lock();
         state.samples.push(rtt);
         let now = Instant::now();
@@ -183,6 +186,9 @@ impl AdaptiveLimiter {
         };
         if to != from {
             state.limit = to;
+            if let Some(job) = job {
+                job.tuned(&self.route, from, to, &reason);
+            }
             drop(state);
             self.observer.set_limit(&self.route, to);
             self.observer.tuned(&self.route, from, to, reason);
@@ -251,6 +257,8 @@ where
     fn call(&mut self, request: PartRequest) -> Self::Future {
         let limiter = self.limiter.clone();
         let inner = self.inner.clone();
+        // Only a job's part carries a tag: a batch's clones nothing here.
+        let job = request.batch.job.clone();
         Box::pin(async move {
             let waiting = Instant::now();
             let slot = limiter.acquire().await;
@@ -261,7 +269,7 @@ where
             let result = inner.oneshot(request).await;
             // Failures say nothing about how loaded the upstream is; answers do.
             if result.is_ok() {
-                limiter.sample(started.elapsed());
+                limiter.sample(started.elapsed(), job.as_deref());
             }
             drop(slot);
             result

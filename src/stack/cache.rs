@@ -2047,6 +2047,7 @@ mod tests {
             budget: crate::stack::ResponseBudget::new(3),
             client: scope.client,
             trace: scope.trace.clone(),
+            job: None,
         });
         let follower = tokio::spawn({
             let service = service.clone();

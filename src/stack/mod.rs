@@ -175,6 +175,9 @@ pub(crate) struct BatchScope {
     pub client: ClientKey,
     /// The trace the batch belongs to; each part is a span of it.
     pub trace: TraceContext,
+    /// A job's partition: the job, whose tuning history adaptive concurrency's changes go to. `None` for a
+    /// batch.
+    pub job: Option<Arc<crate::jobs::tuning::JobTag>>,
 }
 
 /// Response bytes one batch may still receive from upstreams (`limits.max_batch_response_bytes`).
@@ -293,6 +296,7 @@ pub(crate) mod tests {
                 budget: ResponseBudget::new(u64::MAX),
                 client: ClientKey::Ip(localhost),
                 trace: TraceContext::from_headers(&HeaderMap::new()),
+                job: None,
             }),
             accepts: None,
             tried: None,

@@ -125,6 +125,7 @@ mod tests {
                 budget: ResponseBudget::new(u64::MAX),
                 client: ClientKey::Ip(client),
                 trace: TraceContext::from_headers(&outer),
+                job: None,
             }),
             ..part_request(0)
         };

@@ -24,10 +24,34 @@ async fn jobs_gateway(dir: &TempDir, extra: &str, rest: &str) -> (TestGateway, A
     .await
 }
 
+/// The usual gateway of a test: `[jobs]` (with `jobs` keys) on a SQLite store in a temp dir of its own named
+/// `name`, `[limits]` with `limits` keys, and `/api/` routed to `up`. The dir goes when the test drops it.
+async fn api_jobs(
+    name: &str,
+    up: &Upstream,
+    jobs: &str,
+    limits: &str,
+) -> (TestGateway, Arc<Live>, TempDir) {
+    let dir = TempDir::new(name);
+    let rest = format!("[limits]\n{limits}\n{}", routes(&[("/api/", up.addr)]));
+    let (gw, live) = jobs_gateway(&dir, jobs, &rest).await;
+    (gw, live, dir)
+}
+
 /// `count` GET parts to `/api/{i}` (Content-ID `<p{i}>`).
 fn gets(count: usize) -> Vec<String> {
+    gets_to("api", "p", count)
+}
+
+/// `count` GET parts to `/{route}/{i}` (Content-ID `<{id}{i}>`).
+fn gets_to(route: &str, id: &str, count: usize) -> Vec<String> {
     (0..count)
-        .map(|i| part(&format!("p{i}"), &format!("GET /api/{i} HTTP/1.1\r\n")))
+        .map(|i| {
+            part(
+                &format!("{id}{i}"),
+                &format!("GET /{route}/{i} HTTP/1.1\r\n"),
+            )
+        })
         .collect()
 }
 
@@ -38,7 +62,7 @@ async fn submit(gw: &TestGateway, parts: &[String], headers: &[(&str, &str)]) ->
     let reply = within(
         60,
         "the submission",
-        gw.request(Method::POST, "/jobs", &all, Bytes::from(batch(parts))),
+        post_jobs(gw, &all, Bytes::from(batch(parts))),
     )
     .await;
     assert_eq!(
@@ -65,6 +89,43 @@ async fn get_json(
     let reply = gw.request(Method::GET, path, headers, Bytes::new()).await;
     let value = serde_json::from_slice(&reply.body).unwrap_or(serde_json::Value::Null);
     (reply.status, value)
+}
+
+/// `GET url`'s JSON body.
+async fn json_from(url: &str) -> serde_json::Value {
+    let reply = http_request(url, Method::GET, &[], Bytes::new()).await;
+    serde_json::from_slice(&reply.body).unwrap()
+}
+
+/// A JSON lines reply's objects.
+fn json_lines(reply: &Reply) -> Vec<serde_json::Value> {
+    std::str::from_utf8(&reply.body)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The id in a `202`'s status document.
+fn job_id(reply: &Reply) -> String {
+    let status: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    status["id"].as_str().unwrap().to_owned()
+}
+
+/// `POST /jobs` with these headers and body.
+async fn post_jobs(gw: &TestGateway, headers: &[(&str, &str)], body: Bytes) -> Reply {
+    gw.request(Method::POST, "/jobs", headers, body).await
+}
+
+/// `GET /jobs/{id}/results` with these headers (`Accept`).
+async fn results(gw: &TestGateway, id: &str, headers: &[(&str, &str)]) -> Reply {
+    gw.request(
+        Method::GET,
+        &format!("/jobs/{id}/results"),
+        headers,
+        Bytes::new(),
+    )
+    .await
 }
 
 /// `POST /jobs/{id}/{action}`: its status and JSON body.
@@ -132,8 +193,7 @@ async fn counting_upstream() -> Upstream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_of_10000_parts_runs_every_part_once_and_answers_in_order() {
     let up = counting_upstream().await;
-    let dir = TempDir::new("jobs-10k");
-    let (gw, _live) = jobs_gateway(&dir, "", &routes(&[("/api/", up.addr)])).await;
+    let (gw, _live, _dir) = api_jobs("jobs-10k", &up, "", "").await;
     let id = submit(&gw, &gets(10_000), &[]).await;
     let done = wait_status(&gw, &id, "completed").await;
     assert_eq!(done["request_counts"]["succeeded"], 10_000, "{done}");
@@ -166,14 +226,7 @@ async fn a_job_of_10000_parts_runs_every_part_once_and_answers_in_order() {
     assert_eq!(stats["jobs"]["parts_done"], 10_000, "{}", stats["jobs"]);
     assert_eq!(stats["jobs"]["partitions_done"], 100);
 
-    let reply = gw
-        .request(
-            Method::GET,
-            &format!("/jobs/{id}/results"),
-            &[],
-            Bytes::new(),
-        )
-        .await;
+    let reply = results(&gw, &id, &[]).await;
     assert_eq!(reply.headers["batchgate-job-complete"], "true");
     let parts = reply.parts();
     assert_eq!(parts.len(), 10_000);
@@ -203,9 +256,7 @@ async fn results_stream_in_request_order_as_multipart_or_json_lines() {
         }
     })
     .await;
-    let dir = TempDir::new("jobs-results");
-    let (gw, _live) =
-        jobs_gateway(&dir, "partition_size = 2", &routes(&[("/api/", up.addr)])).await;
+    let (gw, _live, _dir) = api_jobs("jobs-results", &up, "partition_size = 2", "").await;
     let mut parts = gets(5);
     parts.push(part("missing", "GET /api/missing HTTP/1.1\r\n"));
     parts.push(part("nowhere", "GET /elsewhere HTTP/1.1\r\n"));
@@ -215,13 +266,7 @@ async fn results_stream_in_request_order_as_multipart_or_json_lines() {
     assert_eq!(done["request_counts"]["failed"], 2, "{done}");
     assert_eq!(done["partitions"]["failed"], 2, "{done}");
 
-    let multipart = gw
-        .request(
-            Method::GET,
-            &format!("/jobs/{id}/results"),
-            &[("accept", "multipart/mixed")],
-            Bytes::new(),
-        )
+    let multipart = results(&gw, &id, &[("accept", "multipart/mixed")])
         .await
         .parts();
     let statuses: Vec<u16> = multipart.iter().map(|p| p.status.as_u16()).collect();
@@ -229,21 +274,10 @@ async fn results_stream_in_request_order_as_multipart_or_json_lines() {
     assert!(part_error(&multipart[6]).contains("/elsewhere"));
 
     for accept in ["application/jsonl", "application/x-ndjson"] {
-        let reply = gw
-            .request(
-                Method::GET,
-                &format!("/jobs/{id}/results"),
-                &[("accept", accept)],
-                Bytes::new(),
-            )
-            .await;
+        let reply = results(&gw, &id, &[("accept", accept)]).await;
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.headers["content-type"], "application/jsonl");
-        let lines: Vec<serde_json::Value> = std::str::from_utf8(&reply.body)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = json_lines(&reply);
         assert_eq!(lines.len(), 7);
         for (i, line) in lines.iter().take(5).enumerate() {
             assert_eq!(line["index"], i);
@@ -258,34 +292,63 @@ async fn results_stream_in_request_order_as_multipart_or_json_lines() {
     gw.stop().await;
 }
 
-/// An upstream that holds every request until the test adds permits to `gate`.
-async fn gated_upstream(gate: Arc<Semaphore>) -> Upstream {
-    upstream(move |seen| {
-        let gate = gate.clone();
+/// An upstream that holds every request until the test adds permits to the gate it comes with.
+async fn gated_upstream() -> (Arc<Semaphore>, Upstream) {
+    let gate = Arc::new(Semaphore::new(0));
+    let held = gate.clone();
+    let up = upstream(move |seen| {
+        let gate = held.clone();
         async move {
             gate.acquire().await.unwrap().forget();
             text(StatusCode::OK, seen.uri.path().to_owned())
         }
     })
-    .await
+    .await;
+    (gate, up)
 }
 
-#[tokio::test]
-async fn a_job_is_paused_resumed_cancelled_and_deleted() {
-    let gate = Arc::new(Semaphore::new(0));
-    let up = gated_upstream(gate.clone()).await;
-    let dir = TempDir::new("jobs-steer");
-    let (gw, _live) = jobs_gateway(
-        &dir,
+/// A job of 20 parts against a gated upstream, on a gateway that runs one partition of 5 at a time, 2 parts
+/// at once: given once its first two parts are held in flight.
+struct Held {
+    gate: Arc<Semaphore>,
+    up: Upstream,
+    gw: TestGateway,
+    id: String,
+    _live: Arc<Live>,
+    _dir: TempDir,
+}
+
+async fn held_job(name: &str) -> Held {
+    let (gate, up) = gated_upstream().await;
+    let (gw, _live, _dir) = api_jobs(
+        name,
+        &up,
         "partition_size = 5\nworkers = 1",
-        &format!(
-            "[limits]\nconcurrency = 2\n{}",
-            routes(&[("/api/", up.addr)])
-        ),
+        "concurrency = 2",
     )
     .await;
     let id = submit(&gw, &gets(20), &[]).await;
     eventually("two parts in flight", || up.seen().len() == 2).await;
+    Held {
+        gate,
+        up,
+        gw,
+        id,
+        _live,
+        _dir,
+    }
+}
+
+#[tokio::test]
+async fn a_job_is_paused_resumed_cancelled_and_deleted() {
+    let Held {
+        gate,
+        up,
+        gw,
+        id,
+        _live,
+        _dir,
+    } = held_job("jobs-steer").await;
     let (status, paused) = act(&gw, &id, "pause").await;
     assert_eq!(status, StatusCode::OK, "{paused}");
     assert_eq!(paused["status"], "paused");
@@ -314,20 +377,14 @@ async fn a_job_is_paused_resumed_cancelled_and_deleted() {
     assert!(counts(&up).values().all(|&n| n == 1));
 
     // Cancelled while its parts are held: those in flight finish, the rest never start.
-    let gate2 = Arc::new(Semaphore::new(0));
-    let up2 = gated_upstream(gate2.clone()).await;
-    let dir2 = TempDir::new("jobs-cancel");
-    let (gw2, _live2) = jobs_gateway(
-        &dir2,
-        "partition_size = 5\nworkers = 1",
-        &format!(
-            "[limits]\nconcurrency = 2\n{}",
-            routes(&[("/api/", up2.addr)])
-        ),
-    )
-    .await;
-    let id2 = submit(&gw2, &gets(20), &[]).await;
-    eventually("two parts in flight", || up2.seen().len() == 2).await;
+    let Held {
+        gate: gate2,
+        up: up2,
+        gw: gw2,
+        id: id2,
+        _live: _live2,
+        _dir: _dir2,
+    } = held_job("jobs-cancel").await;
     let (status, cancelling) = act(&gw2, &id2, "cancel").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(cancelling["status"], "cancelling");
@@ -336,14 +393,7 @@ async fn a_job_is_paused_resumed_cancelled_and_deleted() {
     assert_eq!(cancelled["request_counts"]["succeeded"], 2, "{cancelled}");
     assert_eq!(cancelled["request_counts"]["cancelled"], 18, "{cancelled}");
     assert_eq!(up2.seen().len(), 2);
-    let reply = gw2
-        .request(
-            Method::GET,
-            &format!("/jobs/{id2}/results"),
-            &[],
-            Bytes::new(),
-        )
-        .await;
+    let reply = results(&gw2, &id2, &[]).await;
     assert_eq!(reply.parts().len(), 2, "the answers are kept");
 
     // Deleted: its answers are dropped and it is gone.
@@ -373,9 +423,7 @@ async fn retry_runs_the_failed_parts_again_and_only_those() {
         }
     })
     .await;
-    let dir = TempDir::new("jobs-retry");
-    let (gw, _live) =
-        jobs_gateway(&dir, "partition_size = 3", &routes(&[("/api/", up.addr)])).await;
+    let (gw, _live, _dir) = api_jobs("jobs-retry", &up, "partition_size = 3", "").await;
     let mut parts = gets(6);
     parts.push(part("f1", "GET /api/flaky/1 HTTP/1.1\r\n"));
     parts.push(part("f2", "GET /api/flaky/2 HTTP/1.1\r\n"));
@@ -401,8 +449,7 @@ async fn retry_runs_the_failed_parts_again_and_only_those() {
 #[tokio::test]
 async fn another_credential_gets_404_for_every_job_url() {
     let up = counting_upstream().await;
-    let dir = TempDir::new("jobs-owner");
-    let (gw, _live) = jobs_gateway(&dir, "", &routes(&[("/api/", up.addr)])).await;
+    let (gw, _live, _dir) = api_jobs("jobs-owner", &up, "", "").await;
     let mine = [("authorization", "Bearer alice")];
     let id = submit(&gw, &gets(3), &mine).await;
     let reply = gw
@@ -439,8 +486,7 @@ async fn another_credential_gets_404_for_every_job_url() {
 #[tokio::test]
 async fn jobs_are_listed_newest_first_a_page_at_a_time() {
     let up = counting_upstream().await;
-    let dir = TempDir::new("jobs-list");
-    let (gw, _live) = jobs_gateway(&dir, "", &routes(&[("/api/", up.addr)])).await;
+    let (gw, _live, _dir) = api_jobs("jobs-list", &up, "", "").await;
     let mut ids = Vec::new();
     for _ in 0..5 {
         ids.push(submit(&gw, &gets(1), &[]).await);
@@ -480,33 +526,18 @@ async fn jobs_are_listed_newest_first_a_page_at_a_time() {
 #[tokio::test]
 async fn past_its_retention_a_job_answers_410() {
     let up = counting_upstream().await;
-    let dir = TempDir::new("jobs-retention");
-    let (gw, live) = jobs_gateway(&dir, "retention = \"1s\"", &routes(&[("/api/", up.addr)])).await;
+    let (gw, live, _dir) = api_jobs("jobs-retention", &up, "retention = \"1s\"", "").await;
     let id = submit(&gw, &gets(3), &[]).await;
     let done = wait_status(&gw, &id, "completed").await;
     assert_eq!(
         done["expires_at"].as_i64().unwrap() - done["ended_at"].as_i64().unwrap(),
         1
     );
-    let reply = gw
-        .request(
-            Method::GET,
-            &format!("/jobs/{id}/results"),
-            &[],
-            Bytes::new(),
-        )
-        .await;
+    let reply = results(&gw, &id, &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
     // The store's clock, not the test's: no waiting.
     live.advance_job_clock(Duration::from_secs(2));
-    let reply = gw
-        .request(
-            Method::GET,
-            &format!("/jobs/{id}/results"),
-            &[],
-            Bytes::new(),
-        )
-        .await;
+    let reply = results(&gw, &id, &[]).await;
     assert_eq!(reply.status, StatusCode::GONE);
     assert!(reply.error_message().contains("expired"));
     let (status, expired) = get_json(&gw, &format!("/jobs/{id}"), &[]).await;
@@ -517,13 +548,12 @@ async fn past_its_retention_a_job_answers_410() {
 
 #[tokio::test]
 async fn limits_refuse_a_job_with_the_json_error() {
-    let gate = Arc::new(Semaphore::new(0));
-    let up = gated_upstream(gate.clone()).await;
-    let dir = TempDir::new("jobs-limits");
-    let (gw, _live) = jobs_gateway(
-        &dir,
+    let (gate, up) = gated_upstream().await;
+    let (gw, _live, _dir) = api_jobs(
+        "jobs-limits",
+        &up,
         "max_parts = 3\nmax_job_bytes = 2000\nmax_jobs = 1",
-        &routes(&[("/api/", up.addr)]),
+        "",
     )
     .await;
     let url = gw.url("/jobs");
@@ -608,8 +638,7 @@ async fn prefer_respond_async_turns_a_batch_into_a_job() {
 #[tokio::test]
 async fn a_405_on_a_jobs_url_says_what_is_allowed() {
     let up = counting_upstream().await;
-    let dir = TempDir::new("jobs-405");
-    let (gw, _live) = jobs_gateway(&dir, "", &routes(&[("/api/", up.addr)])).await;
+    let (gw, _live, _dir) = api_jobs("jobs-405", &up, "", "").await;
     let id = submit(&gw, &gets(1), &[]).await;
     let cases = [
         (Method::PUT, "/jobs".to_owned(), "GET, POST"),
@@ -634,8 +663,7 @@ async fn a_405_on_a_jobs_url_says_what_is_allowed() {
 #[tokio::test]
 async fn a_batch_is_served_while_a_job_holds_its_share_of_the_permits() {
     // The job's parts are held upstream; the batch's are answered at once.
-    let gate = Arc::new(Semaphore::new(0));
-    let slow = gated_upstream(gate.clone()).await;
+    let (gate, slow) = gated_upstream().await;
     let fast = counting_upstream().await;
     let dir = TempDir::new("jobs-priority");
     let (gw, _live) = jobs_gateway(
@@ -647,9 +675,7 @@ async fn a_batch_is_served_while_a_job_holds_its_share_of_the_permits() {
         ),
     )
     .await;
-    let parts: Vec<String> = (0..40)
-        .map(|i| part(&format!("s{i}"), &format!("GET /slow/{i} HTTP/1.1\r\n")))
-        .collect();
+    let parts = gets_to("slow", "s", 40);
     let id = submit(&gw, &parts, &[]).await;
     // Jobs take at most half of limits.max_inflight.
     eventually("the job's share in flight", || slow.seen().len() == 2).await;
@@ -669,8 +695,7 @@ async fn a_batch_is_served_while_a_job_holds_its_share_of_the_permits() {
 /// after it.
 #[tokio::test]
 async fn a_reload_of_max_inflight_resizes_the_jobs_share() {
-    let gate = Arc::new(Semaphore::new(0));
-    let slow = gated_upstream(gate.clone()).await;
+    let (gate, slow) = gated_upstream().await;
     let dir = TempDir::new("jobs-share-reload");
     let config = |max_inflight: usize| {
         format!(
@@ -680,9 +705,7 @@ async fn a_reload_of_max_inflight_resizes_the_jobs_share() {
     };
     let extra = "partition_size = 20\nworkers = 2";
     let (gw, live) = jobs_gateway(&dir, extra, &config(4)).await;
-    let parts: Vec<String> = (0..40)
-        .map(|i| part(&format!("s{i}"), &format!("GET /slow/{i} HTTP/1.1\r\n")))
-        .collect();
+    let parts = gets_to("slow", "s", 40);
     let id = submit(&gw, &parts, &[]).await;
     eventually("the job's share of 4 in flight", || slow.seen().len() == 2).await;
     let store = dir.join("jobs.db");
@@ -709,8 +732,7 @@ async fn a_reload_of_max_inflight_resizes_the_jobs_share() {
 /// claimed again and again.
 #[tokio::test]
 async fn a_job_whose_stored_parts_cannot_be_read_fails() {
-    let gate = Arc::new(Semaphore::new(0));
-    let slow = gated_upstream(gate.clone()).await;
+    let (gate, slow) = gated_upstream().await;
     let dir = TempDir::new("jobs-failed");
     let extra = "partition_size = 1\nworkers = 1";
     let rest = format!(
@@ -718,9 +740,7 @@ async fn a_job_whose_stored_parts_cannot_be_read_fails() {
         routes(&[("/slow/", slow.addr)])
     );
     let (gw, _live) = jobs_gateway(&dir, extra, &rest).await;
-    let parts: Vec<String> = (0..3)
-        .map(|i| part(&format!("s{i}"), &format!("GET /slow/{i} HTTP/1.1\r\n")))
-        .collect();
+    let parts = gets_to("slow", "s", 3);
     let id = submit(&gw, &parts, &[]).await;
     eventually("the first part in flight", || slow.seen().len() == 1).await;
     // Damage the next partition's part: its method is no longer text.
@@ -803,18 +823,11 @@ async fn after_kill_9_the_job_completes_on_restart_and_no_unsafe_part_runs_twice
     )
     .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED);
-    let id = serde_json::from_slice::<serde_json::Value>(&reply.body).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let status = |url: String| async move {
-        let reply = http_request(&url, Method::GET, &[], Bytes::new()).await;
-        serde_json::from_slice::<serde_json::Value>(&reply.body).unwrap()
-    };
+    let id = job_id(&reply);
     // 30 answers committed, and the 8 parts the two partitions run at once held upstream.
     within(30, "30 answers committed and 8 parts in flight", async {
         loop {
-            let now = status(url(&format!("/jobs/{id}"))).await;
+            let now = json_from(&url(&format!("/jobs/{id}"))).await;
             if now["request_counts"]["succeeded"] == 30 && up.seen().len() == 38 {
                 return;
             }
@@ -847,7 +860,7 @@ async fn after_kill_9_the_job_completes_on_restart_and_no_unsafe_part_runs_twice
     let url = |path: &str| format!("http://{addr}{path}");
     let done = within(60, "the job to complete after the restart", async {
         loop {
-            let now = status(url(&format!("/jobs/{id}"))).await;
+            let now = json_from(&url(&format!("/jobs/{id}"))).await;
             if now["status"] == "completed" {
                 return now;
             }
@@ -881,11 +894,7 @@ async fn after_kill_9_the_job_completes_on_restart_and_no_unsafe_part_runs_twice
         Bytes::new(),
     )
     .await;
-    let lines: Vec<serde_json::Value> = std::str::from_utf8(&reply.body)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&reply);
     assert_eq!(lines.len(), 60);
     for line in &lines {
         let i = line["index"].as_u64().unwrap();
@@ -916,17 +925,8 @@ async fn a_job_runs_on_postgres() {
     let done = wait_status(&gw, &id, "completed").await;
     assert_eq!(done["request_counts"]["succeeded"], 500, "{done}");
     assert!(counts(&up).values().all(|&n| n == 1));
-    let lines = gw
-        .request(
-            Method::GET,
-            &format!("/jobs/{id}/results"),
-            &[("accept", "application/x-ndjson")],
-            Bytes::new(),
-        )
-        .await;
-    let text = std::str::from_utf8(&lines.body).unwrap();
-    for (i, line) in text.lines().enumerate() {
-        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+    let lines = results(&gw, &id, &[("accept", "application/x-ndjson")]).await;
+    for (i, line) in json_lines(&lines).iter().enumerate() {
         assert_eq!(line["index"], i);
     }
     gw.stop().await;
@@ -938,8 +938,7 @@ async fn a_job_runs_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_share_a_job_on_postgres_and_one_finishes_it_after_the_other_is_killed() {
     let pg = Postgres::start();
-    let gate = Arc::new(Semaphore::new(0));
-    let up = gated_upstream(gate.clone()).await;
+    let (gate, up) = gated_upstream().await;
     let dir = TempDir::new("jobs-two");
     let config = dir.join("gateway.toml");
     std::fs::write(
@@ -965,21 +964,11 @@ async fn two_gateways_share_a_job_on_postgres_and_one_finishes_it_after_the_othe
     )
     .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED);
-    let id = serde_json::from_slice::<serde_json::Value>(&reply.body).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = job_id(&reply);
     // Each instance holds one partition, two parts of it in flight.
     within(30, "both instances running a partition", async {
         loop {
-            let reply = http_request(
-                &format!("http://{addr_b}/jobs/{id}/partitions"),
-                Method::GET,
-                &[],
-                Bytes::new(),
-            )
-            .await;
-            let doc: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            let doc = json_from(&format!("http://{addr_b}/jobs/{id}/partitions")).await;
             let running = doc["partitions"]
                 .as_array()
                 .unwrap()
@@ -999,14 +988,7 @@ async fn two_gateways_share_a_job_on_postgres_and_one_finishes_it_after_the_othe
     gate.add_permits(1000);
     let done = within(60, "the job to complete on the instance left", async {
         loop {
-            let reply = http_request(
-                &format!("http://{addr_b}/jobs/{id}"),
-                Method::GET,
-                &[],
-                Bytes::new(),
-            )
-            .await;
-            let doc: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            let doc = json_from(&format!("http://{addr_b}/jobs/{id}")).await;
             if doc["status"] == "completed" {
                 return doc;
             }
@@ -1053,28 +1035,26 @@ async fn an_ended_job_is_called_back_once_signed_and_retried_after_a_failure() {
         .await
     };
     let secret = "a secret of sixteen bytes or more";
-    let dir = TempDir::new("jobs-callback");
-    let (gw, _live) = jobs_gateway(
-        &dir,
+    let (gw, _live, _dir) = api_jobs(
+        "jobs-callback",
+        &up,
         &format!(
             "callback_hosts = [\"{}\"]\ncallback_secret = \"{secret}\"",
             receiver.addr
         ),
-        &routes(&[("/api/", up.addr)]),
+        "",
     )
     .await;
     // A URL outside callback_hosts refuses the job.
-    let reply = gw
-        .request(
-            Method::POST,
-            "/jobs",
-            &[
-                ("content-type", MP),
-                ("batchgate-callback", "http://127.0.0.1:9/elsewhere"),
-            ],
-            Bytes::from(batch(&gets(1))),
-        )
-        .await;
+    let reply = post_jobs(
+        &gw,
+        &[
+            ("content-type", MP),
+            ("batchgate-callback", "http://127.0.0.1:9/elsewhere"),
+        ],
+        Bytes::from(batch(&gets(1))),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert!(reply.error_message().contains("jobs.callback_hosts"));
 
@@ -1115,38 +1095,24 @@ async fn an_ended_job_is_called_back_once_signed_and_retried_after_a_failure() {
 #[tokio::test]
 async fn a_json_batch_is_a_job_and_depends_on_is_refused() {
     let up = counting_upstream().await;
-    let dir = TempDir::new("jobs-json");
-    let (gw, _live) = jobs_gateway(&dir, "", &routes(&[("/api/", up.addr)])).await;
+    let (gw, _live, _dir) = api_jobs("jobs-json", &up, "", "").await;
     let body = serde_json::json!({"requests": [
         {"id": "a", "method": "GET", "url": "/api/1"},
         {"id": "b", "method": "get", "url": "/api/2"},
     ]})
     .to_string();
-    let reply = gw
-        .request(
-            Method::POST,
-            "/jobs",
-            &[("content-type", "application/json")],
-            Bytes::from(body),
-        )
-        .await;
+    let reply = post_jobs(
+        &gw,
+        &[("content-type", "application/json")],
+        Bytes::from(body),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED);
     let location = reply.headers["location"].to_str().unwrap().to_owned();
     let id = location.strip_prefix("/jobs/").unwrap();
     wait_status(&gw, id, "completed").await;
-    let reply = gw
-        .request(
-            Method::GET,
-            &format!("/jobs/{id}/results"),
-            &[("accept", "application/jsonl")],
-            Bytes::new(),
-        )
-        .await;
-    let lines: Vec<serde_json::Value> = std::str::from_utf8(&reply.body)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let reply = results(&gw, id, &[("accept", "application/jsonl")]).await;
+    let lines = json_lines(&reply);
     let answered: Vec<(&str, u64, &str)> = lines
         .iter()
         .map(|l| {
@@ -1164,14 +1130,12 @@ async fn a_json_batch_is_a_job_and_depends_on_is_refused() {
         {"id": "b", "method": "GET", "url": "/api/2", "dependsOn": ["a"]},
     ]})
     .to_string();
-    let reply = gw
-        .request(
-            Method::POST,
-            "/jobs",
-            &[("content-type", "application/json")],
-            Bytes::from(dependent),
-        )
-        .await;
+    let reply = post_jobs(
+        &gw,
+        &[("content-type", "application/json")],
+        Bytes::from(dependent),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     let error: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert!(
@@ -1183,5 +1147,108 @@ async fn a_json_batch_is_a_job_and_depends_on_is_refused() {
     );
     // Refused as a whole: the POST was never sent.
     assert_eq!(counts(&up).get("/api/1"), Some(&1));
+    gw.stop().await;
+}
+
+/// An upstream that answers after 5 ms: a route with adaptive concurrency starting at a limit of 1 sees its
+/// latency hold, so its limit rises once two sample windows (at least 100 ms and 16 parts each) are in.
+async fn five_ms_upstream() -> Upstream {
+    upstream(|seen| async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        text(StatusCode::OK, seen.uri.path().to_owned())
+    })
+    .await
+}
+
+/// `/api/` with adaptive concurrency from 1 to 4 in front of `up`.
+fn adaptive_route(up: &Upstream) -> String {
+    format!(
+        "{}adaptive_concurrency = {{ min = 1, max = 4 }}\n",
+        routes(&[("/api/", up.addr)])
+    )
+}
+
+/// `GET /jobs/{id}/tuning`'s changes, checked to be one history: each a change of `/api/`'s limit with its
+/// reason, the first from the limit's start (1), each from where the one before went, in time order.
+async fn tuning_history(gw: &TestGateway, id: &str) -> Vec<serde_json::Value> {
+    let (status, doc) = get_json(gw, &format!("/jobs/{id}/tuning"), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    assert_eq!(doc["truncated"], false);
+    let changes = doc["tuning"].as_array().unwrap().clone();
+    assert!(
+        !changes.is_empty(),
+        "200 parts of 5 ms at a limit of 1 to 4 moved the limit: {doc}"
+    );
+    assert_eq!(changes[0]["from"], 1, "{doc}");
+    for change in &changes {
+        assert_eq!(change["route"], "/api/");
+        assert_ne!(change["from"], change["to"]);
+        assert!(!change["reason"].as_str().unwrap().is_empty());
+    }
+    for pair in changes.windows(2) {
+        assert_eq!(pair[0]["to"], pair[1]["from"], "{doc}");
+        assert!(pair[0]["at"].as_i64() <= pair[1]["at"].as_i64(), "{doc}");
+    }
+    changes
+}
+
+/// The tuning history: the limit changes a job's parts made on a route with adaptive concurrency are kept
+/// with the job, in order, and are still there after the gateway restarts on the same store; a job on a
+/// route without adaptive concurrency has none; a deleted job's are gone with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_limit_changes_are_kept_in_order_across_a_restart() {
+    let up = five_ms_upstream().await;
+    let plain = counting_upstream().await;
+    let dir = TempDir::new("jobs-tuning");
+    let config = format!(
+        "{}{}",
+        adaptive_route(&up),
+        routes(&[("/plain/", plain.addr)])
+    );
+    let (gw, _live) = jobs_gateway(&dir, "", &config).await;
+    let id = submit(&gw, &gets(200), &[]).await;
+    let plain_id = submit(&gw, &gets_to("plain", "q", 50), &[]).await;
+    wait_status(&gw, &id, "completed").await;
+    wait_status(&gw, &plain_id, "completed").await;
+    let before = tuning_history(&gw, &id).await;
+    let (status, none) = get_json(&gw, &format!("/jobs/{plain_id}/tuning"), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(none["tuning"], serde_json::json!([]), "{none}");
+    let reply = gw
+        .request(
+            Method::POST,
+            &format!("/jobs/{id}/tuning"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    gw.stop().await;
+
+    let (gw, _live) = jobs_gateway(&dir, "", &config).await;
+    assert_eq!(tuning_history(&gw, &id).await, before);
+    let reply = gw
+        .request(Method::DELETE, &format!("/jobs/{id}"), &[], Bytes::new())
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    let (status, _) = get_json(&gw, &format!("/jobs/{id}/tuning"), &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    gw.stop().await;
+}
+
+/// The same history on Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_limit_changes_are_kept_on_postgres() {
+    let pg = Postgres::start();
+    let up = five_ms_upstream().await;
+    let (gw, _live) = live_gateway(&format!(
+        "{}\n[jobs]\nstore = \"{}\"\n",
+        adaptive_route(&up),
+        pg.url
+    ))
+    .await;
+    let id = submit(&gw, &gets(200), &[]).await;
+    wait_status(&gw, &id, "completed").await;
+    tuning_history(&gw, &id).await;
     gw.stop().await;
 }
