@@ -52,6 +52,10 @@ const FORWARDING: [HeaderName; 9] = [
     HeaderName::from_static("x-rewrite-url"),
 ];
 
+/// Headers set on a part's request after [`BatchHeaders::for_part`]: the policy layer's trace context
+/// (`traceparent`, `tracestate`) and the pool's `Host`.
+const ADDED_BELOW: usize = 3;
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
 }
@@ -307,8 +311,11 @@ impl BatchHeaders {
         for name in &FORWARDING {
             part.remove(name);
         }
-        let mut out =
-            HeaderMap::with_capacity(self.inherited.len() + part.len() + self.forwarding.len());
+        // Room for what goes on below too (`traceparent`, `tracestate`, `Host`): growing a map reallocates
+        // both its tables.
+        let mut out = HeaderMap::with_capacity(
+            self.inherited.len() + part.len() + self.forwarding.len() + ADDED_BELOW,
+        );
         for (name, value) in &self.inherited {
             if !part.contains_key(name) {
                 out.append(name.clone(), value.clone());
