@@ -40,7 +40,7 @@ const BOUNDARY: &str = "batch_bench";
 /// About what a mail message is.
 const ANSWER: &str = r#"{"id":"7","threadId":"t2","labelIds":["INBOX","UNREAD"],"from":"bob@example.com","subject":"lunch meeting invoice","snippet":"About the draft review: see the travel before the budget."}"#;
 
-/// Answers every request 200 with [`ANSWER`].
+/// Answers every request 200 with [`ANSWER`], with the headers nginx would send besides.
 async fn upstream(listener: TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -54,6 +54,11 @@ async fn upstream(listener: TcpListener) {
                 headers.insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("application/json"),
+                );
+                // As nginx answers on a keep-alive connection: a hop-by-hop header to strip.
+                headers.insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("keep-alive"),
                 );
                 // A shared cache may keep it for an hour: the `cached` rows are all hits.
                 headers.insert(

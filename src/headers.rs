@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::Authority;
+use smallvec::SmallVec;
 
 use crate::config::{Cidr, Config};
 
@@ -51,23 +52,37 @@ const FORWARDING: [HeaderName; 9] = [
     HeaderName::from_static("x-rewrite-url"),
 ];
 
+/// Headers set on a part's request after [`BatchHeaders::for_part`]: the policy layer's trace context
+/// (`traceparent`, `tracestate`) and the pool's `Host`.
+const ADDED_BELOW: usize = 3;
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
 }
 
-/// Removes hop-by-hop headers, including the ones a `Connection` header names.
+/// Removes hop-by-hop headers, including the ones a `Connection` header names: those first, in the order
+/// listed, then the others in the map's order (removal order decides the order of what is left, which the
+/// reply part shows). Nothing is allocated unless more than a few names go.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
+    // Without a `Connection` header (itself hop-by-hop) no name is listed either.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    // The values are copied (a reference count each) so that the names they list can be removed.
+    let connection: SmallVec<[HeaderValue; 2]> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .cloned()
         .collect();
+    let listed = connection
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','));
     for name in listed {
-        headers.remove(name);
+        // A name that is no valid header name removes nothing.
+        headers.remove(name.trim());
     }
-    let hop: Vec<HeaderName> = headers
+    let hop: SmallVec<[HeaderName; 4]> = headers
         .keys()
         .filter(|n| is_hop_by_hop(n))
         .cloned()
@@ -296,8 +311,11 @@ impl BatchHeaders {
         for name in &FORWARDING {
             part.remove(name);
         }
-        let mut out =
-            HeaderMap::with_capacity(self.inherited.len() + part.len() + self.forwarding.len());
+        // Room for what goes on below too (`traceparent`, `tracestate`, `Host`): growing a map reallocates
+        // both its tables.
+        let mut out = HeaderMap::with_capacity(
+            self.inherited.len() + part.len() + self.forwarding.len() + ADDED_BELOW,
+        );
         for (name, value) in &self.inherited {
             if !part.contains_key(name) {
                 out.append(name.clone(), value.clone());
@@ -390,6 +408,75 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h, map(&[("x-keep", "k")]));
+    }
+
+    /// What is left, and in which order (the reply part shows it), is what removing the listed names one by
+    /// one and then the hop-by-hop ones one by one leaves.
+    #[test]
+    fn stripping_keeps_the_order_of_one_removal_at_a_time() {
+        fn one_at_a_time(headers: &mut HeaderMap) {
+            let listed: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+                .collect();
+            for name in listed {
+                headers.remove(name);
+            }
+            let hop: Vec<HeaderName> = headers
+                .keys()
+                .filter(|n| is_hop_by_hop(n))
+                .cloned()
+                .collect();
+            for name in hop {
+                headers.remove(name);
+            }
+        }
+        let shapes: [&[(&str, &str)]; 4] = [
+            &[
+                ("server", "nginx"),
+                ("date", "d"),
+                ("content-type", "application/json"),
+                ("content-length", "2"),
+                ("connection", "keep-alive"),
+                ("etag", "\"e\""),
+                ("accept-ranges", "bytes"),
+            ],
+            &[
+                ("a", "1"),
+                ("connection", "X-B, close,, bad name, Keep-Alive"),
+                ("x-a", "2"),
+                ("b", "3"),
+                ("x-b", "4"),
+                ("connection", "x-a"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-foo", "5"),
+                ("c", "6"),
+                ("te", "trailers"),
+                ("d", "7"),
+            ],
+            &[("a", "1"), ("b", "2")],
+            &[
+                ("upgrade", "h2c"),
+                ("a", "1"),
+                ("trailer", "x"),
+                ("b", "2"),
+                ("c", "3"),
+            ],
+        ];
+        for shape in shapes {
+            let (mut ours, mut reference) = (map(shape), map(shape));
+            strip_hop_by_hop(&mut ours);
+            one_at_a_time(&mut reference);
+            let order = |h: &HeaderMap| {
+                h.iter()
+                    .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(order(&ours), order(&reference), "{shape:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod fuzz;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery};
@@ -138,13 +139,30 @@ impl Router {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),
         };
+        // A target that is already normal (the common case) is used as it is, rather than rebuilt equal.
+        let plain = is_normal_path(raw_path) && raw_query.is_none_or(is_normal_query);
         // Escapes and characters normalised, dot segments still there: what the client asked for.
-        let asked_path = normalise_chars(raw_path, Component::Path).map_err(refused)?;
-        let query = raw_query
-            .map(|q| normalise_chars(q, Component::Query))
-            .transpose()
-            .map_err(refused)?;
-        let path = normalise_path(&asked_path).map_err(refused)?;
+        let asked_path: Cow<'_, str> = if plain {
+            raw_path.into()
+        } else {
+            normalise_chars(raw_path, Component::Path)
+                .map_err(refused)?
+                .into()
+        };
+        let query: Option<Cow<'_, str>> = match raw_query {
+            Some(q) if plain => Some(q.into()),
+            Some(q) => Some(
+                normalise_chars(q, Component::Query)
+                    .map_err(refused)?
+                    .into(),
+            ),
+            None => None,
+        };
+        let path: Cow<'_, str> = if plain {
+            raw_path.into()
+        } else {
+            normalise_path(&asked_path).map_err(refused)?.into()
+        };
         if path == self.batch_path {
             return Err(RouteError::NestedBatch(target.to_owned()));
         }
@@ -167,7 +185,11 @@ impl Router {
         };
 
         // The route the target asked for before dot segments were applied must still be the one it gets.
-        let lexical = collapse_slashes(&asked_path);
+        let lexical: Cow<'_, str> = if plain {
+            raw_path.into()
+        } else {
+            collapse_slashes(&asked_path).into()
+        };
         if let Some(asked) = best_route(&candidates, &lexical)
             && prefix_match(&asked.prefix, &path).is_none()
         {
@@ -176,8 +198,8 @@ impl Router {
                 prefix: asked.prefix.clone(),
             });
         }
-        let route =
-            best_route(&candidates, &path).ok_or_else(|| RouteError::NoRoute(path.clone()))?;
+        let route = best_route(&candidates, &path)
+            .ok_or_else(|| RouteError::NoRoute(path.clone().into_owned()))?;
         if wants_tls && !route.tls {
             return Err(RouteError::PlainForHttps {
                 target: target.to_owned(),
@@ -193,7 +215,8 @@ impl Router {
             }
         }
 
-        let mut pq = path;
+        let mut pq = String::with_capacity(path.len() + query.as_ref().map_or(0, |q| q.len() + 1));
+        pq.push_str(&path);
         if let Some(q) = query {
             pq.push('?');
             pq.push_str(&q);
@@ -422,8 +445,34 @@ fn normalise_path(path: &str) -> Result<String, Normalise> {
 }
 
 fn has_encoded_slash(raw: &str) -> bool {
-    let lower = raw.to_ascii_lowercase();
-    lower.contains("%2f") || lower.contains("%5c")
+    raw.as_bytes().windows(3).any(|w| {
+        w[0] == b'%' && (w[1..].eq_ignore_ascii_case(b"2f") || w[1..].eq_ignore_ascii_case(b"5c"))
+    })
+}
+
+/// Whether [`normalise_chars`] and then [`normalise_path`] leave `path` as it is: it starts with `/`, its
+/// segments are non-empty (an empty last one, a trailing slash, aside) and none starts with `.`, and it has
+/// only characters that pass unchanged (no `%`, no backslash, nothing to escape or refuse).
+fn is_normal_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b);
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if (segment.is_empty() && !last) || segment.starts_with('.') {
+            return false;
+        }
+    }
+    rest.bytes().all(plain)
+}
+
+/// Whether [`normalise_chars`] leaves a query as it is: visible ASCII only, none of what it refuses.
+fn is_normal_query(query: &str) -> bool {
+    query
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !b"<>\"".contains(&b))
 }
 
 /// Decodes the given escapes (lower-case, matched in any case); every other escape is left for the upstream.
@@ -462,6 +511,84 @@ fn collapse_slashes(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shortcut for targets that are already normal takes only those that normalising leaves as they
+    /// are, and takes the common ones.
+    #[test]
+    fn a_normal_target_is_one_normalising_leaves_as_it_is() {
+        let pieces = [
+            "",
+            "/",
+            "//",
+            "a",
+            "mail",
+            "v1",
+            ".",
+            "..",
+            ".well-known",
+            "a.b",
+            "%2e",
+            "%2F",
+            "%7e",
+            "%41",
+            "%",
+            "%zz",
+            "\\",
+            ";",
+            "..;",
+            ".;x",
+            "a;b",
+            "~",
+            "é",
+            " ",
+            "`",
+            "<",
+            "\"",
+            "@:!$&'()*+,=",
+            "-_",
+        ];
+        let mut checked = 0;
+        for a in pieces {
+            for b in pieces {
+                for c in ["", "/", "x", "/.", "/..", "//"] {
+                    let path = format!("/{a}/{b}{c}");
+                    if is_normal_path(&path) {
+                        checked += 1;
+                        let chars = normalise_chars(&path, Component::Path).unwrap();
+                        assert_eq!(chars, path);
+                        assert_eq!(normalise_path(&chars).unwrap(), path);
+                        assert_eq!(collapse_slashes(&path), path);
+                        assert!(!has_encoded_slash(&path));
+                    }
+                    let query = format!("{a}={b}{c}");
+                    if is_normal_query(&query) {
+                        assert_eq!(normalise_chars(&query, Component::Query).unwrap(), query);
+                    }
+                }
+            }
+        }
+        assert!(checked > 100, "{checked}");
+        for common in [
+            "/mail/v1/messages/17",
+            "/mail/",
+            "/",
+            "/a/b.json",
+            "/users/me@x.com/items;v=2",
+        ] {
+            assert!(is_normal_path(common), "{common}");
+        }
+        assert!(is_normal_query("format=metadata&fields=id,snippet&q=%20x"));
+        for unusual in [
+            "/mail//x",
+            "/mail/./x",
+            "/mail/%7ex",
+            "/mail/\\x",
+            "/caf\u{e9}",
+            "mail",
+        ] {
+            assert!(!is_normal_path(unusual), "{unusual}");
+        }
+    }
 
     /// Where a destination goes, as `upstream + path`: the route's first upstream in `config`.
     fn upstream_of(config: &Config, d: Destination) -> String {

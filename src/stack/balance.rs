@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use futures_util::future::BoxFuture;
 use http::StatusCode;
 use rand::Rng;
+use smallvec::SmallVec;
 use tokio::time::Instant;
 use tower::Service;
 
@@ -225,7 +226,12 @@ impl Service<PartRequest> for Balancer {
         Box::pin(async move {
             // One snapshot for the part: a re-resolution meanwhile applies to the next parts.
             let all = this.shared.pools();
-            let mut tried = request.tried.as_ref().map(|t| t.list()).unwrap_or_default();
+            // On the stack unless a retried part has been to more addresses than that.
+            let mut tried: SmallVec<[SocketAddr; 4]> = request
+                .tried
+                .as_ref()
+                .map(|t| SmallVec::from_vec(t.list()))
+                .unwrap_or_default();
             let Some(mut pool) = this.pick(&all, &tried, None) else {
                 let names: Vec<String> = this
                     .shared

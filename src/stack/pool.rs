@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::HOST;
 use http::uri::{Authority, Scheme};
-use http::{Request, Uri};
+use http::{HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -50,6 +51,9 @@ pub(crate) struct Pool {
     /// Scheme and authority the requests name: the upstream's own, for `Host` and for its certificate.
     scheme: Scheme,
     authority: Authority,
+    /// The `Host` header of every request, on a pool that speaks only HTTP/1.1: made once rather than
+    /// formatted by the client for every request (it is the value the client would make).
+    host: Option<HeaderValue>,
     client: Client<AddrConnector, Full<Bytes>>,
     max_response_bytes: u64,
     metrics: Arc<Metrics>,
@@ -89,6 +93,8 @@ impl Pool {
             || tls
                 .as_ref()
                 .is_some_and(|t| t.config.alpn_protocols.iter().any(|p| p == b"h2"));
+        // An HTTP/2 request carries its authority in the pseudo-header instead; over TLS, ALPN may yet pick it.
+        let host = (!may_refuse).then(|| host_header(&authority, origin.is_tls()));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(up.pool_idle_timeout)
             .pool_max_idle_per_host(up.pool_max_idle_per_host)
@@ -96,6 +102,7 @@ impl Pool {
             .timer(TokioTimer::new())
             .http2_only(settings.http2_prior_knowledge && tls.is_none())
             .http1_read_buf_exact_size(READ_BUF)
+            .set_host(host.is_none())
             .build(AddrConnector {
                 addr,
                 connect_timeout: up.connect_timeout,
@@ -108,6 +115,7 @@ impl Pool {
             label: label.into(),
             scheme: origin.scheme.clone(),
             authority,
+            host,
             client,
             max_response_bytes: settings.max_response_bytes,
             metrics: settings.metrics.clone(),
@@ -151,6 +159,12 @@ impl Pool {
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
+        if let Some(host) = &self.host {
+            request
+                .headers_mut()
+                .entry(HOST)
+                .or_insert_with(|| host.clone());
+        }
         self.metrics.upstream_request();
         if let Some(t) = &timeline {
             t.mark(Mark::Sent);
@@ -320,6 +334,17 @@ struct Health {
     probing: bool,
 }
 
+/// `host[:port]` for `Host`, the port left out when it is the scheme's default, as hyper-util's client
+/// writes it.
+fn host_header(authority: &Authority, tls: bool) -> HeaderValue {
+    let default_port = if tls { 443 } else { 80 };
+    let value = match authority.port_u16() {
+        Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+        _ => authority.host().to_owned(),
+    };
+    HeaderValue::try_from(value).expect("an authority is a valid header value")
+}
+
 /// A part this address did not answer, and whether it may go again without being a retry.
 #[derive(Debug)]
 pub(crate) struct SendError {
@@ -433,7 +458,8 @@ mod tests {
     use crate::stack::ResponseBudget;
     use crate::stack::tests::part_request;
 
-    /// A real HTTP/1.1 server on port 0 that answers `GET /N` with N bytes and a `Connection`-listed header.
+    /// A real HTTP/1.1 server on port 0 that answers `GET /N` with N bytes, a `Connection`-listed header and
+    /// the request's `Host` as `X-Host`.
     async fn sized_server() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -444,7 +470,9 @@ mod tests {
                     let service =
                         service_fn(|request: Request<hyper::body::Incoming>| async move {
                             let size: usize = request.uri().path()[1..].parse().unwrap();
+                            let host = request.headers()[HOST].clone();
                             let response = Response::builder()
+                                .header("x-host", host)
                                 .header("connection", "x-hop")
                                 .header("x-hop", "per connection")
                                 .header("x-end", "kept")
@@ -497,6 +525,8 @@ mod tests {
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!((answer.body_len, answer.body.concat().len()), (100, 100));
         assert_eq!(answer.headers["x-end"], "kept");
+        // The port is not the scheme's default: `Host` names it.
+        assert_eq!(answer.headers["x-host"], pool.addr.to_string());
         assert!(
             !answer.headers.contains_key("x-hop") && !answer.headers.contains_key("connection")
         );
@@ -518,6 +548,17 @@ mod tests {
             error.error
         );
         assert_eq!(error.error.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    /// `Host` as hyper-util's client would write it: the port only when it is not the scheme's default.
+    #[test]
+    fn the_host_header_names_only_a_port_that_is_not_the_default() {
+        let host = |authority: &str, tls| host_header(&authority.parse().unwrap(), tls);
+        assert_eq!(host("mail.internal:80", false), "mail.internal");
+        assert_eq!(host("mail.internal:443", true), "mail.internal");
+        assert_eq!(host("mail.internal:443", false), "mail.internal:443");
+        assert_eq!(host("[::1]:8443", true), "[::1]:8443");
+        assert_eq!(host("10.0.0.5", false), "10.0.0.5");
     }
 
     /// What is left of the batch's response budget bounds an answer below `max_response_bytes`, and the

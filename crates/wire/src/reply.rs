@@ -113,9 +113,15 @@ fn write_entity_head(
 ) {
     out.put_slice(b"Content-Type: application/http\r\n");
     if let Some(id) = content_id {
-        out.put_slice(b"Content-ID: ");
-        out.put_slice(id.response_id().as_bytes());
-        out.put_slice(b"\r\n");
+        // `ContentId::response_id`, written in place rather than formatted into a String per part.
+        let (open, close): (&[u8], &[u8]) = if id.bracketed {
+            (b"Content-ID: <response-", b">\r\n")
+        } else {
+            (b"Content-ID: response-", b"\r\n")
+        };
+        out.put_slice(open);
+        out.put_slice(id.id.as_bytes());
+        out.put_slice(close);
     }
     out.put_slice(b"\r\nHTTP/1.1 ");
     out.put_slice(status.as_str().as_bytes());
@@ -132,7 +138,7 @@ fn write_entity_head(
     }
     if framing == Framing::Exact {
         out.put_slice(b"content-length: ");
-        out.put_slice(body_len.to_string().as_bytes());
+        out.put_slice(itoa::Buffer::new().format(body_len).as_bytes());
         out.put_slice(b"\r\n");
     }
     out.put_slice(b"\r\n");

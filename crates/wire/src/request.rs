@@ -6,6 +6,8 @@
 //! and control characters in the embedded request's headers, methods that are not tokens, bytes after the
 //! head of a GET/HEAD/DELETE/OPTIONS without Content-Length, TRACE and CONNECT in any letter case).
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use http::{HeaderMap, Method};
@@ -128,8 +130,26 @@ pub struct ParsedPart {
 
 /// Parses one part as cut by the splitter.
 pub fn parse_part(part: &[u8], limits: PartLimits) -> ParsedPart {
-    let (mime, content) = match split_mime_headers(part, limits.max_header_bytes) {
-        Ok(split) => split,
+    let mut content_id = None;
+    let mut content_type = None;
+    let mut bad_content_id = false;
+    let split = for_each_mime_header(part, limits.max_header_bytes, |name, value| {
+        if name.eq_ignore_ascii_case("content-id") {
+            // It would be echoed into the reply's part headers: refused rather than guessed at.
+            bad_content_id |= value.chars().any(|c| c.is_control() && c != '\t');
+            content_id = Some(ContentId::parse(&value));
+        } else if name.eq_ignore_ascii_case("content-type") {
+            content_type = Some(value);
+        }
+    });
+    let content = match split {
+        Ok(content) if !bad_content_id => content,
+        Ok(_) => {
+            return ParsedPart {
+                content_id: None,
+                request: Err(RequestError::BadContentId),
+            };
+        }
         Err(e) => {
             return ParsedPart {
                 content_id: None,
@@ -137,24 +157,10 @@ pub fn parse_part(part: &[u8], limits: PartLimits) -> ParsedPart {
             };
         }
     };
-    let mut content_id = None;
-    let mut content_type = None;
-    for (name, value) in &mime {
-        if name.eq_ignore_ascii_case("content-id") {
-            if value.chars().any(|c| c.is_control() && c != '\t') {
-                // It would be echoed into the reply's part headers: refuse it rather than guess.
-                return ParsedPart {
-                    content_id: None,
-                    request: Err(RequestError::BadContentId),
-                };
-            }
-            content_id = Some(ContentId::parse(value));
-        } else if name.eq_ignore_ascii_case("content-type") {
-            content_type = Some(value.clone());
-        }
-    }
     let request = match content_type {
-        Some(ct) if !is_application_http(&ct) => Err(RequestError::NotApplicationHttp(ct)),
+        Some(ct) if !is_application_http(&ct) => {
+            Err(RequestError::NotApplicationHttp(ct.into_owned()))
+        }
         _ => parse_request(content, limits),
     };
     ParsedPart {
@@ -174,9 +180,24 @@ pub type MimeHeaders = Vec<(String, String)>;
 /// Splits the part's MIME header block (unfolded, RFC 5322) from its content. A part whose first line is not
 /// a header line has no header block at all.
 pub fn split_mime_headers(part: &[u8], max: usize) -> Result<(MimeHeaders, &[u8]), RequestError> {
-    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut headers = Vec::new();
+    let content = for_each_mime_header(part, max, |name, value| {
+        headers.push((name.to_owned(), value.into_owned()));
+    })?;
+    Ok((headers, content))
+}
+
+/// [`split_mime_headers`] without copying: each header, unfolded, is handed to `each` in order, borrowed
+/// from the part unless unfolding or a repaired encoding made a copy. Returns the part's content.
+fn for_each_mime_header<'a>(
+    part: &'a [u8],
+    max: usize,
+    mut each: impl FnMut(&'a str, Cow<'a, str>),
+) -> Result<&'a [u8], RequestError> {
+    // The header read last: continuation lines may still follow it.
+    let mut last: Option<(&'a str, Cow<'a, str>)> = None;
     let mut pos = 0;
-    loop {
+    let content = loop {
         let line_end = memchr::memchr(b'\n', &part[pos..]).map(|i| pos + i);
         let (line, next) = match line_end {
             Some(e) => (trim_cr(&part[pos..e]), e + 1),
@@ -187,37 +208,47 @@ pub fn split_mime_headers(part: &[u8], max: usize) -> Result<(MimeHeaders, &[u8]
         }
         if line.is_empty() {
             // The blank line ending the header block (or a part that opens with it).
-            return Ok((headers, &part[next.min(part.len())..]));
+            break &part[next.min(part.len())..];
         }
-        if matches!(line[0], b' ' | b'\t') && !headers.is_empty() {
+        if matches!(line[0], b' ' | b'\t')
+            && let Some((_, value)) = &mut last
+        {
             // Folded continuation: unfolding removes the line break and keeps the white space.
-            let last = headers.last_mut().unwrap();
-            last.1.push_str(&String::from_utf8_lossy(line));
+            value.to_mut().push_str(&String::from_utf8_lossy(line));
             pos = next;
             continue;
         }
         match header_line(line) {
-            Some((name, value)) => headers.push((name.to_owned(), value)),
+            Some(header) => {
+                if let Some((name, value)) = last.replace(header) {
+                    each(name, value);
+                }
+            }
             // Not a header: the part has no header block, this is already the request line.
-            None if headers.is_empty() => return Ok((headers, part)),
-            None => return Ok((headers, &part[pos..])),
+            None if last.is_none() => return Ok(part),
+            None => break &part[pos..],
         }
         // After a last line without a line break, `next` is the end of the part: the next round checks the
         // size of the block and finds an empty line.
         pos = next;
+    };
+    if let Some((name, value)) = last {
+        each(name, value);
     }
+    Ok(content)
 }
 
 /// `Name: value` with a token name, or `None`.
-fn header_line(line: &[u8]) -> Option<(&str, String)> {
+fn header_line(line: &[u8]) -> Option<(&str, Cow<'_, str>)> {
     let colon = memchr::memchr(b':', line)?;
     let name = std::str::from_utf8(&line[..colon]).ok()?;
     if name.is_empty() || !name.bytes().all(is_token_byte) {
         return None;
     }
-    let value = String::from_utf8_lossy(&line[colon + 1..])
-        .trim()
-        .to_owned();
+    let value = match String::from_utf8_lossy(&line[colon + 1..]) {
+        Cow::Borrowed(value) => Cow::Borrowed(value.trim()),
+        Cow::Owned(value) => Cow::Owned(value.trim().to_owned()),
+    };
     Some((name, value))
 }
 
