@@ -138,7 +138,8 @@ pub(crate) fn start(
     let scheduler = Scheduler {
         input: input_rx,
         out,
-        slots: VecDeque::with_capacity(settings.window),
+        // Grown as parts are seated: a small batch holds no room for a whole window of seats (272 bytes each).
+        slots: VecDeque::new(),
         waiting: VecDeque::new(),
         dedup: None,
         statuses: settings.dependencies.then(Vec::new),
