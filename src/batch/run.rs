@@ -30,7 +30,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
 use super::dedup::{Dedup, Digest, Role, Sharing};
@@ -775,7 +775,7 @@ fn launch(
 ) -> PartFuture {
     let Forward {
         mut request,
-        service,
+        mut service,
         permits,
         ..
     } = forward;
@@ -810,7 +810,11 @@ fn launch(
                 // Then the route's and the gateway's.
                 let _held = permits.acquire(&global).await.map_err(internal)?;
                 timeline.waited(started.elapsed());
-                service.oneshot(*request).await
+                // Not `oneshot`: that holds the request in this future from the start, while the part
+                // waits for its permits; the call moves it into the stack's own (boxed) future.
+                let call = service.ready().await?.call(*request);
+                drop(service);
+                call.await
             };
             (index, call.await)
         }
