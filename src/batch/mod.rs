@@ -6,8 +6,8 @@
 //! - [`admit`]: may this batch be served at all (capacity, type, size), and with which codec;
 //! - [`read`]: the body, part by part as it streams in, each parsed, routed and handed to the scheduler;
 //! - [`run`]: the scheduler, on the connection's task while the body is read (a 1-part batch's until its
-//!   answer, driven by the reply), then on a task of its own: window, permits, order, side effects only once committed, identical
-//!   safe parts sharing one call ([`dedup`]);
+//!   answer, driven by the reply), then on a task of its own: window, permits, order, side effects only once
+//!   committed, identical safe parts sharing one call ([`dedup`]);
 //! - [`respond`]: the reply body, in request order, coalesced and compressed.
 //!
 //! The reply's `200` is committed only once the whole body is in, so a truncated, oversized or over-long batch

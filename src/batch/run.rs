@@ -2,12 +2,12 @@
 //! their rendered answers to the reply in request order.
 //!
 //! It runs on the connection's task while the body is read (a 1-part batch's also after, driven by its reply
-//! until the answer, at the cost of no task), then as a task of its own, apart from the reply writer, so parts make
-//! progress (and give their upstream permits back) whether or not the client is reading ([`Running`]). The
-//! window is the capacity of the channel to the writer: a part takes a seat when it starts, in request order,
-//! and gives it back when the writer has taken its answer. A slow first part therefore stalls new starts
-//! instead of letting answers pile up, and a client that stops reading holds at most its own window, until
-//! `limits.write_timeout` cuts it off.
+//! until the answer, at the cost of no task), then as a task of its own, apart from the reply writer, so
+//! parts make progress (and give their upstream permits back) whether or not the client is reading
+//! ([`Running`]). The window is the capacity of the channel to the writer: a part takes a seat when it
+//! starts, in request order, and gives it back when the writer has taken its answer. A slow first part
+//! therefore stalls new starts instead of letting answers pile up, and a client that stops reading holds at
+//! most its own window, until `limits.write_timeout` cuts it off.
 //!
 //! The batch's deadline (`limits.batch_timeout`) is one timer here, not one per part: when it passes, the
 //! parts still running are cancelled and every part not answered yet is answered with a 504.
@@ -197,8 +197,8 @@ impl Running {
     }
 
     /// After the commit: a batch of at most [`INLINE_PARTS`] parts keeps its scheduler where it is, for the
-    /// reply to drive while it waits for the answer ([`Running::poll_recv`]); a larger batch's goes on a task of
-    /// its own, so that its parts make progress whether or not the client reads the reply. (Each wake-up of
+    /// reply to drive while it waits for the answer ([`Running::poll_recv`]); a larger batch's goes on a task
+    /// of its own, so that its parts make progress whether or not the client reads the reply. (Each wake-up of
     /// the connection's task also polls the connection, which costs more than a scheduler's task once a
     /// batch's parts wake it one by one.)
     pub(crate) fn finish(mut self, parts: usize) -> Option<Running> {
