@@ -5,8 +5,9 @@
 //! ```
 //! - [`admit`]: may this batch be served at all (capacity, type, size), and with which codec;
 //! - [`read`]: the body, part by part as it streams in, each parsed, routed and handed to the scheduler;
-//! - [`run`]: the scheduler, on a task of its own: window, permits, order, side effects only once committed,
-//!   identical safe parts sharing one call ([`dedup`]);
+//! - [`run`]: the scheduler, on the connection's task while the body is read (a 1-part batch's until its
+//!   answer, driven by the reply), then on a task of its own: window, permits, order, side effects only once
+//!   committed, identical safe parts sharing one call ([`dedup`]);
 //! - [`respond`]: the reply body, in request order, coalesced and compressed.
 //!
 //! The reply's `200` is committed only once the whole body is in, so a truncated, oversized or over-long batch
@@ -79,7 +80,7 @@ where
         span: span.clone(),
         access_parts: gateway.config.access_log == AccessLog::Parts,
     };
-    let (feed, answers) = run::start(
+    let (feed, answers, mut running) = run::start(
         run::Settings::new(limits, arrival, admitted.reader.has_dependencies()),
         admitted.writer.clone(),
         telemetry,
@@ -90,9 +91,11 @@ where
         gateway_host: admitted.gateway_host.as_deref(),
         feed: &feed,
     };
-    let (parts, bytes_in) = match read
-        .body(admitted.reader, body, arrival)
-        .instrument(span.clone())
+    let (parts, bytes_in) = match running
+        .alongside(
+            read.body(admitted.reader, body, arrival)
+                .instrument(span.clone()),
+        )
         .await
     {
         Ok(read) => read,
@@ -111,6 +114,7 @@ where
     let reply = respond::Reply {
         writer: admitted.writer,
         parts: answers,
+        scheduler: running.finish(parts),
         total: parts,
         coding: admitted.coding,
         permit: admitted.permit,

@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use std::sync::Arc;
 
+use super::run::Running;
 use crate::codec::{Format, Rendered, ReplyWriter};
 use crate::compress::Encoder;
 use crate::config::{Coding, CompressionConfig};
@@ -39,6 +40,8 @@ pub(crate) struct Reply {
     pub writer: ReplyWriter,
     /// Answers in request order, from the scheduler.
     pub parts: mpsc::Receiver<Rendered>,
+    /// A 1-part batch's scheduler, driven by the reply until the answer ([`Running::poll_recv`]).
+    pub scheduler: Option<Running>,
     /// How many answers make the whole reply: fewer means the scheduler failed, and the reply is cut off
     /// rather than closed as if complete.
     pub total: usize,
@@ -84,6 +87,7 @@ pub(crate) fn respond(reply: Reply, compression: &CompressionConfig) -> Response
         close: reply.writer.close(),
         reply_format: reply.writer.format(),
         parts: reply.parts,
+        scheduler: reply.scheduler,
         received: 0,
         total: reply.total,
         carried: None,
@@ -113,6 +117,7 @@ struct Body {
     close: Bytes,
     reply_format: Format,
     parts: mpsc::Receiver<Rendered>,
+    scheduler: Option<Running>,
     received: usize,
     total: usize,
     /// A part taken off the channel while gathering, not yet written.
@@ -163,7 +168,7 @@ impl Body {
             let output = self.output.as_mut()?;
             let part = match self.carried.take() {
                 Some(part) => Some(part),
-                None => self.parts.recv().await,
+                None => recv(&mut self.parts, &mut self.scheduler).await,
             };
             let Some(part) = part else {
                 let output = self.output.take()?;
@@ -185,10 +190,13 @@ impl Body {
                 self.carried = match self.parts.try_recv() {
                     Ok(next) => Some(next),
                     Err(_) if self.flush_delay.is_zero() => None,
-                    Err(_) => tokio::time::timeout(self.flush_delay, self.parts.recv())
-                        .await
-                        .ok()
-                        .flatten(),
+                    Err(_) => tokio::time::timeout(
+                        self.flush_delay,
+                        recv(&mut self.parts, &mut self.scheduler),
+                    )
+                    .await
+                    .ok()
+                    .flatten(),
                 };
                 if self.carried.is_some() {
                     continue;
@@ -200,6 +208,17 @@ impl Body {
                 frame => return Some(frame),
             }
         }
+    }
+}
+
+/// The next answer, driving the batch's scheduler meanwhile if the reply holds it.
+async fn recv(
+    parts: &mut mpsc::Receiver<Rendered>,
+    scheduler: &mut Option<Running>,
+) -> Option<Rendered> {
+    match scheduler {
+        Some(scheduler) => std::future::poll_fn(|cx| scheduler.poll_recv(parts, cx)).await,
+        None => parts.recv().await,
     }
 }
 

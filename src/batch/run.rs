@@ -1,11 +1,13 @@
 //! The run stage: a batch's scheduler. It starts parts, within the batch's window and concurrency, and hands
 //! their rendered answers to the reply in request order.
 //!
-//! It runs as a task of its own, apart from the reply writer, so parts make progress (and give their
-//! upstream permits back) whether or not the client is reading. The window is the capacity of the channel to
-//! the writer: a part takes a seat when it starts, in request order, and gives it back when the writer has
-//! taken its answer. A slow first part therefore stalls new starts instead of letting answers pile up, and a
-//! client that stops reading holds at most its own window, until `limits.write_timeout` cuts it off.
+//! It runs on the connection's task while the body is read (a 1-part batch's also after, driven by its reply
+//! until the answer, at the cost of no task), then as a task of its own, apart from the reply writer, so
+//! parts make progress (and give their upstream permits back) whether or not the client is reading
+//! ([`Running`]). The window is the capacity of the channel to the writer: a part takes a seat when it
+//! starts, in request order, and gives it back when the writer has taken its answer. A slow first part
+//! therefore stalls new starts instead of letting answers pile up, and a client that stops reading holds at
+//! most its own window, until `limits.write_timeout` cuts it off.
 //!
 //! The batch's deadline (`limits.batch_timeout`) is one timer here, not one per part: when it passes, the
 //! parts still running are cancelled and every part not answered yet is answered with a 504.
@@ -21,13 +23,14 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
 use super::dedup::{Dedup, Digest, Role, Sharing};
@@ -126,19 +129,21 @@ impl Feed {
     }
 }
 
-/// Starts a batch's scheduler. Its answers, rendered by `writer`, come out of the receiver in request order.
+/// Makes a batch's scheduler. Its answers, rendered by `writer`, come out of the receiver in request order.
+/// The scheduler runs only once driven ([`Running`]).
 pub(crate) fn start(
     settings: Settings,
     writer: ReplyWriter,
     telemetry: Telemetry,
-) -> (Feed, mpsc::Receiver<Rendered>) {
+) -> (Feed, mpsc::Receiver<Rendered>, Running) {
     let (input, input_rx) = mpsc::unbounded_channel();
     let (out, out_rx) = mpsc::channel(settings.window);
     let span = telemetry.span.clone();
     let scheduler = Scheduler {
         input: input_rx,
         out,
-        slots: VecDeque::with_capacity(settings.window),
+        // Grown as parts are seated: a small batch holds no room for a whole window of seats (272 bytes each).
+        slots: VecDeque::new(),
         waiting: VecDeque::new(),
         dedup: None,
         statuses: settings.dependencies.then(Vec::new),
@@ -152,9 +157,77 @@ pub(crate) fn start(
         telemetry,
         settings,
     };
-    tokio::spawn(scheduler.run().instrument(span));
-    (Feed { input }, out_rx)
+    let running = Running(Some(Box::pin(scheduler.run().instrument(span))));
+    (Feed { input }, out_rx, running)
 }
+
+/// A batch's scheduler, driven from the connection's task while the body is read, then on a task of its own
+/// ([`Running::finish`]), or, for a batch of one part, by its reply until the answer: that batch costs no
+/// task.
+pub(crate) struct Running(Option<Pin<Box<dyn Future<Output = ()> + Send>>>);
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Running")
+    }
+}
+
+impl Running {
+    /// Polls the scheduler once, if it has not ended.
+    fn poll_step(&mut self, cx: &mut Context<'_>) {
+        if let Some(scheduler) = &mut self.0
+            && scheduler.as_mut().poll(cx).is_ready()
+        {
+            self.0 = None;
+        }
+    }
+
+    /// Runs `read` with the scheduler alongside, so parts start as they are handed over.
+    pub(crate) async fn alongside<T>(&mut self, read: impl Future<Output = T>) -> T {
+        let mut read = std::pin::pin!(read);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(value) = read.as_mut().poll(cx) {
+                return Poll::Ready(value);
+            }
+            // After the read: the parts it just handed over are seated, and started, in this same turn.
+            self.poll_step(cx);
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// After the commit: a batch of at most [`INLINE_PARTS`] parts keeps its scheduler where it is, for the
+    /// reply to drive while it waits for the answer ([`Running::poll_recv`]); a larger batch's goes on a task
+    /// of its own, so that its parts make progress whether or not the client reads the reply. (Each wake-up of
+    /// the connection's task also polls the connection, which costs more than a scheduler's task once a
+    /// batch's parts wake it one by one.)
+    pub(crate) fn finish(mut self, parts: usize) -> Option<Running> {
+        if parts <= INLINE_PARTS {
+            return Some(self);
+        }
+        if let Some(scheduler) = self.0.take() {
+            tokio::spawn(scheduler);
+        }
+        None
+    }
+
+    /// The next answer, driving the scheduler meanwhile. Only a batch of one part is driven so: the reply's
+    /// head is all that goes out before its answer, so the reply is polled (and its part makes progress)
+    /// whether or not the client reads.
+    pub(crate) fn poll_recv(
+        &mut self,
+        answers: &mut mpsc::Receiver<Rendered>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Rendered>> {
+        self.poll_step(cx);
+        answers.poll_recv(cx)
+    }
+}
+
+/// The most parts a batch may have to keep its scheduler on the connection's task after the commit. Measured
+/// in the side-by-side bench (docs/performance.md, "A small batch's fixed cost"): 1-part batches cost less
+/// CPU without a task, 20-part batches at 1000 clients more with their scheduler on the connection's task.
+const INLINE_PARTS: usize = 1;
 
 /// Where a batch's parts are counted and timed.
 #[derive(Debug, Clone)]
@@ -702,7 +775,7 @@ fn launch(
 ) -> PartFuture {
     let Forward {
         mut request,
-        service,
+        mut service,
         permits,
         ..
     } = forward;
@@ -737,7 +810,11 @@ fn launch(
                 // Then the route's and the gateway's.
                 let _held = permits.acquire(&global).await.map_err(internal)?;
                 timeline.waited(started.elapsed());
-                service.oneshot(*request).await
+                // Not `oneshot`: that holds the request in this future from the start, while the part
+                // waits for its permits; the call moves it into the stack's own (boxed) future.
+                let call = service.ready().await?.call(*request);
+                drop(service);
+                call.await
             };
             (index, call.await)
         }
@@ -939,7 +1016,9 @@ mod tests {
             access_parts: false,
         };
         let writer = ReplyWriter::Multipart(crate::codec::multipart::ReplyWriter::new());
-        let (feed, out) = start(settings, writer, telemetry);
+        let (feed, out, running) = start(settings, writer, telemetry);
+        // On a task of its own from the start, as after a batch's first answer.
+        tokio::spawn(running.0.expect("a scheduler not yet run"));
         (feed, out, metrics)
     }
 
