@@ -111,10 +111,26 @@ where
         .batch_format(format, admitted.writer.format());
     span.record("parts", parts);
     span.in_scope(|| tracing::debug!(parts, "batch accepted"));
+    let mut answers = answers;
+    let mut scheduler = running.finish(parts);
+    // A batch of one part holds its reply's head back for up to `flush_delay` while its answer comes, so that
+    // head and answer leave in one write, as parts that finish together do.
+    let flush_delay = gateway.config.compression.flush_delay;
+    let first = match scheduler.as_mut() {
+        Some(running) if !flush_delay.is_zero() => tokio::time::timeout(
+            flush_delay,
+            std::future::poll_fn(|cx| running.poll_recv(&mut answers, cx)),
+        )
+        .await
+        .ok()
+        .flatten(),
+        _ => None,
+    };
     let reply = respond::Reply {
         writer: admitted.writer,
         parts: answers,
-        scheduler: running.finish(parts),
+        first,
+        scheduler,
         total: parts,
         coding: admitted.coding,
         permit: admitted.permit,

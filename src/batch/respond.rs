@@ -40,6 +40,8 @@ pub(crate) struct Reply {
     pub writer: ReplyWriter,
     /// Answers in request order, from the scheduler.
     pub parts: mpsc::Receiver<Rendered>,
+    /// The first answer, if it was taken off `parts` before the head went out.
+    pub first: Option<Rendered>,
     /// A 1-part batch's scheduler, driven by the reply until the answer ([`Running::poll_recv`]).
     pub scheduler: Option<Running>,
     /// How many answers make the whole reply: fewer means the scheduler failed, and the reply is cut off
@@ -90,7 +92,7 @@ pub(crate) fn respond(reply: Reply, compression: &CompressionConfig) -> Response
         scheduler: reply.scheduler,
         received: 0,
         total: reply.total,
-        carried: None,
+        carried: reply.first,
         output: Some(output),
         flush_delay: compression.flush_delay,
         _permit: reply.permit,
