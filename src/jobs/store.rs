@@ -1179,10 +1179,8 @@ impl From<sqlx::Error> for JobError {
 mod tests {
     use super::*;
 
-    /// A job whose upload broke off with its instance (left `receiving`) is dropped by the sweep once it is
-    /// older than an upload can be, and stops counting against `jobs.max_jobs`.
-    #[tokio::test]
-    async fn an_abandoned_upload_is_swept() {
+    /// A store on a SQLite file in a directory of its own (removed by the test), and the config it opened.
+    async fn sqlite_store() -> (std::path::PathBuf, JobsConfig, Store) {
         let dir =
             std::env::temp_dir().join(format!("batchgate-store-{}", super::super::random_id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1191,6 +1189,14 @@ mod tests {
             ..JobsConfig::default()
         };
         let store = Store::open(&config).await.unwrap();
+        (dir, config, store)
+    }
+
+    /// A job whose upload broke off with its instance (left `receiving`) is dropped by the sweep once it is
+    /// older than an upload can be, and stops counting against `jobs.max_jobs`.
+    #[tokio::test]
+    async fn an_abandoned_upload_is_swept() {
+        let (dir, config, store) = sqlite_store().await;
         let origin = Origin {
             headers: HeaderMap::new(),
             peer: std::net::Ipv4Addr::LOCALHOST.into(),
@@ -1231,14 +1237,7 @@ mod tests {
     /// the store, gone with the job. A version 1 store (before the history) is migrated when opened.
     #[tokio::test]
     async fn the_tuning_history_is_capped_kept_in_order_and_goes_with_its_job() {
-        let dir =
-            std::env::temp_dir().join(format!("batchgate-store-{}", super::super::random_id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = JobsConfig {
-            store: format!("sqlite://{}", dir.join("jobs.db").display()),
-            ..JobsConfig::default()
-        };
-        let store = Store::open(&config).await.unwrap();
+        let (dir, config, store) = sqlite_store().await;
         // Back to version 1, as a gateway before the history left it.
         for statement in [
             "DROP TABLE job_tuning",
