@@ -146,7 +146,8 @@ impl PartSplitter {
     /// `max_part_bytes`, however the body is chunked.
     pub fn new(boundary: &str, max_part_bytes: u64) -> PartSplitter {
         let needle = format!("\n--{boundary}").into_bytes();
-        let mut buf = BytesMut::with_capacity(8 * 1024);
+        // Sized by what arrives, not up front: most batches are a few KiB, and each batch in flight holds one.
+        let mut buf = BytesMut::new();
         // A body may open with the delimiter itself; a virtual line break before it lets one search serve.
         buf.extend_from_slice(b"\n");
         PartSplitter {
