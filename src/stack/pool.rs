@@ -81,20 +81,16 @@ impl Pool {
         } else {
             format!("{} ({addr})", origin.authority)
         };
-        // The default port is left out of the name requests carry, as a browser would.
-        let default_port = if origin.is_tls() { 443 } else { 80 };
-        let authority = if origin.port() == default_port {
-            host.parse().unwrap_or_else(|_| origin.authority.clone())
-        } else {
-            origin.authority.clone()
-        };
+        let authority = request_authority(origin);
         let up = &settings.upstream;
         let may_refuse = settings.http2_prior_knowledge
             || tls
                 .as_ref()
                 .is_some_and(|t| t.config.alpn_protocols.iter().any(|p| p == b"h2"));
         // An HTTP/2 request carries its authority in the pseudo-header instead; over TLS, ALPN may yet pick it.
-        let host = (!may_refuse).then(|| host_header(&authority, origin.is_tls()));
+        let host = (!may_refuse).then(|| {
+            HeaderValue::from_str(authority.as_str()).expect("an authority is a valid header value")
+        });
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(up.pool_idle_timeout)
             .pool_max_idle_per_host(up.pool_max_idle_per_host)
@@ -173,7 +169,9 @@ impl Pool {
             let reason = innermost(&e);
             if e.is_connect() {
                 SendError {
-                    resend: caused_by::<TcpError>(&e).then_some(Resend::NoConnection),
+                    resend: cause::<TcpError>(&e)
+                        .is_some()
+                        .then_some(Resend::NoConnection),
                     error: PartError::Connect {
                         index,
                         upstream: upstream(),
@@ -334,15 +332,19 @@ struct Health {
     probing: bool,
 }
 
-/// `host[:port]` for `Host`, the port left out when it is the scheme's default, as hyper-util's client
-/// writes it.
-fn host_header(authority: &Authority, tls: bool) -> HeaderValue {
-    let default_port = if tls { 443 } else { 80 };
-    let value = match authority.port_u16() {
-        Some(port) if port != default_port => format!("{}:{port}", authority.host()),
-        _ => authority.host().to_owned(),
-    };
-    HeaderValue::try_from(value).expect("an authority is a valid header value")
+/// The authority requests name (their URI, and `Host`): the origin's, its port left out when it is the
+/// scheme's default, as a browser (and hyper-util's client) would write it.
+fn request_authority(origin: &Origin) -> Authority {
+    let default_port = if origin.is_tls() { 443 } else { 80 };
+    if origin.port() == default_port {
+        origin
+            .authority
+            .host()
+            .parse()
+            .unwrap_or_else(|_| origin.authority.clone())
+    } else {
+        origin.authority.clone()
+    }
 }
 
 /// A part this address did not answer, and whether it may go again without being a retry.
@@ -384,40 +386,29 @@ impl From<PartError> for SendError {
 /// reports it as the stream's `h2::Error`; it does not send such requests again itself (hyper-util's
 /// `retry_canceled_requests` covers only requests never handed to a connection).
 fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(e);
-    while let Some(c) = cause {
-        if let Some(h2) = c.downcast_ref::<h2::Error>() {
-            return h2.is_remote()
-                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
-        }
-        cause = c.source();
-    }
-    false
+    cause::<h2::Error>(e).is_some_and(|h2| {
+        h2.is_remote() && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+    })
 }
 
 /// Whether the upstream closed the connection before this request's answer head (hyper's "connection
 /// closed before message completed" while waiting for the head): see [`Resend::Closed`].
 fn closed_unanswered(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(e);
-    while let Some(c) = cause {
-        if let Some(hyper) = c.downcast_ref::<hyper::Error>() {
-            return hyper.is_incomplete_message();
-        }
-        cause = c.source();
-    }
-    false
+    cause::<hyper::Error>(e).is_some_and(hyper::Error::is_incomplete_message)
 }
 
-/// Whether an `E` is among the causes of `e`, `e` included.
-fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+/// The first `E` among the causes of `e`, `e` included.
+fn cause<'a, E: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
     let mut cause = Some(e);
     while let Some(c) = cause {
-        if c.is::<E>() {
-            return true;
+        if let Some(found) = c.downcast_ref::<E>() {
+            return Some(found);
         }
         cause = c.source();
     }
-    false
+    None
 }
 
 /// The innermost cause, which is the one a user can act on ("Connection refused", "invalid peer
@@ -550,10 +541,17 @@ mod tests {
         assert_eq!(error.error.status(), StatusCode::BAD_GATEWAY);
     }
 
-    /// `Host` as hyper-util's client would write it: the port only when it is not the scheme's default.
+    /// The authority requests name (and `Host`, as hyper-util's client would write it): the port only when it
+    /// is not the scheme's default.
     #[test]
     fn the_host_header_names_only_a_port_that_is_not_the_default() {
-        let host = |authority: &str, tls| host_header(&authority.parse().unwrap(), tls);
+        let host = |authority: &str, tls: bool| {
+            let origin = Origin {
+                scheme: if tls { Scheme::HTTPS } else { Scheme::HTTP },
+                authority: authority.parse().unwrap(),
+            };
+            request_authority(&origin).to_string()
+        };
         assert_eq!(host("mail.internal:80", false), "mail.internal");
         assert_eq!(host("mail.internal:443", true), "mail.internal");
         assert_eq!(host("mail.internal:443", false), "mail.internal:443");
