@@ -246,7 +246,8 @@ impl Service<PartRequest> for Balancer {
                 });
             };
             let mut refusals = 0;
-            let mut closings = 0;
+            // May go again once if its connection is closed unanswered (see [`Resend::Closed`]).
+            let mut may_resend_closed = request.is_idempotent();
             loop {
                 if let Some(t) = &request.tried {
                     t.add(pool.addr);
@@ -256,7 +257,7 @@ impl Service<PartRequest> for Balancer {
                 // does not connect, on another connection if an HTTP/2 upstream refuses the stream or an
                 // idempotent part's connection is closed unanswered.
                 let spare = (pool.may_refuse
-                    || (closings == 0 && request.is_idempotent())
+                    || may_resend_closed
                     || all
                         .iter()
                         .any(|e| e.origin == pool.origin && !tried.contains(&e.addr)))
@@ -290,8 +291,8 @@ impl Service<PartRequest> for Balancer {
                     Err(SendError {
                         resend: Some(Resend::Closed),
                         ..
-                    }) if closings == 0 && spare.as_ref().is_some_and(|r| r.is_idempotent()) => {
-                        closings += 1;
+                    }) if may_resend_closed => {
+                        may_resend_closed = false;
                         (None, spare.map(|r| (r, pool.clone())))
                     }
                     Err(SendError {
