@@ -80,7 +80,7 @@ where
         span: span.clone(),
         access_parts: gateway.config.access_log == AccessLog::Parts,
     };
-    let (feed, answers, mut running) = run::start(
+    let (feed, mut answers, mut running) = run::start(
         run::Settings::new(limits, arrival, admitted.reader.has_dependencies()),
         admitted.writer.clone(),
         telemetry,
@@ -111,20 +111,17 @@ where
         .batch_format(format, admitted.writer.format());
     span.record("parts", parts);
     span.in_scope(|| tracing::debug!(parts, "batch accepted"));
-    let mut answers = answers;
     let mut scheduler = running.finish(parts);
-    // A batch of one part holds its reply's head back for up to `flush_delay` while its answer comes, so that
-    // head and answer leave in one write, as parts that finish together do.
+    // A batch of one part (its scheduler still here) holds its reply's head back for up to `flush_delay` while
+    // its answer comes, so that head and answer leave in one write, as parts that finish together do.
     let flush_delay = gateway.config.compression.flush_delay;
-    let first = match scheduler.as_mut() {
-        Some(running) if !flush_delay.is_zero() => tokio::time::timeout(
-            flush_delay,
-            std::future::poll_fn(|cx| running.poll_recv(&mut answers, cx)),
-        )
-        .await
-        .ok()
-        .flatten(),
-        _ => None,
+    let first = if scheduler.is_some() && !flush_delay.is_zero() {
+        tokio::time::timeout(flush_delay, respond::recv(&mut answers, &mut scheduler))
+            .await
+            .ok()
+            .flatten()
+    } else {
+        None
     };
     let reply = respond::Reply {
         writer: admitted.writer,

@@ -214,7 +214,7 @@ impl Body {
 }
 
 /// The next answer, driving the batch's scheduler meanwhile if the reply holds it.
-async fn recv(
+pub(crate) async fn recv(
     parts: &mut mpsc::Receiver<Rendered>,
     scheduler: &mut Option<Running>,
 ) -> Option<Rendered> {
