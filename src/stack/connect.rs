@@ -40,26 +40,31 @@ impl Service<Uri> for AddrConnector {
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move {
-            this.metrics.upstream_connect();
-            let limit = this.connect_timeout;
-            let conn = connect(this.addr, this.tls, limit)
-                .await
-                .map_err(|e| -> BoxError {
-                    match e {
-                        ConnectError::Tcp(e) => Box::new(TcpError(e)),
-                        ConnectError::TcpTimeout(_) => Box::new(TcpError(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("no connection within {limit:?} (upstream.connect_timeout)"),
-                        ))),
-                        ConnectError::Tls(e) => Box::new(TlsError(e.to_string())),
-                        ConnectError::TlsTimeout(_) => Box::new(TlsError(format!(
-                            "no handshake within {limit:?} (upstream.connect_timeout)"
-                        ))),
-                    }
-                })?;
-            Ok(TokioIo::new(conn))
-        })
+        Box::pin(async move { this.connect().await.map(TokioIo::new) })
+    }
+}
+
+impl AddrConnector {
+    /// One new connection, TLS handshake made: the error a [`TcpError`] (nothing was sent, another address
+    /// may take the part) or a [`TlsError`].
+    pub(crate) async fn connect(&self) -> Result<MaybeTlsStream, BoxError> {
+        self.metrics.upstream_connect();
+        let limit = self.connect_timeout;
+        connect(self.addr, self.tls.clone(), limit)
+            .await
+            .map_err(|e| -> BoxError {
+                match e {
+                    ConnectError::Tcp(e) => Box::new(TcpError(e)),
+                    ConnectError::TcpTimeout(_) => Box::new(TcpError(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no connection within {limit:?} (upstream.connect_timeout)"),
+                    ))),
+                    ConnectError::Tls(e) => Box::new(TlsError(e.to_string())),
+                    ConnectError::TlsTimeout(_) => Box::new(TlsError(format!(
+                        "no handshake within {limit:?} (upstream.connect_timeout)"
+                    ))),
+                }
+            })
     }
 }
 

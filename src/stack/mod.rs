@@ -18,7 +18,9 @@
 //!   across the gateway; on the others the scheduler takes both permits before the part enters the stack;
 //! - [`rules`]: HTTP semantics of the answer (1xx, 204, HEAD and 304 lengths, unrequested compression);
 //! - [`balance`]: which upstream address takes the part, and their passive health;
-//! - [`pool`]: one address's keep-alive pool ([`connect`]: TCP, TLS), and the response size limits.
+//! - [`pool`]: one address's keep-alive pool ([`connect`]: TCP, TLS), and the response size limits; an
+//!   address that speaks only HTTP/1.1 is sent to by our own client ([`h1`]: the request written and the answer
+//!   read on the part's own task), one that may speak HTTP/2 by hyper's.
 //!
 //! [`RouteStack`] builds a route's stack from its `[[routes]]` entry, layers in the order above, and holds it
 //! with its balancer and in-flight limit as one handle (`build.rs`).
@@ -34,6 +36,7 @@ mod build;
 pub(crate) mod cache;
 pub(crate) mod connect;
 pub(crate) mod fields;
+mod h1;
 pub(crate) mod limit;
 pub(crate) mod policy;
 pub(crate) mod pool;

@@ -7,16 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::HOST;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::time::Instant;
 
 use super::connect::{AddrConnector, TcpError, TlsTarget};
+use super::h1::{Answer, H1Client, H1Error};
 use super::{PartRequest, UpstreamResponse};
 use crate::config::{Origin, UpstreamSettings};
 use crate::error::PartError;
@@ -28,6 +27,18 @@ use batchgate_wire::Framing;
 /// Read buffer of each upstream connection. A fixed size keeps pooled connections from each growing theirs
 /// to the largest body they ever read; body pieces are copied out once, into the reply part.
 const READ_BUF: usize = 16 * 1024;
+
+/// How requests reach the address.
+#[derive(Debug)]
+enum Client {
+    /// It speaks only HTTP/1.1: our own client, each request on its part's task.
+    Http1(H1Client),
+    /// It may speak HTTP/2 (prior knowledge, or h2 offered over TLS): hyper-util's client, which multiplexes
+    /// (boxed: it is large, and such pools are few).
+    Hyper(Box<HyperClient>),
+}
+
+type HyperClient = hyper_util::client::legacy::Client<AddrConnector, Full<Bytes>>;
 
 /// What every pool of a route is built with.
 #[derive(Debug, Clone)]
@@ -51,10 +62,7 @@ pub(crate) struct Pool {
     /// Scheme and authority the requests name: the upstream's own, for `Host` and for its certificate.
     scheme: Scheme,
     authority: Authority,
-    /// The `Host` header of every request, on a pool that speaks only HTTP/1.1: made once rather than
-    /// formatted by the client for every request (it is the value the client would make).
-    host: Option<HeaderValue>,
-    client: Client<AddrConnector, Full<Bytes>>,
+    client: Client,
     max_response_bytes: u64,
     metrics: Arc<Metrics>,
     pub in_flight: AtomicUsize,
@@ -87,31 +95,40 @@ impl Pool {
             || tls
                 .as_ref()
                 .is_some_and(|t| t.config.alpn_protocols.iter().any(|p| p == b"h2"));
-        // An HTTP/2 request carries its authority in the pseudo-header instead; over TLS, ALPN may yet pick it.
-        let host = (!may_refuse).then(|| {
-            HeaderValue::from_str(authority.as_str()).expect("an authority is a valid header value")
-        });
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(up.pool_idle_timeout)
-            .pool_max_idle_per_host(up.pool_max_idle_per_host)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_only(settings.http2_prior_knowledge && tls.is_none())
-            .http1_read_buf_exact_size(READ_BUF)
-            .set_host(host.is_none())
-            .build(AddrConnector {
-                addr,
-                connect_timeout: up.connect_timeout,
-                tls,
-                metrics: settings.metrics.clone(),
-            });
+        let connector = AddrConnector {
+            addr,
+            connect_timeout: up.connect_timeout,
+            tls,
+            metrics: settings.metrics.clone(),
+        };
+        let client = if may_refuse {
+            Client::Hyper(Box::new(
+                hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(up.pool_idle_timeout)
+                    .pool_max_idle_per_host(up.pool_max_idle_per_host)
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .http2_only(settings.http2_prior_knowledge && connector.tls.is_none())
+                    .http1_read_buf_exact_size(READ_BUF)
+                    .build(connector),
+            ))
+        } else {
+            // `Host` made once, rather than for every request.
+            let host = HeaderValue::from_str(authority.as_str())
+                .expect("an authority is a valid header value");
+            Client::Http1(H1Client::new(
+                connector,
+                host,
+                up.pool_max_idle_per_host,
+                up.pool_idle_timeout,
+            ))
+        };
         Pool {
             origin: origin.clone(),
             addr,
             label: label.into(),
             scheme: origin.scheme.clone(),
             authority,
-            host,
             client,
             max_response_bytes: settings.max_response_bytes,
             metrics: settings.metrics.clone(),
@@ -130,18 +147,114 @@ impl Pool {
     /// Sends one part and reads its whole answer, at most `max_response_bytes` and what is left of the
     /// batch's response budget.
     pub(crate) async fn send(&self, part: PartRequest) -> Result<UpstreamResponse, SendError> {
+        let limit = self.max_response_bytes.min(part.batch.budget.left());
+        let (index, batch) = (part.index, part.batch.clone());
+        let too_large = || {
+            SendError::from(if limit < self.max_response_bytes {
+                PartError::BatchResponseBudget {
+                    index,
+                    limit: batch.budget.limit(),
+                }
+            } else {
+                PartError::ResponseTooLarge {
+                    index,
+                    upstream: self.label.to_string(),
+                    limit: self.max_response_bytes,
+                }
+            })
+        };
+        self.metrics.upstream_request();
+        let answer = match &self.client {
+            Client::Http1(client) => {
+                let sent = client
+                    .send(
+                        &part.method,
+                        &part.path,
+                        &part.headers,
+                        &part.body,
+                        limit,
+                        part.timeline.as_deref(),
+                    )
+                    .await;
+                sent.map_err(|e| match e {
+                    H1Error::TooLarge => too_large(),
+                    e => self.h1_error(index, e),
+                })?
+            }
+            Client::Hyper(client) => self.send_hyper(client, part, limit).await?,
+        };
+        if answer.body_len > limit {
+            return Err(too_large());
+        }
+        if !batch.budget.take(answer.body_len) {
+            return Err(SendError::from(PartError::BatchResponseBudget {
+                index,
+                limit: batch.budget.limit(),
+            }));
+        }
+        let mut headers = answer.headers;
+        strip_hop_by_hop(&mut headers);
+        Ok(UpstreamResponse {
+            status: answer.status,
+            headers,
+            body: answer.body,
+            body_len: answer.body_len,
+            framing: Framing::Exact,
+            peer: Some(self.addr),
+        })
+    }
+
+    /// What an HTTP/1.1 exchange's failure means for the part (the same as hyper's would, see
+    /// [`Pool::send_hyper`]).
+    fn h1_error(&self, index: usize, e: H1Error) -> SendError {
+        let upstream = self.label.to_string();
+        match e {
+            H1Error::Connect(e) => SendError {
+                resend: cause::<TcpError>(&*e)
+                    .is_some()
+                    .then_some(Resend::NoConnection),
+                error: PartError::Connect {
+                    index,
+                    upstream,
+                    reason: innermost(&*e),
+                },
+            },
+            H1Error::Closed(reason) => SendError {
+                resend: Some(Resend::Closed),
+                error: closed_error(index, upstream, &reason),
+            },
+            H1Error::Broken(reason) => SendError::from(PartError::NoResponse {
+                index,
+                upstream,
+                reason,
+            }),
+            H1Error::Body(reason) => SendError::from(PartError::Upstream {
+                index,
+                upstream,
+                reason,
+            }),
+            H1Error::TooLarge => unreachable!("answered by the caller"),
+        }
+    }
+
+    /// The part through hyper-util's client, the body read until it is over `limit` (the caller tells which
+    /// limit).
+    async fn send_hyper(
+        &self,
+        client: &HyperClient,
+        part: PartRequest,
+        limit: u64,
+    ) -> Result<Answer, SendError> {
         let PartRequest {
             index,
             method,
             path,
             headers,
             body,
-            batch,
             timeline,
             ..
         } = part;
         let upstream = || self.label.to_string();
-        let limit = self.max_response_bytes.min(batch.budget.left());
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -155,17 +268,10 @@ impl Pool {
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        if let Some(host) = &self.host {
-            request
-                .headers_mut()
-                .entry(HOST)
-                .or_insert_with(|| host.clone());
-        }
-        self.metrics.upstream_request();
         if let Some(t) = &timeline {
             t.mark(Mark::Sent);
         }
-        let response = self.client.request(request).await.map_err(|e| {
+        let response = client.request(request).await.map_err(|e| {
             let reason = innermost(&e);
             if e.is_connect() {
                 SendError {
@@ -190,14 +296,7 @@ impl Pool {
             } else if closed_unanswered(&e) {
                 SendError {
                     resend: Some(Resend::Closed),
-                    error: PartError::NoResponse {
-                        index,
-                        upstream: upstream(),
-                        reason: format!(
-                            "the upstream closed the connection before answering ({reason}); \
-                             the part may or may not have run there"
-                        ),
-                    },
+                    error: closed_error(index, upstream(), &reason),
                 }
             } else {
                 SendError::from(PartError::NoResponse {
@@ -211,8 +310,12 @@ impl Pool {
             t.mark(Mark::FirstByte);
         }
         let (parts, mut body) = response.into_parts();
-        let mut pieces = Vec::new();
-        let mut body_len = 0u64;
+        let mut answer = Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: Vec::new(),
+            body_len: 0,
+        };
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| PartError::Upstream {
                 index,
@@ -220,40 +323,15 @@ impl Pool {
                 reason: format!("reading the response body: {}", innermost(&e)),
             })?;
             if let Ok(data) = frame.into_data() {
-                body_len += data.len() as u64;
-                if body_len > limit {
-                    return Err(SendError::from(if limit < self.max_response_bytes {
-                        PartError::BatchResponseBudget {
-                            index,
-                            limit: batch.budget.limit(),
-                        }
-                    } else {
-                        PartError::ResponseTooLarge {
-                            index,
-                            upstream: upstream(),
-                            limit: self.max_response_bytes,
-                        }
-                    }));
+                answer.body_len += data.len() as u64;
+                answer.body.push(data);
+                if answer.body_len > limit {
+                    // The caller says which limit.
+                    break;
                 }
-                pieces.push(data);
             }
         }
-        if !batch.budget.take(body_len) {
-            return Err(SendError::from(PartError::BatchResponseBudget {
-                index,
-                limit: batch.budget.limit(),
-            }));
-        }
-        let mut headers = parts.headers;
-        strip_hop_by_hop(&mut headers);
-        Ok(UpstreamResponse {
-            status: parts.status,
-            headers,
-            body: pieces,
-            body_len,
-            framing: Framing::Exact,
-            peer: Some(self.addr),
-        })
+        Ok(answer)
     }
 
     /// Whether the balancer may send here now: not ejected, or its ejection is over (then the next part is
@@ -382,6 +460,18 @@ impl From<PartError> for SendError {
     }
 }
 
+/// A part the upstream did not answer before closing its connection (see [`Resend::Closed`]).
+fn closed_error(index: usize, upstream: String, reason: &str) -> PartError {
+    PartError::NoResponse {
+        index,
+        upstream,
+        reason: format!(
+            "the upstream closed the connection before answering ({reason}); \
+             the part may or may not have run there"
+        ),
+    }
+}
+
 /// Whether the upstream closed this request's HTTP/2 stream unprocessed (see [`Resend::Refused`]). hyper
 /// reports it as the stream's `h2::Error`; it does not send such requests again itself (hyper-util's
 /// `retry_canceled_requests` covers only requests never handed to a connection).
@@ -440,6 +530,7 @@ impl Pool {
 mod tests {
     use std::convert::Infallible;
 
+    use http::header::HOST;
     use http::{Response, StatusCode};
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
