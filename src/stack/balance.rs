@@ -221,7 +221,7 @@ impl Service<PartRequest> for Balancer {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: PartRequest) -> Self::Future {
+    fn call(&mut self, request: PartRequest) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
             // One snapshot for the part: a re-resolution meanwhile applies to the next parts.
@@ -253,15 +253,6 @@ impl Service<PartRequest> for Balancer {
                     t.add(pool.addr);
                 }
                 tried.push(pool.addr);
-                // A copy to send again (see [`Resend`]): at another address of the same upstream if this one
-                // does not connect, on another connection if an HTTP/2 upstream refuses the stream or an
-                // idempotent part's connection is closed unanswered.
-                let spare = (pool.may_refuse
-                    || may_resend_closed
-                    || all
-                        .iter()
-                        .any(|e| e.origin == pool.origin && !tried.contains(&e.addr)))
-                .then(|| request.try_clone());
                 let (index, deadline) = (request.index, request.deadline.clone());
                 // Its time already spent before it could be sent (waiting for a permit): that says nothing
                 // about the address, which is not tried.
@@ -271,7 +262,10 @@ impl Service<PartRequest> for Balancer {
                     return Err(deadline.elapsed(index, pool.label.to_string()));
                 }
                 let attempt = Attempt::new(&this.shared, &pool, deadline.as_ref());
-                let sent = pool.send(request);
+                // Lent to the pool: it may go again (see [`Resend`]), at another address of the same upstream
+                // if this one does not connect, on another connection if an HTTP/2 upstream refuses the stream
+                // or an idempotent part's connection is closed unanswered.
+                let sent = pool.send(&request);
                 let result = match &deadline {
                     None => sent.await,
                     Some(deadline) => match tokio::time::timeout_at(deadline.at, sent).await {
@@ -286,22 +280,19 @@ impl Service<PartRequest> for Balancer {
                         ..
                     }) if refusals < REFUSALS => {
                         refusals += 1;
-                        (None, spare.map(|r| (r, pool.clone())))
+                        (None, Some(pool.clone()))
                     }
                     Err(SendError {
                         resend: Some(Resend::Closed),
                         ..
                     }) if may_resend_closed => {
                         may_resend_closed = false;
-                        (None, spare.map(|r| (r, pool.clone())))
+                        (None, Some(pool.clone()))
                     }
                     Err(SendError {
                         resend: Some(Resend::NoConnection),
                         ..
-                    }) => (
-                        Some(true),
-                        spare.zip(this.pick(&all, &tried, Some(&pool.origin))),
-                    ),
+                    }) => (Some(true), this.pick(&all, &tried, Some(&pool.origin))),
                     Err(e) => (
                         Some(matches!(
                             e.error,
@@ -321,14 +312,13 @@ impl Service<PartRequest> for Balancer {
                 };
                 attempt.finish(failed);
                 match (result, next) {
-                    (Err(e), Some((next_request, next))) => {
+                    (Err(e), Some(next)) => {
                         tracing::debug!(
                             from = %pool.label,
                             to = %next.label,
                             error = %e.error,
                             "sending the part again: it did not run there, or it is idempotent"
                         );
-                        request = next_request;
                         pool = next;
                     }
                     (result, _) => return result.map_err(|e| e.error),

@@ -67,8 +67,6 @@ pub(crate) struct Pool {
     metrics: Arc<Metrics>,
     pub in_flight: AtomicUsize,
     health: Mutex<Health>,
-    /// It may speak HTTP/2 (prior knowledge, or h2 offered in ALPN), and so refuse streams unprocessed.
-    pub may_refuse: bool,
 }
 
 impl Pool {
@@ -91,7 +89,8 @@ impl Pool {
         };
         let authority = request_authority(origin);
         let up = &settings.upstream;
-        let may_refuse = settings.http2_prior_knowledge
+        // It may speak HTTP/2: prior knowledge, or h2 offered in ALPN.
+        let http2 = settings.http2_prior_knowledge
             || tls
                 .as_ref()
                 .is_some_and(|t| t.config.alpn_protocols.iter().any(|p| p == b"h2"));
@@ -101,7 +100,7 @@ impl Pool {
             tls,
             metrics: settings.metrics.clone(),
         };
-        let client = if may_refuse {
+        let client = if http2 {
             Client::Hyper(Box::new(
                 hyper_util::client::legacy::Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(up.pool_idle_timeout)
@@ -134,7 +133,6 @@ impl Pool {
             metrics: settings.metrics.clone(),
             in_flight: AtomicUsize::new(0),
             health: Mutex::new(Health::default()),
-            may_refuse,
         }
     }
 
@@ -146,9 +144,10 @@ impl Pool {
 
     /// Sends one part and reads its whole answer, at most `max_response_bytes` and what is left of the
     /// batch's response budget.
-    pub(crate) async fn send(&self, part: PartRequest) -> Result<UpstreamResponse, SendError> {
+    /// The part is lent, not given: it stays the balancer's, to send again (see [`Resend`]).
+    pub(crate) async fn send(&self, part: &PartRequest) -> Result<UpstreamResponse, SendError> {
         let limit = self.max_response_bytes.min(part.batch.budget.left());
-        let (index, batch) = (part.index, part.batch.clone());
+        let (index, batch) = (part.index, &part.batch);
         let too_large = || {
             SendError::from(if limit < self.max_response_bytes {
                 PartError::BatchResponseBudget {
@@ -237,37 +236,32 @@ impl Pool {
         }
     }
 
-    /// The part through hyper-util's client, the body read until it is over `limit` (the caller tells which
-    /// limit).
+    /// The part through hyper-util's client (a copy of it: hyper takes its request), the body read until it is
+    /// over `limit` (the caller tells which limit).
     async fn send_hyper(
         &self,
         client: &HyperClient,
-        part: PartRequest,
+        part: &PartRequest,
         limit: u64,
     ) -> Result<Answer, SendError> {
         let PartRequest {
-            index,
-            method,
-            path,
-            headers,
-            body,
-            timeline,
-            ..
+            index, timeline, ..
         } = part;
+        let index = *index;
         let upstream = || self.label.to_string();
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
-            .path_and_query(path)
+            .path_and_query(part.path.clone())
             .build()
             .map_err(|e| PartError::Internal {
                 index,
                 reason: e.to_string(),
             })?;
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = method;
+        let mut request = Request::new(Full::new(part.body.clone()));
+        *request.method_mut() = part.method.clone();
         *request.uri_mut() = uri;
-        *request.headers_mut() = headers;
+        *request.headers_mut() = part.headers.clone();
         if let Some(t) = &timeline {
             t.mark(Mark::Sent);
         }
@@ -603,7 +597,7 @@ mod tests {
         let pool = pool(sized_server().await, 100);
         let part = get(100, u64::MAX);
         let batch = part.batch.clone();
-        let answer = pool.send(part).await.unwrap();
+        let answer = pool.send(&part).await.unwrap();
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!((answer.body_len, answer.body.concat().len()), (100, 100));
         assert_eq!(answer.headers["x-end"], "kept");
@@ -615,7 +609,7 @@ mod tests {
         assert_eq!(answer.peer, Some(pool.addr));
         assert_eq!(batch.budget.left(), u64::MAX - 100);
 
-        let error = pool.send(get(101, u64::MAX)).await.unwrap_err();
+        let error = pool.send(&get(101, u64::MAX)).await.unwrap_err();
         assert!(error.resend.is_none());
         assert!(
             matches!(
@@ -655,7 +649,7 @@ mod tests {
     #[tokio::test]
     async fn the_batchs_response_budget_bounds_each_answer() {
         let pool = pool(sized_server().await, 1000);
-        let error = pool.send(get(60, 50)).await.unwrap_err();
+        let error = pool.send(&get(60, 50)).await.unwrap_err();
         assert!(
             matches!(
                 error.error,
@@ -667,7 +661,7 @@ mod tests {
             "{:?}",
             error.error
         );
-        assert_eq!(pool.send(get(50, 50)).await.unwrap().body_len, 50);
+        assert_eq!(pool.send(&get(50, 50)).await.unwrap().body_len, 50);
     }
 
     /// An address nothing listens on: a connect error, and the part certainly did not run there.
@@ -677,7 +671,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let error = pool(dead, 100).send(get(1, u64::MAX)).await.unwrap_err();
+        let error = pool(dead, 100).send(&get(1, u64::MAX)).await.unwrap_err();
         assert_eq!(error.resend, Some(Resend::NoConnection));
         assert!(
             matches!(error.error, PartError::Connect { index: 2, .. }),
