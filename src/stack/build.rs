@@ -187,6 +187,7 @@ impl RouteStack {
                 route.timeout.unwrap_or(limits.part_timeout),
                 timeout_key,
                 upstream.clone(),
+                retries > 0 || matches!(limit, RouteLimit::Adaptive(_)),
             ))
             .option_layer((retries > 0).then(|| {
                 RetryLayer::new(

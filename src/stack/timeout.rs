@@ -69,14 +69,24 @@ pub(crate) struct TimeoutLayer {
     /// Named in the 504: which key set `after`.
     key: Arc<str>,
     upstream: Arc<str>,
+    timer: bool,
 }
 
 impl TimeoutLayer {
-    pub(crate) fn new(after: Duration, key: Arc<str>, upstream: Arc<str>) -> TimeoutLayer {
+    /// `waits_above_balancer`: whether a layer between this one and the balancer may make a part wait (retries'
+    /// backoff, a tuned limit's permit). Without one, the balancer's timer, which ends each try at the part's
+    /// deadline, is the part's only one: a second timer firing at the same instant would only cost one per part.
+    pub(crate) fn new(
+        after: Duration,
+        key: Arc<str>,
+        upstream: Arc<str>,
+        waits_above_balancer: bool,
+    ) -> TimeoutLayer {
         TimeoutLayer {
             after,
             key,
             upstream,
+            timer: waits_above_balancer,
         }
     }
 }
@@ -90,19 +100,23 @@ impl<S> Layer<S> for TimeoutLayer {
             after: self.after,
             key: self.key.clone(),
             upstream: self.upstream.clone(),
+            timer: self.timer,
         }
     }
 }
 
 /// Turns an answer slower than `after` into [`PartError::Timeout`]; dropping the call cancels the request.
 /// The balancer below ends the try at the same deadline and reports it itself, naming the address; this
-/// one covers the part's whole time (waits for a permit, backoffs between tries).
+/// one covers the part's whole time where a layer between them may make it wait (permits, backoffs between
+/// tries), and keeps no timer where none may.
 #[derive(Debug, Clone)]
 pub(crate) struct Timeout<S> {
     inner: S,
     after: Duration,
     key: Arc<str>,
     upstream: Arc<str>,
+    /// Whether this layer keeps a timer of its own (see [`TimeoutLayer::new`]).
+    timer: bool,
 }
 
 impl<S> Service<PartRequest> for Timeout<S>
@@ -126,8 +140,15 @@ where
             shared_by: 1,
         };
         request.deadline = Some(deadline.clone());
+        let call = self.inner.call(request);
         TimeoutFuture {
-            call: tokio::time::timeout_at(deadline.at, self.inner.call(request)),
+            call: if self.timer {
+                Call::Timed {
+                    call: tokio::time::timeout_at(deadline.at, call),
+                }
+            } else {
+                Call::Untimed { call }
+            },
             index,
             deadline,
             upstream: self.upstream.clone(),
@@ -139,10 +160,19 @@ pin_project_lite::pin_project! {
     /// The inner call, or [`PartError::Timeout`] once the deadline has passed. Not boxed: the stack boxes once.
     pub(crate) struct TimeoutFuture<F> {
         #[pin]
-        call: tokio::time::Timeout<F>,
+        call: Call<F>,
         index: usize,
         deadline: Deadline,
         upstream: Arc<str>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner call under this layer's timer, or under the balancer's only.
+    #[project = CallProj]
+    enum Call<F> {
+        Timed { #[pin] call: tokio::time::Timeout<F> },
+        Untimed { #[pin] call: F },
     }
 }
 
@@ -154,11 +184,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        Poll::Ready(ready!(this.call.poll(cx)).unwrap_or_else(|_| {
-            Err(this
-                .deadline
-                .elapsed(*this.index, this.upstream.to_string()))
-        }))
+        match this.call.project() {
+            CallProj::Untimed { call } => call.poll(cx),
+            CallProj::Timed { call } => Poll::Ready(ready!(call.poll(cx)).unwrap_or_else(|_| {
+                Err(this
+                    .deadline
+                    .elapsed(*this.index, this.upstream.to_string()))
+            })),
+        }
     }
 }
 
@@ -176,6 +209,15 @@ mod tests {
         delay: Duration,
         after: Duration,
     ) -> (Result<UpstreamResponse, PartError>, Option<Deadline>) {
+        call_taking_with(delay, after, true).await
+    }
+
+    /// [`call_taking`], the layer keeping a timer of its own or not.
+    async fn call_taking_with(
+        delay: Duration,
+        after: Duration,
+        timer: bool,
+    ) -> (Result<UpstreamResponse, PartError>, Option<Deadline>) {
         let given = Arc::new(std::sync::Mutex::new(None));
         let seen = given.clone();
         let inner = service_fn(move |request: PartRequest| {
@@ -185,13 +227,30 @@ mod tests {
                 Ok::<_, PartError>(crate::stack::tests::answer(StatusCode::OK, b""))
             }
         });
-        let layer = TimeoutLayer::new(after, Arc::from("routes[1].timeout"), Arc::from("up:80"));
+        let layer = TimeoutLayer::new(
+            after,
+            Arc::from("routes[1].timeout"),
+            Arc::from("up:80"),
+            timer,
+        );
         let result = layer.layer(inner).oneshot(part_request(7)).await;
         let deadline = given.lock().unwrap().clone();
         (result, deadline)
     }
 
     /// An answer within the limit passes unchanged; the part carries its deadline down the stack.
+    /// Where nothing between this layer and the balancer can make a part wait, the deadline goes down with the
+    /// part and this layer keeps no timer: the balancer's ends the try (and names the address).
+    #[tokio::test(start_paused = true)]
+    async fn without_waits_below_the_deadline_is_left_to_the_balancer() {
+        let start = Instant::now();
+        let (result, deadline) =
+            call_taking_with(Duration::from_secs(2), Duration::from_secs(1), false).await;
+        assert_eq!(result.unwrap().status, StatusCode::OK);
+        assert_eq!(deadline.unwrap().at, start + Duration::from_secs(1));
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_fast_answer_passes_with_the_deadline_set() {
         let start = Instant::now();
