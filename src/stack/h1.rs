@@ -26,9 +26,17 @@ use super::connect::AddrConnector;
 use crate::observe::timeline::{Mark, PartTimeline};
 use crate::response::BoxError;
 
-/// Read buffer of each connection, and the largest answer head: a fixed size keeps pooled connections from
-/// each growing theirs to the largest body they ever read.
+/// The largest answer head, and the most read at a time where the length to come is unknown (chunks, a body
+/// to the connection's end).
 const READ_BUF: usize = 16 * 1024;
+
+/// What a connection first reads into: most answers to a part fit, head and body, and an idle connection keeps
+/// no more than this (a gateway may hold thousands).
+const READ_FIRST: usize = 4 * 1024;
+
+/// The most read at a time into one piece of a body of known length: a large body takes few reads and
+/// pieces, and never more memory than its length.
+const READ_PIECE: usize = 64 * 1024;
 
 /// Body pieces up to this size are copied out of the read buffer, which the connection then keeps for its
 /// next answer; larger ones are split off it, without a copy (the buffer is made again).
@@ -161,7 +169,8 @@ impl H1Client {
         None
     }
 
-    fn checkin(&self, conn: Conn) {
+    fn checkin(&self, mut conn: Conn) {
+        conn.trim();
         let mut idle = lock(&self.idle);
         if idle.len() >= self.max_idle {
             return;
@@ -200,6 +209,16 @@ impl Conn {
             io,
             read: BytesMut::new(),
             write: Vec::new(),
+        }
+    }
+
+    /// Gives back buffers grown past what most requests need, before the connection idles.
+    fn trim(&mut self) {
+        if self.read.capacity() > READ_FIRST {
+            self.read = BytesMut::new();
+        }
+        if self.write.capacity() > READ_FIRST {
+            self.write = Vec::new();
         }
     }
 
@@ -299,10 +318,16 @@ impl Conn {
         Ok((answer, keep_alive && self.read.is_empty()))
     }
 
-    /// Reads more into the read buffer; false at the end of the stream.
-    async fn fill(&mut self) -> io::Result<bool> {
+    /// Reads more into the read buffer, making room for `want` bytes if it has none; false at the end of the
+    /// stream.
+    async fn fill(&mut self, want: usize) -> io::Result<bool> {
         if self.read.capacity() == self.read.len() {
-            self.read.reserve(READ_BUF);
+            if self.read.is_empty() {
+                // Its storage, if any, is held by pieces of an earlier body: a buffer of its own.
+                self.read = BytesMut::with_capacity(want);
+            } else {
+                self.read.reserve(want);
+            }
         }
         Ok(self.io.read_buf(&mut self.read).await? > 0)
     }
@@ -314,16 +339,14 @@ impl Conn {
                 let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut response = httparse::Response::new(&mut fields);
                 match response.parse(&self.read) {
-                    Ok(httparse::Status::Complete(len)) => {
+                    Ok(httparse::Status::Complete(len)) if len <= READ_BUF => {
                         let head = Head::new(&response, &self.read[..len])?;
                         self.read.advance(len);
                         return Ok(head);
                     }
+                    Ok(httparse::Status::Complete(_)) => return Err(head_too_large()),
                     Ok(httparse::Status::Partial) if self.read.len() >= READ_BUF => {
-                        return Err(H1Error::Broken(format!(
-                            "the answer's head is over {} KiB",
-                            READ_BUF / 1024
-                        )));
+                        return Err(head_too_large());
                     }
                     Ok(httparse::Status::Partial) => {}
                     Err(e) => {
@@ -332,7 +355,8 @@ impl Conn {
                 }
             }
             let started = !self.read.is_empty();
-            match self.fill().await {
+            let want = if started { READ_BUF } else { READ_FIRST };
+            match self.fill(want).await {
                 Ok(true) => {}
                 Ok(false) if started => {
                     return Err(H1Error::Broken(
@@ -365,7 +389,8 @@ impl Conn {
     async fn read_length(&mut self, length: u64, answer: &mut Answer) -> Result<(), H1Error> {
         let mut left = length;
         while left > 0 {
-            if self.read.is_empty() && !self.fill().await.map_err(body_error)? {
+            let want = usize::try_from(left).map_or(READ_PIECE, |left| left.min(READ_PIECE));
+            if self.read.is_empty() && !self.fill(want).await.map_err(body_error)? {
                 return Err(ended_early());
             }
             let len = self
@@ -380,7 +405,7 @@ impl Conn {
 
     async fn read_to_end(&mut self, limit: u64, answer: &mut Answer) -> Result<(), H1Error> {
         loop {
-            if self.read.is_empty() && !self.fill().await.map_err(body_error)? {
+            if self.read.is_empty() && !self.fill(READ_BUF).await.map_err(body_error)? {
                 return Ok(());
             }
             if answer.body_len + self.read.len() as u64 > limit {
@@ -402,7 +427,8 @@ impl Conn {
             }
             let mut left = size;
             while left > 0 {
-                if self.read.is_empty() && !self.fill().await.map_err(body_error)? {
+                let want = usize::try_from(left).map_or(READ_PIECE, |left| left.min(READ_PIECE));
+                if self.read.is_empty() && !self.fill(want).await.map_err(body_error)? {
                     return Err(ended_early());
                 }
                 let len = self
@@ -452,7 +478,7 @@ impl Conn {
                     READ_BUF / 1024
                 )));
             }
-            if !self.fill().await.map_err(body_error)? {
+            if !self.fill(READ_FIRST).await.map_err(body_error)? {
                 return Err(ended_early());
             }
         }
@@ -597,6 +623,10 @@ fn chunk_size(line: &[u8]) -> Result<u64, H1Error> {
         .ok_or_else(|| H1Error::Body("reading the response body: an invalid chunk size".into()))
 }
 
+fn head_too_large() -> H1Error {
+    H1Error::Broken(format!("the answer's head is over {} KiB", READ_BUF / 1024))
+}
+
 fn body_error(e: io::Error) -> H1Error {
     H1Error::Body(format!("reading the response body: {e}"))
 }
@@ -738,6 +768,32 @@ mod tests {
         let a = get(&client, Method::GET).await.unwrap();
         assert_eq!(body(&a), "new");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A large body is read in few pieces of at most 64 KiB, and the connection then idles holding no more
+    /// than 4 KiB of buffers, whatever it read or wrote.
+    #[tokio::test]
+    async fn a_large_answer_leaves_an_idle_connection_small() {
+        let answer: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n{}",
+                "y".repeat(100_000)
+            )
+            .into_boxed_str(),
+        );
+        let (addr, _) = scripted(vec![(answer, false)]).await;
+        let client = client(addr);
+        let body = Bytes::from(vec![b'z'; 50_000]);
+        let path = PathAndQuery::from_static("/m");
+        let a = client
+            .send(&Method::PUT, &path, &HeaderMap::new(), &body, 1 << 20, None)
+            .await
+            .unwrap();
+        assert_eq!(a.body_len, 100_000);
+        assert!(a.body.len() <= 4, "{} pieces", a.body.len());
+        let idle = lock(&client.idle);
+        let conn = &idle[0].conn;
+        assert!(conn.read.capacity() <= READ_FIRST && conn.write.capacity() <= READ_FIRST);
     }
 
     /// `Connection: close`, or an HTTP/1.0 answer without keep-alive, ends the connection's use.
