@@ -150,6 +150,9 @@ impl Balancer {
             && tried.is_empty()
             && origin.is_none()
         {
+            if only.is_clean() {
+                return Some(only.clone());
+            }
             let now = Instant::now();
             if only.available(now) && only.claim(now, self.shared.settings.upstream.eject_for) {
                 return Some(only.clone());

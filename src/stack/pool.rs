@@ -2,7 +2,7 @@
 //! balancer, and its passive health.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,6 +67,9 @@ pub(crate) struct Pool {
     metrics: Arc<Metrics>,
     pub in_flight: AtomicUsize,
     health: Mutex<Health>,
+    /// Its health is the default (no failure since the last success, not ejected), read without the lock:
+    /// the common case, where a part neither checks nor records anything under it.
+    clean: AtomicBool,
 }
 
 impl Pool {
@@ -133,6 +136,7 @@ impl Pool {
             metrics: settings.metrics.clone(),
             in_flight: AtomicUsize::new(0),
             health: Mutex::new(Health::default()),
+            clean: AtomicBool::new(true),
         }
     }
 
@@ -331,13 +335,16 @@ impl Pool {
     /// Whether the balancer may send here now: not ejected, or its ejection is over (then the next part is
     /// the probe that lets it back in, or ejects it again for longer).
     pub(crate) fn available(&self, now: Instant) -> bool {
-        self.health().ejected_until.is_none_or(|until| until <= now)
+        self.is_clean() || self.health().ejected_until.is_none_or(|until| until <= now)
     }
 
     /// Claims this pool for a part the balancer chose among the available ones. One whose ejection is
     /// over takes a single part, the probe: until its outcome is recorded, or `hold` passes without one (the
     /// probe was cancelled), it stays out for the others. False if another part took the probe first.
     pub(crate) fn claim(&self, now: Instant, hold: Duration) -> bool {
+        if self.is_clean() {
+            return true;
+        }
         let mut health = self.health();
         match health.ejected_until {
             None => true,
@@ -352,9 +359,13 @@ impl Pool {
 
     /// Notes how a part went; returns how long the pool is now ejected for, if this ejected it.
     pub(crate) fn record(&self, failed: bool, settings: &UpstreamSettings) -> Option<Duration> {
+        if !failed && self.is_clean() {
+            return None;
+        }
         let mut health = self.health();
         if !failed {
             *health = Health::default();
+            self.clean.store(true, Ordering::Release);
             return None;
         }
         if !health.probing
@@ -366,6 +377,7 @@ impl Pool {
             return None;
         }
         health.failures += 1;
+        self.clean.store(false, Ordering::Release);
         // One that was ejected and let back in fails its probe: out again at once, for longer.
         if health.failures < settings.eject_after && health.ejections == 0 {
             return None;
@@ -385,7 +397,17 @@ impl Pool {
     /// Takes over `previous`'s passive health: the same address in the config before a reload.
     pub(crate) fn carry_health(&self, previous: &Pool) {
         let health = previous.health().clone();
-        *self.health() = health;
+        let mut mine = self.health();
+        *mine = health;
+        self.clean.store(
+            mine.failures == 0 && mine.ejections == 0 && mine.ejected_until.is_none(),
+            Ordering::Release,
+        );
+    }
+
+    /// Whether its health is the default: no failure since the last success, not ejected.
+    pub(crate) fn is_clean(&self) -> bool {
+        self.clean.load(Ordering::Acquire)
     }
 
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
