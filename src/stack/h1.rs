@@ -386,6 +386,7 @@ impl Conn {
         answer.body.push(piece);
     }
 
+    /// Reads `length` bytes of body (a whole body, or one chunk's data).
     async fn read_length(&mut self, length: u64, answer: &mut Answer) -> Result<(), H1Error> {
         let mut left = length;
         while left > 0 {
@@ -425,22 +426,10 @@ impl Conn {
             if answer.body_len.saturating_add(size) > limit {
                 return Err(H1Error::TooLarge);
             }
-            let mut left = size;
-            while left > 0 {
-                let want = usize::try_from(left).map_or(READ_PIECE, |left| left.min(READ_PIECE));
-                if self.read.is_empty() && !self.fill(want).await.map_err(body_error)? {
-                    return Err(ended_early());
-                }
-                let len = self
-                    .read
-                    .len()
-                    .min(usize::try_from(left).unwrap_or(usize::MAX));
-                self.take(len, answer);
-                left -= len as u64;
-            }
+            self.read_length(size, answer).await?;
             if !self.read_line().await?.is_empty() {
-                return Err(H1Error::Broken(
-                    "a chunk of the answer is longer than its size says".into(),
+                return Err(H1Error::Body(
+                    "reading the response body: a chunk is longer than its size says".into(),
                 ));
             }
         }
