@@ -296,6 +296,10 @@ impl Conn {
         } else {
             body_framing(&headers)?
         };
+        // Both framings named: the answer is read by its chunks, and the connection is not trusted again (RFC
+        // 9112 6.3: it may be an attempt at request smuggling).
+        keep_alive &=
+            !(headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH));
         let mut answer = Answer {
             status,
             headers,
@@ -721,8 +725,9 @@ mod tests {
     }
 
     /// Every framing an answer may have is read whole, on one kept-alive connection: a length, chunks with
-    /// an extension and a trailer, interim answers skipped, no body after HEAD or 204 whatever the length says;
-    /// an answer that runs to the connection's end is read to it, and the connection is not used again.
+    /// an extension and a trailer, interim answers skipped, no body after HEAD or 204 whatever the length says.
+    /// A connection whose answer named both a length and chunks, or ran to the connection's end, is not used
+    /// again.
     #[tokio::test]
     async fn every_framing_is_read_whole_on_one_connection() {
         let (addr, accepted) = scripted(vec![
@@ -734,6 +739,10 @@ mod tests {
             ("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok", false),
             ("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", false),
             ("HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n", false),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+                false,
+            ),
             ("HTTP/1.1 200 OK\r\n\r\nto the end", true),
             ("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nnew", false),
         ])
@@ -752,11 +761,15 @@ mod tests {
         let a = get(&client, Method::GET).await.unwrap();
         assert_eq!((a.status, a.body_len), (StatusCode::NO_CONTENT, 0));
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // Both a length and chunks: read by its chunks, and the connection not used again.
+        let a = get(&client, Method::GET).await.unwrap();
+        assert_eq!(body(&a), "hi");
         let a = get(&client, Method::GET).await.unwrap();
         assert_eq!(body(&a), "to the end");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
         let a = get(&client, Method::GET).await.unwrap();
         assert_eq!(body(&a), "new");
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 
     /// A large body is read in few pieces of at most 64 KiB, and the connection then idles holding no more
