@@ -70,6 +70,9 @@ struct Idle {
 struct Conn {
     io: MaybeTlsStream,
     read: BytesMut,
+    /// A body piece was split off `read` since it was made: its storage is shared, and made again when full
+    /// (rather than grown to the size it was first made with, which `BytesMut` would do).
+    shared: bool,
     write: Vec<u8>,
 }
 
@@ -208,14 +211,17 @@ impl Conn {
         Conn {
             io,
             read: BytesMut::new(),
+            shared: false,
             write: Vec::new(),
         }
     }
 
-    /// Gives back buffers grown past what most requests need, before the connection idles.
+    /// Gives back buffers grown past what most requests need, or shared with an answer's pieces (which would
+    /// keep their storage alive), before the connection idles.
     fn trim(&mut self) {
-        if self.read.capacity() > READ_FIRST {
+        if self.read.capacity() > READ_FIRST || self.shared {
             self.read = BytesMut::new();
+            self.shared = false;
         }
         if self.write.capacity() > READ_FIRST {
             self.write = Vec::new();
@@ -326,10 +332,11 @@ impl Conn {
     /// stream.
     async fn fill(&mut self, want: usize) -> io::Result<bool> {
         if self.read.capacity() == self.read.len() {
-            if self.read.is_empty() {
-                // Its storage, if any, is held by pieces of an earlier body: a buffer of its own.
+            if self.read.is_empty() && self.shared {
                 self.read = BytesMut::with_capacity(want);
+                self.shared = false;
             } else {
+                // Its own storage, taken back from the front where answers were read out of it.
                 self.read.reserve(want);
             }
         }
@@ -384,6 +391,7 @@ impl Conn {
             self.read.advance(len);
             piece
         } else {
+            self.shared = true;
             self.read.split_to(len).freeze()
         };
         answer.body_len += len as u64;
