@@ -188,6 +188,11 @@ impl Body {
             self.timeline.mark(self.received, Mark::Written);
             self.received += 1;
             output.write(part);
+            if self.received == self.total {
+                // The last answer: nothing more to wait for, and it goes out with the reply's end, once the
+                // scheduler has ended (its channel closes).
+                continue;
+            }
             if output.pending() < MAX_FRAME {
                 self.carried = match self.parts.try_recv() {
                     Ok(next) => Some(next),
