@@ -207,7 +207,7 @@ pub(crate) fn start(
     let scheduler = Scheduler {
         inbox: inbox.clone(),
         out,
-        // Grown as parts are seated: a small batch holds no room for a whole window of seats (272 bytes each).
+        // Grown as parts are seated: a small batch holds no room for a whole window of seats (208 bytes each).
         slots: VecDeque::new(),
         waiting: VecDeque::new(),
         dedup: None,
@@ -322,8 +322,9 @@ struct Slot {
     /// The part's span: disabled unless part spans are on (`batchgate=debug`).
     span: tracing::Span,
     state: SlotState,
-    /// With `access_log = "parts"`: what the part's access line names besides its outcome.
-    access: Option<PartAccess>,
+    /// With `access_log = "parts"`: what the part's access line names besides its outcome. Boxed: a seat
+    /// holds no room for it when the lines are off.
+    access: Option<Box<PartAccess>>,
     /// A leader of identical parts: its answer is theirs too.
     digest: Option<Digest>,
 }
@@ -449,14 +450,16 @@ impl Scheduler {
             Work::Forward(forward) => Some(forward.request.method.clone()),
             Work::Refused(_) => None,
         };
-        let access = self.telemetry.access_parts.then(|| PartAccess {
-            index,
-            request: match &work {
-                Work::Forward(forward) => {
-                    Some((forward.request.method.clone(), forward.request.path.clone()))
-                }
-                Work::Refused(_) => None,
-            },
+        let access = self.telemetry.access_parts.then(|| {
+            Box::new(PartAccess {
+                index,
+                request: match &work {
+                    Work::Forward(forward) => {
+                        Some((forward.request.method.clone(), forward.request.path.clone()))
+                    }
+                    Work::Refused(_) => None,
+                },
+            })
         });
         let timeline = self.telemetry.batch.part(route.clone(), method);
         let mut slot = Slot {
