@@ -102,7 +102,7 @@ impl Read<'_> {
         Ok((
             destination.route.name.clone(),
             Work::Forward(Forward {
-                service: self.gateway.service(&destination.route),
+                service: self.gateway.shared_service(&destination.route),
                 permits: self.gateway.permits(&destination.route),
                 dedup: destination.route.dedup,
                 request: Box::new(PartRequest::new(

@@ -69,7 +69,8 @@ pub(crate) enum Work {
 #[derive(Debug)]
 pub(crate) struct Forward {
     pub request: Box<PartRequest>,
-    pub service: PartService,
+    /// Its route's stack, cloned for the call once the permits are taken: a part that waits holds no clone.
+    pub service: Arc<PartService>,
     pub permits: Permits,
     /// The route shares one call among identical safe parts of the batch (`dedup`, see [`super::dedup`]).
     pub dedup: bool,
@@ -843,7 +844,7 @@ fn launch(
 ) -> PartFuture {
     let Forward {
         mut request,
-        mut service,
+        service,
         permits,
         ..
     } = forward;
@@ -880,6 +881,7 @@ fn launch(
                 timeline.waited(started.elapsed());
                 // Not `oneshot`: that holds the request in this future from the start, while the part
                 // waits for its permits; the call moves it into the stack's own (boxed) future.
+                let mut service = PartService::clone(&service);
                 let call = service.ready().await?.call(*request);
                 drop(service);
                 call.await
@@ -1032,7 +1034,7 @@ mod tests {
                     timeline: None,
                     span: tracing::Span::none(),
                 }),
-                service: service.clone(),
+                service: Arc::new(service.clone()),
                 permits: Permits::InStack,
                 dedup: false,
             }),
