@@ -63,8 +63,11 @@ where
     let mut trace = TraceContext::from_headers(&head.headers);
     #[cfg(feature = "otel")]
     crate::otel::adopt(&mut trace, &span);
-    span.record("trace_id", trace.trace_id_hex());
-    span.record("span_id", trace.span_id_hex());
+    // Formatted only for a span someone records.
+    if !span.is_disabled() {
+        span.record("trace_id", trace.trace_id_hex().as_str());
+        span.record("span_id", trace.span_id_hex().as_str());
+    }
     let admitted = admit::admit(gateway, &head, peer, tls, trace).inspect_err(|error| {
         timeline.finish(error.status().as_u16());
         span.record("outcome", error.status().as_u16());

@@ -102,7 +102,7 @@ impl Read<'_> {
         Ok((
             destination.route.name.clone(),
             Work::Forward(Forward {
-                service: self.gateway.service(&destination.route),
+                service: self.gateway.shared_service(&destination.route),
                 permits: self.gateway.permits(&destination.route),
                 dedup: destination.route.dedup,
                 request: Box::new(PartRequest::new(
@@ -132,7 +132,9 @@ where
 {
     loop {
         let pause = Instant::now() + limits.body_read_timeout;
+        // The body first: a frame already there is taken without the timer ever entering the wheel.
         let frame = tokio::select! {
+            biased;
             frame = body.frame() => frame,
             () = tokio::time::sleep_until(pause.min(upload_deadline)) => {
                 return Err(if pause < upload_deadline {

@@ -145,8 +145,6 @@ impl Drop for Body {
 impl Body {
     /// One line per served batch, at info: who, how many parts and with what statuses, bytes, time.
     fn log_access(&self, complete: bool) {
-        // Not the timeline's whole view: the line needs two figures, not every part's marks.
-        let statuses = self.timeline.status_counts();
         self.access.span.in_scope(|| {
             tracing::info!(
                 target: "batchgate::access",
@@ -155,7 +153,9 @@ impl Body {
                 format = self.access.format.as_str(),
                 reply_format = self.reply_format.as_str(),
                 parts = self.total,
-                %statuses,
+                // Not the timeline's whole view: the line needs two figures, not every part's marks. Counted
+                // only if the line is written.
+                statuses = %self.timeline.status_counts(),
                 bytes_in = self.access.bytes_in,
                 bytes_out = self.bytes_out,
                 duration_ms = self.timeline.duration_ms().unwrap_or_default(),
@@ -188,6 +188,11 @@ impl Body {
             self.timeline.mark(self.received, Mark::Written);
             self.received += 1;
             output.write(part);
+            if self.received == self.total {
+                // The last answer: nothing more to wait for, and it goes out with the reply's end, once the
+                // scheduler has ended (its channel closes).
+                continue;
+            }
             if output.pending() < MAX_FRAME {
                 self.carried = match self.parts.try_recv() {
                     Ok(next) => Some(next),

@@ -22,8 +22,8 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -69,7 +69,8 @@ pub(crate) enum Work {
 #[derive(Debug)]
 pub(crate) struct Forward {
     pub request: Box<PartRequest>,
-    pub service: PartService,
+    /// Its route's stack, cloned for the call once the permits are taken: a part that waits holds no clone.
+    pub service: Arc<PartService>,
     pub permits: Permits,
     /// The route shares one call among identical safe parts of the batch (`dedup`, see [`super::dedup`]).
     pub dedup: bool,
@@ -109,23 +110,88 @@ enum Input {
     Commit,
 }
 
+/// What the read stage has handed over and the scheduler has not taken yet. Not a channel: the scheduler runs
+/// on the read stage's task while parts come ([`Running::alongside`] polls it right after each read), and moves
+/// to a task of its own only once the whole batch is in, so a part needs no wake-up, and a small batch holds
+/// no channel block sized for 32 parts.
+#[derive(Default)]
+struct Inbox {
+    /// Bounded by the read stage, which stops at `limits.max_parts`.
+    parts: VecDeque<Job>,
+    /// Committed, and the scheduler has not seen it yet.
+    commit: bool,
+    /// The feed is gone: after its commit, nothing more comes; without one, the batch is refused.
+    closed: bool,
+    /// The scheduler's task, when it waits for the commit (or the refusal) elsewhere than on the read stage's.
+    waker: Option<Waker>,
+}
+
+impl Inbox {
+    /// The next thing handed over, as a channel's receiver would give it: parts, the commit, then `None` once
+    /// the feed is gone.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Input>> {
+        if let Some(job) = self.parts.pop_front() {
+            if self.parts.is_empty() {
+                // Emptied: its room goes back rather than stay for the batch's life.
+                self.parts = VecDeque::new();
+            }
+            return Poll::Ready(Some(Input::Part(job)));
+        }
+        if std::mem::take(&mut self.commit) {
+            return Poll::Ready(Some(Input::Commit));
+        }
+        if self.closed {
+            return Poll::Ready(None);
+        }
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// Shared by the read stage's [`Feed`] and the scheduler.
+type SharedInbox = Arc<Mutex<Inbox>>;
+
+fn lock(inbox: &SharedInbox) -> std::sync::MutexGuard<'_, Inbox> {
+    inbox.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The read stage's end of a running batch.
-#[derive(Debug)]
 pub(crate) struct Feed {
-    input: mpsc::UnboundedSender<Input>,
+    inbox: SharedInbox,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Feed")
+    }
 }
 
 impl Feed {
-    /// Hands over the next part, in request order. The channel needs no bound of its own: the read stage
-    /// stops at `limits.max_parts`.
+    /// Hands over the next part, in request order. The scheduler seats it when next polled, which the read
+    /// stage's task does right after the read ([`Running::alongside`]).
     pub(crate) fn push(&self, job: Job) {
-        let _ = self.input.send(Input::Part(job));
+        lock(&self.inbox).parts.push_back(job);
     }
 
     /// Accepts the batch. Dropping the feed without committing refuses it: the scheduler stops, cancelling
     /// what it started.
     pub(crate) fn commit(self) {
-        let _ = self.input.send(Input::Commit);
+        lock(&self.inbox).commit = true;
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        let waker = {
+            let mut inbox = lock(&self.inbox);
+            inbox.closed = true;
+            inbox.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 }
 
@@ -136,13 +202,13 @@ pub(crate) fn start(
     writer: ReplyWriter,
     telemetry: Telemetry,
 ) -> (Feed, mpsc::Receiver<Rendered>, Running) {
-    let (input, input_rx) = mpsc::unbounded_channel();
+    let inbox = SharedInbox::default();
     let (out, out_rx) = mpsc::channel(settings.window);
     let span = telemetry.span.clone();
     let scheduler = Scheduler {
-        input: input_rx,
+        inbox: inbox.clone(),
         out,
-        // Grown as parts are seated: a small batch holds no room for a whole window of seats (272 bytes each).
+        // Grown as parts are seated: a small batch holds no room for a whole window of seats (208 bytes each).
         slots: VecDeque::new(),
         waiting: VecDeque::new(),
         dedup: None,
@@ -158,7 +224,7 @@ pub(crate) fn start(
         settings,
     };
     let running = Running(Some(Box::pin(scheduler.run().instrument(span))));
-    (Feed { input }, out_rx, running)
+    (Feed { inbox }, out_rx, running)
 }
 
 /// A batch's scheduler, driven from the connection's task while the body is read, then on a task of its own
@@ -257,8 +323,9 @@ struct Slot {
     /// The part's span: disabled unless part spans are on (`batchgate=debug`).
     span: tracing::Span,
     state: SlotState,
-    /// With `access_log = "parts"`: what the part's access line names besides its outcome.
-    access: Option<PartAccess>,
+    /// With `access_log = "parts"`: what the part's access line names besides its outcome. Boxed: a seat
+    /// holds no room for it when the lines are off.
+    access: Option<Box<PartAccess>>,
     /// A leader of identical parts: its answer is theirs too.
     digest: Option<Digest>,
 }
@@ -281,7 +348,7 @@ enum SlotState {
 }
 
 struct Scheduler {
-    input: mpsc::UnboundedReceiver<Input>,
+    inbox: SharedInbox,
     out: mpsc::Sender<Rendered>,
     /// Seated parts from the next one to send on.
     slots: VecDeque<Slot>,
@@ -327,7 +394,7 @@ impl Scheduler {
                 Some((index, result)) = self.running.next(), if !self.running.is_empty() => {
                     self.done(index, result);
                 }
-                input = self.input.recv(), if self.input_open => match input {
+                input = std::future::poll_fn(|cx| lock(&self.inbox).poll_next(cx)), if self.input_open => match input {
                     Some(Input::Part(job)) => {
                         let role = self.role(&job);
                         self.waiting.push_back((job, role));
@@ -384,14 +451,16 @@ impl Scheduler {
             Work::Forward(forward) => Some(forward.request.method.clone()),
             Work::Refused(_) => None,
         };
-        let access = self.telemetry.access_parts.then(|| PartAccess {
-            index,
-            request: match &work {
-                Work::Forward(forward) => {
-                    Some((forward.request.method.clone(), forward.request.path.clone()))
-                }
-                Work::Refused(_) => None,
-            },
+        let access = self.telemetry.access_parts.then(|| {
+            Box::new(PartAccess {
+                index,
+                request: match &work {
+                    Work::Forward(forward) => {
+                        Some((forward.request.method.clone(), forward.request.path.clone()))
+                    }
+                    Work::Refused(_) => None,
+                },
+            })
         });
         let timeline = self.telemetry.batch.part(route.clone(), method);
         let mut slot = Slot {
@@ -775,7 +844,7 @@ fn launch(
 ) -> PartFuture {
     let Forward {
         mut request,
-        mut service,
+        service,
         permits,
         ..
     } = forward;
@@ -812,6 +881,7 @@ fn launch(
                 timeline.waited(started.elapsed());
                 // Not `oneshot`: that holds the request in this future from the start, while the part
                 // waits for its permits; the call moves it into the stack's own (boxed) future.
+                let mut service = PartService::clone(&service);
                 let call = service.ready().await?.call(*request);
                 drop(service);
                 call.await
@@ -964,7 +1034,7 @@ mod tests {
                     timeline: None,
                     span: tracing::Span::none(),
                 }),
-                service: service.clone(),
+                service: Arc::new(service.clone()),
                 permits: Permits::InStack,
                 dedup: false,
             }),

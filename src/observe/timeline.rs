@@ -230,25 +230,14 @@ impl BatchTimeline {
     }
 
     /// The parts' statuses by class, as `2xx=18 4xx=2` (all parts, kept or not).
-    pub(crate) fn status_counts(&self) -> String {
-        let mut counts: Vec<u32> = self
-            .statuses
-            .iter()
-            .map(|n| n.load(Ordering::Relaxed))
-            .collect();
+    pub(crate) fn status_counts(&self) -> StatusCounts {
+        let mut counts = [0u32; 6];
+        for (count, n) in counts.iter_mut().zip(self.statuses.iter()) {
+            *count = n.load(Ordering::Relaxed);
+        }
         let started = self.lock().len() as u32 + self.omitted.load(Ordering::Relaxed);
         counts[0] = started.saturating_sub(counts.iter().sum());
-        let mut out = String::new();
-        for (class, n) in counts.iter().enumerate().skip(1).filter(|(_, n)| **n > 0) {
-            if !out.is_empty() {
-                out.push(' ');
-            }
-            out.push_str(&format!("{class}xx={n}"));
-        }
-        if counts[0] > 0 {
-            out.push_str(&format!(" unanswered={}", counts[0]));
-        }
-        out
+        StatusCounts(counts)
     }
 
     /// Milliseconds from arrival until the reply's last byte was handed over, once it has been.
@@ -282,6 +271,28 @@ impl BatchTimeline {
                 .map(|(i, p)| p.view(i))
                 .collect(),
         }
+    }
+}
+
+/// A batch's parts by status class, `[0]` those not answered: written into the access line as it is formatted,
+/// without a string of its own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StatusCounts([u32; 6]);
+
+impl std::fmt::Display for StatusCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for (class, n) in self.0.iter().enumerate().skip(1).filter(|(_, n)| **n > 0) {
+            if !first {
+                f.write_str(" ")?;
+            }
+            first = false;
+            write!(f, "{class}xx={n}")?;
+        }
+        if self.0[0] > 0 {
+            write!(f, " unanswered={}", self.0[0])?;
+        }
+        Ok(())
     }
 }
 
@@ -332,6 +343,9 @@ mod tests {
         let view = batch.view();
         assert_eq!(view.parts.len(), 2);
         assert_eq!(view.parts_omitted, 3);
-        assert_eq!(batch.status_counts(), "2xx=2 4xx=1 5xx=1 unanswered=1");
+        assert_eq!(
+            batch.status_counts().to_string(),
+            "2xx=2 4xx=1 5xx=1 unanswered=1"
+        );
     }
 }

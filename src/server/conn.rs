@@ -141,8 +141,10 @@ impl Conn {
                 (state != EVICTED).then_some(HEARD)
             });
         if self.active.fetch_add(1, Ordering::AcqRel) == 0 {
+            // Not woken: its idle timer, when it fires, finds the connection busy (or idle since later) and waits
+            // again, and the request's end wakes it. A wake-up here would poll the whole connection once more
+            // for nothing, on every request.
             *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            self.changed.notify_one();
         }
         Active(self.clone())
     }
