@@ -99,7 +99,7 @@ pub(crate) enum H1Error {
     #[error("{0}")]
     Broken(String),
     /// The answer's body broke the framing, or broke off.
-    #[error("{0}")]
+    #[error("reading the response body: {0}")]
     Body(String),
     /// The answer's body is over the limit the request was sent with.
     #[error("the answer is over its limit")]
@@ -440,9 +440,7 @@ impl Conn {
             }
             self.read_length(size, answer).await?;
             if !self.read_line().await?.is_empty() {
-                return Err(H1Error::Body(
-                    "reading the response body: a chunk is longer than its size says".into(),
-                ));
+                return Err(H1Error::Body("a chunk is longer than its size says".into()));
             }
         }
         // Trailer fields, up to the empty line: read, bounded, and dropped (a part's answer has no trailers).
@@ -455,7 +453,7 @@ impl Conn {
             trailers += line.len();
             if trailers > READ_BUF {
                 return Err(H1Error::Body(format!(
-                    "reading the response body: its trailers are over {} KiB",
+                    "its trailers are over {} KiB",
                     READ_BUF / 1024
                 )));
             }
@@ -475,7 +473,7 @@ impl Conn {
             }
             if self.read.len() >= READ_BUF {
                 return Err(H1Error::Body(format!(
-                    "reading the response body: a line of its chunked framing is over {} KiB",
+                    "a line of its chunked framing is over {} KiB",
                     READ_BUF / 1024
                 )));
             }
@@ -621,7 +619,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, H1Error> {
         .ok()
         .filter(|d| !d.is_empty() && d.len() <= 16 && d.bytes().all(|b| b.is_ascii_hexdigit()))
         .and_then(|d| u64::from_str_radix(d, 16).ok())
-        .ok_or_else(|| H1Error::Body("reading the response body: an invalid chunk size".into()))
+        .ok_or_else(|| H1Error::Body("an invalid chunk size".into()))
 }
 
 fn head_too_large() -> H1Error {
@@ -629,11 +627,11 @@ fn head_too_large() -> H1Error {
 }
 
 fn body_error(e: io::Error) -> H1Error {
-    H1Error::Body(format!("reading the response body: {e}"))
+    H1Error::Body(e.to_string())
 }
 
 fn ended_early() -> H1Error {
-    H1Error::Body("reading the response body: the connection closed before its end".into())
+    H1Error::Body("the connection closed before its end".into())
 }
 
 #[cfg(test)]

@@ -24,9 +24,10 @@ use crate::metrics::Metrics;
 use crate::observe::timeline::Mark;
 use batchgate_wire::Framing;
 
-/// Read buffer of each upstream connection. A fixed size keeps pooled connections from each growing theirs
-/// to the largest body they ever read; body pieces are copied out once, into the reply part.
-const READ_BUF: usize = 16 * 1024;
+/// Read buffer of each connection hyper's client makes (HTTP/1.1 chosen by ALPN): a fixed size keeps pooled
+/// connections from each growing theirs to the largest body they ever read. Our own client sizes its own
+/// (`h1.rs`).
+const HYPER_READ_BUF: usize = 16 * 1024;
 
 /// How requests reach the address.
 #[derive(Debug)]
@@ -111,7 +112,7 @@ impl Pool {
                     .pool_timer(TokioTimer::new())
                     .timer(TokioTimer::new())
                     .http2_only(settings.http2_prior_knowledge && connector.tls.is_none())
-                    .http1_read_buf_exact_size(READ_BUF)
+                    .http1_read_buf_exact_size(HYPER_READ_BUF)
                     .build(connector),
             ))
         } else {
@@ -152,20 +153,6 @@ impl Pool {
     pub(crate) async fn send(&self, part: &PartRequest) -> Result<UpstreamResponse, SendError> {
         let limit = self.max_response_bytes.min(part.batch.budget.left());
         let (index, batch) = (part.index, &part.batch);
-        let too_large = || {
-            SendError::from(if limit < self.max_response_bytes {
-                PartError::BatchResponseBudget {
-                    index,
-                    limit: batch.budget.limit(),
-                }
-            } else {
-                PartError::ResponseTooLarge {
-                    index,
-                    upstream: self.label.to_string(),
-                    limit: self.max_response_bytes,
-                }
-            })
-        };
         self.metrics.upstream_request();
         let answer = match &self.client {
             Client::Http1(client) => {
@@ -179,16 +166,10 @@ impl Pool {
                         part.timeline.as_deref(),
                     )
                     .await;
-                sent.map_err(|e| match e {
-                    H1Error::TooLarge => too_large(),
-                    e => self.h1_error(index, e),
-                })?
+                sent.map_err(|e| self.h1_error(part, limit, e))?
             }
             Client::Hyper(client) => self.send_hyper(client, part, limit).await?,
         };
-        if answer.body_len > limit {
-            return Err(too_large());
-        }
         if !batch.budget.take(answer.body_len) {
             return Err(SendError::from(PartError::BatchResponseBudget {
                 index,
@@ -207,21 +188,43 @@ impl Pool {
         })
     }
 
+    /// An answer over `limit`: over `max_response_bytes`, or over what was left of the batch's response budget
+    /// when it was the smaller, naming that limit.
+    fn over_limit(&self, part: &PartRequest, limit: u64) -> SendError {
+        SendError::from(if limit < self.max_response_bytes {
+            PartError::BatchResponseBudget {
+                index: part.index,
+                limit: part.batch.budget.limit(),
+            }
+        } else {
+            PartError::ResponseTooLarge {
+                index: part.index,
+                upstream: self.label.to_string(),
+                limit: self.max_response_bytes,
+            }
+        })
+    }
+
+    /// No connection: certainly nothing ran, and another address may take the part if TCP failed (not TLS).
+    fn connect_error(&self, index: usize, e: &(dyn std::error::Error + 'static)) -> SendError {
+        SendError {
+            resend: cause::<TcpError>(e)
+                .is_some()
+                .then_some(Resend::NoConnection),
+            error: PartError::Connect {
+                index,
+                upstream: self.label.to_string(),
+                reason: innermost(e),
+            },
+        }
+    }
+
     /// What an HTTP/1.1 exchange's failure means for the part (the same as hyper's would, see
     /// [`Pool::send_hyper`]).
-    fn h1_error(&self, index: usize, e: H1Error) -> SendError {
-        let upstream = self.label.to_string();
+    fn h1_error(&self, part: &PartRequest, limit: u64, e: H1Error) -> SendError {
+        let (index, upstream) = (part.index, self.label.to_string());
         match e {
-            H1Error::Connect(e) => SendError {
-                resend: cause::<TcpError>(&*e)
-                    .is_some()
-                    .then_some(Resend::NoConnection),
-                error: PartError::Connect {
-                    index,
-                    upstream,
-                    reason: innermost(&*e),
-                },
-            },
+            H1Error::Connect(e) => self.connect_error(index, &*e),
             H1Error::Closed(reason) => SendError {
                 resend: Some(Resend::Closed),
                 error: closed_error(index, upstream, &reason),
@@ -231,27 +234,24 @@ impl Pool {
                 upstream,
                 reason,
             }),
-            H1Error::Body(reason) => SendError::from(PartError::Upstream {
+            e @ H1Error::Body(_) => SendError::from(PartError::Upstream {
                 index,
                 upstream,
-                reason,
+                reason: e.to_string(),
             }),
-            H1Error::TooLarge => unreachable!("answered by the caller"),
+            H1Error::TooLarge => self.over_limit(part, limit),
         }
     }
 
     /// The part through hyper-util's client (a copy of it: hyper takes its request), the body read until it is
-    /// over `limit` (the caller tells which limit).
+    /// over `limit`.
     async fn send_hyper(
         &self,
         client: &HyperClient,
         part: &PartRequest,
         limit: u64,
     ) -> Result<Answer, SendError> {
-        let PartRequest {
-            index, timeline, ..
-        } = part;
-        let index = *index;
+        let (index, timeline) = (part.index, &part.timeline);
         let upstream = || self.label.to_string();
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
@@ -272,16 +272,7 @@ impl Pool {
         let response = client.request(request).await.map_err(|e| {
             let reason = innermost(&e);
             if e.is_connect() {
-                SendError {
-                    resend: cause::<TcpError>(&e)
-                        .is_some()
-                        .then_some(Resend::NoConnection),
-                    error: PartError::Connect {
-                        index,
-                        upstream: upstream(),
-                        reason,
-                    },
-                }
+                self.connect_error(index, &e)
             } else if refused(&e) {
                 SendError {
                     resend: Some(Resend::Refused),
@@ -324,8 +315,7 @@ impl Pool {
                 answer.body_len += data.len() as u64;
                 answer.body.push(data);
                 if answer.body_len > limit {
-                    // The caller says which limit.
-                    break;
+                    return Err(self.over_limit(part, limit));
                 }
             }
         }
