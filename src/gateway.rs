@@ -27,9 +27,6 @@ pub struct Gateway {
     pub(crate) router: Router,
     /// One stack per route, indexed by `Route::id`.
     routes: Vec<RouteStack>,
-    /// Each route's stack, shared: a batch's part holds this until its permits are taken, and only then its
-    /// own clone (200 bytes), so parts that wait hold none.
-    shared_services: Vec<Arc<PartService>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) observer: Arc<Observer>,
     /// The per-client limit on parts, shared by every route's stack (and kept by a reload that names clients
@@ -107,7 +104,6 @@ impl Gateway {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Gateway {
             router: Router::new(&config),
-            shared_services: routes.iter().map(|r| Arc::new(r.service())).collect(),
             routes,
             metrics,
             observer,
@@ -156,7 +152,7 @@ impl Gateway {
 
     /// The stack parts routed to `route` go through, shared, for a part to clone when it is called.
     pub(crate) fn shared_service(&self, route: &Route) -> Arc<PartService> {
-        self.shared_services[route.id].clone()
+        self.routes[route.id].shared_service()
     }
 
     /// The permits parts routed to `route` take before entering its stack.

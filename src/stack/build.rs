@@ -57,7 +57,9 @@ pub(crate) struct RouteStack {
     /// The route's upstreams as one label: named in error messages and, with the prefix, the route's identity
     /// across reloads.
     upstream: Arc<str>,
-    service: PartService,
+    /// Shared: a batch's part holds this until its permits are taken, and only then its own clone (200 bytes),
+    /// so parts that wait hold none.
+    service: Arc<PartService>,
     /// Readiness and stats read its pools' health; a reload carries that health over.
     balancer: Balancer,
     /// Sub-requests in flight to this route, across all batches (and the gateways this one succeeds).
@@ -214,7 +216,7 @@ impl RouteStack {
         Ok(RouteStack {
             prefix: route.prefix.clone(),
             upstream,
-            service: BoxCloneSyncService::new(service),
+            service: Arc::new(BoxCloneSyncService::new(service)),
             balancer,
             limit,
             adaptive: route.adaptive_concurrency,
@@ -229,6 +231,11 @@ impl RouteStack {
 
     /// The stack parts routed here go through.
     pub(crate) fn service(&self) -> PartService {
+        PartService::clone(&self.service)
+    }
+
+    /// The stack parts routed here go through, shared, for a part to clone when it is called.
+    pub(crate) fn shared_service(&self) -> Arc<PartService> {
         self.service.clone()
     }
 
