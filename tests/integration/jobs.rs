@@ -128,6 +128,14 @@ async fn results(gw: &TestGateway, id: &str, headers: &[(&str, &str)]) -> Reply 
     .await
 }
 
+/// `DELETE /jobs/{id}`, answered 204.
+async fn delete_job(gw: &TestGateway, id: &str) {
+    let reply = gw
+        .request(Method::DELETE, &format!("/jobs/{id}"), &[], Bytes::new())
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+}
+
 /// `POST /jobs/{id}/{action}`: its status and JSON body.
 async fn act(gw: &TestGateway, id: &str, action: &str) -> (StatusCode, serde_json::Value) {
     let reply = gw
@@ -397,10 +405,7 @@ async fn a_job_is_paused_resumed_cancelled_and_deleted() {
     assert_eq!(reply.parts().len(), 2, "the answers are kept");
 
     // Deleted: its answers are dropped and it is gone.
-    let reply = gw2
-        .request(Method::DELETE, &format!("/jobs/{id2}"), &[], Bytes::new())
-        .await;
-    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    delete_job(&gw2, &id2).await;
     let (status, _) = get_json(&gw2, &format!("/jobs/{id2}"), &[]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     gw.stop().await;
@@ -1227,10 +1232,7 @@ async fn a_jobs_limit_changes_are_kept_in_order_across_a_restart() {
 
     let (gw, _live) = jobs_gateway(&dir, "", &config).await;
     assert_eq!(tuning_history(&gw, &id).await, before);
-    let reply = gw
-        .request(Method::DELETE, &format!("/jobs/{id}"), &[], Bytes::new())
-        .await;
-    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    delete_job(&gw, &id).await;
     let (status, _) = get_json(&gw, &format!("/jobs/{id}/tuning"), &[]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     gw.stop().await;
