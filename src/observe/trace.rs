@@ -106,18 +106,12 @@ fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut out = vec![0; bytes.len() * 2];
-    hex_into(&mut out, bytes);
-    String::from_utf8(out).expect("hex digits")
-}
-
-/// `N` lower-case hex digits, held inline: a batch's ids go into its span without a heap string each.
+/// `N` lower-case hex digits, held inline: ids go into spans without a heap string each.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Hex<const N: usize>([u8; N]);
 
 impl<const N: usize> Hex<N> {
-    fn of(bytes: &[u8]) -> Hex<N> {
+    pub(crate) fn of(bytes: &[u8]) -> Hex<N> {
         debug_assert_eq!(bytes.len() * 2, N);
         let mut out = [0; N];
         hex_into(&mut out, bytes);
@@ -166,12 +160,18 @@ mod tests {
             batch.trace_id_hex().as_str(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
-        assert_eq!(batch.parent.map(|p| hex(&p)).unwrap(), "00f067aa0ba902b7");
+        assert_eq!(
+            batch.parent.map(|p| Hex::<16>::of(&p)).unwrap().as_str(),
+            "00f067aa0ba902b7"
+        );
         let (span, value) = batch.child();
         let value = value.to_str().unwrap().to_owned();
         assert_eq!(
             value,
-            format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", hex(&span))
+            format!(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
+                Hex::<16>::of(&span).as_str()
+            )
         );
         assert_ne!(batch.child().0, span, "each part has its own span");
     }

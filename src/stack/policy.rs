@@ -9,7 +9,7 @@ use tower::{Layer, Service};
 
 use super::{PartRequest, UpstreamResponse};
 use crate::error::PartError;
-use crate::observe::trace::{TRACEPARENT, TRACESTATE, hex};
+use crate::observe::trace::{Hex, TRACEPARENT, TRACESTATE};
 
 /// Applies the batch's [`BatchHeaders`](crate::headers::BatchHeaders) to each part.
 #[derive(Debug, Clone)]
@@ -68,7 +68,7 @@ where
         #[cfg(not(feature = "otel"))]
         let (span, traceparent) = trace.child();
         if let Some(part) = part {
-            part.record("span_id", hex(&span));
+            part.record("span_id", Hex::<16>::of(&span).as_str());
         }
         request.headers.insert(TRACEPARENT, traceparent);
         match &trace.state {
