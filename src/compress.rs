@@ -6,7 +6,18 @@ use std::io::Write;
 
 use bytes::Bytes;
 
-use crate::config::{Coding, CompressionConfig};
+use crate::config::{
+    Coding, CompressionConfig, MAX_BROTLI_QUALITY, MAX_GZIP_LEVEL, MAX_ZSTD_LEVEL,
+};
+
+/// How hard [`CompressionConfig::whole`] compresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Effort {
+    /// The configured level.
+    Configured,
+    /// The coding's highest allowed level: for a reply that would otherwise miss TCP's first flight.
+    Highest,
+}
 
 impl CompressionConfig {
     /// The coding for a request's `Accept-Encoding`: the highest q-value wins, ties go to `order`.
@@ -35,22 +46,53 @@ impl CompressionConfig {
 
     /// A fresh encoder for one reply.
     pub fn encoder(&self, coding: Coding) -> Encoder {
+        self.encoder_with(coding, Effort::Configured)
+    }
+
+    fn encoder_with(&self, coding: Coding, effort: Effort) -> Encoder {
+        let highest = effort == Effort::Highest;
         match coding {
             Coding::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
                 Vec::new(),
-                flate2::Compression::new(self.gzip_level.min(9)),
+                flate2::Compression::new(if highest {
+                    MAX_GZIP_LEVEL
+                } else {
+                    self.gzip_level
+                }),
             )),
             Coding::Zstd => Encoder::Zstd(
-                zstd::stream::write::Encoder::new(Vec::new(), self.zstd_level)
-                    .expect("zstd level within range"),
+                zstd::stream::write::Encoder::new(
+                    Vec::new(),
+                    if highest {
+                        MAX_ZSTD_LEVEL
+                    } else {
+                        self.zstd_level
+                    },
+                )
+                .expect("zstd level within range"),
             ),
             Coding::Br => Encoder::Br(Box::new(brotli::CompressorWriter::new(
                 Vec::new(),
                 4096,
-                self.brotli_quality.min(11),
+                if highest {
+                    MAX_BROTLI_QUALITY
+                } else {
+                    self.brotli_quality
+                },
                 22,
             ))),
         }
+    }
+
+    /// A whole reply, in hand at once, as one compressed stream. zstd is told the input's size, so that it sizes
+    /// its window and tables to it.
+    pub(crate) fn whole(&self, coding: Coding, effort: Effort, input: &[u8]) -> Bytes {
+        let mut encoder = self.encoder_with(coding, effort);
+        if let Encoder::Zstd(zstd) = &mut encoder {
+            let _ = zstd.set_pledged_src_size(Some(input.len() as u64));
+        }
+        encoder.write(input);
+        encoder.finish()
     }
 }
 

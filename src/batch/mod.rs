@@ -34,12 +34,14 @@ use crate::gateway::Gateway;
 use crate::observe::trace::TraceContext;
 use crate::response::ReplyBody;
 
-/// Serves one `POST` to the batch endpoint. `tls` says whether the client's connection is HTTPS.
+/// Serves one `POST` to the batch endpoint. `tls` says whether the client's connection is HTTPS; `socket` is its
+/// TCP socket.
 pub(crate) async fn serve<B>(
     gateway: &Arc<Gateway>,
     request: Request<B>,
     peer: IpAddr,
     tls: bool,
+    socket: respond::ClientSocket,
 ) -> Result<Response<ReplyBody>, BatchError>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -142,5 +144,5 @@ where
             format,
         },
     };
-    Ok(respond::respond(reply, &gateway.config.compression))
+    Ok(respond::respond(reply, &gateway.config.compression, socket).await)
 }

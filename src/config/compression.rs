@@ -5,16 +5,21 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::ConfigError;
-use super::check::{check_duration, invalid};
-use super::units::de_duration;
+use super::check::{check_duration, check_size, invalid};
+use super::units::{de_bytes, de_duration};
 
 /// Longest `compression.flush_delay`: it holds finished parts back, so it must stay short.
 const MAX_FLUSH_DELAY: Duration = Duration::from_secs(1);
+/// Longest `compression.first_flight_hold`: it holds a reply's first bytes back.
+const MAX_FIRST_FLIGHT_HOLD: Duration = Duration::from_secs(1);
+/// Largest `compression.first_flight_max_input`: it bounds the CPU one reply may cost twice over.
+const MAX_FIRST_FLIGHT_INPUT: u64 = 16 << 20;
 /// Highest compression settings: above these, a level costs many times the CPU for a few percent fewer bytes,
-/// and a client could make the gateway spend a core per reply.
-const MAX_GZIP_LEVEL: u32 = 9;
-const MAX_ZSTD_LEVEL: i32 = 15;
-const MAX_BROTLI_QUALITY: u32 = 9;
+/// and a client could make the gateway spend a core per reply. A reply compressed again to fit TCP's first
+/// flight uses them.
+pub(crate) const MAX_GZIP_LEVEL: u32 = 9;
+pub(crate) const MAX_ZSTD_LEVEL: i32 = 15;
+pub(crate) const MAX_BROTLI_QUALITY: u32 = 9;
 
 /// A content coding the gateway can produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -56,6 +61,14 @@ pub struct CompressionConfig {
     /// How long the compressed stream waits for the next part before flushing what it has.
     #[serde(deserialize_with = "de_duration")]
     pub flush_delay: Duration,
+    /// Longest a compressed reply's first write waits to gather what TCP's first flight can carry, and never
+    /// more than half the client's round trip (so, on a LAN, no wait at all). 0 turns the first flight off.
+    #[serde(deserialize_with = "de_duration")]
+    pub first_flight_hold: Duration,
+    /// Largest reply (uncompressed) that is compressed again at the coding's highest level when that makes it
+    /// fit TCP's first flight: it bounds the CPU a round trip saved may cost.
+    #[serde(deserialize_with = "de_bytes")]
+    pub first_flight_max_input: u64,
 }
 
 impl Default for CompressionConfig {
@@ -67,6 +80,8 @@ impl Default for CompressionConfig {
             zstd_level: 6,
             brotli_quality: 6,
             flush_delay: Duration::from_millis(2),
+            first_flight_hold: Duration::from_millis(20),
+            first_flight_max_input: 128 << 10,
         }
     }
 }
@@ -99,6 +114,17 @@ impl CompressionConfig {
             c.flush_delay,
             Duration::ZERO,
             MAX_FLUSH_DELAY,
+        )?;
+        check_duration(
+            "compression.first_flight_hold",
+            c.first_flight_hold,
+            Duration::ZERO,
+            MAX_FIRST_FLIGHT_HOLD,
+        )?;
+        check_size(
+            "compression.first_flight_max_input",
+            c.first_flight_max_input,
+            MAX_FIRST_FLIGHT_INPUT,
         )?;
         if c.enabled && c.order.is_empty() {
             return Err(invalid(
@@ -150,6 +176,25 @@ mod tests {
         Config::from_toml("[compression]\ngzip_level = 0\nzstd_level = 1\nbrotli_quality = 0")
             .unwrap();
         refused("[compression]\norder = []", "compression.order", &["empty"]);
+        refused(
+            "[compression]\nfirst_flight_hold = \"2s\"",
+            "compression.first_flight_hold",
+            &[],
+        );
+        refused(
+            "[compression]\nfirst_flight_max_input = \"17MiB\"",
+            "compression.first_flight_max_input",
+            &["16MiB"],
+        );
+        refused(
+            "[compression]\nfirst_flight_max_input = 0",
+            "compression.first_flight_max_input",
+            &[],
+        );
+        Config::from_toml(
+            "[compression]\nfirst_flight_hold = \"0s\"\nfirst_flight_max_input = \"16MiB\"",
+        )
+        .unwrap();
         Config::from_toml("[compression]\nenabled = false\norder = []").unwrap();
         refused(
             "[compression]\norder = [\"gzip\", \"br\", \"gzip\"]",

@@ -38,6 +38,7 @@ pub use admin::AdminConfig;
 pub use cache::{Backend, CacheConfig};
 pub use cidr::Cidr;
 pub use compression::{Coding, CompressionConfig};
+pub(crate) use compression::{MAX_BROTLI_QUALITY, MAX_GZIP_LEVEL, MAX_ZSTD_LEVEL};
 pub use cors::CorsConfig;
 pub use headers::HeaderPolicy;
 pub use jobs::{JobsConfig, StoreUrl};

@@ -13,19 +13,21 @@ use hyper::body::Incoming;
 
 use super::cors::Cors;
 use super::live::Served;
+use crate::batch::respond::ClientSocket;
 use crate::error::{BatchError, Fault};
 use crate::gateway::Gateway;
 use crate::jobs::{self, Jobs};
 use crate::response::{ReplyBody, error_response, full};
 use crate::{batch, direct};
 
-/// Answers one request; `tls` says whether it came over HTTPS.
+/// Answers one request; `tls` says whether it came over HTTPS, `socket` is the client's TCP socket.
 pub(super) async fn dispatch(
     served: &Served,
     jobs: Option<&Arc<Jobs>>,
     request: Request<Incoming>,
     peer: SocketAddr,
     tls: bool,
+    socket: ClientSocket,
     draining: &AtomicBool,
 ) -> Response<ReplyBody> {
     let gateway = &served.gateway;
@@ -49,13 +51,13 @@ pub(super) async fn dispatch(
     }
     if path == gateway.config.batch_path {
         let Some(cors) = &served.cors else {
-            return batch_endpoint(gateway, request, peer, tls).await;
+            return batch_endpoint(gateway, request, peer, tls, socket).await;
         };
         if Cors::is_preflight(&request) {
             return cors.preflight(request.headers());
         }
         let origin = request.headers().get(http::header::ORIGIN).cloned();
-        let mut response = batch_endpoint(gateway, request, peer, tls).await;
+        let mut response = batch_endpoint(gateway, request, peer, tls, socket).await;
         cors.decorate(origin.as_ref(), response.headers_mut());
         return response;
     }
@@ -114,6 +116,7 @@ async fn batch_endpoint(
     request: Request<Incoming>,
     peer: SocketAddr,
     tls: bool,
+    socket: ClientSocket,
 ) -> Response<ReplyBody> {
     if request.method() != Method::POST {
         return refuse(
@@ -123,7 +126,7 @@ async fn batch_endpoint(
         );
     }
     let started = std::time::Instant::now();
-    match batch::serve(gateway, request, peer.ip(), tls).await {
+    match batch::serve(gateway, request, peer.ip(), tls, socket).await {
         Ok(response) => {
             gateway.metrics.batch_served();
             tracing::debug!(%peer, elapsed = ?started.elapsed(), "batch streaming");

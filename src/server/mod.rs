@@ -17,6 +17,7 @@ mod live;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -28,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::batch::respond::ClientSocket;
 use crate::config::Limits;
 use crate::gateway::Gateway;
 use accept::Acceptor;
@@ -127,6 +129,7 @@ pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future
             }
         };
         let _ = stream.set_nodelay(true);
+        let socket = ClientSocket::Tcp(stream.as_raw_fd());
         let served = live.current();
         if !Arc::ptr_eq(&settings.gateway, &served.gateway) {
             settings = ConnSettings::new(served.gateway.clone());
@@ -141,6 +144,7 @@ pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future
             draining: draining.clone(),
             conn: registered.conn.clone(),
             peer,
+            socket,
         };
         let builder = settings.builder.clone();
         let watcher = graceful.watcher();
@@ -221,6 +225,7 @@ struct Handler {
     draining: Arc<AtomicBool>,
     conn: Arc<Conn>,
     peer: SocketAddr,
+    socket: ClientSocket,
 }
 
 impl Handler {
@@ -241,6 +246,7 @@ impl Handler {
             draining,
             conn,
             peer,
+            socket,
         } = self;
         service_fn(move |request| {
             let active = conn.begin();
@@ -250,7 +256,7 @@ impl Handler {
             async move {
                 let jobs = jobs.as_ref();
                 let response =
-                    endpoints::dispatch(&served, jobs, request, peer, tls, &draining).await;
+                    endpoints::dispatch(&served, jobs, request, peer, tls, socket, &draining).await;
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, active, served)))
             }
         })
