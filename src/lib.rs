@@ -72,6 +72,7 @@ pub(crate) mod observe;
 pub mod otel;
 pub(crate) mod response;
 pub(crate) mod route;
+pub(crate) mod runtime;
 pub mod server;
 pub(crate) mod stack;
 #[cfg(feature = "testing")]
