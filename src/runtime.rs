@@ -7,9 +7,9 @@
 //! What stays where:
 //! - The accept loop, signals, the admin listener, reloads, health checks, jobs and the span exporter run on
 //!   the runtime that calls [`serve_on`](crate::server::serve_on) (the binary's control thread); their
-//!   upstream connections are that thread's (slot 0).
+//!   upstream connections are that thread's (index 0).
 //! - Each worker runs its client connections, their batches (schedulers included) and the idle upstream
-//!   connections of its own slot, with their reaper tasks (`stack::h1`).
+//!   connections of its own index, with their reaper tasks (`stack::h1`).
 //! - Process-wide state stays shared and counted once: `max_connections`, `max_batches`, route limits, rate
 //!   limits, the connection registry, metrics, the cache. hyper-util's client (addresses that may speak
 //!   HTTP/2) keeps one pool: its connection tasks run on the worker that made them.
@@ -24,23 +24,25 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-/// Slots handed out so far: 0 is every thread that is not a worker, each worker started takes the next.
-static SLOTS: AtomicUsize = AtomicUsize::new(1);
+/// Worker indexes handed out so far: 0 is every thread that is not a worker, each worker started takes the
+/// next, unique in the process (a test may start several sets of workers).
+static INDEXES: AtomicUsize = AtomicUsize::new(1);
 
 thread_local! {
-    /// This thread's slot: its worker's, or 0.
-    static SLOT: Cell<usize> = const { Cell::new(0) };
+    /// This thread's worker index, or 0.
+    static INDEX: Cell<usize> = const { Cell::new(0) };
 }
 
-/// The slot of the thread this runs on: 1 and up on a worker, 0 elsewhere (the control thread, tests).
-pub(crate) fn slot() -> usize {
-    SLOT.with(Cell::get)
+/// The worker index of the thread this runs on: 1 and up on a worker, 0 elsewhere (the control thread,
+/// tests).
+pub(crate) fn worker_index() -> usize {
+    INDEX.with(Cell::get)
 }
 
-/// How many slots there are so far (workers started in this process, plus one): what a per-worker list is
-/// sized by when it is made.
-pub(crate) fn slots() -> usize {
-    SLOTS.load(Ordering::Relaxed)
+/// How many worker indexes there are so far (workers started in this process, plus one): what a list per
+/// worker is sized by when it is made.
+pub(crate) fn worker_indexes() -> usize {
+    INDEXES.load(Ordering::Relaxed)
 }
 
 /// The worker runtimes; dropping it stops them (their tasks are cancelled) and joins their threads.
@@ -63,18 +65,18 @@ impl Workers {
     /// `batchgate-worker-N`.
     pub fn start(count: usize) -> std::io::Result<Workers> {
         let count = count.max(1);
-        let first = SLOTS.fetch_add(count, Ordering::Relaxed);
+        let first = INDEXES.fetch_add(count, Ordering::Relaxed);
         let mut workers = Vec::with_capacity(count);
-        for slot in first..first + count {
+        for index in first..first + count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
             let thread = std::thread::Builder::new()
-                .name(format!("batchgate-worker-{}", slot - first))
+                .name(format!("batchgate-worker-{}", index - first))
                 .spawn(move || {
-                    SLOT.with(|s| s.set(slot));
+                    INDEX.with(|i| i.set(index));
                     runtime.block_on(async {
                         let _ = stopped.await;
                     });
@@ -106,7 +108,7 @@ impl Workers {
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(e) => {
-                tracing::debug!("cannot hand a connection to a worker: {e}");
+                tracing::warn!("cannot hand a connection to a worker: {e}");
                 return;
             }
         };
@@ -116,7 +118,7 @@ impl Workers {
             // Made here, on the worker: the socket registers with the reactor of the runtime it is made on.
             match TcpStream::from_std(stream) {
                 Ok(stream) => serve(stream).await,
-                Err(e) => tracing::debug!("cannot register a connection with its worker: {e}"),
+                Err(e) => tracing::warn!("cannot register a connection with its worker: {e}"),
             }
         });
     }
@@ -166,21 +168,21 @@ mod tests {
 
     use super::*;
 
-    /// Each connection goes to the worker serving the fewest, and is served there (the thread's slot is its
+    /// Each connection goes to the worker serving the fewest, and is served there (the thread's index is its
     /// worker's, not the accept loop's 0); a connection that ends frees its place.
     #[tokio::test]
     async fn connections_go_to_the_worker_with_fewest_and_stay_there() {
         let workers = Workers::start(2).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (served, mut slots) = tokio::sync::mpsc::unbounded_channel();
+        let (served, mut indexes) = tokio::sync::mpsc::unbounded_channel();
         let mut clients = Vec::new();
         for _ in 0..4 {
             clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
             let (stream, _) = listener.accept().await.unwrap();
             let served = served.clone();
             workers.spawn(stream, move |mut stream| async move {
-                served.send(slot()).unwrap();
+                served.send(worker_index()).unwrap();
                 // Served until the client closes.
                 let _ = stream.read(&mut [0u8; 1]).await;
             });
@@ -196,7 +198,7 @@ mod tests {
         }
         let mut seen = Vec::new();
         for _ in 0..4 {
-            seen.push(slots.recv().await.unwrap());
+            seen.push(indexes.recv().await.unwrap());
         }
         seen.sort_unstable();
         let first = seen[0];
@@ -209,7 +211,9 @@ mod tests {
         }
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (stream, _) = listener.accept().await.unwrap();
-        workers.spawn(stream, move |_| async move { served.send(slot()).unwrap() });
-        assert_eq!(slots.recv().await.unwrap(), first);
+        workers.spawn(stream, move |_| async move {
+            served.send(worker_index()).unwrap()
+        });
+        assert_eq!(indexes.recv().await.unwrap(), first);
     }
 }

@@ -55,11 +55,11 @@ pub(crate) struct H1Client {
     connector: AddrConnector,
     /// The `Host` of every request that does not name one itself.
     host: HeaderValue,
-    /// Idle connections, a list per runtime slot ([`crate::runtime::slot`]): a connection is driven by the
+    /// Idle connections, a list per worker runtime ([`runtime::worker_index`]): a connection is driven by the
     /// reactor of the worker that made it, so only that worker takes it again (another one would be woken
     /// by it from across threads, and stall while its owner is busy). Each list has its reaper on its worker.
     idle: Box<[Arc<Mutex<Vec<Idle>>>]>,
-    /// Per slot: with workers, each worker keeps up to this many (`upstream.pool_max_idle_per_host`).
+    /// Per list: with workers, each worker keeps up to this many (`upstream.pool_max_idle_per_host`).
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -121,7 +121,7 @@ impl H1Client {
         H1Client {
             connector,
             host,
-            idle: (0..runtime::slots())
+            idle: (0..runtime::worker_indexes())
                 .map(|_| Arc::new(Mutex::new(Vec::new())))
                 .collect(),
             max_idle,
@@ -166,7 +166,9 @@ impl H1Client {
     /// This thread's idle list. A worker started after the client was made (none is, in the binary) shares
     /// the first list.
     fn idle(&self) -> &Arc<Mutex<Vec<Idle>>> {
-        self.idle.get(runtime::slot()).unwrap_or(&self.idle[0])
+        self.idle
+            .get(runtime::worker_index())
+            .unwrap_or(&self.idle[0])
     }
 
     /// The most recently used idle connection of this worker that is still open, if any.
