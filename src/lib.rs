@@ -7,7 +7,9 @@
 //!   [`Config::from_toml`]) and range-checked ([`Config::validate`]); the shipped `config.toml` documents every
 //!   key.
 //! - [`Gateway`]: the state one config makes; [`server::run`] serves it on a bound listener until a shutdown
-//!   future resolves, [`server::serve`] does the same for a [`server::Live`] gateway that reloads.
+//!   future resolves, [`server::serve`] does the same for a [`server::Live`] gateway that reloads, and
+//!   [`server::serve_on`] serves each connection on one of [`server::Workers`], a runtime per core (how the
+//!   binary runs).
 //! - [`server::admin`]: the operators' listener (metrics, stats, dashboard, reload).
 //! - With the `testing` feature, `testing`: the example mail service and a gateway in-process on port 0, for
 //!   another crate's tests. With the `demo` feature (default), `demo`: that mail service and its inbox page.
@@ -35,12 +37,12 @@
 //!   response rules, balancing and passive health, the pools per upstream address), built per route as one
 //!   `RouteStack`.
 //!
-//! Around it: `gateway` (the shared state), `headers` (hop-by-hop, inheritance, forwarding headers),
-//! `cache` (the HTTP cache's entries and stores: memory, Redis), `compress` (reply compression), `response`
-//! (the gateway's own responses), `error` (batch-level and part-level errors), `metrics` (`/metrics`),
-//! `observe` (per-route windows, bottlenecks, tuning history, batch timelines, trace context:
-//! `/admin/stats`), `tls` (certificates), `config` (a file per section). With the `otel` feature, `otel`
-//! exports spans over OTLP.
+//! Around it: `runtime` (the worker runtimes, one per core, and which one a thread is), `gateway` (the
+//! shared state), `headers` (hop-by-hop, inheritance, forwarding headers), `cache` (the HTTP cache's entries
+//! and stores: memory, Redis), `compress` (reply compression), `response` (the gateway's own responses),
+//! `error` (batch-level and part-level errors), `metrics` (`/metrics`), `observe` (per-route windows,
+//! bottlenecks, tuning history, batch timelines, trace context: `/admin/stats`), `tls` (certificates),
+//! `config` (a file per section). With the `otel` feature, `otel` exports spans over OTLP.
 //! `docs/architecture.md` draws the whole.
 //!
 //! # Features
@@ -72,6 +74,7 @@ pub(crate) mod observe;
 pub mod otel;
 pub(crate) mod response;
 pub(crate) mod route;
+pub(crate) mod runtime;
 pub mod server;
 pub(crate) mod stack;
 #[cfg(feature = "testing")]

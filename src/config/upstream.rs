@@ -23,7 +23,8 @@ pub struct UpstreamSettings {
     /// Idle keep-alive connections are closed after this.
     #[serde(deserialize_with = "de_duration")]
     pub pool_idle_timeout: Duration,
-    /// Idle keep-alive connections kept per upstream (0: none, a new connection per sub-request).
+    /// Idle keep-alive connections kept per upstream (0: none, a new connection per sub-request), by each
+    /// worker runtime for HTTP/1.1-only addresses.
     pub pool_max_idle_per_host: usize,
     /// Consecutive failures (connect errors, resets, 502/503/504) that eject an upstream address.
     pub eject_after: u32,

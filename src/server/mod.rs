@@ -32,6 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::batch::respond::ClientSocket;
 use crate::config::Limits;
 use crate::gateway::Gateway;
+pub use crate::runtime::Workers;
 use accept::Acceptor;
 use conn::{Conn, Idle, Registry, Tracked};
 use io::WriteDeadline;
@@ -95,6 +96,29 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// finish for up to `limits.shutdown_grace`. Each request is served by the gateway current when it arrives;
 /// each connection gets the connection limits current when it is accepted.
 pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future<Output = ()>) {
+    accept(listener, live, shutdown, None).await;
+}
+
+/// [`serve`], with each client connection served from accept to close on one of `workers` (the one with the
+/// fewest connections), its upstream connections made and kept there too; the accept loop, the shutdown
+/// and the jobs stay on the runtime this runs on. How the binary serves (`--threads`); see
+/// [`Workers`].
+pub async fn serve_on(
+    workers: &Workers,
+    listener: TcpListener,
+    live: Arc<Live>,
+    shutdown: impl Future<Output = ()>,
+) {
+    accept(listener, live, shutdown, Some(workers)).await;
+}
+
+/// The accept loop of [`serve`] and [`serve_on`]: connections are served on this runtime without `workers`.
+async fn accept(
+    listener: TcpListener,
+    live: Arc<Live>,
+    shutdown: impl Future<Output = ()>,
+    workers: Option<&Workers>,
+) {
     if let Err(e) = live.start_jobs().await {
         tracing::error!("not serving: {e}");
         return;
@@ -137,8 +161,6 @@ pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future
         let tls = served.tls.clone();
         drop(served);
         let registered = registry.open();
-        let io =
-            WriteDeadline::new(stream, settings.write_timeout).watched(registered.conn.clone());
         let handler = Handler {
             live: live.clone(),
             draining: draining.clone(),
@@ -146,41 +168,23 @@ pub async fn serve(listener: TcpListener, live: Arc<Live>, shutdown: impl Future
             peer,
             socket,
         };
-        let builder = settings.builder.clone();
-        let watcher = graceful.watcher();
-        let mut stop = stop.clone();
-        let idle = settings.idle;
-        tokio::spawn(async move {
-            let connection = async move {
-                match tls {
-                    None => {
-                        let service = handler.service(false);
-                        let connection = builder.serve_connection(TokioIo::new(io), service);
-                        watcher.watch(connection.into_owned()).await
-                    }
-                    Some(config) => {
-                        // Inside the connection's task, under its first-request deadline (`expired` below):
-                        // a slow or silent handshake holds no one else up.
-                        let stream = tokio::select! {
-                            stream = TlsAcceptor::from(config).accept(io) => stream
-                                .map_err(|e| format!("TLS handshake failed: {e}"))?,
-                            _ = stop.wait_for(|stopping| *stopping) => return Ok(()),
-                        };
-                        let service = handler.service(true);
-                        let connection = builder.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(connection.into_owned()).await
-                    }
-                }
-            };
-            tokio::select! {
-                ended = connection => if let Err(e) = ended {
-                    tracing::debug!(%peer, "connection ended: {e}");
-                },
-                () = registered.expired(idle) => tracing::debug!(%peer, "idle connection closed"),
+        let connection = Connection {
+            handler,
+            builder: settings.builder.clone(),
+            watcher: graceful.watcher(),
+            stop: stop.clone(),
+            idle: settings.idle,
+            write_timeout: settings.write_timeout,
+            tls,
+            registered,
+            slot,
+        };
+        match workers {
+            None => {
+                tokio::spawn(connection.serve(stream));
             }
-            drop(registered);
-            drop(slot);
-        });
+            Some(workers) => workers.spawn(stream, move |stream| connection.serve(stream)),
+        }
     }
     draining.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = stopping.send(true);
@@ -217,6 +221,70 @@ fn refuse(
             }
         }
     });
+}
+
+/// One accepted connection and what it is served with, until it is handed its socket ([`Connection::serve`]).
+struct Connection {
+    handler: Handler,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Keeps the shutdown waiting for this connection from accept on, before it is served.
+    watcher: hyper_util::server::graceful::Watcher,
+    /// Tells it to give up its TLS handshake.
+    stop: watch::Receiver<bool>,
+    idle: Idle,
+    write_timeout: std::time::Duration,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    registered: conn::Registered,
+    /// Its place in `limits.max_connections`.
+    slot: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    /// Serves the connection on `stream` until it ends, idles out or is chosen to make room.
+    async fn serve(self, stream: TcpStream) {
+        let Connection {
+            handler,
+            builder,
+            watcher,
+            mut stop,
+            idle,
+            write_timeout,
+            tls,
+            registered,
+            slot,
+        } = self;
+        let peer = handler.peer;
+        let io = WriteDeadline::new(stream, write_timeout).watched(registered.conn.clone());
+        let connection = async move {
+            match tls {
+                None => {
+                    let service = handler.service(false);
+                    let connection = builder.serve_connection(TokioIo::new(io), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+                Some(config) => {
+                    // Inside the connection's task, under its first-request deadline (`expired` below): a
+                    // slow or silent handshake holds no one else up.
+                    let stream = tokio::select! {
+                        stream = TlsAcceptor::from(config).accept(io) => stream
+                            .map_err(|e| format!("TLS handshake failed: {e}"))?,
+                        _ = stop.wait_for(|stopping| *stopping) => return Ok(()),
+                    };
+                    let service = handler.service(true);
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+            }
+        };
+        tokio::select! {
+            ended = connection => if let Err(e) = ended {
+                tracing::debug!(%peer, "connection ended: {e}");
+            },
+            () = registered.expired(idle) => tracing::debug!(%peer, "idle connection closed"),
+        }
+        drop(registered);
+        drop(slot);
+    }
 }
 
 /// What a connection's requests are served with.

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use super::connect::AddrConnector;
 use crate::observe::timeline::{Mark, PartTimeline};
 use crate::response::BoxError;
+use crate::runtime;
 
 /// The largest answer head, and the most read at a time where the length to come is unknown (chunks, a body
 /// to the connection's end).
@@ -54,7 +55,11 @@ pub(crate) struct H1Client {
     connector: AddrConnector,
     /// The `Host` of every request that does not name one itself.
     host: HeaderValue,
-    idle: Arc<Mutex<Vec<Idle>>>,
+    /// Idle connections, a list per worker runtime ([`runtime::worker_index`]): a connection is driven by the
+    /// reactor of the worker that made it, so only that worker takes it again (another one would be woken
+    /// by it from across threads, and stall while its owner is busy). Each list has its reaper on its worker.
+    idle: Box<[Arc<Mutex<Vec<Idle>>>]>,
+    /// Per list: with workers, each worker keeps up to this many (`upstream.pool_max_idle_per_host`).
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -116,7 +121,9 @@ impl H1Client {
         H1Client {
             connector,
             host,
-            idle: Arc::new(Mutex::new(Vec::new())),
+            idle: (0..runtime::worker_indexes())
+                .map(|_| Arc::new(Mutex::new(Vec::new())))
+                .collect(),
             max_idle,
             idle_timeout,
         }
@@ -156,9 +163,17 @@ impl H1Client {
         Ok(answer)
     }
 
-    /// The most recently used idle connection that is still open, if any.
+    /// This thread's idle list. A worker started after the client was made (none is, in the binary) shares
+    /// the first list.
+    fn idle(&self) -> &Arc<Mutex<Vec<Idle>>> {
+        self.idle
+            .get(runtime::worker_index())
+            .unwrap_or(&self.idle[0])
+    }
+
+    /// The most recently used idle connection of this worker that is still open, if any.
     fn checkout(&self) -> Option<Conn> {
-        let mut idle = lock(&self.idle);
+        let mut idle = lock(self.idle());
         while let Some(Idle { mut conn, since }) = idle.pop() {
             if since.elapsed() >= self.idle_timeout {
                 // The newest is too old: so is every other one.
@@ -174,12 +189,13 @@ impl H1Client {
 
     fn checkin(&self, mut conn: Conn) {
         conn.trim();
-        let mut idle = lock(&self.idle);
+        let list = self.idle();
+        let mut idle = lock(list);
         if idle.len() >= self.max_idle {
             return;
         }
-        if idle.is_empty() && Arc::weak_count(&self.idle) == 0 {
-            reap(Arc::downgrade(&self.idle), self.idle_timeout);
+        if idle.is_empty() && Arc::weak_count(list) == 0 {
+            reap(Arc::downgrade(list), self.idle_timeout);
         }
         idle.push(Idle {
             conn,
@@ -189,7 +205,7 @@ impl H1Client {
 }
 
 /// Closes idle connections once they have been idle for `every`, until the client is gone: one task per
-/// address, started with its first idle connection.
+/// address and worker, started with its first idle connection, on that worker.
 fn reap(idle: Weak<Mutex<Vec<Idle>>>, every: Duration) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -799,7 +815,7 @@ mod tests {
             .unwrap();
         assert_eq!(a.body_len, 100_000);
         assert!(a.body.len() <= 4, "{} pieces", a.body.len());
-        let idle = lock(&client.idle);
+        let idle = lock(client.idle());
         let conn = &idle[0].conn;
         assert!(conn.read.capacity() <= READ_FIRST && conn.write.capacity() <= READ_FIRST);
     }
@@ -844,15 +860,44 @@ mod tests {
         let client = client(addr);
         assert_eq!(body(&get(&client, Method::GET).await.unwrap()), "a");
         // Wait until the upstream's end of the connection has reached the idle connection.
-        let mut idle = lock(&client.idle).pop().unwrap();
+        let mut idle = lock(client.idle()).pop().unwrap();
         let MaybeTlsStream::Plain(tcp) = &idle.conn.io else {
             unreachable!()
         };
         tcp.readable().await.unwrap();
         idle.since = Instant::now();
-        lock(&client.idle).push(idle);
+        lock(client.idle()).push(idle);
         assert_eq!(body(&get(&client, Method::POST).await.unwrap()), "b");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// With worker runtimes, an idle connection is taken again only by the worker that made it: each worker
+    /// opens its own, then reuses it, and the other's is never handed to it.
+    #[tokio::test]
+    async fn an_idle_connection_is_reused_only_by_its_own_worker() {
+        let answer = ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false);
+        let (addr, accepted) = scripted(vec![answer; 6]).await;
+        let workers = runtime::Workers::start(2).unwrap();
+        // Made once the workers exist, as the binary makes its gateway.
+        let client = Arc::new(client(addr));
+        let on = |worker: usize| {
+            let client = client.clone();
+            workers.handle(worker).spawn(async move {
+                let answer = get(&client, Method::GET).await.unwrap();
+                assert_eq!(body(&answer), "ok");
+                lock(client.idle()).len()
+            })
+        };
+        for (worker, connections) in [(0, 1), (1, 2), (0, 2), (1, 2), (0, 2), (1, 2)] {
+            assert_eq!(on(worker).await.unwrap(), 1, "worker {worker} keeps one");
+            assert_eq!(
+                accepted.load(Ordering::SeqCst),
+                connections,
+                "after worker {worker}"
+            );
+        }
+        // This thread is no worker: its list is apart from both.
+        assert!(lock(client.idle()).is_empty());
     }
 
     /// Answers that break the protocol are errors that say so; one over the limit is refused by its length

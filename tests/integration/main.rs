@@ -37,12 +37,14 @@ mod cors;
 mod reload;
 mod tls;
 
-// Clients: the Rust client and its batcher, the byte-exact requests of real clients, the binary's commands.
+// Clients: the Rust client and its batcher, the byte-exact requests of real clients, the binary's commands
+// and runtimes.
 mod batcher;
 mod cli;
 mod real_clients;
 mod rust_client;
 mod send;
+mod workers;
 
 // Headless Chromium (skipped, saying so, when it is not installed).
 mod browser_cors;

@@ -48,12 +48,24 @@ struct Args {
     /// Also run the built-in demo mail service and route /mail/ to it.
     #[arg(long)]
     demo: bool,
-    /// Worker threads of the async runtime (default: one per core).
-    #[arg(long)]
-    threads: Option<usize>,
+    /// Threads that serve client connections (default: one per core).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+    /// How connections are spread over the threads: `per-core` serves each connection, and the upstream
+    /// connections its requests make, on one thread's own runtime; `work-stealing` runs one tokio runtime
+    /// whose threads share all tasks (docs/performance.md, "A runtime per core").
+    #[arg(long, value_enum, default_value_t = RuntimeKind::PerCore)]
+    runtime: RuntimeKind,
     /// Time the demo service takes per request, to show what batching saves (e.g. 50ms).
     #[arg(long, value_parser = parse_duration, default_value = "0ms")]
     demo_latency: Duration,
+}
+
+/// `--runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RuntimeKind {
+    PerCore,
+    WorkStealing,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -91,11 +103,34 @@ fn main() -> std::process::ExitCode {
         Some(Ok(config)) => (config.log_format, config.tracing.otlp_endpoint.clone()),
         _ => (LogFormat::default(), String::new()),
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.threads {
-        runtime.worker_threads(threads.max(1));
-    }
-    let runtime = runtime.enable_all().build().expect("tokio runtime");
+    let threads = args.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
+    // Per core: this thread runs the accept loop, signals, the admin listener, reloads and jobs on a runtime
+    // of its own, and the workers serve the connections. They start before any gateway is built: its
+    // upstream clients keep an idle list per worker.
+    let per_core = args.runtime == RuntimeKind::PerCore && demo_upstream_args.is_none();
+    let (runtime, workers) = if per_core {
+        let workers = match server::Workers::start(threads) {
+            Ok(workers) => workers,
+            Err(e) => {
+                eprintln!("batchgate: cannot start {threads} worker threads: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        (runtime, Some(workers))
+    } else {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build();
+        (runtime, None)
+    };
+    let runtime = runtime.expect("tokio runtime");
     // The span exporter, if any, runs on the runtime.
     let exporter = {
         let _runtime = runtime.enter();
@@ -110,9 +145,11 @@ fn main() -> std::process::ExitCode {
     let outcome = runtime.block_on(async {
         match demo_upstream_args {
             Some(demo) => demo_upstream(demo).await,
-            None => run(args, file).await,
+            None => run(args, file, workers.as_ref()).await,
         }
     });
+    // Stops the workers: the server has drained their connections, or its grace period is over.
+    drop(workers);
     exporter.flush();
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -181,7 +218,11 @@ fn init_logging(format: LogFormat, otlp_endpoint: &str) -> Result<Exporter, Stri
     })
 }
 
-async fn run(args: Args, file: Option<Result<Config, ConfigError>>) -> Result<(), String> {
+async fn run(
+    args: Args,
+    file: Option<Result<Config, ConfigError>>,
+    workers: Option<&server::Workers>,
+) -> Result<(), String> {
     // Handled from the start, so that a SIGHUP during startup neither kills the process nor goes unseen.
     #[cfg(unix)]
     let hangups = hangups()?;
@@ -284,7 +325,10 @@ async fn run(args: Args, file: Option<Result<Config, ConfigError>>) -> Result<()
     if args.print_address {
         print_address(&format!("{scheme}://{local}"))?;
     }
-    server::serve(listener, live, shutdown).await;
+    match workers {
+        Some(workers) => server::serve_on(workers, listener, live, shutdown).await,
+        None => server::serve(listener, live, shutdown).await,
+    }
     Ok(())
 }
 
