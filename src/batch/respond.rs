@@ -16,11 +16,11 @@ use http::Response;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, VARY};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 
 use std::sync::Arc;
 
-use super::run::Running;
+use super::run::{Answers, Running};
 use crate::codec::{Format, Rendered, ReplyWriter};
 use crate::compress::Encoder;
 use crate::config::{Coding, CompressionConfig};
@@ -39,7 +39,7 @@ const ZERO_COPY_PIECE: usize = 4 * 1024;
 pub(crate) struct Reply {
     pub writer: ReplyWriter,
     /// Answers in request order, from the scheduler.
-    pub parts: mpsc::Receiver<Rendered>,
+    pub parts: Answers,
     /// The first answer, if it was taken off `parts` before the head went out.
     pub first: Option<Rendered>,
     /// A 1-part batch's scheduler, driven by the reply until the answer ([`Running::poll_recv`]).
@@ -118,7 +118,7 @@ pub(crate) fn respond(reply: Reply, compression: &CompressionConfig) -> Response
 struct Body {
     close: Bytes,
     reply_format: Format,
-    parts: mpsc::Receiver<Rendered>,
+    parts: Answers,
     scheduler: Option<Running>,
     received: usize,
     total: usize,
@@ -195,9 +195,9 @@ impl Body {
             }
             if output.pending() < MAX_FRAME {
                 self.carried = match self.parts.try_recv() {
-                    Ok(next) => Some(next),
-                    Err(_) if self.flush_delay.is_zero() => None,
-                    Err(_) => tokio::time::timeout(
+                    Some(next) => Some(next),
+                    None if self.flush_delay.is_zero() => None,
+                    None => tokio::time::timeout(
                         self.flush_delay,
                         recv(&mut self.parts, &mut self.scheduler),
                     )
@@ -219,10 +219,7 @@ impl Body {
 }
 
 /// The next answer, driving the batch's scheduler meanwhile if the reply holds it.
-pub(crate) async fn recv(
-    parts: &mut mpsc::Receiver<Rendered>,
-    scheduler: &mut Option<Running>,
-) -> Option<Rendered> {
+pub(crate) async fn recv(parts: &mut Answers, scheduler: &mut Option<Running>) -> Option<Rendered> {
     match scheduler {
         Some(scheduler) => std::future::poll_fn(|cx| scheduler.poll_recv(parts, cx)).await,
         None => parts.recv().await,
