@@ -285,9 +285,9 @@ impl Answers {
 }
 
 /// What a running part is expected to bring before the batch's first answer says more, when no batch has
-/// finished yet (after that, the last one's largest answer is the guess): with the default `window_bytes`
-/// (1 MiB), the default `concurrency` (16) of parts start at once, and a batch of large answers does not start
-/// more than its bytes allow before the first of them is in.
+/// finished yet (after that, the last one's largest answer is the guess): the default `window_bytes` (512 KiB)
+/// starts 8 parts at once, and a batch of large answers does not start more than its bytes allow before the
+/// first of them is in.
 const FIRST_GUESS: usize = 64 * 1024;
 
 /// The scheduler's side of `limits.window_bytes`.

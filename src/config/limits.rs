@@ -103,7 +103,7 @@ impl Default for Limits {
             max_parts: 100,
             concurrency: 16,
             window: 64,
-            window_bytes: 1 << 20,
+            window_bytes: 512 << 10,
             max_inflight: 1024,
             max_inflight_per_upstream: 256,
             max_batches: 256,
