@@ -1181,6 +1181,22 @@ mod tests {
         window_bytes: usize,
         batch_timeout: Duration,
     ) -> (Feed, Answers, Arc<Metrics>) {
+        scheduler_observed(
+            window,
+            concurrency,
+            window_bytes,
+            batch_timeout,
+            Arc::default(),
+        )
+    }
+
+    fn scheduler_observed(
+        window: usize,
+        concurrency: usize,
+        window_bytes: usize,
+        batch_timeout: Duration,
+        observer: Arc<Observer>,
+    ) -> (Feed, Answers, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let settings = Settings {
             window,
@@ -1193,7 +1209,7 @@ mod tests {
         };
         let telemetry = Telemetry {
             metrics: metrics.clone(),
-            observer: Arc::default(),
+            observer,
             batch: Arc::new(BatchTimeline::new(
                 1,
                 Instant::now(),
@@ -1320,6 +1336,39 @@ mod tests {
         // A small answer: the running parts are expected to bring as little, and the rest start.
         upstream.release("/p0");
         upstream.until_started(8).await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_expects_the_last_batchs_largest_answer_before_its_first() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let observer = Arc::new(Observer::default());
+        let batch = |observer: &Arc<Observer>| {
+            scheduler_observed(
+                8,
+                8,
+                4 * FIRST_GUESS,
+                Duration::from_secs(3600),
+                observer.clone(),
+            )
+        };
+        // A first batch of one small answer, to its end.
+        let (feed, mut out, _) = batch(&observer);
+        feed.push(job(0, Method::GET, &service));
+        feed.commit();
+        upstream.until_started(1).await;
+        upstream.release("/p0");
+        out.recv().await.unwrap();
+        assert!(out.recv().await.is_none());
+        let largest = observer.largest_answer().expect("a batch has finished");
+        assert!(largest < 1024, "{largest}");
+        // The next batch expects answers that small, and starts all its parts at once.
+        let (feed, _out, _) = batch(&observer);
+        for i in 1..9 {
+            feed.push(job(i, Method::GET, &service));
+        }
+        feed.commit();
+        upstream.until_started(9).await;
     }
 
     #[tokio::test]
