@@ -488,16 +488,16 @@ impl Scheduler {
                 }
                 return;
             }
-            let wants_seat = !self.waiting.is_empty();
-            // Over `window_bytes`: no seat until the writer takes an answer or a part ends (and the largest
-            // answer of the batch is known the better).
+            // Over `window_bytes`, a waiting part gets no seat until the writer takes an answer or a running
+            // part ends.
+            let parts_wait = !self.waiting.is_empty();
             let room = self.has_room();
-            let want_seat = wants_seat && room;
+            let want_seat = parts_wait && room;
             tokio::select! {
                 biased;
                 () = &mut gone => return,
                 () = &mut deadline, if !self.expired => self.expire(),
-                () = held.taken.notified(), if wants_seat && !room => {}
+                () = held.taken.notified(), if parts_wait && !room => {}
                 Some((index, result)) = self.running.next(), if !self.running.is_empty() => {
                     self.done(index, result);
                 }

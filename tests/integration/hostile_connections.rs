@@ -282,8 +282,10 @@ async fn a_busy_connection_is_not_evicted_to_make_room() {
         })
         .await
     };
+    // Every part upstream before any answer: room in bytes for them all (see `window_bytes`).
     let gw = gateway_small_buffers(&format!(
-        "[limits]\nmax_connections = 1\nheader_read_timeout = \"30s\"\nconcurrency = {PARTS}\nwindow = {PARTS}\n{}",
+        "[limits]\nmax_connections = 1\nheader_read_timeout = \"30s\"\nconcurrency = {PARTS}\nwindow = {PARTS}\n\
+         window_bytes = \"16MiB\"\n{}",
         routes(&[("/up/", up.addr)])
     ))
     .await;
