@@ -32,8 +32,8 @@ pub struct Limits {
     /// earlier part). Bounds a batch's memory to about `window` x `max_response_bytes`. At least `concurrency`.
     pub window: usize,
     /// Bytes of one batch's answers held in its window (answered, not yet taken by the reply writer). Past
-    /// it, no part starts behind the first unwritten one until the writer catches up. With `window` it bounds
-    /// a batch of large answers by bytes rather than by count.
+    /// it, no more parts start until the writer catches up (a batch holding nothing always starts one). With
+    /// `window` it bounds a batch of large answers by bytes rather than by count.
     #[serde(deserialize_with = "de_bytes")]
     pub window_bytes: u64,
     /// Sub-requests in flight across all batches.
