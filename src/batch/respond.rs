@@ -25,12 +25,12 @@ use http::Response;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, VARY};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use std::sync::Arc;
 
-use super::run::Running;
+use super::run::{Answers, Running};
 use crate::codec::{Format, Rendered, ReplyWriter};
 use crate::compress::{Effort, Encoder};
 use crate::config::{Coding, CompressionConfig};
@@ -142,7 +142,7 @@ impl FirstFlight {
 pub(crate) struct Reply {
     pub writer: ReplyWriter,
     /// Answers in request order, from the scheduler.
-    pub parts: mpsc::Receiver<Rendered>,
+    pub parts: Answers,
     /// The first answer, if it was taken off `parts` before the head went out.
     pub first: Option<Rendered>,
     /// A 1-part batch's scheduler, driven by the reply until the answer ([`Running::poll_recv`]).
@@ -239,7 +239,7 @@ struct Body {
     fit: Option<FirstFlight>,
     close: Bytes,
     reply_format: Format,
-    parts: mpsc::Receiver<Rendered>,
+    parts: Answers,
     scheduler: Option<Running>,
     received: usize,
     total: usize,
@@ -355,9 +355,9 @@ impl Body {
             }
             if output.pending() < MAX_FRAME {
                 self.carried = match self.parts.try_recv() {
-                    Ok(next) => Some(next),
-                    Err(_) if self.flush_delay.is_zero() => None,
-                    Err(_) => tokio::time::timeout(
+                    Some(next) => Some(next),
+                    None if self.flush_delay.is_zero() => None,
+                    None => tokio::time::timeout(
                         self.flush_delay,
                         recv(&mut self.parts, &mut self.scheduler),
                     )
@@ -379,10 +379,7 @@ impl Body {
 }
 
 /// The next answer, driving the batch's scheduler meanwhile if the reply holds it.
-pub(crate) async fn recv(
-    parts: &mut mpsc::Receiver<Rendered>,
-    scheduler: &mut Option<Running>,
-) -> Option<Rendered> {
+pub(crate) async fn recv(parts: &mut Answers, scheduler: &mut Option<Running>) -> Option<Rendered> {
     match scheduler {
         Some(scheduler) => std::future::poll_fn(|cx| scheduler.poll_recv(parts, cx)).await,
         None => parts.recv().await,
@@ -528,6 +525,7 @@ mod tests {
     use tokio::sync::Semaphore;
 
     use super::*;
+    use crate::batch::run::TestAnswers;
     use crate::codec::multipart;
 
     /// A fresh connection 50 ms away: 10 segments of 1448 bytes, unless `sendable` says otherwise.
@@ -564,8 +562,8 @@ mod tests {
     }
 
     /// A compressed (zstd) reply of `total` parts, and where its answers go in.
-    fn zstd_reply(total: usize) -> (Reply, mpsc::Sender<Rendered>) {
-        let (answers, parts) = mpsc::channel(total.max(1));
+    fn zstd_reply(total: usize) -> (Reply, TestAnswers) {
+        let (answers, parts) = TestAnswers::new(total.max(1));
         let reply = Reply {
             writer: ReplyWriter::Multipart(multipart::ReplyWriter::new()),
             parts,
@@ -626,7 +624,7 @@ mod tests {
         let mut expected = parts.concat();
         expected.extend_from_slice(&reply.writer.close());
         for part in &parts {
-            answers.send(Rendered::Whole(part.clone())).await.unwrap();
+            answers.send(Rendered::Whole(part.clone())).await;
         }
         drop(answers);
         let response = respond(reply, &compression, far(fits(highest.len()))).await;
@@ -651,7 +649,7 @@ mod tests {
         // A flight the configured level fits: that level, once.
         let (reply, answers) = zstd_reply(parts.len());
         for part in &parts {
-            answers.send(Rendered::Whole(part.clone())).await.unwrap();
+            answers.send(Rendered::Whole(part.clone())).await;
         }
         drop(answers);
         let response = respond(reply, &compression, far(fits(configured.len() + 64))).await;
@@ -692,19 +690,13 @@ mod tests {
         let parts = parts(3);
         let (reply, answers) = zstd_reply(parts.len());
         let close = reply.writer.close();
-        answers
-            .send(Rendered::Whole(parts[0].clone()))
-            .await
-            .unwrap();
-        answers
-            .send(Rendered::Whole(parts[1].clone()))
-            .await
-            .unwrap();
+        answers.send(Rendered::Whole(parts[0].clone())).await;
+        answers.send(Rendered::Whole(parts[1].clone())).await;
         let late = parts[2].clone();
         let hold = compression.first_flight_hold;
         let sender = tokio::spawn(async move {
             tokio::time::sleep(hold * 3).await;
-            answers.send(Rendered::Whole(late)).await.unwrap();
+            answers.send(Rendered::Whole(late)).await;
         });
         let start = Instant::now();
         let response = respond(reply, &compression, far(14_480)).await;
@@ -736,10 +728,7 @@ mod tests {
         let start = Instant::now();
         let response = respond(reply, &compression, near).await;
         assert_eq!(start.elapsed(), Duration::ZERO);
-        answers
-            .send(Rendered::Whole(parts(1)[0].clone()))
-            .await
-            .unwrap();
+        answers.send(Rendered::Whole(parts(1)[0].clone())).await;
         drop(answers);
         assert!(!decode(&read_frames(response).await).is_empty());
     }

@@ -22,13 +22,14 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
@@ -81,6 +82,8 @@ pub(crate) struct Forward {
 pub(crate) struct Settings {
     /// Parts started but not yet taken by the writer.
     pub window: usize,
+    /// Bytes of answers held in the window (`limits.window_bytes`).
+    pub window_bytes: usize,
     /// Parts of this batch talking to upstreams at once.
     pub concurrency: usize,
     /// When the batch arrived, and when its parts must all be answered.
@@ -95,6 +98,7 @@ impl Settings {
     pub(crate) fn new(limits: &Limits, arrival: Instant, dependencies: bool) -> Settings {
         Settings {
             window: limits.window,
+            window_bytes: usize::try_from(limits.window_bytes).unwrap_or(usize::MAX),
             concurrency: limits.concurrency,
             arrival,
             deadline: arrival + limits.batch_timeout,
@@ -195,15 +199,20 @@ impl Drop for Feed {
     }
 }
 
-/// Makes a batch's scheduler. Its answers, rendered by `writer`, come out of the receiver in request order.
+/// Makes a batch's scheduler. Its answers, rendered by `writer`, come out of [`Answers`] in request order.
 /// The scheduler runs only once driven ([`Running`]).
 pub(crate) fn start(
     settings: Settings,
     writer: ReplyWriter,
     telemetry: Telemetry,
-) -> (Feed, mpsc::Receiver<Rendered>, Running) {
+) -> (Feed, Answers, Running) {
     let inbox = SharedInbox::default();
     let (out, out_rx) = mpsc::channel(settings.window);
+    let held = Arc::new(HeldBytes::default());
+    let answers = Answers {
+        rx: out_rx,
+        held: held.clone(),
+    };
     let span = telemetry.span.clone();
     let scheduler = Scheduler {
         inbox: inbox.clone(),
@@ -216,6 +225,12 @@ pub(crate) fn start(
         running: FuturesUnordered::new(),
         sent: 0,
         concurrency: Arc::new(Semaphore::new(settings.concurrency)),
+        bytes: WindowBytes {
+            held,
+            largest: 0,
+            first_guess: telemetry.observer.largest_answer().unwrap_or(FIRST_GUESS),
+            limit: settings.window_bytes,
+        },
         committed: false,
         input_open: true,
         expired: false,
@@ -224,7 +239,112 @@ pub(crate) fn start(
         settings,
     };
     let running = Running(Some(Box::pin(scheduler.run().instrument(span))));
-    (Feed { inbox }, out_rx, running)
+    (Feed { inbox }, answers, running)
+}
+
+/// The bytes of a batch's answers held in its window: charged by the scheduler as each part is answered, given
+/// back by the writer as it takes them ([`Answers`]).
+#[derive(Debug, Default)]
+struct HeldBytes {
+    bytes: AtomicUsize,
+    /// The writer took an answer: a scheduler stopped by `limits.window_bytes` looks again.
+    taken: Notify,
+}
+
+/// The writer's end of a batch's window: its answers, in request order. Taking one gives its bytes back.
+#[derive(Debug)]
+pub(crate) struct Answers {
+    rx: mpsc::Receiver<Rendered>,
+    held: Arc<HeldBytes>,
+}
+
+impl Answers {
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Rendered>> {
+        let polled = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(answer)) = &polled {
+            self.give_back(answer);
+        }
+        polled
+    }
+
+    pub(crate) async fn recv(&mut self) -> Option<Rendered> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next answer if it is there already.
+    pub(crate) fn try_recv(&mut self) -> Option<Rendered> {
+        let answer = self.rx.try_recv().ok()?;
+        self.give_back(&answer);
+        Some(answer)
+    }
+
+    fn give_back(&self, answer: &Rendered) {
+        self.held.bytes.fetch_sub(answer.len(), Ordering::Relaxed);
+        self.held.taken.notify_one();
+    }
+}
+
+/// The scheduler's end of [`Answers`], for tests of the writer: each answer is charged as the scheduler would.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct TestAnswers {
+    tx: mpsc::Sender<Rendered>,
+    held: Arc<HeldBytes>,
+}
+
+#[cfg(test)]
+impl TestAnswers {
+    pub(crate) fn new(capacity: usize) -> (TestAnswers, Answers) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let held = Arc::new(HeldBytes::default());
+        let answers = Answers {
+            rx,
+            held: held.clone(),
+        };
+        (TestAnswers { tx, held }, answers)
+    }
+
+    pub(crate) async fn send(&self, answer: Rendered) {
+        self.held.bytes.fetch_add(answer.len(), Ordering::Relaxed);
+        self.tx.send(answer).await.expect("the writer is there");
+    }
+}
+
+/// What a running part is expected to bring before the batch's first answer says more, when no batch has
+/// finished yet (after that, the last one's largest answer is the guess): the default `window_bytes` (512 KiB)
+/// starts 8 parts at once, and a batch of large answers does not start more than its bytes allow before the
+/// first of them is in.
+const FIRST_GUESS: usize = 64 * 1024;
+
+/// The scheduler's side of `limits.window_bytes`.
+struct WindowBytes {
+    held: Arc<HeldBytes>,
+    /// The largest answer of the batch so far: what each running part is expected to add.
+    largest: usize,
+    /// What each running part is expected to add until the batch's first answer.
+    first_guess: usize,
+    limit: usize,
+}
+
+impl WindowBytes {
+    fn charge(&mut self, answer: &Rendered) {
+        let len = answer.len();
+        self.largest = self.largest.max(len);
+        self.held.bytes.fetch_add(len, Ordering::Relaxed);
+    }
+
+    /// Whether one more part may start with `running` parts running: the answers held, and those the running
+    /// parts and this one are expected to bring, stay within the limit; or the batch holds nothing at all (an
+    /// answer larger than the limit goes through alone).
+    fn room_for_one(&self, running: usize) -> bool {
+        let held = self.held.bytes.load(Ordering::Relaxed);
+        let each = match self.largest {
+            0 => self.first_guess,
+            largest => largest,
+        };
+        let expected = each.saturating_mul(running + 1);
+        held.saturating_add(expected) <= self.limit || (held == 0 && running == 0)
+    }
 }
 
 /// A batch's scheduler, driven from the connection's task while the body is read, then on a task of its own
@@ -282,7 +402,7 @@ impl Running {
     /// whether or not the client reads.
     pub(crate) fn poll_recv(
         &mut self,
-        answers: &mut mpsc::Receiver<Rendered>,
+        answers: &mut Answers,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Rendered>> {
         self.poll_step(cx);
@@ -362,6 +482,8 @@ struct Scheduler {
     /// Parts sent to the writer so far: the index of `slots[0]`.
     sent: usize,
     concurrency: Arc<Semaphore>,
+    /// Answers held in the window, against `limits.window_bytes`.
+    bytes: WindowBytes,
     committed: bool,
     input_open: bool,
     /// `limits.batch_timeout` has passed: every part not answered yet is answered with that.
@@ -376,6 +498,7 @@ impl Scheduler {
         // Both made once: a new `closed()` each turn would register with the channel each turn.
         let writer = self.out.clone();
         let gone = writer.closed();
+        let held = self.bytes.held.clone();
         // One timer for the batch, rather than one per part.
         let deadline = tokio::time::sleep_until(self.settings.deadline);
         tokio::pin!(gone, deadline);
@@ -384,13 +507,23 @@ impl Scheduler {
             if !self.input_open && self.waiting.is_empty() && self.slots.is_empty() {
                 let elapsed = self.settings.arrival.elapsed();
                 self.telemetry.metrics.batch_finished(self.sent, elapsed);
+                if self.bytes.largest > 0 {
+                    self.telemetry
+                        .observer
+                        .set_largest_answer(self.bytes.largest);
+                }
                 return;
             }
-            let want_seat = !self.waiting.is_empty();
+            // Over `window_bytes`, a waiting part gets no seat until the writer takes an answer or a running
+            // part ends.
+            let parts_wait = !self.waiting.is_empty();
+            let room = self.has_room();
+            let want_seat = parts_wait && room;
             tokio::select! {
                 biased;
                 () = &mut gone => return,
                 () = &mut deadline, if !self.expired => self.expire(),
+                () = held.taken.notified(), if parts_wait && !room => {}
                 Some((index, result)) = self.running.next(), if !self.running.is_empty() => {
                     self.done(index, result);
                 }
@@ -415,9 +548,14 @@ impl Scheduler {
         }
     }
 
+    /// Whether the window has room in bytes for one more part.
+    fn has_room(&self) -> bool {
+        self.bytes.room_for_one(self.running.len())
+    }
+
     /// Seats waiting parts while the window has room.
     fn seat_waiting(&mut self) {
-        while !self.waiting.is_empty() {
+        while !self.waiting.is_empty() && self.has_room() {
             match self.out.clone().try_reserve_owned() {
                 Ok(seat) => {
                     let (job, role) = self.waiting.pop_front().expect("a part waits");
@@ -492,7 +630,9 @@ impl Scheduler {
             }
         };
         if let Some(error) = refused {
-            slot.state = SlotState::Done(self.answer(&slot, Err(error)));
+            let bytes = self.answer(&slot, Err(error));
+            self.bytes.charge(&bytes);
+            slot.state = SlotState::Done(bytes);
         }
         self.slots.push_back(slot);
         if let Some(forward) = run {
@@ -526,6 +666,7 @@ impl Scheduler {
                 let slot = &self.slots[at];
                 let bytes = answer(&self.telemetry, &self.writer, slot, Ok(response));
                 self.telemetry.metrics.part_shared(&slot.route);
+                self.bytes.charge(&bytes);
                 self.slots[at].state = SlotState::Done(bytes);
                 leader.unanswered -= 1;
                 if self.committed && leader.unanswered == 0 {
@@ -579,6 +720,7 @@ impl Scheduler {
             if !matches!(self.slots[at].state, SlotState::Done(_)) {
                 let error = self.past_deadline(self.sent + at);
                 let bytes = self.answer(&self.slots[at], Err(error));
+                self.bytes.charge(&bytes);
                 self.slots[at].state = SlotState::Done(bytes);
             }
         }
@@ -598,6 +740,7 @@ impl Scheduler {
         match result {
             Ok(response) => {
                 let bytes = self.answer(&self.slots[at], Ok(&response));
+                self.bytes.charge(&bytes);
                 self.slots[at].state = SlotState::Done(bytes);
                 if let Some(digest) = digest {
                     self.share(digest, response);
@@ -605,6 +748,7 @@ impl Scheduler {
             }
             Err(error) => {
                 let bytes = self.answer(&self.slots[at], Err(error));
+                self.bytes.charge(&bytes);
                 self.slots[at].state = SlotState::Done(bytes);
                 if let Some(digest) = digest {
                     self.unshare(digest);
@@ -625,6 +769,7 @@ impl Scheduler {
             let slot = &self.slots[at];
             let bytes = answer(&self.telemetry, &self.writer, slot, Ok(&response));
             self.telemetry.metrics.part_shared(&slot.route);
+            self.bytes.charge(&bytes);
             self.slots[at].state = SlotState::Done(bytes);
             leader.unanswered -= 1;
         }
@@ -717,6 +862,7 @@ impl Scheduler {
                         status,
                     };
                     let bytes = self.answer(&self.slots[at], Err(error));
+                    self.bytes.charge(&bytes);
                     self.slots[at].state = SlotState::Done(bytes);
                     answered = true;
                 }
@@ -1051,21 +1197,36 @@ mod tests {
         job
     }
 
-    fn scheduler(
-        window: usize,
-        concurrency: usize,
-    ) -> (Feed, mpsc::Receiver<Rendered>, Arc<Metrics>) {
-        scheduler_within(window, concurrency, Duration::from_secs(3600))
+    fn scheduler(window: usize, concurrency: usize) -> (Feed, Answers, Arc<Metrics>) {
+        scheduler_within(window, concurrency, usize::MAX, Duration::from_secs(3600))
     }
 
     fn scheduler_within(
         window: usize,
         concurrency: usize,
+        window_bytes: usize,
         batch_timeout: Duration,
-    ) -> (Feed, mpsc::Receiver<Rendered>, Arc<Metrics>) {
+    ) -> (Feed, Answers, Arc<Metrics>) {
+        scheduler_observed(
+            window,
+            concurrency,
+            window_bytes,
+            batch_timeout,
+            Arc::default(),
+        )
+    }
+
+    fn scheduler_observed(
+        window: usize,
+        concurrency: usize,
+        window_bytes: usize,
+        batch_timeout: Duration,
+        observer: Arc<Observer>,
+    ) -> (Feed, Answers, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let settings = Settings {
             window,
+            window_bytes,
             concurrency,
             arrival: Instant::now(),
             deadline: Instant::now() + batch_timeout,
@@ -1074,7 +1235,7 @@ mod tests {
         };
         let telemetry = Telemetry {
             metrics: metrics.clone(),
-            observer: Arc::default(),
+            observer,
             batch: Arc::new(BatchTimeline::new(
                 1,
                 Instant::now(),
@@ -1157,6 +1318,83 @@ mod tests {
         assert_eq!(body_of(&out.recv().await.unwrap()), "/p0");
         upstream.until_started(3).await;
         assert_eq!(upstream.started(), ["/p0", "/p1", "/p2"]);
+    }
+
+    #[tokio::test]
+    async fn window_bytes_stop_starts_until_the_writer_takes_the_answers_held() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        // A seat for every part, but room in bytes for no answer: a part starts only while the batch holds
+        // nothing and runs nothing.
+        let (feed, mut out, _) = scheduler_within(4, 4, 1, Duration::from_secs(3600));
+        for i in 0..3 {
+            feed.push(job(i, Method::GET, &service));
+        }
+        feed.commit();
+        upstream.until_started(1).await;
+        upstream.release("/p0");
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        // Answered, not yet taken by the writer: held, so nothing more starts.
+        assert_eq!(upstream.started(), ["/p0"]);
+        assert_eq!(body_of(&out.recv().await.unwrap()), "/p0");
+        upstream.until_started(2).await;
+        assert_eq!(upstream.started(), ["/p0", "/p1"]);
+    }
+
+    #[tokio::test]
+    async fn before_the_first_answer_window_bytes_start_few_parts_and_small_answers_let_the_rest_go()
+     {
+        let upstream = Held::default();
+        let service = upstream.service();
+        // Room for four answers of the first guess's size.
+        let (feed, _out, _) = scheduler_within(8, 8, 4 * FIRST_GUESS, Duration::from_secs(3600));
+        for i in 0..8 {
+            feed.push(job(i, Method::GET, &service));
+        }
+        feed.commit();
+        upstream.until_started(4).await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(upstream.started().len(), 4);
+        // A small answer: the running parts are expected to bring as little, and the rest start.
+        upstream.release("/p0");
+        upstream.until_started(8).await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_expects_the_last_batchs_largest_answer_before_its_first() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let observer = Arc::new(Observer::default());
+        let batch = |observer: &Arc<Observer>| {
+            scheduler_observed(
+                8,
+                8,
+                4 * FIRST_GUESS,
+                Duration::from_secs(3600),
+                observer.clone(),
+            )
+        };
+        // A first batch of one small answer, to its end.
+        let (feed, mut out, _) = batch(&observer);
+        feed.push(job(0, Method::GET, &service));
+        feed.commit();
+        upstream.until_started(1).await;
+        upstream.release("/p0");
+        out.recv().await.unwrap();
+        assert!(out.recv().await.is_none());
+        let largest = observer.largest_answer().expect("a batch has finished");
+        assert!(largest < 1024, "{largest}");
+        // The next batch expects answers that small, and starts all its parts at once.
+        let (feed, _out, _) = batch(&observer);
+        for i in 1..9 {
+            feed.push(job(i, Method::GET, &service));
+        }
+        feed.commit();
+        upstream.until_started(9).await;
     }
 
     #[tokio::test]
@@ -1251,7 +1489,7 @@ mod tests {
     async fn parts_unanswered_at_the_batch_deadline_are_answered_with_it_and_cancelled() {
         let upstream = Held::default();
         let service = upstream.service();
-        let (feed, mut out, metrics) = scheduler_within(1, 1, Duration::from_secs(10));
+        let (feed, mut out, metrics) = scheduler_within(1, 1, usize::MAX, Duration::from_secs(10));
         feed.push(job(0, Method::GET, &service));
         feed.push(job(1, Method::GET, &service));
         feed.commit();

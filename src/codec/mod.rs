@@ -241,6 +241,16 @@ pub(crate) enum Rendered {
     Pieces(Vec<Bytes>),
 }
 
+impl Rendered {
+    /// Its bytes, all pieces together.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Rendered::Whole(bytes) => bytes.len(),
+            Rendered::Pieces(pieces) => pieces.iter().map(Bytes::len).sum(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Format;

@@ -31,6 +31,11 @@ pub struct Limits {
     /// Parts of one batch started but not yet written to the client (in flight, or done and waiting for an
     /// earlier part). Bounds a batch's memory to about `window` x `max_response_bytes`. At least `concurrency`.
     pub window: usize,
+    /// Bytes of one batch's answers held in its window (answered, not yet taken by the reply writer). Past
+    /// it, no more parts start until the writer catches up (a batch holding nothing always starts one). With
+    /// `window` it bounds a batch of large answers by bytes rather than by count.
+    #[serde(deserialize_with = "de_bytes")]
+    pub window_bytes: u64,
     /// Sub-requests in flight across all batches.
     pub max_inflight: usize,
     /// Sub-requests in flight to any one route's upstream, across all batches.
@@ -98,6 +103,7 @@ impl Default for Limits {
             max_parts: 100,
             concurrency: 16,
             window: 64,
+            window_bytes: 512 << 10,
             max_inflight: 1024,
             max_inflight_per_upstream: 256,
             max_batches: 256,
@@ -196,6 +202,7 @@ impl Limits {
             ),
             ("limits.max_part_bytes", l.max_part_bytes),
             ("limits.max_response_bytes", l.max_response_bytes),
+            ("limits.window_bytes", l.window_bytes),
         ] {
             check_size(key, value, MAX_SIZE)?;
         }
@@ -374,6 +381,7 @@ mod tests {
             "max_response_bytes",
             "max_batch_response_bytes",
             "max_part_header_bytes",
+            "window_bytes",
         ] {
             let full = format!("limits.{key}");
             refused(&format!("[limits]\n{key} = 0"), &full, &[]);

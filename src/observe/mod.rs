@@ -11,7 +11,7 @@ pub(crate) mod window;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -40,6 +40,9 @@ pub(crate) struct Observer {
     /// (with how many), which tuning events name.
     jobs: Mutex<Option<JobsView>>,
     running_jobs: Mutex<HashMap<String, usize>>,
+    /// The largest answer of the last batch to finish (bytes, rendered; 0 before any): the next batch's guess
+    /// of what each of its first parts brings, against `limits.window_bytes`.
+    largest_answer: AtomicUsize,
 }
 
 /// What the jobs are doing, for `/admin/stats` and the dashboard.
@@ -64,6 +67,7 @@ impl Default for Observer {
             next_batch: AtomicU64::new(1),
             jobs: Mutex::default(),
             running_jobs: Mutex::default(),
+            largest_answer: AtomicUsize::new(0),
         }
     }
 }
@@ -144,6 +148,18 @@ impl Observer {
     }
 
     /// Counts a finished part of `route`.
+    /// The largest answer of the last batch to finish, if one has.
+    pub(crate) fn largest_answer(&self) -> Option<usize> {
+        match self.largest_answer.load(Ordering::Relaxed) {
+            0 => None,
+            largest => Some(largest),
+        }
+    }
+
+    pub(crate) fn set_largest_answer(&self, largest: usize) {
+        self.largest_answer.store(largest, Ordering::Relaxed);
+    }
+
     pub(crate) fn record(&self, route: &str, sample: Sample) {
         if !route.is_empty() {
             self.window(route).record(self.now(), sample);

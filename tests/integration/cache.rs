@@ -325,8 +325,10 @@ async fn a_direct_request_is_served_from_the_cache() {
 #[tokio::test]
 async fn a_batch_repeating_ten_targets_makes_ten_upstream_calls_by_coalescing() {
     let mut held = held_upstream("/t").await;
+    // All 100 in flight before any answer: room in bytes for them (a fresh gateway's default `window_bytes`
+    // starts 8 parts before the batch's first answer says how large answers are).
     let config = format!(
-        "[limits]\nconcurrency = 100\nwindow = 100\n{}",
+        "[limits]\nconcurrency = 100\nwindow = 100\nwindow_bytes = \"16MiB\"\n{}",
         routes(&[("/mail/", held.upstream.addr)])
     );
     let gw = gateway(&config).await;

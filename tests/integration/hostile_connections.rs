@@ -1,5 +1,6 @@
 //! Hostile and idle connections, over real loopback sockets: silent sockets, idle keep-alive connections
-//! (HTTP/1 and HTTP/2), a full house, slow uploads, slow readers, and SIGHUP to the real binary.
+//! (HTTP/1 and HTTP/2), a full house, slow uploads, slow readers (and the bytes they hold), and SIGHUP to
+//! the real binary.
 //!
 //! Timeouts are checked on tokio's paused clock where only timers decide the outcome (hyper's `TokioTimer`
 //! and the gateway's own sleeps follow it, and loopback I/O completes within the system call, so the clock
@@ -281,8 +282,10 @@ async fn a_busy_connection_is_not_evicted_to_make_room() {
         })
         .await
     };
+    // Every part upstream before any answer: room in bytes for them all (see `window_bytes`).
     let gw = gateway_small_buffers(&format!(
-        "[limits]\nmax_connections = 1\nheader_read_timeout = \"30s\"\nconcurrency = {PARTS}\nwindow = {PARTS}\n{}",
+        "[limits]\nmax_connections = 1\nheader_read_timeout = \"30s\"\nconcurrency = {PARTS}\nwindow = {PARTS}\n\
+         window_bytes = \"16MiB\"\n{}",
         routes(&[("/up/", up.addr)])
     ))
     .await;
@@ -451,7 +454,8 @@ async fn slow_readers_do_not_hold_up_other_clients() {
             .filter(|seen| seen.uri.path().starts_with(prefix))
             .count()
     };
-    let limits = "max_inflight = 2\nconcurrency = 2\nwindow = 2\n";
+    // The window in parts is the subject here: room in bytes for all of it.
+    let limits = "max_inflight = 2\nconcurrency = 2\nwindow = 2\nwindow_bytes = \"16MiB\"\n";
     let gw = gateway_small_buffers(&format!(
         "[limits]\n{limits}write_timeout = \"60s\"\n{}",
         routes(&[("/up/", big.addr)])
@@ -511,6 +515,56 @@ async fn slow_readers_do_not_hold_up_other_clients() {
         got.len() < SIZE,
         "the connection was cut with its first part still going out"
     );
+}
+
+/// `limits.window_bytes` bounds what a reader that stops holds by bytes, though its window has a seat for
+/// every part: parts stop starting once the answers waiting for it fill the budget. When it reads again, every
+/// part comes, in order and whole.
+#[tokio::test]
+async fn a_reader_that_stops_holds_its_window_bytes_not_its_window() {
+    const SIZE: usize = 64 * 1024;
+    const PARTS: usize = 200;
+    let big = upstream(|seen| async move {
+        // Each body says which part it answers, so that order and wholeness can be checked.
+        let mut body = vec![b'x'; SIZE];
+        let path = seen.uri.path().as_bytes();
+        body[..path.len()].copy_from_slice(path);
+        text(StatusCode::OK, body)
+    })
+    .await;
+    let gw = gateway_small_buffers(&format!(
+        "[limits]\nmax_parts = {PARTS}\nconcurrency = 8\nwindow = {PARTS}\nwindow_bytes = \"256KiB\"\n\
+         write_timeout = \"60s\"\n{}",
+        routes(&[("/up/", big.addr)])
+    ))
+    .await;
+    let mut stalled = send_batch_from(small_receive_buffer(), gw.addr, &gets("/up/", PARTS)).await;
+    eventually("the reader that stopped is stuck", || {
+        big.seen().len() >= 4 && gw.gateway.sub_requests_in_flight() == 0
+    })
+    .await;
+    // What the budget holds (4 answers), what the connection's write buffer and the small socket buffers hold,
+    // and the parts running when the budget filled: far from the window's 200.
+    let stuck_at = big.seen().len();
+    assert!(
+        stuck_at <= 24,
+        "{stuck_at} parts ran for a reader that stopped"
+    );
+
+    let reply = within(30, "the rest of the reply", read_response(&mut stalled)).await;
+    let parts = reply.reply().parts();
+    assert_eq!(parts.len(), PARTS);
+    for (i, part) in parts.iter().enumerate() {
+        assert_eq!(part.status, StatusCode::OK);
+        assert_eq!(part.body.len(), SIZE, "part {i}");
+        let path = format!("/up/{i}");
+        assert_eq!(&part.body[..path.len()], path.as_bytes(), "part {i}");
+        assert!(
+            part.body[path.len()..].iter().all(|&b| b == b'x'),
+            "part {i}"
+        );
+    }
+    assert_eq!(big.seen().len(), PARTS);
 }
 
 /// The real binary logs and ignores SIGHUP, still answers `/healthz`, and exits 0 on SIGTERM.
