@@ -229,13 +229,13 @@ pub(crate) enum RouteLimit {
 #[derive(Debug, Clone)]
 pub(crate) enum Permits {
     /// The route's fixed limit, then the gateway-wide one.
-    RouteAndGlobal(Arc<limit::Capacity>),
+    RouteAndGlobal(Arc<Semaphore>),
     /// The route's limit is tuned, in the stack, which also takes the gateway-wide one.
     InStack,
 }
 
 /// The route's and the gateway's permits, held while a request is upstream.
-pub(crate) type HeldPermits = Option<(limit::RoutePermit, OwnedSemaphorePermit)>;
+pub(crate) type HeldPermits = Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>;
 
 impl Permits {
     /// Takes the route's permit, then the gateway's (`global`), in that order for every request, so that
@@ -247,7 +247,7 @@ impl Permits {
     ) -> Result<HeldPermits, AcquireError> {
         match self {
             Permits::RouteAndGlobal(route) => {
-                let route = route.acquire().await?;
+                let route = route.acquire_owned().await?;
                 Ok(Some((route, global.clone().acquire_owned().await?)))
             }
             Permits::InStack => Ok(None),
@@ -259,7 +259,7 @@ impl RouteLimit {
     /// What the scheduler takes for a part of this route.
     pub(crate) fn permits(&self) -> Permits {
         match self {
-            RouteLimit::Fixed(capacity) => Permits::RouteAndGlobal(capacity.clone()),
+            RouteLimit::Fixed(capacity) => Permits::RouteAndGlobal(capacity.permits().clone()),
             RouteLimit::Adaptive(_) => Permits::InStack,
         }
     }
