@@ -46,9 +46,10 @@ impl Capacity {
         self.size().saturating_sub(self.permits.available_permits())
     }
 
-    /// Grows at once. Shrinks by forgetting free permits and, for those still held, by a task that waits
-    /// first in line for them and forgets them as they come back: nobody new starts until fewer than `size`
-    /// are held. Needs a Tokio runtime (a reload runs in one).
+    /// Grows at once. Shrinks by forgetting free permits and, for those still held, by a task that queues for
+    /// them and forgets them as they come back. The semaphore serves in arrival order, so parts already
+    /// waiting when it shrinks still start; nobody who comes after starts until fewer than `size` are held.
+    /// Needs a Tokio runtime (a reload runs in one).
     pub(crate) fn resize(&self, size: usize) {
         let mut current = self.size.lock().unwrap_or_else(|e| e.into_inner());
         if size > *current {
