@@ -198,7 +198,8 @@ fn init_logging(format: LogFormat, otlp_endpoint: &str) -> Result<Exporter, Stri
         LogFormat::Pretty => {
             let colour = std::io::stderr().is_terminal()
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-            logs.event_format(pretty::PrettyLines::default())
+            logs.fmt_fields(pretty::PrettyFields::default())
+                .event_format(pretty::PrettyLines::default())
                 .with_ansi(colour)
                 .boxed()
         }
