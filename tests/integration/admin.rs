@@ -908,3 +908,67 @@ async fn stats_show_which_address_is_ejected_and_why() {
     admin.stop().await;
     gw.stop().await;
 }
+
+/// A pretty log line with what changes from run to run (the timestamp, the trace's ids, durations, the
+/// reply's size with its random boundary) masked.
+fn masked(line: &str) -> String {
+    let (_, line) = line.split_once(' ').unwrap();
+    line.split(' ')
+        .map(|word| match word.split_once('=') {
+            Some((name @ ("trace_id" | "span_id" | "duration_ms" | "bytes_out"), _)) => {
+                format!("{name}=*")
+            }
+            _ => word.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test]
+async fn the_binary_writes_the_pretty_access_lines() {
+    let up = echo_upstream(Duration::ZERO).await;
+    let dir = TempDir::new("pretty-binary");
+    let path = dir.join("gateway.toml");
+    let file = svc_file(up.addr, "access_log = \"parts\"\nlisten = \"127.0.0.1:9\"");
+    std::fs::write(&path, &file).unwrap();
+    let mut gw = Binary::spawn(
+        &[
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[("BATCHGATE_LOG", Some("batchgate=info"))],
+    );
+    let (_, main) = gw.listening().await;
+    let body = get_batch("b", &["/svc/1".to_owned()]);
+    let batch = format!(
+        "POST /batch HTTP/1.1\r\nHost: gw\r\nContent-Type: {MULTIPART}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len(),
+    );
+    assert_eq!(
+        send_raw(main, batch.as_bytes()).await.reply().parts()[0].body,
+        "/svc/1"
+    );
+    let part = gw.log.wait_for("batchgate::access: part").await;
+    let batch_line = gw.log.wait_for("batchgate::access: batch").await;
+    // The text of tracing_subscriber's full format, which the binary writes with its own formatter.
+    let span = "batch{id=1 peer=127.0.0.1 trace_id=* span_id=* parts=1}:";
+    assert_eq!(
+        masked(&part),
+        format!(
+            " INFO {span} batchgate::access: part index=0 method=\"GET\" path=\"/svc/1\" route=\"/svc/\" \
+             upstream=\"{}\" status=200 duration_ms=*",
+            up.addr
+        )
+    );
+    assert_eq!(
+        masked(&batch_line),
+        format!(
+            " INFO {span} batchgate::access: batch id=1 peer=127.0.0.1 format=\"multipart\" \
+             reply_format=\"multipart\" parts=1 statuses=2xx=1 bytes_in={} bytes_out=* duration_ms=* \
+             complete=true",
+            body.len()
+        )
+    );
+}

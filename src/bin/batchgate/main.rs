@@ -1,6 +1,7 @@
 //! The `batchgate` binary: a thin shell over the library (config, logging, signals, the admin listener),
 //! `batchgate send`, a command-line batch client, and `batchgate demo-upstream`, the demo mail service alone.
 
+mod pretty;
 mod send;
 
 use std::io::IsTerminal;
@@ -197,7 +198,10 @@ fn init_logging(format: LogFormat, otlp_endpoint: &str) -> Result<Exporter, Stri
         LogFormat::Pretty => {
             let colour = std::io::stderr().is_terminal()
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-            logs.with_ansi(colour).boxed()
+            logs.fmt_fields(pretty::PrettyFields::default())
+                .event_format(pretty::PrettyLines::default())
+                .with_ansi(colour)
+                .boxed()
         }
     };
     let registry = tracing_subscriber::registry().with(filter).with(logs);
