@@ -521,20 +521,14 @@ async fn connections_past_the_cap_get_503() {
 async fn the_binary_logs_json_and_serves_admin() {
     let up = echo_upstream(Duration::ZERO).await;
     let dir = TempDir::new("admin-binary");
-    let path = dir.join("gateway.toml");
     let file = svc_file(
         up.addr,
         "log_format = \"json\"\naccess_log = \"parts\"\nlisten = \"127.0.0.1:9\"\n\
          [admin]\nlisten = \"127.0.0.1:0\"",
     );
-    std::fs::write(&path, &file).unwrap();
-    let mut gw = Binary::spawn(
-        &[
-            "--config",
-            path.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
+    let mut gw = binary_on(
+        &dir,
+        &file,
         &[
             ("BATCHGATE_LOG", Some("batchgate=info")),
             ("NO_COLOR", None),
@@ -928,18 +922,8 @@ fn masked(line: &str) -> String {
 async fn the_binary_writes_the_pretty_access_lines() {
     let up = echo_upstream(Duration::ZERO).await;
     let dir = TempDir::new("pretty-binary");
-    let path = dir.join("gateway.toml");
     let file = svc_file(up.addr, "access_log = \"parts\"\nlisten = \"127.0.0.1:9\"");
-    std::fs::write(&path, &file).unwrap();
-    let mut gw = Binary::spawn(
-        &[
-            "--config",
-            path.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &[("BATCHGATE_LOG", Some("batchgate=info"))],
-    );
+    let mut gw = binary_on(&dir, &file, &[("BATCHGATE_LOG", Some("batchgate=info"))]);
     let (_, main) = gw.listening().await;
     let body = get_batch("b", &["/svc/1".to_owned()]);
     let batch = format!(
@@ -971,4 +955,19 @@ async fn the_binary_writes_the_pretty_access_lines() {
             body.len()
         )
     );
+}
+
+/// The real binary with the config `file` (written into `dir`), listening on a free port, with `env` set.
+fn binary_on(dir: &TempDir, file: &str, env: &[(&str, Option<&str>)]) -> Binary {
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, file).unwrap();
+    Binary::spawn(
+        &[
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        env,
+    )
 }
