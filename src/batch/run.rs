@@ -630,9 +630,13 @@ impl Scheduler {
             }
         };
         if let Some(error) = refused {
-            let bytes = self.answer(&slot, Err(error));
-            self.bytes.charge(&bytes);
-            slot.state = SlotState::Done(bytes);
+            settle(
+                &self.telemetry,
+                &self.writer,
+                &mut self.bytes,
+                &mut slot,
+                Err(error),
+            );
         }
         self.slots.push_back(slot);
         if let Some(forward) = run {
@@ -663,11 +667,15 @@ impl Scheduler {
                 self.slots[at].state = SlotState::Following(forward);
             }
             Sharing::Answered(response) => {
-                let slot = &self.slots[at];
-                let bytes = answer(&self.telemetry, &self.writer, slot, Ok(response));
+                let slot = &mut self.slots[at];
                 self.telemetry.metrics.part_shared(&slot.route);
-                self.bytes.charge(&bytes);
-                self.slots[at].state = SlotState::Done(bytes);
+                settle(
+                    &self.telemetry,
+                    &self.writer,
+                    &mut self.bytes,
+                    slot,
+                    Ok(response),
+                );
                 leader.unanswered -= 1;
                 if self.committed && leader.unanswered == 0 {
                     dedup.leaders.remove(&digest);
@@ -719,9 +727,7 @@ impl Scheduler {
         for at in 0..self.slots.len() {
             if !matches!(self.slots[at].state, SlotState::Done(_)) {
                 let error = self.past_deadline(self.sent + at);
-                let bytes = self.answer(&self.slots[at], Err(error));
-                self.bytes.charge(&bytes);
-                self.slots[at].state = SlotState::Done(bytes);
+                self.settle(at, Err(error));
             }
         }
         self.send_ready();
@@ -739,17 +745,13 @@ impl Scheduler {
         let digest = self.slots[at].digest;
         match result {
             Ok(response) => {
-                let bytes = self.answer(&self.slots[at], Ok(&response));
-                self.bytes.charge(&bytes);
-                self.slots[at].state = SlotState::Done(bytes);
+                self.settle(at, Ok(&response));
                 if let Some(digest) = digest {
                     self.share(digest, response);
                 }
             }
             Err(error) => {
-                let bytes = self.answer(&self.slots[at], Err(error));
-                self.bytes.charge(&bytes);
-                self.slots[at].state = SlotState::Done(bytes);
+                self.settle(at, Err(error));
                 if let Some(digest) = digest {
                     self.unshare(digest);
                 }
@@ -766,11 +768,15 @@ impl Scheduler {
         };
         for index in leader.waiting.drain(..) {
             let at = index - self.sent;
-            let slot = &self.slots[at];
-            let bytes = answer(&self.telemetry, &self.writer, slot, Ok(&response));
+            let slot = &mut self.slots[at];
             self.telemetry.metrics.part_shared(&slot.route);
-            self.bytes.charge(&bytes);
-            self.slots[at].state = SlotState::Done(bytes);
+            settle(
+                &self.telemetry,
+                &self.writer,
+                &mut self.bytes,
+                slot,
+                Ok(&response),
+            );
             leader.unanswered -= 1;
         }
         if leader.unanswered > 0 || !self.committed {
@@ -861,9 +867,7 @@ impl Scheduler {
                         dependency,
                         status,
                     };
-                    let bytes = self.answer(&self.slots[at], Err(error));
-                    self.bytes.charge(&bytes);
-                    self.slots[at].state = SlotState::Done(bytes);
+                    self.settle(at, Err(error));
                     answered = true;
                 }
                 None if !self.committed && !forward.request.is_safe() => {
@@ -884,10 +888,30 @@ impl Scheduler {
         matches!(slot.state, SlotState::Done(_)).then(|| slot.timeline.status())
     }
 
-    /// Renders a part's outcome, counting, timing and logging it.
-    fn answer(&self, slot: &Slot, result: Result<&UpstreamResponse, PartError>) -> Rendered {
-        answer(&self.telemetry, &self.writer, slot, result)
+    /// Answers the seated part at `at` ([`settle`]).
+    fn settle(&mut self, at: usize, result: Result<&UpstreamResponse, PartError>) {
+        settle(
+            &self.telemetry,
+            &self.writer,
+            &mut self.bytes,
+            &mut self.slots[at],
+            result,
+        );
     }
+}
+
+/// Answers a part: its outcome rendered ([`answer`]), counted against the window's bytes until the writer takes
+/// it, and the part done. The one way a part is done, so that every answer the writer gives back was charged.
+fn settle(
+    telemetry: &Telemetry,
+    writer: &ReplyWriter,
+    window: &mut WindowBytes,
+    slot: &mut Slot,
+    result: Result<&UpstreamResponse, PartError>,
+) {
+    let bytes = answer(telemetry, writer, slot, result);
+    window.charge(&bytes);
+    slot.state = SlotState::Done(bytes);
 }
 
 /// Renders a part's outcome, counting, timing and logging it.
