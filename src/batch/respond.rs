@@ -404,13 +404,12 @@ impl Output {
             (Output::Identity(gathered), Rendered::Pieces(pieces)) => {
                 pieces.into_iter().for_each(|piece| gathered.push(piece));
             }
-            (Output::Encoded { input, pending, .. }, Rendered::Whole(part)) => {
+            (Output::Encoded { input, pending, .. }, part) => {
                 *pending += part.len();
-                input.push(part);
-            }
-            (Output::Encoded { input, pending, .. }, Rendered::Pieces(pieces)) => {
-                *pending += pieces.iter().map(Bytes::len).sum::<usize>();
-                input.extend(pieces);
+                match part {
+                    Rendered::Whole(part) => input.push(part),
+                    Rendered::Pieces(pieces) => input.extend(pieces),
+                }
             }
         }
     }
