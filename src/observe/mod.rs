@@ -147,7 +147,6 @@ impl Observer {
         routes.entry(route.to_owned()).or_default().clone()
     }
 
-    /// Counts a finished part of `route`.
     /// The largest answer of the last batch to finish, if one has.
     pub(crate) fn largest_answer(&self) -> Option<usize> {
         match self.largest_answer.load(Ordering::Relaxed) {
@@ -156,10 +155,12 @@ impl Observer {
         }
     }
 
+    /// A batch finished; `largest` was its largest answer.
     pub(crate) fn set_largest_answer(&self, largest: usize) {
         self.largest_answer.store(largest, Ordering::Relaxed);
     }
 
+    /// Counts a finished part of `route`.
     pub(crate) fn record(&self, route: &str, sample: Sample) {
         if !route.is_empty() {
             self.window(route).record(self.now(), sample);
