@@ -9,6 +9,12 @@
 //! therefore stalls new starts instead of letting answers pile up, and a client that stops reading holds at
 //! most its own window, until `limits.write_timeout` cuts it off.
 //!
+//! A started part waits for permits without a future of its own: first for the batch's concurrency (a count
+//! here), then, on a route with a fixed limit, in the batch's queue for that route, which keeps one acquire of
+//! the route's permit (then the gateway's) in flight for its first part ([`RouteQueue`]). A batch so holds one
+//! place in each route's queue however many of its parts wait, and batches waiting for a route take turns.
+//! Parts of a route with a tuned limit take their permits in its stack.
+//!
 //! The batch's deadline (`limits.batch_timeout`) is one timer here, not one per part: when it passes, the
 //! parts still running are cancelled and every part not answered yet is answered with a 504.
 //!
@@ -29,7 +35,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{AcquireError, Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
@@ -42,7 +48,7 @@ use crate::metrics::Metrics;
 use crate::observe::Observer;
 use crate::observe::timeline::{BatchTimeline, Mark, PartTimeline};
 use crate::observe::window::Sample;
-use crate::stack::{PartRequest, PartService, Permits, UpstreamResponse};
+use crate::stack::{HeldPermits, PartRequest, PartService, Permits, UpstreamResponse};
 use batchgate_wire::ContentId;
 
 /// One part, as the read stage hands it over.
@@ -224,7 +230,9 @@ pub(crate) fn start(
         statuses: settings.dependencies.then(Vec::new),
         running: FuturesUnordered::new(),
         sent: 0,
-        concurrency: Arc::new(Semaphore::new(settings.concurrency)),
+        gate: VecDeque::new(),
+        admitted: 0,
+        routes: Vec::new(),
         bytes: WindowBytes {
             held,
             largest: 0,
@@ -429,9 +437,34 @@ pub(crate) struct Telemetry {
     pub access_parts: bool,
 }
 
-/// A running part: its index, and its route's answer.
-type PartFuture =
-    Pin<Box<dyn Future<Output = (usize, Result<UpstreamResponse, PartError>)> + Send>>;
+/// What the scheduler waits on: a part's upstream call, or the permits for the next part of a route.
+type Task = Pin<Box<dyn Future<Output = Event> + Send>>;
+
+/// What a [`Task`] brings.
+enum Event {
+    /// The part at this index has its route's answer.
+    Answered(usize, Result<UpstreamResponse, PartError>),
+    /// The route queue at this place in [`Scheduler::routes`] has its permits, for its first part.
+    Permits(
+        usize,
+        Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), AcquireError>,
+    ),
+}
+
+/// A started part waiting for permits: the batch's concurrency, then its route's.
+struct Queued {
+    index: usize,
+    request: Box<PartRequest>,
+    service: Arc<PartService>,
+}
+
+/// The parts of a batch waiting for one route's fixed limit, in request order. While any wait, one acquire of
+/// the route's permit (then the gateway's) is in flight for the first of them, in [`Scheduler::running`]: the
+/// batch holds one place in the route's queue, not one per part, and its parts hold no future while they wait.
+struct RouteQueue {
+    permits: Arc<Semaphore>,
+    parts: VecDeque<Queued>,
+}
 
 /// A seat in the window, in request order, and what the part's answer is rendered with.
 struct Slot {
@@ -478,10 +511,17 @@ struct Scheduler {
     dedup: Option<Dedup>,
     /// With [`Settings::dependencies`]: the status of each part sent to the writer, by index.
     statuses: Option<Vec<u16>>,
-    running: FuturesUnordered<PartFuture>,
+    /// Upstream calls, and each route queue's acquire.
+    running: FuturesUnordered<Task>,
     /// Parts sent to the writer so far: the index of `slots[0]`.
     sent: usize,
-    concurrency: Arc<Semaphore>,
+    /// Started parts beyond the batch's concurrency, waiting for a part to finish; in request order.
+    gate: VecDeque<(Queued, Permits)>,
+    /// Started parts within the batch's concurrency (`limits.concurrency`): waiting in a route queue, or
+    /// running.
+    admitted: usize,
+    /// One queue per route with a fixed limit that the batch has sent parts to; found by its semaphore.
+    routes: Vec<RouteQueue>,
     /// Answers held in the window, against `limits.window_bytes`.
     bytes: WindowBytes,
     committed: bool,
@@ -524,9 +564,14 @@ impl Scheduler {
                 () = &mut gone => return,
                 () = &mut deadline, if !self.expired => self.expire(),
                 () = held.taken.notified(), if parts_wait && !room => {}
-                Some((index, result)) = self.running.next(), if !self.running.is_empty() => {
-                    self.done(index, result);
-                }
+                Some(event) = self.running.next(), if !self.running.is_empty() => match event {
+                    Event::Answered(index, result) => {
+                        self.admitted -= 1;
+                        self.admit();
+                        self.done(index, result);
+                    }
+                    Event::Permits(queue, held) => self.permits(queue, held),
+                },
                 input = std::future::poll_fn(|cx| lock(&self.inbox).poll_next(cx)), if self.input_open => match input {
                     Some(Input::Part(job)) => {
                         let role = self.role(&job);
@@ -550,7 +595,7 @@ impl Scheduler {
 
     /// Whether the window has room in bytes for one more part.
     fn has_room(&self) -> bool {
-        self.bytes.room_for_one(self.running.len())
+        self.bytes.room_for_one(self.admitted + self.gate.len())
     }
 
     /// Seats waiting parts while the window has room.
@@ -706,24 +751,175 @@ impl Scheduler {
         }
     }
 
-    /// Starts the part seated at `at` in the window.
+    /// Starts the part seated at `at` in the window: it queues for the batch's concurrency, then for its
+    /// route's and the gateway's permits, then goes up its route's stack.
     fn start(&mut self, at: usize, forward: Forward) {
+        let Forward {
+            mut request,
+            service,
+            permits,
+            ..
+        } = forward;
         let slot = &mut self.slots[at];
-        let call = launch(
-            &self.concurrency,
-            &self.telemetry,
-            self.sent + at,
-            slot,
-            forward,
+        // At debug: a span per part costs more than the part's own work at info's volume.
+        slot.span = tracing::debug_span!(
+            parent: &self.telemetry.span,
+            "part",
+            index = self.sent + at,
+            route = %slot.route,
+            method = %request.method,
+            span_id = tracing::field::Empty,
+            status = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+            upstream = tracing::field::Empty,
         );
-        self.running.push(call);
+        request.span = slot.span.clone();
+        request.timeline = Some(slot.timeline.clone());
+        slot.timeline.mark(Mark::Queued);
+        let part = Queued {
+            index: self.sent + at,
+            request,
+            service,
+        };
+        if self.gate.is_empty() && self.admitted < self.settings.concurrency {
+            self.enter(part, permits);
+        } else {
+            self.gate.push_back((part, permits));
+        }
+    }
+
+    /// Lets parts waiting for the batch's concurrency in, in order, while it has room.
+    fn admit(&mut self) {
+        while self.admitted < self.settings.concurrency {
+            let Some((part, permits)) = self.gate.pop_front() else {
+                return;
+            };
+            self.enter(part, permits);
+        }
+    }
+
+    /// A part within the batch's concurrency: it goes up its stack if its route's permits are free and no
+    /// earlier part of the batch waits for them, else it waits in the route's queue.
+    fn enter(&mut self, part: Queued, permits: Permits) {
+        self.admitted += 1;
+        let route = match permits {
+            Permits::RouteAndGlobal(route) => route,
+            // The stack takes the permits itself.
+            Permits::InStack => return self.call(part, None),
+        };
+        let queue = match self
+            .routes
+            .iter()
+            .position(|q| Arc::ptr_eq(&q.permits, &route))
+        {
+            Some(queue) => queue,
+            None => {
+                self.routes.push(RouteQueue {
+                    permits: route,
+                    parts: VecDeque::new(),
+                });
+                self.routes.len() - 1
+            }
+        };
+        self.routes[queue].parts.push_back(part);
+        if self.routes[queue].parts.len() == 1 {
+            self.next_of(queue);
+        }
+    }
+
+    /// The route queue at `queue` has no acquire in flight: its first parts go up their stack while the
+    /// permits are free, and an acquire is made for the first that must wait.
+    fn next_of(&mut self, queue: usize) {
+        let global = self.telemetry.global.clone();
+        while !self.routes[queue].parts.is_empty() {
+            let route = &self.routes[queue].permits;
+            // The route's permit, then the gateway's, as `Permits::acquire` takes them, so that no two
+            // callers wait for each other's. The semaphores serve in arrival order: a permit is free only
+            // while nobody queues for it, so taking it now passes nobody.
+            let taken = match route.clone().try_acquire_owned() {
+                Ok(taken) => taken,
+                Err(_) => {
+                    let acquire = acquire(queue, route.clone(), None, global);
+                    return self.running.push(acquire);
+                }
+            };
+            match global.clone().try_acquire_owned() {
+                Ok(both) => {
+                    let part = self.routes[queue].parts.pop_front().expect("a part waits");
+                    self.call(part, Some((taken, both)));
+                }
+                Err(_) => {
+                    let acquire = acquire(queue, route.clone(), Some(taken), global);
+                    return self.running.push(acquire);
+                }
+            }
+        }
+    }
+
+    /// The route queue at `queue` has its permits: its first part goes up its stack, and the next one, if
+    /// any, queues for its own.
+    fn permits(
+        &mut self,
+        queue: usize,
+        held: Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), AcquireError>,
+    ) {
+        let part = self.routes[queue]
+            .parts
+            .pop_front()
+            .expect("an acquire is in flight only for a waiting part");
+        match held {
+            Ok(held) => self.call(part, Some(held)),
+            Err(error) => {
+                self.admitted -= 1;
+                let index = part.index;
+                let error = PartError::Internal {
+                    index,
+                    reason: error.to_string(),
+                };
+                self.settle(index - self.sent, Err(error));
+                self.admit();
+                self.send_ready();
+            }
+        }
+        self.next_of(queue);
+    }
+
+    /// Sends a part, holding its permits, up its route's stack.
+    fn call(&mut self, part: Queued, held: HeldPermits) {
+        let Queued {
+            index,
+            request,
+            service,
+        } = part;
+        let slot = &self.slots[index - self.sent];
+        slot.timeline.waited(slot.timeline.elapsed_since_queued());
+        let span = slot.span.clone();
+        self.running.push(Box::pin(
+            async move {
+                // Given back when the call ends, answered or not.
+                let _held = held;
+                let call = async {
+                    // Made now, not while the part waited: a waiting part holds no clone of its stack.
+                    let mut service = PartService::clone(&service);
+                    let call = service.ready().await?.call(*request);
+                    drop(service);
+                    call.await
+                };
+                Event::Answered(index, call.await)
+            }
+            .instrument(span),
+        ));
     }
 
     /// `limits.batch_timeout` has passed: the parts running are cancelled, and every part not answered is
     /// answered with that.
     fn expire(&mut self) {
         self.expired = true;
+        // Cancels the calls and the acquires: their permits go back.
         self.running = FuturesUnordered::new();
+        self.gate = VecDeque::new();
+        self.routes = Vec::new();
+        self.admitted = 0;
         for at in 0..self.slots.len() {
             if !matches!(self.slots[at].state, SlotState::Done(_)) {
                 let error = self.past_deadline(self.sent + at);
@@ -1003,63 +1199,23 @@ fn answer(
     }
 }
 
-/// Sends a seated part up its route's stack, within the batch's concurrency and the route's and
-/// gateway's limits.
-fn launch(
-    concurrency: &Arc<Semaphore>,
-    telemetry: &Telemetry,
-    index: usize,
-    slot: &mut Slot,
-    forward: Forward,
-) -> PartFuture {
-    let Forward {
-        mut request,
-        service,
-        permits,
-        ..
-    } = forward;
-    // At debug: a span per part costs more than the part's own work at info's volume.
-    slot.span = tracing::debug_span!(
-        parent: &telemetry.span,
-        "part",
-        index,
-        route = %slot.route,
-        method = %request.method,
-        span_id = tracing::field::Empty,
-        status = tracing::field::Empty,
-        latency_ms = tracing::field::Empty,
-        upstream = tracing::field::Empty,
-    );
-    request.span = slot.span.clone();
-    request.timeline = Some(slot.timeline.clone());
-    let timeline = slot.timeline.clone();
-    let concurrency = concurrency.clone();
-    let global = telemetry.global.clone();
-    let span = slot.span.clone();
-    Box::pin(
-        async move {
-            let started = Instant::now();
-            timeline.mark(Mark::Queued);
-            let internal = |e: tokio::sync::AcquireError| PartError::Internal {
-                index,
-                reason: e.to_string(),
+/// Waits for a route's permit (unless `taken` already), then the gateway's, for the route queue at `queue`.
+fn acquire(
+    queue: usize,
+    route: Arc<Semaphore>,
+    taken: Option<OwnedSemaphorePermit>,
+    global: Arc<Semaphore>,
+) -> Task {
+    Box::pin(async move {
+        let held = async {
+            let route = match taken {
+                Some(taken) => taken,
+                None => route.acquire_owned().await?,
             };
-            let call = async {
-                let _permit = concurrency.acquire_owned().await.map_err(internal)?;
-                // Then the route's and the gateway's.
-                let _held = permits.acquire(&global).await.map_err(internal)?;
-                timeline.waited(started.elapsed());
-                // Not `oneshot`: that holds the request in this future from the start, while the part
-                // waits for its permits; the call moves it into the stack's own (boxed) future.
-                let mut service = PartService::clone(&service);
-                let call = service.ready().await?.call(*request);
-                drop(service);
-                call.await
-            };
-            (index, call.await)
-        }
-        .instrument(span),
-    )
+            Ok((route, global.acquire_owned().await?))
+        };
+        Event::Permits(queue, held.await)
+    })
 }
 
 impl Drop for Scheduler {
@@ -1247,6 +1403,35 @@ mod tests {
         batch_timeout: Duration,
         observer: Arc<Observer>,
     ) -> (Feed, Answers, Arc<Metrics>) {
+        let global = Arc::new(Semaphore::new(16));
+        scheduler_full(
+            (window, concurrency, window_bytes),
+            batch_timeout,
+            observer,
+            global,
+        )
+    }
+
+    /// A batch whose parts take the gateway-wide permits from `global`.
+    fn scheduler_global(
+        window: usize,
+        concurrency: usize,
+        global: &Arc<Semaphore>,
+    ) -> (Feed, Answers, Arc<Metrics>) {
+        scheduler_full(
+            (window, concurrency, usize::MAX),
+            Duration::from_secs(3600),
+            Arc::default(),
+            global.clone(),
+        )
+    }
+
+    fn scheduler_full(
+        (window, concurrency, window_bytes): (usize, usize, usize),
+        batch_timeout: Duration,
+        observer: Arc<Observer>,
+        global: Arc<Semaphore>,
+    ) -> (Feed, Answers, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let settings = Settings {
             window,
@@ -1266,7 +1451,7 @@ mod tests {
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
                 usize::MAX,
             )),
-            global: Arc::new(Semaphore::new(16)),
+            global,
             span: tracing::Span::none(),
             access_parts: false,
         };
@@ -1656,5 +1841,237 @@ mod tests {
         assert_eq!(statuses, ["404", "424", "424", "200", "424"]);
         assert_eq!(*calls.lock().unwrap(), [0, 3], "no dependent was sent");
         assert!(rendered(&metrics).contains("outcome=\"failed_dependency\"} 3"));
+    }
+
+    /// A GET of `path` on a route whose fixed limit is `route`.
+    fn routed(index: usize, path: &str, service: &PartService, route: &Arc<Semaphore>) -> Job {
+        let mut job = job(index, Method::GET, service);
+        if let Work::Forward(forward) = &mut job.work {
+            forward.request.path = path.parse().unwrap();
+            forward.permits = Permits::RouteAndGlobal(route.clone());
+        }
+        job
+    }
+
+    /// Gives the scheduler's task many turns, for tests that check that something did not happen.
+    async fn settle_down() {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_waits_for_a_route_with_one_place_in_its_queue_whatever_its_parts() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let route = Arc::new(Semaphore::new(1));
+        let ours = route.clone().try_acquire_owned().unwrap();
+        let (feed, _out, _) = scheduler(8, 8);
+        for i in 0..5 {
+            feed.push(routed(i, &format!("/p{i}"), &service, &route));
+        }
+        feed.commit();
+        settle_down().await;
+        // Queued after the batch's five parts: with a place each, this would come after all of them.
+        let theirs = tokio::spawn(route.clone().acquire_owned());
+        settle_down().await;
+        drop(ours);
+        upstream.until_started(1).await;
+        upstream.release("/p0");
+        spin_until("the later acquire served", || theirs.is_finished()).await;
+        assert_eq!(
+            upstream.started(),
+            ["/p0"],
+            "the batch's next part queued behind"
+        );
+        drop(theirs.await.unwrap().unwrap());
+        upstream.until_started(2).await;
+        assert_eq!(upstream.started(), ["/p0", "/p1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parts_waiting_for_a_route_start_in_request_order_and_answer_in_it() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let route = Arc::new(Semaphore::new(2));
+        let (feed, mut out, _) = scheduler(8, 8);
+        for i in 0..6 {
+            feed.push(routed(i, &format!("/p{i}"), &service, &route));
+        }
+        feed.commit();
+        upstream.until_started(2).await;
+        settle_down().await;
+        assert_eq!(upstream.started(), ["/p0", "/p1"]);
+        // Finished out of order: each permit given back goes to the batch's next part in request order.
+        for (path, started) in [("/p1", 3), ("/p0", 4), ("/p3", 5), ("/p2", 6)] {
+            upstream.release(path);
+            upstream.until_started(started).await;
+        }
+        assert_eq!(
+            upstream.started(),
+            ["/p0", "/p1", "/p2", "/p3", "/p4", "/p5"]
+        );
+        upstream.release("/p4");
+        upstream.release("/p5");
+        let mut bodies = Vec::new();
+        while let Some(part) = out.recv().await {
+            bodies.push(body_of(&part));
+        }
+        assert_eq!(bodies, ["/p0", "/p1", "/p2", "/p3", "/p4", "/p5"]);
+        assert_eq!(route.available_permits(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_batches_waiting_for_a_route_take_turns() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let route = Arc::new(Semaphore::new(1));
+        let ours = route.clone().try_acquire_owned().unwrap();
+        let (first, _first_out, _) = scheduler(8, 8);
+        let (second, _second_out, _) = scheduler(8, 8);
+        for (feed, batch) in [(first, "a"), (second, "b")] {
+            for i in 0..3 {
+                feed.push(routed(i, &format!("/{batch}{i}"), &service, &route));
+            }
+            feed.commit();
+            // The first batch queues for the route before the second.
+            settle_down().await;
+        }
+        drop(ours);
+        let order = ["/a0", "/b0", "/a1", "/b1", "/a2", "/b2"];
+        for (n, path) in order.iter().enumerate() {
+            upstream.until_started(n + 1).await;
+            settle_down().await;
+            assert_eq!(upstream.started(), order[..=n]);
+            upstream.release(path);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_gone_while_its_parts_wait_gives_every_permit_back() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let route = Arc::new(Semaphore::new(3));
+        let global = Arc::new(Semaphore::new(2));
+        // One gateway-wide permit left: the first part runs, the second holds the route's permit and waits
+        // for the gateway's, the third waits for the route's behind them.
+        let ours = global.clone().try_acquire_owned().unwrap();
+        let elsewhere = route.clone().try_acquire_many_owned(1).unwrap();
+        let (feed, out, metrics) = scheduler_global(8, 8, &global);
+        for i in 0..3 {
+            feed.push(routed(i, &format!("/p{i}"), &service, &route));
+        }
+        feed.commit();
+        upstream.until_started(1).await;
+        settle_down().await;
+        assert_eq!(route.available_permits(), 0);
+        drop(out);
+        spin_until("the running part cancelled", || {
+            upstream.in_flight.load(Ordering::SeqCst) == 0
+        })
+        .await;
+        spin_until("the batch's permits back", || {
+            route.available_permits() == 2 && global.available_permits() == 1
+        })
+        .await;
+        drop((ours, elsewhere));
+        assert_eq!(route.available_permits(), 3);
+        assert_eq!(global.available_permits(), 2);
+        assert_eq!(upstream.started(), ["/p0"]);
+        spin_until("cancelled parts counted", || {
+            rendered(&metrics)
+                .contains("batchgate_parts_total{route=\"/p/\",outcome=\"cancelled\"} 3")
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_route_resized_while_parts_wait_for_it() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let capacity = crate::stack::limit::Capacity::new(2);
+        let route = capacity.permits().clone();
+        let (feed, _out, _) = scheduler(8, 8);
+        for i in 0..5 {
+            feed.push(routed(i, &format!("/p{i}"), &service, &route));
+        }
+        feed.commit();
+        upstream.until_started(2).await;
+        // Grown: the waiting parts take the new permits at once.
+        capacity.resize(3);
+        upstream.until_started(3).await;
+        // Shrunk to 1 with 3 held: the acquire in flight for /p3 is served first, and the shrink then takes
+        // the next two permits given back before /p4 may start.
+        capacity.resize(1);
+        settle_down().await;
+        upstream.release("/p0");
+        upstream.until_started(4).await;
+        upstream.release("/p1");
+        upstream.release("/p2");
+        settle_down().await;
+        assert_eq!(upstream.started(), ["/p0", "/p1", "/p2", "/p3"]);
+        assert_eq!(capacity.in_use(), 1);
+        upstream.release("/p3");
+        upstream.until_started(5).await;
+        assert_eq!(capacity.in_use(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parts_wait_for_its_routes_permit_is_timed_and_its_batch_concurrency_kept() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let route = Arc::new(Semaphore::new(8));
+        let ours = route.clone().try_acquire_many_owned(8).unwrap();
+        // A concurrency of 2: two parts queue for the route, the others wait for them.
+        let (feed, mut out, metrics) = scheduler(8, 2);
+        for i in 0..4 {
+            feed.push(routed(i, &format!("/p{i}"), &service, &route));
+        }
+        feed.commit();
+        settle_down().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(ours);
+        upstream.until_started(2).await;
+        settle_down().await;
+        assert_eq!(
+            upstream.started(),
+            ["/p0", "/p1"],
+            "the batch's concurrency"
+        );
+        for i in 0..4 {
+            upstream.until_started(i + 1).await;
+            upstream.release(&format!("/p{i}"));
+        }
+        while out.recv().await.is_some() {}
+        let text = rendered(&metrics);
+        let sum = text
+            .lines()
+            .find(|l| l.starts_with("batchgate_queue_wait_seconds_sum{route=\"/p/\"}"))
+            .expect(&text);
+        let sum: f64 = sum.rsplit(' ').next().unwrap().parse().unwrap();
+        // Each part waited the 5 s the route was full, none of them more.
+        assert!((20.0..20.01).contains(&sum), "{sum}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_route_whose_permits_fail_answers_its_waiting_parts_and_runs_the_rest() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let route = Arc::new(Semaphore::new(0));
+        let (feed, mut out, _) = scheduler(8, 8);
+        feed.push(routed(0, "/p0", &service, &route));
+        feed.push(routed(1, "/p1", &service, &route));
+        feed.push(job(2, Method::GET, &service));
+        feed.commit();
+        upstream.until_started(1).await;
+        route.close();
+        upstream.release("/p2");
+        let mut answers = Vec::new();
+        while let Some(part) = out.recv().await {
+            answers.push(text_of(&part));
+        }
+        assert!(answers[0].contains("HTTP/1.1 500"), "{}", answers[0]);
+        assert!(answers[1].contains("HTTP/1.1 500"), "{}", answers[1]);
+        assert!(answers[2].trim_end().ends_with("/p2"), "{}", answers[2]);
     }
 }
