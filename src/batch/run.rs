@@ -458,9 +458,9 @@ struct Queued {
     service: Arc<PartService>,
 }
 
-/// The parts of a batch waiting for one route's fixed limit, in request order. While any wait, one acquire of
-/// the route's permit (then the gateway's) is in flight for the first of them, in [`Scheduler::running`]: the
-/// batch holds one place in the route's queue, not one per part, and its parts hold no future while they wait.
+/// The parts of a batch waiting for one route's fixed limit, in request order. Each has an acquire of the
+/// route's permit (then the gateway's) in flight in [`Scheduler::running`], a small future apart from its
+/// request. Whichever acquire finishes, its permits go to the first part: permits are all alike.
 struct RouteQueue {
     permits: Arc<Semaphore>,
     parts: VecDeque<Queued>,
@@ -821,43 +821,25 @@ impl Scheduler {
                 self.routes.len() - 1
             }
         };
+        // The route's permit, then the gateway's, as `Permits::acquire` takes them, so that no two callers
+        // wait for each other's. The semaphores serve in arrival order: a permit is free only while nobody
+        // queues for it, so taking it now passes nobody (the batch's own earlier parts included).
+        let global = &self.telemetry.global;
+        let route = &self.routes[queue].permits;
+        let taken = match route.clone().try_acquire_owned() {
+            Ok(taken) => match global.clone().try_acquire_owned() {
+                Ok(both) => return self.call(part, Some((taken, both))),
+                Err(_) => Some(taken),
+            },
+            Err(_) => None,
+        };
+        let acquire = acquire(queue, route.clone(), taken, global.clone());
+        self.running.push(acquire);
         self.routes[queue].parts.push_back(part);
-        if self.routes[queue].parts.len() == 1 {
-            self.next_of(queue);
-        }
     }
 
-    /// The route queue at `queue` has no acquire in flight: its first parts go up their stack while the
-    /// permits are free, and an acquire is made for the first that must wait.
-    fn next_of(&mut self, queue: usize) {
-        let global = self.telemetry.global.clone();
-        while !self.routes[queue].parts.is_empty() {
-            let route = &self.routes[queue].permits;
-            // The route's permit, then the gateway's, as `Permits::acquire` takes them, so that no two
-            // callers wait for each other's. The semaphores serve in arrival order: a permit is free only
-            // while nobody queues for it, so taking it now passes nobody.
-            let taken = match route.clone().try_acquire_owned() {
-                Ok(taken) => taken,
-                Err(_) => {
-                    let acquire = acquire(queue, route.clone(), None, global);
-                    return self.running.push(acquire);
-                }
-            };
-            match global.clone().try_acquire_owned() {
-                Ok(both) => {
-                    let part = self.routes[queue].parts.pop_front().expect("a part waits");
-                    self.call(part, Some((taken, both)));
-                }
-                Err(_) => {
-                    let acquire = acquire(queue, route.clone(), Some(taken), global);
-                    return self.running.push(acquire);
-                }
-            }
-        }
-    }
-
-    /// The route queue at `queue` has its permits: its first part goes up its stack, and the next one, if
-    /// any, queues for its own.
+    /// An acquire of the route queue at `queue` has its permits: they go to its first part, the earliest in
+    /// request order (permits are all alike).
     fn permits(
         &mut self,
         queue: usize,
@@ -881,7 +863,6 @@ impl Scheduler {
                 self.send_ready();
             }
         }
-        self.next_of(queue);
     }
 
     /// Sends a part, holding its permits, up its route's stack.
@@ -1861,35 +1842,6 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_batch_waits_for_a_route_with_one_place_in_its_queue_whatever_its_parts() {
-        let upstream = Held::default();
-        let service = upstream.service();
-        let route = Arc::new(Semaphore::new(1));
-        let ours = route.clone().try_acquire_owned().unwrap();
-        let (feed, _out, _) = scheduler(8, 8);
-        for i in 0..5 {
-            feed.push(routed(i, &format!("/p{i}"), &service, &route));
-        }
-        feed.commit();
-        settle_down().await;
-        // Queued after the batch's five parts: with a place each, this would come after all of them.
-        let theirs = tokio::spawn(route.clone().acquire_owned());
-        settle_down().await;
-        drop(ours);
-        upstream.until_started(1).await;
-        upstream.release("/p0");
-        spin_until("the later acquire served", || theirs.is_finished()).await;
-        assert_eq!(
-            upstream.started(),
-            ["/p0"],
-            "the batch's next part queued behind"
-        );
-        drop(theirs.await.unwrap().unwrap());
-        upstream.until_started(2).await;
-        assert_eq!(upstream.started(), ["/p0", "/p1"]);
-    }
-
-    #[tokio::test(start_paused = true)]
     async fn parts_waiting_for_a_route_start_in_request_order_and_answer_in_it() {
         let upstream = Held::default();
         let service = upstream.service();
@@ -1922,7 +1874,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn two_batches_waiting_for_a_route_take_turns() {
+    async fn parts_of_batches_waiting_for_a_route_start_in_the_order_they_queued() {
         let upstream = Held::default();
         let service = upstream.service();
         let route = Arc::new(Semaphore::new(1));
@@ -1934,17 +1886,22 @@ mod tests {
                 feed.push(routed(i, &format!("/{batch}{i}"), &service, &route));
             }
             feed.commit();
-            // The first batch queues for the route before the second.
+            // The first batch's parts queue for the route before the second's.
             settle_down().await;
         }
+        // Queued after both batches: served after all their parts.
+        let theirs = tokio::spawn(route.clone().acquire_owned());
+        settle_down().await;
         drop(ours);
-        let order = ["/a0", "/b0", "/a1", "/b1", "/a2", "/b2"];
+        let order = ["/a0", "/a1", "/a2", "/b0", "/b1", "/b2"];
         for (n, path) in order.iter().enumerate() {
             upstream.until_started(n + 1).await;
             settle_down().await;
             assert_eq!(upstream.started(), order[..=n]);
+            assert!(!theirs.is_finished());
             upstream.release(path);
         }
+        spin_until("the later acquire served", || theirs.is_finished()).await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -1997,23 +1954,27 @@ mod tests {
         }
         feed.commit();
         upstream.until_started(2).await;
-        // Grown: the waiting parts take the new permits at once.
+        // Grown: a waiting part takes the new permit at once.
         capacity.resize(3);
         upstream.until_started(3).await;
-        // Shrunk to 1 with 3 held: the acquire in flight for /p3 is served first, and the shrink then takes
-        // the next two permits given back before /p4 may start.
+        // Shrunk to 1 with 3 held: the parts queued before the shrink still start, as permits come back; then
+        // the shrink takes the next two.
         capacity.resize(1);
         settle_down().await;
         upstream.release("/p0");
         upstream.until_started(4).await;
         upstream.release("/p1");
-        upstream.release("/p2");
-        settle_down().await;
-        assert_eq!(upstream.started(), ["/p0", "/p1", "/p2", "/p3"]);
-        assert_eq!(capacity.in_use(), 1);
-        upstream.release("/p3");
         upstream.until_started(5).await;
-        assert_eq!(capacity.in_use(), 1);
+        upstream.release("/p2");
+        upstream.release("/p3");
+        settle_down().await;
+        assert_eq!(capacity.permits().available_permits(), 0);
+        assert_eq!(capacity.in_use(), 1, "/p4 runs within the new size");
+        upstream.release("/p4");
+        spin_until("the one permit back", || {
+            capacity.permits().available_permits() == 1
+        })
+        .await;
     }
 
     #[tokio::test(start_paused = true)]
