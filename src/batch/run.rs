@@ -9,12 +9,6 @@
 //! therefore stalls new starts instead of letting answers pile up, and a client that stops reading holds at
 //! most its own window, until `limits.write_timeout` cuts it off.
 //!
-//! A started part waits for permits without a future of its own: first for the batch's concurrency (a count
-//! here), then, on a route with a fixed limit, in the batch's queue for that route, which keeps one acquire of
-//! the route's permit (then the gateway's) in flight for its first part ([`RouteQueue`]). A batch so holds one
-//! place in each route's queue however many of its parts wait, and batches waiting for a route take turns.
-//! Parts of a route with a tuned limit take their permits in its stack.
-//!
 //! The batch's deadline (`limits.batch_timeout`) is one timer here, not one per part: when it passes, the
 //! parts still running are cancelled and every part not answered yet is answered with a 504.
 //!
@@ -35,7 +29,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::{AcquireError, Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
@@ -48,7 +42,7 @@ use crate::metrics::Metrics;
 use crate::observe::Observer;
 use crate::observe::timeline::{BatchTimeline, Mark, PartTimeline};
 use crate::observe::window::Sample;
-use crate::stack::{HeldPermits, PartRequest, PartService, Permits, UpstreamResponse};
+use crate::stack::{PartRequest, PartService, Permits, UpstreamResponse};
 use batchgate_wire::ContentId;
 
 /// One part, as the read stage hands it over.
@@ -230,9 +224,7 @@ pub(crate) fn start(
         statuses: settings.dependencies.then(Vec::new),
         running: FuturesUnordered::new(),
         sent: 0,
-        gate: VecDeque::new(),
-        admitted: 0,
-        routes: Vec::new(),
+        concurrency: Arc::new(Semaphore::new(settings.concurrency)),
         bytes: WindowBytes {
             held,
             largest: 0,
@@ -437,34 +429,9 @@ pub(crate) struct Telemetry {
     pub access_parts: bool,
 }
 
-/// What the scheduler waits on: a part's upstream call, or the permits for the next part of a route.
-type Task = Pin<Box<dyn Future<Output = Event> + Send>>;
-
-/// What a [`Task`] brings.
-enum Event {
-    /// The part at this index has its route's answer.
-    Answered(usize, Result<UpstreamResponse, PartError>),
-    /// The route queue at this place in [`Scheduler::routes`] has its permits, for its first part.
-    Permits(
-        usize,
-        Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), AcquireError>,
-    ),
-}
-
-/// A started part waiting for permits: the batch's concurrency, then its route's.
-struct Queued {
-    index: usize,
-    request: Box<PartRequest>,
-    service: Arc<PartService>,
-}
-
-/// The parts of a batch waiting for one route's fixed limit, in request order. Each has an acquire of the
-/// route's permit (then the gateway's) in flight in [`Scheduler::running`], a small future apart from its
-/// request. Whichever acquire finishes, its permits go to the first part: permits are all alike.
-struct RouteQueue {
-    permits: Arc<Semaphore>,
-    parts: VecDeque<Queued>,
-}
+/// A running part: its index, and its route's answer.
+type PartFuture =
+    Pin<Box<dyn Future<Output = (usize, Result<UpstreamResponse, PartError>)> + Send>>;
 
 /// A seat in the window, in request order, and what the part's answer is rendered with.
 struct Slot {
@@ -511,17 +478,10 @@ struct Scheduler {
     dedup: Option<Dedup>,
     /// With [`Settings::dependencies`]: the status of each part sent to the writer, by index.
     statuses: Option<Vec<u16>>,
-    /// Upstream calls, and each route queue's acquire.
-    running: FuturesUnordered<Task>,
+    running: FuturesUnordered<PartFuture>,
     /// Parts sent to the writer so far: the index of `slots[0]`.
     sent: usize,
-    /// Started parts beyond the batch's concurrency, waiting for a part to finish; in request order.
-    gate: VecDeque<(Queued, Permits)>,
-    /// Started parts within the batch's concurrency (`limits.concurrency`): waiting in a route queue, or
-    /// running.
-    admitted: usize,
-    /// One queue per route with a fixed limit that the batch has sent parts to; found by its semaphore.
-    routes: Vec<RouteQueue>,
+    concurrency: Arc<Semaphore>,
     /// Answers held in the window, against `limits.window_bytes`.
     bytes: WindowBytes,
     committed: bool,
@@ -564,14 +524,9 @@ impl Scheduler {
                 () = &mut gone => return,
                 () = &mut deadline, if !self.expired => self.expire(),
                 () = held.taken.notified(), if parts_wait && !room => {}
-                Some(event) = self.running.next(), if !self.running.is_empty() => match event {
-                    Event::Answered(index, result) => {
-                        self.admitted -= 1;
-                        self.admit();
-                        self.done(index, result);
-                    }
-                    Event::Permits(queue, held) => self.permits(queue, held),
-                },
+                Some((index, result)) = self.running.next(), if !self.running.is_empty() => {
+                    self.done(index, result);
+                }
                 input = std::future::poll_fn(|cx| lock(&self.inbox).poll_next(cx)), if self.input_open => match input {
                     Some(Input::Part(job)) => {
                         let role = self.role(&job);
@@ -595,7 +550,7 @@ impl Scheduler {
 
     /// Whether the window has room in bytes for one more part.
     fn has_room(&self) -> bool {
-        self.bytes.room_for_one(self.admitted + self.gate.len())
+        self.bytes.room_for_one(self.running.len())
     }
 
     /// Seats waiting parts while the window has room.
@@ -751,156 +706,24 @@ impl Scheduler {
         }
     }
 
-    /// Starts the part seated at `at` in the window: it queues for the batch's concurrency, then for its
-    /// route's and the gateway's permits, then goes up its route's stack.
+    /// Starts the part seated at `at` in the window.
     fn start(&mut self, at: usize, forward: Forward) {
-        let Forward {
-            mut request,
-            service,
-            permits,
-            ..
-        } = forward;
         let slot = &mut self.slots[at];
-        // At debug: a span per part costs more than the part's own work at info's volume.
-        slot.span = tracing::debug_span!(
-            parent: &self.telemetry.span,
-            "part",
-            index = self.sent + at,
-            route = %slot.route,
-            method = %request.method,
-            span_id = tracing::field::Empty,
-            status = tracing::field::Empty,
-            latency_ms = tracing::field::Empty,
-            upstream = tracing::field::Empty,
+        let call = launch(
+            &self.concurrency,
+            &self.telemetry,
+            self.sent + at,
+            slot,
+            forward,
         );
-        request.span = slot.span.clone();
-        request.timeline = Some(slot.timeline.clone());
-        slot.timeline.mark(Mark::Queued);
-        let part = Queued {
-            index: self.sent + at,
-            request,
-            service,
-        };
-        if self.gate.is_empty() && self.admitted < self.settings.concurrency {
-            self.enter(part, permits);
-        } else {
-            self.gate.push_back((part, permits));
-        }
-    }
-
-    /// Lets parts waiting for the batch's concurrency in, in order, while it has room.
-    fn admit(&mut self) {
-        while self.admitted < self.settings.concurrency {
-            let Some((part, permits)) = self.gate.pop_front() else {
-                return;
-            };
-            self.enter(part, permits);
-        }
-    }
-
-    /// A part within the batch's concurrency: it goes up its stack if its route's permits are free and no
-    /// earlier part of the batch waits for them, else it waits in the route's queue.
-    fn enter(&mut self, part: Queued, permits: Permits) {
-        self.admitted += 1;
-        let route = match permits {
-            Permits::RouteAndGlobal(route) => route,
-            // The stack takes the permits itself.
-            Permits::InStack => return self.call(part, None),
-        };
-        let queue = match self
-            .routes
-            .iter()
-            .position(|q| Arc::ptr_eq(&q.permits, &route))
-        {
-            Some(queue) => queue,
-            None => {
-                self.routes.push(RouteQueue {
-                    permits: route,
-                    parts: VecDeque::new(),
-                });
-                self.routes.len() - 1
-            }
-        };
-        // The route's permit, then the gateway's, as `Permits::acquire` takes them, so that no two callers
-        // wait for each other's. The semaphores serve in arrival order: a permit is free only while nobody
-        // queues for it, so taking it now passes nobody (the batch's own earlier parts included).
-        let global = &self.telemetry.global;
-        let route = &self.routes[queue].permits;
-        let taken = match route.clone().try_acquire_owned() {
-            Ok(taken) => match global.clone().try_acquire_owned() {
-                Ok(both) => return self.call(part, Some((taken, both))),
-                Err(_) => Some(taken),
-            },
-            Err(_) => None,
-        };
-        let acquire = acquire(queue, route.clone(), taken, global.clone());
-        self.running.push(acquire);
-        self.routes[queue].parts.push_back(part);
-    }
-
-    /// An acquire of the route queue at `queue` has its permits: they go to its first part, the earliest in
-    /// request order (permits are all alike).
-    fn permits(
-        &mut self,
-        queue: usize,
-        held: Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), AcquireError>,
-    ) {
-        let part = self.routes[queue]
-            .parts
-            .pop_front()
-            .expect("an acquire is in flight only for a waiting part");
-        match held {
-            Ok(held) => self.call(part, Some(held)),
-            Err(error) => {
-                self.admitted -= 1;
-                let index = part.index;
-                let error = PartError::Internal {
-                    index,
-                    reason: error.to_string(),
-                };
-                self.settle(index - self.sent, Err(error));
-                self.admit();
-                self.send_ready();
-            }
-        }
-    }
-
-    /// Sends a part, holding its permits, up its route's stack.
-    fn call(&mut self, part: Queued, held: HeldPermits) {
-        let Queued {
-            index,
-            request,
-            service,
-        } = part;
-        let slot = &self.slots[index - self.sent];
-        slot.timeline.waited(slot.timeline.elapsed_since_queued());
-        let span = slot.span.clone();
-        self.running.push(Box::pin(
-            async move {
-                // Given back when the call ends, answered or not.
-                let _held = held;
-                let call = async {
-                    // Made now, not while the part waited: a waiting part holds no clone of its stack.
-                    let mut service = PartService::clone(&service);
-                    let call = service.ready().await?.call(*request);
-                    drop(service);
-                    call.await
-                };
-                Event::Answered(index, call.await)
-            }
-            .instrument(span),
-        ));
+        self.running.push(call);
     }
 
     /// `limits.batch_timeout` has passed: the parts running are cancelled, and every part not answered is
     /// answered with that.
     fn expire(&mut self) {
         self.expired = true;
-        // Cancels the calls and the acquires: their permits go back.
         self.running = FuturesUnordered::new();
-        self.gate = VecDeque::new();
-        self.routes = Vec::new();
-        self.admitted = 0;
         for at in 0..self.slots.len() {
             if !matches!(self.slots[at].state, SlotState::Done(_)) {
                 let error = self.past_deadline(self.sent + at);
@@ -1180,23 +1003,63 @@ fn answer(
     }
 }
 
-/// Waits for a route's permit (unless `taken` already), then the gateway's, for the route queue at `queue`.
-fn acquire(
-    queue: usize,
-    route: Arc<Semaphore>,
-    taken: Option<OwnedSemaphorePermit>,
-    global: Arc<Semaphore>,
-) -> Task {
-    Box::pin(async move {
-        let held = async {
-            let route = match taken {
-                Some(taken) => taken,
-                None => route.acquire_owned().await?,
+/// Sends a seated part up its route's stack, within the batch's concurrency and the route's and
+/// gateway's limits.
+fn launch(
+    concurrency: &Arc<Semaphore>,
+    telemetry: &Telemetry,
+    index: usize,
+    slot: &mut Slot,
+    forward: Forward,
+) -> PartFuture {
+    let Forward {
+        mut request,
+        service,
+        permits,
+        ..
+    } = forward;
+    // At debug: a span per part costs more than the part's own work at info's volume.
+    slot.span = tracing::debug_span!(
+        parent: &telemetry.span,
+        "part",
+        index,
+        route = %slot.route,
+        method = %request.method,
+        span_id = tracing::field::Empty,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+        upstream = tracing::field::Empty,
+    );
+    request.span = slot.span.clone();
+    request.timeline = Some(slot.timeline.clone());
+    let timeline = slot.timeline.clone();
+    let concurrency = concurrency.clone();
+    let global = telemetry.global.clone();
+    let span = slot.span.clone();
+    Box::pin(
+        async move {
+            let started = Instant::now();
+            timeline.mark(Mark::Queued);
+            let internal = |e: tokio::sync::AcquireError| PartError::Internal {
+                index,
+                reason: e.to_string(),
             };
-            Ok((route, global.acquire_owned().await?))
-        };
-        Event::Permits(queue, held.await)
-    })
+            let call = async {
+                let _permit = concurrency.acquire_owned().await.map_err(internal)?;
+                // Then the route's and the gateway's.
+                let _held = permits.acquire(&global).await.map_err(internal)?;
+                timeline.waited(started.elapsed());
+                // Not `oneshot`: that holds the request in this future from the start, while the part
+                // waits for its permits; the call moves it into the stack's own (boxed) future.
+                let mut service = PartService::clone(&service);
+                let call = service.ready().await?.call(*request);
+                drop(service);
+                call.await
+            };
+            (index, call.await)
+        }
+        .instrument(span),
+    )
 }
 
 impl Drop for Scheduler {
