@@ -1247,6 +1247,35 @@ mod tests {
         batch_timeout: Duration,
         observer: Arc<Observer>,
     ) -> (Feed, Answers, Arc<Metrics>) {
+        let global = Arc::new(Semaphore::new(16));
+        scheduler_full(
+            (window, concurrency, window_bytes),
+            batch_timeout,
+            observer,
+            global,
+        )
+    }
+
+    /// A batch whose parts take the gateway-wide permits from `global`.
+    fn scheduler_global(
+        window: usize,
+        concurrency: usize,
+        global: &Arc<Semaphore>,
+    ) -> (Feed, Answers, Arc<Metrics>) {
+        scheduler_full(
+            (window, concurrency, usize::MAX),
+            Duration::from_secs(3600),
+            Arc::default(),
+            global.clone(),
+        )
+    }
+
+    fn scheduler_full(
+        (window, concurrency, window_bytes): (usize, usize, usize),
+        batch_timeout: Duration,
+        observer: Arc<Observer>,
+        global: Arc<Semaphore>,
+    ) -> (Feed, Answers, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let settings = Settings {
             window,
@@ -1266,7 +1295,7 @@ mod tests {
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
                 usize::MAX,
             )),
-            global: Arc::new(Semaphore::new(16)),
+            global,
             span: tracing::Span::none(),
             access_parts: false,
         };
@@ -1656,5 +1685,217 @@ mod tests {
         assert_eq!(statuses, ["404", "424", "424", "200", "424"]);
         assert_eq!(*calls.lock().unwrap(), [0, 3], "no dependent was sent");
         assert!(rendered(&metrics).contains("outcome=\"failed_dependency\"} 3"));
+    }
+
+    /// A GET of `path` on a route whose fixed limit is `route`.
+    fn routed(index: usize, path: &str, service: &PartService, route: &Arc<Semaphore>) -> Job {
+        let mut job = job(index, Method::GET, service);
+        if let Work::Forward(forward) = &mut job.work {
+            forward.request.path = path.parse().unwrap();
+            forward.permits = Permits::RouteAndGlobal(route.clone());
+        }
+        job
+    }
+
+    /// Gives the scheduler's task many turns, for tests that check that something did not happen.
+    async fn settle_down() {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parts_waiting_for_a_route_start_in_request_order_and_answer_in_it() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let route = Arc::new(Semaphore::new(2));
+        let (feed, mut out, _) = scheduler(8, 8);
+        for i in 0..6 {
+            feed.push(routed(i, &format!("/p{i}"), &service, &route));
+        }
+        feed.commit();
+        upstream.until_started(2).await;
+        settle_down().await;
+        assert_eq!(upstream.started(), ["/p0", "/p1"]);
+        // Finished out of order: each permit given back goes to the batch's next part in request order.
+        for (path, started) in [("/p1", 3), ("/p0", 4), ("/p3", 5), ("/p2", 6)] {
+            upstream.release(path);
+            upstream.until_started(started).await;
+        }
+        assert_eq!(
+            upstream.started(),
+            ["/p0", "/p1", "/p2", "/p3", "/p4", "/p5"]
+        );
+        upstream.release("/p4");
+        upstream.release("/p5");
+        let mut bodies = Vec::new();
+        while let Some(part) = out.recv().await {
+            bodies.push(body_of(&part));
+        }
+        assert_eq!(bodies, ["/p0", "/p1", "/p2", "/p3", "/p4", "/p5"]);
+        assert_eq!(route.available_permits(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parts_of_batches_waiting_for_a_route_start_in_the_order_they_queued() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let route = Arc::new(Semaphore::new(1));
+        let ours = route.clone().try_acquire_owned().unwrap();
+        let (first, _first_out, _) = scheduler(8, 8);
+        let (second, _second_out, _) = scheduler(8, 8);
+        for (feed, batch) in [(first, "a"), (second, "b")] {
+            for i in 0..3 {
+                feed.push(routed(i, &format!("/{batch}{i}"), &service, &route));
+            }
+            feed.commit();
+            // The first batch's parts queue for the route before the second's.
+            settle_down().await;
+        }
+        // Queued after both batches: served after all their parts.
+        let theirs = tokio::spawn(route.clone().acquire_owned());
+        settle_down().await;
+        drop(ours);
+        let order = ["/a0", "/a1", "/a2", "/b0", "/b1", "/b2"];
+        for (n, path) in order.iter().enumerate() {
+            upstream.until_started(n + 1).await;
+            settle_down().await;
+            assert_eq!(upstream.started(), order[..=n]);
+            assert!(!theirs.is_finished());
+            upstream.release(path);
+        }
+        spin_until("the later acquire served", || theirs.is_finished()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_gone_while_its_parts_wait_gives_every_permit_back() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let route = Arc::new(Semaphore::new(3));
+        let global = Arc::new(Semaphore::new(2));
+        // One gateway-wide permit left: the first part runs, the second holds the route's permit and waits
+        // for the gateway's, the third waits for the route's behind them.
+        let ours = global.clone().try_acquire_owned().unwrap();
+        let elsewhere = route.clone().try_acquire_many_owned(1).unwrap();
+        let (feed, out, metrics) = scheduler_global(8, 8, &global);
+        for i in 0..3 {
+            feed.push(routed(i, &format!("/p{i}"), &service, &route));
+        }
+        feed.commit();
+        upstream.until_started(1).await;
+        settle_down().await;
+        assert_eq!(route.available_permits(), 0);
+        drop(out);
+        spin_until("the running part cancelled", || {
+            upstream.in_flight.load(Ordering::SeqCst) == 0
+        })
+        .await;
+        spin_until("the batch's permits back", || {
+            route.available_permits() == 2 && global.available_permits() == 1
+        })
+        .await;
+        drop((ours, elsewhere));
+        assert_eq!(route.available_permits(), 3);
+        assert_eq!(global.available_permits(), 2);
+        assert_eq!(upstream.started(), ["/p0"]);
+        spin_until("cancelled parts counted", || {
+            rendered(&metrics)
+                .contains("batchgate_parts_total{route=\"/p/\",outcome=\"cancelled\"} 3")
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_route_resized_while_parts_wait_for_it() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let capacity = crate::stack::limit::Capacity::new(2);
+        let route = capacity.permits().clone();
+        let (feed, _out, _) = scheduler(8, 8);
+        for i in 0..5 {
+            feed.push(routed(i, &format!("/p{i}"), &service, &route));
+        }
+        feed.commit();
+        upstream.until_started(2).await;
+        // Grown: a waiting part takes the new permit at once.
+        capacity.resize(3);
+        upstream.until_started(3).await;
+        // Shrunk to 1 with 3 held: the parts queued before the shrink still start, as permits come back; then
+        // the shrink takes the next two.
+        capacity.resize(1);
+        settle_down().await;
+        upstream.release("/p0");
+        upstream.until_started(4).await;
+        upstream.release("/p1");
+        upstream.until_started(5).await;
+        upstream.release("/p2");
+        upstream.release("/p3");
+        settle_down().await;
+        assert_eq!(capacity.permits().available_permits(), 0);
+        assert_eq!(capacity.in_use(), 1, "/p4 runs within the new size");
+        upstream.release("/p4");
+        spin_until("the one permit back", || {
+            capacity.permits().available_permits() == 1
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parts_wait_for_its_routes_permit_is_timed_and_its_batch_concurrency_kept() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let route = Arc::new(Semaphore::new(8));
+        let ours = route.clone().try_acquire_many_owned(8).unwrap();
+        // A concurrency of 2: two parts queue for the route, the others wait for them.
+        let (feed, mut out, metrics) = scheduler(8, 2);
+        for i in 0..4 {
+            feed.push(routed(i, &format!("/p{i}"), &service, &route));
+        }
+        feed.commit();
+        settle_down().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(ours);
+        upstream.until_started(2).await;
+        settle_down().await;
+        assert_eq!(
+            upstream.started(),
+            ["/p0", "/p1"],
+            "the batch's concurrency"
+        );
+        for i in 0..4 {
+            upstream.until_started(i + 1).await;
+            upstream.release(&format!("/p{i}"));
+        }
+        while out.recv().await.is_some() {}
+        let text = rendered(&metrics);
+        let sum = text
+            .lines()
+            .find(|l| l.starts_with("batchgate_queue_wait_seconds_sum{route=\"/p/\"}"))
+            .expect(&text);
+        let sum: f64 = sum.rsplit(' ').next().unwrap().parse().unwrap();
+        // Each part waited the 5 s the route was full, none of them more.
+        assert!((20.0..20.01).contains(&sum), "{sum}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_route_whose_permits_fail_answers_its_waiting_parts_and_runs_the_rest() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let route = Arc::new(Semaphore::new(0));
+        let (feed, mut out, _) = scheduler(8, 8);
+        feed.push(routed(0, "/p0", &service, &route));
+        feed.push(routed(1, "/p1", &service, &route));
+        feed.push(job(2, Method::GET, &service));
+        feed.commit();
+        upstream.until_started(1).await;
+        route.close();
+        upstream.release("/p2");
+        let mut answers = Vec::new();
+        while let Some(part) = out.recv().await {
+            answers.push(text_of(&part));
+        }
+        assert!(answers[0].contains("HTTP/1.1 500"), "{}", answers[0]);
+        assert!(answers[1].contains("HTTP/1.1 500"), "{}", answers[1]);
+        assert!(answers[2].trim_end().ends_with("/p2"), "{}", answers[2]);
     }
 }
