@@ -246,7 +246,7 @@ struct Connection {
     builder: Arc<Builders>,
     /// Keeps the shutdown waiting for this connection from accept on, before it is served.
     watcher: hyper_util::server::graceful::Watcher,
-    /// Tells it to give up its TLS handshake.
+    /// Tells it to give up its TLS handshake, or the wait for its first bytes.
     stop: watch::Receiver<bool>,
     idle: Idle,
     write_timeout: std::time::Duration,
