@@ -112,6 +112,13 @@ pub(crate) struct BatchHeaders {
     fields: Option<HeaderValue>,
 }
 
+/// A copy of `value` in a buffer of its own, as sensitive as `value`.
+fn detached(value: &HeaderValue) -> HeaderValue {
+    let mut copy = HeaderValue::from_bytes(value.as_bytes()).expect("the bytes of a header value");
+    copy.set_sensitive(value.is_sensitive());
+    copy
+}
+
 impl HeaderRules {
     /// The config must be validated: its header names are expected to parse.
     pub(crate) fn new(config: &Config) -> HeaderRules {
@@ -132,11 +139,23 @@ impl HeaderRules {
     /// `Content-*`, `Host`, `Expect`, `Accept-Encoding`, `Idempotency-Key`, forwarding headers and whatever
     /// the policy excludes), and the forwarding headers the gateway adds. `peer` is the TCP peer; `tls` whether the
     /// client connection was HTTPS.
+    ///
+    /// Its values are copies, not shares of `outer`'s: a value parsed by hyper is a slice of the connection's
+    /// read buffer, and a batch context that shared one would keep that whole buffer (8 KiB or more) from
+    /// being reused for as long as the batch's parts run, so that hyper had to allocate another for the
+    /// connection's next read.
     pub(crate) fn batch(&self, outer: &HeaderMap, peer: IpAddr, tls: bool) -> BatchHeaders {
+        let mut inherited = self.inherited(outer);
+        for value in inherited.values_mut() {
+            *value = detached(value);
+        }
         BatchHeaders {
-            inherited: self.inherited(outer),
+            inherited,
             forwarding: self.forwarding(outer, peer, tls),
-            fields: self.fields.then(|| outer.get(X_FIELDS).cloned()).flatten(),
+            fields: self
+                .fields
+                .then(|| outer.get(X_FIELDS).map(detached))
+                .flatten(),
         }
     }
 
@@ -238,7 +257,7 @@ impl HeaderRules {
             let mut any = false;
             if trusted {
                 for value in outer.get_all(name) {
-                    out.append(name.clone(), value.clone());
+                    out.append(name.clone(), detached(value));
                     any = true;
                 }
             }
@@ -251,7 +270,7 @@ impl HeaderRules {
         if !kept(&X_FORWARDED_HOST, &mut out)
             && let Some(host) = outer.get(header::HOST).filter(|h| is_valid_host(h))
         {
-            out.insert(X_FORWARDED_HOST, host.clone());
+            out.insert(X_FORWARDED_HOST, detached(host));
         }
         out
     }
@@ -563,6 +582,47 @@ mod tests {
                 false,
             );
         assert_eq!(only.inherited, map(&[("authorization", "a")]));
+    }
+
+    /// hyper parses a request's header values as slices of the connection's read buffer: the batch context,
+    /// which lives as long as the batch's parts, holds copies, so that the buffer is free for the next read.
+    #[test]
+    fn the_batch_context_shares_no_byte_of_the_request_head() {
+        let head = bytes::Bytes::from_static(b"gw.example:8080 Bearer t https a,b 10.1.1.1");
+        let value = |text: &str| {
+            let at = head
+                .windows(text.len())
+                .position(|w| w == text.as_bytes())
+                .unwrap();
+            let mut value =
+                HeaderValue::from_maybe_shared(head.slice(at..at + text.len())).unwrap();
+            value.set_sensitive(text.starts_with("Bearer"));
+            value
+        };
+        let mut outer = HeaderMap::new();
+        outer.insert(header::HOST, value("gw.example:8080"));
+        outer.insert(header::AUTHORIZATION, value("Bearer t"));
+        outer.insert(X_FORWARDED_PROTO, value("https"));
+        outer.insert(X_FORWARDED_FOR, value("10.1.1.1"));
+        outer.insert(X_FIELDS, value("a,b"));
+        let rules = rules(
+            "trusted_proxies = [\"10.0.0.0/8\"]\n[[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\nfields = true",
+        );
+        let batch = rules.batch(&outer, "10.0.0.1".parse().unwrap(), false);
+        let in_head = |v: &HeaderValue| head.as_ptr_range().contains(&v.as_bytes().as_ptr());
+        let up = batch.for_part(HeaderMap::new(), false);
+        assert_eq!(all(&up, "authorization"), ["Bearer t"]);
+        assert!(up["authorization"].is_sensitive());
+        assert_eq!(all(&up, "x-forwarded-proto"), ["https"]);
+        assert_eq!(all(&up, "x-forwarded-host"), ["gw.example:8080"]);
+        assert_eq!(
+            batch.fields.as_ref().map(|v| v.as_bytes()),
+            Some(&b"a,b"[..])
+        );
+        for (name, value) in &up {
+            assert!(!in_head(value), "{name} shares the request head's buffer");
+        }
+        assert!(!in_head(batch.fields.as_ref().unwrap()));
     }
 
     #[test]

@@ -39,14 +39,33 @@ pub(super) async fn dispatch(
         if respond_async {
             // A browser may submit a job this way: the batch endpoint's CORS applies.
             let origin = request.headers().get(http::header::ORIGIN).cloned();
-            let mut response = jobs::api::serve(jobs, gateway, request, peer.ip(), tls, true).await;
+            // Boxed, as below: the jobs' future is the largest of all the endpoints' (about 6 KiB), and hyper
+            // keeps room for this function's future in every connection, so inlined it would make every
+            // connection pay for it.
+            let mut response = Box::pin(jobs::api::serve(
+                jobs,
+                gateway,
+                request,
+                peer.ip(),
+                tls,
+                true,
+            ))
+            .await;
             if let Some(cors) = &served.cors {
                 cors.decorate(origin.as_ref(), response.headers_mut());
             }
             return response;
         }
         if jobs::api::is_jobs_path(path) {
-            return jobs::api::serve(jobs, gateway, request, peer.ip(), tls, false).await;
+            return Box::pin(jobs::api::serve(
+                jobs,
+                gateway,
+                request,
+                peer.ip(),
+                tls,
+                false,
+            ))
+            .await;
         }
     }
     if path == gateway.config.batch_path {

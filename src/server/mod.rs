@@ -13,6 +13,7 @@ pub(crate) mod cors;
 mod endpoints;
 pub(crate) mod io;
 mod live;
+mod sniff;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -53,7 +54,7 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
 /// The connection settings of one gateway's config, rebuilt when a reload brings another gateway.
 struct ConnSettings {
     gateway: Arc<Gateway>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Builders>,
     idle: Idle,
     write_timeout: std::time::Duration,
 }
@@ -62,13 +63,29 @@ impl ConnSettings {
     fn new(gateway: Arc<Gateway>) -> ConnSettings {
         let limits = &gateway.config.limits;
         ConnSettings {
-            builder: Arc::new(builder(limits)),
+            builder: Arc::new(Builders::new(builder(limits))),
             idle: Idle {
                 first_request: limits.header_read_timeout,
                 between_requests: limits.idle_timeout,
             },
             write_timeout: limits.write_timeout,
             gateway,
+        }
+    }
+}
+
+/// The connection builders of one config: `any` tells HTTP/1 from HTTP/2 itself (TLS connections, whose
+/// first bytes are the handshake's), `http1` serves a cleartext connection that [`sniff`] found is HTTP/1.
+struct Builders {
+    any: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(any: auto::Builder<TokioExecutor>) -> Builders {
+        Builders {
+            http1: any.clone().http1_only(),
+            any,
         }
     }
 }
@@ -226,10 +243,10 @@ fn refuse(
 /// One accepted connection and what it is served with, until it is handed its socket ([`Connection::serve`]).
 struct Connection {
     handler: Handler,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Builders>,
     /// Keeps the shutdown waiting for this connection from accept on, before it is served.
     watcher: hyper_util::server::graceful::Watcher,
-    /// Tells it to give up its TLS handshake.
+    /// Tells it to give up its TLS handshake, or the wait for its first bytes.
     stop: watch::Receiver<bool>,
     idle: Idle,
     write_timeout: std::time::Duration,
@@ -258,7 +275,17 @@ impl Connection {
         let connection = async move {
             match tls {
                 None => {
+                    // Its first bytes tell which HTTP it speaks (sniff.rs says why it is not left to
+                    // `auto`); a silent one is closed at shutdown, as `auto` would close it.
+                    let (speaks, io) = tokio::select! {
+                        sniffed = sniff::sniff(io) => sniffed?,
+                        _ = stop.wait_for(|stopping| *stopping) => return Ok(()),
+                    };
                     let service = handler.service(false);
+                    let builder = match speaks {
+                        sniff::Speaks::Http1 => &builder.http1,
+                        sniff::Speaks::Http2 => &builder.any,
+                    };
                     let connection = builder.serve_connection(TokioIo::new(io), service);
                     watcher.watch(connection.into_owned()).await
                 }
@@ -271,7 +298,7 @@ impl Connection {
                         _ = stop.wait_for(|stopping| *stopping) => return Ok(()),
                     };
                     let service = handler.service(true);
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    let connection = builder.any.serve_connection(TokioIo::new(stream), service);
                     watcher.watch(connection.into_owned()).await
                 }
             }
