@@ -31,6 +31,7 @@ use tracing::Instrument;
 use crate::config::AccessLog;
 use crate::error::BatchError;
 use crate::gateway::Gateway;
+use crate::headers::IpText;
 use crate::observe::trace::TraceContext;
 use crate::response::ReplyBody;
 
@@ -55,7 +56,7 @@ where
     let span = tracing::info_span!(
         "batch",
         id = timeline.id,
-        %peer,
+        peer = %IpText(peer),
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
         parts = tracing::field::Empty,
