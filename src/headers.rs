@@ -238,22 +238,23 @@ impl HeaderRules {
     }
 
     fn inherited(&self, outer: &HeaderMap) -> HeaderMap {
+        let dropped = |n: &HeaderName| {
+            n.as_str().starts_with("content-")
+                || *n == header::HOST
+                || *n == header::EXPECT
+                || *n == header::ACCEPT_ENCODING
+                || *n == IDEMPOTENCY_KEY
+                || FORWARDING.contains(n)
+                || self.deny.contains(n)
+                || (!self.only.is_empty() && !self.only.contains(n))
+        };
+        // Most batches carry nothing to inherit (`Host`, `Content-Type`, `Content-Length`): no copy to empty.
+        if outer.keys().all(|n| is_hop_by_hop(n) || dropped(n)) {
+            return HeaderMap::new();
+        }
         let mut out = outer.clone();
         strip_hop_by_hop(&mut out);
-        let drop: Vec<HeaderName> = out
-            .keys()
-            .filter(|n| {
-                n.as_str().starts_with("content-")
-                    || *n == header::HOST
-                    || *n == header::EXPECT
-                    || *n == header::ACCEPT_ENCODING
-                    || *n == IDEMPOTENCY_KEY
-                    || FORWARDING.contains(n)
-                    || self.deny.contains(n)
-                    || (!self.only.is_empty() && !self.only.contains(n))
-            })
-            .cloned()
-            .collect();
+        let drop: Vec<HeaderName> = out.keys().filter(|n| dropped(n)).cloned().collect();
         for name in drop {
             out.remove(name);
         }
@@ -553,6 +554,27 @@ mod tests {
             };
             assert_eq!(order(&ours), order(&reference), "{shape:?}");
         }
+    }
+
+    #[test]
+    fn a_batch_with_nothing_to_inherit_gives_nothing_and_its_forwarding_headers() {
+        let outer = map(&[
+            ("host", "gw"),
+            ("content-type", "multipart/mixed; boundary=b"),
+            ("content-length", "9"),
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+        ]);
+        let batch = rules("").batch(&outer, "10.0.0.9".parse().unwrap(), false);
+        assert!(batch.inherited.is_empty());
+        assert_eq!(
+            batch.forwarding,
+            map(&[
+                ("x-forwarded-for", "10.0.0.9"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "gw"),
+            ])
+        );
     }
 
     #[test]
