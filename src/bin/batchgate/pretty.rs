@@ -257,7 +257,20 @@ impl Visit for Fields<'_> {
 
     fn record_str(&mut self, field: &Field, value: &str) {
         if self.name(field) {
-            self.result = self.result.and_then(|()| write!(self.writer, "{value:?}"));
+            // `Debug` escapes nothing in printable ASCII but `"` and `\`: such a string (a format's name, a hex
+            // trace id) is written as it is, without `Debug`'s walk over its characters.
+            let plain = value
+                .bytes()
+                .all(|b| matches!(b, b' '..=b'~') && b != b'"' && b != b'\\');
+            self.result = self.result.and_then(|()| {
+                if plain {
+                    self.writer.write_char('"')?;
+                    self.writer.write_str(value)?;
+                    self.writer.write_char('"')
+                } else {
+                    write!(self.writer, "{value:?}")
+                }
+            });
         } else {
             self.default_visitor(field, |visitor| visitor.record_str(field, value));
         }
