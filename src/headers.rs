@@ -11,8 +11,8 @@ use smallvec::SmallVec;
 
 use crate::config::{Cidr, Config};
 
-/// An IP address as its `Display` writes it, an IPv4 one in a single write. The standard library's formats each
-/// octet through the integer formatter; the peer's address is written for every batch (its span, its access
+/// An IP address as its `Display` writes it, an IPv4 one in a single write. The standard library's `Ipv4Addr`
+/// formats each octet through the integer formatter; the peer's address is written for every batch (its span, its access
 /// line, `X-Forwarded-For`), and that was about 3% of a 1-part batch's instructions (docs/performance.md).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct IpText(pub(crate) IpAddr);
@@ -34,7 +34,7 @@ impl IpText {
 impl fmt::Display for IpText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            // With a width or precision the standard library pads the whole address: it does that as it does.
+            // With a width or precision, the standard library pads the address as a whole: left to it.
             IpAddr::V4(v4) if f.width().is_none() && f.precision().is_none() => {
                 f.write_str(v4_text(v4, &mut [0; 15]))
             }
