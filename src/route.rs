@@ -169,28 +169,21 @@ impl Router {
 
         let names_gateway =
             |a: &Authority| gateway_host.is_some_and(|h| a.as_str().eq_ignore_ascii_case(h));
-        let candidates: Vec<&Arc<Route>> = match &authority {
-            Some(a) if !names_gateway(a) => {
-                let matching: Vec<_> = self
-                    .routes
-                    .iter()
-                    .filter(|r| r.serves_authority(a))
-                    .collect();
-                if matching.is_empty() {
-                    return Err(RouteError::UnknownAuthority(a.to_string()));
-                }
-                matching
-            }
-            _ => self.routes.iter().collect(),
-        };
+        // Routes for another authority are no candidates; an origin-form target (the common case) has them all,
+        // without a list made for it.
+        let elsewhere = authority.as_ref().filter(|a| !names_gateway(a));
+        let candidate = |r: &Route| elsewhere.is_none_or(|a| r.serves_authority(a));
+        if let Some(a) = elsewhere
+            && !self.routes.iter().any(|r| candidate(r))
+        {
+            return Err(RouteError::UnknownAuthority(a.to_string()));
+        }
+        let best = |path: &str| best_route(self.routes.iter().filter(|r| candidate(r)), path);
 
-        // The route the target asked for before dot segments were applied must still be the one it gets.
-        let lexical: Cow<'_, str> = if plain {
-            raw_path.into()
-        } else {
-            collapse_slashes(&asked_path).into()
-        };
-        if let Some(asked) = best_route(&candidates, &lexical)
+        // The route the target asked for before dot segments were applied must still be the one it gets (a plain
+        // target has none: it asked for the path it has).
+        if !plain
+            && let Some(asked) = best(&collapse_slashes(&asked_path))
             && prefix_match(&asked.prefix, &path).is_none()
         {
             return Err(RouteError::EscapesPrefix {
@@ -198,8 +191,7 @@ impl Router {
                 prefix: asked.prefix.clone(),
             });
         }
-        let route = best_route(&candidates, &path)
-            .ok_or_else(|| RouteError::NoRoute(path.clone().into_owned()))?;
+        let route = best(&path).ok_or_else(|| RouteError::NoRoute(path.clone().into_owned()))?;
         if wants_tls && !route.tls {
             return Err(RouteError::PlainForHttps {
                 target: target.to_owned(),
@@ -210,7 +202,7 @@ impl Router {
         // decodes them must still be inside the route the gateway chose.
         if has_encoded_slash(&path) {
             let decoded = collapse_slashes(&decode(&path, &[("%2f", '/'), ("%5c", '/')]));
-            if !best_route(&candidates, &decoded).is_some_and(|r| Arc::ptr_eq(r, route)) {
+            if !best(&decoded).is_some_and(|r| Arc::ptr_eq(r, route)) {
                 return Err(RouteError::EncodedSlash(target.to_owned()));
             }
         }
@@ -270,10 +262,11 @@ fn prefix_match(prefix: &str, path: &str) -> Option<usize> {
 }
 
 /// The route whose prefix matches `path` best: the longest prefix on a segment boundary.
-fn best_route<'r>(candidates: &[&'r Arc<Route>], path: &str) -> Option<&'r Arc<Route>> {
+fn best_route<'r>(
+    candidates: impl Iterator<Item = &'r Arc<Route>>,
+    path: &str,
+) -> Option<&'r Arc<Route>> {
     candidates
-        .iter()
-        .copied()
         .filter_map(|r| prefix_match(&r.prefix, path).map(|rank| (rank, r)))
         .max_by_key(|&(rank, _)| rank)
         .map(|(_, r)| r)

@@ -31,6 +31,7 @@ use tracing::Instrument;
 use crate::config::AccessLog;
 use crate::error::BatchError;
 use crate::gateway::Gateway;
+use crate::headers::IpText;
 use crate::observe::trace::TraceContext;
 use crate::response::ReplyBody;
 
@@ -52,24 +53,35 @@ where
     let timeline = gateway
         .observer
         .batch(peer, arrival, gateway.config.stats_parts_per_batch());
-    let span = tracing::info_span!(
-        "batch",
-        id = timeline.id,
-        %peer,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-        parts = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-    );
     #[allow(unused_mut)]
     let mut trace = TraceContext::from_headers(&head.headers);
-    #[cfg(feature = "otel")]
-    crate::otel::adopt(&mut trace, &span);
-    // Formatted only for a span someone records.
-    if !span.is_disabled() {
-        span.record("trace_id", trace.trace_id_hex().as_str());
-        span.record("span_id", trace.span_id_hex().as_str());
+    macro_rules! batch_span {
+        ($trace_id:expr, $span_id:expr) => {
+            tracing::info_span!(
+                "batch",
+                id = timeline.id,
+                peer = %IpText(peer),
+                trace_id = $trace_id,
+                span_id = $span_id,
+                parts = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            )
+        };
     }
+    // The trace ids go in as the span is made (formatted only for a span someone records): recorded later, each
+    // was one more trip through the subscriber. With `otel` they are the exported span's, known once it exists.
+    #[cfg(not(feature = "otel"))]
+    let span = batch_span!(trace.trace_id_hex().as_str(), trace.span_id_hex().as_str());
+    #[cfg(feature = "otel")]
+    let span = {
+        let span = batch_span!(tracing::field::Empty, tracing::field::Empty);
+        crate::otel::adopt(&mut trace, &span);
+        if !span.is_disabled() {
+            span.record("trace_id", trace.trace_id_hex().as_str());
+            span.record("span_id", trace.span_id_hex().as_str());
+        }
+        span
+    };
     let admitted = admit::admit(gateway, &head, peer, tls, trace).inspect_err(|error| {
         timeline.finish(error.status().as_u16());
         span.record("outcome", error.status().as_u16());

@@ -34,6 +34,7 @@ use super::run::{Answers, Running};
 use crate::codec::{Format, Rendered, ReplyWriter};
 use crate::compress::{Effort, Encoder};
 use crate::config::{Coding, CompressionConfig};
+use crate::headers::IpText;
 use crate::observe::timeline::{BatchTimeline, Mark};
 use crate::response::{BoxError, Chunk, ReplyBody};
 use batchgate_tcpinfo::TcpInfo;
@@ -270,7 +271,7 @@ impl Body {
             tracing::info!(
                 target: "batchgate::access",
                 id = self.timeline.id,
-                peer = %self.access.peer,
+                peer = %IpText(self.access.peer),
                 format = self.access.format.as_str(),
                 reply_format = self.reply_format.as_str(),
                 parts = self.total,

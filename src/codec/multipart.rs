@@ -80,11 +80,18 @@ impl PartReader {
 }
 
 /// Renders reply parts under a boundary drawn at random for each reply (from the thread's CSPRNG, about
-/// 190 bits), so that no upstream body can contain it and forge parts.
+/// 190 bits), so that no upstream body can contain it and forge parts. The boundary is held inline: a batch's
+/// writer is made, and cloned for its scheduler, without an allocation.
 #[derive(Debug, Clone)]
 pub(crate) struct ReplyWriter {
-    boundary: String,
+    /// Alphanumeric ASCII.
+    boundary: [u8; BOUNDARY_LEN],
 }
+
+const BOUNDARY_LEN: usize = 32;
+
+/// What the reply's `Content-Type` says before its boundary.
+const CONTENT_TYPE_PREFIX: &[u8] = b"multipart/mixed; boundary=";
 
 impl Default for ReplyWriter {
     fn default() -> Self {
@@ -94,18 +101,26 @@ impl Default for ReplyWriter {
 
 impl ReplyWriter {
     pub(crate) fn new() -> ReplyWriter {
-        let boundary = rand::rng()
-            .sample_iter(Alphanumeric)
-            .take(32)
-            .map(char::from)
-            .collect();
+        let mut boundary = [0; BOUNDARY_LEN];
+        for (byte, drawn) in boundary
+            .iter_mut()
+            .zip(rand::rng().sample_iter(Alphanumeric))
+        {
+            *byte = drawn;
+        }
         ReplyWriter { boundary }
+    }
+
+    fn boundary(&self) -> &str {
+        std::str::from_utf8(&self.boundary).expect("an alphanumeric boundary")
     }
 
     /// The reply's `Content-Type`.
     pub(crate) fn content_type(&self) -> HeaderValue {
-        HeaderValue::from_str(&format!("multipart/mixed; boundary={}", self.boundary))
-            .expect("an alphanumeric boundary")
+        let mut value = [0; CONTENT_TYPE_PREFIX.len() + BOUNDARY_LEN];
+        value[..CONTENT_TYPE_PREFIX.len()].copy_from_slice(CONTENT_TYPE_PREFIX);
+        value[CONTENT_TYPE_PREFIX.len()..].copy_from_slice(&self.boundary);
+        HeaderValue::from_bytes(&value).expect("an alphanumeric boundary")
     }
 
     /// One part answered by its upstream.
@@ -119,7 +134,7 @@ impl ReplyWriter {
         if body_len >= ZERO_COPY_BODY {
             write_reply_head(
                 &mut out,
-                &self.boundary,
+                self.boundary(),
                 content_id,
                 response.status,
                 &response.headers,
@@ -134,7 +149,7 @@ impl ReplyWriter {
         }
         write_reply(
             &mut out,
-            &self.boundary,
+            self.boundary(),
             content_id,
             response.status,
             &response.headers,
@@ -151,7 +166,7 @@ impl ReplyWriter {
         let mut out = BytesMut::new();
         write_reply(
             &mut out,
-            &self.boundary,
+            self.boundary(),
             content_id,
             error.status(),
             &headers,
@@ -164,7 +179,27 @@ impl ReplyWriter {
     /// What ends the reply.
     pub(crate) fn close(&self) -> Bytes {
         let mut out = BytesMut::new();
-        write_close(&mut out, &self.boundary);
+        write_close(&mut out, self.boundary());
         out.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReplyWriter;
+
+    #[test]
+    fn a_reply_boundary_is_32_random_alphanumerics_named_in_the_content_type_and_the_close() {
+        let (one, other) = (ReplyWriter::new(), ReplyWriter::new());
+        let content_type = one.content_type();
+        let boundary = content_type
+            .to_str()
+            .unwrap()
+            .strip_prefix("multipart/mixed; boundary=")
+            .unwrap();
+        assert_eq!(boundary.len(), 32);
+        assert!(boundary.bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_ne!(other.content_type(), content_type);
+        assert_eq!(&one.close()[..], format!("--{boundary}--\r\n").as_bytes());
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{Route, Router, best_route, prefix_match};
+use super::{Router, best_route, prefix_match};
 use crate::config::Config;
 
 /// Routes with overlapping prefixes (a more private one inside a public one), a bare prefix, and an
@@ -76,8 +76,7 @@ pub(crate) fn route(data: &[u8]) {
         return;
     }
     let naive = naive_resolve(path);
-    let candidates: Vec<&Arc<Route>> = router.routes.iter().collect();
-    if let Some(other) = best_route(&candidates, &naive) {
+    if let Some(other) = best_route(router.routes.iter(), &naive) {
         assert!(
             Arc::ptr_eq(other, route),
             "{target:?} routed to {:?}, but an upstream decoding {path:?} reads {naive:?}, which is {:?}'s",
