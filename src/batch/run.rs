@@ -975,19 +975,19 @@ fn answer(
             saturated: telemetry.global.available_permits() == 0,
         },
     );
+    // The route's series looked up once for the part's counts.
+    let metrics = telemetry.metrics.route(route);
     if !route.is_empty() {
         let waited = Duration::from_micros(u64::from(timeline.waited_micros()));
-        telemetry.metrics.queue_wait(route, waited);
+        metrics.queue_wait(waited);
     }
     match result {
         Ok(response) => {
-            telemetry
-                .metrics
-                .part_answered(route, response.status, elapsed);
+            metrics.part_answered(response.status, elapsed);
             writer.response(*index, content_id, response)
         }
         Err(error) => {
-            telemetry.metrics.part_failed(route, &error, elapsed);
+            metrics.part_failed(&error, elapsed);
             // Under the part's span when part spans are on; under the batch's otherwise.
             let _part = span.enter();
             match error.fault() {
