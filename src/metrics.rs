@@ -106,7 +106,7 @@ pub(crate) struct Metrics {
 /// One route's counters and histograms, by outcome and by status class. The status classes are a fixed
 /// set, so their series sit in arrays (by [`class_index`]): counting an answered part hashes nothing.
 #[derive(Debug, Default)]
-struct RouteSeries {
+pub(crate) struct RouteSeries {
     /// Parts the upstream answered, by status class.
     answered: [OnceLock<Counter>; CLASSES.len()],
     /// Parts that failed, by error kind.
@@ -350,12 +350,12 @@ fn class_index(status: StatusCode) -> usize {
     }
 }
 
-/// One route's series, for the counts of one part (see [`Metrics::route`]).
+/// One route's series, for the counts of one part (see [`Metrics::of`]).
 #[derive(Debug)]
 pub(crate) struct RouteMetrics<'a> {
     metrics: &'a Metrics,
     route: &'a str,
-    series: Arc<RouteSeries>,
+    series: &'a RouteSeries,
 }
 
 impl RouteMetrics<'_> {
@@ -482,7 +482,9 @@ impl Metrics {
         self.batch_duration.observe(elapsed.as_secs_f64());
     }
 
-    fn series(&self, route: &str) -> Arc<RouteSeries> {
+    /// `route`'s series: a batch looks them up once per route and counts each of its parts with them
+    /// ([`Metrics::of`]).
+    pub(crate) fn series(&self, route: &str) -> Arc<RouteSeries> {
         if let Some(series) = self
             .routes
             .read()
@@ -495,23 +497,25 @@ impl Metrics {
         routes.entry(route.to_owned()).or_default().clone()
     }
 
-    /// `route`'s series, looked up once for everything one part counts.
-    pub(crate) fn route<'a>(&'a self, route: &'a str) -> RouteMetrics<'a> {
+    /// What one part of `route` counts, in the route's `series`.
+    pub(crate) fn of<'a>(&'a self, route: &'a str, series: &'a RouteSeries) -> RouteMetrics<'a> {
         RouteMetrics {
             metrics: self,
             route,
-            series: self.series(route),
+            series,
         }
     }
 
     /// A part its upstream answered: counted by the class of the upstream's status.
     pub(crate) fn part_answered(&self, route: &str, status: StatusCode, elapsed: Duration) {
-        self.route(route).part_answered(status, elapsed);
+        self.of(route, &self.series(route))
+            .part_answered(status, elapsed);
     }
 
     /// A part that failed: counted by its kind; upstream faults also by error kind.
     pub(crate) fn part_failed(&self, route: &str, error: &PartError, elapsed: Duration) {
-        self.route(route).part_failed(error, elapsed);
+        self.of(route, &self.series(route))
+            .part_failed(error, elapsed);
     }
 
     fn upstream_error(&self, route: &str, kind: &str) {
@@ -526,7 +530,8 @@ impl Metrics {
     /// Parts that ended without an answer: their batch was refused or their client went away.
     pub(crate) fn parts_cancelled(&self, route: &str, n: usize) {
         if n > 0 {
-            self.route(route).failed("cancelled", n as u64);
+            self.of(route, &self.series(route))
+                .failed("cancelled", n as u64);
         }
     }
 
@@ -699,7 +704,7 @@ mod tests {
         metrics.part_answered("/a/", StatusCode::NO_CONTENT, ms);
         metrics.part_answered("/b/", StatusCode::BAD_GATEWAY, ms);
         metrics.part_answered("/a/", StatusCode::CONTINUE, ms);
-        metrics.route("/a/").queue_wait(ms);
+        metrics.of("/a/", &metrics.series("/a/")).queue_wait(ms);
         let timeout = PartError::Timeout {
             index: 0,
             upstream: "u".into(),
