@@ -103,11 +103,15 @@ pub(crate) struct Metrics {
     routes: RwLock<HashMap<String, Arc<RouteSeries>>>,
 }
 
-/// One route's counters and histograms, by outcome and by status class.
+/// One route's counters and histograms, by outcome and by status class. The status classes are a fixed
+/// set, so their series sit in arrays (by [`class_index`]): counting an answered part hashes nothing.
 #[derive(Debug, Default)]
-struct RouteSeries {
-    parts: RwLock<HashMap<&'static str, Counter>>,
-    durations: RwLock<HashMap<&'static str, Histogram>>,
+pub(crate) struct RouteSeries {
+    /// Parts the upstream answered, by status class.
+    answered: [OnceLock<Counter>; CLASSES.len()],
+    /// Parts that failed, by error kind.
+    failed: RwLock<HashMap<&'static str, Counter>>,
+    durations: [OnceLock<Histogram>; CLASSES.len()],
     queue_wait: OnceLock<Histogram>,
 }
 
@@ -332,14 +336,120 @@ impl CacheEvent {
     }
 }
 
-/// The class of a status: `2xx`..`5xx`.
-pub(crate) fn status_class(status: StatusCode) -> &'static str {
+/// The status classes, as the `outcome` and `status` labels name them.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The class of a status, as an index into [`CLASSES`].
+fn class_index(status: StatusCode) -> usize {
     match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// One route's series, for the counts of one part (see [`Metrics::of`]).
+#[derive(Debug)]
+pub(crate) struct RouteMetrics<'a> {
+    metrics: &'a Metrics,
+    route: &'a str,
+    series: &'a RouteSeries,
+}
+
+impl RouteMetrics<'_> {
+    /// A part its upstream answered: counted by the class of the upstream's status.
+    pub(crate) fn part_answered(&self, status: StatusCode, elapsed: Duration) {
+        let class = class_index(status);
+        self.series.answered[class]
+            .get_or_init(|| self.counter(CLASSES[class]))
+            .inc();
+        self.duration(class, elapsed);
+        if status.is_server_error() {
+            self.metrics.upstream_error(self.route, "5xx");
+        }
+    }
+
+    /// A part that failed: counted by its kind; upstream faults also by error kind.
+    pub(crate) fn part_failed(&self, error: &PartError, elapsed: Duration) {
+        self.failed(error.kind(), 1);
+        if self.route.is_empty() {
+            return;
+        }
+        self.duration(class_index(error.status()), elapsed);
+        if error.fault() == Fault::Upstream {
+            let kind = match error {
+                PartError::Connect { reason, .. }
+                    if reason.contains("TLS") || reason.contains("certificate") =>
+                {
+                    "tls"
+                }
+                PartError::Connect { .. } => "connect",
+                PartError::NoResponse { .. } | PartError::Upstream { .. } => "reset",
+                PartError::Timeout { .. } => "timeout",
+                _ => "protocol",
+            };
+            self.metrics.upstream_error(self.route, kind);
+        }
+    }
+
+    /// Time a part waited for its permits.
+    pub(crate) fn queue_wait(&self, waited: Duration) {
+        let histogram = self.series.queue_wait.get_or_init(|| {
+            self.metrics
+                .queue_wait
+                .get_or_create(&RouteLabel {
+                    route: self.route.to_owned(),
+                })
+                .clone()
+        });
+        histogram.observe(waited.as_secs_f64());
+    }
+
+    /// `n` parts that ended with `outcome`, not an upstream's status.
+    fn failed(&self, outcome: &'static str, n: u64) {
+        let known = self
+            .series
+            .failed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(outcome)
+            .cloned();
+        let counter = known.unwrap_or_else(|| {
+            let counter = self.counter(outcome);
+            let mut failed = self
+                .series
+                .failed
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            failed.entry(outcome).or_insert(counter).clone()
+        });
+        counter.inc_by(n);
+    }
+
+    /// The route's part counter for `outcome`.
+    fn counter(&self, outcome: &str) -> Counter {
+        self.metrics
+            .parts
+            .get_or_create(&OutcomeLabels {
+                route: self.route.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .clone()
+    }
+
+    fn duration(&self, class: usize, elapsed: Duration) {
+        let histogram = self.series.durations[class].get_or_init(|| {
+            self.metrics
+                .part_duration
+                .get_or_create(&DurationLabels {
+                    route: self.route.to_owned(),
+                    status: CLASSES[class].to_owned(),
+                })
+                .clone()
+        });
+        histogram.observe(elapsed.as_secs_f64());
     }
 }
 
@@ -372,7 +482,9 @@ impl Metrics {
         self.batch_duration.observe(elapsed.as_secs_f64());
     }
 
-    fn series(&self, route: &str) -> Arc<RouteSeries> {
+    /// `route`'s series: a batch looks them up once per route and counts each of its parts with them
+    /// ([`Metrics::of`]).
+    pub(crate) fn series(&self, route: &str) -> Arc<RouteSeries> {
         if let Some(series) = self
             .routes
             .read()
@@ -385,81 +497,25 @@ impl Metrics {
         routes.entry(route.to_owned()).or_default().clone()
     }
 
-    fn count(&self, route: &str, outcome: &'static str, n: u64) {
-        let series = self.series(route);
-        let known = series
-            .parts
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(outcome)
-            .cloned();
-        let counter = known.unwrap_or_else(|| {
-            let counter = self
-                .parts
-                .get_or_create(&OutcomeLabels {
-                    route: route.to_owned(),
-                    outcome: outcome.to_owned(),
-                })
-                .clone();
-            let mut parts = series.parts.write().unwrap_or_else(|e| e.into_inner());
-            parts.entry(outcome).or_insert(counter).clone()
-        });
-        counter.inc_by(n);
+    /// What one part of `route` counts, in the route's `series`.
+    pub(crate) fn of<'a>(&'a self, route: &'a str, series: &'a RouteSeries) -> RouteMetrics<'a> {
+        RouteMetrics {
+            metrics: self,
+            route,
+            series,
+        }
     }
 
     /// A part its upstream answered: counted by the class of the upstream's status.
     pub(crate) fn part_answered(&self, route: &str, status: StatusCode, elapsed: Duration) {
-        let class = status_class(status);
-        self.count(route, class, 1);
-        self.duration(route, class, elapsed);
-        if status.is_server_error() {
-            self.upstream_error(route, "5xx");
-        }
+        self.of(route, &self.series(route))
+            .part_answered(status, elapsed);
     }
 
     /// A part that failed: counted by its kind; upstream faults also by error kind.
     pub(crate) fn part_failed(&self, route: &str, error: &PartError, elapsed: Duration) {
-        self.count(route, error.kind(), 1);
-        if route.is_empty() {
-            return;
-        }
-        self.duration(route, status_class(error.status()), elapsed);
-        if error.fault() == Fault::Upstream {
-            let kind = match error {
-                PartError::Connect { reason, .. }
-                    if reason.contains("TLS") || reason.contains("certificate") =>
-                {
-                    "tls"
-                }
-                PartError::Connect { .. } => "connect",
-                PartError::NoResponse { .. } | PartError::Upstream { .. } => "reset",
-                PartError::Timeout { .. } => "timeout",
-                _ => "protocol",
-            };
-            self.upstream_error(route, kind);
-        }
-    }
-
-    fn duration(&self, route: &str, class: &'static str, elapsed: Duration) {
-        let series = self.series(route);
-        let known = series
-            .durations
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(class)
-            .cloned();
-        let histogram = known.unwrap_or_else(|| {
-            let histogram = self
-                .part_duration
-                .get_or_create(&DurationLabels {
-                    route: route.to_owned(),
-                    status: class.to_owned(),
-                })
-                .clone();
-            let mut durations = series.durations.write().unwrap_or_else(|e| e.into_inner());
-            durations.entry(class).or_insert(histogram).clone()
-        });
-        histogram.observe(elapsed.as_secs_f64());
+        self.of(route, &self.series(route))
+            .part_failed(error, elapsed);
     }
 
     fn upstream_error(&self, route: &str, kind: &str) {
@@ -474,20 +530,9 @@ impl Metrics {
     /// Parts that ended without an answer: their batch was refused or their client went away.
     pub(crate) fn parts_cancelled(&self, route: &str, n: usize) {
         if n > 0 {
-            self.count(route, "cancelled", n as u64);
+            self.of(route, &self.series(route))
+                .failed("cancelled", n as u64);
         }
-    }
-
-    pub(crate) fn queue_wait(&self, route: &str, waited: Duration) {
-        let series = self.series(route);
-        let histogram = series.queue_wait.get_or_init(|| {
-            self.queue_wait
-                .get_or_create(&RouteLabel {
-                    route: route.to_owned(),
-                })
-                .clone()
-        });
-        histogram.observe(waited.as_secs_f64());
     }
 
     /// A plain request a `direct` route took; its outcome is counted as a part's.
@@ -635,4 +680,66 @@ pub(crate) struct Gauges {
     pub routes: Vec<(String, usize, usize)>,
     /// What the cache's store holds, if there is one that can tell.
     pub cache: Option<StoreUsage>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lines of the exposition that start with `prefix`.
+    fn lines(metrics: &Metrics, prefix: &str) -> Vec<String> {
+        metrics
+            .render(&Gauges::default())
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn a_parts_counts_land_in_its_routes_series_by_class_and_by_kind() {
+        let metrics = Metrics::default();
+        let ms = Duration::from_millis(1);
+        metrics.part_answered("/a/", StatusCode::OK, ms);
+        metrics.part_answered("/a/", StatusCode::NO_CONTENT, ms);
+        metrics.part_answered("/b/", StatusCode::BAD_GATEWAY, ms);
+        metrics.part_answered("/a/", StatusCode::CONTINUE, ms);
+        metrics.of("/a/", &metrics.series("/a/")).queue_wait(ms);
+        let timeout = PartError::Timeout {
+            index: 0,
+            upstream: "u".into(),
+            after: ms,
+            key: "limits.part_timeout".into(),
+        };
+        metrics.part_failed("/a/", &timeout, ms);
+        metrics.part_failed("/a/", &timeout, ms);
+        metrics.parts_cancelled("/b/", 3);
+        let mut parts = lines(&metrics, "batchgate_parts_total");
+        parts.sort();
+        assert_eq!(
+            parts,
+            [
+                r#"batchgate_parts_total{route="/a/",outcome="1xx"} 1"#,
+                r#"batchgate_parts_total{route="/a/",outcome="2xx"} 2"#,
+                r#"batchgate_parts_total{route="/a/",outcome="timeout"} 2"#,
+                r#"batchgate_parts_total{route="/b/",outcome="5xx"} 1"#,
+                r#"batchgate_parts_total{route="/b/",outcome="cancelled"} 3"#,
+            ]
+        );
+        let mut counts = lines(&metrics, "batchgate_part_duration_seconds_count");
+        counts.sort();
+        assert_eq!(
+            counts,
+            [
+                r#"batchgate_part_duration_seconds_count{route="/a/",status="1xx"} 1"#,
+                r#"batchgate_part_duration_seconds_count{route="/a/",status="2xx"} 2"#,
+                r#"batchgate_part_duration_seconds_count{route="/a/",status="5xx"} 2"#,
+                r#"batchgate_part_duration_seconds_count{route="/b/",status="5xx"} 1"#,
+            ]
+        );
+        assert_eq!(
+            lines(&metrics, "batchgate_queue_wait_seconds_count"),
+            [r#"batchgate_queue_wait_seconds_count{route="/a/"} 1"#]
+        );
+    }
 }

@@ -38,10 +38,10 @@ use super::dedup::{Dedup, Digest, Role, Sharing};
 use crate::codec::{Rendered, ReplyWriter};
 use crate::config::Limits;
 use crate::error::{Fault, PartError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteSeries};
 use crate::observe::Observer;
 use crate::observe::timeline::{BatchTimeline, Mark, PartTimeline};
-use crate::observe::window::Sample;
+use crate::observe::window::{RouteWindow, Sample};
 use crate::stack::{PartRequest, PartService, Permits, UpstreamResponse};
 use batchgate_wire::ContentId;
 
@@ -221,6 +221,7 @@ pub(crate) fn start(
         slots: VecDeque::new(),
         waiting: VecDeque::new(),
         dedup: None,
+        routes: Vec::new(),
         statuses: settings.dependencies.then(Vec::new),
         running: FuturesUnordered::new(),
         sent: 0,
@@ -433,11 +434,20 @@ pub(crate) struct Telemetry {
 type PartFuture =
     Pin<Box<dyn Future<Output = (usize, Result<UpstreamResponse, PartError>)> + Send>>;
 
+/// A route's name, and where its parts are counted: looked up once per batch and route rather than per part
+/// (a lock shared by every worker and a hash of the name each).
+struct RouteCounts {
+    name: Arc<str>,
+    series: Arc<RouteSeries>,
+    /// `None` for parts refused before they were routed (no route's figures count them).
+    window: Option<Arc<RouteWindow>>,
+}
+
 /// A seat in the window, in request order, and what the part's answer is rendered with.
 struct Slot {
     seat: mpsc::OwnedPermit<Rendered>,
     index: usize,
-    route: Arc<str>,
+    route: Arc<RouteCounts>,
     content_id: Option<ContentId>,
     timeline: Arc<PartTimeline>,
     /// The part's span: disabled unless part spans are on (`batchgate=debug`).
@@ -476,6 +486,8 @@ struct Scheduler {
     waiting: VecDeque<(Job, Role)>,
     /// Identical safe parts sharing one call: made at the first part of a route with `dedup`.
     dedup: Option<Dedup>,
+    /// The routes of the parts seated so far (a handful at most).
+    routes: Vec<Arc<RouteCounts>>,
     /// With [`Settings::dependencies`]: the status of each part sent to the writer, by index.
     statuses: Option<Vec<u16>>,
     running: FuturesUnordered<PartFuture>,
@@ -601,6 +613,7 @@ impl Scheduler {
             })
         });
         let timeline = self.telemetry.batch.part(route.clone(), method);
+        let route = self.counts(route);
         let mut slot = Slot {
             seat,
             index,
@@ -653,6 +666,21 @@ impl Scheduler {
         self.send_ready();
     }
 
+    /// `route`'s counts, looked up at its first part in the batch.
+    fn counts(&mut self, route: Arc<str>) -> Arc<RouteCounts> {
+        if let Some(counts) = self.routes.iter().find(|c| c.name == route) {
+            return counts.clone();
+        }
+        let telemetry = &self.telemetry;
+        let counts = Arc::new(RouteCounts {
+            series: telemetry.metrics.series(&route),
+            window: (!route.is_empty()).then(|| telemetry.observer.window(&route)),
+            name: route,
+        });
+        self.routes.push(counts.clone());
+        counts
+    }
+
     /// Seats a follower: answered from its leader's answer if there is one, else waiting for it (or sent on
     /// its own if the leader failed).
     fn follow(&mut self, at: usize, digest: Digest, forward: Forward) {
@@ -668,7 +696,7 @@ impl Scheduler {
             }
             Sharing::Answered(response) => {
                 let slot = &mut self.slots[at];
-                self.telemetry.metrics.part_shared(&slot.route);
+                self.telemetry.metrics.part_shared(&slot.route.name);
                 settle(
                     &self.telemetry,
                     &self.writer,
@@ -769,7 +797,7 @@ impl Scheduler {
         for index in leader.waiting.drain(..) {
             let at = index - self.sent;
             let slot = &mut self.slots[at];
-            self.telemetry.metrics.part_shared(&slot.route);
+            self.telemetry.metrics.part_shared(&slot.route.name);
             settle(
                 &self.telemetry,
                 &self.writer,
@@ -959,35 +987,36 @@ fn answer(
             index = access.index,
             method,
             path,
-            route = &**route,
+            route = &*route.name,
             upstream = upstream.map_or_else(|| "-".to_owned(), |a| a.to_string()),
             status = status.as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             "part"
         );
     }
-    telemetry.observer.record(
-        route,
-        Sample {
-            elapsed_us: elapsed.as_micros() as u64,
-            queued_us: u64::from(timeline.waited_micros()),
-            error,
-            saturated: telemetry.global.available_permits() == 0,
-        },
-    );
-    if !route.is_empty() {
+    if let Some(window) = &route.window {
+        telemetry.observer.record_in(
+            window,
+            Sample {
+                elapsed_us: elapsed.as_micros() as u64,
+                queued_us: u64::from(timeline.waited_micros()),
+                error,
+                saturated: telemetry.global.available_permits() == 0,
+            },
+        );
+    }
+    let metrics = telemetry.metrics.of(&route.name, &route.series);
+    if !route.name.is_empty() {
         let waited = Duration::from_micros(u64::from(timeline.waited_micros()));
-        telemetry.metrics.queue_wait(route, waited);
+        metrics.queue_wait(waited);
     }
     match result {
         Ok(response) => {
-            telemetry
-                .metrics
-                .part_answered(route, response.status, elapsed);
+            metrics.part_answered(response.status, elapsed);
             writer.response(*index, content_id, response)
         }
         Err(error) => {
-            telemetry.metrics.part_failed(route, &error, elapsed);
+            metrics.part_failed(&error, elapsed);
             // Under the part's span when part spans are on; under the batch's otherwise.
             let _part = span.enter();
             match error.fault() {
@@ -1023,7 +1052,7 @@ fn launch(
         parent: &telemetry.span,
         "part",
         index,
-        route = %slot.route,
+        route = %slot.route.name,
         method = %request.method,
         span_id = tracing::field::Empty,
         status = tracing::field::Empty,
@@ -1069,7 +1098,7 @@ impl Drop for Scheduler {
             .slots
             .iter()
             .filter(|slot| !matches!(slot.state, SlotState::Done(_)))
-            .map(|slot| &slot.route)
+            .map(|slot| &slot.route.name)
             .chain(self.waiting.iter().map(|(job, _)| &job.route));
         let mut counts: Vec<(&Arc<str>, usize)> = Vec::new();
         for route in unanswered {
@@ -1321,6 +1350,68 @@ mod tests {
     fn body_of(part: &Rendered) -> String {
         let text = text_of(part);
         text.trim_end().rsplit("\r\n").next().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn each_part_is_counted_in_its_own_routes_metrics_and_stats() {
+        let upstream = Held::default();
+        let service = upstream.service();
+        let observer = Arc::new(Observer::default());
+        let (feed, mut out, metrics) = scheduler_observed(
+            8,
+            8,
+            usize::MAX,
+            Duration::from_secs(3600),
+            observer.clone(),
+        );
+        let mut on_q = job(1, Method::GET, &service);
+        on_q.route = Arc::from("/q/");
+        let mut refused = job(3, Method::GET, &service);
+        refused.route = Arc::from("");
+        refused.work = Work::Refused(PartError::NestedBody { index: 3 });
+        for job in [
+            job(0, Method::GET, &service),
+            on_q,
+            job(2, Method::GET, &service),
+            refused,
+        ] {
+            feed.push(job);
+        }
+        feed.commit();
+        upstream.until_started(3).await;
+        for path in ["/p0", "/p1", "/p2"] {
+            upstream.release(path);
+        }
+        while out.recv().await.is_some() {}
+        let text = metrics.render(&crate::metrics::Gauges::default());
+        let mut parts: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("batchgate_parts_total{")
+                    || l.starts_with("batchgate_queue_wait_seconds_count")
+            })
+            .collect();
+        parts.sort_unstable();
+        assert_eq!(
+            parts,
+            [
+                r#"batchgate_parts_total{route="",outcome="nested_batch"} 1"#,
+                r#"batchgate_parts_total{route="/p/",outcome="2xx"} 2"#,
+                r#"batchgate_parts_total{route="/q/",outcome="2xx"} 1"#,
+                r#"batchgate_queue_wait_seconds_count{route="/p/"} 2"#,
+                r#"batchgate_queue_wait_seconds_count{route="/q/"} 1"#,
+            ]
+        );
+        let state = |route: &str| crate::observe::RouteState {
+            route: route.to_owned(),
+            in_flight: 0,
+            adaptive: false,
+            upstreams: Vec::new(),
+            cache: None,
+        };
+        let stats = observer.stats(&[state("/p/"), state("/q/"), state("")], 0, 0, 0);
+        let requests: Vec<u64> = stats.routes.iter().map(|r| r.requests).collect();
+        assert_eq!(requests, [2, 1, 0], "a refused part is in no route's stats");
     }
 
     #[tokio::test]

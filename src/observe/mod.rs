@@ -139,7 +139,8 @@ impl Observer {
         self.start.elapsed().as_secs()
     }
 
-    fn window(&self, route: &str) -> Arc<RouteWindow> {
+    /// `route`'s window: a batch looks it up once per route and records each part in it ([`Observer::record_in`]).
+    pub(crate) fn window(&self, route: &str) -> Arc<RouteWindow> {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(window) = routes.get(route) {
             return window.clone();
@@ -163,8 +164,13 @@ impl Observer {
     /// Counts a finished part of `route`.
     pub(crate) fn record(&self, route: &str, sample: Sample) {
         if !route.is_empty() {
-            self.window(route).record(self.now(), sample);
+            self.record_in(&self.window(route), sample);
         }
+    }
+
+    /// Counts a finished part in its route's window.
+    pub(crate) fn record_in(&self, window: &RouteWindow, sample: Sample) {
+        window.record(self.now(), sample);
     }
 
     /// Notes a route's concurrency limit now (at build, and when it is tuned).
