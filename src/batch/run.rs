@@ -695,14 +695,12 @@ impl Scheduler {
                 self.slots[at].state = SlotState::Following(forward);
             }
             Sharing::Answered(response) => {
-                let slot = &mut self.slots[at];
-                self.telemetry.metrics.part_shared(&slot.route.name);
-                settle(
+                settle_shared(
                     &self.telemetry,
                     &self.writer,
                     &mut self.bytes,
-                    slot,
-                    Ok(response),
+                    &mut self.slots[at],
+                    response,
                 );
                 leader.unanswered -= 1;
                 if self.committed && leader.unanswered == 0 {
@@ -796,14 +794,12 @@ impl Scheduler {
         };
         for index in leader.waiting.drain(..) {
             let at = index - self.sent;
-            let slot = &mut self.slots[at];
-            self.telemetry.metrics.part_shared(&slot.route.name);
-            settle(
+            settle_shared(
                 &self.telemetry,
                 &self.writer,
                 &mut self.bytes,
-                slot,
-                Ok(&response),
+                &mut self.slots[at],
+                &response,
             );
             leader.unanswered -= 1;
         }
@@ -940,6 +936,18 @@ fn settle(
     let bytes = answer(telemetry, writer, slot, result);
     window.charge(&bytes);
     slot.state = SlotState::Done(bytes);
+}
+
+/// Answers a follower with its leader's upstream answer ([`settle`]), counted as shared.
+fn settle_shared(
+    telemetry: &Telemetry,
+    writer: &ReplyWriter,
+    window: &mut WindowBytes,
+    slot: &mut Slot,
+    response: &UpstreamResponse,
+) {
+    telemetry.metrics.part_shared(&slot.route.name);
+    settle(telemetry, writer, window, slot, Ok(response));
 }
 
 /// Renders a part's outcome, counting, timing and logging it.
